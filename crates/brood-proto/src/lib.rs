@@ -25,6 +25,8 @@ pub use frame::{
     PROTOCOL_VERSION, RawFrame, encode_frame,
 };
 pub use msg::*;
+/// Byte buffers in messages, re-exported so users need no serde_bytes of their own.
+pub use serde_bytes::ByteBuf;
 
 /// Name of the virtio-serial port the agent listens on
 /// (`/sys/class/virtio-ports/*/name` in the guest).
