@@ -1,0 +1,338 @@
+//! A by-hand probe of a booted guest: plays the host on the agent's
+//! virtio-serial chardev socket and prints timings.
+//!
+//! ```text
+//! host_probe AGENT_SOCK [-- QEMU ARGV...]
+//! ```
+//!
+//! With a QEMU command line it starts QEMU itself (in its own process group,
+//! killed on exit whatever happens) and measures the wall time from spawn to
+//! `Ready`. It then runs a few execs, a 5 MB output, a named-point round trip
+//! and powers the guest off. `PROBE_EXEC="cmd"` runs one more shell command
+//! first and prints its output. Not a test: the committed VM tests live elsewhere.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use brood_proto::{
+    Command, Decoded, ExecRequest, ExecStatus, FrameDecoder, GuestMsg, HostMsg, ReadFileRequest,
+    Stream, encode_frame,
+};
+
+/// Kills QEMU's whole process group when dropped.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let pgid = i32::try_from(self.0.id()).unwrap();
+        // SAFETY: kill(2) with a negative pid signals that process group,
+        // which QEMU leads (process_group(0) at spawn).
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+struct Host {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    next_id: u32,
+}
+
+impl Host {
+    fn send(&mut self, msg: &HostMsg) -> u32 {
+        self.next_id += 1;
+        self.stream
+            .write_all(&encode_frame(self.next_id, msg).unwrap())
+            .unwrap();
+        self.next_id
+    }
+
+    fn recv(&mut self) -> (u32, GuestMsg) {
+        let mut buf = [0u8; 65536];
+        loop {
+            match self.decoder.next_frame() {
+                Some(Decoded::Frame(f)) => return (f.id, f.decode().unwrap()),
+                Some(Decoded::Fault(fault)) => panic!("bad frame from the guest: {fault}"),
+                None => {}
+            }
+            let n = self.stream.read(&mut buf).expect("read the agent socket");
+            assert!(n > 0, "the guest closed the channel");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// Sends a request and returns its replies up to the final one; prints
+    /// unsolicited messages that arrive meanwhile.
+    fn call(&mut self, msg: &HostMsg) -> Vec<GuestMsg> {
+        let id = self.send(msg);
+        let mut replies = Vec::new();
+        loop {
+            let (rid, reply) = self.recv();
+            if rid != id {
+                println!("  (unsolicited id {rid}: {reply:?})");
+                continue;
+            }
+            let last = reply.is_final();
+            replies.push(reply);
+            if last {
+                return replies;
+            }
+        }
+    }
+
+    fn exec(&mut self, req: ExecRequest) -> (Vec<u8>, Vec<u8>, ExecStatus, usize) {
+        let (mut out, mut err, mut chunks) = (Vec::new(), Vec::new(), 0);
+        for reply in self.call(&HostMsg::Exec(req)) {
+            match reply {
+                GuestMsg::Output { stream, data } => {
+                    chunks += 1;
+                    match stream {
+                        Stream::Stdout => out.extend_from_slice(&data),
+                        Stream::Stderr => err.extend_from_slice(&data),
+                    }
+                }
+                GuestMsg::Exited(status) => return (out, err, status, chunks),
+                other => panic!("exec failed: {other:?}"),
+            }
+        }
+        panic!("no Exited");
+    }
+}
+
+fn connect(path: &str, deadline: Instant) -> UnixStream {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("connect {path}: {err}"),
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sock = args
+        .first()
+        .expect("usage: host_probe AGENT_SOCK [-- QEMU ARGV...]");
+    let qemu_argv = args.iter().position(|a| a == "--").map(|i| &args[i + 1..]);
+    let spawned = Instant::now();
+    let mut qemu = qemu_argv.map(|argv| {
+        let (prog, rest) = argv.split_first().expect("empty QEMU command");
+        Qemu(
+            Process::new(prog)
+                .args(rest)
+                .stdin(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("spawn QEMU"),
+        )
+    });
+    let stream = connect(sock, spawned + Duration::from_secs(10));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let connected = spawned.elapsed();
+    let mut host = Host {
+        stream,
+        decoder: FrameDecoder::new(),
+        next_id: 0,
+    };
+
+    let (id, ready) = host.recv();
+    let wall_ready = spawned.elapsed();
+    let GuestMsg::Ready(ready) = ready else {
+        panic!("expected Ready, got id {id} {ready:?}")
+    };
+    println!(
+        "Ready: agent {} proto {}; guest uptime {} ms; wall time spawn->connect {}, spawn->Ready {}",
+        ready.agent_version,
+        ready.proto_version,
+        ready.uptime_ms,
+        ms(connected),
+        ms(wall_ready)
+    );
+
+    // PROBE_EXEC="shell command": run it first and print its output (dmesg, timings).
+    if let Ok(cmd) = std::env::var("PROBE_EXEC") {
+        let (out, err, st, _) = host.exec(ExecRequest::shell(cmd.clone()));
+        println!(
+            "--- {cmd} ({:?})\n{}{}---",
+            st.code,
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        );
+    }
+
+    let t = Instant::now();
+    let (out, _, st, _) = host.exec(ExecRequest {
+        command: Command::Argv(vec!["cat".into(), "/proc/version".into()]),
+        ..ExecRequest::shell("")
+    });
+    println!(
+        "exec cat /proc/version ({}): code {:?}: {}",
+        ms(t.elapsed()),
+        st.code,
+        String::from_utf8_lossy(&out).trim()
+    );
+    let t = Instant::now();
+    let (_, _, st, _) = host.exec(ExecRequest::shell("exit 7"));
+    println!("exec `exit 7` ({}): code {:?}", ms(t.elapsed()), st.code);
+    assert_eq!(st.code, Some(7));
+
+    let t = Instant::now();
+    let (out, _, st, chunks) = host.exec(ExecRequest::shell("head -c 5000000 /dev/zero"));
+    let took = t.elapsed();
+    println!(
+        "exec 5 MB stdout ({}): {} bytes in {chunks} chunks, stdout_len {}, {:.1} MB/s",
+        ms(took),
+        out.len(),
+        st.stdout_len,
+        5.0 / took.as_secs_f64()
+    );
+    assert_eq!(out.len(), 5_000_000);
+
+    let t = Instant::now();
+    let (_, _, st, _) = host.exec(ExecRequest::shell(
+        "brood-agent announce fork --timeout 60 > /tmp/answer 2>&1 &",
+    ));
+    println!(
+        "exec announce in background ({}): code {:?}",
+        ms(t.elapsed()),
+        st.code
+    );
+    let point = loop {
+        match host.recv() {
+            (0, GuestMsg::Point(p)) => break p,
+            other => println!("  (while waiting for the point: {other:?})"),
+        }
+    };
+    println!(
+        "Point {{ seq: {}, name: {:?} }} after {}",
+        point.seq,
+        point.name,
+        ms(t.elapsed())
+    );
+    let t = Instant::now();
+    let answered = host.call(&HostMsg::AnswerPoint {
+        seq: point.seq,
+        message: b"you are child 1".to_vec(),
+    });
+    println!("AnswerPoint -> {:?} ({})", answered, ms(t.elapsed()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let reply = host.call(&HostMsg::ReadFile(ReadFileRequest {
+            path: "/tmp/answer".into(),
+            offset: 0,
+            max_len: 4096,
+        }));
+        if let [GuestMsg::FileData(fd)] = reply.as_slice()
+            && fd.data.as_slice() == b"you are child 1"
+        {
+            break String::from_utf8_lossy(&fd.data).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "answer never reached the file: {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!(
+        "/tmp/answer holds {text:?} {} after the answer",
+        ms(t.elapsed())
+    );
+
+    let t = Instant::now();
+    let wrong = host.call(&HostMsg::AnswerPoint {
+        seq: point.seq,
+        message: vec![],
+    });
+    println!("second AnswerPoint -> {wrong:?} ({})", ms(t.elapsed()));
+
+    let info = host.call(&HostMsg::Info);
+    println!("Info -> {info:?}");
+    let renamed = host.call(&HostMsg::SetHostname {
+        hostname: "child-1".into(),
+    });
+    let (out, _, _, _) = host.exec(ExecRequest::shell(
+        "hostname; cat /etc/hostname; ls /dev/vport*",
+    ));
+    println!(
+        "SetHostname -> {renamed:?}; guest says {:?}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let t = Instant::now();
+    let (out, _, st, _) = host.exec(ExecRequest::shell("sleep 100 & echo started"));
+    println!(
+        "exec `sleep 100 & echo started` ({}): code {:?}, {:?}",
+        ms(t.elapsed()),
+        st.code,
+        String::from_utf8_lossy(&out)
+    );
+
+    // virtio_console: read() returns 0 while the host is away; the agent
+    // must wait for the host to come back rather than give up.
+    host.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    host.stream = connect(sock, Instant::now() + Duration::from_secs(5));
+    host.stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    host.decoder = FrameDecoder::new();
+    let t = Instant::now();
+    let info = host.call(&HostMsg::Info);
+    println!(
+        "after reconnecting: Info -> ok={} ({})",
+        matches!(info.as_slice(), [GuestMsg::Info(_)]),
+        ms(t.elapsed())
+    );
+
+    // Kill the agent: init respawns it a second later and it sends Ready again.
+    let t = Instant::now();
+    host.send(&HostMsg::Exec(ExecRequest::shell("kill -9 $PPID")));
+    let ready = loop {
+        match host.recv() {
+            (0, GuestMsg::Ready(r)) => break r,
+            other => println!("  (while the agent restarts: {other:?})"),
+        }
+    };
+    println!(
+        "agent respawned: Ready at uptime {} ms, {} after the kill",
+        ready.uptime_ms,
+        ms(t.elapsed())
+    );
+    let (out, _, _, _) = host.exec(ExecRequest::shell(
+        "ps -o pid,ppid,stat,args | grep -v ' ps '",
+    ));
+    println!("guest processes:\n{}", String::from_utf8_lossy(&out));
+
+    let t = Instant::now();
+    let off = host.call(&HostMsg::PowerOff);
+    println!("PowerOff -> {off:?} ({})", ms(t.elapsed()));
+    if let Some(q) = qemu.as_mut() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = q.0.try_wait().unwrap() {
+                println!("QEMU exited ({status}) {} after PowerOff", ms(t.elapsed()));
+                break;
+            }
+            if Instant::now() > deadline {
+                println!("QEMU still running 20 s after PowerOff; killing it");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

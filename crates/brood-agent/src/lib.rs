@@ -1,0 +1,43 @@
+//! brood-agent: the guest side of the brood control channel.
+//!
+//! The binary (`src/main.rs`) only parses arguments; everything it runs lives
+//! here so that the request handling can be tested on the host over a
+//! `UnixStream` pair:
+//!
+//! - [`init`]: PID 1 duties (mounts, modules, hostname, loopback) and the
+//!   reaper loop that respawns the agent.
+//! - [`port`]: finds the virtio-serial port and serves on it.
+//! - [`serve`]: the transport-generic serving loop: one reader thread, one
+//!   worker thread per request, one shared writer ([`link`]).
+//! - `exec`, `file`, [`system`]: the request handlers.
+//! - [`point`]: named points, the local socket that `brood-agent announce`
+//!   talks to.
+//!
+//! The wire format itself belongs to brood-proto. Everything this crate reads
+//! from the host, the guest or the local socket is treated as hostile: it is
+//! bounded and never reaches a panic.
+
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+#[macro_use]
+pub mod console;
+mod exec;
+mod file;
+pub mod init;
+pub mod link;
+pub mod point;
+pub mod port;
+pub mod serve;
+pub mod system;
+
+/// The agent's version, reported in `Ready` and `Info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
