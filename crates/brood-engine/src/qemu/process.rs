@@ -1,0 +1,159 @@
+//! Starting QEMU and owning what a VM leaves on the host.
+//!
+//! `spawn` starts QEMU in its own process group with the listening sockets
+//! and taps at fixed descriptor numbers. `VmResources` is the RAII guard for
+//! everything a VM created (process group, run directory with sockets,
+//! memory file and overlays, taps): dropping it kills the group and removes
+//! the rest, so a failed boot, a panicking test and a finished VM all clean
+//! up the same way.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::EngineError;
+use crate::net::Tap;
+
+/// Descriptors at or above this are free for the dance in `spawn`.
+const HIGH_FD: RawFd = 100;
+
+/// The run directory of one VM and what lives in it.
+#[derive(Debug)]
+pub struct VmResources {
+    /// `<run_root>/<name>`: sockets, memory file, overlays, logs.
+    pub run_dir: PathBuf,
+    /// QEMU's pid, which is also its process group id.
+    pub pgid: Option<i32>,
+    /// Set once QEMU has been reaped: the pid may be reused after that.
+    pub reaped: Arc<AtomicBool>,
+    /// Taps the VM's NICs use.
+    pub taps: Vec<Tap>,
+    /// Leave the run directory in place on drop (broodd keeps logs of crashed VMs).
+    pub keep_run_dir: bool,
+}
+
+impl VmResources {
+    /// Creates `<run_root>/<name>`, replacing a stale one left by a dead VM.
+    pub fn create(run_root: &Path, name: &str) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(run_root)
+            .map_err(|e| EngineError::host(format!("create {}", run_root.display()), e))?;
+        let run_dir = run_root.join(name);
+        if run_dir.exists() {
+            if let Some(pid) = live_pid(&run_dir) {
+                return Err(EngineError::InvalidSpec(format!(
+                    "a VM named {name:?} is already running (QEMU pid {pid}); pick another name"
+                )));
+            }
+            std::fs::remove_dir_all(&run_dir)
+                .map_err(|e| EngineError::host(format!("remove stale {}", run_dir.display()), e))?;
+        }
+        std::fs::create_dir(&run_dir)
+            .map_err(|e| EngineError::host(format!("create {}", run_dir.display()), e))?;
+        Ok(Self {
+            run_dir,
+            pgid: None,
+            reaped: Arc::new(AtomicBool::new(false)),
+            taps: Vec::new(),
+            keep_run_dir: false,
+        })
+    }
+
+    /// Sends SIGKILL to QEMU's process group unless it was already reaped.
+    pub fn kill(&self) {
+        if let Some(pgid) = self.pgid
+            && !self.reaped.load(Ordering::SeqCst)
+        {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for VmResources {
+    fn drop(&mut self) {
+        self.kill();
+        self.taps.clear();
+        if !self.keep_run_dir {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+    }
+}
+
+/// The pid in `run_dir/pid` if that process is alive and is a QEMU.
+fn live_pid(run_dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(run_dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let run = run_dir.as_os_str().as_encoded_bytes();
+    let is_ours = cmdline.windows(run.len().max(1)).any(|w| w == run);
+    is_ours.then_some(pid)
+}
+
+/// Starts `program argv` in a new process group with `fds` placed at the
+/// given descriptor numbers, stdout discarded and stderr to `stderr_log`.
+pub fn spawn(
+    program: &Path,
+    argv: &[OsString],
+    fds: &[(&OwnedFd, RawFd)],
+    stderr_log: &Path,
+    die_with_parent: bool,
+) -> Result<tokio::process::Child, EngineError> {
+    // Move every source above the targets first, so no dup2 below can
+    // overwrite a source that another target still needs.
+    let mut high = Vec::with_capacity(fds.len());
+    for (fd, target) in fds {
+        let h = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD))
+            .map_err(|e| EngineError::host("duplicate a descriptor for QEMU", e.into()))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+        high.push((
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(h) },
+            *target,
+        ));
+    }
+    let moves: Vec<(RawFd, RawFd)> = high.iter().map(|(h, t)| (h.as_raw_fd(), *t)).collect();
+    let stderr = std::fs::File::create(stderr_log)
+        .map_err(|e| EngineError::host(format!("create {}", stderr_log.display()), e))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .process_group(0);
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes async-signal-safe system calls (prctl, getppid, dup2) on values
+    // computed before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if die_with_parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(std::io::Error::other("parent exited"));
+                }
+            }
+            for &(from, to) in &moves {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| EngineError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })?;
+    drop(high);
+    Ok(child)
+}
