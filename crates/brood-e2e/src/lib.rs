@@ -1,0 +1,272 @@
+//! Helpers for brood's end-to-end tests, which boot real VMs.
+//!
+//! Every test gets a [`TestEnv`]: its own run directory under /dev/shm (so
+//! tests never share sockets or memory files and run in parallel), an engine
+//! rooted there, and [`TestEnv::assert_clean`] to prove that nothing the test
+//! started is left: no run directory entry, no QEMU process, no tap. The
+//! guest image is the default one that `scripts/setup` builds; the tests do
+//! not skip when it is missing, they fail and say how to build it.
+
+#![allow(clippy::missing_panics_doc)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use brood_engine::{QemuConfig, QemuEngine, VmSpec};
+
+/// Kernel and initrd of the default guest image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs with brood-agent.
+    pub initrd: PathBuf,
+}
+
+/// brood's data directory as the CLI resolves it for root.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("BROOD_DATA_DIR")
+        .map_or_else(|| PathBuf::from("/var/lib/brood"), PathBuf::from)
+}
+
+/// The default image; panics with instructions when it has not been built.
+pub fn image() -> Image {
+    let dir = data_dir().join("images/default");
+    let m = brood_image::read_manifest(&dir).unwrap_or_else(|e| {
+        panic!(
+            "no default guest image in {} ({e}); run scripts/setup first",
+            dir.display()
+        )
+    });
+    Image {
+        kernel: m.outputs.kernel.path_in(&dir),
+        initrd: m.outputs.initrd.path_in(&dir),
+    }
+}
+
+/// The `brood` binary built next to this test binary (`target/<profile>/brood`).
+pub fn brood_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BROOD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/brood
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("brood");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// One test's private corner of the host.
+#[derive(Debug)]
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// A fresh run root under /dev/shm.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("brood-e2e-")
+            .tempdir_in("/dev/shm")
+            .expect("create a run dir in /dev/shm");
+        Self { dir }
+    }
+
+    /// The run root VMs of this test live under.
+    pub fn run_root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A QEMU engine rooted in this test's run directory.
+    pub fn engine(&self) -> QemuEngine {
+        let mut cfg = QemuConfig::detect();
+        cfg.run_root = self.run_root().join("vms");
+        QemuEngine::new(cfg)
+    }
+
+    /// A spec for the default image.
+    pub fn spec(&self, name: &str) -> VmSpec {
+        let img = image();
+        let mut s = VmSpec::new(name, img.kernel);
+        s.initrd = Some(img.initrd);
+        s
+    }
+
+    /// A `brood` command that runs its VMs under this test's run root.
+    pub fn brood(&self) -> Command {
+        let mut c = Command::new(brood_bin());
+        c.env("BROOD_RUN_DIR", self.run_root().join("vms"));
+        c
+    }
+
+    /// Pids of QEMU processes whose command line mentions this test's run root.
+    pub fn qemu_pids(&self) -> Vec<i32> {
+        let needle = self.run_root().as_os_str().as_encoded_bytes().to_vec();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Asserts that no QEMU of this test runs and no VM run directory is left.
+    /// Waits briefly: a VM killed an instant ago may still be being reaped.
+    pub fn assert_clean(&self) {
+        let vms = self.run_root().join("vms");
+        let ok = wait_until(Duration::from_secs(10), || {
+            let left = std::fs::read_dir(&vms).map(|d| d.count()).unwrap_or(0);
+            left == 0 && self.qemu_pids().is_empty()
+        });
+        let entries: Vec<String> = std::fs::read_dir(&vms)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            ok,
+            "left behind: run dirs {entries:?}, QEMU pids {:?}",
+            self.qemu_pids()
+        );
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Whatever a failing test left running dies with it.
+        for pid in self.qemu_pids() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+/// Polls `cond` with a short backoff until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Names of network interfaces that are taps made by brood (`brtapN`).
+pub fn brood_taps() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("brtap"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Linux bridge that exists for the life of the value.
+#[derive(Debug)]
+pub struct Bridge {
+    /// Its name.
+    pub name: String,
+}
+
+impl Bridge {
+    /// Creates and brings up a bridge with a name unique to this process.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("brt{}{}", tag, std::process::id() % 100_000);
+        let name: String = name.chars().take(15).collect();
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        run(Command::new("ip").args(["link", "add", &name, "type", "bridge"]));
+        run(Command::new("ip").args(["link", "set", &name, "up"]));
+        Self { name }
+    }
+
+    /// Names of the interfaces enslaved to it.
+    pub fn ports(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.name))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs a host command and panics with its output when it fails.
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Builds an initramfs at `out` whose /init is the shell script `init`,
+/// with busybox from the host: a guest without brood-agent.
+pub fn busybox_initrd(out: &Path, init: &str) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    for d in ["bin", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("copy busybox");
+    std::os::unix::fs::symlink("busybox", r.join("bin/sh")).expect("symlink");
+    std::fs::write(r.join("init"), init).expect("write init");
+    run(Command::new("chmod").arg("755").arg(r.join("init")));
+    let cpio = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | sort | cpio -o -H newc --quiet > {}",
+            r.display(),
+            out.display()
+        ))
+        .output()
+        .expect("run cpio");
+    assert!(
+        cpio.status.success(),
+        "cpio: {}",
+        String::from_utf8_lossy(&cpio.stderr)
+    );
+}
