@@ -347,3 +347,58 @@ async fn failed_boots_leave_nothing_behind() {
     assert!(err.contains("QEMU exited"), "{err}");
     env.assert_clean();
 }
+
+#[test]
+fn a_vm_outlives_its_runtime_and_is_attached_again_within_its_cgroup() {
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let mut spec = env.spec("survivor");
+    spec.die_with_parent = false;
+    spec.limits = brood_engine::Limits {
+        cpu_weight: Some(50),
+        cpu_cap_pct: None,
+        memory_limit_mib: Some(600),
+    };
+    // The first runtime plays a daemon that dies: its tasks and sockets go,
+    // the VM (not killed on drop) stays.
+    let pid = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let vm = engine.boot(&spec).await.unwrap();
+        vm.wait_ready(READY).await.unwrap();
+        vm.agent()
+            .unwrap()
+            .write_file("/tmp/mark", b"still here", 0o644)
+            .await
+            .unwrap();
+        vm.pid()
+    });
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let leaf = cgroups
+        .lines()
+        .find_map(|l| {
+            l.split(':')
+                .nth(2)
+                .filter(|p| p.starts_with("/brood/survivor-"))
+        })
+        .unwrap_or_else(|| panic!("QEMU is not in a brood cgroup: {cgroups}"))
+        .to_string();
+    let limit =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{leaf}/memory.limit_in_bytes"))
+            .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup{leaf}/memory.max")))
+            .unwrap();
+    assert_eq!(limit.trim(), (600u64 << 20).to_string());
+
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let vm = engine.attach(&spec).await.unwrap();
+        assert_eq!(vm.pid(), pid);
+        vm.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let agent = vm.agent().unwrap();
+        assert_eq!(
+            agent.read_file("/tmp/mark", 100).await.unwrap(),
+            b"still here"
+        );
+        let exit = vm.kill().await.unwrap();
+        assert_eq!(exit.kind, ExitKind::Killed);
+    });
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory{leaf}")).exists());
+    env.assert_clean();
+}

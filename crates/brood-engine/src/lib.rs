@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod cgroup;
 pub mod console;
 mod error;
 pub mod host;
@@ -24,6 +25,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 pub use agent::{AgentClient, ExecOutput};
+pub use cgroup::Limits;
 pub use error::EngineError;
 pub use host::Accel;
 pub use qemu::{QemuConfig, QemuEngine};

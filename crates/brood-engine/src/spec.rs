@@ -231,9 +231,13 @@ pub struct VmSpec {
     pub agent: bool,
     /// Most bytes of console output kept in the console log.
     pub console_log_limit: u64,
-    /// Kill QEMU when the process that started it dies (for `brood run` and
-    /// tests; broodd turns it off so VMs outlive a daemon restart).
+    /// Kill QEMU when the process that started it dies or drops its `Vm`
+    /// (for `brood run` and tests; broodd turns it off so VMs outlive a
+    /// daemon restart and are found again by `QemuEngine::attach`).
     pub die_with_parent: bool,
+    /// CPU and memory limits, enforced with cgroups.
+    #[serde(default)]
+    pub limits: crate::cgroup::Limits,
 }
 
 impl VmSpec {
@@ -253,6 +257,7 @@ impl VmSpec {
             agent: true,
             console_log_limit: 1 << 20,
             die_with_parent: true,
+            limits: crate::cgroup::Limits::default(),
         }
     }
 
@@ -281,6 +286,7 @@ impl VmSpec {
         if let Some(initrd) = &self.initrd {
             check_initrd(initrd)?;
         }
+        self.limits.validate()?;
         if self.cmdline.contains('\n') {
             return bad("kernel command line must not contain newlines".into());
         }

@@ -7,6 +7,7 @@
 //! whatever was started and removes what was created.
 
 pub mod argv;
+mod exit;
 pub mod process;
 
 use std::os::fd::OwnedFd;
@@ -17,18 +18,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use brood_qmp::{MigrationStatus, QmpClient, QmpEvent};
+use brood_qmp::{MigrationStatus, QmpClient};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, instrument};
 
 use self::argv::{AGENT_FD, CONSOLE_FD, FIRST_TAP_FD, Launch, LaunchDisk, LaunchNic, QMP_FD};
+use self::exit::ExitSource;
 use self::process::VmResources;
 use crate::agent::AgentClient;
+use crate::cgroup::Cgroup;
 use crate::console::Console;
 use crate::host;
+use crate::host::Accel;
 use crate::spec::{DiskFormat, NicBackend, VmSpec};
-use crate::vm::{ExitKind, Vm, VmExit};
+use crate::vm::Vm;
 use crate::{Engine, EngineCaps, EngineError};
 
 /// How long QEMU gets to answer on QMP after it was spawned.
@@ -187,12 +191,30 @@ impl QemuEngine {
                     .map(|fd| (fd, FIRST_TAP_FD + i32::try_from(i).unwrap_or(0))),
             );
         }
+        if !spec.limits.is_empty() {
+            let leaf = format!("{}-{}", spec.name, nonce());
+            res.cgroup = Some(Cgroup::create(&leaf, &spec.limits)?);
+        }
+        let join: Vec<std::fs::File> = match &res.cgroup {
+            Some(cg) => cg
+                .procs_files()
+                .iter()
+                .map(|p| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .map_err(|e| EngineError::host(format!("open {}", p.display()), e))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
         let child = process::spawn(
             &self.cfg.qemu,
             &argv,
             &fds,
             &run.join("qemu.log"),
             spec.die_with_parent,
+            &join,
         )?;
         drop(fds);
         let pid = child.id().unwrap_or(0);
@@ -205,20 +227,7 @@ impl QemuEngine {
 
         // The listeners are bound, so these connects complete at once and
         // QEMU accepts them before the guest starts: no console byte is lost.
-        let console_stream = connect(&run.join("console.sock")).await?;
-        let console = Console::start(
-            console_stream,
-            run.join("console.log"),
-            spec.console_log_limit,
-        );
-        let agent = if spec.agent {
-            Some(AgentClient::new(connect(&run.join("agent.sock")).await?))
-        } else {
-            None
-        };
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let killed = Arc::new(AtomicBool::new(false));
-        let qmp_stream = connect(&run.join("qmp.sock")).await?;
+        let (console, agent, qmp_stream) = connect_sockets(spec, &run).await?;
         let handshake =
             tokio::time::timeout(QMP_HANDSHAKE_TIMEOUT, QmpClient::connect(qmp_stream)).await;
         let qmp = match handshake {
@@ -232,32 +241,158 @@ impl QemuEngine {
                 return Err(early_exit(child, &res, timeout).await);
             }
         };
-        tokio::spawn(watch_exit(
-            child,
-            qmp.clone(),
-            qmp.events(),
-            killed.clone(),
-            res.reaped.clone(),
-            exit_tx,
-        ));
+        let vm = assemble(
+            spec,
+            accel,
+            pid,
+            qmp,
+            agent,
+            console,
+            res,
+            ExitSource::Child(child),
+        );
         info!(
             pid,
             accel = accel.name(),
             elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
             "QEMU started"
         );
-        Ok(Vm {
-            spec: spec.clone(),
-            accel,
-            pid,
-            qmp,
-            agent,
-            console,
-            exit: exit_rx,
-            killed,
-            res,
-        })
+        Ok(vm)
     }
+
+    /// Takes charge of a VM whose QEMU is already running in this engine's
+    /// run root: started by an earlier process (broodd before a restart) with
+    /// `spec`. Reconnects QMP, console and agent, watches the process through
+    /// a pidfd, and treats the agent as ready once it answers.
+    #[instrument(skip_all, fields(vm = %spec.name))]
+    pub async fn attach(&self, spec: &VmSpec) -> Result<Vm, EngineError> {
+        let run = self.cfg.run_root.join(&spec.name);
+        let pid = process::live_pid(&run).ok_or_else(|| EngineError::InvalidState {
+            op: "attach to",
+            state: format!("not running (no live QEMU for {})", run.display()),
+        })?;
+        let source = ExitSource::Pidfd(
+            exit::pidfd_open(pid)
+                .map_err(|e| EngineError::host(format!("open a pidfd for QEMU {pid}"), e))?,
+        );
+        let mut res = VmResources {
+            run_dir: run.clone(),
+            pgid: Some(pid),
+            reaped: Arc::new(AtomicBool::new(false)),
+            taps: Vec::new(),
+            keep_run_dir: false,
+            kill_on_drop: false,
+            cgroup: None,
+        };
+        let upid = u32::try_from(pid).unwrap_or(0);
+        res.cgroup = Cgroup::of_pid(upid);
+        let (console, agent, qmp_stream) = connect_sockets(spec, &run).await?;
+        let (qmp, _greeting) =
+            tokio::time::timeout(QMP_HANDSHAKE_TIMEOUT, QmpClient::connect(qmp_stream))
+                .await
+                .map_err(|_| EngineError::Timeout {
+                    op: "QMP handshake",
+                    after: QMP_HANDSHAKE_TIMEOUT,
+                })??;
+        let accel = if qmp
+            .human_monitor_command("info kvm")
+            .await
+            .is_ok_and(|s| s.contains("enabled"))
+        {
+            Accel::Kvm
+        } else {
+            Accel::Tcg {
+                tsc_khz: host::host_tsc_khz(),
+            }
+        };
+        if let Some(a) = &agent {
+            // The agent said Ready to the old connection; ask until it answers.
+            let a = a.clone();
+            tokio::spawn(async move {
+                for _ in 0..120 {
+                    if a.ready_info().is_some() || a.is_closed() {
+                        return;
+                    }
+                    if tokio::time::timeout(Duration::from_secs(1), a.assume_ready())
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        let vm = assemble(spec, accel, upid, qmp, agent, console, res, source);
+        info!(pid, "attached to running QEMU");
+        Ok(vm)
+    }
+}
+
+/// Connects to a VM's console, agent and QMP sockets.
+async fn connect_sockets(
+    spec: &VmSpec,
+    run: &Path,
+) -> Result<(Console, Option<AgentClient>, UnixStream), EngineError> {
+    let console_stream = connect(&run.join("console.sock")).await?;
+    let console = Console::start(
+        console_stream,
+        run.join("console.log"),
+        spec.console_log_limit,
+    );
+    let agent = if spec.agent {
+        Some(AgentClient::new(connect(&run.join("agent.sock")).await?))
+    } else {
+        None
+    };
+    let qmp = connect(&run.join("qmp.sock")).await?;
+    Ok((console, agent, qmp))
+}
+
+/// Builds the `Vm` handle and starts its exit watcher.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    spec: &VmSpec,
+    accel: Accel,
+    pid: u32,
+    qmp: QmpClient,
+    agent: Option<AgentClient>,
+    console: Console,
+    mut res: VmResources,
+    source: ExitSource,
+) -> Vm {
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let killed = Arc::new(AtomicBool::new(false));
+    res.kill_on_drop = spec.die_with_parent;
+    tokio::spawn(exit::watch_exit(
+        source,
+        exit::Watch {
+            qmp: qmp.clone(),
+            events: qmp.events(),
+            killed: killed.clone(),
+            reaped: res.reaped.clone(),
+            cgroup: res.cgroup.clone(),
+            exit: exit_tx,
+        },
+    ));
+    Vm {
+        spec: spec.clone(),
+        accel,
+        pid,
+        qmp,
+        agent,
+        console,
+        exit: exit_rx,
+        killed,
+        res,
+    }
+}
+
+/// A short random suffix.
+fn nonce() -> String {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[async_trait]
@@ -333,57 +468,6 @@ async fn early_exit(
             format!(": {detail}")
         },
     }
-}
-
-/// Owns the QEMU child: reaps it and publishes how it ended.
-async fn watch_exit(
-    mut child: tokio::process::Child,
-    qmp: QmpClient,
-    mut events: broadcast::Receiver<QmpEvent>,
-    killed: Arc<AtomicBool>,
-    reaped: Arc<AtomicBool>,
-    exit: watch::Sender<Option<VmExit>>,
-) {
-    use std::os::unix::process::ExitStatusExt;
-    let status = child.wait().await;
-    reaped.store(true, Ordering::SeqCst);
-    // Events QEMU sent before exiting are in the socket; let the reader drain them.
-    let _ = tokio::time::timeout(Duration::from_millis(500), qmp.closed()).await;
-    let mut reason = None;
-    while let Ok(ev) = events.try_recv().or_else(|e| match e {
-        broadcast::error::TryRecvError::Lagged(_) => events.try_recv(),
-        other => Err(other),
-    }) {
-        if ev.event == "SHUTDOWN" {
-            reason = ev
-                .data
-                .get("reason")
-                .and_then(|r| r.as_str())
-                .map(String::from);
-        }
-    }
-    let (code, signal) = match &status {
-        Ok(s) => (s.code(), s.signal()),
-        Err(_) => (None, None),
-    };
-    let kind = if killed.load(Ordering::SeqCst) {
-        ExitKind::Killed
-    } else {
-        match (reason.as_deref(), code) {
-            (Some(r), Some(0)) if r.starts_with("host") => ExitKind::Quit,
-            (Some("guest-reset" | "guest-panic"), Some(0)) => ExitKind::Reset,
-            (Some(_), Some(0)) => ExitKind::Poweroff,
-            _ => ExitKind::Crashed,
-        }
-    };
-    let e = VmExit {
-        kind,
-        code,
-        signal,
-        shutdown_reason: reason,
-    };
-    info!("QEMU exited: {e}");
-    exit.send_replace(Some(e));
 }
 
 fn bind(path: &Path) -> Result<StdListener, EngineError> {

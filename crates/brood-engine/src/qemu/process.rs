@@ -36,6 +36,11 @@ pub struct VmResources {
     pub taps: Vec<Tap>,
     /// Leave the run directory in place on drop (broodd keeps logs of crashed VMs).
     pub keep_run_dir: bool,
+    /// Kill QEMU and remove everything on drop; off for VMs that must outlive
+    /// this process (broodd's, which it finds again after a restart).
+    pub kill_on_drop: bool,
+    /// The VM's cgroups, removed once QEMU is gone.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 impl VmResources {
@@ -61,6 +66,8 @@ impl VmResources {
             reaped: Arc::new(AtomicBool::new(false)),
             taps: Vec::new(),
             keep_run_dir: false,
+            kill_on_drop: true,
+            cgroup: None,
         })
     }
 
@@ -76,16 +83,25 @@ impl VmResources {
 
 impl Drop for VmResources {
     fn drop(&mut self) {
+        if !self.kill_on_drop && !self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
         self.kill();
         self.taps.clear();
         if !self.keep_run_dir {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
+        if let Some(cg) = &self.cgroup {
+            // QEMU may still be exiting after the SIGKILL; the exit watcher
+            // removes the group too once it has reaped it.
+            cg.remove();
+        }
     }
 }
 
-/// The pid in `run_dir/pid` if that process is alive and is a QEMU.
-fn live_pid(run_dir: &Path) -> Option<i32> {
+/// The pid in `run_dir/pid` if that process is alive and its command line
+/// names `run_dir` (so a reused pid is not mistaken for the VM).
+pub fn live_pid(run_dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(run_dir.join("pid"))
         .ok()?
         .trim()
@@ -105,6 +121,7 @@ pub fn spawn(
     fds: &[(&OwnedFd, RawFd)],
     stderr_log: &Path,
     die_with_parent: bool,
+    cgroups: &[std::fs::File],
 ) -> Result<tokio::process::Child, EngineError> {
     // Move every source above the targets first, so no dup2 below can
     // overwrite a source that another target still needs.
@@ -119,6 +136,7 @@ pub fn spawn(
         ));
     }
     let moves: Vec<(RawFd, RawFd)> = high.iter().map(|(h, t)| (h.as_raw_fd(), *t)).collect();
+    let join: Vec<RawFd> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
     let stderr = std::fs::File::create(stderr_log)
         .map_err(|e| EngineError::host(format!("create {}", stderr_log.display()), e))?;
     let mut cmd = tokio::process::Command::new(program);
@@ -129,8 +147,8 @@ pub fn spawn(
         .process_group(0);
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (prctl, getppid, dup2) on values
-    // computed before the fork; it allocates nothing.
+    // makes async-signal-safe system calls (prctl, getppid, write, dup2) on
+    // values computed before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if die_with_parent {
@@ -140,6 +158,12 @@ pub fn spawn(
                 // The parent may have died before prctl took effect.
                 if u32::try_from(libc::getppid()).ok() != Some(parent) {
                     return Err(std::io::Error::other("parent exited"));
+                }
+            }
+            // Join the VM's cgroups before exec, so QEMU is charged from its start.
+            for &fd in &join {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
                 }
             }
             for &(from, to) in &moves {
@@ -156,4 +180,41 @@ pub fn spawn(
     })?;
     drop(high);
     Ok(child)
+}
+
+/// Every process whose command line names a directory under `run_root`,
+/// with the name of that directory: the QEMUs of VMs started there, found
+/// by what they are rather than by pid files that a crash may not have
+/// written yet.
+pub fn find_qemus(run_root: &Path) -> Vec<(i32, String)> {
+    let mut prefix = run_root.as_os_str().as_encoded_bytes().to_vec();
+    prefix.push(b'/');
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        // The memory-backend argument names <run_root>/<vm>/mem.
+        let Some(at) = cmdline
+            .windows(prefix.len())
+            .position(|w| w == prefix.as_slice())
+        else {
+            continue;
+        };
+        let rest = cmdline.get(at + prefix.len()..).unwrap_or_default();
+        let name: Vec<u8> = rest
+            .iter()
+            .take_while(|&&b| b != b'/' && b != 0 && b != b',')
+            .copied()
+            .collect();
+        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        if !name.is_empty() && base.starts_with(b"qemu-system") {
+            found.push((pid, String::from_utf8_lossy(&name).into_owned()));
+        }
+    }
+    found
 }

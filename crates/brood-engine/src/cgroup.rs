@@ -1,0 +1,291 @@
+//! Resource limits for a VM's QEMU, enforced with cgroups: v2 where the host
+//! mounts the unified hierarchy with the cpu and memory controllers at
+//! /sys/fs/cgroup, v1 (separate `cpu` and `memory` hierarchies) otherwise.
+//!
+//! Each VM gets `brood/<name>-<nonce>` in every hierarchy it uses. The group
+//! is made before QEMU starts and QEMU joins it between fork and exec, so
+//! every page it touches is charged from its first instruction. Groups are
+//! removed once QEMU has exited (a cgroup with processes cannot be removed).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// CFS period used with a CPU cap: 100 ms, the kernel default.
+const CFS_PERIOD_US: u64 = 100_000;
+
+/// Limits on one VM's QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Relative CPU weight, 1-10000; 100 is an ordinary share.
+    pub cpu_weight: Option<u32>,
+    /// Most CPU time in percent of one CPU.
+    pub cpu_cap_pct: Option<u32>,
+    /// Most memory in MiB, guest memory included.
+    pub memory_limit_mib: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.cpu_weight.is_none() && self.cpu_cap_pct.is_none() && self.memory_limit_mib.is_none()
+    }
+
+    /// Checks the values are in range.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::InvalidSpec(m));
+        if let Some(w) = self.cpu_weight
+            && !(1..=10_000).contains(&w)
+        {
+            return bad(format!("cpu weight {w} must be between 1 and 10000"));
+        }
+        if let Some(c) = self.cpu_cap_pct
+            && c == 0
+        {
+            return bad("cpu cap must be at least 1%".into());
+        }
+        if let Some(m) = self.memory_limit_mib
+            && m < 64
+        {
+            return bad(format!("memory limit {m} MiB is below 64 MiB"));
+        }
+        Ok(())
+    }
+}
+
+/// The cgroup version the host offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+fn version() -> Option<Version> {
+    let root = Path::new(ROOT);
+    if let Ok(ctl) = fs::read_to_string(root.join("cgroup.controllers")) {
+        let has = |c: &str| ctl.split_whitespace().any(|x| x == c);
+        if has("cpu") && has("memory") {
+            return Some(Version::V2);
+        }
+    }
+    if root.join("cpu/cpu.shares").exists() && root.join("memory/memory.limit_in_bytes").exists() {
+        return Some(Version::V1);
+    }
+    None
+}
+
+/// A VM's cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// One directory per hierarchy (one for v2, cpu and memory for v1).
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates the groups for `leaf` with `limits` applied.
+    pub fn create(leaf: &str, limits: &Limits) -> Result<Self, EngineError> {
+        limits.validate()?;
+        let v = version().ok_or_else(|| {
+            EngineError::InvalidSpec(
+                "CPU and memory limits need cgroups (v2 with the cpu and memory controllers, or v1 \
+                 cpu and memory hierarchies under /sys/fs/cgroup)"
+                    .into(),
+            )
+        })?;
+        let cg = match v {
+            Version::V2 => {
+                let parent = Path::new(ROOT).join("brood");
+                mkdir(&parent)?;
+                // Children of `brood` may use cpu and memory only if it delegates them.
+                let _ = fs::write(
+                    Path::new(ROOT).join("cgroup.subtree_control"),
+                    "+cpu +memory",
+                );
+                write(&parent.join("cgroup.subtree_control"), "+cpu +memory")?;
+                let dir = parent.join(leaf);
+                mkdir(&dir)?;
+                let cg = Cgroup {
+                    dirs: vec![dir.clone()],
+                };
+                cg.apply_v2(&dir, limits).inspect_err(|_| cg.remove())?;
+                cg
+            }
+            Version::V1 => {
+                let cpu = Path::new(ROOT).join("cpu/brood").join(leaf);
+                let mem = Path::new(ROOT).join("memory/brood").join(leaf);
+                mkdir(&cpu)?;
+                mkdir(&mem)?;
+                let cg = Cgroup {
+                    dirs: vec![cpu.clone(), mem.clone()],
+                };
+                cg.apply_v1(&cpu, &mem, limits)
+                    .inspect_err(|_| cg.remove())?;
+                cg
+            }
+        };
+        Ok(cg)
+    }
+
+    fn apply_v2(&self, dir: &Path, l: &Limits) -> Result<(), EngineError> {
+        if let Some(w) = l.cpu_weight {
+            write(&dir.join("cpu.weight"), &w.to_string())?;
+        }
+        if let Some(c) = l.cpu_cap_pct {
+            write(
+                &dir.join("cpu.max"),
+                &format!("{} {CFS_PERIOD_US}", u64::from(c) * CFS_PERIOD_US / 100),
+            )?;
+        }
+        if let Some(m) = l.memory_limit_mib {
+            write(&dir.join("memory.max"), &(m << 20).to_string())?;
+        }
+        Ok(())
+    }
+
+    fn apply_v1(&self, cpu: &Path, mem: &Path, l: &Limits) -> Result<(), EngineError> {
+        if let Some(w) = l.cpu_weight {
+            // v1 shares: 1024 is an ordinary share, as weight 100 is in v2.
+            write(
+                &cpu.join("cpu.shares"),
+                &(u64::from(w) * 1024 / 100).max(2).to_string(),
+            )?;
+        }
+        if let Some(c) = l.cpu_cap_pct {
+            write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+            write(
+                &cpu.join("cpu.cfs_quota_us"),
+                &(u64::from(c) * CFS_PERIOD_US / 100).to_string(),
+            )?;
+        }
+        if let Some(m) = l.memory_limit_mib {
+            write(&mem.join("memory.limit_in_bytes"), &(m << 20).to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files a process writes `0` to in order to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The group directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Finds the brood cgroups `pid` is in (for a VM found running after a restart).
+    pub fn of_pid(pid: u32) -> Option<Self> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let dirs: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+                if !path.starts_with("/brood/") {
+                    return None;
+                }
+                let rel = path.trim_start_matches('/');
+                match ctrls {
+                    "" => Some(Path::new(ROOT).join(rel)),
+                    c if c.split(',').any(|x| x == "cpu") => {
+                        Some(Path::new(ROOT).join("cpu").join(rel))
+                    }
+                    c if c.split(',').any(|x| x == "memory") => {
+                        Some(Path::new(ROOT).join("memory").join(rel))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        (!dirs.is_empty()).then_some(Cgroup { dirs })
+    }
+
+    /// Removes the groups; they must have no processes left.
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn mkdir(p: &Path) -> Result<(), EngineError> {
+    fs::create_dir_all(p)
+        .map_err(|e| EngineError::host(format!("create cgroup {}", p.display()), e))
+}
+
+fn write(p: &Path, v: &str) -> Result<(), EngineError> {
+    fs::write(p, v).map_err(|e| EngineError::host(format!("write {v:?} to {}", p.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(Limits::default().validate().is_ok());
+        assert!(Limits::default().is_empty());
+        let l = Limits {
+            cpu_weight: Some(0),
+            ..Default::default()
+        };
+        assert!(
+            l.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("between 1 and 10000")
+        );
+        let l = Limits {
+            cpu_cap_pct: Some(0),
+            ..Default::default()
+        };
+        assert!(l.validate().is_err());
+        let l = Limits {
+            memory_limit_mib: Some(10),
+            ..Default::default()
+        };
+        assert!(l.validate().is_err());
+    }
+
+    #[test]
+    fn limits_are_applied_on_this_host() {
+        if version().is_none() {
+            return; // No cgroup hierarchy to write to (not the case on brood's CI kind).
+        }
+        let leaf = format!("unit-{}", std::process::id());
+        let l = Limits {
+            cpu_weight: Some(200),
+            cpu_cap_pct: Some(50),
+            memory_limit_mib: Some(300),
+        };
+        let cg = Cgroup::create(&leaf, &l).unwrap();
+        let read = |name: &str| {
+            cg.dirs()
+                .iter()
+                .find_map(|d| fs::read_to_string(d.join(name)).ok())
+                .unwrap_or_default()
+        };
+        match version() {
+            Some(Version::V1) => {
+                assert_eq!(read("cpu.shares").trim(), "2048");
+                assert_eq!(read("cpu.cfs_quota_us").trim(), "50000");
+                assert_eq!(
+                    read("memory.limit_in_bytes").trim(),
+                    (300u64 << 20).to_string()
+                );
+            }
+            Some(Version::V2) => {
+                assert_eq!(read("cpu.weight").trim(), "200");
+                assert_eq!(read("cpu.max").trim(), "50000 100000");
+                assert_eq!(read("memory.max").trim(), (300u64 << 20).to_string());
+            }
+            None => unreachable!(),
+        }
+        cg.remove();
+        assert!(cg.dirs().iter().all(|d| !d.exists()));
+    }
+}
