@@ -1,0 +1,56 @@
+//! brood's transactional resource ledger, on embedded SQLite.
+//!
+//! Every unit of host capacity (memory, vCPUs, disk, NICs) is held by
+//! exactly one owner: the `available` pseudo-partition or a partition. All
+//! changes are transactions (`Tx`) of ops that carry before-images, checked
+//! as preconditions; a transaction applies atomically and durably or not at
+//! all, and appends one row with before- and after-images to an
+//! append-only audit log (WO 2005/036358, paragraphs 0088, 0098-0099, 0156).
+//! Partitions carry their life-cycle `Stage` and `RunState`, changed only
+//! through checked transitions.
+//!
+//! - `Ledger`: async, cloneable handle for broodd (a writer thread with
+//!   group commit, reader threads with read-only connections).
+//! - `LedgerDb`: the same ledger, synchronous, over one connection.
+//!
+//! The ledger never calls the engine; broodd reconciles it with the QEMU
+//! processes it finds (`verify` covers the ledger-internal invariants only).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), brood_ledger::LedgerError> {
+//! use brood_ledger::{Ledger, Op, PartitionRecord, Resources, Tx};
+//! let cap = Resources { memory_mib: 8192, vcpus: 4, disk_gib: 100, nics: 8 };
+//! let ledger = Ledger::open("/var/lib/brood/ledger.db", cap).await?;
+//! let mut p = PartitionRecord::new("web-1");
+//! p.demand = Resources { memory_mib: 512, vcpus: 1, disk_gib: 10, nics: 1 };
+//! let mut ops = vec![Op::InsertPartition(p.clone())];
+//! ops.extend(Op::reserve(p.uuid, &Resources { disk_gib: 10, ..Resources::ZERO }));
+//! ledger.commit(Tx::new("alice", "create web-1", ops)).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod db;
+mod error;
+mod ledger;
+mod partition;
+mod read;
+mod resource;
+mod schema;
+mod state;
+mod store;
+mod tx;
+mod verify;
+
+pub use db::{LEDGER_ACTOR, LedgerDb};
+pub use error::LedgerError;
+pub use ledger::{Ledger, LedgerOptions};
+pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
+pub use read::AuditEntry;
+pub use resource::{Holding, Owner, ParseNameError, ResourceKind, Resources};
+pub use schema::latest_version as schema_version;
+pub use state::{RunState, Stage, TransitionError};
+pub use tx::{Op, Tx, TxId};
+pub use uuid::Uuid;
+pub use verify::Problem;

@@ -1,0 +1,236 @@
+//! A partition as the ledger stores it (`PartitionRecord`), the
+//! before-images an op may check (`PartitionExpect`) and the field changes
+//! an update carries (`PartitionPatch`).
+//!
+//! The ledger does not read `configs`: it is broodd's JSON. It does know
+//! what a partition must hold in each state (`expected_holding`), which
+//! `verify` checks; broodd computes `demand` from the active configuration.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::resource::{ResourceKind, Resources};
+use crate::state::{RunState, Stage, TransitionError};
+
+/// One partition: its definition, state and what it holds while active.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Identity; never changes.
+    pub uuid: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Life-cycle stage.
+    pub stage: Stage,
+    /// Run state.
+    pub run_state: RunState,
+    /// Key of the active configuration in `configs`.
+    pub active_config: String,
+    /// broodd's configurations, opaque to the ledger.
+    pub configs: serde_json::Value,
+    /// What the partition holds while active: `disk_gib` for its whole life
+    /// (until decommissioned), the other kinds while `run_state.is_active()`.
+    pub demand: Resources,
+    /// The QEMU process, while there is one.
+    pub pid: Option<u32>,
+    /// An operation broodd began and must finish or undo after a crash.
+    pub pending_op: Option<String>,
+    /// Restarts after crashes.
+    pub restart_count: u32,
+    /// How the last process ended.
+    pub last_exit: Option<String>,
+    /// RFC 3339 UTC; set by the ledger on insert.
+    pub created_at: String,
+    /// RFC 3339 UTC; set by the ledger on every change.
+    pub updated_at: String,
+    /// 1 on insert, incremented by the ledger on every change.
+    pub generation: u64,
+}
+
+impl PartitionRecord {
+    /// A new partition in construction, stopped, with a fresh uuid, no
+    /// configurations and no demand. The ledger stamps the times and the
+    /// generation when the insert commits.
+    pub fn new(name: impl Into<String>) -> PartitionRecord {
+        PartitionRecord {
+            uuid: Uuid::new_v4(),
+            name: name.into(),
+            stage: Stage::Construction,
+            run_state: RunState::Stopped,
+            active_config: String::new(),
+            configs: serde_json::Value::Object(serde_json::Map::new()),
+            demand: Resources::ZERO,
+            pid: None,
+            pending_op: None,
+            restart_count: 0,
+            last_exit: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            generation: 0,
+        }
+    }
+
+    /// What the partition must hold in its current stage and run state:
+    /// `demand.disk_gib` unless decommissioned, and `demand`'s memory,
+    /// vCPUs and NICs while its run state is active.
+    pub fn expected_holding(&self) -> Resources {
+        let mut out = Resources::ZERO;
+        if self.stage != Stage::Decommissioned {
+            out.disk_gib = self.demand.disk_gib;
+        }
+        if self.run_state.is_active() {
+            for kind in [
+                ResourceKind::MemoryMib,
+                ResourceKind::Vcpus,
+                ResourceKind::Nics,
+            ] {
+                out.set(kind, self.demand.get(kind));
+            }
+        }
+        out
+    }
+}
+
+/// Before-images of a partition that an op requires; `None` checks nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionExpect {
+    /// The run state the partition must be in.
+    pub run_state: Option<RunState>,
+    /// The stage the partition must be in.
+    pub stage: Option<Stage>,
+    /// The generation the partition must have (optimistic locking).
+    pub generation: Option<u64>,
+}
+
+/// Field changes of an update; `None` leaves a field alone. For the
+/// optional fields, `Some(None)` clears them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionPatch {
+    /// New run state; must be a legal `RunState::transition`.
+    pub run_state: Option<RunState>,
+    /// New stage; must be a legal `Stage::transition`.
+    pub stage: Option<Stage>,
+    /// New active configuration key.
+    pub active_config: Option<String>,
+    /// New configurations.
+    pub configs: Option<serde_json::Value>,
+    /// New demand.
+    pub demand: Option<Resources>,
+    /// New process id, or `Some(None)` to clear it.
+    pub pid: Option<Option<u32>>,
+    /// New pending operation, or `Some(None)` to clear it.
+    pub pending_op: Option<Option<String>>,
+    /// New restart count.
+    pub restart_count: Option<u32>,
+    /// New exit description, or `Some(None)` to clear it.
+    pub last_exit: Option<Option<String>>,
+}
+
+impl PartitionPatch {
+    /// Applies the patch to `rec`, checking state changes first; on error
+    /// `rec` is unchanged. Does not touch `generation` or `updated_at`.
+    pub fn apply_to(&self, rec: &mut PartitionRecord) -> Result<(), TransitionError> {
+        let run_state = match self.run_state {
+            Some(to) => rec.run_state.transition(to)?,
+            None => rec.run_state,
+        };
+        let stage = match self.stage {
+            Some(to) => rec.stage.transition(to)?,
+            None => rec.stage,
+        };
+        rec.run_state = run_state;
+        rec.stage = stage;
+        if let Some(v) = &self.active_config {
+            rec.active_config.clone_from(v);
+        }
+        if let Some(v) = &self.configs {
+            rec.configs.clone_from(v);
+        }
+        if let Some(v) = self.demand {
+            rec.demand = v;
+        }
+        if let Some(v) = self.pid {
+            rec.pid = v;
+        }
+        if let Some(v) = &self.pending_op {
+            rec.pending_op.clone_from(v);
+        }
+        if let Some(v) = self.restart_count {
+            rec.restart_count = v;
+        }
+        if let Some(v) = &self.last_exit {
+            rec.last_exit.clone_from(v);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demand() -> Resources {
+        Resources {
+            memory_mib: 512,
+            vcpus: 2,
+            disk_gib: 10,
+            nics: 1,
+        }
+    }
+
+    #[test]
+    fn expected_holding_follows_stage_and_run_state() {
+        let mut p = PartitionRecord::new("a");
+        p.demand = demand();
+        assert_eq!(
+            p.expected_holding(),
+            Resources::of(ResourceKind::DiskGib, 10)
+        );
+        for rs in RunState::ALL {
+            p.run_state = rs;
+            let want = if rs.is_active() {
+                demand()
+            } else {
+                Resources::of(ResourceKind::DiskGib, 10)
+            };
+            assert_eq!(p.expected_holding(), want, "{rs}");
+        }
+        p.run_state = RunState::Stopped;
+        p.stage = Stage::Decommissioned;
+        assert!(p.expected_holding().is_zero());
+    }
+
+    #[test]
+    fn patch_checks_transitions_before_changing_anything() {
+        let mut p = PartitionRecord::new("a");
+        let patch = PartitionPatch {
+            run_state: Some(RunState::Paused),
+            pid: Some(Some(42)),
+            ..PartitionPatch::default()
+        };
+        let before = p.clone();
+        let e = patch.apply_to(&mut p).expect_err("stopped -> paused");
+        assert_eq!(e.to_string(), "run state: cannot go from stopped to paused");
+        assert_eq!(p, before);
+
+        let patch = PartitionPatch {
+            run_state: Some(RunState::Starting),
+            stage: Some(Stage::Provisioning),
+            pid: Some(Some(42)),
+            pending_op: Some(Some("start".into())),
+            ..PartitionPatch::default()
+        };
+        assert!(patch.apply_to(&mut p).is_ok());
+        assert_eq!(p.run_state, RunState::Starting);
+        assert_eq!(p.stage, Stage::Provisioning);
+        assert_eq!(p.pid, Some(42));
+        assert_eq!(p.pending_op.as_deref(), Some("start"));
+
+        let clear = PartitionPatch {
+            pid: Some(None),
+            pending_op: Some(None),
+            ..PartitionPatch::default()
+        };
+        assert!(clear.apply_to(&mut p).is_ok());
+        assert_eq!((p.pid, p.pending_op), (None, None));
+    }
+}

@@ -1,0 +1,224 @@
+//! The SQLite schema, its versioned migrations (`PRAGMA user_version`) and
+//! the connection settings of the write and read connections.
+//!
+//! Tables (version 1):
+//!
+//! ```text
+//! capacity(kind PK, amount >= 0)                 host capacity per kind
+//! partition(uuid PK, name UNIQUE, stage, run_state, active_config,
+//!           configs JSON, demand_{memory_mib,vcpus,disk_gib,nics} >= 0,
+//!           pid, pending_op, restart_count, last_exit,
+//!           created_at, updated_at, generation)
+//! holding(owner, kind, amount >= 0, PK (owner, kind),
+//!         partition = NULLIF(owner, 'available') REFERENCES partition)
+//! audit(id INTEGER PK AUTOINCREMENT, time, actor, reason, changes JSON)
+//!         append-only: triggers abort UPDATE and DELETE
+//! ```
+//!
+//! `available` always has one holding row per kind; a partition's row is
+//! deleted when its amount reaches zero, so the foreign key keeps a
+//! partition that holds anything from being deleted. Applying ops is
+//! `store`'s job.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{DbContext, LedgerError};
+
+/// How long a connection waits for a lock held by another connection.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = "
+CREATE TABLE capacity (
+    kind   TEXT PRIMARY KEY
+           CHECK (kind IN ('memory_mib', 'vcpus', 'disk_gib', 'nics')),
+    amount INTEGER NOT NULL CHECK (amount >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE partition (
+    uuid              TEXT PRIMARY KEY,
+    name              TEXT NOT NULL UNIQUE,
+    stage             TEXT NOT NULL CHECK (stage IN ('construction', 'provisioning',
+                          'operating', 'manual', 'disabled', 'decommissioned', 'template')),
+    run_state         TEXT NOT NULL CHECK (run_state IN ('stopped', 'starting', 'running',
+                          'paused', 'saved', 'crashed')),
+    active_config     TEXT NOT NULL,
+    configs           TEXT NOT NULL CHECK (json_valid(configs)),
+    demand_memory_mib INTEGER NOT NULL CHECK (demand_memory_mib >= 0),
+    demand_vcpus      INTEGER NOT NULL CHECK (demand_vcpus >= 0),
+    demand_disk_gib   INTEGER NOT NULL CHECK (demand_disk_gib >= 0),
+    demand_nics       INTEGER NOT NULL CHECK (demand_nics >= 0),
+    pid               INTEGER CHECK (pid IS NULL OR pid > 0),
+    pending_op        TEXT,
+    restart_count     INTEGER NOT NULL CHECK (restart_count >= 0),
+    last_exit         TEXT,
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    generation        INTEGER NOT NULL CHECK (generation >= 1)
+) WITHOUT ROWID;
+
+CREATE TABLE holding (
+    owner     TEXT NOT NULL,
+    kind      TEXT NOT NULL CHECK (kind IN ('memory_mib', 'vcpus', 'disk_gib', 'nics')),
+    amount    INTEGER NOT NULL CHECK (amount >= 0),
+    partition TEXT GENERATED ALWAYS AS (NULLIF(owner, 'available')) VIRTUAL
+              REFERENCES partition (uuid),
+    PRIMARY KEY (owner, kind)
+) WITHOUT ROWID;
+CREATE INDEX holding_partition ON holding (partition);
+
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    time    TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    changes TEXT NOT NULL CHECK (json_valid(changes))
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+";
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> u32 {
+    u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
+}
+
+/// Opens the write connection: creates the file if needed, turns on WAL,
+/// `synchronous=FULL` (a COMMIT is on disk when it returns, in WAL mode
+/// too) and foreign keys, then migrates the schema.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection, LedgerError> {
+    let open_err = |source| LedgerError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::NoWal {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(open_err)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection to a database the writer has set up.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, LedgerError> {
+    let open_err = |source| LedgerError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    Ok(conn)
+}
+
+/// Runs the migrations the file has not had, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+    let found: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ctx("read schema version")?;
+    let known = latest_version();
+    if found > known {
+        return Err(LedgerError::SchemaTooNew { found, known });
+    }
+    for (version, sql) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let step = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Another process may have migrated between our read and our lock.
+            let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now < version {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version)?;
+            }
+            tx.commit()
+        };
+        step(conn).map_err(|source| LedgerError::Migrate { version, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_file_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.db");
+        let conn = open_writer(&path).expect("open");
+        let v: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, latest_version());
+        drop(conn);
+        let conn = open_writer(&path).expect("reopen");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN
+                 ('capacity', 'partition', 'holding', 'audit')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(tables, 4);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.pragma_update(None, "user_version", 99).expect("set");
+        drop(conn);
+        let e = open_writer(&path).expect_err("too new");
+        assert!(
+            matches!(e, LedgerError::SchemaTooNew { found: 99, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn holding_owner_must_be_a_partition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_writer(&dir.path().join("l.db")).expect("open");
+        conn.execute(
+            "INSERT INTO holding (owner, kind, amount) VALUES ('available', 'vcpus', 1)",
+            [],
+        )
+        .expect("available needs no partition");
+        let e = conn.execute(
+            "INSERT INTO holding (owner, kind, amount) VALUES (?1, 'vcpus', 1)",
+            [uuid::Uuid::nil().to_string()],
+        );
+        assert!(e.is_err(), "orphan holding accepted");
+        let e = conn.execute(
+            "UPDATE holding SET amount = -1 WHERE owner = 'available'",
+            [],
+        );
+        assert!(e.is_err(), "negative amount accepted");
+    }
+}

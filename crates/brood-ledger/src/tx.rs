@@ -1,0 +1,180 @@
+//! What a caller asks the ledger to do: a `Tx` of `Op`s, applied together
+//! or not at all, and the `TxId` of its audit row.
+//!
+//! Ops carry before-images (`expect_*`, `PartitionExpect`) that the ledger
+//! checks as preconditions, as the transaction requests of WO 2005/036358
+//! paragraph 0156 do. Applying them is `store::apply`'s job.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::partition::{PartitionExpect, PartitionPatch, PartitionRecord};
+use crate::resource::{Owner, ResourceKind, Resources};
+
+/// The id of a committed transaction: its row in the audit log. Ids
+/// increase with commit order and are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TxId(pub u64);
+
+impl fmt::Display for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A transaction: ops applied atomically, recorded as one audit row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tx {
+    /// Who asks (a user, "broodd", "reconcile").
+    pub actor: String,
+    /// Why, for the audit log.
+    pub reason: String,
+    /// The changes, applied in order; a later op sees earlier ones.
+    pub ops: Vec<Op>,
+}
+
+impl Tx {
+    /// A transaction of `ops` by `actor` for `reason`.
+    pub fn new(actor: impl Into<String>, reason: impl Into<String>, ops: Vec<Op>) -> Tx {
+        Tx {
+            actor: actor.into(),
+            reason: reason.into(),
+            ops,
+        }
+    }
+}
+
+/// One change inside a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Move `amount` of `kind` from one owner to another. `expect_from` and
+    /// `expect_to` are before-images: when `Some`, the owner's current
+    /// amount must equal them or the whole Tx fails with
+    /// `LedgerError::Precondition`.
+    Move {
+        /// The resource.
+        kind: ResourceKind,
+        /// The owner that gives.
+        from: Owner,
+        /// The owner that receives.
+        to: Owner,
+        /// How much.
+        amount: u64,
+        /// What `from` must hold before the move.
+        expect_from: Option<u64>,
+        /// What `to` must hold before the move.
+        expect_to: Option<u64>,
+    },
+    /// Insert a partition; its name must be unique (`LedgerError::NameTaken`).
+    /// The ledger sets `created_at`, `updated_at` and `generation` (1).
+    InsertPartition(PartitionRecord),
+    /// Change fields of a partition. `expect` holds before-images that must
+    /// match (`Precondition` on mismatch); run-state and stage changes are
+    /// checked with `transition` (`LedgerError::Transition`).
+    UpdatePartition {
+        /// The partition.
+        uuid: Uuid,
+        /// Before-images.
+        expect: PartitionExpect,
+        /// The changes.
+        set: PartitionPatch,
+    },
+    /// Delete a partition; refused (`LedgerError::StillHolds`) while it
+    /// holds any resource.
+    DeletePartition {
+        /// The partition.
+        uuid: Uuid,
+        /// Before-images.
+        expect: PartitionExpect,
+    },
+    /// Set the host's capacity; `available` gains or loses the difference.
+    /// Refused (`LedgerError::CapacityInUse`) if `available` would go negative.
+    SetCapacity {
+        /// The new capacity.
+        capacity: Resources,
+        /// The capacity there must be before, if `Some`.
+        expect: Option<Resources>,
+    },
+}
+
+impl Op {
+    /// A move without before-images.
+    pub fn transfer(kind: ResourceKind, from: Owner, to: Owner, amount: u64) -> Op {
+        Op::Move {
+            kind,
+            from,
+            to,
+            amount,
+            expect_from: None,
+            expect_to: None,
+        }
+    }
+
+    /// Moves from `available` to the partition, one op per non-zero kind.
+    pub fn reserve(uuid: Uuid, r: &Resources) -> Vec<Op> {
+        Op::moves(Owner::Available, Owner::Partition(uuid), r)
+    }
+
+    /// Moves from the partition back to `available`, one op per non-zero kind.
+    pub fn release(uuid: Uuid, r: &Resources) -> Vec<Op> {
+        Op::moves(Owner::Partition(uuid), Owner::Available, r)
+    }
+
+    fn moves(from: Owner, to: Owner, r: &Resources) -> Vec<Op> {
+        r.iter()
+            .filter(|&(_, amount)| amount > 0)
+            .map(|(kind, amount)| Op::transfer(kind, from, to, amount))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_and_release_skip_zero_kinds() {
+        let u = Uuid::from_u128(7);
+        let r = Resources {
+            memory_mib: 256,
+            vcpus: 1,
+            disk_gib: 0,
+            nics: 0,
+        };
+        let ops = Op::reserve(u, &r);
+        assert_eq!(
+            ops,
+            [
+                Op::transfer(
+                    ResourceKind::MemoryMib,
+                    Owner::Available,
+                    Owner::Partition(u),
+                    256
+                ),
+                Op::transfer(
+                    ResourceKind::Vcpus,
+                    Owner::Available,
+                    Owner::Partition(u),
+                    1
+                ),
+            ]
+        );
+        let back = Op::release(u, &r);
+        assert_eq!(back.len(), 2);
+        assert!(matches!(
+            back.first(),
+            Some(Op::Move { from: Owner::Partition(p), to: Owner::Available, .. }) if *p == u
+        ));
+        assert!(Op::reserve(u, &Resources::ZERO).is_empty());
+    }
+
+    #[test]
+    fn tx_id_is_a_bare_number_in_json() {
+        assert_eq!(serde_json::to_string(&TxId(42)).ok().as_deref(), Some("42"));
+        assert_eq!(TxId(42).to_string(), "42");
+    }
+}
