@@ -1,0 +1,33 @@
+//! broodd's REST API types, shared by the daemon (which derives its OpenAPI
+//! document from them) and the `brood` CLI (which deserializes them). Plain
+//! data only: validation and the mapping to domain types live in broodd.
+//!
+//! Every route is under `/v1`, takes and returns JSON, and needs
+//! `Authorization: Bearer <token>`; failures return [`ErrorBody`].
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod event;
+pub mod host;
+pub mod ledger;
+pub mod partition;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use event::{Event, EventKind};
+pub use host::HostInfo;
+pub use ledger::{
+    AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
+};
+pub use partition::*;
+
+/// Default page size of list endpoints.
+pub const DEFAULT_PAGE: usize = 100;
+/// Largest page a client may ask for.
+pub const MAX_PAGE: usize = 1000;
+/// Largest request body broodd accepts (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// broodd's socket in its data directory.
+pub const SOCKET_FILE: &str = "broodd.sock";
+/// broodd's bearer token in its data directory (mode 0600).
+pub const TOKEN_FILE: &str = "token";

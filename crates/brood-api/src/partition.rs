@@ -1,0 +1,282 @@
+//! Partitions on the wire: their definition (named configurations), their
+//! life-cycle stage and run state, and the bodies of the operations on them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Life-cycle stage of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Defined, not yet provisioned.
+    Construction,
+    /// Its disks are being created.
+    Provisioning,
+    /// Ready to run.
+    Operating,
+    /// Held by an administrator; can run, no automatic actions (restarts).
+    Manual,
+    /// Cannot be started.
+    Disabled,
+    /// Retired; only deletion remains.
+    Decommissioned,
+    /// A frozen parent that children are forked from; never runs again.
+    Template,
+}
+
+/// Run state of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// No QEMU; holds no memory, vCPUs or NICs.
+    Stopped,
+    /// QEMU is being started.
+    Starting,
+    /// Running.
+    Running,
+    /// vCPUs stopped; memory still held.
+    Paused,
+    /// State saved to disk; memory and vCPUs returned.
+    Saved,
+    /// QEMU died without being asked to; resources returned.
+    Crashed,
+}
+
+/// What the daemon does when a partition's QEMU ends on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Leave it stopped or crashed.
+    #[default]
+    Never,
+    /// Restart it when it crashed (not when the guest powered off).
+    OnFailure,
+    /// Restart it whenever it ends, unless it was stopped through the API.
+    Always,
+}
+
+/// Resource policy of a partition, enforced with cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Relative CPU weight, 1-10000 (100 is the default share).
+    pub cpu_weight: Option<u32>,
+    /// Most CPU time, in percent of one CPU (150 = one and a half CPUs).
+    pub cpu_cap_pct: Option<u32>,
+    /// Most memory QEMU may use, guest memory included, in MiB.
+    pub memory_limit_mib: Option<u64>,
+    /// Scheduling priority of the partition's jobs: higher goes first.
+    pub priority: i32,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+}
+
+/// A disk of a configuration; broodd creates it as a qcow2 file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Name, unique in the configuration: `[a-z0-9_-]`, 1-32 characters.
+    pub name: String,
+    /// Size in GiB.
+    pub size_gib: u64,
+}
+
+/// A NIC of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicConfig {
+    /// A Linux bridge on the host, or `user` for QEMU's user-mode network.
+    pub network: String,
+    /// MAC address; chosen by broodd when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// One named configuration of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// Virtual CPUs.
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Disks, in guest order (`vda`, `vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// NICs, in guest order.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+    /// Zones the partition requires of its host.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// Resource policy.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Extra kernel command-line arguments.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_memory() -> u64 {
+    256
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 256,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            zones: Vec::new(),
+            policy: Policy::default(),
+            cmdline: String::new(),
+        }
+    }
+}
+
+/// Body of `POST /v1/partitions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefineRequest {
+    /// Name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+    pub name: String,
+    /// Configurations by name; at least one.
+    pub configs: BTreeMap<String, PartitionConfig>,
+    /// The configuration used at the next start; the first by name when absent.
+    #[serde(default)]
+    pub active_config: Option<String>,
+    /// Start it once defined; if the start fails, the definition is removed too.
+    #[serde(default)]
+    pub start: bool,
+}
+
+/// A partition's disk as created on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskInfo {
+    /// Its name in the configuration.
+    pub name: String,
+    /// The qcow2 file on the host.
+    pub path: String,
+    /// Its size in GiB.
+    pub size_gib: u64,
+}
+
+/// A partition as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Partition {
+    /// Name.
+    pub name: String,
+    /// Identifier.
+    pub uuid: Uuid,
+    /// Life-cycle stage.
+    pub stage: Stage,
+    /// Run state.
+    pub run_state: RunState,
+    /// Configuration used at the next start.
+    pub active_config: String,
+    /// All configurations.
+    pub configs: BTreeMap<String, PartitionConfig>,
+    /// QEMU's pid while it has one.
+    pub pid: Option<u32>,
+    /// Disks of the active configuration.
+    pub disks: Vec<DiskInfo>,
+    /// How QEMU last ended, when it has.
+    pub last_exit: Option<String>,
+    /// Automatic restarts so far.
+    pub restart_count: u32,
+    /// An operation in progress, if any.
+    pub pending_op: Option<String>,
+    /// When it was defined (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// A page of partitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PartitionList {
+    /// The partitions, by name.
+    pub items: Vec<Partition>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// Body of `POST /v1/partitions/{name}/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StopRequest {
+    /// Seconds to wait for the guest to power off before killing it (default 30).
+    pub timeout_s: Option<u64>,
+}
+
+/// Body of `PUT /v1/partitions/{name}/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfigRequest {
+    /// The configuration to use at the next start.
+    pub config: String,
+}
+
+/// Body of `PUT /v1/partitions/{name}/stage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetStageRequest {
+    /// The new stage.
+    pub stage: Stage,
+}
+
+/// Body of `POST /v1/partitions/{name}/exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecRequest {
+    /// A shell command, run with `/bin/sh -c`.
+    pub command: Option<String>,
+    /// An argv to run directly (instead of `command`).
+    pub argv: Option<Vec<String>>,
+    /// Environment variables added.
+    pub env: BTreeMap<String, String>,
+    /// Standard input, base64.
+    pub stdin_base64: Option<String>,
+    /// Kill the command after this long.
+    pub timeout_ms: Option<u64>,
+    /// How long to wait for the guest agent to be ready (default 60000).
+    pub ready_timeout_ms: Option<u64>,
+}
+
+/// Result of an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResponse {
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when one ended it.
+    pub signal: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// Standard output, base64.
+    pub stdout_base64: String,
+    /// Standard error, base64.
+    pub stderr_base64: String,
+    /// Standard output was cut at the output limit.
+    pub stdout_truncated: bool,
+    /// Standard error was cut at the output limit.
+    pub stderr_truncated: bool,
+}
+
+/// The tail of a partition's console log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleLog {
+    /// The text (invalid UTF-8 replaced).
+    pub text: String,
+    /// Older output exists that is not included.
+    pub truncated: bool,
+}
