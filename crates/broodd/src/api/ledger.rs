@@ -1,0 +1,168 @@
+//! `/v1/ledger`, `/v1/host` and `/v1/events`: who holds what, the audit
+//! log, verification, the host's capacity, and the stream of state changes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use brood_api::{
+    AuditEntry, AuditLog, ErrorBody, HostInfo, LedgerView, OwnerHoldings, VerifyReport,
+};
+use brood_ledger::{Owner, Resources};
+use futures::Stream;
+use serde::Deserialize;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::convert::resources_out;
+use crate::daemon::Daemon;
+use crate::error::{ApiError, ApiResult};
+
+type D = State<Arc<Daemon>>;
+
+pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
+    r.routes(routes!(show))
+        .routes(routes!(log))
+        .routes(routes!(verify))
+        .routes(routes!(host))
+        .routes(routes!(events))
+}
+
+/// Who holds what: capacity and every owner's holdings, `available` first.
+#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", responses((status = 200, body = LedgerView), (status = 401, body = ErrorBody)))]
+async fn show(State(d): D) -> ApiResult<Json<LedgerView>> {
+    let capacity = d.ledger.capacity().await?;
+    let mut by_owner: std::collections::BTreeMap<Owner, Resources> = Default::default();
+    for h in d.ledger.holdings().await? {
+        let e = by_owner.entry(h.owner).or_default();
+        e.set(h.kind, e.get(h.kind) + h.amount);
+    }
+    let mut owners = Vec::new();
+    owners.push(OwnerHoldings {
+        owner: "available".into(),
+        uuid: None,
+        holds: resources_out(&by_owner.remove(&Owner::Available).unwrap_or_default()),
+    });
+    // Every partition, holding something or not.
+    for rec in d.ledger.all_partitions().await? {
+        let holds = by_owner
+            .remove(&Owner::Partition(rec.uuid))
+            .unwrap_or_default();
+        owners.push(OwnerHoldings {
+            owner: rec.name,
+            uuid: Some(rec.uuid),
+            holds: resources_out(&holds),
+        });
+    }
+    // Holders that are no partition (verify reports them too).
+    for (owner, holds) in by_owner {
+        if let Owner::Partition(u) = owner {
+            owners.push(OwnerHoldings {
+                owner: u.to_string(),
+                uuid: Some(u),
+                holds: resources_out(&holds),
+            });
+        }
+    }
+    Ok(Json(LedgerView {
+        capacity: resources_out(&capacity),
+        owners,
+    }))
+}
+
+/// Audit-log page parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// Return entries older than this transaction id.
+    before: Option<u64>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// The audit log, newest first: every transaction with before- and after-images.
+#[utoipa::path(get, path = "/v1/ledger/log", tag = "ledger", params(LogQuery),
+    responses((status = 200, body = AuditLog), (status = 400, body = ErrorBody)))]
+async fn log(State(d): D, Query(q): Query<LogQuery>) -> ApiResult<Json<AuditLog>> {
+    let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
+    if !(1..=brood_api::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} must be between 1 and {}",
+            brood_api::MAX_PAGE
+        )));
+    }
+    let entries = d.ledger.log_newest(q.before, limit + 1).await?;
+    let more = entries.len() > limit;
+    let items: Vec<AuditEntry> = entries
+        .into_iter()
+        .take(limit)
+        .map(|e| AuditEntry {
+            id: e.id.0,
+            time: e.time,
+            actor: e.actor,
+            reason: e.reason,
+            changes: e.changes,
+        })
+        .collect();
+    let next = if more {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(AuditLog { items, next }))
+}
+
+/// Checks the ledger's invariants and that it agrees with the QEMU processes.
+#[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, body = VerifyReport)))]
+async fn verify(State(d): D) -> ApiResult<Json<VerifyReport>> {
+    Ok(Json(crate::verify::verify(&d).await?))
+}
+
+/// The host: capacity, use, accelerator.
+#[utoipa::path(get, path = "/v1/host", tag = "host", responses((status = 200, body = HostInfo)))]
+async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
+    let capacity = d.ledger.capacity().await?;
+    let available = d.ledger.held_by(Owner::Available).await?;
+    let used = capacity.checked_sub(&available).unwrap_or_default();
+    let records = d.ledger.all_partitions().await?;
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Json(HostInfo {
+        hostname,
+        version: env!("CARGO_PKG_VERSION").into(),
+        accel: if brood_engine::host::kvm_usable() {
+            "kvm"
+        } else {
+            "tcg"
+        }
+        .into(),
+        capacity: resources_out(&capacity),
+        used: resources_out(&used),
+        available: resources_out(&available),
+        vcpu_overcommit: d.vcpu_overcommit,
+        partitions: records.len() as u64,
+        active: records.iter().filter(|r| r.run_state.is_active()).count() as u64,
+        data_dir: d.paths.data.display().to_string(),
+        run_dir: d.engine.config().run_root.display().to_string(),
+    }))
+}
+
+/// Server-sent events: one JSON `Event` per state change, from now on.
+#[utoipa::path(get, path = "/v1/events", tag = "host",
+    responses((status = 200, description = "text/event-stream of Event objects", content_type = "text/event-stream")))]
+async fn events(State(d): D) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = BroadcastStream::new(d.subscribe()).filter_map(|e| match e {
+        Ok(ev) => SseEvent::default().json_data(ev).ok().map(Ok),
+        // A slow reader missed events: tell it, so it can re-read state.
+        Err(_) => Some(Ok(SseEvent::default()
+            .event("lagged")
+            .data("events were dropped; re-read the state"))),
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

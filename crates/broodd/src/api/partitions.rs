@@ -1,0 +1,325 @@
+//! `/v1/partitions`: define, list, show, delete, and the operations on a
+//! partition's VM. Handlers parse and check the request, then call `ops`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use brood_api::{
+    ConsoleLog, DefineRequest, ErrorBody, ExecRequest, ExecResponse, Partition, PartitionList,
+    SetConfigRequest, SetStageRequest, StopRequest,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ApiJson, OptionalJson};
+use crate::convert;
+use crate::daemon::Daemon;
+use crate::error::{ApiError, ApiResult};
+use crate::ops::{self, StopMode};
+
+type D = State<Arc<Daemon>>;
+const ACTOR: &str = "api";
+
+pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
+    r.routes(routes!(list, define))
+        .routes(routes!(show, delete))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(kill))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(save))
+        .routes(routes!(restore))
+        .routes(routes!(set_config))
+        .routes(routes!(set_stage))
+        .routes(routes!(console))
+        .routes(routes!(exec))
+}
+
+fn out(d: &Daemon, rec: &brood_ledger::PartitionRecord) -> ApiResult<Json<Partition>> {
+    Ok(Json(convert::partition_out(rec, &d.paths)?))
+}
+
+/// Page parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Return partitions whose name sorts after this one.
+    after: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Lists partitions by name, a page at a time.
+#[utoipa::path(get, path = "/v1/partitions", tag = "partitions", params(ListQuery),
+    responses((status = 200, body = PartitionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<Json<PartitionList>> {
+    let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
+    if !(1..=brood_api::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} must be between 1 and {}",
+            brood_api::MAX_PAGE
+        )));
+    }
+    let recs = d.ledger.partitions(q.after, limit + 1).await?;
+    let more = recs.len() > limit;
+    let items = recs
+        .iter()
+        .take(limit)
+        .map(|r| convert::partition_out(r, &d.paths))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let next = if more {
+        items.last().map(|p| p.name.clone())
+    } else {
+        None
+    };
+    Ok(Json(PartitionList { items, next }))
+}
+
+/// Defines a partition (and starts it with `start: true`).
+#[utoipa::path(post, path = "/v1/partitions", tag = "partitions", request_body = DefineRequest,
+    responses((status = 201, body = Partition), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
+async fn define(
+    State(d): D,
+    ApiJson(req): ApiJson<DefineRequest>,
+) -> ApiResult<(StatusCode, Json<Partition>)> {
+    let rec = ops::define(&d, ACTOR, req).await?;
+    Ok((StatusCode::CREATED, out(&d, &rec)?))
+}
+
+/// Shows a partition (by name or uuid).
+#[utoipa::path(get, path = "/v1/partitions/{name}", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody)))]
+async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    out(&d, &ops::resolve(&d, &name).await?)
+}
+
+/// Delete options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    /// Kill the VM first if it runs.
+    force: Option<bool>,
+}
+
+/// Deletes a partition, its disks and saved state.
+#[utoipa::path(delete, path = "/v1/partitions/{name}", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid"), DeleteQuery),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete(
+    State(d): D,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let rec = ops::resolve(&d, &name).await?;
+    ops::delete(&d, ACTOR, rec.uuid, q.force.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a stopped or crashed partition with its active configuration.
+#[utoipa::path(post, path = "/v1/partitions/{name}/start", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
+async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(&d, &ops::start(&d, ACTOR, rec.uuid).await?)
+}
+
+/// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
+#[utoipa::path(post, path = "/v1/partitions/{name}/stop", tag = "partitions", request_body(content = StopRequest, description = "optional"),
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn stop(
+    State(d): D,
+    Path(name): Path<String>,
+    OptionalJson(req): OptionalJson<StopRequest>,
+) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    let t = req.timeout_s.map_or(ops::STOP_TIMEOUT, Duration::from_secs);
+    if t > Duration::from_secs(3600) {
+        return Err(ApiError::bad_request("timeout_s must be at most 3600"));
+    }
+    out(
+        &d,
+        &ops::stop(&d, ACTOR, rec.uuid, StopMode::Graceful(t)).await?,
+    )
+}
+
+/// Kills a partition's VM at once.
+#[utoipa::path(post, path = "/v1/partitions/{name}/kill", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(&d, &ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?)
+}
+
+/// Pauses a running partition's vCPUs.
+#[utoipa::path(post, path = "/v1/partitions/{name}/pause", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(&d, &ops::pause(&d, ACTOR, rec.uuid, true).await?)
+}
+
+/// Resumes a paused partition.
+#[utoipa::path(post, path = "/v1/partitions/{name}/resume", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(&d, &ops::pause(&d, ACTOR, rec.uuid, false).await?)
+}
+
+/// Saves a partition's state to disk and ends its VM; memory and vCPUs go back to `available`.
+#[utoipa::path(post, path = "/v1/partitions/{name}/save", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(&d, &ops::save(&d, ACTOR, rec.uuid).await?)
+}
+
+/// Starts a saved partition from its saved state.
+#[utoipa::path(post, path = "/v1/partitions/{name}/restore", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(&d, &ops::restore(&d, ACTOR, rec.uuid).await?)
+}
+
+/// Chooses the configuration used at the next start.
+#[utoipa::path(put, path = "/v1/partitions/{name}/config", tag = "partitions", request_body = SetConfigRequest,
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_config(
+    State(d): D,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetConfigRequest>,
+) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(
+        &d,
+        &ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?,
+    )
+}
+
+/// Moves a partition to another life-cycle stage.
+#[utoipa::path(put, path = "/v1/partitions/{name}/stage", tag = "partitions", request_body = SetStageRequest,
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_stage(
+    State(d): D,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetStageRequest>,
+) -> ApiResult<Json<Partition>> {
+    let rec = ops::resolve(&d, &name).await?;
+    out(
+        &d,
+        &ops::set_stage(&d, ACTOR, rec.uuid, convert::stage_in(req.stage)).await?,
+    )
+}
+
+/// Console options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ConsoleQuery {
+    /// Most bytes to return, from the end (default 65536, at most 1048576).
+    bytes: Option<usize>,
+}
+
+/// The tail of a partition's serial console log.
+#[utoipa::path(get, path = "/v1/partitions/{name}/console", tag = "partitions",
+    params(("name" = String, Path, description = "Partition name or uuid"), ConsoleQuery),
+    responses((status = 200, body = ConsoleLog), (status = 404, body = ErrorBody)))]
+async fn console(
+    State(d): D,
+    Path(name): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> ApiResult<Json<ConsoleLog>> {
+    let rec = ops::resolve(&d, &name).await?;
+    let want = q.bytes.unwrap_or(64 * 1024).min(1 << 20);
+    // Earlier runs' output, then the current run's.
+    let mut text = tokio::fs::read(d.paths.console_log(rec.uuid))
+        .await
+        .unwrap_or_default();
+    if let Some(r) = d.running(rec.uuid) {
+        text.extend(ops::current_console(&r).await);
+    }
+    let start = text.len().saturating_sub(want);
+    Ok(Json(ConsoleLog {
+        text: String::from_utf8_lossy(text.get(start..).unwrap_or_default()).into_owned(),
+        truncated: start > 0,
+    }))
+}
+
+/// Runs a command in a partition's guest through its agent.
+#[utoipa::path(post, path = "/v1/partitions/{name}/exec", tag = "partitions", request_body = ExecRequest,
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    responses((status = 200, body = ExecResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn exec(
+    State(d): D,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> ApiResult<Json<ExecResponse>> {
+    let rec = ops::resolve(&d, &name).await?;
+    let command = match (req.command, req.argv) {
+        (Some(c), None) => brood_proto::Command::Shell(c),
+        (None, Some(a)) if !a.is_empty() => brood_proto::Command::Argv(a),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `command` (a shell string) or `argv`",
+            ));
+        }
+    };
+    let stdin = match req.stdin_base64 {
+        Some(s) => B64
+            .decode(s)
+            .map_err(|e| ApiError::bad_request(format!("stdin_base64 is not base64: {e}")))?,
+        None => Vec::new(),
+    };
+    let running = d.running(rec.uuid).ok_or_else(|| {
+        ApiError::transition(format!("{} is {}: start it first", rec.name, rec.run_state))
+    })?;
+    let ready = Duration::from_millis(req.ready_timeout_ms.unwrap_or(60_000).min(600_000));
+    running
+        .vm
+        .wait_ready(ready)
+        .await
+        .map_err(|e| ApiError::engine(&format!("the agent of {}", rec.name), &e))?;
+    let agent = running
+        .vm
+        .agent()
+        .map_err(|e| ApiError::engine("the agent", &e))?;
+    let mut r = brood_proto::ExecRequest::shell("");
+    r.command = command;
+    r.env = req.env.into_iter().collect();
+    r.stdin = stdin;
+    r.timeout_ms = req.timeout_ms;
+    let o = agent
+        .exec(&r)
+        .await
+        .map_err(|e| ApiError::engine(&format!("exec in {}", rec.name), &e))?;
+    Ok(Json(ExecResponse {
+        exit_code: o.status.code,
+        signal: o.status.signal,
+        timed_out: o.status.timed_out,
+        stdout_base64: B64.encode(&o.stdout),
+        stderr_base64: B64.encode(&o.stderr),
+        stdout_truncated: o.status.stdout_truncated,
+        stderr_truncated: o.status.stderr_truncated,
+    }))
+}

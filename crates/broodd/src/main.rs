@@ -1,0 +1,251 @@
+//! `broodd`: brood's host daemon. It owns the resource ledger (SQLite in
+//! the data directory), starts and supervises one QEMU per running
+//! partition, and serves the REST API on a unix socket (or TCP).
+//!
+//! Start-up order: take the data directory's lock, open the ledger (setting
+//! the host's capacity on first start), reconcile the ledger with the QEMU
+//! processes still running, then serve. On SIGTERM or SIGINT it stops
+//! serving and exits; the VMs keep running and the next broodd attaches to
+//! them again.
+
+mod api;
+mod convert;
+mod daemon;
+mod error;
+mod ops;
+mod reconcile;
+mod supervise;
+mod verify;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, bail};
+use brood_engine::{QemuConfig, QemuEngine};
+use brood_ledger::{Ledger, Resources};
+use clap::Parser;
+use tracing::info;
+
+use crate::daemon::{Daemon, Paths};
+
+/// brood's host daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "broodd",
+    version,
+    about,
+    after_help = "Examples:
+  broodd --data-dir /var/lib/brood
+  broodd --data-dir /tmp/b --listen 127.0.0.1:7070 --memory-mib 4096"
+)]
+struct Args {
+    /// Data directory: ledger, token, socket, disks.
+    #[arg(long, env = "BROOD_DATA_DIR", default_value = "/var/lib/brood")]
+    data_dir: PathBuf,
+    /// Where to listen: a unix socket path, or HOST:PORT for TCP (default DATA_DIR/broodd.sock).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where VM run directories (memory files, sockets) go; a tmpfs
+    /// (default /dev/shm/broodd-<hash of the data dir>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Guest image directory (default DATA_DIR/images/default).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Memory capacity in MiB (default: host memory less 1 GiB).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// vCPUs per host CPU that the ledger may hand out.
+    #[arg(long, default_value_t = 4.0)]
+    vcpu_overcommit: f64,
+    /// Disk capacity in GiB (default: free space in the data directory).
+    #[arg(long)]
+    disk_gib: Option<u64>,
+    /// NIC capacity.
+    #[arg(long, default_value_t = 64)]
+    nics: u64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BROOD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create the data directory {}", args.data_dir.display()))?;
+    let data = std::fs::canonicalize(&args.data_dir)?;
+    let run = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/broodd-{}", short_hash(&data))));
+    let image = args
+        .image
+        .clone()
+        .unwrap_or_else(|| data.join("images/default"));
+    let paths = Paths {
+        data: data.clone(),
+        image,
+    };
+    let _lock = lock_data_dir(&paths.lock())?;
+    for f in [paths.kernel(), paths.initrd()] {
+        if !f.is_file() {
+            bail!(
+                "the guest image is missing {} : build it with `brood --data-dir {} image build` or pass --image",
+                f.display(),
+                data.display()
+            );
+        }
+    }
+    let token = token(&paths.token())?;
+    let capacity = capacity(&args, &data);
+    let ledger = Ledger::open(&paths.ledger(), capacity)
+        .await
+        .context("open the ledger")?;
+    if ledger.capacity().await? != capacity
+        && (args.memory_mib.is_some() || args.disk_gib.is_some())
+    {
+        ledger
+            .set_capacity(capacity)
+            .await
+            .context("change the host's capacity")?;
+    }
+    let mut cfg = QemuConfig::detect();
+    cfg.run_root = run;
+    let d = Arc::new(Daemon::new(
+        paths.clone(),
+        ledger,
+        QemuEngine::new(cfg),
+        token,
+        args.vcpu_overcommit,
+    ));
+    reconcile::run(&d)
+        .await
+        .context("reconcile the ledger with running VMs")?;
+    let app = api::router(d.clone());
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    match args.listen.as_deref() {
+        Some(addr)
+            if !addr.starts_with('/') && !addr.starts_with("unix:") && addr.contains(':') =>
+        {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
+            info!("serving on http://{addr}");
+            axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
+        }
+        other => {
+            let sock = other.map_or_else(
+                || paths.socket(),
+                |s| PathBuf::from(s.trim_start_matches("unix:")),
+            );
+            let _ = std::fs::remove_file(&sock);
+            let l = tokio::net::UnixListener::bind(&sock)
+                .with_context(|| format!("listen on {}", sock.display()))?;
+            std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            info!("serving on {}", sock.display());
+            axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
+            let _ = std::fs::remove_file(&sock);
+        }
+    }
+    d.stopping.store(true, Ordering::SeqCst);
+    info!("stopped serving; VMs keep running");
+    Ok(())
+}
+
+/// A short stable hash of a path (FNV-1a), to name per-data-dir run roots.
+fn short_hash(p: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in p.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h >> 32)
+}
+
+/// Holds an exclusive lock on the data directory for the daemon's life.
+fn lock_data_dir(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another broodd is running on this data directory ({} is locked: {e})",
+            path.display()
+        )
+    })
+}
+
+/// Reads the API token, creating it (mode 0600) on first start.
+fn token(path: &Path) -> Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(t.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(t)
+}
+
+/// The host's capacity: flags, else what the host has.
+fn capacity(args: &Args, data: &Path) -> Resources {
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024;
+    let cpus = f64::from(brood_engine::host::online_cpus());
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let vcpus = (cpus * args.vcpu_overcommit.max(0.0)).floor() as u64;
+    Resources {
+        memory_mib: args
+            .memory_mib
+            .unwrap_or_else(|| mem_total.saturating_sub(1024)),
+        vcpus,
+        disk_gib: args
+            .disk_gib
+            .unwrap_or_else(|| brood_engine::host::fs_free_mib(data).unwrap_or(0) / 1024),
+        nics: args.nics,
+    }
+}
