@@ -1,15 +1,28 @@
 //! `brood`: the command-line tool. This file parses the command line, sets
 //! up logging and maps errors to one line and exit status 125; each noun's
-//! commands live in their own module.
+//! commands live in their own module. `run` and `image` work locally; the
+//! other nouns are clients of broodd (`client`).
 
+mod client;
+mod completions;
+mod define;
+mod endpoint;
+mod events;
+mod exec;
+mod host;
 mod image;
+mod ledger;
 mod paths;
+mod render;
 mod run;
+mod vm;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,6 +44,14 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, default_value = "text")]
     output: Output,
+    /// broodd to talk to: its unix socket, or http://HOST:PORT (default:
+    /// $BROOD_HOST, else DATA_DIR/broodd.sock).
+    #[arg(long, global = true, value_name = "SOCKET|URL")]
+    host: Option<String>,
+    /// broodd's bearer token (default: $BROOD_TOKEN, else DATA_DIR/token).
+    /// Other users can see flags in ps; prefer BROOD_TOKEN.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -42,6 +63,54 @@ enum Cmd {
     /// Build and inspect guest images.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Define, run and inspect partitions (VMs) on broodd.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood vm create web --memory 512 --disk root:10 --nic user
+  brood vm list
+  brood vm exec web 'uname -a'
+  brood vm delete web --force"
+    )]
+    Vm(vm::VmCmd),
+    /// Inspect broodd's resource ledger.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood ledger show
+  brood ledger log --limit 5
+  brood ledger verify"
+    )]
+    Ledger(ledger::LedgerCmd),
+    /// Show the host broodd runs on.
+    #[command(subcommand, after_help = "Examples:\n  brood host show")]
+    Host(host::HostCmd),
+    /// Follow broodd's events: partition state changes and ledger commits.
+    Events(events::EventsArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+}
+
+/// How to reach broodd, from the global flags (no `Debug`: it holds the token).
+struct Conn {
+    host: Option<String>,
+    token: Option<String>,
+    data_dir: PathBuf,
+}
+
+/// Runs a broodd client command on a small runtime of its own.
+fn with_client<F, Fut>(conn: &Conn, f: F) -> Result<i32>
+where
+    F: FnOnce(client::Client) -> Fut,
+    Fut: Future<Output = Result<i32>>,
+{
+    let client =
+        client::Client::from_flags(conn.host.as_deref(), conn.token.as_deref(), &conn.data_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("start the async runtime"))?;
+    rt.block_on(f(client))
 }
 
 fn main() {
@@ -55,6 +124,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let data_dir = paths::data_dir(cli.data_dir.as_deref());
+    let out = cli.output;
+    let conn = Conn {
+        host: cli.host,
+        token: cli.token,
+        data_dir: data_dir.clone(),
+    };
     let code = match cli.cmd {
         Cmd::Run(args) => {
             let out = if args.json() {
@@ -72,6 +147,13 @@ fn main() {
             }
         }
         Cmd::Image(cmd) => image::run(cmd, &data_dir, cli.output),
+        Cmd::Vm(cmd) => with_client(&conn, |c| async move { vm::run(cmd, &c, out).await }),
+        Cmd::Ledger(cmd) => with_client(&conn, |c| async move { ledger::run(cmd, &c, out).await }),
+        Cmd::Host(cmd) => with_client(&conn, |c| async move { host::run(cmd, &c, out).await }),
+        Cmd::Events(args) => {
+            with_client(&conn, |c| async move { events::run(args, &c, out).await })
+        }
+        Cmd::Completions(args) => completions::run(&args, &mut Cli::command()),
     };
     match code {
         Ok(c) => std::process::exit(c),
@@ -80,5 +162,53 @@ fn main() {
             eprintln!("brood: error: {}", chain.join(": "));
             std::process::exit(125);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_cover_the_tree() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "brood", &mut script);
+            let text = String::from_utf8(script).unwrap();
+            for word in ["vm", "exec", "ledger", "verify", "from-json"] {
+                assert!(text.contains(word), "{shell} script lacks {word}");
+            }
+        }
+    }
+
+    #[test]
+    fn from_json_excludes_configuration_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        assert!(parse(&["brood", "vm", "define", "web", "--from-json", "f.json"]).is_ok());
+        assert!(
+            parse(&[
+                "brood",
+                "vm",
+                "define",
+                "web",
+                "--from-json",
+                "f",
+                "--vcpus",
+                "2"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["brood", "vm", "create", "web", "--priority", "-5"]).is_ok());
+        assert!(parse(&["brood", "vm", "define", "web", "--disk", "root"]).is_err());
+        assert!(parse(&["brood", "vm", "list", "--host", "/x.sock", "-o", "json"]).is_ok());
     }
 }

@@ -1,0 +1,295 @@
+//! `brood vm define` and `brood vm create`: turns the configuration flags
+//! (or a `DefineRequest` JSON file) into `POST /v1/partitions`. Validation
+//! of names and sizes is broodd's; this module only parses the flags' syntax.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use brood_api::{DefineRequest, DiskConfig, NicConfig, Partition, PartitionConfig, RestartPolicy};
+use clap::Args;
+use tokio::io::AsyncReadExt;
+
+use crate::client::Client;
+use crate::render::{parse_wire, print_json};
+use crate::{Output, vm};
+
+/// The configuration's name when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "default";
+
+/// Arguments of `brood vm define` and `brood vm create`.
+#[derive(Debug, Args)]
+pub struct DefineArgs {
+    /// Partition name: 1-64 of [a-z0-9_.-], starting with a letter or digit.
+    pub name: String,
+    /// A whole DefineRequest as JSON ('-' reads stdin); NAME replaces its
+    /// name. Cannot be combined with the configuration flags.
+    #[arg(long, value_name = "FILE", conflicts_with = "config_flags")]
+    pub from_json: Option<PathBuf>,
+    #[command(flatten, next_help_heading = "Configuration")]
+    pub flags: ConfigFlags,
+}
+
+/// The flags that describe one configuration.
+#[derive(Debug, Default, Args)]
+#[group(id = "config_flags", multiple = true)]
+pub struct ConfigFlags {
+    /// Guest memory in MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// Virtual CPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// A qcow2 disk broodd creates, NAME:GIB; the first is /dev/vda (repeatable).
+    #[arg(long = "disk", value_name = "NAME:GIB", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+    /// A NIC on a host bridge, or `user` for QEMU's user network;
+    /// NETWORK[,mac=MAC] (repeatable).
+    #[arg(long = "nic", value_name = "NETWORK", value_parser = parse_nic)]
+    pub nics: Vec<NicConfig>,
+    /// Relative CPU weight, 1-10000 (100 is the default share).
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<u32>,
+    /// Most CPU time in percent of one CPU (150 = one and a half CPUs).
+    #[arg(long, value_name = "PCT")]
+    pub cpu_cap: Option<u32>,
+    /// Most memory QEMU may use, guest memory included, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
+    /// Scheduling priority of the partition's jobs; higher goes first [default: 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// What broodd does when QEMU ends by itself [default: never].
+    #[arg(long, value_name = "never|on-failure|always", value_parser = parse_restart)]
+    pub restart: Option<RestartPolicy>,
+    /// Extra kernel command-line arguments.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Name of the configuration these flags describe [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub config: Option<String>,
+}
+
+/// Examples shown by `brood vm define --help`.
+pub const DEFINE_EXAMPLES: &str = "Examples:
+  brood vm define web --memory 512 --vcpus 2 --disk root:10 --nic br0
+  brood vm define db --memory 4096 --cpu-cap 200 --restart on-failure
+  brood vm define web --from-json web.json
+  cat web.json | brood vm define web --from-json -";
+
+/// Examples shown by `brood vm create --help`.
+pub const CREATE_EXAMPLES: &str = "Examples:
+  brood vm create web --memory 512 --disk root:10 --nic user
+  brood vm create job-1 --vcpus 4 --cmdline 'quiet' -o json
+
+If the start fails, broodd removes the definition again.";
+
+/// Parses `--disk NAME:GIB`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let (name, size) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: use NAME:GIB, e.g. root:10"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: the disk needs a name before ':'"));
+    }
+    let size_gib = size
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: {size:?} is not a whole number of GiB ({e})"))?;
+    Ok(DiskConfig {
+        name: name.to_string(),
+        size_gib,
+    })
+}
+
+/// Parses `--nic NETWORK[,mac=MAC]`.
+pub fn parse_nic(s: &str) -> Result<NicConfig, String> {
+    let mut parts = s.split(',');
+    let network = parts.next().unwrap_or_default();
+    if network.is_empty() {
+        return Err(format!("{s:?}: name a bridge or `user`"));
+    }
+    let mut mac = None;
+    for opt in parts {
+        match opt.strip_prefix("mac=") {
+            Some(m) if !m.is_empty() => mac = Some(m.to_string()),
+            _ => return Err(format!("{s:?}: unknown option {opt:?} (use mac=MAC)")),
+        }
+    }
+    Ok(NicConfig {
+        network: network.to_string(),
+        mac,
+    })
+}
+
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    parse_wire(s, "never|on-failure|always")
+}
+
+/// The request the configuration flags describe.
+pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> DefineRequest {
+    let mut config = PartitionConfig {
+        disks: flags.disks,
+        nics: flags.nics,
+        ..PartitionConfig::default()
+    };
+    if let Some(m) = flags.memory {
+        config.memory_mib = m;
+    }
+    if let Some(v) = flags.vcpus {
+        config.vcpus = v;
+    }
+    if let Some(c) = flags.cmdline {
+        config.cmdline = c;
+    }
+    let policy = &mut config.policy;
+    policy.cpu_weight = flags.cpu_weight;
+    policy.cpu_cap_pct = flags.cpu_cap;
+    policy.memory_limit_mib = flags.memory_limit;
+    if let Some(p) = flags.priority {
+        policy.priority = p;
+    }
+    if let Some(r) = flags.restart {
+        policy.restart = r;
+    }
+    let config_name = flags.config.unwrap_or_else(|| DEFAULT_CONFIG.to_string());
+    DefineRequest {
+        name: name.to_string(),
+        configs: BTreeMap::from([(config_name.clone(), config)]),
+        active_config: Some(config_name),
+        start,
+    }
+}
+
+/// Reads a file, or stdin for `-`.
+async fn read_input(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        let mut s = String::new();
+        tokio::io::stdin()
+            .read_to_string(&mut s)
+            .await
+            .context("read the DefineRequest from stdin")?;
+        return Ok(s);
+    }
+    tokio::fs::read_to_string(file)
+        .await
+        .with_context(|| format!("read {}", file.display()))
+}
+
+/// Parses a `DefineRequest` read from `file`; `name` and `start` replace its own.
+fn parse_request(text: &str, file: &Path, name: &str, start: bool) -> Result<DefineRequest> {
+    let mut req: DefineRequest = serde_json::from_str(text)
+        .with_context(|| format!("parse {} as a DefineRequest", file.display()))?;
+    req.name = name.to_string();
+    req.start = start;
+    Ok(req)
+}
+
+/// Runs `vm define` (`start` false) or `vm create` (`start` true).
+pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) -> Result<i32> {
+    let req = match &args.from_json {
+        Some(file) => parse_request(&read_input(file).await?, file, &args.name, start)?,
+        None => request_from_flags(&args.name, args.flags, start),
+    };
+    let p: Partition = client.post("/v1/partitions", &req).await?;
+    match out {
+        Output::Json => print_json(&p)?,
+        Output::Text => {
+            let verb = if start { "created" } else { "defined" };
+            println!("{verb} {}", vm::summary(&p));
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_flags() {
+        assert_eq!(
+            parse_disk("root:10").unwrap(),
+            DiskConfig {
+                name: "root".into(),
+                size_gib: 10
+            }
+        );
+        for bad in ["root", ":10", "root:", "root:ten", "root:-1", "root:1.5"] {
+            assert!(parse_disk(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_disk("root").unwrap_err().contains("NAME:GIB"));
+    }
+
+    #[test]
+    fn nic_flags() {
+        assert_eq!(
+            parse_nic("br0").unwrap(),
+            NicConfig {
+                network: "br0".into(),
+                mac: None
+            }
+        );
+        assert_eq!(
+            parse_nic("user,mac=52:54:00:00:00:01")
+                .unwrap()
+                .mac
+                .as_deref(),
+            Some("52:54:00:00:00:01")
+        );
+        for bad in ["", ",mac=x", "br0,mac=", "br0,vlan=3"] {
+            assert!(parse_nic(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn request_defaults_come_from_the_api() {
+        let req = request_from_flags("web", ConfigFlags::default(), false);
+        assert_eq!(req.name, "web");
+        assert!(!req.start);
+        assert_eq!(req.active_config.as_deref(), Some(DEFAULT_CONFIG));
+        assert_eq!(req.configs[DEFAULT_CONFIG], PartitionConfig::default());
+    }
+
+    #[test]
+    fn request_carries_every_flag() {
+        let flags = ConfigFlags {
+            memory: Some(512),
+            vcpus: Some(2),
+            disks: vec![parse_disk("root:10").unwrap()],
+            nics: vec![parse_nic("user").unwrap()],
+            cpu_weight: Some(200),
+            cpu_cap: Some(150),
+            memory_limit: Some(1024),
+            priority: Some(-3),
+            restart: Some(RestartPolicy::Always),
+            cmdline: Some("quiet".into()),
+            config: Some("big".into()),
+        };
+        let req = request_from_flags("db", flags, true);
+        assert!(req.start);
+        assert_eq!(req.active_config.as_deref(), Some("big"));
+        let c = &req.configs["big"];
+        assert_eq!((c.memory_mib, c.vcpus), (512, 2));
+        assert_eq!(c.disks.len(), 1);
+        assert_eq!(c.nics[0].network, "user");
+        assert_eq!(c.cmdline, "quiet");
+        assert_eq!(c.policy.cpu_weight, Some(200));
+        assert_eq!(c.policy.cpu_cap_pct, Some(150));
+        assert_eq!(c.policy.memory_limit_mib, Some(1024));
+        assert_eq!(c.policy.priority, -3);
+        assert_eq!(c.policy.restart, RestartPolicy::Always);
+    }
+
+    #[test]
+    fn file_request_takes_the_command_line_name() {
+        let file = Path::new("req.json");
+        let text = r#"{"name":"other","configs":{"a":{"memory_mib":128}},"start":true}"#;
+        let req = parse_request(text, file, "web", false).unwrap();
+        assert_eq!(req.name, "web");
+        assert!(!req.start);
+        assert_eq!(req.configs["a"].memory_mib, 128);
+        let e = parse_request(r#"{"name":"x","configs":{},"bogus":1}"#, file, "web", false)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+    }
+}

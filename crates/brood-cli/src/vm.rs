@@ -1,0 +1,414 @@
+//! `brood vm ...`: the partition commands of broodd's API. `define` and
+//! `create` are in `define`, `exec` in `exec`; this module has the rest and
+//! the text rendering of partitions.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use brood_api::{
+    ConsoleLog, Partition, PartitionList, SetConfigRequest, SetStageRequest, Stage, StopRequest,
+};
+use clap::{Args, Subcommand};
+
+use crate::Output;
+use crate::client::{Client, REQUEST_TIMEOUT, encode};
+use crate::define::{CREATE_EXAMPLES, DEFINE_EXAMPLES, DefineArgs};
+use crate::exec::ExecArgs;
+use crate::render::{Table, key_values, mib, or_dash, parse_wire, print_json, wire_name};
+
+/// Commands on partitions (VMs) managed by broodd.
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Define a partition without starting it.
+    #[command(after_help = DEFINE_EXAMPLES)]
+    Define(DefineArgs),
+    /// Define a partition and start it.
+    #[command(after_help = CREATE_EXAMPLES)]
+    Create(DefineArgs),
+    /// List partitions.
+    #[command(after_help = "Examples:
+  brood vm list
+  brood vm list --limit 10
+  brood vm list -o json")]
+    List {
+        /// Show at most N partitions.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show one partition: configuration, disks, state.
+    #[command(after_help = "Examples:
+  brood vm show web
+  brood vm show 5f0c...-uuid -o json")]
+    Show(Target),
+    /// Start a stopped, saved or crashed partition.
+    #[command(after_help = "Examples:\n  brood vm start web")]
+    Start(Target),
+    /// Ask the guest to power off; kill it after --timeout.
+    #[command(after_help = "Examples:
+  brood vm stop web
+  brood vm stop web --timeout 5")]
+    Stop {
+        /// Partition name or uuid.
+        name: String,
+        /// Seconds to wait for the guest to power off before killing it [default: 30].
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+    /// Kill a partition's QEMU at once.
+    #[command(after_help = "Examples:\n  brood vm kill web")]
+    Kill(Target),
+    /// Stop a partition's vCPUs; its memory stays held.
+    #[command(after_help = "Examples:\n  brood vm pause web")]
+    Pause(Target),
+    /// Run a paused partition's vCPUs again.
+    #[command(after_help = "Examples:\n  brood vm resume web")]
+    Resume(Target),
+    /// Save a partition's state to disk and return its memory and vCPUs.
+    #[command(after_help = "Examples:\n  brood vm save web")]
+    Save(Target),
+    /// Run a saved partition again from its saved state.
+    #[command(after_help = "Examples:\n  brood vm restore web")]
+    Restore(Target),
+    /// Delete a partition and its disks.
+    #[command(after_help = "Examples:
+  brood vm delete web
+  brood vm delete web --force   # kill it first if it runs")]
+    Delete {
+        /// Partition name or uuid.
+        name: String,
+        /// Delete it even while it runs or is paused.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the tail of a partition's console log.
+    #[command(after_help = "Examples:
+  brood vm console web
+  brood vm console web --bytes 4096")]
+    Console {
+        /// Partition name or uuid.
+        name: String,
+        /// How many bytes of the log's end to print [default: broodd's].
+        #[arg(long, value_name = "N")]
+        bytes: Option<u64>,
+    },
+    /// Run a shell command in a running partition.
+    Exec(ExecArgs),
+    /// Choose the configuration used at the next start.
+    #[command(after_help = "Examples:\n  brood vm config web big")]
+    Config {
+        /// Partition name or uuid.
+        name: String,
+        /// The configuration's name.
+        config: String,
+    },
+    /// Move a partition to another life-cycle stage.
+    #[command(after_help = "Examples:
+  brood vm stage web manual
+  brood vm stage web decommissioned")]
+    Stage {
+        /// Partition name or uuid.
+        name: String,
+        /// The new stage: construction, provisioning, operating, manual,
+        /// disabled, decommissioned or template.
+        #[arg(value_parser = parse_stage)]
+        stage: Stage,
+    },
+}
+
+/// The partition a command acts on.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Partition name or uuid.
+    name: String,
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    parse_wire(
+        s,
+        "construction|provisioning|operating|manual|disabled|decommissioned|template",
+    )
+}
+
+fn partition_path(name: &str) -> String {
+    format!("/v1/partitions/{}", encode(name))
+}
+
+/// Runs a `brood vm` command; returns the exit code.
+pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
+    match cmd {
+        VmCmd::Define(args) => crate::define::run(args, false, client, out).await,
+        VmCmd::Create(args) => crate::define::run(args, true, client, out).await,
+        VmCmd::Exec(args) => crate::exec::run(args, client, out).await,
+        VmCmd::List { limit } => list(client, limit, out).await,
+        VmCmd::Show(t) => {
+            let p: Partition = client.get(&partition_path(&t.name)).await?;
+            match out {
+                Output::Json => print_json(&p)?,
+                Output::Text => print!("{}", show(&p)),
+            }
+            Ok(0)
+        }
+        VmCmd::Start(t) => action(client, &t.name, "start", out).await,
+        VmCmd::Kill(t) => action(client, &t.name, "kill", out).await,
+        VmCmd::Pause(t) => action(client, &t.name, "pause", out).await,
+        VmCmd::Resume(t) => action(client, &t.name, "resume", out).await,
+        VmCmd::Save(t) => action(client, &t.name, "save", out).await,
+        VmCmd::Restore(t) => action(client, &t.name, "restore", out).await,
+        VmCmd::Stop { name, timeout } => {
+            let path = format!("{}/stop", partition_path(&name));
+            // broodd waits up to the guest's timeout (30 s by default) before it kills QEMU.
+            let wait = Duration::from_secs(timeout.unwrap_or(30)) + REQUEST_TIMEOUT;
+            let p = client
+                .post_within(&path, &StopRequest { timeout_s: timeout }, Some(wait))
+                .await?;
+            done(&p, out)
+        }
+        VmCmd::Delete { name, force } => {
+            let path = format!("{}?force={force}", partition_path(&name));
+            client.delete(&path).await?;
+            if out == Output::Text {
+                println!("deleted {name}");
+            }
+            Ok(0)
+        }
+        VmCmd::Console { name, bytes } => {
+            let mut path = format!("{}/console", partition_path(&name));
+            if let Some(n) = bytes {
+                path.push_str(&format!("?bytes={n}"));
+            }
+            let log: ConsoleLog = client.get(&path).await?;
+            match out {
+                Output::Json => print_json(&log)?,
+                Output::Text => {
+                    if log.truncated {
+                        eprintln!("brood: older console output is not shown");
+                    }
+                    print!("{}", log.text);
+                }
+            }
+            Ok(0)
+        }
+        VmCmd::Config { name, config } => {
+            let path = format!("{}/config", partition_path(&name));
+            let p = client.put(&path, &SetConfigRequest { config }).await?;
+            done(&p, out)
+        }
+        VmCmd::Stage { name, stage } => {
+            let path = format!("{}/stage", partition_path(&name));
+            let p = client.put(&path, &SetStageRequest { stage }).await?;
+            done(&p, out)
+        }
+    }
+}
+
+/// `POST /v1/partitions/{name}/{verb}` with an empty object.
+async fn action(client: &Client, name: &str, verb: &str, out: Output) -> Result<i32> {
+    let path = format!("{}/{verb}", partition_path(name));
+    let p: Partition = client.post(&path, &serde_json::json!({})).await?;
+    done(&p, out)
+}
+
+fn done(p: &Partition, out: Output) -> Result<i32> {
+    match out {
+        Output::Json => print_json(p)?,
+        Output::Text => println!("{}", summary(p)),
+    }
+    Ok(0)
+}
+
+/// One line about a partition: `web: operating, running (pid 4242), config default`.
+pub fn summary(p: &Partition) -> String {
+    let pid = p.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+    format!(
+        "{}: {}, {}{pid}, config {}",
+        p.name,
+        wire_name(&p.stage),
+        wire_name(&p.run_state),
+        p.active_config
+    )
+}
+
+/// Pages through `GET /v1/partitions` until `next` is absent or `limit` is reached.
+async fn list(client: &Client, limit: Option<usize>, out: Output) -> Result<i32> {
+    let page = limit.map_or(brood_api::DEFAULT_PAGE, |l| l.clamp(1, brood_api::MAX_PAGE));
+    let mut all = PartitionList {
+        items: Vec::new(),
+        next: None,
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/partitions?limit={page}");
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", encode(a)));
+        }
+        let got: PartitionList = client.get(&path).await?;
+        all.items.extend(got.items);
+        all.next = got.next;
+        if let Some(l) = limit.filter(|l| all.items.len() >= *l) {
+            if all.items.len() > l {
+                all.items.truncate(l);
+                all.next = all.items.last().map(|p| p.name.clone());
+            }
+            break;
+        }
+        match &all.next {
+            // A page that does not advance would loop for ever.
+            Some(n) if after.as_ref() != Some(n) => after = Some(n.clone()),
+            _ => break,
+        }
+    }
+    match out {
+        Output::Json => print_json(&all)?,
+        Output::Text => print!("{}", list_table(&all.items)),
+    }
+    Ok(0)
+}
+
+/// The table of `brood vm list`.
+pub fn list_table(items: &[Partition]) -> String {
+    let mut t = Table::new(&["NAME", "STAGE", "STATE", "VCPUS", "MEMORY", "PID"]).right(&[3, 4]);
+    for p in items {
+        let cfg = p.configs.get(&p.active_config);
+        t.row(vec![
+            p.name.clone(),
+            wire_name(&p.stage),
+            wire_name(&p.run_state),
+            or_dash(cfg.map(|c| c.vcpus)),
+            cfg.map_or_else(|| "-".to_string(), |c| mib(c.memory_mib)),
+            or_dash(p.pid),
+        ]);
+    }
+    t.render()
+}
+
+/// The key/value listing of `brood vm show`.
+pub fn show(p: &Partition) -> String {
+    let mut kv: Vec<(&str, String)> = vec![
+        ("name", p.name.clone()),
+        ("uuid", p.uuid.to_string()),
+        ("stage", wire_name(&p.stage)),
+        ("state", wire_name(&p.run_state)),
+        ("pid", or_dash(p.pid)),
+    ];
+    let names: Vec<&str> = p.configs.keys().map(String::as_str).collect();
+    kv.push((
+        "config",
+        format!("{} (of: {})", p.active_config, names.join(", ")),
+    ));
+    if let Some(c) = p.configs.get(&p.active_config) {
+        kv.push(("vcpus", c.vcpus.to_string()));
+        kv.push(("memory", mib(c.memory_mib)));
+        for (i, n) in c.nics.iter().enumerate() {
+            let mac = n.mac.as_deref().unwrap_or("auto");
+            kv.push((
+                if i == 0 { "nics" } else { "" },
+                format!("{} (mac {mac})", n.network),
+            ));
+        }
+        let pol = &c.policy;
+        kv.push((
+            "policy",
+            format!(
+                "cpu weight {}, cpu cap {}, memory limit {}, priority {}, restart {}",
+                or_dash(pol.cpu_weight),
+                pol.cpu_cap_pct
+                    .map_or_else(|| "-".into(), |p| format!("{p}%")),
+                pol.memory_limit_mib.map_or_else(|| "-".into(), mib),
+                pol.priority,
+                wire_name(&pol.restart).replace('_', "-"),
+            ),
+        ));
+        if !c.cmdline.is_empty() {
+            kv.push(("cmdline", c.cmdline.clone()));
+        }
+        if !c.zones.is_empty() {
+            kv.push(("zones", c.zones.join(", ")));
+        }
+    }
+    for (i, d) in p.disks.iter().enumerate() {
+        kv.push((
+            if i == 0 { "disks" } else { "" },
+            format!("{} {} GiB {}", d.name, d.size_gib, d.path),
+        ));
+    }
+    kv.push(("last exit", or_dash(p.last_exit.as_deref())));
+    kv.push(("restarts", p.restart_count.to_string()));
+    if let Some(op) = &p.pending_op {
+        kv.push(("pending", op.clone()));
+    }
+    kv.push(("created", p.created_at.clone()));
+    kv.push(("updated", p.updated_at.clone()));
+    key_values(&kv)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use brood_api::{DiskInfo, PartitionConfig, RunState};
+
+    use super::*;
+
+    fn partition(name: &str, pid: Option<u32>) -> Partition {
+        let config = PartitionConfig {
+            vcpus: 2,
+            memory_mib: 512,
+            ..PartitionConfig::default()
+        };
+        Partition {
+            name: name.into(),
+            uuid: uuid::Uuid::from_u128(1),
+            stage: Stage::Operating,
+            run_state: if pid.is_some() {
+                RunState::Running
+            } else {
+                RunState::Stopped
+            },
+            active_config: "default".into(),
+            configs: BTreeMap::from([("default".to_string(), config)]),
+            pid,
+            disks: vec![DiskInfo {
+                name: "root".into(),
+                path: "/data/disks/web-root.qcow2".into(),
+                size_gib: 10,
+            }],
+            last_exit: None,
+            restart_count: 0,
+            pending_op: None,
+            created_at: "2025-01-01T00:00:00Z".into(),
+            updated_at: "2025-01-01T00:00:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn list_renders_a_table() {
+        let items = [partition("web", Some(4242)), partition("db-primary", None)];
+        assert_eq!(
+            list_table(&items),
+            "NAME        STAGE      STATE    VCPUS   MEMORY  PID\n\
+             web         operating  running      2  512 MiB  4242\n\
+             db-primary  operating  stopped      2  512 MiB  -\n"
+        );
+    }
+
+    #[test]
+    fn show_lists_disks_with_paths() {
+        let s = show(&partition("web", Some(7)));
+        assert!(s.contains("state      running\n"), "{s}");
+        assert!(
+            s.contains("disks      root 10 GiB /data/disks/web-root.qcow2\n"),
+            "{s}"
+        );
+        assert!(s.contains("restart never"), "{s}");
+        assert_eq!(
+            summary(&partition("web", Some(7))),
+            "web: operating, running (pid 7), config default"
+        );
+    }
+
+    #[test]
+    fn stages_parse() {
+        assert_eq!(parse_stage("manual"), Ok(Stage::Manual));
+        assert!(parse_stage("frozen").unwrap_err().contains("operating"));
+    }
+}
