@@ -270,3 +270,209 @@ pub fn busybox_initrd(out: &Path, init: &str) {
         String::from_utf8_lossy(&cpio.stderr)
     );
 }
+
+/// A broodd started for one test, on its own data directory, with the
+/// default guest image and its VMs under the test's run root. Killed (not
+/// stopped) when dropped; the test's `TestEnv` kills its VMs.
+#[derive(Debug)]
+pub struct Broodd {
+    /// Its data directory.
+    pub data: PathBuf,
+    args: Vec<String>,
+    run_root: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Broodd {
+    /// Starts broodd with extra arguments (capacity flags, say).
+    pub fn start(env: &TestEnv, extra: &[&str]) -> Self {
+        let data = env.run_root().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let mut b = Self {
+            data,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            run_root: env.run_root().join("vms"),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let bin = brood_bin().with_file_name("broodd");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join("broodd.log"))
+            .expect("log file");
+        let child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--run-dir")
+            .arg(&self.run_root)
+            .arg("--image")
+            .arg(data_dir().join("images/default"))
+            .args(&self.args)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        self.child = Some(child);
+        let sock = self.socket();
+        let up = wait_until(Duration::from_secs(60), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+        assert!(up, "broodd did not come up; its log:\n{}", self.log());
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> PathBuf {
+        self.data.join("broodd.sock")
+    }
+
+    /// Its token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("token"))
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("broodd.log")).unwrap_or_default()
+    }
+
+    /// Kills it with SIGKILL (its VMs keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again after `kill9`.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// One request: returns status and body as JSON (Null for an empty body).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, text) = http(
+            &self.socket(),
+            method,
+            path,
+            Some(&self.token()),
+            body.as_deref(),
+            None,
+        );
+        let json = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+        };
+        (status, json)
+    }
+
+    /// A request that must succeed (2xx).
+    pub fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> serde_json::Value {
+        let (s, v) = self.call(method, path, body);
+        assert!((200..300).contains(&s), "{method} {path} -> {s}: {v}");
+        v
+    }
+
+    /// A `brood` command pointed at this daemon.
+    pub fn brood(&self) -> Command {
+        let mut c = Command::new(brood_bin());
+        c.env("BROOD_DATA_DIR", &self.data)
+            .env_remove("BROOD_HOST")
+            .env_remove("BROOD_TOKEN");
+        c
+    }
+}
+
+impl Drop for Broodd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.1 client over a unix socket, for tests: one request per
+/// connection. `content_type` overrides `application/json`. Status 0 means
+/// the daemon could not be reached or closed the connection without a reply.
+pub fn http(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    content_type: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(300))).ok();
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: broodd\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: {}\r\nContent-Length: {}\r\n",
+            content_type.unwrap_or("application/json"),
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    // A server may answer (413) before reading a large body.
+    let _ = s.write_all(body.as_bytes());
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
