@@ -229,7 +229,9 @@ pub fn demand(config: &api::PartitionConfig, disks: &BTreeMap<String, u64>) -> R
 pub fn configs_of(
     rec: &PartitionRecord,
 ) -> Result<BTreeMap<String, api::PartitionConfig>, ApiError> {
-    serde_json::from_value(rec.configs.clone())
+    use serde::Deserialize;
+    // Deserialize from the borrowed value: no copy of the JSON tree.
+    BTreeMap::<String, api::PartitionConfig>::deserialize(&rec.configs)
         .map_err(|e| ApiError::internal(&format!("configurations of {}", rec.name), &e))
 }
 
@@ -247,9 +249,9 @@ pub fn active_config(rec: &PartitionRecord) -> Result<api::PartitionConfig, ApiE
     })
 }
 
-/// A record as the API shows it.
-pub fn partition_out(rec: &PartitionRecord, paths: &Paths) -> Result<api::Partition, ApiError> {
-    let configs = configs_of(rec)?;
+/// A record as the API shows it (taken by value: its strings move over).
+pub fn partition_out(rec: PartitionRecord, paths: &Paths) -> Result<api::Partition, ApiError> {
+    let configs = configs_of(&rec)?;
     let active = configs.get(&rec.active_config);
     let disks = active
         .map(|c| {
@@ -264,19 +266,19 @@ pub fn partition_out(rec: &PartitionRecord, paths: &Paths) -> Result<api::Partit
         })
         .unwrap_or_default();
     Ok(api::Partition {
-        name: rec.name.clone(),
+        name: rec.name,
         uuid: rec.uuid,
         stage: stage_out(rec.stage),
         run_state: run_state_out(rec.run_state),
-        active_config: rec.active_config.clone(),
+        active_config: rec.active_config,
         configs,
         pid: rec.pid,
         disks,
-        last_exit: rec.last_exit.clone(),
+        last_exit: rec.last_exit,
         restart_count: rec.restart_count,
-        pending_op: rec.pending_op.clone(),
-        created_at: rec.created_at.clone(),
-        updated_at: rec.updated_at.clone(),
+        pending_op: rec.pending_op,
+        created_at: rec.created_at,
+        updated_at: rec.updated_at,
     })
 }
 

@@ -31,6 +31,12 @@ use tracing::info;
 
 use crate::daemon::{Daemon, Paths};
 
+/// mimalloc instead of glibc malloc: the API path allocates many small
+/// objects from many threads, and glibc's arenas spent a quarter of broodd's
+/// CPU under the API benchmark (perf: malloc, _int_free, malloc_consolidate).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// brood's host daemon.
 #[derive(Debug, Parser)]
 #[command(

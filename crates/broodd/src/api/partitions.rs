@@ -43,7 +43,7 @@ pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(exec))
 }
 
-fn out(d: &Daemon, rec: &brood_ledger::PartitionRecord) -> ApiResult<Json<Partition>> {
+fn out(d: &Daemon, rec: brood_ledger::PartitionRecord) -> ApiResult<Json<Partition>> {
     Ok(Json(convert::partition_out(rec, &d.paths)?))
 }
 
@@ -71,7 +71,7 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<Json<Partiti
     let recs = d.ledger.partitions(q.after, limit + 1).await?;
     let more = recs.len() > limit;
     let items = recs
-        .iter()
+        .into_iter()
         .take(limit)
         .map(|r| convert::partition_out(r, &d.paths))
         .collect::<ApiResult<Vec<_>>>()?;
@@ -92,7 +92,7 @@ async fn define(
     ApiJson(req): ApiJson<DefineRequest>,
 ) -> ApiResult<(StatusCode, Json<Partition>)> {
     let rec = ops::define(&d, ACTOR, req).await?;
-    Ok((StatusCode::CREATED, out(&d, &rec)?))
+    Ok((StatusCode::CREATED, out(&d, rec)?))
 }
 
 /// Shows a partition (by name or uuid).
@@ -100,7 +100,7 @@ async fn define(
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody)))]
 async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
-    out(&d, &ops::resolve(&d, &name).await?)
+    out(&d, ops::resolve(&d, &name).await?)
 }
 
 /// Delete options.
@@ -132,7 +132,7 @@ async fn delete(
         (status = 502, body = ErrorBody)))]
 async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, &ops::start(&d, ACTOR, rec.uuid).await?)
+    out(&d, ops::start(&d, ACTOR, rec.uuid).await?)
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
@@ -151,7 +151,7 @@ async fn stop(
     }
     out(
         &d,
-        &ops::stop(&d, ACTOR, rec.uuid, StopMode::Graceful(t)).await?,
+        ops::stop(&d, ACTOR, rec.uuid, StopMode::Graceful(t)).await?,
     )
 }
 
@@ -161,7 +161,7 @@ async fn stop(
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, &ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?)
+    out(&d, ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?)
 }
 
 /// Pauses a running partition's vCPUs.
@@ -170,7 +170,7 @@ async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, &ops::pause(&d, ACTOR, rec.uuid, true).await?)
+    out(&d, ops::pause(&d, ACTOR, rec.uuid, true).await?)
 }
 
 /// Resumes a paused partition.
@@ -179,7 +179,7 @@ async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partitio
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, &ops::pause(&d, ACTOR, rec.uuid, false).await?)
+    out(&d, ops::pause(&d, ACTOR, rec.uuid, false).await?)
 }
 
 /// Saves a partition's state to disk and ends its VM; memory and vCPUs go back to `available`.
@@ -188,7 +188,7 @@ async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partiti
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, &ops::save(&d, ACTOR, rec.uuid).await?)
+    out(&d, ops::save(&d, ACTOR, rec.uuid).await?)
 }
 
 /// Starts a saved partition from its saved state.
@@ -197,7 +197,7 @@ async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, &ops::restore(&d, ACTOR, rec.uuid).await?)
+    out(&d, ops::restore(&d, ACTOR, rec.uuid).await?)
 }
 
 /// Chooses the configuration used at the next start.
@@ -210,10 +210,7 @@ async fn set_config(
     ApiJson(req): ApiJson<SetConfigRequest>,
 ) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(
-        &d,
-        &ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?,
-    )
+    out(&d, ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?)
 }
 
 /// Moves a partition to another life-cycle stage.
@@ -228,7 +225,7 @@ async fn set_stage(
     let rec = ops::resolve(&d, &name).await?;
     out(
         &d,
-        &ops::set_stage(&d, ACTOR, rec.uuid, convert::stage_in(req.stage)).await?,
+        ops::set_stage(&d, ACTOR, rec.uuid, convert::stage_in(req.stage)).await?,
     )
 }
 
