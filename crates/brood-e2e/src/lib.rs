@@ -404,9 +404,25 @@ impl Broodd {
     }
 }
 
+impl Broodd {
+    /// Stops it with SIGTERM, as an administrator would, and waits; its VMs
+    /// keep running, and VMs that already ended are cleaned up on the way out.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap_or(0));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+            let exited = wait_until(Duration::from_secs(10), || c.try_wait().ok().flatten().is_some());
+            if !exited {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Broodd {
     fn drop(&mut self) {
-        self.kill9();
+        self.stop();
     }
 }
 
