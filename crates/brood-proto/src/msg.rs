@@ -47,6 +47,94 @@ pub enum HostMsg {
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
+    /// Prepare to be forked: run the image's identity-independent services,
+    /// sync the disks, then wait at a fork point. Answered by
+    /// [`GuestMsg::AtForkPoint`] (or an error with the failing service's output).
+    PrepareFork,
+    /// Sent to a forked child: apply this identity to the waiter at fork
+    /// point `seq`, run the identity-dependent services, and answer
+    /// [`GuestMsg::ForkDone`]. `seq` is from [`GuestMsg::AtForkPoint`] or
+    /// from a [`Point`] named [`FORK_POINT`].
+    CompleteFork {
+        /// The fork point being released.
+        seq: u32,
+        /// The child's identity.
+        config: ChildConfig,
+    },
+    /// Rehearse [`HostMsg::CompleteFork`] at fork point `seq` without
+    /// consuming it: apply the guest's current identity again and write the
+    /// child files to scratch paths. Under TCG a forked child starts with an
+    /// empty translation cache, and translating the identity path costs far
+    /// more than running it; a pool child rehearses before it is handed out.
+    /// Answered by [`GuestMsg::Ok`].
+    WarmFork {
+        /// The fork point.
+        seq: u32,
+    },
+}
+
+/// The name of the point at which a guest waits to be forked.
+pub const FORK_POINT: &str = "fork";
+
+/// A child's identity, applied by the agent without a reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildConfig {
+    /// The child's number among its template's children.
+    pub index: u32,
+    /// Its hostname.
+    pub hostname: String,
+    /// The MAC address for each NIC, in order (`eth0`, `eth1`, ...).
+    pub macs: Vec<[u8; 6]>,
+    /// An IPv4 address for the first NIC.
+    pub ipv4: Option<Ipv4Config>,
+    /// The domain identity handed to this child from an identity pool.
+    pub identity: Option<String>,
+    /// Fresh entropy mixed into the kernel RNG, which is then reseeded.
+    #[serde(with = "serde_bytes")]
+    pub entropy: Vec<u8>,
+    /// The new /etc/machine-id (32 lowercase hex digits).
+    pub machine_id: String,
+    /// Key-values for the services (`--set key=value`).
+    pub values: Vec<(String, String)>,
+    /// The host's wall-clock time (ns since the epoch) to set in the child,
+    /// whose clock otherwise carries on from the template's; 0 leaves it.
+    pub time_unix_ns: u64,
+}
+
+/// An IPv4 configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv4Config {
+    /// The address.
+    pub address: [u8; 4],
+    /// Prefix length, 0-32.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: Option<[u8; 4]>,
+}
+
+/// How one service script ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceResult {
+    /// The script's file name.
+    pub name: String,
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// Its combined stdout and stderr, cut to 64 KiB.
+    pub output: String,
+    /// How long it ran.
+    pub duration_ms: u64,
+}
+
+/// What a child reports after [`HostMsg::CompleteFork`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkReport {
+    /// The identity-dependent services that ran, in order.
+    pub services: Vec<ServiceResult>,
+    /// Why the child is not ready, when it is not: an identity step or a
+    /// service that failed.
+    pub failed: Option<String>,
+    /// Guest uptime when done (the template's uptime plus the child's own).
+    pub uptime_ms: u64,
 }
 
 /// What to run.
@@ -147,6 +235,15 @@ pub enum GuestMsg {
     Ok,
     /// The request failed (final).
     Error(AgentError),
+    /// Final reply to [`HostMsg::PrepareFork`]: the agent waits at fork point `seq`.
+    AtForkPoint {
+        /// The fork point to name in [`HostMsg::CompleteFork`].
+        seq: u32,
+        /// The identity-independent services that ran.
+        services: Vec<ServiceResult>,
+    },
+    /// Final reply to [`HostMsg::CompleteFork`].
+    ForkDone(ForkReport),
 }
 
 impl GuestMsg {
@@ -327,6 +424,26 @@ mod tests {
             },
             HostMsg::PowerOff,
             HostMsg::Info,
+            HostMsg::PrepareFork,
+            HostMsg::CompleteFork {
+                seq: 4,
+                config: ChildConfig {
+                    index: 3,
+                    hostname: "web-3".into(),
+                    macs: vec![[0x52, 0x54, 0, 1, 2, 3]],
+                    ipv4: Some(Ipv4Config {
+                        address: [10, 0, 0, 3],
+                        prefix: 24,
+                        gateway: Some([10, 0, 0, 1]),
+                    }),
+                    identity: Some("dom-7".into()),
+                    entropy: vec![9; 64],
+                    machine_id: "0123456789abcdef0123456789abcdef".into(),
+                    values: vec![("class".into(), "dns".into())],
+                    time_unix_ns: 1_795_000_000_000_000_000,
+                },
+            },
+            HostMsg::WarmFork { seq: 4 },
             HostMsg::AnswerPoint {
                 seq: 2,
                 message: b"child 1".to_vec(),
@@ -380,6 +497,20 @@ mod tests {
             }),
             GuestMsg::Ok,
             GuestMsg::Error(AgentError::new(ErrorKind::NotFound, "no such file")),
+            GuestMsg::AtForkPoint {
+                seq: 4,
+                services: vec![ServiceResult {
+                    name: "10-warm".into(),
+                    code: Some(0),
+                    output: "ok".into(),
+                    duration_ms: 3,
+                }],
+            },
+            GuestMsg::ForkDone(ForkReport {
+                services: vec![],
+                failed: Some("20-dns exited 1".into()),
+                uptime_ms: 5,
+            }),
         ];
         for m in msgs {
             assert_eq!(round_trip(&m), m);
