@@ -12,6 +12,7 @@ use rusqlite::Connection;
 
 use crate::error::{DbContext, LedgerError};
 use crate::partition::PartitionRecord;
+use crate::pool::{self, PoolInfo, PoolItem};
 use crate::read::{self, AuditEntry};
 use crate::resource::{Holding, Owner, Resources};
 use crate::schema;
@@ -136,6 +137,32 @@ impl LedgerDb {
         read::all_partitions(&self.conn)
     }
 
+    /// The partitions whose parent is `uuid`, by name.
+    pub fn children_of(&self, uuid: uuid::Uuid) -> Result<Vec<PartitionRecord>, LedgerError> {
+        read::children_of(&self.conn, uuid)
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> Result<Vec<PoolInfo>, LedgerError> {
+        pool::pools(&self.conn)
+    }
+
+    /// The pool with this name.
+    pub fn pool(&self, name: &str) -> Result<Option<PoolInfo>, LedgerError> {
+        pool::pool(&self.conn, name)
+    }
+
+    /// The values of pool `name` with their holders, in insertion order;
+    /// empty if there is no such pool.
+    pub fn pool_items(&self, name: &str) -> Result<Vec<PoolItem>, LedgerError> {
+        pool::items(&self.conn, name)
+    }
+
+    /// The (pool, value) pairs `holder` holds, by pool then insertion order.
+    pub fn items_held_by(&self, holder: uuid::Uuid) -> Result<Vec<(String, String)>, LedgerError> {
+        pool::held_by(&self.conn, holder)
+    }
+
     /// Up to `limit` audit entries with ids above `after_id`, oldest first.
     pub fn log(&self, after_id: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>, LedgerError> {
         read::log(&self.conn, after_id, limit)
@@ -181,6 +208,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::error::LedgerError;
     use crate::partition::{PartitionExpect, PartitionPatch};
     use crate::resource::ResourceKind;
     use crate::state::RunState;
@@ -306,6 +334,162 @@ mod tests {
         assert_eq!(c["before"]["name"], "gone");
         assert_eq!(c["before"]["stage"], "construction");
         assert!(db.partition_by_uuid(u).expect("read").is_none());
+    }
+
+    /// A version-1 file as v1 brood left it: capacity, a running partition
+    /// with its holdings, two audit rows.
+    fn write_v1(path: &Path, uuid: uuid::Uuid) {
+        let raw = Connection::open(path).expect("raw open");
+        raw.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
+            .expect("pragmas");
+        raw.execute_batch(schema::V1).expect("v1 schema");
+        raw.pragma_update(None, "user_version", 1).expect("version");
+        raw.execute_batch(&format!(
+            r#"
+            INSERT INTO capacity (kind, amount) VALUES
+                ('memory_mib', 1024), ('vcpus', 4), ('disk_gib', 100), ('nics', 8);
+            INSERT INTO partition (uuid, name, stage, run_state, active_config, configs,
+                demand_memory_mib, demand_vcpus, demand_disk_gib, demand_nics, pid,
+                pending_op, restart_count, last_exit, created_at, updated_at, generation)
+            VALUES ('{uuid}', 'old', 'operating', 'running', 'default',
+                '{{"default":{{"memory_mib":256}}}}', 256, 1, 10, 1, 4242, NULL, 2,
+                'killed', '2025-01-01T00:00:00Z', '2025-01-02T00:00:00Z', 7);
+            INSERT INTO holding (owner, kind, amount) VALUES
+                ('available', 'memory_mib', 768), ('available', 'vcpus', 3),
+                ('available', 'disk_gib', 90), ('available', 'nics', 7),
+                ('{uuid}', 'memory_mib', 256), ('{uuid}', 'vcpus', 1),
+                ('{uuid}', 'disk_gib', 10), ('{uuid}', 'nics', 1);
+            INSERT INTO audit (time, actor, reason, changes) VALUES
+                ('2025-01-01T00:00:00Z', 'brood-ledger', 'initial capacity',
+                 '[{{"op":"set_capacity"}}]'),
+                ('2025-01-02T00:00:00Z', 'alice', 'start old', '[]');
+            "#
+        ))
+        .expect("v1 rows");
+    }
+
+    fn user_version(path: &Path) -> u32 {
+        Connection::open(path)
+            .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .expect("read version")
+    }
+
+    #[test]
+    fn version_1_database_upgrades_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v1.db");
+        let uuid = uuid::Uuid::from_u128(0xb10d);
+        write_v1(&path, uuid);
+        assert_eq!(user_version(&path), 1);
+
+        // The initial capacity is ignored: the file has one.
+        let mut db = LedgerDb::open(&path, Resources::ZERO).expect("open migrates");
+        assert_eq!(user_version(&path), 2);
+        let cap = Resources {
+            memory_mib: 1024,
+            vcpus: 4,
+            disk_gib: 100,
+            nics: 8,
+        };
+        assert_eq!(db.capacity().expect("cap"), cap);
+        let demand = Resources {
+            memory_mib: 256,
+            vcpus: 1,
+            disk_gib: 10,
+            nics: 1,
+        };
+        assert_eq!(db.held_by(Owner::Partition(uuid)).expect("held"), demand);
+        assert_eq!(db.holdings().expect("holdings").len(), 8);
+        let rec = db.partition_by_uuid(uuid).expect("read").expect("kept");
+        let mut want = PartitionRecord::new("old");
+        want.uuid = uuid;
+        want.stage = crate::state::Stage::Operating;
+        want.run_state = RunState::Running;
+        "default".clone_into(&mut want.active_config);
+        want.configs = json!({"default": {"memory_mib": 256}});
+        want.demand = demand;
+        want.pid = Some(4242);
+        want.restart_count = 2;
+        want.last_exit = Some("killed".into());
+        "2025-01-01T00:00:00Z".clone_into(&mut want.created_at);
+        "2025-01-02T00:00:00Z".clone_into(&mut want.updated_at);
+        want.generation = 7;
+        assert_eq!(rec, want);
+        let log = db.log(None, 10).expect("log");
+        let reasons: Vec<_> = log.iter().map(|e| (e.id.0, e.reason.as_str())).collect();
+        assert_eq!(reasons, [(1, "initial capacity"), (2, "start old")]);
+        assert_eq!(log[0].changes, json!([{"op": "set_capacity"}]));
+        assert!(db.pools().expect("pools").is_empty());
+        assert_eq!(db.verify().expect("verify"), []);
+
+        // The new columns and tables work on the migrated file.
+        let mut ops = vec![Op::UpdatePartition {
+            uuid,
+            expect: PartitionExpect {
+                generation: Some(7),
+                ..PartitionExpect::default()
+            },
+            set: PartitionPatch {
+                stage: Some(crate::state::Stage::Template),
+                run_state: Some(RunState::Stopped),
+                pid: Some(None),
+                ..PartitionPatch::default()
+            },
+        }];
+        ops.extend(Op::release(
+            uuid,
+            &Resources {
+                vcpus: 1,
+                nics: 1,
+                ..Resources::ZERO
+            },
+        ));
+        let mut kid = PartitionRecord::new("kid");
+        kid.parent = Some(uuid);
+        kid.fork = Some(json!({"index": 0}));
+        let kid_uuid = kid.uuid;
+        ops.push(Op::InsertPartition(kid));
+        ops.push(Op::CreatePool {
+            name: "macs".into(),
+            kind: crate::pool::PoolKind::Identity,
+            meta: json!({}),
+            values: vec!["52:54:00:00:00:01".into()],
+        });
+        ops.push(Op::TakeFromPool {
+            pool: "macs".into(),
+            holder: kid_uuid,
+            value: None,
+        });
+        assert_eq!(db.commit(Tx::new("t", "fork", ops)).expect("fork"), TxId(3));
+        assert_eq!(db.verify().expect("verify"), []);
+        let e = db
+            .commit(Tx::new(
+                "t",
+                "rm",
+                vec![Op::DeletePartition {
+                    uuid,
+                    expect: PartitionExpect::default(),
+                }],
+            ))
+            .expect_err("holds memory and disk");
+        assert!(matches!(e, LedgerError::StillHolds { .. }), "{e}");
+        // The foreign keys added by ALTER TABLE hold too.
+        let raw = Connection::open(&path).expect("raw open");
+        raw.execute_batch("PRAGMA foreign_keys = ON")
+            .expect("fk on");
+        let e = raw.execute(
+            "DELETE FROM partition WHERE uuid = ?1",
+            [kid_uuid.to_string()],
+        );
+        assert!(e.is_err(), "holder of a pool item deleted");
+        drop(raw);
+        drop(db);
+
+        let db = LedgerDb::open(&path, Resources::ZERO).expect("reopen");
+        assert_eq!(user_version(&path), 2);
+        assert_eq!(db.children_of(uuid).expect("children").len(), 1);
+        assert_eq!(db.log(None, 10).expect("log").len(), 3);
+        assert_eq!(db.verify().expect("verify"), []);
     }
 
     #[test]

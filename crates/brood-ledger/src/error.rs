@@ -4,8 +4,8 @@
 //! Messages say what failed, in lowercase, and never repeat their
 //! `#[source]`: callers print the chain. The variants that callers branch on
 //! (`Precondition`, `Insufficient`, `NameTaken`, `Transition`, `StillHolds`,
-//! `NoSuchPartition`) carry the values as fields so broodd can map them to
-//! API errors without parsing text.
+//! `NoSuchPartition`, `HasDescendants`, the pool errors) carry the values as
+//! fields so broodd can map them to API errors without parsing text.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,6 +161,69 @@ pub enum LedgerError {
         /// What it holds.
         held: Resources,
     },
+    /// A partition cannot be deleted while it holds pool items; return them
+    /// (`Op::ReturnToPool`) earlier in the same transaction.
+    #[error("partition {uuid} still holds pool items {}", ItemList(items))]
+    StillHoldsPoolItems {
+        /// The partition.
+        uuid: Uuid,
+        /// What it holds: (pool, value), by pool then insertion order.
+        items: Vec<(String, String)>,
+    },
+    /// A partition cannot be deleted while others name it as their parent.
+    #[error("partition {uuid} has {count} partitions forked or derived from it")]
+    HasDescendants {
+        /// The partition.
+        uuid: Uuid,
+        /// How many partitions have it as their parent.
+        count: u64,
+    },
+    /// Another pool already has this name.
+    #[error("pool {name:?} already exists")]
+    PoolExists {
+        /// The name.
+        name: String,
+    },
+    /// An op names a pool that does not exist.
+    #[error("no pool {name:?}")]
+    NoSuchPool {
+        /// The name.
+        name: String,
+    },
+    /// A pool cannot be deleted while partitions hold some of its values.
+    #[error("pool {name:?} has {held} values held by partitions")]
+    PoolInUse {
+        /// The pool.
+        name: String,
+        /// How many of its values are held.
+        held: u64,
+    },
+    /// Every value of the pool is held.
+    #[error("pool {pool:?} has no free value: all {size} are held")]
+    PoolExhausted {
+        /// The pool.
+        pool: String,
+        /// How many values it has.
+        size: u64,
+    },
+    /// The value asked for is held by a partition (possibly the asker).
+    #[error("value {value:?} of pool {pool:?} is held by partition {holder}")]
+    ValueTaken {
+        /// The pool.
+        pool: String,
+        /// The value.
+        value: String,
+        /// Its holder.
+        holder: Uuid,
+    },
+    /// The value asked for is not in the pool.
+    #[error("pool {pool:?} has no value {value:?}")]
+    NotInPool {
+        /// The pool.
+        pool: String,
+        /// The value.
+        value: String,
+    },
     /// The new capacity is smaller than what partitions hold.
     #[error("capacity of {kind} cannot drop to {capacity}: partitions hold {in_use}")]
     CapacityInUse {
@@ -185,6 +248,29 @@ pub enum LedgerError {
     /// A ledger thread could not be started.
     #[error("spawn ledger thread")]
     Spawn(#[source] std::io::Error),
+}
+
+/// Formats (pool, value) pairs as `pool="value", ...`, at most
+/// `ItemList::SHOWN` of them, so a message stays short.
+struct ItemList<'a>(&'a [(String, String)]);
+
+impl ItemList<'_> {
+    const SHOWN: usize = 8;
+}
+
+impl std::fmt::Display for ItemList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (pool, value)) in self.0.iter().take(Self::SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{pool}={value:?}")?;
+        }
+        if let Some(more) = self.0.len().checked_sub(Self::SHOWN).filter(|n| *n > 0) {
+            write!(f, " and {more} more")?;
+        }
+        Ok(())
+    }
 }
 
 /// Attaches the name of a database step to a rusqlite error.
@@ -244,5 +330,27 @@ mod tests {
             want: 512,
         };
         assert_eq!(e.to_string(), "available holds 256 memory_mib, 512 wanted");
+    }
+
+    #[test]
+    fn pool_items_are_listed_briefly() {
+        let item = |i: usize| ("macs".to_owned(), format!("52:54:00:00:00:{i:02x}"));
+        let e = LedgerError::StillHoldsPoolItems {
+            uuid: Uuid::nil(),
+            items: vec![item(1), ("ips".into(), "10.0.0.2".into())],
+        };
+        assert_eq!(
+            e.to_string(),
+            "partition 00000000-0000-0000-0000-000000000000 still holds pool items \
+             macs=\"52:54:00:00:00:01\", ips=\"10.0.0.2\""
+        );
+        let e = LedgerError::StillHoldsPoolItems {
+            uuid: Uuid::nil(),
+            items: (0..11).map(item).collect(),
+        };
+        assert!(
+            e.to_string().ends_with("\"52:54:00:00:00:07\" and 3 more"),
+            "{e}"
+        );
     }
 }

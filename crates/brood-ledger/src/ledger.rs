@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::db::{LedgerDb, set_capacity_tx};
 use crate::error::{DbContext, LedgerError};
 use crate::partition::PartitionRecord;
+use crate::pool::{self, PoolInfo, PoolItem};
 use crate::read::{self, AuditEntry};
 use crate::resource::{Holding, Owner, Resources};
 use crate::schema;
@@ -265,6 +266,35 @@ impl Ledger {
     /// Every partition, by name.
     pub async fn all_partitions(&self) -> Result<Vec<PartitionRecord>, LedgerError> {
         self.read(read::all_partitions).await
+    }
+
+    /// The partitions whose parent is `uuid` (forked or derived from it),
+    /// by name.
+    pub async fn children_of(&self, uuid: Uuid) -> Result<Vec<PartitionRecord>, LedgerError> {
+        self.read(move |c| read::children_of(c, uuid)).await
+    }
+
+    /// Every pool, by name, with its size and free count.
+    pub async fn pools(&self) -> Result<Vec<PoolInfo>, LedgerError> {
+        self.read(pool::pools).await
+    }
+
+    /// The pool with this name.
+    pub async fn pool(&self, name: &str) -> Result<Option<PoolInfo>, LedgerError> {
+        let name = name.to_owned();
+        self.read(move |c| pool::pool(c, &name)).await
+    }
+
+    /// The values of pool `name` with their holders, in insertion order;
+    /// empty if there is no such pool.
+    pub async fn pool_items(&self, name: &str) -> Result<Vec<PoolItem>, LedgerError> {
+        let name = name.to_owned();
+        self.read(move |c| pool::items(c, &name)).await
+    }
+
+    /// The (pool, value) pairs `holder` holds, by pool then insertion order.
+    pub async fn items_held_by(&self, holder: Uuid) -> Result<Vec<(String, String)>, LedgerError> {
+        self.read(move |c| pool::held_by(c, holder)).await
     }
 
     /// Up to `limit` audit entries with ids above `after_id`, oldest first;

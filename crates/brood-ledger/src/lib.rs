@@ -7,7 +7,9 @@
 //! all, and appends one row with before- and after-images to an
 //! append-only audit log (WO 2005/036358, paragraphs 0088, 0098-0099, 0156).
 //! Partitions carry their life-cycle `Stage` and `RunState`, changed only
-//! through checked transitions.
+//! through checked transitions, and their lineage: a child forked from a
+//! template names it as `parent`. Pools hand out identities (MACs, IPs) to
+//! partitions, one holder per value.
 //!
 //! - `Ledger`: async, cloneable handle for broodd (a writer thread with
 //!   group commit, reader threads with read-only connections).
@@ -35,6 +37,7 @@ mod db;
 mod error;
 mod ledger;
 mod partition;
+mod pool;
 mod read;
 mod resource;
 mod schema;
@@ -47,6 +50,9 @@ pub use db::{LEDGER_ACTOR, LedgerDb};
 pub use error::LedgerError;
 pub use ledger::{Ledger, LedgerOptions};
 pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
+pub use pool::{
+    POOL_MAX_VALUES, POOL_NAME_MAX_CHARS, POOL_VALUE_MAX_BYTES, PoolInfo, PoolItem, PoolKind,
+};
 pub use read::AuditEntry;
 pub use resource::{Holding, Owner, ParseNameError, ResourceKind, Resources};
 pub use schema::latest_version as schema_version;

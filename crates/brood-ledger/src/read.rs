@@ -1,6 +1,7 @@
 //! Queries against any connection, the writer's or a reader's: capacity,
-//! holdings, partitions (keyset-paginated by name) and the audit log
-//! (keyset-paginated by id), plus decoding of stored rows.
+//! holdings, partitions (keyset-paginated by name, or by parent) and the
+//! audit log (keyset-paginated by id), plus decoding of stored rows. Pool
+//! queries are `pool`'s.
 //!
 //! Callers that need several queries to agree run them inside one read
 //! transaction (the async `Ledger` does so for every read). Writing is
@@ -33,7 +34,7 @@ pub struct AuditEntry {
 /// The columns of `partition`, in the order `RawPartition::from_row` reads them.
 pub(crate) const PARTITION_COLUMNS: &str = "uuid, name, stage, run_state, active_config, \
      configs, demand_memory_mib, demand_vcpus, demand_disk_gib, demand_nics, pid, pending_op, \
-     restart_count, last_exit, created_at, updated_at, generation";
+     restart_count, last_exit, created_at, updated_at, generation, parent, fork";
 
 /// A partition row with its text columns not yet parsed.
 pub(crate) struct RawPartition {
@@ -51,6 +52,8 @@ pub(crate) struct RawPartition {
     created_at: String,
     updated_at: String,
     generation: u64,
+    parent: Option<String>,
+    fork: Option<String>,
 }
 
 impl RawPartition {
@@ -76,6 +79,8 @@ impl RawPartition {
             created_at: r.get(14)?,
             updated_at: r.get(15)?,
             generation: r.get(16)?,
+            parent: r.get(17)?,
+            fork: r.get(18)?,
         })
     }
 
@@ -97,6 +102,18 @@ impl RawPartition {
             run_state: self.run_state.parse().map_err(|e| bad(format!("{e}")))?,
             configs: serde_json::from_str(&self.configs)
                 .map_err(|e| bad(format!("configs: {e}")))?,
+            parent: self
+                .parent
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|e| bad(format!("parent: {e}")))?,
+            fork: self
+                .fork
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| bad(format!("fork: {e}")))?,
             name: self.name,
             active_config: self.active_config,
             demand: self.demand,
@@ -247,6 +264,22 @@ pub(crate) fn partitions(
         ),
         None => partitions_where(conn, "ORDER BY name LIMIT ?1", [sql_limit(limit)]),
     }
+}
+
+/// The partitions whose parent is `uuid`, by name.
+pub(crate) fn children_of(
+    conn: &Connection,
+    uuid: Uuid,
+) -> Result<Vec<PartitionRecord>, LedgerError> {
+    partitions_where(conn, "WHERE parent = ?1 ORDER BY name", [uuid.to_string()])
+}
+
+/// How many partitions have `uuid` as their parent.
+pub(crate) fn child_count(conn: &Connection, uuid: Uuid) -> Result<u64, LedgerError> {
+    conn.prepare_cached("SELECT count(*) FROM partition WHERE parent = ?1")
+        .ctx("prepare child count")?
+        .query_row([uuid.to_string()], |r| r.get(0))
+        .ctx("count children")
 }
 
 /// Every partition, by name.

@@ -1,24 +1,33 @@
 //! The SQLite schema, its versioned migrations (`PRAGMA user_version`) and
 //! the connection settings of the write and read connections.
 //!
-//! Tables (version 1):
+//! Tables (version 2):
 //!
 //! ```text
 //! capacity(kind PK, amount >= 0)                 host capacity per kind
 //! partition(uuid PK, name UNIQUE, stage, run_state, active_config,
 //!           configs JSON, demand_{memory_mib,vcpus,disk_gib,nics} >= 0,
 //!           pid, pending_op, restart_count, last_exit,
-//!           created_at, updated_at, generation)
+//!           created_at, updated_at, generation,
+//!           parent REFERENCES partition, fork JSON)          (v2: parent, fork)
 //! holding(owner, kind, amount >= 0, PK (owner, kind),
 //!         partition = NULLIF(owner, 'available') REFERENCES partition)
+//! pool(name PK [a-z0-9_.-]{1,64}, kind, meta JSON, created_at)      (v2)
+//! pool_item(pool REFERENCES pool, seq, value, holder REFERENCES partition,
+//!           PK (pool, value), UNIQUE (pool, seq))                    (v2)
 //! audit(id INTEGER PK AUTOINCREMENT, time, actor, reason, changes JSON)
 //!         append-only: triggers abort UPDATE and DELETE
 //! ```
 //!
 //! `available` always has one holding row per kind; a partition's row is
 //! deleted when its amount reaches zero, so the foreign key keeps a
-//! partition that holds anything from being deleted. Applying ops is
-//! `store`'s job.
+//! partition that holds anything from being deleted. The foreign keys of
+//! `partition.parent` and `pool_item.holder` likewise keep a partition
+//! with descendants, or holding a pool item, from being deleted; `store`
+//! checks both first to give a clear error. Applying ops is `store`'s job.
+//!
+//! Version 2 only adds (columns that are NULL on existing rows, new
+//! tables), so a version-1 file migrates in place and keeps every row.
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,9 +40,10 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
-const V1: &str = "
+/// Version 1: capacity, partitions, holdings, the audit log.
+pub(crate) const V1: &str = "
 CREATE TABLE capacity (
     kind   TEXT PRIMARY KEY
            CHECK (kind IN ('memory_mib', 'vcpus', 'disk_gib', 'nics')),
@@ -87,6 +97,39 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN
     SELECT RAISE(ABORT, 'the audit log is append-only');
 END;
+";
+
+/// Version 2: lineage and fork details on partitions; pools of identities.
+///
+/// `ADD COLUMN ... REFERENCES` is allowed with foreign keys on because the
+/// new column defaults to NULL (<https://sqlite.org/lang_altertable.html>).
+/// `partition.parent` never changes after insert and must name an existing
+/// partition, so it cannot form a cycle.
+const V2: &str = "
+ALTER TABLE partition ADD COLUMN parent TEXT REFERENCES partition (uuid);
+ALTER TABLE partition ADD COLUMN fork TEXT CHECK (fork IS NULL OR json_valid(fork));
+CREATE INDEX partition_parent ON partition (parent) WHERE parent IS NOT NULL;
+
+CREATE TABLE pool (
+    name       TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64
+                   AND name NOT GLOB '*[^a-z0-9_.-]*'),
+    kind       TEXT NOT NULL CHECK (kind IN ('identity', 'ipv4')),
+    meta       TEXT NOT NULL CHECK (json_valid(meta)),
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE pool_item (
+    pool   TEXT NOT NULL REFERENCES pool (name),
+    seq    INTEGER NOT NULL CHECK (seq >= 0),
+    value  TEXT NOT NULL CHECK (length(CAST(value AS BLOB)) BETWEEN 1 AND 256),
+    holder TEXT REFERENCES partition (uuid),
+    PRIMARY KEY (pool, value),
+    UNIQUE (pool, seq)
+) WITHOUT ROWID;
+-- Finds what a partition holds, and serves the holder foreign key.
+CREATE INDEX pool_item_holder ON pool_item (holder) WHERE holder IS NOT NULL;
+-- The free value with the lowest seq, without walking the held ones.
+CREATE INDEX pool_item_free ON pool_item (pool, seq) WHERE holder IS NULL;
 ";
 
 /// The newest schema version this build knows.
@@ -179,12 +222,52 @@ mod tests {
         let tables: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN
-                 ('capacity', 'partition', 'holding', 'audit')",
+                 ('capacity', 'partition', 'holding', 'audit', 'pool', 'pool_item')",
                 [],
                 |r| r.get(0),
             )
             .expect("count");
-        assert_eq!(tables, 4);
+        assert_eq!(tables, 6);
+    }
+
+    #[test]
+    fn pool_rows_are_checked_by_the_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_writer(&dir.path().join("l.db")).expect("open");
+        for name in ["Caps", "", "a b", "a/b"] {
+            let e = conn.execute(
+                "INSERT INTO pool (name, kind, meta, created_at) VALUES (?1, 'identity', '{}', 'x')",
+                [name],
+            );
+            assert!(e.is_err(), "pool name {name:?} accepted");
+        }
+        conn.execute_batch(
+            "INSERT INTO pool (name, kind, meta, created_at) VALUES ('ok.1_-', 'ipv4', '{}', 'x')",
+        )
+        .expect("good name");
+        for sql in [
+            "INSERT INTO pool (name, kind, meta, created_at) VALUES ('p', 'mac', '{}', 'x')",
+            "INSERT INTO pool_item (pool, seq, value) VALUES ('ok.1_-', 0, '')",
+            "INSERT INTO pool_item (pool, seq, value) VALUES ('nope', 0, 'v')",
+            "INSERT INTO pool_item (pool, seq, value, holder) VALUES ('ok.1_-', 0, 'v', 'ghost')",
+        ] {
+            assert!(conn.execute_batch(sql).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn free_value_lookup_uses_the_partial_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_writer(&dir.path().join("l.db")).expect("open");
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT value, seq FROM pool_item \
+                 WHERE pool = 'p' AND holder IS NULL ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan.contains("pool_item_free"), "{plan}");
     }
 
     #[test]

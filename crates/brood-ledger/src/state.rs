@@ -18,7 +18,9 @@ use crate::resource::ParseNameError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{machine}: cannot go from {from} to {to}")]
 pub struct TransitionError {
-    /// "stage" or "run state".
+    /// "stage" or "run state"; "stage while running" (or starting, paused)
+    /// and "run state of a template" when the pair is legal on its own but
+    /// would make a template run (see `PartitionPatch::apply_to`).
     pub machine: &'static str,
     /// The current state.
     pub from: &'static str,
@@ -42,7 +44,9 @@ pub enum Stage {
     Disabled,
     /// Retired; holds nothing.
     Decommissioned,
-    /// A prototype to clone; never runs.
+    /// A prototype to fork children from; never runs, but holds its memory
+    /// (the saved memory file) and disk. Entered from `Operating` only
+    /// while the run state is not active.
     Template,
 }
 

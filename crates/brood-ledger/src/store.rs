@@ -16,6 +16,7 @@
 //!  "available":{"before":{<resources>},"after":{<resources>}}}
 //! ```
 //!
+//! The pool ops' records are described in `pool`, which applies them.
 //! Queries live in `read`; the thread that calls this is `ledger`'s writer.
 
 use rusqlite::{Connection, params};
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::error::{DbContext, LedgerError};
 use crate::partition::{PartitionExpect, PartitionRecord};
+use crate::pool;
 use crate::read;
 use crate::resource::{Owner, ResourceKind, Resources};
 use crate::tx::{Op, Tx, TxId};
@@ -155,10 +157,16 @@ fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, Le
             (*to, *expect_to),
             *amount,
         ),
-        Op::InsertPartition(rec) => insert_partition(conn, rec, now),
+        Op::InsertPartition(rec) => insert_partition(conn, i, rec, now),
         Op::UpdatePartition { uuid, expect, set } => {
             let mut rec = load_partition(conn, *uuid)?;
             check_expect(i, &rec, expect)?;
+            if let Some(name) = &set.name
+                && *name != rec.name
+                && read::partition_by_name(conn, name)?.is_some()
+            {
+                return Err(LedgerError::NameTaken { name: name.clone() });
+            }
             let before = rec.clone();
             set.apply_to(&mut rec)
                 .map_err(|refused| LedgerError::Transition {
@@ -171,21 +179,58 @@ fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, Le
             let (b, a) = diff(&before, &rec)?;
             Ok(json!({"op": "update_partition", "uuid": uuid, "before": b, "after": a}))
         }
-        Op::DeletePartition { uuid, expect } => {
-            let rec = load_partition(conn, *uuid)?;
-            check_expect(i, &rec, expect)?;
-            let held = read::held_by(conn, Owner::Partition(*uuid))?;
-            if !held.is_zero() {
-                return Err(LedgerError::StillHolds { uuid: *uuid, held });
-            }
-            conn.prepare_cached("DELETE FROM partition WHERE uuid = ?1")
-                .ctx("prepare partition delete")?
-                .execute([uuid.to_string()])
-                .ctx("delete partition")?;
-            Ok(json!({"op": "delete_partition", "uuid": uuid, "before": to_json(&rec)?}))
-        }
+        Op::DeletePartition { uuid, expect } => delete_partition(conn, i, *uuid, expect),
         Op::SetCapacity { capacity, expect } => set_capacity(conn, i, capacity, expect.as_ref()),
+        Op::CreatePool {
+            name,
+            kind,
+            meta,
+            values,
+        } => pool::create(conn, i, (name, *kind, meta), values, now),
+        Op::DeletePool { name } => pool::delete(conn, name),
+        Op::TakeFromPool {
+            pool,
+            holder,
+            value,
+        } => {
+            require_partition(conn, *holder)?;
+            pool::take(conn, pool, *holder, value.as_deref())
+        }
+        Op::ReturnToPool { holder, pool } => {
+            require_partition(conn, *holder)?;
+            pool::give_back(conn, *holder, pool.as_deref())
+        }
     }
+}
+
+/// Deletes a partition that holds nothing and that no partition descends
+/// from. The foreign keys on `holding`, `pool_item` and `partition.parent`
+/// would refuse it anyway; checking first names the reason.
+fn delete_partition(
+    conn: &Connection,
+    i: usize,
+    uuid: Uuid,
+    expect: &PartitionExpect,
+) -> Result<Value, LedgerError> {
+    let rec = load_partition(conn, uuid)?;
+    check_expect(i, &rec, expect)?;
+    let held = read::held_by(conn, Owner::Partition(uuid))?;
+    if !held.is_zero() {
+        return Err(LedgerError::StillHolds { uuid, held });
+    }
+    let items = pool::held_by(conn, uuid)?;
+    if !items.is_empty() {
+        return Err(LedgerError::StillHoldsPoolItems { uuid, items });
+    }
+    let count = read::child_count(conn, uuid)?;
+    if count > 0 {
+        return Err(LedgerError::HasDescendants { uuid, count });
+    }
+    conn.prepare_cached("DELETE FROM partition WHERE uuid = ?1")
+        .ctx("prepare partition delete")?
+        .execute([uuid.to_string()])
+        .ctx("delete partition")?;
+    Ok(json!({"op": "delete_partition", "uuid": uuid, "before": to_json(&rec)?}))
 }
 
 fn apply_move(
@@ -280,6 +325,14 @@ fn partition_exists(conn: &Connection, uuid: Uuid) -> Result<bool, LedgerError> 
         .ctx("look up partition")
 }
 
+fn require_partition(conn: &Connection, uuid: Uuid) -> Result<(), LedgerError> {
+    if partition_exists(conn, uuid)? {
+        Ok(())
+    } else {
+        Err(LedgerError::NoSuchPartition { uuid })
+    }
+}
+
 fn load_partition(conn: &Connection, uuid: Uuid) -> Result<PartitionRecord, LedgerError> {
     read::partition_by_uuid(conn, uuid)?.ok_or(LedgerError::NoSuchPartition { uuid })
 }
@@ -319,9 +372,22 @@ fn check_expect(i: usize, rec: &PartitionRecord, e: &PartitionExpect) -> Result<
 
 fn insert_partition(
     conn: &Connection,
+    i: usize,
     rec: &PartitionRecord,
     now: &str,
 ) -> Result<Value, LedgerError> {
+    if rec.is_template() && rec.run_state.is_active() {
+        return Err(LedgerError::InvalidOp {
+            op: i,
+            what: format!(
+                "inserts template {:?} with run state {}: a template never runs",
+                rec.name, rec.run_state
+            ),
+        });
+    }
+    if let Some(parent) = rec.parent {
+        require_partition(conn, parent)?;
+    }
     if partition_exists(conn, rec.uuid)? {
         return Err(LedgerError::UuidTaken { uuid: rec.uuid });
     }
@@ -345,7 +411,8 @@ enum Write {
     Update,
 }
 
-/// Inserts or updates (by uuid) every column of `rec`.
+/// Inserts or updates (by uuid) every column of `rec`, except that an
+/// update leaves `parent` alone.
 fn write_partition(
     conn: &Connection,
     rec: &PartitionRecord,
@@ -354,20 +421,30 @@ fn write_partition(
     let sql = if how == Write::Insert {
         format!(
             "INSERT INTO partition ({}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+             ?18, ?19)",
             read::PARTITION_COLUMNS
         )
     } else {
         "UPDATE partition SET name = ?2, stage = ?3, run_state = ?4, active_config = ?5, \
          configs = ?6, demand_memory_mib = ?7, demand_vcpus = ?8, demand_disk_gib = ?9, \
          demand_nics = ?10, pid = ?11, pending_op = ?12, restart_count = ?13, last_exit = ?14, \
-         created_at = ?15, updated_at = ?16, generation = ?17 WHERE uuid = ?1"
+         created_at = ?15, updated_at = ?16, generation = ?17, fork = ?19 WHERE uuid = ?1"
             .to_owned()
     };
     let configs = serde_json::to_string(&rec.configs).map_err(|source| LedgerError::Json {
         what: "partition configs",
         source,
     })?;
+    let fork = rec
+        .fork
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| LedgerError::Json {
+            what: "partition fork details",
+            source,
+        })?;
     let d = rec.demand;
     for (kind, v) in d.iter() {
         if v > MAX_AMOUNT {
@@ -397,6 +474,8 @@ fn write_partition(
             rec.created_at,
             rec.updated_at,
             rec.generation,
+            rec.parent.map(|p| p.to_string()),
+            fork,
         ])
         .ctx("write partition")?;
     Ok(())

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::partition::{PartitionExpect, PartitionPatch, PartitionRecord};
+use crate::pool::PoolKind;
 use crate::resource::{Owner, ResourceKind, Resources};
 
 /// The id of a committed transaction: its row in the audit log. Ids
@@ -69,12 +70,14 @@ pub enum Op {
         /// What `to` must hold before the move.
         expect_to: Option<u64>,
     },
-    /// Insert a partition; its name must be unique (`LedgerError::NameTaken`).
-    /// The ledger sets `created_at`, `updated_at` and `generation` (1).
+    /// Insert a partition; its name must be unique (`LedgerError::NameTaken`)
+    /// and its `parent`, if any, must exist (`NoSuchPartition`). The ledger
+    /// sets `created_at`, `updated_at` and `generation` (1).
     InsertPartition(PartitionRecord),
     /// Change fields of a partition. `expect` holds before-images that must
     /// match (`Precondition` on mismatch); run-state and stage changes are
-    /// checked with `transition` (`LedgerError::Transition`).
+    /// checked with `transition` and must not leave a template running
+    /// (`LedgerError::Transition`; see `PartitionPatch::apply_to`).
     UpdatePartition {
         /// The partition.
         uuid: Uuid,
@@ -83,8 +86,10 @@ pub enum Op {
         /// The changes.
         set: PartitionPatch,
     },
-    /// Delete a partition; refused (`LedgerError::StillHolds`) while it
-    /// holds any resource.
+    /// Delete a partition; refused while it holds any resource
+    /// (`LedgerError::StillHolds`) or pool item (`StillHoldsPoolItems`:
+    /// put an `Op::ReturnToPool` before it), or while partitions name it as
+    /// their parent (`HasDescendants`).
     DeletePartition {
         /// The partition.
         uuid: Uuid,
@@ -98,6 +103,46 @@ pub enum Op {
         capacity: Resources,
         /// The capacity there must be before, if `Some`.
         expect: Option<Resources>,
+    },
+    /// Create a pool of `values`, handed out in this order. The name is
+    /// 1-64 characters of `[a-z0-9_.-]`; the values are 1 to 65536 distinct
+    /// strings of 1-256 bytes (`InvalidOp` otherwise). `PoolExists` if the
+    /// name is taken.
+    CreatePool {
+        /// Unique name.
+        name: String,
+        /// What the values are.
+        kind: PoolKind,
+        /// broodd's details, opaque to the ledger.
+        meta: serde_json::Value,
+        /// The values.
+        values: Vec<String>,
+    },
+    /// Delete a pool and its values; refused (`PoolInUse`) while any value
+    /// is held.
+    DeletePool {
+        /// The pool.
+        name: String,
+    },
+    /// Give `holder` the value `value` if it is free (`ValueTaken` if held,
+    /// `NotInPool` if absent) or, with `None`, the free value first in
+    /// insertion order (`PoolExhausted` if none is). The audit record names
+    /// the value chosen; read it back with `items_held_by`.
+    TakeFromPool {
+        /// The pool.
+        pool: String,
+        /// The partition that takes the value.
+        holder: Uuid,
+        /// The value wanted, or `None` for any.
+        value: Option<String>,
+    },
+    /// Free every value `holder` holds in `pool`, or in every pool with
+    /// `None`. Holding nothing is not an error.
+    ReturnToPool {
+        /// The partition that gives its values back.
+        holder: Uuid,
+        /// The pool, or `None` for all.
+        pool: Option<String>,
     },
 }
 

@@ -4,9 +4,12 @@
 //! kind, the holdings sum to the capacity; every holder other than
 //! `available` is an existing partition; every partition holds exactly
 //! `expected_holding()` (its disk unless decommissioned, its memory, vCPUs
-//! and NICs while active); no partition has a pid unless active; every
-//! row decodes. Process-level checks (is that pid a QEMU of ours?) are
-//! broodd's.
+//! and NICs while active; a template its memory and disk always); no
+//! partition has a pid unless active; no template is active; every parent
+//! exists; every pool item belongs to an existing pool and is held, if at
+//! all, by an existing partition, and by one only; every row decodes.
+//! Process-level checks (is that pid a QEMU of ours? is the template's
+//! memory file there?) are broodd's.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,7 +27,8 @@ use crate::resource::{Owner, ResourceKind, Resources};
 pub struct Problem {
     /// Stable identifier of the check: `integrity`, `capacity_missing`,
     /// `capacity_sum`, `bad_row`, `orphan_holding`, `holding_mismatch`,
-    /// `pid_while_inactive`.
+    /// `pid_while_inactive`, `active_template`, `missing_parent`,
+    /// `orphan_pool_item`, `pool_holder_missing`, `pool_value_held_twice`.
     pub code: &'static str,
     /// What is wrong, naming rows and amounts.
     pub message: String,
@@ -76,8 +80,79 @@ pub(crate) fn verify(conn: &Connection) -> Result<Vec<Problem>, LedgerError> {
             held.get(&rec.uuid).copied().unwrap_or_default(),
             &mut out,
         );
+        if let Some(parent) = rec.parent
+            && !partitions.contains_key(&parent)
+        {
+            out.push(Problem::new(
+                "missing_parent",
+                format!(
+                    "partition {} ({}) names {parent} as parent, which is no partition",
+                    rec.name, rec.uuid
+                ),
+            ));
+        }
     }
+    pool_items(conn, &mut out)?;
     Ok(out)
+}
+
+/// Three columns of a check's row, as text.
+type Row3 = (String, String, String);
+
+/// A pool check: its query (three columns), its problem code, and the
+/// message for one row.
+type PoolCheck = (&'static str, &'static str, fn(&Row3) -> String);
+
+/// The pool checks, each one query over the held items or over the pools,
+/// so verify stays cheap with large pools.
+fn pool_items(conn: &Connection, out: &mut Vec<Problem>) -> Result<(), LedgerError> {
+    let checks: [PoolCheck; 3] = [
+        (
+            "SELECT pool, value, holder FROM pool_item i WHERE holder IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM partition p WHERE p.uuid = i.holder)",
+            "pool_holder_missing",
+            |(pool, value, holder)| {
+                format!(
+                    "value {value:?} of pool {pool:?} is held by {holder:?}, which is no partition"
+                )
+            },
+        ),
+        (
+            // The primary key (pool, value) rules this out; the check is
+            // over held items only, so it costs little.
+            "SELECT pool, value, count(*) FROM pool_item WHERE holder IS NOT NULL \
+             GROUP BY pool, value HAVING count(*) > 1",
+            "pool_value_held_twice",
+            |(pool, value, n)| format!("value {value:?} of pool {pool:?} is held {n} times"),
+        ),
+        (
+            "SELECT pool, count(*), '' FROM pool_item GROUP BY pool \
+             HAVING pool NOT IN (SELECT name FROM pool)",
+            "orphan_pool_item",
+            |(pool, n, _)| format!("{n} values belong to pool {pool:?}, which does not exist"),
+        ),
+    ];
+    for (sql, code, message) in checks {
+        let mut stmt = conn.prepare(sql).ctx("prepare pool check")?;
+        let rows = stmt
+            .query_map([], |r| Ok((text(r, 0)?, text(r, 1)?, text(r, 2)?)))
+            .ctx("run pool check")?
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("read pool check")?;
+        out.extend(rows.iter().map(|r| Problem::new(code, message(r))));
+    }
+    Ok(())
+}
+
+/// Column `i` as text, whatever its type (a hand-edited row may hold anything).
+fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(x) => x.to_string(),
+        ValueRef::Null => "null".to_owned(),
+    })
 }
 
 fn check_partition(rec: &PartitionRecord, held: Resources, out: &mut Vec<Problem>) {
@@ -93,6 +168,15 @@ fn check_partition(rec: &PartitionRecord, held: Resources, out: &mut Vec<Problem
                 ),
             ));
         }
+    }
+    if rec.is_template() && rec.run_state.is_active() {
+        out.push(Problem::new(
+            "active_template",
+            format!(
+                "partition {} ({}) is a template but {}",
+                rec.name, rec.uuid, rec.run_state
+            ),
+        ));
     }
     if let Some(pid) = rec.pid
         && !rec.run_state.is_active()

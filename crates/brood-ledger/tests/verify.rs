@@ -1,12 +1,13 @@
 #![allow(clippy::tests_outside_test_module)]
 //! `verify` finds each kind of inconsistency planted with a raw SQLite
 //! connection (foreign keys off, as a hand edit would be), and nothing in
-//! a ledger changed only through transactions.
+//! a ledger changed only through transactions: one with a running, a
+//! stopped and an empty partition, a template with a child, and a pool.
 
 mod common;
 
-use brood_ledger::{LedgerDb, Op, PartitionRecord, Resources, Tx, Uuid};
-use common::{CAP, create_tx, partition, start_tx};
+use brood_ledger::{LedgerDb, Op, PartitionRecord, PoolKind, Resources, Tx, Uuid};
+use common::{CAP, child, create_tx, operate_tx, partition, start_tx, templatize_tx};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -18,6 +19,10 @@ struct Fixture {
     stopped: PartitionRecord,
     /// Holds nothing.
     empty: PartitionRecord,
+    /// A stopped template, holding its memory and disk.
+    template: PartitionRecord,
+    /// Forked from `template`, stopped, holding value "a" of pool "macs".
+    child: PartitionRecord,
 }
 
 const DEMAND: Resources = Resources {
@@ -38,6 +43,28 @@ fn fixture() -> Fixture {
         db.commit(create_tx(p)).expect("create");
     }
     db.commit(start_tx(running.uuid, &DEMAND)).expect("start");
+    let template = partition("template", DEMAND);
+    db.commit(create_tx(&template)).expect("create");
+    db.commit(operate_tx(template.uuid)).expect("operate");
+    db.commit(start_tx(template.uuid, &DEMAND)).expect("start");
+    db.commit(templatize_tx(template.uuid, &DEMAND))
+        .expect("template");
+    let child = child("child", template.uuid, Resources::ZERO);
+    let mut fork = create_tx(&child);
+    fork.ops.extend([
+        Op::CreatePool {
+            name: "macs".into(),
+            kind: PoolKind::Identity,
+            meta: serde_json::json!({}),
+            values: vec!["a".into(), "b".into()],
+        },
+        Op::TakeFromPool {
+            pool: "macs".into(),
+            holder: child.uuid,
+            value: None,
+        },
+    ]);
+    db.commit(fork).expect("fork");
     let raw = rusqlite::Connection::open(&path).expect("raw open");
     // The bundled SQLite turns foreign keys on by default; the sqlite3 shell does not.
     raw.execute_batch("PRAGMA foreign_keys = OFF")
@@ -50,6 +77,8 @@ fn fixture() -> Fixture {
         running,
         stopped,
         empty,
+        template,
+        child,
     }
 }
 
@@ -184,4 +213,82 @@ fn undecodable_partition_row() {
         f.empty.uuid
     );
     assert_eq!(codes(&f, &sql), ["bad_row"]);
+}
+
+#[test]
+fn template_not_holding_its_memory() {
+    let f = fixture();
+    let sql = format!(
+        "DELETE FROM holding WHERE owner = '{}' AND kind = 'memory_mib';
+         UPDATE holding SET amount = amount + 256 WHERE owner = 'available' AND kind = 'memory_mib';",
+        f.template.uuid
+    );
+    assert_eq!(codes(&f, &sql), ["holding_mismatch"]);
+}
+
+#[test]
+fn template_holding_vcpus() {
+    let f = fixture();
+    let sql = format!(
+        "INSERT INTO holding (owner, kind, amount) VALUES ('{}', 'vcpus', 1);
+         UPDATE holding SET amount = amount - 1 WHERE owner = 'available' AND kind = 'vcpus';",
+        f.template.uuid
+    );
+    assert_eq!(codes(&f, &sql), ["holding_mismatch"]);
+}
+
+#[test]
+fn running_template() {
+    let f = fixture();
+    // Its holdings follow the template rule whatever the run state.
+    let sql = format!(
+        "UPDATE partition SET run_state = 'running' WHERE uuid = '{}'",
+        f.template.uuid
+    );
+    assert_eq!(codes(&f, &sql), ["active_template"]);
+}
+
+#[test]
+fn parent_that_is_no_partition() {
+    let f = fixture();
+    let sql = format!(
+        "UPDATE partition SET parent = '{}' WHERE uuid = '{}'",
+        Uuid::new_v4(),
+        f.empty.uuid
+    );
+    assert_eq!(codes(&f, &sql), ["missing_parent"]);
+}
+
+#[test]
+fn pool_value_held_by_no_partition() {
+    let f = fixture();
+    let sql = format!(
+        "UPDATE pool_item SET holder = '{}' WHERE value = 'b'",
+        Uuid::new_v4()
+    );
+    assert_eq!(codes(&f, &sql), ["pool_holder_missing"]);
+}
+
+#[test]
+fn pool_items_without_their_pool() {
+    let f = fixture();
+    assert_eq!(
+        codes(&f, "DELETE FROM pool WHERE name = 'macs'"),
+        ["orphan_pool_item"]
+    );
+}
+
+#[test]
+fn a_value_cannot_be_stored_twice() {
+    let f = fixture();
+    let e = f.raw.execute_batch(&format!(
+        "INSERT INTO pool_item (pool, seq, value, holder) VALUES ('macs', 9, 'a', '{}')",
+        f.stopped.uuid
+    ));
+    assert!(e.is_err(), "duplicate (pool, value) accepted");
+    assert_eq!(f.db.verify().expect("verify"), []);
+    assert_eq!(
+        f.db.items_held_by(f.child.uuid).expect("held"),
+        [("macs".to_owned(), "a".to_owned())]
+    );
 }

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use brood_ledger::{
-    Ledger, Op, PartitionExpect, PartitionPatch, PartitionRecord, Resources, RunState, Tx, Uuid,
+    Ledger, Op, PartitionExpect, PartitionPatch, PartitionRecord, Resources, RunState, Stage, Tx,
+    Uuid,
 };
 
 /// The capacity every test starts with.
@@ -81,4 +82,56 @@ pub fn stop_tx(uuid: Uuid, demand: &Resources) -> Tx {
     }];
     ops.extend(Op::release(uuid, &active_part(demand)));
     Tx::new("test", "stop", ops)
+}
+
+/// Construction -> provisioning -> operating, in one Tx.
+pub fn operate_tx(uuid: Uuid) -> Tx {
+    let stage = |to| Op::UpdatePartition {
+        uuid,
+        expect: PartitionExpect::default(),
+        set: PartitionPatch {
+            stage: Some(to),
+            ..PartitionPatch::default()
+        },
+    };
+    Tx::new(
+        "test",
+        "operate",
+        vec![stage(Stage::Provisioning), stage(Stage::Operating)],
+    )
+}
+
+/// Running (or starting) operating partition -> stopped template in one
+/// update, giving back its vCPUs and NICs and keeping memory and disk.
+pub fn templatize_tx(uuid: Uuid, demand: &Resources) -> Tx {
+    let mut ops = vec![Op::UpdatePartition {
+        uuid,
+        expect: PartitionExpect {
+            stage: Some(Stage::Operating),
+            ..PartitionExpect::default()
+        },
+        set: PartitionPatch {
+            stage: Some(Stage::Template),
+            run_state: Some(RunState::Stopped),
+            pid: Some(None),
+            ..PartitionPatch::default()
+        },
+    }];
+    ops.extend(Op::release(
+        uuid,
+        &Resources {
+            memory_mib: 0,
+            disk_gib: 0,
+            ..*demand
+        },
+    ));
+    Tx::new("test", "make template", ops)
+}
+
+/// A new partition record forked from `parent`, with `demand`.
+pub fn child(name: &str, parent: Uuid, demand: Resources) -> PartitionRecord {
+    let mut p = partition(name, demand);
+    p.parent = Some(parent);
+    p.stage = Stage::Operating;
+    p
 }
