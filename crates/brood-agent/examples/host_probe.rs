@@ -2,7 +2,7 @@
 //! virtio-serial chardev socket and prints timings.
 //!
 //! ```text
-//! host_probe AGENT_SOCK [-- QEMU ARGV...]
+//! host_probe [--fork] AGENT_SOCK [-- QEMU ARGV...]
 //! ```
 //!
 //! With a QEMU command line it starts QEMU itself (in its own process group,
@@ -10,6 +10,14 @@
 //! `Ready`. It then runs a few execs, a 5 MB output, a named-point round trip
 //! and powers the guest off. `PROBE_EXEC="cmd"` runs one more shell command
 //! first and prints its output. Not a test: the committed VM tests live elsewhere.
+//!
+//! `--fork` checks the fork steps on one VM without a real fork: it sends
+//! `PrepareFork` and `CompleteFork` to the same guest, several times, and
+//! shows with exec what changed (hostname, MACs, IPv4, default route,
+//! machine-id, the child files, the dependent services' environment) and
+//! how long each `CompleteFork` took. Boot the guest with a virtio-net NIC
+//! on user networking (gateway 10.0.2.2) and an image with a dependent
+//! service that writes `env` to /tmp/dependent.env.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,8 +28,8 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use brood_proto::{
-    Command, Decoded, ExecRequest, ExecStatus, FrameDecoder, GuestMsg, HostMsg, ReadFileRequest,
-    Stream, encode_frame,
+    ChildConfig, Command, Decoded, ExecRequest, ExecStatus, FORK_POINT, FrameDecoder, GuestMsg,
+    HostMsg, Ipv4Config, ReadFileRequest, Stream, encode_frame,
 };
 
 /// Kills QEMU's whole process group when dropped.
@@ -122,10 +130,14 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let fork_mode = args.first().is_some_and(|a| a == "--fork");
+    if fork_mode {
+        args.remove(0);
+    }
     let sock = args
         .first()
-        .expect("usage: host_probe AGENT_SOCK [-- QEMU ARGV...]");
+        .expect("usage: host_probe [--fork] AGENT_SOCK [-- QEMU ARGV...]");
     let qemu_argv = args.iter().position(|a| a == "--").map(|i| &args[i + 1..]);
     let spawned = Instant::now();
     let mut qemu = qemu_argv.map(|argv| {
@@ -173,6 +185,12 @@ fn main() {
             String::from_utf8_lossy(&out),
             String::from_utf8_lossy(&err)
         );
+    }
+
+    if fork_mode {
+        fork_probe(&mut host);
+        power_off(&mut host, qemu.as_mut());
+        return;
     }
 
     let t = Instant::now();
@@ -318,10 +336,14 @@ fn main() {
     ));
     println!("guest processes:\n{}", String::from_utf8_lossy(&out));
 
+    power_off(&mut host, qemu.as_mut());
+}
+
+fn power_off(host: &mut Host, qemu: Option<&mut Qemu>) {
     let t = Instant::now();
     let off = host.call(&HostMsg::PowerOff);
     println!("PowerOff -> {off:?} ({})", ms(t.elapsed()));
-    if let Some(q) = qemu.as_mut() {
+    if let Some(q) = qemu {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = q.0.try_wait().unwrap() {
@@ -334,5 +356,195 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Bytes from the host's /dev/urandom.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
+    buf
+}
+
+fn child_config(index: u8) -> ChildConfig {
+    ChildConfig {
+        index: u32::from(index),
+        hostname: format!("child-{index}"),
+        macs: vec![[0x52, 0x54, 0x00, 0x12, 0x34, index]],
+        ipv4: Some(Ipv4Config {
+            address: [10, 0, 2, 100 + index],
+            prefix: 24,
+            gateway: Some([10, 0, 2, 2]),
+        }),
+        identity: Some(format!("dom-{index}")),
+        entropy: random_bytes(64),
+        machine_id: random_bytes(16)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        values: vec![
+            ("class".into(), "dns".into()),
+            ("zone.name".into(), "example.org".into()),
+        ],
+        time_unix_ns: 0,
+    }
+}
+
+fn shell(host: &mut Host, cmd: &str) -> String {
+    let (out, err, _, _) = host.exec(ExecRequest::shell(cmd));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    )
+}
+
+const STATE: &str = "echo \"hostname: $(hostname) / $(cat /etc/hostname)\"; \
+    echo \"eth0: $(cat /sys/class/net/eth0/address) $(cat /sys/class/net/eth0/operstate)\"; \
+    ip -4 addr show dev eth0 | grep inet; ip route; \
+    echo \"machine-id: $(cat /etc/machine-id)\"; \
+    echo \"child.json: $(cat /etc/brood/child.json 2>&1)\"; \
+    echo \"identity: $(cat /etc/brood/identity 2>&1)\"";
+
+fn prepare(host: &mut Host) -> u32 {
+    let t = Instant::now();
+    let reply = host.call(&HostMsg::PrepareFork);
+    let took = t.elapsed();
+    match reply.as_slice() {
+        [GuestMsg::AtForkPoint { seq, services }] => {
+            println!("PrepareFork -> AtForkPoint {{ seq: {seq} }} ({})", ms(took));
+            for s in services {
+                println!(
+                    "  independent {}: code {:?}, {} ms, output {:?}",
+                    s.name, s.code, s.duration_ms, s.output
+                );
+            }
+            *seq
+        }
+        other => panic!("PrepareFork failed: {other:?}"),
+    }
+}
+
+/// Sends CompleteFork; returns the wall time to ForkDone.
+fn complete(host: &mut Host, seq: u32, config: ChildConfig, verbose: bool) -> Duration {
+    let t = Instant::now();
+    let reply = host.call(&HostMsg::CompleteFork { seq, config });
+    let took = t.elapsed();
+    let [GuestMsg::ForkDone(report)] = reply.as_slice() else {
+        panic!("CompleteFork failed: {reply:?}")
+    };
+    assert_eq!(report.failed, None, "{report:?}");
+    if verbose {
+        println!(
+            "CompleteFork {seq} -> ForkDone in {} (uptime {} ms)",
+            ms(took),
+            report.uptime_ms
+        );
+        for s in &report.services {
+            println!(
+                "  dependent {}: code {:?}, {} ms, output {:?}",
+                s.name, s.code, s.duration_ms, s.output
+            );
+        }
+    }
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn fork_probe(host: &mut Host) {
+    println!("--- before\n{}---", shell(host, STATE));
+
+    let seq = prepare(host);
+    let again = prepare(host);
+    println!("second PrepareFork: seq {again} (independent services not rerun)");
+    println!(
+        "independent.log: {:?}",
+        shell(host, "cat /tmp/independent.log")
+    );
+
+    complete(host, seq, child_config(7), true);
+    println!("--- after child 7\n{}---", shell(host, STATE));
+    println!("dependent.env:\n{}", shell(host, "cat /tmp/dependent.env"));
+    println!(
+        "ping gateway: {}",
+        shell(
+            host,
+            "ping -c 1 -W 2 10.0.2.2 >/dev/null 2>&1 && echo ok || echo failed"
+        )
+    );
+    let wrong = host.call(&HostMsg::CompleteFork {
+        seq,
+        config: child_config(8),
+    });
+    println!("second CompleteFork at {seq} -> {wrong:?}");
+    complete(host, again, child_config(8), true);
+
+    // The local caller: `brood-agent fork-point` in the guest.
+    let t = Instant::now();
+    shell(
+        host,
+        "(brood-agent fork-point --timeout 60 > /tmp/fp.json 2>&1; echo $? > /tmp/fp.rc) >/dev/null 2>&1 &",
+    );
+    let point = loop {
+        match host.recv() {
+            (0, GuestMsg::Point(p)) if p.name == FORK_POINT => break p,
+            other => println!("  (while waiting for the fork point: {other:?})"),
+        }
+    };
+    println!(
+        "fork-point announced as seq {} after {}",
+        point.seq,
+        ms(t.elapsed())
+    );
+    complete(host, point.seq, child_config(9), true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rc = shell(host, "cat /tmp/fp.rc 2>/dev/null");
+        if !rc.is_empty() {
+            println!(
+                "fork-point exited {} with {}",
+                rc.trim(),
+                shell(host, "cat /tmp/fp.json")
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "fork-point never exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Timing: CompleteFork -> ForkDone, with the dependent service, then without.
+    let mut with = Vec::new();
+    for i in 0..7u8 {
+        let seq = prepare_quiet(host);
+        with.push(complete(host, seq, child_config(20 + i), false));
+    }
+    shell(host, "rm /etc/brood/services/dependent/*");
+    let mut without = Vec::new();
+    for i in 0..7u8 {
+        let seq = prepare_quiet(host);
+        without.push(complete(host, seq, child_config(40 + i), false));
+    }
+    println!(
+        "CompleteFork -> ForkDone, 7 runs each: with the dependent service median {} {:?}; \
+         identity only median {} {:?}",
+        ms(median(with.clone())),
+        with.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        ms(median(without.clone())),
+        without.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+    );
+    println!("--- at the end\n{}---", shell(host, STATE));
+}
+
+fn prepare_quiet(host: &mut Host) -> u32 {
+    match host.call(&HostMsg::PrepareFork).as_slice() {
+        [GuestMsg::AtForkPoint { seq, .. }] => *seq,
+        other => panic!("PrepareFork failed: {other:?}"),
     }
 }

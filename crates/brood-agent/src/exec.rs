@@ -418,7 +418,7 @@ impl<'a> Running<'a> {
 }
 
 /// A pidfd for `pid`, readable once it exits; `None` before Linux 5.3.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file
     // descriptor or -1; it touches no memory of ours.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };

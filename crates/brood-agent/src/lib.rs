@@ -9,9 +9,13 @@
 //! - [`port`]: finds the virtio-serial port and serves on it.
 //! - [`serve`]: the transport-generic serving loop: one reader thread, one
 //!   worker thread per request, one shared writer ([`link`]).
-//! - `exec`, `file`, [`system`]: the request handlers.
+//! - `exec`, `file`, [`system`]: the request handlers; [`net`] holds the
+//!   network ioctls behind [`system::Machine`].
 //! - [`point`]: named points, the local socket that `brood-agent announce`
-//!   talks to.
+//!   and `brood-agent fork-point` talk to.
+//! - [`fork`]: preparing to be forked and applying a child's identity;
+//!   [`child`] checks and renders that identity, [`service`] runs the
+//!   image's service scripts.
 //!
 //! The wire format itself belongs to brood-proto. Everything this crate reads
 //! from the host, the guest or the local socket is treated as hostile: it is
@@ -30,13 +34,17 @@
 
 #[macro_use]
 pub mod console;
+pub mod child;
 mod exec;
 mod file;
+pub mod fork;
 pub mod init;
 pub mod link;
+pub mod net;
 pub mod point;
 pub mod port;
 pub mod serve;
+pub mod service;
 pub mod system;
 
 /// The agent's version, reported in `Ready` and `Info`.

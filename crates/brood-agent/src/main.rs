@@ -34,11 +34,16 @@ commands:
   announce NAME [--timeout SECS] [--socket PATH]
                               announce point NAME to the host and wait for its
                               answer, which is printed to stdout
+  fork-point [--timeout SECS] [--socket PATH]
+                              run the identity-independent services, wait at
+                              the fork point, and print the child's
+                              configuration (JSON) once it is applied
 options:
   -h, --help                  print this help
   -V, --version               print the version
 
-announce exits 0 with the answer, 124 on timeout, 1 on other errors.
+announce and fork-point exit 0 with the answer, 124 on timeout, 1 on other
+errors (a failed service, or a child whose identity or services failed).
 ";
 
 /// Exit status of `announce` when no answer came in time (as timeout(1)).
@@ -51,6 +56,10 @@ enum Cli {
     Serve,
     Announce {
         name: String,
+        timeout: Option<Duration>,
+        socket: PathBuf,
+    },
+    ForkPoint {
         timeout: Option<Duration>,
         socket: PathBuf,
     },
@@ -67,6 +76,7 @@ fn parse(args: &[String]) -> Result<Cli, String> {
         Some("init") => Cli::Init,
         Some("serve") => Cli::Serve,
         Some("announce") => return parse_announce(args),
+        Some("fork-point") => return parse_fork_point(args),
         Some(other) => return Err(format!("unknown command {other:?}")),
     };
     match args.next() {
@@ -75,10 +85,19 @@ fn parse(args: &[String]) -> Result<Cli, String> {
     }
 }
 
-fn parse_announce<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<Cli, String> {
-    let mut name = None;
-    let mut timeout = None;
-    let mut socket = PathBuf::from(POINT_SOCKET);
+/// The options `announce` and `fork-point` share, and their positional arguments.
+struct WaitArgs<'a> {
+    timeout: Option<Duration>,
+    socket: PathBuf,
+    positional: Vec<&'a str>,
+}
+
+fn parse_wait<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<WaitArgs<'a>, String> {
+    let mut parsed = WaitArgs {
+        timeout: None,
+        socket: PathBuf::from(POINT_SOCKET),
+        positional: Vec::new(),
+    };
     while let Some(arg) = args.next() {
         match arg {
             "--timeout" => {
@@ -88,19 +107,40 @@ fn parse_announce<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<Cli, St
                     .map_err(|_| format!("--timeout: {value:?} is not a number of seconds"))?;
                 let t = Duration::try_from_secs_f64(secs)
                     .map_err(|_| format!("--timeout: {value:?} is out of range"))?;
-                timeout = Some(t);
+                parsed.timeout = Some(t);
             }
-            "--socket" => socket = PathBuf::from(args.next().ok_or("--socket needs a value")?),
+            "--socket" => {
+                parsed.socket = PathBuf::from(args.next().ok_or("--socket needs a value")?);
+            }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
-            value if name.is_none() => name = Some(value.to_owned()),
-            extra => return Err(format!("unexpected argument {extra:?}")),
+            value => parsed.positional.push(value),
         }
     }
-    Ok(Cli::Announce {
-        name: name.ok_or("announce needs a NAME")?,
-        timeout,
-        socket,
-    })
+    Ok(parsed)
+}
+
+fn parse_announce<'a>(args: impl Iterator<Item = &'a str>) -> Result<Cli, String> {
+    let parsed = parse_wait(args)?;
+    match parsed.positional.as_slice() {
+        [name] => Ok(Cli::Announce {
+            name: (*name).to_owned(),
+            timeout: parsed.timeout,
+            socket: parsed.socket,
+        }),
+        [] => Err("announce needs a NAME".into()),
+        [_, extra, ..] => Err(format!("unexpected argument {extra:?}")),
+    }
+}
+
+fn parse_fork_point<'a>(args: impl Iterator<Item = &'a str>) -> Result<Cli, String> {
+    let parsed = parse_wait(args)?;
+    match parsed.positional.first() {
+        None => Ok(Cli::ForkPoint {
+            timeout: parsed.timeout,
+            socket: parsed.socket,
+        }),
+        Some(extra) => Err(format!("unexpected argument {extra:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -139,25 +179,29 @@ fn main() -> ExitCode {
             name,
             timeout,
             socket,
-        } => announce(&socket, &name, timeout),
+        } => wait("announce", point::announce(&socket, &name, timeout)),
+        Cli::ForkPoint { timeout, socket } => {
+            wait("fork-point", point::fork_point(&socket, timeout))
+        }
     }
 }
 
-fn announce(socket: &std::path::Path, name: &str, timeout: Option<Duration>) -> ExitCode {
-    match point::announce(socket, name, timeout) {
+/// Prints the answer a waiting command got, or why it got none.
+fn wait(command: &str, answer: Result<Vec<u8>, PointError>) -> ExitCode {
+    match answer {
         Ok(message) => {
             let mut out = std::io::stdout().lock();
             match out.write_all(&message).and_then(|()| out.flush()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("brood-agent announce: write the answer: {err}");
+                    eprintln!("brood-agent {command}: write the answer: {err}");
                     ExitCode::FAILURE
                 }
             }
         }
         Err(err) => {
             eprintln!(
-                "brood-agent announce: {}",
+                "brood-agent {command}: {}",
                 brood_agent::console::chain(&err)
             );
             if matches!(err, PointError::Timeout { .. }) {
@@ -215,6 +259,27 @@ mod tests {
             "announce a --timeout 1e300",
             "announce a --bogus",
         ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fork_point_arguments() {
+        assert_eq!(
+            parse(&args("fork-point")),
+            Ok(Cli::ForkPoint {
+                timeout: None,
+                socket: PathBuf::from(POINT_SOCKET),
+            })
+        );
+        assert_eq!(
+            parse(&args("fork-point --timeout 30 --socket /tmp/s")),
+            Ok(Cli::ForkPoint {
+                timeout: Some(Duration::from_secs(30)),
+                socket: PathBuf::from("/tmp/s"),
+            })
+        );
+        for bad in ["fork-point x", "fork-point --timeout", "fork-point --bogus"] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use brood_proto::AGENT_PORT_NAME;
 
+use crate::fork::ForkSettings;
 use crate::point::POINT_SOCKET;
 use crate::serve::{OnEof, ServeConfig, ServeError, serve};
 use crate::system::LinuxMachine;
@@ -128,6 +129,7 @@ pub fn run() -> Result<(), PortError> {
         point_socket: Some(PathBuf::from(POINT_SOCKET)),
         on_eof: OnEof::WaitForHost,
         machine: Arc::new(LinuxMachine::new()),
+        fork: ForkSettings::default(),
     };
     serve(reader, file, config).map_err(|source| PortError::Serve { path, source })
 }

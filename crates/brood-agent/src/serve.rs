@@ -6,8 +6,8 @@
 //! on a virtio-serial port read(2) returns 0 while the host side is not
 //! connected (`port_fops_read()` in Linux `drivers/char/virtio_console.c`),
 //! which is not the end. Finding and opening the port is [`crate::port`]'s
-//! job; the handlers live in `exec`, `file`, [`crate::system`] and
-//! [`crate::point`].
+//! job; the handlers live in `exec`, `file`, [`crate::system`],
+//! [`crate::point`] and [`crate::fork`].
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -20,6 +20,7 @@ use brood_proto::{
 };
 
 use crate::console::RateLimit;
+use crate::fork::{Fork, ForkSettings};
 use crate::link::{Link, LinkError};
 use crate::point::{PointListener, Points};
 use crate::system::{self, Machine};
@@ -58,8 +59,10 @@ pub struct ServeConfig {
     pub point_socket: Option<PathBuf>,
     /// What end of file on the transport means.
     pub on_eof: OnEof,
-    /// Machine-wide actions (hostname, power).
+    /// Machine-wide actions (hostname, power, network identity, RNG).
     pub machine: Arc<dyn Machine>,
+    /// Where fork finds its services and writes the child's files.
+    pub fork: ForkSettings,
 }
 
 /// Maps an I/O error to the kind the host branches on.
@@ -79,6 +82,7 @@ struct Agent {
     link: Arc<Link>,
     points: Arc<Points>,
     machine: Arc<dyn Machine>,
+    fork: Arc<Fork>,
 }
 
 /// Sends `Ready`, then serves requests read from `reader` until the transport
@@ -90,9 +94,14 @@ pub fn serve(
 ) -> Result<(), ServeError> {
     let link = Arc::new(Link::new(writer));
     let points = Arc::new(Points::new(Arc::clone(&link)));
+    let fork = Arc::new(Fork::new(
+        Arc::clone(&points),
+        Arc::clone(&config.machine),
+        config.fork,
+    ));
     // Listen before Ready, so the host may run `announce` as soon as it sees Ready.
     let _listener = config.point_socket.as_deref().and_then(|path| {
-        match PointListener::start(path, Arc::clone(&points)) {
+        match PointListener::start(path, Arc::clone(&fork)) {
             Ok(listener) => Some(listener),
             Err(err) => {
                 log!(
@@ -107,6 +116,7 @@ pub fn serve(
         link,
         points,
         machine: config.machine,
+        fork,
     });
     let ready = GuestMsg::Ready(Ready {
         proto_version: PROTOCOL_VERSION,
@@ -229,6 +239,25 @@ impl Agent {
             HostMsg::AnswerPoint { seq, message } => self
                 .points
                 .answer(seq, &message)
+                .map(|()| GuestMsg::Ok)
+                .map_err(|e| e.agent_error()),
+            HostMsg::PrepareFork => self
+                .fork
+                .prepare()
+                .map(|(seq, services)| GuestMsg::AtForkPoint { seq, services })
+                .map_err(|e| e.agent_error()),
+            HostMsg::CompleteFork { seq, config } => match self.fork.complete(seq, &config) {
+                Ok((report, release)) => {
+                    // The host hears first; a `fork-point` caller after.
+                    self.finish(id, Ok(GuestMsg::ForkDone(report)));
+                    release.release();
+                    return;
+                }
+                Err(err) => Err(err.agent_error()),
+            },
+            HostMsg::WarmFork { seq } => self
+                .fork
+                .warm(seq)
                 .map(|()| GuestMsg::Ok)
                 .map_err(|e| e.agent_error()),
         };

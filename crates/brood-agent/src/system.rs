@@ -1,20 +1,26 @@
-//! Guest-wide state: hostname, power, uptime and the facts `Info` reports.
+//! Guest-wide state: hostname, power, network identity, the kernel RNG,
+//! uptime and the facts `Info` reports.
 //!
-//! The two actions that change the whole machine (setting the hostname and
-//! powering off) go through the [`Machine`] trait so tests on the host can
-//! swap them for a recording double; everything read-only is a plain
-//! function. Init-time hostname setup reuses [`validate_hostname`].
+//! The actions that change the whole machine (hostname, power, a NIC's MAC
+//! and IPv4 address, reseeding the RNG) go through the [`Machine`] trait so
+//! tests on the host can swap them for a recording double; everything
+//! read-only is a plain function. Init-time hostname setup reuses
+//! [`validate_hostname`]; the network ioctls live in [`crate::net`].
 
+use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use brood_proto::{AgentError, AgentInfo, ErrorKind, PROTOCOL_VERSION};
+use brood_proto::{AgentError, AgentInfo, ErrorKind, Ipv4Config, PROTOCOL_VERSION};
 use nix::errno::Errno;
 use nix::sys::reboot::RebootMode;
 use nix::time::ClockId;
 use nix::unistd::SysconfVar;
 
 use crate::VERSION;
+use crate::net::NetError;
 
 /// Longest hostname the agent accepts.
 pub const MAX_HOSTNAME: usize = 64;
@@ -30,6 +36,12 @@ pub enum SystemError {
         /// The refused name, cut for display.
         name: String,
     },
+    /// clock_settime(2) failed.
+    #[error("set the wall clock")]
+    SetClock(#[source] Errno),
+    /// gethostname(2) failed.
+    #[error("read the kernel hostname")]
+    GetHostname(#[source] Errno),
     /// sethostname(2) failed.
     #[error("set the kernel hostname")]
     SetHostname(#[source] Errno),
@@ -45,6 +57,29 @@ pub enum SystemError {
     /// reboot(2) with `RB_POWER_OFF` failed.
     #[error("power off")]
     PowerOff(#[source] Errno),
+    /// A network interface could not be configured.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The random device could not be opened.
+    #[error("open {path}")]
+    OpenRandom {
+        /// The device.
+        path: PathBuf,
+        /// What open reported.
+        #[source]
+        source: io::Error,
+    },
+    /// An ioctl on the random device failed.
+    #[error("{op} on {path}")]
+    Random {
+        /// The request, as in random(4).
+        op: &'static str,
+        /// The device.
+        path: PathBuf,
+        /// What the kernel answered.
+        #[source]
+        source: Errno,
+    },
 }
 
 impl SystemError {
@@ -52,8 +87,14 @@ impl SystemError {
     pub fn agent_error(&self) -> AgentError {
         let kind = match self {
             SystemError::InvalidHostname { .. } => ErrorKind::BadRequest,
-            SystemError::SetHostname(errno) | SystemError::PowerOff(errno) => errno_kind(*errno),
-            SystemError::WriteHostnameFile { source, .. } => crate::serve::io_kind(source),
+            SystemError::SetHostname(errno)
+            | SystemError::SetClock(errno)
+            | SystemError::GetHostname(errno)
+            | SystemError::PowerOff(errno)
+            | SystemError::Random { source: errno, .. } => errno_kind(*errno),
+            SystemError::WriteHostnameFile { source, .. }
+            | SystemError::OpenRandom { source, .. } => crate::serve::io_kind(source),
+            SystemError::Net(_) => ErrorKind::Io,
         };
         AgentError::new(kind, crate::console::chain(self))
     }
@@ -73,12 +114,28 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     fn set_hostname(&self, hostname: &str) -> Result<(), SystemError>;
     /// Flushes file systems and powers the guest off. Returns only on failure.
     fn power_off(&self) -> Result<(), SystemError>;
+    /// Sets the hardware address of the network interface `iface`.
+    fn set_mac(&self, iface: &str, mac: [u8; 6]) -> Result<(), SystemError>;
+    /// The hardware address of the network interface `iface`.
+    fn mac(&self, iface: &str) -> Result<[u8; 6], SystemError>;
+    /// Gives `iface` an IPv4 address, brings it up and, with a gateway,
+    /// makes that the default route.
+    fn set_ipv4(&self, iface: &str, config: &Ipv4Config) -> Result<(), SystemError>;
+    /// Mixes `entropy` into the kernel RNG, credited in full, and reseeds
+    /// the CRNG from it at once.
+    fn reseed_rng(&self, entropy: &[u8]) -> Result<(), SystemError>;
+    /// Sets the wall clock (CLOCK_REALTIME) to `unix_ns`.
+    fn set_clock(&self, unix_ns: u64) -> Result<(), SystemError>;
+    /// The kernel hostname.
+    fn hostname(&self) -> Result<String, SystemError>;
 }
 
-/// The real guest: sethostname(2), a hostname file, reboot(2).
+/// The real guest: sethostname(2), a hostname file, reboot(2), network
+/// ioctls and random(4) ioctls.
 #[derive(Debug)]
 pub struct LinuxMachine {
     hostname_file: PathBuf,
+    random: PathBuf,
 }
 
 impl LinuxMachine {
@@ -86,8 +143,51 @@ impl LinuxMachine {
     pub fn new() -> Self {
         Self {
             hostname_file: PathBuf::from("/etc/hostname"),
+            random: PathBuf::from("/dev/urandom"),
         }
     }
+
+    fn random_ioctl(
+        &self,
+        file: &std::fs::File,
+        op: &'static str,
+        request: libc::Ioctl,
+        arg: *const u32,
+    ) -> Result<(), SystemError> {
+        // SAFETY: RNDADDENTROPY reads a `struct rand_pool_info` (two ints and
+        // `buf_size` bytes) from `arg`, which the caller keeps alive and
+        // sized to match; RNDRESEEDCRNG ignores its argument.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, arg) };
+        Errno::result(rc)
+            .map(drop)
+            .map_err(|source| SystemError::Random {
+                op,
+                path: self.random.clone(),
+                source,
+            })
+    }
+}
+
+/// `RNDADDENTROPY`, `_IOW('R', 0x03, int[2])` in Linux include/uapi/linux/random.h.
+const RNDADDENTROPY: libc::Ioctl =
+    nix::request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>());
+/// `RNDRESEEDCRNG`, `_IO('R', 0x07)` (Linux 4.17+).
+const RNDRESEEDCRNG: libc::Ioctl = nix::request_code_none!(b'R', 0x07);
+
+/// A `struct rand_pool_info` carrying `entropy`, credited at 8 bits a byte,
+/// in `u32`s so its ints are aligned.
+fn rand_pool_info(entropy: &[u8]) -> Vec<u32> {
+    let len = u32::try_from(entropy.len()).unwrap_or(u32::MAX);
+    let bits = len.saturating_mul(8).min(i32::MAX.unsigned_abs());
+    let mut info = vec![bits, len];
+    info.extend(entropy.chunks(4).map(|chunk| {
+        let mut word = [0u8; 4];
+        for (slot, byte) in word.iter_mut().zip(chunk) {
+            *slot = *byte;
+        }
+        u32::from_ne_bytes(word)
+    }));
+    info
 }
 
 impl Default for LinuxMachine {
@@ -113,6 +213,54 @@ impl Machine for LinuxMachine {
         // this works from the agent, which is not PID 1.
         match nix::sys::reboot::reboot(RebootMode::RB_POWER_OFF) {
             Err(errno) => Err(SystemError::PowerOff(errno)),
+        }
+    }
+
+    fn set_mac(&self, iface: &str, mac: [u8; 6]) -> Result<(), SystemError> {
+        Ok(crate::net::set_hw_addr(iface, mac)?)
+    }
+
+    fn mac(&self, iface: &str) -> Result<[u8; 6], SystemError> {
+        Ok(crate::net::hw_addr(iface)?)
+    }
+
+    fn set_ipv4(&self, iface: &str, config: &Ipv4Config) -> Result<(), SystemError> {
+        Ok(crate::net::set_ipv4(iface, config)?)
+    }
+
+    fn set_clock(&self, unix_ns: u64) -> Result<(), SystemError> {
+        let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_nanos(unix_ns));
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+            .map_err(SystemError::SetClock)
+    }
+
+    fn hostname(&self) -> Result<String, SystemError> {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .map_err(SystemError::GetHostname)
+    }
+
+    fn reseed_rng(&self, entropy: &[u8]) -> Result<(), SystemError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.random)
+            .map_err(|source| SystemError::OpenRandom {
+                path: self.random.clone(),
+                source,
+            })?;
+        let info = rand_pool_info(entropy);
+        self.random_ioctl(&file, "RNDADDENTROPY", RNDADDENTROPY, info.as_ptr())?;
+        // Every child starts from the template's CRNG state. Crediting
+        // entropy alone reseeds only on the kernel's schedule (Linux 5.18+
+        // reseeds a ready CRNG at most once a minute), so force it now.
+        match self.random_ioctl(&file, "RNDRESEEDCRNG", RNDRESEEDCRNG, std::ptr::null()) {
+            // ENODATA: the CRNG is not initialized yet; it seeds itself from
+            // the pool, which now holds the entropy, once it is.
+            Err(SystemError::Random {
+                source: Errno::ENODATA,
+                ..
+            }) => Ok(()),
+            other => other,
         }
     }
 }
@@ -202,6 +350,17 @@ mod tests {
             let err = validate_hostname(bad).unwrap_err();
             assert_eq!(err.agent_error().kind, ErrorKind::BadRequest, "{bad}");
         }
+    }
+
+    #[test]
+    fn rand_pool_info_layout() {
+        let info = rand_pool_info(&[1, 2, 3, 4, 5]);
+        assert_eq!(info.len(), 4);
+        assert_eq!((info[0], info[1]), (40, 5));
+        assert_eq!(info[2].to_ne_bytes(), [1, 2, 3, 4]);
+        assert_eq!(info[3].to_ne_bytes(), [5, 0, 0, 0]);
+        assert_eq!(RNDADDENTROPY, 0x4008_5203);
+        assert_eq!(RNDRESEEDCRNG, 0x5207);
     }
 
     #[test]

@@ -2,168 +2,36 @@
 //! host, sending framed `HostMsg` requests and checking the `GuestMsg`
 //! replies, including what happens after malformed frames.
 //!
-//! Machine-wide actions go to a recording [`Machine`] double, so these tests
-//! never rename or power off the machine running them.
+//! Machine-wide actions go to the recording double of `common`, so these
+//! tests never rename or power off the machine running them. Fork has its
+//! own file, `tests/fork.rs`.
 
 // This file is a test crate of its own; the lint is for unit tests in library
 // code (Firecracker's vmm/tests allow it the same way).
 #![allow(clippy::tests_outside_test_module)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use brood_agent::point;
-use brood_agent::serve::{OnEof, ServeConfig, ServeError, serve};
-use brood_agent::system::{Machine, SystemError};
 use brood_proto::{
-    Command, Decoded, ErrorKind, ExecRequest, ExecStatus, FrameDecoder, GuestMsg, HostMsg, MAGIC,
-    MAX_BODY_LEN, OUTPUT_CHUNK, PROTOCOL_VERSION, ReadFileRequest, Stream, WriteFileRequest,
-    encode_frame,
+    Command, ErrorKind, ExecRequest, ExecStatus, GuestMsg, HostMsg, MAGIC, MAX_BODY_LEN,
+    OUTPUT_CHUNK, PROTOCOL_VERSION, ReadFileRequest, Stream, WriteFileRequest, encode_frame,
 };
 
-#[derive(Debug, Default)]
-struct FakeMachine {
-    hostnames: Mutex<Vec<String>>,
-    power_offs: Mutex<u32>,
+use common::{Host, error_kind};
+
+trait Exec {
+    fn exec(&mut self, id: u32, req: ExecRequest) -> (Vec<u8>, Vec<u8>, ExecStatus);
 }
 
-impl Machine for FakeMachine {
-    fn set_hostname(&self, hostname: &str) -> Result<(), SystemError> {
-        self.hostnames.lock().unwrap().push(hostname.to_owned());
-        Ok(())
-    }
-    fn power_off(&self) -> Result<(), SystemError> {
-        *self.power_offs.lock().unwrap() += 1;
-        Ok(())
-    }
-}
-
-/// The host side of a served `UnixStream` pair.
-struct Host {
-    stream: UnixStream,
-    decoder: FrameDecoder,
-    /// Replies read while waiting for another id.
-    stash: HashMap<u32, Vec<GuestMsg>>,
-    unsolicited: Vec<GuestMsg>,
-    machine: Arc<FakeMachine>,
-    socket: PathBuf,
-    server: Option<JoinHandle<Result<(), ServeError>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Host {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let (host, guest) = UnixStream::pair().unwrap();
-        host.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let machine = Arc::new(FakeMachine::default());
-        let config = ServeConfig {
-            point_socket: Some(socket.clone()),
-            on_eof: OnEof::Stop,
-            machine: machine.clone(),
-        };
-        let reader = guest.try_clone().unwrap();
-        let server = std::thread::spawn(move || serve(reader, guest, config));
-        let mut host = Host {
-            stream: host,
-            decoder: FrameDecoder::new(),
-            stash: HashMap::new(),
-            unsolicited: Vec::new(),
-            machine,
-            socket,
-            server: Some(server),
-            _dir: dir,
-        };
-        match host.recv() {
-            (0, GuestMsg::Ready(ready)) => {
-                assert_eq!(ready.proto_version, PROTOCOL_VERSION);
-                assert_eq!(ready.agent_version, brood_agent::VERSION);
-            }
-            other => panic!("expected Ready, got {other:?}"),
-        }
-        host
-    }
-
-    fn send(&mut self, id: u32, msg: &HostMsg) {
-        self.send_raw(&encode_frame(id, msg).unwrap());
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn recv(&mut self) -> (u32, GuestMsg) {
-        let mut buf = [0u8; 65536];
-        loop {
-            match self.decoder.next_frame() {
-                Some(Decoded::Frame(f)) => return (f.id, f.decode().unwrap()),
-                Some(Decoded::Fault(fault)) => panic!("agent sent a bad frame: {fault}"),
-                None => {}
-            }
-            let n = self.stream.read(&mut buf).unwrap();
-            assert!(n > 0, "agent closed the channel");
-            self.decoder.push(&buf[..n]);
-        }
-    }
-
-    /// Every message for `id` up to and including the final one.
-    fn replies(&mut self, id: u32) -> Vec<GuestMsg> {
-        let mut got = self.stash.remove(&id).unwrap_or_default();
-        while !got.last().is_some_and(GuestMsg::is_final) {
-            let (rid, msg) = self.recv();
-            if rid == id {
-                got.push(msg);
-            } else if rid == 0 {
-                self.unsolicited.push(msg);
-            } else {
-                self.stash.entry(rid).or_default().push(msg);
-            }
-        }
-        got
-    }
-
-    fn request(&mut self, id: u32, msg: &HostMsg) -> GuestMsg {
-        self.send(id, msg);
-        let mut replies = self.replies(id);
-        assert_eq!(replies.len(), 1, "{replies:?}");
-        replies.pop().unwrap()
-    }
-
+impl Exec for Host {
     fn exec(&mut self, id: u32, req: ExecRequest) -> (Vec<u8>, Vec<u8>, ExecStatus) {
         self.send(id, &HostMsg::Exec(req));
         collect_exec(self.replies(id))
-    }
-
-    /// The next unsolicited (id 0) message.
-    fn unsolicited(&mut self) -> GuestMsg {
-        if !self.unsolicited.is_empty() {
-            return self.unsolicited.remove(0);
-        }
-        loop {
-            let (id, msg) = self.recv();
-            if id == 0 {
-                return msg;
-            }
-            self.stash.entry(id).or_default().push(msg);
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(server) = self.server.take()
-            && !std::thread::panicking()
-        {
-            server.join().unwrap().unwrap();
-        }
     }
 }
 
@@ -190,13 +58,6 @@ fn argv(args: &[&str]) -> ExecRequest {
     let mut req = ExecRequest::shell("");
     req.command = Command::Argv(args.iter().map(|s| s.to_string()).collect());
     req
-}
-
-fn error_kind(msg: &GuestMsg) -> ErrorKind {
-    match msg {
-        GuestMsg::Error(e) => e.kind,
-        other => panic!("expected an error, got {other:?}"),
-    }
 }
 
 #[test]
@@ -440,7 +301,7 @@ fn hostname_and_power_off_go_to_the_machine() {
         error_kind(&host.request(42, &set(""))),
         ErrorKind::BadRequest
     );
-    assert_eq!(*host.machine.hostnames.lock().unwrap(), ["child-1.example"]);
+    assert_eq!(host.machine.calls(), ["hostname child-1.example"]);
     assert_eq!(host.request(43, &HostMsg::PowerOff), GuestMsg::Ok);
     let deadline = Instant::now() + Duration::from_secs(5);
     while *host.machine.power_offs.lock().unwrap() == 0 {

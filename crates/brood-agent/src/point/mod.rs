@@ -1,25 +1,32 @@
 //! Named points: a guest process announces a name and blocks until the host
-//! answers it with a message. Fork and pools build on this: a template's
-//! agent announces `fork`, and each child receives its identity as the answer.
+//! answers it with a message. Fork builds on this: a guest waits at a fork
+//! point (`brood-agent fork-point`, or the agent itself after
+//! `PrepareFork`) and each child releases it with its identity.
 //!
 //! Guest processes reach the agent over a local unix socket
 //! ([`POINT_SOCKET`], mode 0600). The protocol on it is one exchange per
 //! connection, all integers little-endian:
 //!
 //! ```text
-//! caller -> agent   version (u8 = 1) | name length (u32) | name (1-64 B of [A-Za-z0-9_.-])
-//! agent -> caller   status (u8: 0 answered, 1 refused) | length (u32) | bytes
+//! caller -> agent   kind (u8) | length (u32) | body
+//!                   kind 1, announce:   body = name (1-64 B of [A-Za-z0-9_.-])
+//!                   kind 2, fork-point: body empty
+//! agent -> caller   status (u8) | length (u32) | bytes
+//!                   0 answered: the host's message, or the child's JSON
+//!                   1 refused:  a reason in UTF-8
+//!                   2 fork failed: why the child is not ready, in UTF-8
 //! ```
 //!
-//! The answer's bytes are the host's message (at most
-//! [`brood_proto::MAX_DATA_CHUNK`]); a refusal carries a reason in UTF-8. The
-//! agent closes the connection after replying. The agent side keeps each
-//! waiting connection under a sequence number, tells the host with
-//! `GuestMsg::Point`, and replies when `HostMsg::AnswerPoint` names it.
+//! An answer is at most [`brood_proto::MAX_DATA_CHUNK`] bytes. The agent
+//! closes the connection after replying. It keeps each waiting caller under
+//! a sequence number and tells the host with `GuestMsg::Point`; a named
+//! point is released by `HostMsg::AnswerPoint`, a fork point by
+//! `HostMsg::CompleteFork` ([`crate::fork`]). A point announced with the
+//! name [`FORK_POINT`] may be released either way, so every `Point` named
+//! `fork` can be completed.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -28,17 +35,29 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use brood_proto::{AgentError, ErrorKind, GuestMsg, MAX_DATA_CHUNK, MAX_POINT_NAME, Point};
+use brood_proto::{
+    AgentError, ErrorKind, FORK_POINT, GuestMsg, MAX_DATA_CHUNK, MAX_POINT_NAME, Point,
+};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::fork::Fork;
 use crate::link::{Link, LinkError};
+
+mod client;
+
+pub use client::{announce, fork_point};
 
 /// Where the agent listens for `brood-agent announce`.
 pub const POINT_SOCKET: &str = "/run/brood-agent.sock";
-/// Version byte that starts a request on the local socket.
-const WIRE_VERSION: u8 = 1;
+/// Request kinds on the local socket.
+const KIND_ANNOUNCE: u8 = 1;
+const KIND_FORK_POINT: u8 = 2;
 const STATUS_ANSWERED: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
+const STATUS_FORK_FAILED: u8 = 2;
+/// Longest refusal or failure text a caller shows (a failed service's
+/// output tail is up to 64 KiB).
+const MAX_REASON: usize = 128 * 1024;
 /// How long a caller may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reply may take to be written to a caller.
@@ -67,6 +86,18 @@ pub enum PointError {
     /// Nobody waits at this sequence number.
     #[error("no caller waits at point {seq}")]
     NoSuchPoint {
+        /// The sequence number.
+        seq: u32,
+    },
+    /// `AnswerPoint` named a fork point.
+    #[error("point {seq} is a fork point: release it with CompleteFork")]
+    ForkPoint {
+        /// The sequence number.
+        seq: u32,
+    },
+    /// `CompleteFork` named a point that is not a fork point.
+    #[error("point {seq} is not a fork point: answer it with AnswerPoint")]
+    NotForkPoint {
         /// The sequence number.
         seq: u32,
     },
@@ -121,6 +152,12 @@ pub enum PointError {
         /// The agent's reason.
         reason: String,
     },
+    /// The fork completed but the child is not ready.
+    #[error("the child is not ready: {reason}")]
+    ForkFailed {
+        /// What failed.
+        reason: String,
+    },
     /// The peer broke the local protocol.
     #[error("bad message on the point socket: {what}")]
     Protocol {
@@ -136,9 +173,10 @@ impl PointError {
     /// The error as the host sees it.
     pub fn agent_error(&self) -> AgentError {
         let kind = match self {
-            PointError::NoSuchPoint { .. } | PointError::CallerGone { .. } => {
-                ErrorKind::NoSuchPoint
-            }
+            PointError::NoSuchPoint { .. }
+            | PointError::CallerGone { .. }
+            | PointError::ForkPoint { .. }
+            | PointError::NotForkPoint { .. } => ErrorKind::NoSuchPoint,
             PointError::TooLarge { .. } => ErrorKind::TooLarge,
             PointError::InvalidName { .. } | PointError::Protocol { .. } => ErrorKind::BadRequest,
             _ => ErrorKind::Io,
@@ -195,12 +233,38 @@ fn read_error(err: io::Error) -> PointError {
     }
 }
 
+/// What waits at a sequence number.
+#[derive(Debug)]
+enum Waiter {
+    /// `brood-agent announce NAME`.
+    Named { name: String, caller: UnixStream },
+    /// A fork point: the agent's own after `PrepareFork` (no caller) or a
+    /// `brood-agent fork-point` caller's.
+    Fork(Option<UnixStream>),
+}
+
+impl Waiter {
+    fn is_alive(&self) -> bool {
+        match self {
+            Waiter::Named { caller, .. } | Waiter::Fork(Some(caller)) => is_alive(caller),
+            Waiter::Fork(None) => true,
+        }
+    }
+
+    fn is_fork(&self) -> bool {
+        match self {
+            Waiter::Named { name, .. } => name == FORK_POINT,
+            Waiter::Fork(_) => true,
+        }
+    }
+}
+
 /// The callers waiting for an answer, by sequence number.
 #[derive(Debug)]
 pub struct Points {
     link: Arc<Link>,
     next_seq: AtomicU32,
-    waiting: Mutex<HashMap<u32, UnixStream>>,
+    waiting: Mutex<HashMap<u32, Waiter>>,
 }
 
 impl Points {
@@ -222,26 +286,67 @@ impl Points {
         }
     }
 
-    /// Keeps `stream` waiting at a new point and tells the host.
-    fn register(&self, name: String, stream: UnixStream) -> Result<(), PointError> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Waiter>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `waiter` at a new sequence number; tells the host with a
+    /// `Point` named `announce` when given.
+    fn register(&self, waiter: Waiter, announce: Option<String>) -> Result<u32, PointError> {
         let seq = self.seq();
         {
-            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            waiting.retain(|_, s| is_alive(s));
+            let mut waiting = self.table();
+            waiting.retain(|_, w| w.is_alive());
             if waiting.len() >= MAX_WAITING {
                 return Err(PointError::Busy);
             }
             // Insert before telling the host, so an answer cannot overtake it.
-            waiting.insert(seq, stream);
+            waiting.insert(seq, waiter);
         }
-        if let Err(source) = self.link.send(0, &GuestMsg::Point(Point { seq, name })) {
-            self.waiting
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&seq);
+        if let Some(name) = announce
+            && let Err(source) = self.link.send(0, &GuestMsg::Point(Point { seq, name }))
+        {
+            self.table().remove(&seq);
             return Err(PointError::Notify { seq, source });
         }
-        Ok(())
+        Ok(seq)
+    }
+
+    /// Keeps a fork waiter: `caller` is a `fork-point` caller, announced to
+    /// the host as a point named [`FORK_POINT`]; without one it is the
+    /// agent's own, which the host learns from the `AtForkPoint` reply.
+    pub(crate) fn register_fork(&self, caller: Option<UnixStream>) -> Result<u32, PointError> {
+        let announce = caller.is_some().then(|| FORK_POINT.to_owned());
+        self.register(Waiter::Fork(caller), announce)
+    }
+
+    /// Checks that a fork waiter whose caller (if any) still waits is at `seq`.
+    pub(crate) fn check_fork(&self, seq: u32) -> Result<(), PointError> {
+        let mut waiting = self.table();
+        match waiting.get(&seq) {
+            None => Err(PointError::NoSuchPoint { seq }),
+            Some(w) if !w.is_fork() => Err(PointError::NotForkPoint { seq }),
+            Some(w) if !w.is_alive() => {
+                waiting.remove(&seq);
+                Err(PointError::NoSuchPoint { seq })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Removes the fork waiter at `seq`; returns its caller, if it has one.
+    pub(crate) fn take_fork(&self, seq: u32) -> Result<Option<UnixStream>, PointError> {
+        let mut waiting = self.table();
+        match waiting.get(&seq) {
+            None => return Err(PointError::NoSuchPoint { seq }),
+            Some(w) if !w.is_fork() => return Err(PointError::NotForkPoint { seq }),
+            Some(_) => {}
+        }
+        match waiting.remove(&seq) {
+            Some(Waiter::Fork(caller)) => Ok(caller),
+            Some(Waiter::Named { caller, .. }) => Ok(Some(caller)),
+            None => Err(PointError::NoSuchPoint { seq }),
+        }
     }
 
     /// Hands `message` to the caller waiting at `seq` and closes its connection.
@@ -249,21 +354,35 @@ impl Points {
         if message.len() > MAX_DATA_CHUNK {
             return Err(PointError::TooLarge { len: message.len() });
         }
-        let stream = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&seq)
-            .ok_or(PointError::NoSuchPoint { seq })?;
-        if !is_alive(&stream) {
+        let caller = {
+            let mut waiting = self.table();
+            if let Some(Waiter::Fork(_)) = waiting.get(&seq) {
+                return Err(PointError::ForkPoint { seq });
+            }
+            match waiting.remove(&seq) {
+                Some(Waiter::Named { caller, .. }) => caller,
+                _ => return Err(PointError::NoSuchPoint { seq }),
+            }
+        };
+        if !is_alive(&caller) {
             return Err(PointError::NoSuchPoint { seq });
         }
-        let mut stream = stream;
-        stream
-            .set_write_timeout(Some(REPLY_TIMEOUT))
-            .and_then(|()| stream.write_all(&encode(STATUS_ANSWERED, message)))
+        reply(caller, STATUS_ANSWERED, message)
             .map_err(|source| PointError::CallerGone { seq, source })
     }
+}
+
+/// Releases a fork-point caller: the child's JSON, or why it is not ready.
+pub(crate) fn release_fork(caller: UnixStream, outcome: Result<&[u8], &str>) -> io::Result<()> {
+    match outcome {
+        Ok(json) => reply(caller, STATUS_ANSWERED, json),
+        Err(reason) => reply(caller, STATUS_FORK_FAILED, reason.as_bytes()),
+    }
+}
+
+fn reply(mut caller: UnixStream, status: u8, body: &[u8]) -> io::Result<()> {
+    caller.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    caller.write_all(&encode(status, body))
 }
 
 /// Whether the caller still waits: it sends nothing after its request, so a
@@ -289,8 +408,8 @@ pub struct PointListener {
 
 impl PointListener {
     /// Binds `path` (replacing a stale socket), restricts it to its owner and
-    /// serves callers on a thread of its own.
-    pub fn start(path: &Path, points: Arc<Points>) -> Result<Self, PointError> {
+    /// serves callers on a thread of its own; `fork-point` callers go to `fork`.
+    pub fn start(path: &Path, fork: Arc<Fork>) -> Result<Self, PointError> {
         let listen_err = |source| PointError::Listen {
             path: path.to_owned(),
             source,
@@ -311,7 +430,7 @@ impl PointListener {
         let stop_flag = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("points".into())
-            .spawn(move || accept_loop(&accept, &points, &stop_flag))
+            .spawn(move || accept_loop(&accept, &fork, &stop_flag))
             .map_err(listen_err)?;
         Ok(Self {
             listener,
@@ -334,7 +453,7 @@ impl Drop for PointListener {
     }
 }
 
-fn accept_loop(listener: &UnixListener, points: &Arc<Points>, stop: &AtomicBool) {
+fn accept_loop(listener: &UnixListener, fork: &Arc<Fork>, stop: &AtomicBool) {
     let mut limit = crate::console::RateLimit::new(Duration::from_secs(10));
     loop {
         let accepted = listener.accept();
@@ -343,10 +462,10 @@ fn accept_loop(listener: &UnixListener, points: &Arc<Points>, stop: &AtomicBool)
         }
         match accepted {
             Ok((stream, _)) => {
-                let points = Arc::clone(points);
+                let fork = Arc::clone(fork);
                 let spawned = std::thread::Builder::new()
                     .name("point".into())
-                    .spawn(move || serve_caller(&points, stream));
+                    .spawn(move || serve_caller(&fork, stream));
                 if let Err(err) = spawned {
                     log!("points: cannot start a thread for a caller: {err}");
                 }
@@ -363,84 +482,62 @@ fn accept_loop(listener: &UnixListener, points: &Arc<Points>, stop: &AtomicBool)
     }
 }
 
-fn serve_caller(points: &Points, mut stream: UnixStream) {
-    let name = stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
-        .map_err(PointError::Io)
-        .and_then(|()| read_request(&mut stream));
-    let refusal = match name {
-        Ok(name) => match stream.try_clone() {
-            Ok(clone) => match points.register(name, clone) {
-                Ok(()) => return,
-                Err(err) => err,
-            },
-            Err(err) => PointError::Io(err),
-        },
-        Err(err) => err,
-    };
-    let reason = crate::console::chain(&refusal);
-    let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
-    let _ = stream.write_all(&encode(STATUS_REFUSED, reason.as_bytes()));
-    let _ = stream.shutdown(Shutdown::Both);
+/// What a caller asked for.
+#[derive(Debug)]
+enum Request {
+    Announce(String),
+    ForkPoint,
 }
 
-fn read_request(stream: &mut UnixStream) -> Result<String, PointError> {
-    let (version, body) = read_message(stream, MAX_POINT_NAME)?;
-    if version != WIRE_VERSION {
-        return Err(PointError::Protocol {
-            what: "unknown version",
-        });
+fn serve_caller(fork: &Fork, mut stream: UnixStream) {
+    if let Err(refusal) = wait_at_point(fork, &mut stream) {
+        let _ = reply(stream, STATUS_REFUSED, refusal.as_bytes());
     }
-    let name = String::from_utf8(body).map_err(|_| PointError::InvalidName {
-        name: "(not UTF-8)".into(),
-    })?;
-    validate_name(&name)?;
-    Ok(name)
 }
 
-/// Announces point `name` to the agent listening on `socket` and waits for
-/// the host's answer, at most `timeout` if given.
-pub fn announce(
-    socket: &Path,
-    name: &str,
-    timeout: Option<Duration>,
-) -> Result<Vec<u8>, PointError> {
-    validate_name(name)?;
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let mut stream = UnixStream::connect(socket).map_err(|source| PointError::Connect {
-        path: socket.to_owned(),
-        source,
-    })?;
+/// Reads a caller's request and leaves a copy of its connection waiting;
+/// returns the reason for refusing it.
+fn wait_at_point(fork: &Fork, stream: &mut UnixStream) -> Result<(), String> {
+    let chain = |err: PointError| crate::console::chain(&err);
     stream
-        .set_write_timeout(Some(REQUEST_TIMEOUT))
-        .and_then(|()| stream.write_all(&encode(WIRE_VERSION, name.as_bytes())))
-        .map_err(PointError::Io)?;
-    if let Some(deadline) = deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .map_err(PointError::Io)?;
-    }
-    let timed_out = PointError::Timeout {
-        after: timeout.unwrap_or_default(),
-    };
-    match read_message(&mut stream, MAX_DATA_CHUNK) {
-        Ok((STATUS_ANSWERED, body)) => Ok(body),
-        Ok((STATUS_REFUSED, reason)) => Err(PointError::Refused {
-            reason: crate::console::cut(&String::from_utf8_lossy(&reason), 1024).to_owned(),
-        }),
-        Ok(_) => Err(PointError::Protocol {
-            what: "unknown status",
-        }),
-        Err(PointError::Io(err))
-            if matches!(
-                err.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(timed_out)
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .map_err(|e| chain(PointError::Io(e)))?;
+    let request = read_request(stream).map_err(chain)?;
+    let caller = stream.try_clone().map_err(|e| chain(PointError::Io(e)))?;
+    match request {
+        Request::Announce(name) => {
+            let waiter = Waiter::Named {
+                name: name.clone(),
+                caller,
+            };
+            fork.points()
+                .register(waiter, Some(name))
+                .map(drop)
+                .map_err(chain)
         }
-        Err(err) => Err(err),
+        Request::ForkPoint => fork
+            .prepare_local(caller)
+            .map_err(|err| crate::console::chain(&err)),
+    }
+}
+
+fn read_request(stream: &mut UnixStream) -> Result<Request, PointError> {
+    let (kind, body) = read_message(stream, MAX_POINT_NAME)?;
+    match kind {
+        KIND_ANNOUNCE => {
+            let name = String::from_utf8(body).map_err(|_| PointError::InvalidName {
+                name: "(not UTF-8)".into(),
+            })?;
+            validate_name(&name)?;
+            Ok(Request::Announce(name))
+        }
+        KIND_FORK_POINT if body.is_empty() => Ok(Request::ForkPoint),
+        KIND_FORK_POINT => Err(PointError::Protocol {
+            what: "fork-point request with a body",
+        }),
+        _ => Err(PointError::Protocol {
+            what: "unknown request kind",
+        }),
     }
 }
 
@@ -467,7 +564,7 @@ mod tests {
 
     #[test]
     fn wire_round_trip_and_bounds() {
-        let bytes = encode(WIRE_VERSION, b"fork");
+        let bytes = encode(KIND_ANNOUNCE, b"fork");
         assert_eq!(bytes, b"\x01\x04\0\0\0fork");
         let (lead, body) = read_message(&mut &bytes[..], 64).unwrap();
         assert_eq!((lead, body.as_slice()), (1, &b"fork"[..]));
@@ -509,7 +606,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let link = Arc::new(Link::new(io::sink()));
-        let listener = PointListener::start(&path, Arc::new(Points::new(link))).unwrap();
+        let points = Arc::new(Points::new(link));
+        let machine = Arc::new(crate::system::LinuxMachine::new());
+        let fork = Arc::new(Fork::new(
+            points,
+            machine,
+            crate::fork::ForkSettings::default(),
+        ));
+        let listener = PointListener::start(&path, fork).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while accept_threads() == 0 {
             assert!(Instant::now() < deadline, "accept thread never started");
