@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brood_proto::{
-    AgentError, AgentInfo, Decoded, ErrorKind, ExecRequest, ExecStatus, FrameDecoder, GuestMsg,
-    HostMsg, MAX_DATA_CHUNK, Point, ReadFileRequest, Ready, Stream, WriteFileRequest, encode_frame,
+    AgentError, AgentInfo, ChildConfig, Decoded, ErrorKind, ExecRequest, ExecStatus, ForkReport,
+    FrameDecoder, GuestMsg, HostMsg, MAX_DATA_CHUNK, Point, ReadFileRequest, Ready, ServiceResult,
+    Stream, WriteFileRequest, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -339,6 +340,54 @@ impl AgentClient {
     /// Asks the guest to power off; returns once the agent acknowledged.
     pub async fn power_off(&self) -> Result<(), EngineError> {
         self.call(&HostMsg::PowerOff, REQUEST_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Asks the agent to run the identity-independent services, sync, and
+    /// wait at a fork point; returns the point's seq and the services' results.
+    pub async fn prepare_fork(
+        &self,
+        timeout: Duration,
+    ) -> Result<(u32, Vec<ServiceResult>), EngineError> {
+        match self.call(&HostMsg::PrepareFork, timeout).await? {
+            GuestMsg::AtForkPoint { seq, services } => Ok((seq, services)),
+            _ => Err(EngineError::AgentChannel(
+                "unexpected reply to prepare-fork".into(),
+            )),
+        }
+    }
+
+    /// Gives a forked child its identity at fork point `seq`; the agent
+    /// applies it, runs the identity-dependent services and reports. A child
+    /// whose report has no failure is marked ready.
+    pub async fn complete_fork(
+        &self,
+        seq: u32,
+        config: ChildConfig,
+        timeout: Duration,
+    ) -> Result<ForkReport, EngineError> {
+        let reply = self
+            .call(&HostMsg::CompleteFork { seq, config }, timeout)
+            .await?;
+        let GuestMsg::ForkDone(report) = reply else {
+            return Err(EngineError::AgentChannel(
+                "unexpected reply to complete-fork".into(),
+            ));
+        };
+        if report.failed.is_none() {
+            self.ready_tx.send_replace(Some(Ready {
+                proto_version: brood_proto::PROTOCOL_VERSION,
+                agent_version: String::new(),
+                uptime_ms: report.uptime_ms,
+            }));
+        }
+        Ok(report)
+    }
+
+    /// Has a forked child rehearse its identity step at fork point `seq`
+    /// without consuming it, so that the real one runs warm under TCG.
+    pub async fn warm_fork(&self, seq: u32, timeout: Duration) -> Result<(), EngineError> {
+        self.call(&HostMsg::WarmFork { seq }, timeout).await?;
         Ok(())
     }
 

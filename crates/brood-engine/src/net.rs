@@ -51,6 +51,15 @@ fn ifname(s: &str) -> [libc::c_char; libc::IFNAMSIZ] {
 
 /// Creates a tap, brings it up and enslaves it to `bridge`.
 pub fn create_tap(bridge: &str) -> Result<Tap, EngineError> {
+    let tap = create_detached_tap()?;
+    attach_tap(&tap.name, bridge)?;
+    Ok(tap)
+}
+
+/// Creates a tap that is down and on no bridge: for a forked child that
+/// waits in a pool with its template's MAC, which must not reach the
+/// network until the child has its own.
+pub fn create_detached_tap() -> Result<Tap, EngineError> {
     let tun = OpenOptions::new()
         .read(true)
         .write(true)
@@ -80,11 +89,15 @@ pub fn create_tap(bridge: &str) -> Result<Tap, EngineError> {
     let name = unsafe { CStr::from_ptr(req.name.as_ptr()) }
         .to_string_lossy()
         .into_owned();
-    let tap = Tap { name, fd: Some(fd) };
+    Ok(Tap { name, fd: Some(fd) })
+}
+
+/// Brings tap `name` up and enslaves it to `bridge`.
+pub fn attach_tap(name: &str, bridge: &str) -> Result<(), EngineError> {
     let ctl = control_socket()?;
-    set_up(&ctl, &tap.name)?;
-    let index = nix::net::if_::if_nametoindex(tap.name.as_str())
-        .map_err(|e| EngineError::host(format!("find index of {}", tap.name), e.into()))?;
+    set_up(&ctl, name)?;
+    let index = nix::net::if_::if_nametoindex(name)
+        .map_err(|e| EngineError::host(format!("find index of {name}"), e.into()))?;
     let mut br = IfReqIndex {
         name: ifname(bridge),
         index: i32::try_from(index).unwrap_or(i32::MAX),
@@ -94,11 +107,11 @@ pub fn create_tap(bridge: &str) -> Result<Tap, EngineError> {
     let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), SIOCBRADDIF as _, &mut br) };
     if rc < 0 {
         return Err(EngineError::host(
-            format!("add {} to bridge {bridge}", tap.name),
+            format!("add {name} to bridge {bridge}"),
             io::Error::last_os_error(),
         ));
     }
-    Ok(tap)
+    Ok(())
 }
 
 fn control_socket() -> Result<OwnedFd, EngineError> {

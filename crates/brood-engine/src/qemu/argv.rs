@@ -55,6 +55,9 @@ pub struct Launch<'a> {
     pub accel: Accel,
     /// Guest memory file.
     pub mem_path: PathBuf,
+    /// Map it shared (a VM's own memory, which a template keeps) or
+    /// private (a forked child: copy-on-write over its template's file).
+    pub mem_shared: bool,
     /// Firmware for microvm (qboot) when installed; QEMU's default otherwise.
     pub firmware: Option<PathBuf>,
     /// TCG translation-cache size in MiB.
@@ -65,6 +68,9 @@ pub struct Launch<'a> {
     pub nics: Vec<LaunchNic>,
     /// Start with `-incoming defer`, waiting for `migrate-incoming`.
     pub incoming: bool,
+    /// The VM's run directory. QEMU writes its pid there, which also puts
+    /// the directory in its command line: how a restarted broodd finds it.
+    pub run_dir: PathBuf,
 }
 
 /// The kernel command line for a launch.
@@ -112,9 +118,10 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
     push(&[
         "-object",
         &format!(
-            "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
+            "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
             s.mem_mib,
-            opt(&l.mem_path)
+            opt(&l.mem_path),
+            if l.mem_shared { "on" } else { "off" }
         ),
     ]);
     push(&[
@@ -123,15 +130,24 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
         "-display",
         "none",
         "-no-reboot",
+        "-pidfile",
+        &opt(l.run_dir.join("qemu.pid")),
     ]);
     if let (Machine::Microvm, Some(fw)) = (s.machine, &l.firmware) {
         push(&["-bios", &opt(fw)]);
     }
-    push(&["-kernel", &opt(&s.kernel)]);
-    if let Some(initrd) = &s.initrd {
-        push(&["-initrd", &opt(initrd)]);
+    // A forked child never boots: its guest is loaded from the template's
+    // state. Without -kernel QEMU does not keep a copy of the kernel and
+    // initramfs for the firmware (about 18 MiB of every child's memory).
+    // (q35 keeps them: its linuxboot option ROM is a RAM block the
+    // template's state names, so the child must have it too.)
+    if l.mem_shared || !l.incoming || s.machine == Machine::Q35 {
+        push(&["-kernel", &opt(&s.kernel)]);
+        if let Some(initrd) = &s.initrd {
+            push(&["-initrd", &opt(initrd)]);
+        }
+        push(&["-append", &kernel_cmdline(l)]);
     }
-    push(&["-append", &kernel_cmdline(l)]);
     push(&[
         "-chardev",
         &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
@@ -208,6 +224,8 @@ mod tests {
                 tsc_khz: Some(2_596_098),
             },
             mem_path: "/dev/shm/brood/t/mem".into(),
+            mem_shared: true,
+            run_dir: "/dev/shm/brood/t".into(),
             firmware: Some("/usr/share/qemu/qboot.rom".into()),
             tb_size_mib: 64,
             disks: vec![LaunchDisk {
@@ -245,7 +263,7 @@ mod tests {
             -machine microvm,acpi=on,rtc=on,memory-backend=mem \
             -accel tcg,tb-size=64 -m 256M -smp 1 \
             -object memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/brood/t/mem,share=on \
-            -nodefaults -no-user-config -display none -no-reboot \
+            -nodefaults -no-user-config -display none -no-reboot -pidfile /dev/shm/brood/t/qemu.pid \
             -bios /usr/share/qemu/qboot.rom -kernel /img/vmlinuz -initrd /img/initrd.img \
             -append |console=ttyS0 panic=-1 quiet tsc_early_khz=2596098 foo=bar| \
             -chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control \
@@ -284,6 +302,8 @@ mod tests {
         let mut l = launch(&s);
         l.accel = Accel::Kvm;
         l.incoming = true;
+        l.mem_shared = false;
+        l.mem_path = "/dev/shm/brood/templates/t/mem".into();
         l.nics[0].tap_fd = None;
         let argv: Vec<String> = qemu_argv(&l)
             .into_iter()
@@ -297,6 +317,7 @@ mod tests {
         assert!(joined.contains("virtio-blk-pci,drive=disk0"));
         assert!(joined.contains("-netdev user,id=net0"));
         assert!(joined.ends_with("-incoming defer"));
+        assert!(joined.contains("mem-path=/dev/shm/brood/templates/t/mem,share=off"));
         assert!(argv.contains(&"console=ttyS0 panic=-1 quiet".to_string()));
     }
 }

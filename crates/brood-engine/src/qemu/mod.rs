@@ -8,6 +8,7 @@
 
 pub mod argv;
 mod exit;
+pub mod fork;
 pub mod process;
 
 use std::os::fd::OwnedFd;
@@ -70,7 +71,10 @@ impl QemuConfig {
                 .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
             run_root,
             firmware: Path::new(QBOOT).exists().then(|| PathBuf::from(QBOOT)),
-            tb_size_mib: 64,
+            tb_size_mib: std::env::var("BROOD_TB_SIZE_MIB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64),
         }
     }
 }
@@ -113,14 +117,25 @@ impl QemuEngine {
         Ok(())
     }
 
+    /// Starts QEMU for `spec`. With `incoming` it waits in `-incoming
+    /// defer`; with `template_mem` its guest memory is that file mapped
+    /// private (a forked child) instead of a fresh file of its own.
     #[instrument(skip_all, fields(vm = %spec.name))]
-    async fn launch(&self, spec: &VmSpec, incoming: bool) -> Result<Vm, EngineError> {
+    pub(crate) async fn launch(
+        &self,
+        spec: &VmSpec,
+        incoming: bool,
+        template_mem: Option<&Path>,
+    ) -> Result<Vm, EngineError> {
         let t0 = Instant::now();
         spec.validate()?;
         let accel = host::resolve_accel(spec.accel)?;
         std::fs::create_dir_all(&self.cfg.run_root)
             .map_err(|e| EngineError::host(format!("create {}", self.cfg.run_root.display()), e))?;
-        self.check_memory(spec)?;
+        if template_mem.is_none() {
+            // A child's memory is its template's file, shared until written.
+            self.check_memory(spec)?;
+        }
         let mut res = VmResources::create(&self.cfg.run_root, &spec.name)?;
         let run = res.run_dir.clone();
 
@@ -152,7 +167,12 @@ impl QemuEngine {
             let mac = n.mac.unwrap_or_else(crate::spec::MacAddr::random);
             let tap_fd = match &n.backend {
                 NicBackend::Bridge(br) => {
-                    res.taps.push(crate::net::create_tap(br)?);
+                    // A child joins the bridge once it has its own MAC.
+                    res.taps.push(if template_mem.is_some() {
+                        crate::net::create_detached_tap()?
+                    } else {
+                        crate::net::create_tap(br)?
+                    });
                     let fd = FIRST_TAP_FD + i32::try_from(res.taps.len() - 1).unwrap_or(0);
                     Some(fd)
                 }
@@ -167,7 +187,9 @@ impl QemuEngine {
         let launch = Launch {
             spec,
             accel,
-            mem_path: run.join("mem"),
+            mem_path: template_mem.map_or_else(|| run.join("mem"), Path::to_path_buf),
+            mem_shared: template_mem.is_none(),
+            run_dir: run.clone(),
             firmware: self.cfg.firmware.clone(),
             tb_size_mib: self.cfg.tb_size_mib,
             disks,
@@ -215,6 +237,7 @@ impl QemuEngine {
             &run.join("qemu.log"),
             spec.die_with_parent,
             &join,
+            template_mem.is_some(),
         )?;
         drop(fds);
         let pid = child.id().unwrap_or(0);
@@ -405,7 +428,7 @@ impl Engine for QemuEngine {
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<Vm, EngineError> {
-        self.launch(spec, false).await
+        self.launch(spec, false, None).await
     }
 
     async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<Vm, EngineError> {
@@ -415,7 +438,7 @@ impl Engine for QemuEngine {
                 state.display()
             )));
         }
-        let vm = self.launch(spec, true).await?;
+        let vm = self.launch(spec, true, None).await?;
         vm.qmp
             .migrate_incoming(&format!("file:{}", state.display()))
             .await?;
