@@ -9,12 +9,17 @@
 
 pub mod error;
 pub mod event;
+pub mod fork;
 pub mod host;
 pub mod ledger;
 pub mod partition;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventKind};
+pub use fork::{
+    ChildStatus, ForkChild, ForkRequest, ForkResponse, Pool, PoolCreateRequest, PoolItem, PoolKind,
+    PoolList, Template, TemplateCreateRequest, TemplateList,
+};
 pub use host::HostInfo;
 pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,

@@ -196,6 +196,12 @@ pub struct Partition {
     pub restart_count: u32,
     /// An operation in progress, if any.
     pub pending_op: Option<String>,
+    /// The template it was forked from (children only).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// How its fork went (children only).
+    #[serde(default)]
+    pub fork: Option<crate::fork::ForkChild>,
     /// When it was defined (RFC 3339).
     pub created_at: String,
     /// When it last changed (RFC 3339).

@@ -249,9 +249,18 @@ pub fn active_config(rec: &PartitionRecord) -> Result<api::PartitionConfig, ApiE
     })
 }
 
-/// A record as the API shows it (taken by value: its strings move over).
-pub fn partition_out(rec: PartitionRecord, paths: &Paths) -> Result<api::Partition, ApiError> {
+/// A record as the API shows it (taken by value: its strings move over);
+/// `parent` is the name of the template it was forked from.
+pub fn partition_out(
+    rec: PartitionRecord,
+    paths: &Paths,
+    parent: Option<String>,
+) -> Result<api::Partition, ApiError> {
     let configs = configs_of(&rec)?;
+    let fork = match crate::template::fork_data(&rec) {
+        Some(crate::template::ForkData::Child(c)) => Some(crate::fork::child_out(&rec, &c)),
+        _ => None,
+    };
     let active = configs.get(&rec.active_config);
     let disks = active
         .map(|c| {
@@ -277,6 +286,8 @@ pub fn partition_out(rec: PartitionRecord, paths: &Paths) -> Result<api::Partiti
         last_exit: rec.last_exit,
         restart_count: rec.restart_count,
         pending_op: rec.pending_op,
+        parent,
+        fork,
         created_at: rec.created_at,
         updated_at: rec.updated_at,
     })

@@ -24,6 +24,9 @@ pub struct Paths {
     pub data: PathBuf,
     /// The guest image (vmlinuz, initrd.img).
     pub image: PathBuf,
+    /// Template directories (memory file, device state): a tmpfs, beside
+    /// the run root.
+    pub templates: PathBuf,
 }
 
 impl Paths {
@@ -58,6 +61,10 @@ impl Paths {
     /// Where a partition's console log is kept after its QEMU ends.
     pub fn console_log(&self, uuid: Uuid) -> PathBuf {
         self.data.join("logs").join(format!("{uuid}.console.log"))
+    }
+    /// A template's directory.
+    pub fn template_dir(&self, uuid: Uuid) -> PathBuf {
+        self.templates.join(uuid.to_string())
     }
     /// The kernel of the guest image.
     pub fn kernel(&self) -> PathBuf {
@@ -98,6 +105,8 @@ pub struct Daemon {
     seq: AtomicU64,
     /// Set when the daemon shuts down: supervisors stop acting.
     pub stopping: AtomicBool,
+    /// Templates by uuid, with their pools of waiting children.
+    pub templates: Mutex<HashMap<Uuid, Arc<crate::template::TemplateRt>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +134,7 @@ impl Daemon {
             events,
             seq: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            templates: Mutex::default(),
         }
     }
 
@@ -151,6 +161,21 @@ impl Daemon {
     /// Removes a running VM's record, returning it.
     pub fn remove_running(&self, uuid: Uuid) -> Option<Arc<Running>> {
         lock(&self.slots).remove(&uuid)
+    }
+
+    /// A template's runtime state.
+    pub fn template(&self, uuid: Uuid) -> Option<Arc<crate::template::TemplateRt>> {
+        lock(&self.templates).get(&uuid).cloned()
+    }
+
+    /// Records a template's runtime state.
+    pub fn insert_template(&self, t: Arc<crate::template::TemplateRt>) {
+        lock(&self.templates).insert(t.uuid, t);
+    }
+
+    /// Forgets a template.
+    pub fn remove_template(&self, uuid: Uuid) -> Option<Arc<crate::template::TemplateRt>> {
+        lock(&self.templates).remove(&uuid)
     }
 
     /// Receives events from now on.

@@ -98,6 +98,24 @@ impl From<LedgerError> for ApiError {
             ),
             LedgerError::NameTaken { .. } => Self::conflict(format!("{e}: pick another name")),
             LedgerError::Transition { .. } => Self::transition(e.to_string()),
+            LedgerError::PoolExhausted { .. } => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::CapacityExceeded,
+                format!(
+                    "{e}: add values to the pool or delete children that hold them; no child was made"
+                ),
+            ),
+            LedgerError::PoolExists { .. }
+            | LedgerError::PoolInUse { .. }
+            | LedgerError::ValueTaken { .. }
+            | LedgerError::HasDescendants { .. }
+            | LedgerError::StillHoldsPoolItems { .. } => Self::conflict(e.to_string()),
+            LedgerError::NoSuchPool { .. } | LedgerError::NotInPool { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!("{e}: `brood pool list` shows the pools"),
+            ),
+            LedgerError::InvalidOp { .. } => Self::bad_request(e.to_string()),
             LedgerError::Precondition { .. } => Self::conflict(format!(
                 "{e}: the partition changed while this request ran; retry it"
             )),

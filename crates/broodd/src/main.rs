@@ -12,9 +12,12 @@ mod api;
 mod convert;
 mod daemon;
 mod error;
+mod fork;
 mod ops;
+mod pool;
 mod reconcile;
 mod supervise;
+mod template;
 mod verify;
 
 use std::io::Write;
@@ -103,9 +106,11 @@ async fn run(args: Args) -> Result<()> {
         .image
         .clone()
         .unwrap_or_else(|| data.join("images/default"));
+    let templates = PathBuf::from(format!("{}-templates", run.display()));
     let paths = Paths {
         data: data.clone(),
         image,
+        templates,
     };
     let _lock = lock_data_dir(&paths.lock())?;
     for f in [paths.kernel(), paths.initrd()] {
@@ -139,9 +144,11 @@ async fn run(args: Args) -> Result<()> {
         token,
         args.vcpu_overcommit,
     ));
+    template::load_all(&d).await.context("load the templates")?;
     reconcile::run(&d)
         .await
         .context("reconcile the ledger with running VMs")?;
+    template::refill_all(&d);
     let app = api::router(d.clone());
     let shutdown = async {
         let mut term =

@@ -109,6 +109,8 @@ pub async fn define(
         created_at: now.clone(),
         updated_at: now,
         generation: 0,
+        parent: None,
+        fork: None,
     };
     let disk = Resources {
         disk_gib: rec.demand.disk_gib,
@@ -230,6 +232,11 @@ pub async fn remove(d: &Daemon, actor: &str, uuid: Uuid, why: &str) -> ApiResult
         .held_by(brood_ledger::Owner::Partition(uuid))
         .await?;
     let mut ops = Op::release(uuid, &held);
+    // A child's identity and address go back to their pools.
+    ops.push(Op::ReturnToPool {
+        holder: uuid,
+        pool: None,
+    });
     ops.push(Op::DeletePartition {
         uuid,
         expect: PartitionExpect {
@@ -280,9 +287,16 @@ pub async fn start(d: &Arc<Daemon>, actor: &str, uuid: Uuid) -> ApiResult<Partit
             )));
         }
     }
-    let config = convert::active_config(&rec)?;
-    let disks = convert::all_disks(&convert::configs_of(&rec)?)?;
-    let demand = convert::demand(&config, &disks);
+    let is_child = rec.parent.is_some();
+    // A child keeps the charge it was forked with; a partition takes the
+    // demand of its active configuration.
+    let demand = if is_child {
+        rec.demand
+    } else {
+        let config = convert::active_config(&rec)?;
+        let disks = convert::all_disks(&convert::configs_of(&rec)?)?;
+        convert::demand(&config, &disks)
+    };
     let patch = PartitionPatch {
         run_state: Some(RunState::Starting),
         demand: Some(demand),
@@ -291,6 +305,37 @@ pub async fn start(d: &Arc<Daemon>, actor: &str, uuid: Uuid) -> ApiResult<Partit
     };
     let ops = Op::reserve(uuid, &active_part(&demand));
     let rec = commit(d, actor, format!("start {}", rec.name), &rec, patch, ops).await?;
+    if is_child {
+        return match crate::fork::restart_child(d, actor, &rec).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if let Some(r) = d.remove_running(uuid) {
+                    r.expected_exit.store(true, Ordering::SeqCst);
+                    let _ = r.vm.kill().await;
+                }
+                let now = reload(d, uuid).await?;
+                if now.run_state.is_active() {
+                    let patch = PartitionPatch {
+                        run_state: Some(RunState::Stopped),
+                        pid: Some(None),
+                        last_exit: Some(Some(format!("failed to start: {}", e.message))),
+                        ..Default::default()
+                    };
+                    let ops = Op::release(uuid, &active_part(&now.demand));
+                    commit(
+                        d,
+                        actor,
+                        format!("start of {} failed", now.name),
+                        &now,
+                        patch,
+                        ops,
+                    )
+                    .await?;
+                }
+                Err(e)
+            }
+        };
+    }
     let spec = convert::vm_spec(&rec, &d.paths)?;
     launched(d, actor, rec, d.engine.boot(&spec).await).await
 }

@@ -62,6 +62,16 @@ pub async fn run(d: &Arc<Daemon>) -> anyhow::Result<()> {
             }
         }
     }
+    // Template directories of templates that no longer exist.
+    if let Ok(dir) = std::fs::read_dir(&d.paths.templates) {
+        for e in dir.flatten() {
+            let keep = Uuid::parse_str(&e.file_name().to_string_lossy())
+                .is_ok_and(|u| d.template(u).is_some());
+            if !keep {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     // Disk directories of partitions that no longer exist.
     if let Ok(dir) = std::fs::read_dir(d.paths.data.join("disks")) {
         for e in dir.flatten() {
@@ -105,6 +115,28 @@ async fn reconcile_one(
         Some("provision") if rec.stage == Stage::Provisioning => {
             ops::provision(d, ACTOR, uuid).await?;
             return Ok(None);
+        }
+        Some("fork") => {
+            // A child whose fork did not finish: no half-made children.
+            if let Some(pid) = qemu {
+                kill(pid);
+            }
+            settle_inactive(d, rec, RunState::Stopped, "fork interrupted by a restart").await?;
+            ops::remove(d, ACTOR, uuid, "its fork was interrupted by a restart").await?;
+            return Ok(None);
+        }
+        Some("template") => {
+            let _ = tokio::fs::remove_dir_all(d.paths.template_dir(uuid)).await;
+            if qemu.is_none() {
+                settle_inactive(
+                    d,
+                    rec,
+                    RunState::Crashed,
+                    "making a template was interrupted by a restart",
+                )
+                .await?;
+                return Ok(None);
+            }
         }
         _ => {}
     }
@@ -156,14 +188,18 @@ async fn reconcile_one(
         }
     };
     let status = vm.status().await.ok();
-    if rec.pending_op.as_deref() == Some("save") {
+    if matches!(rec.pending_op.as_deref(), Some("save" | "template")) {
         // The save did not finish: carry on running.
         let _ =
             tokio::fs::remove_file(d.paths.saved_state(uuid).with_extension("state.partial")).await;
         let _ = vm.resume().await;
     }
     let to = match status {
-        Some(VmStatus::Paused) if rec.pending_op.as_deref() != Some("save") => RunState::Paused,
+        Some(VmStatus::Paused)
+            if !matches!(rec.pending_op.as_deref(), Some("save" | "template")) =>
+        {
+            RunState::Paused
+        }
         _ => RunState::Running,
     };
     let upid = vm.pid();

@@ -23,6 +23,7 @@ const STABLE_RUN: Duration = Duration::from_secs(300);
 
 /// Starts supervising a running VM.
 pub fn spawn(d: Arc<Daemon>, uuid: Uuid, running: Arc<Running>) {
+    watch_points(d.clone(), uuid, running.clone());
     tokio::spawn(async move {
         let started = Instant::now();
         let exit = running.vm.wait_exit().await;
@@ -122,4 +123,57 @@ async fn restart_if_wanted(d: Arc<Daemon>, uuid: Uuid, ended_as: RunState) {
     if let Err(e) = ops::start(&d, "supervisor", uuid).await {
         warn!(partition = %now.name, "automatic restart failed: {}", e.message);
     }
+}
+
+/// Listens for the guest asking to be forked (`brood-agent fork-point`):
+/// the partition becomes a template named after itself.
+fn watch_points(d: Arc<Daemon>, uuid: Uuid, running: Arc<Running>) {
+    let Ok(agent) = running.vm.agent().cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let point = tokio::select! {
+                _ = running.vm.wait_exit() => return,
+                p = agent.next_point(Duration::from_secs(3600)) => p,
+            };
+            match point {
+                Ok(p) if p.name == brood_proto::FORK_POINT => {
+                    let lock = d.partition_lock(uuid);
+                    let _g = lock.lock().await;
+                    let Ok(Some(rec)) = d.ledger.partition_by_uuid(uuid).await else {
+                        return;
+                    };
+                    if rec.run_state != RunState::Running || rec.pid != Some(running.vm.pid()) {
+                        return;
+                    }
+                    let name = rec.name.clone();
+                    match crate::template::freeze(
+                        &d,
+                        "agent",
+                        rec,
+                        running.clone(),
+                        p.seq,
+                        None,
+                        crate::template::DEFAULT_POOL,
+                    )
+                    .await
+                    {
+                        Ok(_) => {
+                            info!(partition = %name, "became a template at the guest's request")
+                        }
+                        Err(e) => {
+                            warn!(partition = %name, "the guest asked to be a template; that failed: {}", e.message)
+                        }
+                    }
+                    return;
+                }
+                Ok(p) => {
+                    info!(partition = %uuid, point = %p.name, "the guest announced a point nobody waits for")
+                }
+                Err(brood_engine::EngineError::Timeout { .. }) => {}
+                Err(_) => return,
+            }
+        }
+    });
 }

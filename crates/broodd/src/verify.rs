@@ -80,7 +80,23 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
         }
     }
     checked.insert("active_partitions".into(), active);
+    // Children waiting in the templates' pools are broodd's own, not partitions yet.
+    let mut pooled = std::collections::HashSet::new();
+    let templates: Vec<_> = d
+        .templates
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    for t in templates {
+        pooled.extend(t.pool_uuids().await.into_iter().map(|u| u.to_string()));
+    }
+    checked.insert("pooled_children".into(), pooled.len() as u64);
     for (pid, name) in &qemus {
+        if pooled.contains(name) {
+            continue;
+        }
         let owner = records.iter().find(|r| r.uuid.to_string() == *name);
         match owner {
             Some(r) if r.run_state.is_active() => {}

@@ -5,6 +5,7 @@
 mod extract;
 mod ledger;
 mod partitions;
+mod templates;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use crate::error::ApiError;
         (name = "partitions", description = "Partitions and their VMs"),
         (name = "ledger", description = "The resource ledger and its audit log"),
         (name = "host", description = "The host and its event stream"),
+        (name = "templates", description = "Templates, forks and identity pools"),
     )
 )]
 struct ApiDoc;
@@ -55,6 +57,7 @@ pub fn openapi_router() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
     let r = OpenApiRouter::with_openapi(ApiDoc::openapi());
     let r = partitions::routes(r);
     let r = ledger::routes(r);
+    let r = templates::routes(r);
     r.split_for_parts()
 }
 

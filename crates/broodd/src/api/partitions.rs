@@ -43,8 +43,17 @@ pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(exec))
 }
 
-fn out(d: &Daemon, rec: brood_ledger::PartitionRecord) -> ApiResult<Json<Partition>> {
-    Ok(Json(convert::partition_out(rec, &d.paths)?))
+async fn out(d: &Daemon, rec: brood_ledger::PartitionRecord) -> ApiResult<Json<Partition>> {
+    let parent = parent_name(d, &rec).await?;
+    Ok(Json(convert::partition_out(rec, &d.paths, parent)?))
+}
+
+/// The name of the template a child was forked from.
+async fn parent_name(d: &Daemon, rec: &brood_ledger::PartitionRecord) -> ApiResult<Option<String>> {
+    Ok(match rec.parent {
+        Some(p) => d.ledger.partition_by_uuid(p).await?.map(|r| r.name),
+        None => None,
+    })
 }
 
 /// Page parameters.
@@ -69,11 +78,22 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<Json<Partiti
         )));
     }
     let recs = d.ledger.partitions(q.after, limit + 1).await?;
+    let mut parents = std::collections::HashMap::new();
+    for p in recs.iter().filter_map(|r| r.parent) {
+        if let std::collections::hash_map::Entry::Vacant(e) = parents.entry(p)
+            && let Some(t) = d.ledger.partition_by_uuid(p).await?
+        {
+            e.insert(t.name);
+        }
+    }
     let more = recs.len() > limit;
     let items = recs
         .into_iter()
         .take(limit)
-        .map(|r| convert::partition_out(r, &d.paths))
+        .map(|r| {
+            let parent = r.parent.and_then(|p| parents.get(&p).cloned());
+            convert::partition_out(r, &d.paths, parent)
+        })
         .collect::<ApiResult<Vec<_>>>()?;
     let next = if more {
         items.last().map(|p| p.name.clone())
@@ -92,7 +112,7 @@ async fn define(
     ApiJson(req): ApiJson<DefineRequest>,
 ) -> ApiResult<(StatusCode, Json<Partition>)> {
     let rec = ops::define(&d, ACTOR, req).await?;
-    Ok((StatusCode::CREATED, out(&d, rec)?))
+    Ok((StatusCode::CREATED, out(&d, rec).await?))
 }
 
 /// Shows a partition (by name or uuid).
@@ -100,7 +120,7 @@ async fn define(
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody)))]
 async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
-    out(&d, ops::resolve(&d, &name).await?)
+    out(&d, ops::resolve(&d, &name).await?).await
 }
 
 /// Delete options.
@@ -132,7 +152,7 @@ async fn delete(
         (status = 502, body = ErrorBody)))]
 async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::start(&d, ACTOR, rec.uuid).await?)
+    out(&d, ops::start(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
@@ -153,6 +173,7 @@ async fn stop(
         &d,
         ops::stop(&d, ACTOR, rec.uuid, StopMode::Graceful(t)).await?,
     )
+    .await
 }
 
 /// Kills a partition's VM at once.
@@ -161,7 +182,7 @@ async fn stop(
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?)
+    out(&d, ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?).await
 }
 
 /// Pauses a running partition's vCPUs.
@@ -170,7 +191,7 @@ async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::pause(&d, ACTOR, rec.uuid, true).await?)
+    out(&d, ops::pause(&d, ACTOR, rec.uuid, true).await?).await
 }
 
 /// Resumes a paused partition.
@@ -179,7 +200,7 @@ async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partitio
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::pause(&d, ACTOR, rec.uuid, false).await?)
+    out(&d, ops::pause(&d, ACTOR, rec.uuid, false).await?).await
 }
 
 /// Saves a partition's state to disk and ends its VM; memory and vCPUs go back to `available`.
@@ -188,7 +209,7 @@ async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partiti
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::save(&d, ACTOR, rec.uuid).await?)
+    out(&d, ops::save(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Starts a saved partition from its saved state.
@@ -197,7 +218,7 @@ async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::restore(&d, ACTOR, rec.uuid).await?)
+    out(&d, ops::restore(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Chooses the configuration used at the next start.
@@ -210,7 +231,7 @@ async fn set_config(
     ApiJson(req): ApiJson<SetConfigRequest>,
 ) -> ApiResult<Json<Partition>> {
     let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?)
+    out(&d, ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?).await
 }
 
 /// Moves a partition to another life-cycle stage.
@@ -227,6 +248,7 @@ async fn set_stage(
         &d,
         ops::set_stage(&d, ACTOR, rec.uuid, convert::stage_in(req.stage)).await?,
     )
+    .await
 }
 
 /// Console options.

@@ -1,0 +1,209 @@
+//! Templates, forks and identity pools on the wire.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Body of `POST /v1/templates`: make a running VM a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateCreateRequest {
+    /// The running partition to freeze (name or uuid).
+    pub vm: String,
+    /// The template's name; the VM's own name when absent (the VM becomes the template).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Child QEMUs kept started and waiting for a fork (default 2, at most 64).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+}
+
+/// A template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    /// Name.
+    pub name: String,
+    /// Identifier.
+    pub uuid: Uuid,
+    /// The template it was derived from, when a child was made a template.
+    pub parent: Option<String>,
+    /// Guest memory in MiB, held once for all children.
+    pub memory_mib: u64,
+    /// vCPUs each child gets.
+    pub vcpus: u32,
+    /// Size of the saved device state.
+    pub state_bytes: u64,
+    /// Live children.
+    pub children: Vec<String>,
+    /// Templates derived from its children.
+    pub derived: Vec<String>,
+    /// Child QEMUs waiting in the pool.
+    pub pool_ready: u32,
+    /// Pool size it is refilled to.
+    pub pool_size: u32,
+    /// Its frozen disks (the children's overlays are backed by them).
+    pub disks: Vec<String>,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+}
+
+/// A list of templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    /// The templates, by name.
+    pub items: Vec<Template>,
+}
+
+/// Body of `POST /v1/templates/{name}/fork`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many children (1-256).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Take each child's domain identity from this pool.
+    #[serde(default)]
+    pub identity_pool: Option<String>,
+    /// Take each child's IPv4 address from this pool (kind `ipv4`).
+    #[serde(default)]
+    pub ip_pool: Option<String>,
+    /// Key-values handed to every child's services.
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    /// Keep each child's disk overlay across stop and start; otherwise every
+    /// start forks afresh from the template.
+    #[serde(default)]
+    pub persistent: bool,
+    /// Wait until the children are ready (default); false returns as soon
+    /// as they are recorded.
+    #[serde(default = "yes")]
+    pub wait: bool,
+    /// Memory in MiB each child is charged for what it adds to the
+    /// template's (default a quarter of the template's memory).
+    #[serde(default)]
+    pub charge_mib: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How far a child is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildStatus {
+    /// Recorded; its QEMU is being started or its identity applied.
+    Pending,
+    /// Identity applied, identity-dependent services done.
+    Ready,
+    /// Applying its identity or a service failed; `error` says which.
+    Failed,
+}
+
+/// A forked child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ForkChild {
+    /// Its partition name (also its hostname).
+    pub name: String,
+    /// Its uuid.
+    pub uuid: Uuid,
+    /// Its number among the template's children.
+    pub index: u32,
+    /// Status.
+    pub status: ChildStatus,
+    /// What failed, when it did.
+    pub error: Option<String>,
+    /// MAC of its first NIC.
+    pub mac: Option<String>,
+    /// IPv4 address/prefix.
+    pub ipv4: Option<String>,
+    /// Domain identity from the pool.
+    pub identity: Option<String>,
+    /// Whether its overlay survives stop and start.
+    pub persistent: bool,
+    /// From the request to the child's vCPUs running (ms).
+    pub running_ms: Option<f64>,
+    /// From the request to the child being ready (ms).
+    pub ready_ms: Option<f64>,
+}
+
+/// Result of a fork.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ForkResponse {
+    /// The children, in order.
+    pub children: Vec<ForkChild>,
+}
+
+/// Kind of identity pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// Opaque domain identities.
+    Identity,
+    /// IPv4 addresses with a prefix and gateway.
+    Ipv4,
+}
+
+/// Body of `POST /v1/pools`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolCreateRequest {
+    /// Name: 1-64 characters of `[a-z0-9_.-]`.
+    pub name: String,
+    /// Kind.
+    pub kind: PoolKind,
+    /// The identities (kind `identity`).
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Address range `FIRST-LAST` (kind `ipv4`), e.g. `10.0.0.10-10.0.0.50`.
+    #[serde(default)]
+    pub range: Option<String>,
+    /// Prefix length of the addresses (kind `ipv4`, default 24).
+    #[serde(default)]
+    pub prefix: Option<u8>,
+    /// Default gateway handed out with the addresses (kind `ipv4`).
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+/// An identity pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: PoolKind,
+    /// Number of values.
+    pub size: u64,
+    /// Values not held by any child.
+    pub free: u64,
+    /// Prefix length (ipv4).
+    pub prefix: Option<u8>,
+    /// Gateway (ipv4).
+    pub gateway: Option<String>,
+    /// Each value and who holds it (on `GET /v1/pools/{name}` only).
+    #[serde(default)]
+    pub items: Vec<PoolItem>,
+}
+
+/// One value of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolItem {
+    /// The value.
+    pub value: String,
+    /// The partition holding it.
+    pub holder: Option<String>,
+}
+
+/// A list of pools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    /// The pools, by name.
+    pub items: Vec<Pool>,
+}
