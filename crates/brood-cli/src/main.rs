@@ -9,12 +9,15 @@ mod define;
 mod endpoint;
 mod events;
 mod exec;
+mod fork;
 mod host;
 mod image;
 mod ledger;
 mod paths;
+mod pool;
 mod render;
 mod run;
+mod template;
 mod vm;
 
 use std::future::Future;
@@ -73,6 +76,28 @@ enum Cmd {
   brood vm delete web --force"
     )]
     Vm(vm::VmCmd),
+    /// Make running partitions templates that children are forked from.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood template create web --pool 4
+  brood template list
+  brood fork web -n 10
+  brood template delete web --cascade"
+    )]
+    Template(template::TemplateCmd),
+    /// Fork children from a template.
+    Fork(fork::ForkArgs),
+    /// Manage the identity and IPv4 pools forked children draw from.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood pool create lan --ipv4 10.0.0.10-10.0.0.50 --gateway 10.0.0.1
+  brood pool create hosts --identities-file hosts.txt
+  brood pool show lan
+  brood fork web -n 5 --ip-pool lan --identity-pool hosts"
+    )]
+    Pool(pool::PoolCmd),
     /// Inspect broodd's resource ledger.
     #[command(
         subcommand,
@@ -148,6 +173,11 @@ fn main() {
         }
         Cmd::Image(cmd) => image::run(cmd, &data_dir, cli.output),
         Cmd::Vm(cmd) => with_client(&conn, |c| async move { vm::run(cmd, &c, out).await }),
+        Cmd::Template(cmd) => {
+            with_client(&conn, |c| async move { template::run(cmd, &c, out).await })
+        }
+        Cmd::Fork(args) => with_client(&conn, |c| async move { fork::run(args, &c, out).await }),
+        Cmd::Pool(cmd) => with_client(&conn, |c| async move { pool::run(cmd, &c, out).await }),
         Cmd::Ledger(cmd) => with_client(&conn, |c| async move { ledger::run(cmd, &c, out).await }),
         Cmd::Host(cmd) => with_client(&conn, |c| async move { host::run(cmd, &c, out).await }),
         Cmd::Events(args) => {
@@ -184,7 +214,20 @@ mod tests {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "brood", &mut script);
             let text = String::from_utf8(script).unwrap();
-            for word in ["vm", "exec", "ledger", "verify", "from-json"] {
+            for word in [
+                "vm",
+                "exec",
+                "ledger",
+                "verify",
+                "from-json",
+                "template",
+                "cascade",
+                "fork",
+                "identity-pool",
+                "pool",
+                "identities-file",
+                "ipv4",
+            ] {
                 assert!(text.contains(word), "{shell} script lacks {word}");
             }
         }
@@ -210,5 +253,20 @@ mod tests {
         assert!(parse(&["brood", "vm", "create", "web", "--priority", "-5"]).is_ok());
         assert!(parse(&["brood", "vm", "define", "web", "--disk", "root"]).is_err());
         assert!(parse(&["brood", "vm", "list", "--host", "/x.sock", "-o", "json"]).is_ok());
+    }
+
+    #[test]
+    fn template_fork_and_pool_commands_parse() {
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        assert!(parse("brood template create web --name t --pool 4").is_ok());
+        assert!(parse("brood template create web --pool many").is_err());
+        assert!(parse("brood template delete t --cascade -o json").is_ok());
+        assert!(parse("brood fork t -n 3 --set a=1 --set b=").is_ok());
+        assert!(parse("brood fork t --set a").is_err());
+        assert!(parse("brood fork t -n -1").is_err());
+        assert!(parse("brood fork").is_err());
+        assert!(parse("brood pool create p --ipv4 10.0.0.1-9").is_ok());
+        assert!(parse("brood pool create p").is_err());
+        assert!(parse("brood pool show p -o json").is_ok());
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use brood_api::{
-    ConsoleLog, Partition, PartitionList, SetConfigRequest, SetStageRequest, Stage, StopRequest,
+    ConsoleLog, ForkChild, Partition, PartitionList, SetConfigRequest, SetStageRequest, Stage,
+    StopRequest,
 };
 use clap::{Args, Subcommand};
 
@@ -290,6 +291,12 @@ pub fn show(p: &Partition) -> String {
         ("state", wire_name(&p.run_state)),
         ("pid", or_dash(p.pid)),
     ];
+    if let Some(parent) = &p.parent {
+        kv.push(("parent", format!("{parent} (template)")));
+    }
+    if let Some(f) = &p.fork {
+        push_fork(&mut kv, f);
+    }
     let names: Vec<&str> = p.configs.keys().map(String::as_str).collect();
     kv.push((
         "config",
@@ -341,6 +348,32 @@ pub fn show(p: &Partition) -> String {
     key_values(&kv)
 }
 
+/// The `fork` lines of a child: index, status and error, then its network
+/// and identity.
+fn push_fork(kv: &mut Vec<(&str, String)>, f: &ForkChild) {
+    let persistent = if f.persistent {
+        "persistent overlay"
+    } else {
+        "forked afresh at each start"
+    };
+    kv.push((
+        "fork",
+        format!("child {}, {}, {persistent}", f.index, wire_name(&f.status)),
+    ));
+    if let Some(e) = &f.error {
+        kv.push(("", format!("error: {e}")));
+    }
+    kv.push((
+        "",
+        format!(
+            "mac {}, ipv4 {}, identity {}",
+            or_dash(f.mac.as_deref()),
+            or_dash(f.ipv4.as_deref()),
+            or_dash(f.identity.as_deref())
+        ),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -375,6 +408,8 @@ mod tests {
             last_exit: None,
             restart_count: 0,
             pending_op: None,
+            parent: None,
+            fork: None,
             created_at: "2025-01-01T00:00:00Z".into(),
             updated_at: "2025-01-01T00:00:01Z".into(),
         }
@@ -404,6 +439,48 @@ mod tests {
             summary(&partition("web", Some(7))),
             "web: operating, running (pid 7), config default"
         );
+    }
+
+    #[test]
+    fn show_names_the_template_and_the_fork() {
+        let s = show(&partition("web", Some(7)));
+        assert!(!s.contains("parent") && !s.contains("fork"), "{s}");
+
+        let mut child = partition("base-3", Some(8));
+        child.parent = Some("base".into());
+        child.fork = Some(ForkChild {
+            name: "base-3".into(),
+            uuid: uuid::Uuid::from_u128(3),
+            index: 3,
+            status: brood_api::ChildStatus::Failed,
+            error: Some("service 20-join: exit 1".into()),
+            mac: Some("52:54:00:00:00:03".into()),
+            ipv4: Some("10.0.0.12/24".into()),
+            identity: None,
+            persistent: true,
+            running_ms: Some(38.0),
+            ready_ms: None,
+        });
+        let s = show(&child);
+        let expected = [
+            "pid        8",
+            "parent     base (template)",
+            "fork       child 3, failed, persistent overlay",
+            "           error: service 20-join: exit 1",
+            "           mac 52:54:00:00:00:03, ipv4 10.0.0.12/24, identity -",
+            "config     default (of: default)",
+        ];
+        assert!(s.contains(&(expected.join("\n") + "\n")), "{s}");
+
+        let fork = child.fork.as_mut().unwrap();
+        fork.error = None;
+        fork.persistent = false;
+        let s = show(&child);
+        let expected = [
+            "fork       child 3, failed, forked afresh at each start",
+            "           mac 52:54:00:00:00:03, ipv4 10.0.0.12/24, identity -",
+        ];
+        assert!(s.contains(&(expected.join("\n") + "\n")), "{s}");
     }
 
     #[test]

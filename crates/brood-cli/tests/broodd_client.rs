@@ -15,8 +15,9 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use brood_api::{
-    AuditLog, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, Partition, PartitionConfig,
-    PartitionList, Problem, RunState, Stage, VerifyReport,
+    AuditLog, ChildStatus, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, ForkChild,
+    ForkResponse, Partition, PartitionConfig, PartitionList, Pool, PoolItem, PoolKind, Problem,
+    RunState, Stage, Template, TemplateList, VerifyReport,
 };
 use serde_json::{Value, json};
 
@@ -94,6 +95,35 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, req: Request) -> Resp
         })
         .into_response(),
         ("GET", "/v1/partitions/web") => axum::Json(partition("web", Some(7))).into_response(),
+        ("GET", "/v1/partitions/base-2") => {
+            let mut p = partition("base-2", Some(8));
+            p.parent = Some("base".into());
+            p.fork = Some(fork_child("base", 2, &body, None));
+            axum::Json(p).into_response()
+        }
+        ("POST", "/v1/templates") => {
+            let name = body["name"]
+                .as_str()
+                .or(body["vm"].as_str())
+                .unwrap_or_default();
+            (StatusCode::CREATED, axum::Json(template(name))).into_response()
+        }
+        ("GET", "/v1/templates") => axum::Json(TemplateList {
+            items: vec![template("base")],
+        })
+        .into_response(),
+        ("DELETE", "/v1/templates/base?cascade=false") => error(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            "template base has 2 live children; pass --cascade",
+        ),
+        ("DELETE", "/v1/templates/base?cascade=true") => StatusCode::NO_CONTENT.into_response(),
+        ("POST", "/v1/templates/base/fork") => fork(&body, "base", None),
+        ("POST", "/v1/templates/flaky/fork") => fork(&body, "flaky", Some(2)),
+        ("POST", "/v1/pools") => {
+            (StatusCode::CREATED, axum::Json(created_pool(&body))).into_response()
+        }
+        ("GET", "/v1/pools/lan") => axum::Json(lan_pool()).into_response(),
         ("POST", "/v1/partitions/web/exec") => axum::Json(ExecResponse {
             exit_code: Some(3),
             signal: None,
@@ -170,8 +200,112 @@ fn partition(name: &str, pid: Option<u32>) -> Partition {
         last_exit: None,
         restart_count: 0,
         pending_op: None,
+        parent: None,
+        fork: None,
         created_at: "2025-01-01T00:00:00Z".into(),
         updated_at: "2025-01-01T00:00:00Z".into(),
+    }
+}
+
+fn template(name: &str) -> Template {
+    Template {
+        name: name.into(),
+        uuid: uuid::Uuid::from_u128(2),
+        parent: None,
+        memory_mib: 512,
+        vcpus: 2,
+        state_bytes: 1_048_576,
+        children: vec![format!("{name}-1"), format!("{name}-2")],
+        derived: Vec::new(),
+        pool_ready: 2,
+        pool_size: 4,
+        disks: Vec::new(),
+        created_at: "2025-01-01T00:00:00Z".into(),
+    }
+}
+
+/// Child `index` of `template` as a fork request `req` makes it; it fails
+/// with `error` when given.
+fn fork_child(template: &str, index: u32, req: &Value, error: Option<&str>) -> ForkChild {
+    ForkChild {
+        name: format!("{template}-{index}"),
+        uuid: uuid::Uuid::from_u128(u128::from(index) + 100),
+        index,
+        status: if error.is_some() {
+            ChildStatus::Failed
+        } else {
+            ChildStatus::Ready
+        },
+        error: error.map(Into::into),
+        mac: Some(format!("52:54:00:00:00:{index:02x}")),
+        ipv4: req["ip_pool"]
+            .as_str()
+            .map(|_| format!("10.0.0.{}/24", 9 + index)),
+        identity: req["identity_pool"]
+            .as_str()
+            .map(|_| format!("host-{index}")),
+        persistent: req["persistent"].as_bool().unwrap_or(false),
+        running_ms: Some(35.0),
+        ready_ms: Some(80.0),
+    }
+}
+
+/// Answers a fork request; child `failing` (when given) fails.
+fn fork(req: &Value, template: &str, failing: Option<u32>) -> Response {
+    let count = req["count"].as_u64().unwrap_or(1);
+    let children = (1..=u32::try_from(count).unwrap())
+        .map(|i| {
+            let error = (Some(i) == failing).then_some("service 20-join: exit 1");
+            fork_child(template, i, req, error)
+        })
+        .collect();
+    (StatusCode::CREATED, axum::Json(ForkResponse { children })).into_response()
+}
+
+/// The pool a create request describes, every value free.
+fn created_pool(req: &Value) -> Pool {
+    let kind: PoolKind = serde_json::from_value(req["kind"].clone()).unwrap();
+    let size = match req["range"].as_str() {
+        Some(range) => {
+            let (first, last) = range.split_once('-').unwrap();
+            let ip = |s: &str| u32::from(s.parse::<std::net::Ipv4Addr>().unwrap());
+            u64::from(ip(last) - ip(first) + 1)
+        }
+        None => req["values"].as_array().unwrap().len() as u64,
+    };
+    Pool {
+        name: req["name"].as_str().unwrap().into(),
+        kind,
+        size,
+        free: size,
+        prefix: req["prefix"].as_u64().map(|p| u8::try_from(p).unwrap()),
+        gateway: req["gateway"].as_str().map(Into::into),
+        items: Vec::new(),
+    }
+}
+
+fn lan_pool() -> Pool {
+    Pool {
+        name: "lan".into(),
+        kind: PoolKind::Ipv4,
+        size: 3,
+        free: 2,
+        prefix: Some(24),
+        gateway: Some("10.0.0.1".into()),
+        items: vec![
+            PoolItem {
+                value: "10.0.0.10".into(),
+                holder: Some("base-1".into()),
+            },
+            PoolItem {
+                value: "10.0.0.11".into(),
+                holder: None,
+            },
+            PoolItem {
+                value: "10.0.0.12".into(),
+                holder: None,
+            },
+        ],
     }
 }
 
@@ -464,4 +598,307 @@ async fn events_print_one_line_each() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["kind"]["tx"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_create_sends_the_request() {
+    let fake = Fake::start().await;
+    let out = brood(
+        fake.dir.path(),
+        &["template", "create", "web", "--name", "base", "--pool", "4"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "template base from web: 1048576 bytes of state, memory 512 MiB\n"
+    );
+    let out = brood(
+        fake.dir.path(),
+        &["template", "create", "web", "-o", "json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let t: Template = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t, template("web"));
+
+    let seen = fake.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].uri.as_str()),
+        ("POST", "/v1/templates")
+    );
+    assert_eq!(
+        seen[0].body,
+        json!({"vm": "web", "name": "base", "pool_size": 4})
+    );
+    assert_eq!(
+        seen[1].body,
+        json!({"vm": "web", "name": null, "pool_size": null})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_list_and_delete() {
+    let fake = Fake::start().await;
+    let out = brood(fake.dir.path(), &["template", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "NAME   MEMORY  VCPUS  CHILDREN  POOL  PARENT\n\
+         base  512 MiB      2         2   2/4  -\n"
+    );
+
+    let out = brood(fake.dir.path(), &["template", "delete", "base"]).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        text(&out.stderr),
+        "brood: error: template base has 2 live children; pass --cascade (conflict)\n"
+    );
+    let out = brood(
+        fake.dir.path(),
+        &["template", "delete", "base", "--cascade"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "deleted template base\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_prints_one_name_a_line() {
+    let fake = Fake::start().await;
+    let out = brood(
+        fake.dir.path(),
+        &[
+            "fork",
+            "base",
+            "-n",
+            "3",
+            "--identity-pool",
+            "hosts",
+            "--set",
+            "role=worker",
+            "--set",
+            "cluster.id=7",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "base-1\nbase-2\nbase-3\n");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let out = brood(
+        fake.dir.path(),
+        &[
+            "fork",
+            "base",
+            "--ip-pool",
+            "lan",
+            "--persistent",
+            "--no-wait",
+            "--charge",
+            "64",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "base-1\n");
+
+    let seen = fake.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].uri.as_str()),
+        ("POST", "/v1/templates/base/fork")
+    );
+    assert_eq!(
+        seen[0].body,
+        json!({
+            "count": 3,
+            "identity_pool": "hosts",
+            "ip_pool": null,
+            "values": {"cluster.id": "7", "role": "worker"},
+            "persistent": false,
+            "wait": true,
+            "charge_mib": null
+        })
+    );
+    assert_eq!(
+        seen[1].body,
+        json!({
+            "count": 1,
+            "identity_pool": null,
+            "ip_pool": "lan",
+            "values": {},
+            "persistent": true,
+            "wait": false,
+            "charge_mib": 64
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_json_is_the_list_of_children() {
+    let fake = Fake::start().await;
+    let out = brood(
+        fake.dir.path(),
+        &["fork", "base", "-n", "2", "--ip-pool", "lan", "-o", "json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(value.is_array(), "{value}");
+    let children: Vec<ForkChild> = serde_json::from_value(value).unwrap();
+    let req = json!({"ip_pool": "lan"});
+    assert_eq!(
+        children,
+        [
+            fork_child("base", 1, &req, None),
+            fork_child("base", 2, &req, None)
+        ]
+    );
+    assert_eq!(children[1].ipv4.as_deref(), Some("10.0.0.11/24"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_child_is_named_on_stderr_and_exits_1() {
+    let fake = Fake::start().await;
+    let out = brood(fake.dir.path(), &["fork", "flaky", "-n", "3"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "flaky-1\nflaky-2\nflaky-3\n");
+    assert_eq!(
+        text(&out.stderr),
+        "brood: child flaky-2 failed: service 20-join: exit 1\n"
+    );
+
+    let out = brood(fake.dir.path(), &["fork", "flaky", "-n", "2", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let children: Vec<ForkChild> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(children[1].status, ChildStatus::Failed);
+    assert_eq!(
+        text(&out.stderr),
+        "brood: child flaky-2 failed: service 20-join: exit 1\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_set_key_is_checked_before_sending() {
+    let fake = Fake::start().await;
+    let out = brood(fake.dir.path(), &["fork", "base", "--set", "bad key=1"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("must be 1-64 characters"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(fake.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_create_sends_the_range_or_the_identities() {
+    let fake = Fake::start().await;
+    let out = brood(
+        fake.dir.path(),
+        &[
+            "pool",
+            "create",
+            "lan",
+            "--ipv4",
+            "10.0.0.10-50",
+            "--prefix",
+            "24",
+            "--gateway",
+            "10.0.0.1",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "created pool lan: ipv4, 41 values, 41 free\n"
+    );
+
+    let file = fake.dir.path().join("hosts.txt");
+    std::fs::write(&file, "# lab hosts\nhost-a\n\nhost-b\n").unwrap();
+    let out = brood(
+        fake.dir.path(),
+        &[
+            "pool",
+            "create",
+            "hosts",
+            "--identities-file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "created pool hosts: identity, 2 values, 2 free\n"
+    );
+
+    let seen = fake.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].uri.as_str()),
+        ("POST", "/v1/pools")
+    );
+    assert_eq!(
+        seen[0].body,
+        json!({
+            "name": "lan",
+            "kind": "ipv4",
+            "values": [],
+            "range": "10.0.0.10-10.0.0.50",
+            "prefix": 24,
+            "gateway": "10.0.0.1"
+        })
+    );
+    assert_eq!(
+        seen[1].body,
+        json!({
+            "name": "hosts",
+            "kind": "identity",
+            "values": ["host-a", "host-b"],
+            "range": null,
+            "prefix": null,
+            "gateway": null
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_show_lists_values_and_holders() {
+    let fake = Fake::start().await;
+    let out = brood(fake.dir.path(), &["pool", "show", "lan"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "name     lan\n\
+         kind     ipv4\n\
+         size     3\n\
+         free     2\n\
+         prefix   /24\n\
+         gateway  10.0.0.1\n\
+         \n\
+         VALUE      HOLDER\n\
+         10.0.0.10  base-1\n\
+         10.0.0.11  -\n\
+         10.0.0.12  -\n"
+    );
+    let out = brood(fake.dir.path(), &["pool", "show", "lan", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let p: Pool = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p, lan_pool());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_show_of_a_child_names_its_template() {
+    let fake = Fake::start().await;
+    let out = brood(fake.dir.path(), &["vm", "show", "base-2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("\nparent     base (template)\n"), "{s}");
+    assert!(
+        s.contains(
+            "\nfork       child 2, ready, forked afresh at each start\n           \
+             mac 52:54:00:00:00:02, ipv4 -, identity -\n"
+        ),
+        "{s}"
+    );
 }
