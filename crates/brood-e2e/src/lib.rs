@@ -114,7 +114,8 @@ impl TestEnv {
         c
     }
 
-    /// Pids of QEMU processes whose command line mentions this test's run root.
+    /// Pids of QEMU processes whose command line mentions this test's run
+    /// root (a forked child's names its run directory in `-pidfile`).
     pub fn qemu_pids(&self) -> Vec<i32> {
         let needle = self.run_root().as_os_str().as_encoded_bytes().to_vec();
         let mut pids = Vec::new();
@@ -136,8 +137,12 @@ impl TestEnv {
     /// Waits briefly: a VM killed an instant ago may still be being reaped.
     pub fn assert_clean(&self) {
         let vms = self.run_root().join("vms");
+        let templates = self.run_root().join("vms-templates");
         let ok = wait_until(Duration::from_secs(10), || {
-            let left = std::fs::read_dir(&vms).map(|d| d.count()).unwrap_or(0);
+            let left = std::fs::read_dir(&vms).map(|d| d.count()).unwrap_or(0)
+                + std::fs::read_dir(&templates)
+                    .map(|d| d.count())
+                    .unwrap_or(0);
             left == 0 && self.qemu_pids().is_empty()
         });
         let entries: Vec<String> = std::fs::read_dir(&vms)
@@ -280,18 +285,25 @@ pub struct Broodd {
     pub data: PathBuf,
     args: Vec<String>,
     run_root: PathBuf,
+    image: PathBuf,
     child: Option<std::process::Child>,
 }
 
 impl Broodd {
     /// Starts broodd with extra arguments (capacity flags, say).
     pub fn start(env: &TestEnv, extra: &[&str]) -> Self {
+        Self::start_with_image(env, &data_dir().join("images/default"), extra)
+    }
+
+    /// Starts broodd with its guests booting the image in `image`.
+    pub fn start_with_image(env: &TestEnv, image: &Path, extra: &[&str]) -> Self {
         let data = env.run_root().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         let mut b = Self {
             data,
             args: extra.iter().map(|s| s.to_string()).collect(),
             run_root: env.run_root().join("vms"),
+            image: image.to_path_buf(),
             child: None,
         };
         b.spawn();
@@ -311,7 +323,7 @@ impl Broodd {
             .arg("--run-dir")
             .arg(&self.run_root)
             .arg("--image")
-            .arg(data_dir().join("images/default"))
+            .arg(&self.image)
             .args(&self.args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -411,7 +423,9 @@ impl Broodd {
         if let Some(mut c) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap_or(0));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-            let exited = wait_until(Duration::from_secs(10), || c.try_wait().ok().flatten().is_some());
+            let exited = wait_until(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().is_some()
+            });
             if !exited {
                 let _ = c.kill();
             }

@@ -164,6 +164,13 @@ impl Vm {
         &self.qmp
     }
 
+    /// Kill QEMU when the handle is dropped (the default follows the spec's
+    /// `die_with_parent`). broodd turns it on for the children it keeps in
+    /// a pool and off again when one becomes a partition.
+    pub fn set_kill_on_drop(&mut self, kill: bool) {
+        self.res.kill_on_drop = kill;
+    }
+
     /// Keep the run directory (logs) when the handle is dropped.
     pub fn keep_run_dir(&mut self, keep: bool) {
         self.res.keep_run_dir = keep;

@@ -358,7 +358,9 @@ pub async fn run_child(
     t0: Instant,
     first_start: bool,
 ) -> ApiResult<api::ForkChild> {
-    let vm = prepared.vm;
+    let mut vm = prepared.vm;
+    // A partition's VM now: it outlives broodd.
+    vm.set_kill_on_drop(false);
     let started = async {
         d.engine.attach_child_nics(&vm)?;
         vm.resume().await

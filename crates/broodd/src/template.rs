@@ -257,7 +257,7 @@ pub async fn prepare(
         d.engine.start_child(&t.tpl, inc).await
     }
     .await;
-    let vm = match vm {
+    let mut vm = match vm {
         Ok(vm) => vm,
         Err(e) => {
             if disks_fresh {
@@ -266,6 +266,8 @@ pub async fn prepare(
             return Err(ApiError::engine("start a child", &e));
         }
     };
+    // Nobody's VM yet: if broodd drops it (shutting down), it goes.
+    vm.set_kill_on_drop(true);
     if let Ok(agent) = vm.agent()
         && let Err(e) = agent.warm_fork(t.seq, WARM_TIMEOUT).await
     {
