@@ -300,6 +300,10 @@ impl Fork {
             identity: scratch(&self.settings.identity_file),
         };
         let result = self.apply(&config, &json, &files);
+        // The real step may remove the identity file instead of writing it,
+        // and then looks for dependent services: rehearse both.
+        let _ = remove_file(&files.identity);
+        let _ = service::list(&self.settings.dependent_dir);
         for f in [&files.machine_id, &files.child, &files.identity] {
             let _ = std::fs::remove_file(f);
         }

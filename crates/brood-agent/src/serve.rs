@@ -83,6 +83,7 @@ struct Agent {
     points: Arc<Points>,
     machine: Arc<dyn Machine>,
     fork: Arc<Fork>,
+    workers: Arc<crate::workers::Workers>,
 }
 
 /// Sends `Ready`, then serves requests read from `reader` until the transport
@@ -117,6 +118,7 @@ pub fn serve(
         points,
         machine: config.machine,
         fork,
+        workers: Arc::default(),
     });
     let ready = GuestMsg::Ready(Ready {
         proto_version: PROTOCOL_VERSION,
@@ -178,9 +180,9 @@ impl Agent {
             }
         };
         let agent = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name(format!("req-{id}"))
-            .spawn(move || agent.handle(id, msg));
+        let spawned = self
+            .workers
+            .run(format!("req-{id}"), Box::new(move || agent.handle(id, msg)));
         if let Err(err) = spawned {
             let error = AgentError::new(ErrorKind::Io, format!("start a worker thread: {err}"));
             self.finish(id, Err(error));

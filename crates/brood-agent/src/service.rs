@@ -143,6 +143,11 @@ pub fn run_dir(
     Ok(run)
 }
 
+/// The service scripts of `dir`, in the order they run (none when it is missing).
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ServiceError> {
+    scripts(dir)
+}
+
 /// The executable regular files of `dir` (symlinks followed), sorted by name.
 fn scripts(dir: &Path) -> Result<Vec<PathBuf>, ServiceError> {
     let read_err = |source| ServiceError::ReadDir {

@@ -573,3 +573,59 @@ fn fork_point_command_prints_the_json_and_exits_by_outcome() {
     let out = run(&host.socket, Some("0.2"));
     assert_eq!(out.status.code(), Some(124), "{out:?}");
 }
+
+#[test]
+fn warm_fork_rehearses_without_consuming_the_point_or_changing_the_guest() {
+    let machine = FakeMachine {
+        nics: 1,
+        ..FakeMachine::default()
+    };
+    let mut host = Host::start_with(machine, Duration::from_secs(60));
+    let marker = host.dir.path().join("ran");
+    script(
+        host.dependent(),
+        "10-never",
+        &format!("touch {}", marker.display()),
+    );
+    std::fs::create_dir_all(host.fork.machine_id_file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &host.fork.machine_id_file,
+        "abcdefabcdefabcdefabcdefabcdefab\n",
+    )
+    .unwrap();
+    let (seq, _) = host.prepare(1);
+    assert_eq!(host.request(2, &HostMsg::WarmFork { seq }), GuestMsg::Ok);
+    assert_eq!(host.request(3, &HostMsg::WarmFork { seq }), GuestMsg::Ok);
+    // The same identity again: the current hostname and MAC, the time, entropy.
+    let calls = host.machine.calls();
+    assert!(calls.iter().any(|c| c.starts_with("clock ")), "{calls:?}");
+    assert!(
+        calls.contains(&"hostname template".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"mac eth0 52:54:00:aa:bb:cc".to_string()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"rng 32".to_string()), "{calls:?}");
+    // No service ran, the real files are as they were, no scratch file is left.
+    assert!(!marker.exists());
+    assert_eq!(
+        host.read(&host.fork.machine_id_file),
+        "abcdefabcdefabcdefabcdefabcdefab\n"
+    );
+    assert!(!host.fork.child_file.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(host.fork.machine_id_file.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".warm"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The point is still there for the real thing.
+    let report = host.fork_done(4, seq, config());
+    assert_eq!(report.failed, None, "{report:?}");
+    assert!(marker.exists());
+    assert!(
+        matches!(host.request(5, &HostMsg::WarmFork { seq }), GuestMsg::Error(e) if e.kind == ErrorKind::NoSuchPoint)
+    );
+}

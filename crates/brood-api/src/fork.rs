@@ -35,6 +35,8 @@ pub struct Template {
     pub vcpus: u32,
     /// Size of the saved device state.
     pub state_bytes: u64,
+    /// The guest agent's fork point the children resume at.
+    pub fork_point: u32,
     /// Live children.
     pub children: Vec<String>,
     /// Templates derived from its children.

@@ -23,7 +23,7 @@ struct Load {
     seconds: f64,
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return f64::NAN;
@@ -129,7 +129,7 @@ fn name(i: usize) -> String {
     format!("p{i:05}")
 }
 
-fn wait_socket(sock: &Path) -> Result<()> {
+pub(crate) fn wait_socket(sock: &Path) -> Result<()> {
     let t0 = Instant::now();
     while UnixStream::connect(sock).is_err() {
         if t0.elapsed() > Duration::from_secs(30) {
@@ -183,13 +183,13 @@ fn get(sock: &Path, token: &str, path: &str) -> Result<Vec<u8>> {
 }
 
 /// A keep-alive HTTP/1.1 connection over a unix socket.
-struct Conn {
+pub(crate) struct Conn {
     r: BufReader<UnixStream>,
     w: UnixStream,
 }
 
 impl Conn {
-    fn open(sock: &Path) -> Result<Self> {
+    pub(crate) fn open(sock: &Path) -> Result<Self> {
         let s = UnixStream::connect(sock).with_context(|| format!("connect {}", sock.display()))?;
         Ok(Self {
             w: s.try_clone()?,
@@ -197,7 +197,7 @@ impl Conn {
         })
     }
 
-    fn request(
+    pub(crate) fn request(
         &mut self,
         method: &str,
         path: &str,

@@ -122,6 +122,8 @@ fn run_raw(kernel: &Path, initrd: &Path) -> Result<Sample> {
             "microvm,acpi=on,rtc=on,memory-backend=mem",
             "-accel",
             "tcg,tb-size=64",
+            "-cpu",
+            "qemu64,+arat",
         ])
         .args([
             "-m",

@@ -5,6 +5,7 @@
 
 mod api;
 mod boot;
+mod fork;
 mod ledger;
 
 use std::path::PathBuf;
@@ -73,6 +74,22 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
     },
+    /// Fork: latency to running and ready, fan-outs, per-child memory,
+    /// against a cold boot, a naive clone and a full save/restore.
+    Fork {
+        /// Single forks (p50 and p99 are over these).
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// The template's pool of waiting children.
+        #[arg(long, default_value_t = 32)]
+        pool: u64,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
+        /// Image directory.
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -84,6 +101,12 @@ fn main() -> Result<()> {
             rounds,
             dir,
         } => ledger::ledger(committers, Duration::from_secs_f64(seconds), rounds, dir),
+        Cmd::Fork {
+            runs,
+            pool,
+            broodd,
+            image,
+        } => fork::fork(runs, pool, &broodd, &image),
         Cmd::Api {
             partitions,
             clients,

@@ -179,6 +179,7 @@ mod tests {
             memory_mib: 512,
             vcpus: 2,
             state_bytes: 1_048_576,
+            fork_point: 1,
             children: children.iter().map(|c| (*c).to_string()).collect(),
             derived: Vec::new(),
             pool_ready: 1,

@@ -215,6 +215,7 @@ fn template(name: &str) -> Template {
         memory_mib: 512,
         vcpus: 2,
         state_bytes: 1_048_576,
+        fork_point: 1,
         children: vec![format!("{name}-1"), format!("{name}-2")],
         derived: Vec::new(),
         pool_ready: 2,

@@ -28,7 +28,7 @@ use crate::{convert, ops, template};
 /// Most children one request may fork.
 pub const MAX_FORK: u32 = 256;
 /// Children started at once.
-const PARALLEL: usize = 8;
+const PARALLEL: usize = 32;
 /// How long a child's agent may take to apply its identity and run its services.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -95,6 +95,15 @@ async fn validate(d: &Daemon, req: &api::ForkRequest) -> ApiResult<()> {
     Ok(())
 }
 
+/// Marks a fork in progress on a template while it lives.
+struct Busy(Arc<TemplateRt>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.forking.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A child recorded in the ledger, not yet running.
 struct Recorded {
     uuid: Uuid,
@@ -126,6 +135,8 @@ pub async fn fork(
         ))
     })?;
     validate(d, &req).await?;
+    rt.forking.fetch_add(1, Ordering::SeqCst);
+    let busy = Busy(rt.clone());
     let recorded = record(d, actor, &rt, &req).await?;
     let tpl_rec = ops::resolve(d, &tpl_rec.uuid.to_string()).await?;
     let run_all = {
@@ -140,6 +151,7 @@ pub async fn fork(
                 .buffered(PARALLEL)
                 .collect()
                 .await;
+            drop(busy);
             template::refill(d, rt);
             out
         }

@@ -127,6 +127,9 @@ pub struct TemplateRt {
     /// Target pool size.
     pub pool_size: AtomicU32,
     filling: AtomicBool,
+    /// Forks in progress: the pool is refilled when there are none, so the
+    /// refill does not take CPU from children being started.
+    pub forking: std::sync::atomic::AtomicUsize,
     /// The child being made for the pool right now, if any.
     preparing: std::sync::Mutex<Option<Uuid>>,
     /// Serializes child index and MAC allocation.
@@ -143,6 +146,7 @@ impl TemplateRt {
             pool_size: AtomicU32::new(pool_size),
             filling: AtomicBool::new(false),
             preparing: std::sync::Mutex::new(None),
+            forking: std::sync::atomic::AtomicUsize::new(0),
             fork_lock: tokio::sync::Mutex::default(),
         }
     }
@@ -290,6 +294,10 @@ pub fn refill(d: Arc<Daemon>, t: Arc<TemplateRt>) {
         loop {
             if d.stopping.load(Ordering::SeqCst) || d.template(t.uuid).is_none() {
                 break;
+            }
+            if t.forking.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
             }
             let have = t.pool.lock().await.len();
             if have >= t.pool_size.load(Ordering::SeqCst) as usize {
@@ -606,9 +614,9 @@ pub async fn delete(d: &Arc<Daemon>, actor: &str, uuid: Uuid, cascade: bool) -> 
 /// A template as the API shows it.
 pub async fn template_out(d: &Daemon, rec: &PartitionRecord) -> ApiResult<api::Template> {
     let config = convert::active_config(rec)?;
-    let (state_bytes, pool_size) = match fork_data(rec) {
-        Some(ForkData::Template(t)) => (t.state_bytes, t.pool_size),
-        _ => (0, 0),
+    let (state_bytes, pool_size, fork_point) = match fork_data(rec) {
+        Some(ForkData::Template(t)) => (t.state_bytes, t.pool_size, t.seq),
+        _ => (0, 0, 0),
     };
     let descendants = d.ledger.children_of(rec.uuid).await?;
     let parent = match rec.parent {
@@ -626,6 +634,7 @@ pub async fn template_out(d: &Daemon, rec: &PartitionRecord) -> ApiResult<api::T
         memory_mib: config.memory_mib,
         vcpus: config.vcpus,
         state_bytes,
+        fork_point,
         children: descendants
             .iter()
             .filter(|r| r.stage != Stage::Template)
