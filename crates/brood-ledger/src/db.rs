@@ -406,7 +406,7 @@ mod tests {
         want.stage = crate::state::Stage::Operating;
         want.run_state = RunState::Running;
         "default".clone_into(&mut want.active_config);
-        want.configs = json!({"default": {"memory_mib": 256}});
+        want.configs = json!({"default": {"memory_mib": 256}}).into();
         want.demand = demand;
         want.pid = Some(4242);
         want.restart_count = 2;

@@ -35,6 +35,7 @@
 
 mod db;
 mod error;
+mod json;
 mod ledger;
 mod partition;
 mod pool;
@@ -48,6 +49,7 @@ mod verify;
 
 pub use db::{LEDGER_ACTOR, LedgerDb};
 pub use error::LedgerError;
+pub use json::JsonText;
 pub use ledger::{Ledger, LedgerOptions};
 pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
 pub use pool::{

@@ -27,7 +27,7 @@ pub struct PartitionRecord {
     /// Key of the active configuration in `configs`.
     pub active_config: String,
     /// broodd's configurations, opaque to the ledger.
-    pub configs: serde_json::Value,
+    pub configs: crate::JsonText,
     /// What the partition holds (see `expected_holding`): `disk_gib` for its
     /// whole life (until decommissioned), the other kinds while
     /// `run_state.is_active()`; a template holds `memory_mib` always.
@@ -69,7 +69,7 @@ impl PartitionRecord {
             stage: Stage::Construction,
             run_state: RunState::Stopped,
             active_config: String::new(),
-            configs: serde_json::Value::Object(serde_json::Map::new()),
+            configs: crate::JsonText::default(),
             demand: Resources::ZERO,
             pid: None,
             pending_op: None,
@@ -143,7 +143,7 @@ pub struct PartitionPatch {
     /// New active configuration key.
     pub active_config: Option<String>,
     /// New configurations.
-    pub configs: Option<serde_json::Value>,
+    pub configs: Option<crate::JsonText>,
     /// New demand.
     pub demand: Option<Resources>,
     /// New process id, or `Some(None)` to clear it.

@@ -100,8 +100,7 @@ impl RawPartition {
             uuid: Uuid::parse_str(&self.uuid).map_err(|e| bad(format!("uuid: {e}")))?,
             stage: self.stage.parse().map_err(|e| bad(format!("{e}")))?,
             run_state: self.run_state.parse().map_err(|e| bad(format!("{e}")))?,
-            configs: serde_json::from_str(&self.configs)
-                .map_err(|e| bad(format!("configs: {e}")))?,
+            configs: crate::JsonText::from_stored(self.configs),
             parent: self
                 .parent
                 .as_deref()

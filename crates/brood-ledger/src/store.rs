@@ -432,10 +432,7 @@ fn write_partition(
          created_at = ?15, updated_at = ?16, generation = ?17, fork = ?19 WHERE uuid = ?1"
             .to_owned()
     };
-    let configs = serde_json::to_string(&rec.configs).map_err(|source| LedgerError::Json {
-        what: "partition configs",
-        source,
-    })?;
+    let configs = rec.configs.as_str();
     let fork = rec
         .fork
         .as_ref()

@@ -229,9 +229,9 @@ pub fn demand(config: &api::PartitionConfig, disks: &BTreeMap<String, u64>) -> R
 pub fn configs_of(
     rec: &PartitionRecord,
 ) -> Result<BTreeMap<String, api::PartitionConfig>, ApiError> {
-    use serde::Deserialize;
     // Deserialize from the borrowed value: no copy of the JSON tree.
-    BTreeMap::<String, api::PartitionConfig>::deserialize(&rec.configs)
+    rec.configs
+        .parse::<BTreeMap<String, api::PartitionConfig>>()
         .map_err(|e| ApiError::internal(&format!("configurations of {}", rec.name), &e))
 }
 

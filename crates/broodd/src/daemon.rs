@@ -86,6 +86,14 @@ pub struct Running {
     pub expected_exit: AtomicBool,
 }
 
+/// A partition rendered for the API.
+#[derive(Debug)]
+struct Rendered {
+    generation: u64,
+    parent: Option<String>,
+    json: Arc<[u8]>,
+}
+
 /// Shared daemon state.
 #[derive(Debug)]
 pub struct Daemon {
@@ -100,6 +108,10 @@ pub struct Daemon {
     /// vCPUs of capacity per host CPU.
     pub vcpu_overcommit: f64,
     slots: Mutex<HashMap<Uuid, Arc<Running>>>,
+    /// Partitions as the API shows them, rendered to JSON, by uuid, with the
+    /// generation and parent name they were rendered from. Every change to a
+    /// record raises its generation, so a stale entry is never served.
+    rendered: Mutex<HashMap<Uuid, Rendered>>,
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<Event>,
     seq: AtomicU64,
@@ -130,6 +142,7 @@ impl Daemon {
             token,
             vcpu_overcommit,
             slots: Mutex::default(),
+            rendered: Mutex::default(),
             locks: Mutex::default(),
             events,
             seq: AtomicU64::new(0),
@@ -146,6 +159,7 @@ impl Daemon {
     /// Forgets the lock of a deleted partition.
     pub fn drop_lock(&self, uuid: Uuid) {
         lock(&self.locks).remove(&uuid);
+        lock(&self.rendered).remove(&uuid);
     }
 
     /// The running VM of partition `uuid`.
@@ -191,6 +205,38 @@ impl Daemon {
             time: crate::convert::now(),
             kind,
         });
+    }
+
+    /// A partition's API JSON, rendered once per generation.
+    pub fn render(
+        &self,
+        rec: PartitionRecord,
+        parent: Option<String>,
+    ) -> Result<Arc<[u8]>, crate::error::ApiError> {
+        let (uuid, generation) = (rec.uuid, rec.generation);
+        if let Some(r) = lock(&self.rendered).get(&uuid)
+            && r.generation == generation
+            && r.parent == parent
+        {
+            return Ok(r.json.clone());
+        }
+        let p = crate::convert::partition_out(rec, &self.paths, parent.clone())?;
+        let json: Arc<[u8]> = serde_json::to_vec(&p)
+            .map_err(|e| crate::error::ApiError::internal("encode a partition", &e))?
+            .into();
+        let mut cache = lock(&self.rendered);
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(
+            uuid,
+            Rendered {
+                generation,
+                parent,
+                json: json.clone(),
+            },
+        );
+        Ok(json)
     }
 
     /// Publishes a partition's current state.

@@ -99,7 +99,7 @@ pub async fn define(
         stage: Stage::Provisioning,
         run_state: RunState::Stopped,
         active_config: active,
-        configs: serde_json::to_value(&req.configs)
+        configs: brood_ledger::JsonText::from_serialize(&req.configs)
             .map_err(|e| ApiError::internal("encode configurations", &e))?,
         demand: convert::demand(&config, &disks),
         pid: None,

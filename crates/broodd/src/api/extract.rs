@@ -83,3 +83,18 @@ where
             .map(|j| OptionalJson(j.0))
     }
 }
+
+/// A response whose body is JSON rendered already (partitions are
+/// rendered once per generation and kept: see `Daemon::render`).
+#[derive(Debug)]
+pub struct RawJson(pub Vec<u8>);
+
+impl axum::response::IntoResponse for RawJson {
+    fn into_response(self) -> axum::response::Response {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.0,
+        )
+            .into_response()
+    }
+}

@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, OptionalJson};
+use super::extract::{ApiJson, OptionalJson, RawJson};
 use crate::convert;
 use crate::daemon::Daemon;
 use crate::error::{ApiError, ApiResult};
@@ -43,9 +43,9 @@ pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(exec))
 }
 
-async fn out(d: &Daemon, rec: brood_ledger::PartitionRecord) -> ApiResult<Json<Partition>> {
+async fn out(d: &Daemon, rec: brood_ledger::PartitionRecord) -> ApiResult<RawJson> {
     let parent = parent_name(d, &rec).await?;
-    Ok(Json(convert::partition_out(rec, &d.paths, parent)?))
+    Ok(RawJson(d.render(rec, parent)?.to_vec()))
 }
 
 /// The name of the template a child was forked from.
@@ -69,7 +69,7 @@ struct ListQuery {
 /// Lists partitions by name, a page at a time.
 #[utoipa::path(get, path = "/v1/partitions", tag = "partitions", params(ListQuery),
     responses((status = 200, body = PartitionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<Json<PartitionList>> {
+async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
     let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
     if !(1..=brood_api::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -87,20 +87,27 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<Json<Partiti
         }
     }
     let more = recs.len() > limit;
-    let items = recs
-        .into_iter()
-        .take(limit)
-        .map(|r| {
-            let parent = r.parent.and_then(|p| parents.get(&p).cloned());
-            convert::partition_out(r, &d.paths, parent)
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+    let page: Vec<_> = recs.into_iter().take(limit).collect();
     let next = if more {
-        items.last().map(|p| p.name.clone())
+        page.last().map(|r| r.name.clone())
     } else {
         None
     };
-    Ok(Json(PartitionList { items, next }))
+    // Assembled from each partition's rendering, kept per generation.
+    let mut body = Vec::with_capacity(64 + page.len() * 768);
+    body.extend_from_slice(b"{\"items\":[");
+    for (i, r) in page.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let parent = r.parent.and_then(|p| parents.get(&p).cloned());
+        body.extend_from_slice(&d.render(r, parent)?);
+    }
+    body.extend_from_slice(b"],\"next\":");
+    serde_json::to_writer(&mut body, &next)
+        .map_err(|e| ApiError::internal("encode the page", &e))?;
+    body.push(b'}');
+    Ok(RawJson(body))
 }
 
 /// Defines a partition (and starts it with `start: true`).
@@ -110,7 +117,7 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<Json<Partiti
 async fn define(
     State(d): D,
     ApiJson(req): ApiJson<DefineRequest>,
-) -> ApiResult<(StatusCode, Json<Partition>)> {
+) -> ApiResult<(StatusCode, RawJson)> {
     let rec = ops::define(&d, ACTOR, req).await?;
     Ok((StatusCode::CREATED, out(&d, rec).await?))
 }
@@ -119,7 +126,7 @@ async fn define(
 #[utoipa::path(get, path = "/v1/partitions/{name}", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody)))]
-async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     out(&d, ops::resolve(&d, &name).await?).await
 }
 
@@ -150,7 +157,7 @@ async fn delete(
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 502, body = ErrorBody)))]
-async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::start(&d, ACTOR, rec.uuid).await?).await
 }
@@ -163,7 +170,7 @@ async fn stop(
     State(d): D,
     Path(name): Path<String>,
     OptionalJson(req): OptionalJson<StopRequest>,
-) -> ApiResult<Json<Partition>> {
+) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     let t = req.timeout_s.map_or(ops::STOP_TIMEOUT, Duration::from_secs);
     if t > Duration::from_secs(3600) {
@@ -180,7 +187,7 @@ async fn stop(
 #[utoipa::path(post, path = "/v1/partitions/{name}/kill", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?).await
 }
@@ -189,7 +196,7 @@ async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition
 #[utoipa::path(post, path = "/v1/partitions/{name}/pause", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::pause(&d, ACTOR, rec.uuid, true).await?).await
 }
@@ -198,7 +205,7 @@ async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partitio
 #[utoipa::path(post, path = "/v1/partitions/{name}/resume", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::pause(&d, ACTOR, rec.uuid, false).await?).await
 }
@@ -207,7 +214,7 @@ async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partiti
 #[utoipa::path(post, path = "/v1/partitions/{name}/save", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::save(&d, ACTOR, rec.uuid).await?).await
 }
@@ -216,7 +223,7 @@ async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition
 #[utoipa::path(post, path = "/v1/partitions/{name}/restore", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Partition>> {
+async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::restore(&d, ACTOR, rec.uuid).await?).await
 }
@@ -229,7 +236,7 @@ async fn set_config(
     State(d): D,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetConfigRequest>,
-) -> ApiResult<Json<Partition>> {
+) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(&d, ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?).await
 }
@@ -242,7 +249,7 @@ async fn set_stage(
     State(d): D,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetStageRequest>,
-) -> ApiResult<Json<Partition>> {
+) -> ApiResult<RawJson> {
     let rec = ops::resolve(&d, &name).await?;
     out(
         &d,
