@@ -92,6 +92,11 @@ impl Daemon {
         })
     }
 
+    fn delete(&self, name: &str) -> Result<()> {
+        self.call("DELETE", &format!("/v1/partitions/{name}?force=true"), None)?;
+        Ok(())
+    }
+
     fn exec_true(&self, name: &str) -> Result<()> {
         self.call(
             "POST",
@@ -163,14 +168,7 @@ pub fn fork(runs: usize, pool: u64, broodd: &Path, image: &Path) -> Result<()> {
             bail!("fork {i}: {c}");
         }
         running.push(c["running_ms"].as_f64().unwrap_or(f64::NAN));
-        d.call(
-            "DELETE",
-            &format!(
-                "/v1/partitions/{}?force=true",
-                c["name"].as_str().unwrap_or("")
-            ),
-            None,
-        )?;
+        d.delete(c["name"].as_str().unwrap_or(""))?;
         d.wait_pool("tpl", pool)?;
     }
     eprintln!("{runs} single forks done");
@@ -203,14 +201,7 @@ pub fn fork(runs: usize, pool: u64, broodd: &Path, image: &Path) -> Result<()> {
             }
         }
         for c in &kids {
-            d.call(
-                "DELETE",
-                &format!(
-                    "/v1/partitions/{}?force=true",
-                    c["name"].as_str().unwrap_or("")
-                ),
-                None,
-            )?;
+            d.delete(c["name"].as_str().unwrap_or(""))?;
         }
         eprintln!("fan-out of {n}: {wall:.0} ms");
     }
@@ -223,11 +214,7 @@ pub fn fork(runs: usize, pool: u64, broodd: &Path, image: &Path) -> Result<()> {
         d.call("POST", "/v1/partitions", Some(&body))?;
         d.exec_true(&format!("cold{i}"))?;
         cold.push(ms(t0.elapsed()));
-        d.call(
-            "DELETE",
-            &format!("/v1/partitions/cold{i}?force=true"),
-            None,
-        )?;
+        d.delete(&format!("cold{i}"))?;
     }
     eprintln!("cold boots done");
 

@@ -406,6 +406,33 @@ impl Broodd {
         v
     }
 
+    /// Runs a shell command in partition `name`: exit code, stdout, stderr.
+    pub fn exec(&self, name: &str, cmd: &str) -> (i64, String, String) {
+        use base64::Engine as _;
+        let r = self.ok(
+            "POST",
+            &format!("/v1/partitions/{name}/exec"),
+            Some(&serde_json::json!({"command": cmd})),
+        );
+        let decode = |k: &str| {
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(r[k].as_str().unwrap_or_default())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&b).into_owned()
+        };
+        (
+            r["exit_code"].as_i64().unwrap_or(-1),
+            decode("stdout_base64"),
+            decode("stderr_base64"),
+        )
+    }
+
+    /// Asserts that `GET /v1/ledger/verify` finds every invariant holding.
+    pub fn verify_ok(&self) {
+        let v = self.ok("GET", "/v1/ledger/verify", None);
+        assert_eq!(v["ok"], true, "verify: {v}");
+    }
+
     /// A `brood` command pointed at this daemon.
     pub fn brood(&self) -> Command {
         let mut c = Command::new(brood_bin());

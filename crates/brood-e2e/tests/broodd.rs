@@ -25,25 +25,9 @@ fn holds(b: &Broodd, owner: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn verify_ok(b: &Broodd) {
-    let v = b.ok("GET", "/v1/ledger/verify", None);
-    assert_eq!(v["ok"], true, "verify: {v}");
-}
-
 fn exec(b: &Broodd, name: &str, cmd: &str) -> (i64, String) {
-    use base64::Engine as _;
-    let r = b.ok(
-        "POST",
-        &format!("/v1/partitions/{name}/exec"),
-        Some(&json!({"command": cmd})),
-    );
-    let out = base64::engine::general_purpose::STANDARD
-        .decode(r["stdout_base64"].as_str().unwrap())
-        .unwrap();
-    (
-        r["exit_code"].as_i64().unwrap_or(-1),
-        String::from_utf8_lossy(&out).into_owned(),
-    )
+    let (code, out, _) = b.exec(name, cmd);
+    (code, out)
 }
 
 #[test]
@@ -109,7 +93,7 @@ fn partition_life_cycle_through_the_api() {
     let p = b.ok("POST", "/v1/partitions/life/save", None);
     assert_eq!(p["run_state"], "saved");
     assert_eq!(holds(&b, "life")["memory_mib"], 0);
-    verify_ok(&b);
+    b.verify_ok();
     assert_eq!(
         b.ok("POST", "/v1/partitions/life/restore", None)["run_state"],
         "running"
@@ -129,7 +113,7 @@ fn partition_life_cycle_through_the_api() {
         b.ok("POST", "/v1/partitions/life/kill", None)["run_state"],
         "stopped"
     );
-    verify_ok(&b);
+    b.verify_ok();
     let (s, _) = b.call("DELETE", "/v1/partitions/life", None);
     assert_eq!(s, 204);
     assert!(!std::path::Path::new(&disk).exists());
@@ -141,7 +125,7 @@ fn partition_life_cycle_through_the_api() {
     );
     let log = b.ok("GET", "/v1/ledger/log?limit=1000", None);
     assert!(log["items"].as_array().unwrap().len() > 10);
-    verify_ok(&b);
+    b.verify_ok();
     drop(b);
     env.assert_clean();
 }
@@ -265,7 +249,7 @@ fn illegal_transitions_are_refused_with_clear_errors() {
         Some(&json!({"stage": "manual"})),
     );
     b.ok("DELETE", "/v1/partitions/t?force=true", None);
-    verify_ok(&b);
+    b.verify_ok();
     drop(b);
     env.assert_clean();
 }
@@ -307,7 +291,7 @@ fn fifty_racing_creates_never_overcommit() {
         None,
     );
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
-    verify_ok(&b);
+    b.verify_ok();
     for (s, v) in &results {
         if *s == 201 {
             b.ok(
@@ -317,7 +301,7 @@ fn fifty_racing_creates_never_overcommit() {
             );
         }
     }
-    verify_ok(&b);
+    b.verify_ok();
     drop(b);
     env.assert_clean();
 }
@@ -353,7 +337,7 @@ fn a_qemu_killed_from_outside_is_crashed_and_restarted_by_policy() {
         "noticed after {noticed:?}"
     );
     assert_eq!(holds(&b, "victim")["memory_mib"], 0);
-    verify_ok(&b);
+    b.verify_ok();
 
     kill(phoenix_pid);
     assert!(wait_until(Duration::from_secs(30), || {
@@ -363,7 +347,7 @@ fn a_qemu_killed_from_outside_is_crashed_and_restarted_by_policy() {
     let p = b.ok("GET", "/v1/partitions/phoenix", None);
     assert_eq!(p["restart_count"], 1, "{p}");
     assert_eq!(exec(&b, "phoenix", "echo back").1, "back\n");
-    verify_ok(&b);
+    b.verify_ok();
     b.ok("DELETE", "/v1/partitions/phoenix?force=true", None);
     b.ok("DELETE", "/v1/partitions/victim", None);
     drop(b);
@@ -547,7 +531,7 @@ fn bad_requests_get_4xx_json_never_5xx() {
     ] {
         assert!(doc["paths"][p].is_object(), "openapi lacks {p}");
     }
-    verify_ok(&b);
+    b.verify_ok();
     drop(b);
     env.assert_clean();
 }
@@ -654,7 +638,7 @@ fn kill_9_of_broodd_at_twenty_moments_loses_nothing() {
             None,
         );
     }
-    verify_ok(&b);
+    b.verify_ok();
     drop(b);
     env.assert_clean();
 }

@@ -9,34 +9,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
 use brood_e2e::{Bridge, Broodd, TestEnv, run, wait_until};
 use serde_json::{Value, json};
 
 fn exec(b: &Broodd, name: &str, cmd: &str) -> String {
-    let r = b.ok(
-        "POST",
-        &format!("/v1/partitions/{name}/exec"),
-        Some(&json!({"command": cmd})),
-    );
-    let out = base64::engine::general_purpose::STANDARD
-        .decode(r["stdout_base64"].as_str().unwrap())
-        .unwrap();
-    let err = base64::engine::general_purpose::STANDARD
-        .decode(r["stderr_base64"].as_str().unwrap())
-        .unwrap();
-    assert_eq!(
-        r["exit_code"],
-        0,
-        "{name}: {cmd}: {}",
-        String::from_utf8_lossy(&err)
-    );
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn verify_ok(b: &Broodd) {
-    let v = b.ok("GET", "/v1/ledger/verify", None);
-    assert_eq!(v["ok"], true, "verify: {v}");
+    let (code, out, err) = b.exec(name, cmd);
+    assert_eq!(code, 0, "{name}: {cmd}: {err}");
+    out
 }
 
 fn pid(b: &Broodd, name: &str) -> u32 {
@@ -164,7 +143,7 @@ fn eight_children_each_with_its_own_identity() {
         pss * 2 < 8 * parent_rss,
         "children PSS {pss} KiB is not well under 8 x {parent_rss} KiB"
     );
-    verify_ok(&b);
+    b.verify_ok();
 
     // Killing one child leaves the others running.
     let victim = pid(&b, "web-3");
@@ -209,7 +188,7 @@ fn eight_children_each_with_its_own_identity() {
         before
     );
     assert_eq!(b.ok("GET", "/v1/pools/doms", None)["free"], 2);
-    verify_ok(&b);
+    b.verify_ok();
 
     // kill -9 of broodd keeps templates, children and pool assignments.
     let holders = b.ok("GET", "/v1/pools/doms", None)["items"].clone();
@@ -224,7 +203,7 @@ fn eight_children_each_with_its_own_identity() {
         8
     );
     assert_eq!(exec(&b, "web-5", "hostname"), "web-5\n");
-    verify_ok(&b);
+    b.verify_ok();
     let more = fork(&b, "web", &json!({"count": 1, "identity_pool": "doms"}));
     assert_eq!(more[0]["status"], "ready");
     assert_eq!(
@@ -243,7 +222,7 @@ fn eight_children_each_with_its_own_identity() {
             .unwrap()
             .is_empty()
     );
-    verify_ok(&b);
+    b.verify_ok();
     b.ok("DELETE", "/v1/pools/doms", None);
     b.ok("DELETE", "/v1/pools/net", None);
     drop(b);
@@ -314,7 +293,7 @@ fn templates_form_a_tree_and_children_persist_or_refork() {
         e["error"]["message"].as_str().unwrap().contains("layer2"),
         "{e}"
     );
-    verify_ok(&b);
+    b.verify_ok();
     b.ok("DELETE", "/v1/templates/base?cascade=true", None);
     assert!(
         b.ok("GET", "/v1/templates", None)["items"]
@@ -322,7 +301,7 @@ fn templates_form_a_tree_and_children_persist_or_refork() {
             .unwrap()
             .is_empty()
     );
-    verify_ok(&b);
+    b.verify_ok();
     drop(b);
     env.assert_clean();
 }
@@ -392,7 +371,7 @@ fn the_guest_asks_to_be_forked_and_services_run_in_two_groups() {
         None,
     );
     assert_eq!(shown["fork"]["status"], "failed");
-    verify_ok(&b);
+    b.verify_ok();
     b.ok("DELETE", "/v1/templates/svc?cascade=true", None);
     drop(b);
     env.assert_clean();

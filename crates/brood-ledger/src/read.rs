@@ -170,23 +170,28 @@ fn parse_kind(table: &'static str, kind: &str) -> Result<ResourceKind, LedgerErr
     })
 }
 
-/// Every holding row, by owner then kind.
-pub(crate) fn holdings(conn: &Connection) -> Result<Vec<Holding>, LedgerError> {
+/// Every holding row as stored (owner, kind, amount), by owner then kind;
+/// `verify` reads them unparsed to report rows that do not parse.
+pub(crate) fn raw_holdings(conn: &Connection) -> Result<Vec<(String, String, u64)>, LedgerError> {
     let mut stmt = conn
         .prepare_cached("SELECT owner, kind, amount FROM holding ORDER BY owner, kind")
         .ctx("prepare holding query")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u64>(2)?,
-            ))
-        })
-        .ctx("query holdings")?
-        .collect::<Result<Vec<_>, _>>()
-        .ctx("read holding row")?;
-    rows.into_iter()
+    stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u64>(2)?,
+        ))
+    })
+    .ctx("query holdings")?
+    .collect::<Result<Vec<_>, _>>()
+    .ctx("read holding row")
+}
+
+/// Every holding row, by owner then kind.
+pub(crate) fn holdings(conn: &Connection) -> Result<Vec<Holding>, LedgerError> {
+    raw_holdings(conn)?
+        .into_iter()
         .map(|(owner, kind, amount)| {
             Ok(Holding {
                 owner: owner.parse().map_err(|e| LedgerError::BadRow {

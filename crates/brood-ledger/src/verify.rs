@@ -232,20 +232,7 @@ fn holding_rows(
     conn: &Connection,
     out: &mut Vec<Problem>,
 ) -> Result<Vec<(Option<Owner>, ResourceKind, u64)>, LedgerError> {
-    let mut stmt = conn
-        .prepare("SELECT owner, kind, amount FROM holding")
-        .ctx("prepare holding query")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u64>(2)?,
-            ))
-        })
-        .ctx("query holdings")?
-        .collect::<Result<Vec<_>, _>>()
-        .ctx("read holding row")?;
+    let rows = read::raw_holdings(conn)?;
     let mut good = Vec::with_capacity(rows.len());
     for (owner, kind, amount) in rows {
         match (owner.parse::<Owner>(), kind.parse::<ResourceKind>()) {

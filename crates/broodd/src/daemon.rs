@@ -187,6 +187,11 @@ impl Daemon {
         lock(&self.templates).insert(t.uuid, t);
     }
 
+    /// Every template's runtime state.
+    pub fn all_templates(&self) -> Vec<Arc<crate::template::TemplateRt>> {
+        lock(&self.templates).values().cloned().collect()
+    }
+
     /// Forgets a template.
     pub fn remove_template(&self, uuid: Uuid) -> Option<Arc<crate::template::TemplateRt>> {
         lock(&self.templates).remove(&uuid)

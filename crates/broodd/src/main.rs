@@ -185,14 +185,7 @@ async fn run(args: Args) -> Result<()> {
     d.stopping.store(true, Ordering::SeqCst);
     // Pool children are broodd's cache, not anyone's VMs: they go with it
     // (a killed broodd leaves them to the next start, which kills them).
-    let templates: Vec<_> = d
-        .templates
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
-    for t in templates {
+    for t in d.all_templates() {
         t.drain(&d).await;
     }
     info!("stopped serving; VMs keep running");

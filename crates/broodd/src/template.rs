@@ -528,14 +528,7 @@ pub async fn freeze(
 /// Starts refilling every template's pool (after start-up reconciliation,
 /// which kills QEMUs the ledger does not know, such as an old pool's).
 pub fn refill_all(d: &Arc<Daemon>) {
-    let all: Vec<Arc<TemplateRt>> = d
-        .templates
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
-    for rt in all {
+    for rt in d.all_templates() {
         refill(d.clone(), rt);
     }
 }

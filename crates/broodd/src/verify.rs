@@ -82,14 +82,7 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
     checked.insert("active_partitions".into(), active);
     // Children waiting in the templates' pools are broodd's own, not partitions yet.
     let mut pooled = std::collections::HashSet::new();
-    let templates: Vec<_> = d
-        .templates
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
-    for t in templates {
+    for t in d.all_templates() {
         pooled.extend(t.pool_uuids().await.into_iter().map(|u| u.to_string()));
     }
     checked.insert("pooled_children".into(), pooled.len() as u64);

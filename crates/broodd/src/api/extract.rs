@@ -9,6 +9,17 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the body is over the {}-byte limit",
+            brood_api::MAX_BODY_BYTES
+        ),
+    )
+}
+
 /// A JSON body; its rejections become 400/413/415 `ApiError`s.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
@@ -21,14 +32,7 @@ fn rejection(r: JsonRejection) -> ApiError {
             "send the body as JSON with `Content-Type: application/json`",
         ),
         JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the body is over the {}-byte limit",
-                    brood_api::MAX_BODY_BYTES
-                ),
-            )
+            too_large()
         }
         other => ApiError::bad_request(format!("invalid JSON body: {}", other.body_text())),
     }
@@ -64,16 +68,7 @@ where
         let (parts, body) = req.into_parts();
         let bytes = axum::body::to_bytes(body, brood_api::MAX_BODY_BYTES)
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "the body is over the {}-byte limit",
-                        brood_api::MAX_BODY_BYTES
-                    ),
-                )
-            })?;
+            .map_err(|_| too_large())?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
