@@ -283,6 +283,14 @@ fn templates_form_a_tree_and_children_persist_or_refork() {
     assert_eq!(t2["parent"], "base");
     let g = &fork(&b, "layer2", &json!({"count": 2}))[0];
     let g = g["name"].as_str().unwrap();
+    // Without waiting: the answer names the recorded children, still pending.
+    let quick = fork(&b, "layer2", &json!({"count": 1, "wait": false}));
+    assert_eq!(quick.len(), 1);
+    assert_eq!(quick[0]["status"], "pending");
+    let q = quick[0]["name"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(30), || {
+        b.ok("GET", &format!("/v1/partitions/{q}"), None)["fork"]["status"] == "ready"
+    }));
     assert_eq!(
         exec(&b, g, "cat /tmp/layer; head -c 4 /dev/vda"),
         "from-the-child\nkept"

@@ -138,6 +138,7 @@ pub async fn fork(
     rt.forking.fetch_add(1, Ordering::SeqCst);
     let busy = Busy(rt.clone());
     let recorded = record(d, actor, &rt, &req).await?;
+    let mine: Vec<Uuid> = recorded.iter().map(|r| r.uuid).collect();
     let tpl_rec = ops::resolve(d, &tpl_rec.uuid.to_string()).await?;
     let run_all = {
         let d = d.clone();
@@ -157,16 +158,17 @@ pub async fn fork(
         }
     };
     if !req.wait {
-        let names = d.ledger.children_of(tpl_rec.uuid).await?;
+        // As recorded: pending, their identities not yet applied.
+        let mut out = Vec::with_capacity(mine.len());
+        for uuid in &mine {
+            if let Some(r) = d.ledger.partition_by_uuid(*uuid).await?
+                && let Some(ForkData::Child(c)) = fork_data(&r)
+            {
+                out.push(child_out(&r, &c));
+            }
+        }
         tokio::spawn(run_all);
-        return Ok(names
-            .iter()
-            .filter(|r| r.pending_op.as_deref() == Some("fork"))
-            .filter_map(|r| match fork_data(r) {
-                Some(ForkData::Child(c)) => Some(child_out(r, &c)),
-                _ => None,
-            })
-            .collect());
+        return Ok(out);
     }
     let mut children = Vec::new();
     let mut first_err = None;

@@ -595,6 +595,14 @@ pub async fn delete(d: &Arc<Daemon>, actor: &str, uuid: Uuid, cascade: bool) -> 
         }
     }
     if let Some(rt) = d.remove_template(uuid) {
+        // A pool child being made now would outlive the template: wait for
+        // the filler (it stops at once when the template is gone).
+        for _ in 0..3000 {
+            if !rt.filling.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         rt.drain(d).await;
     }
     let lock = d.partition_lock(uuid);
