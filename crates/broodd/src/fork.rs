@@ -327,35 +327,7 @@ async fn start_recorded(
     };
     if let Err(e) = &result {
         warn!(child = %r.name, "fork failed, removing it: {}", e.message);
-        if let Some(run) = d.remove_running(r.uuid) {
-            run.expected_exit.store(true, Ordering::SeqCst);
-            let _ = run.vm.kill().await;
-        }
-        if let Ok(rec) = ops::resolve(d, &r.uuid.to_string()).await
-            && rec.run_state.is_active()
-        {
-            let patch = PartitionPatch {
-                run_state: Some(RunState::Stopped),
-                pid: Some(None),
-                ..Default::default()
-            };
-            let release = Op::release(
-                r.uuid,
-                &Resources {
-                    disk_gib: 0,
-                    ..rec.demand
-                },
-            );
-            let _ = ops::commit(
-                d,
-                actor,
-                format!("fork of {} failed", r.name),
-                &rec,
-                patch,
-                release,
-            )
-            .await;
-        }
+        let _ = ops::abandon_start(d, actor, r.uuid, "fork", &e.message).await;
         let _ = ops::remove(d, actor, r.uuid, "fork failed").await;
     }
     result

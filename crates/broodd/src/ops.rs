@@ -309,35 +309,50 @@ pub async fn start(d: &Arc<Daemon>, actor: &str, uuid: Uuid) -> ApiResult<Partit
         return match crate::fork::restart_child(d, actor, &rec).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                if let Some(r) = d.remove_running(uuid) {
-                    r.expected_exit.store(true, Ordering::SeqCst);
-                    let _ = r.vm.kill().await;
-                }
-                let now = reload(d, uuid).await?;
-                if now.run_state.is_active() {
-                    let patch = PartitionPatch {
-                        run_state: Some(RunState::Stopped),
-                        pid: Some(None),
-                        last_exit: Some(Some(format!("failed to start: {}", e.message))),
-                        ..Default::default()
-                    };
-                    let ops = Op::release(uuid, &active_part(&now.demand));
-                    commit(
-                        d,
-                        actor,
-                        format!("start of {} failed", now.name),
-                        &now,
-                        patch,
-                        ops,
-                    )
-                    .await?;
-                }
+                abandon_start(d, actor, uuid, "start", &e.message).await?;
                 Err(e)
             }
         };
     }
     let spec = convert::vm_spec(&rec, &d.paths)?;
     launched(d, actor, rec, d.engine.boot(&spec).await).await
+}
+
+/// Ends a start that failed after its resources were reserved: kills the
+/// VM if it got as far as running, and moves the partition back to stopped
+/// in one transaction that returns its memory, vCPUs and NICs. The caller
+/// holds the partition lock.
+pub async fn abandon_start(
+    d: &Daemon,
+    actor: &str,
+    uuid: Uuid,
+    what: &str,
+    why: &str,
+) -> ApiResult<()> {
+    if let Some(r) = d.remove_running(uuid) {
+        r.expected_exit.store(true, Ordering::SeqCst);
+        let _ = r.vm.kill().await;
+    }
+    let now = reload(d, uuid).await?;
+    if now.run_state.is_active() {
+        let patch = PartitionPatch {
+            run_state: Some(RunState::Stopped),
+            pid: Some(None),
+            last_exit: Some(Some(format!("failed to {what}: {why}"))),
+            ..Default::default()
+        };
+        let ops = Op::release(uuid, &active_part(&now.demand));
+        commit(
+            d,
+            actor,
+            format!("{what} of {} failed", now.name),
+            &now,
+            patch,
+            ops,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Finishes a start or restore: records the running VM, or gives the

@@ -117,28 +117,6 @@ pub struct IncomingChild {
     vm: Vm,
 }
 
-impl IncomingChild {
-    /// Its name (run directory).
-    pub fn name(&self) -> &str {
-        self.vm.name()
-    }
-
-    /// Whether its QEMU is still alive.
-    pub fn is_alive(&self) -> bool {
-        self.vm.exit_status().is_none()
-    }
-
-    /// The QEMU pid.
-    pub fn pid(&self) -> u32 {
-        self.vm.pid()
-    }
-
-    /// Kills the waiting QEMU (a pool shrinking, a template going away).
-    pub async fn discard(self) {
-        let _ = self.vm.kill().await;
-    }
-}
-
 impl QemuEngine {
     /// Turns `vm`, whose agent waits at its fork point, into a template in
     /// `dir`: stops it, saves its device state with x-ignore-shared, keeps
