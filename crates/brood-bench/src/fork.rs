@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use brood_engine::qemu::fork::Template;
-use brood_engine::{Engine, QemuConfig, QemuEngine, VmSpec};
+use brood_engine::{QemuConfig, QemuEngine, VmSpec};
 use serde_json::{Value, json};
 
 use crate::api::{Conn, pct, wait_socket};

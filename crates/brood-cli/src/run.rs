@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use brood_engine::{
-    AccelChoice, DiskFormat, DiskSpec, Engine, EngineError, ExitKind, Machine, NicBackend, NicSpec,
+    AccelChoice, DiskFormat, DiskSpec, EngineError, ExitKind, Machine, NicBackend, NicSpec,
     QemuConfig, QemuEngine, Vm, VmSpec,
 };
 use brood_proto::{ExecRequest, Stream};

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use brood_e2e::{Bridge, TestEnv, brood_taps, run, wait_until};
-use brood_engine::{DiskSpec, Engine, ExitKind, Machine, NicBackend, NicSpec, VmStatus};
+use brood_engine::{DiskSpec, ExitKind, Machine, NicBackend, NicSpec, VmStatus};
 use brood_proto::{Command, ErrorKind, ExecRequest};
 
 const READY: Duration = Duration::from_secs(60);

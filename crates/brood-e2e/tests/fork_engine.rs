@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use brood_e2e::TestEnv;
-use brood_engine::{Engine, Vm};
+use brood_engine::Vm;
 use brood_proto::ExecRequest;
 
 const READY: Duration = Duration::from_secs(60);

@@ -1,9 +1,10 @@
 //! brood's VM engine: the narrow interface everything above it uses to run
 //! VMs, and its QEMU backend.
 //!
-//! The [`Engine`] trait creates VMs ([`Engine::boot`], [`Engine::restore`]);
-//! the [`Vm`] handle it returns runs the operations on a live VM and owns
-//! every host resource the VM uses, releasing them when dropped. A VM is
+//! The [`Engine`] trait creates VMs ([`Engine::boot`], [`Engine::restore`],
+//! [`Engine::fork`]...); the [`VmHandle`] it returns runs the operations on
+//! a live VM. The QEMU backend's handle, [`Vm`], owns every host resource
+//! the VM uses and releases them when dropped. A VM is
 //! described by a [`VmSpec`]; the QEMU command line is derived from it by a
 //! pure function (`qemu::argv`). The engine never touches the ledger: what a
 //! VM is allowed to use is decided above it, in broodd.
@@ -14,45 +15,152 @@ pub mod agent;
 pub mod cgroup;
 pub mod console;
 mod error;
+mod handle;
 pub mod host;
 pub mod net;
 pub mod qemu;
 pub mod spec;
+pub mod template;
 mod vm;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 pub use agent::{AgentClient, ExecOutput};
 pub use cgroup::Limits;
 pub use error::EngineError;
+pub use handle::{BoxedVm, VmHandle};
 pub use host::Accel;
 pub use qemu::{QemuConfig, QemuEngine};
 pub use spec::{AccelChoice, DiskFormat, DiskSpec, MacAddr, Machine, NicBackend, NicSpec, VmSpec};
+pub use template::Template;
 pub use vm::{ExitKind, Vm, VmExit, VmStatus};
 
+/// The accelerator family VMs get when their spec leaves it to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelKind {
+    /// Hardware virtualization (KVM).
+    Kvm,
+    /// Software emulation (QEMU's TCG).
+    Tcg,
+}
+
+impl AccelKind {
+    /// "kvm" or "tcg".
+    pub fn name(self) -> &'static str {
+        match self {
+            AccelKind::Kvm => "kvm",
+            AccelKind::Tcg => "tcg",
+        }
+    }
+}
+
 /// What an engine can do on this host, checked when work is admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineCaps {
-    /// Hardware virtualization is usable.
+    /// The engine's name ("qemu").
+    pub engine: &'static str,
+    /// The accelerator VMs run with by default here.
+    pub accel: AccelKind,
+    /// Hardware virtualization is usable (vmx/svm and /dev/kvm).
     pub kvm: bool,
     /// Full VM state can be saved to a file and restored.
     pub save_restore: bool,
+    /// Running VMs can be frozen into templates and forked.
+    pub fork: bool,
+    /// A forked child can be moved into memory of its own (to become a template).
+    pub rehost: bool,
+    /// VMs started by an earlier process can be taken over.
+    pub attach: bool,
+    /// Most vCPUs one VM may have.
+    pub max_vcpus: u32,
 }
 
-/// Creates VMs. Operations on a live VM are methods of [`Vm`].
+/// A VM process of this engine found running on the host, by what it is
+/// (not by a pid anyone recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundVm {
+    /// The VM's name (its spec's `name`).
+    pub name: String,
+    /// Its process id.
+    pub pid: i32,
+}
+
+/// Runs VMs: creates them, and does what needs the engine on top of a live
+/// one (templates, forks, re-hosting). Operations on one live VM are on the
+/// [`VmHandle`] it returns. Defaults answer `Unsupported`.
 #[async_trait]
 pub trait Engine: Send + Sync + std::fmt::Debug {
     /// What this engine supports here.
     fn caps(&self) -> EngineCaps;
 
-    /// Boots a VM from its spec.
-    async fn boot(&self, spec: &VmSpec) -> Result<Vm, EngineError>;
+    /// Where the per-VM run directories live.
+    fn run_root(&self) -> PathBuf;
 
-    /// Starts a VM from a state file written by [`Vm::save`]; `spec` must
-    /// describe the same devices.
-    async fn restore(&self, _spec: &VmSpec, _state: &Path) -> Result<Vm, EngineError> {
+    /// Boots a VM from its spec.
+    async fn boot(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError>;
+
+    /// Starts a VM from a state file written by [`VmHandle::save`]; `spec`
+    /// must describe the same devices.
+    async fn restore(&self, _spec: &VmSpec, _state: &Path) -> Result<BoxedVm, EngineError> {
         Err(EngineError::Unsupported { op: "restore" })
+    }
+
+    /// Takes charge of a VM started with `spec` by an earlier process.
+    async fn attach(&self, _spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Err(EngineError::Unsupported { op: "attach" })
+    }
+
+    /// The VMs of this engine running on the host now.
+    fn find_vms(&self) -> Vec<FoundVm> {
+        Vec::new()
+    }
+
+    /// Kills a VM process [`Engine::find_vms`] found (one nobody owns).
+    fn kill_found(&self, _vm: &FoundVm) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "kill a found VM",
+        })
+    }
+
+    /// Removes the run directories of VMs `keep` does not name.
+    fn remove_run_dirs(&self, _keep: &(dyn Fn(&str) -> bool + Sync)) {}
+
+    /// Turns `vm`, whose agent waits at its fork point, into a template in
+    /// `dir`; the VM ends.
+    async fn save_template(
+        &self,
+        _vm: &dyn VmHandle,
+        _dir: &Path,
+    ) -> Result<Template, EngineError> {
+        Err(EngineError::Unsupported {
+            op: "save a template",
+        })
+    }
+
+    /// Reads a template back from its directory.
+    fn load_template(&self, dir: &Path) -> Result<Template, EngineError> {
+        Template::load(dir)
+    }
+
+    /// Starts a child of `tpl` with `spec` (from [`Template::child_spec`]):
+    /// the guest resumes inside its agent's fork-point wait, with its NICs
+    /// off the network until [`Engine::join_networks`].
+    async fn fork(&self, _tpl: &Template, _spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Err(EngineError::Unsupported { op: "fork" })
+    }
+
+    /// Connects a forked child's NICs to their networks.
+    fn join_networks(&self, _vm: &dyn VmHandle) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "join networks",
+        })
+    }
+
+    /// Moves a forked child into a VM whose memory is its own, returned
+    /// paused; the old one ends.
+    async fn rehost(&self, _vm: &dyn VmHandle, _spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Err(EngineError::Unsupported { op: "re-host" })
     }
 }

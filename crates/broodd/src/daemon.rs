@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use brood_api::{Event, EventKind};
-use brood_engine::{QemuEngine, Vm};
+use brood_engine::{BoxedVm, Engine};
 use brood_ledger::{Ledger, PartitionRecord};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -80,7 +80,7 @@ impl Paths {
 #[derive(Debug)]
 pub struct Running {
     /// The VM.
-    pub vm: Vm,
+    pub vm: BoxedVm,
     /// Set by an operation that ends the VM on purpose (stop, kill, save,
     /// delete), so the supervisor does not treat the exit as a crash.
     pub expected_exit: AtomicBool,
@@ -102,7 +102,7 @@ pub struct Daemon {
     /// The ledger.
     pub ledger: Ledger,
     /// The VM engine.
-    pub engine: QemuEngine,
+    pub engine: Arc<dyn Engine>,
     /// The API token.
     pub token: String,
     /// vCPUs of capacity per host CPU.
@@ -130,7 +130,7 @@ impl Daemon {
     pub fn new(
         paths: Paths,
         ledger: Ledger,
-        engine: QemuEngine,
+        engine: Arc<dyn Engine>,
         token: String,
         vcpu_overcommit: f64,
     ) -> Self {

@@ -348,7 +348,7 @@ pub async fn run_child(
     // A partition's VM now: it outlives broodd.
     vm.set_kill_on_drop(false);
     let started = async {
-        d.engine.attach_child_nics(&vm)?;
+        d.engine.join_networks(vm.as_ref())?;
         vm.resume().await
     }
     .await;

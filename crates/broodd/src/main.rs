@@ -8,31 +8,18 @@
 //! serving and exits; the VMs keep running and the next broodd attaches to
 //! them again.
 
-mod api;
-mod convert;
-mod daemon;
-mod error;
-mod fork;
-mod ops;
-mod pool;
-mod reconcile;
-mod supervise;
-mod template;
-mod verify;
-
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use brood_engine::{QemuConfig, QemuEngine};
-use brood_ledger::{Ledger, Resources};
+use brood_ledger::Resources;
 use clap::Parser;
 use tracing::info;
 
-use crate::daemon::{Daemon, Paths};
+use broodd::{Broodd, Config, Paths};
 
 /// mimalloc instead of glibc malloc: the API path allocates many small
 /// objects from many threads, and glibc's arenas spent a quarter of broodd's
@@ -124,32 +111,20 @@ async fn run(args: Args) -> Result<()> {
     }
     let token = token(&paths.token())?;
     let capacity = capacity(&args, &data);
-    let ledger = Ledger::open(&paths.ledger(), capacity)
-        .await
-        .context("open the ledger")?;
-    if ledger.capacity().await? != capacity
-        && (args.memory_mib.is_some() || args.disk_gib.is_some())
-    {
-        ledger
-            .set_capacity(capacity)
-            .await
-            .context("change the host's capacity")?;
-    }
     let mut cfg = QemuConfig::detect();
     cfg.run_root = run;
-    let d = Arc::new(Daemon::new(
-        paths.clone(),
-        ledger,
-        QemuEngine::new(cfg),
-        token,
-        args.vcpu_overcommit,
-    ));
-    template::load_all(&d).await.context("load the templates")?;
-    reconcile::run(&d)
-        .await
-        .context("reconcile the ledger with running VMs")?;
-    template::refill_all(&d);
-    let app = api::router(d.clone());
+    let broodd = Broodd::start(
+        Config {
+            paths: paths.clone(),
+            capacity,
+            set_capacity: args.memory_mib.is_some() || args.disk_gib.is_some(),
+            vcpu_overcommit: args.vcpu_overcommit,
+            token,
+        },
+        Arc::new(QemuEngine::new(cfg)),
+    )
+    .await?;
+    let app = broodd.router();
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -182,12 +157,7 @@ async fn run(args: Args) -> Result<()> {
             let _ = std::fs::remove_file(&sock);
         }
     }
-    d.stopping.store(true, Ordering::SeqCst);
-    // Pool children are broodd's cache, not anyone's VMs: they go with it
-    // (a killed broodd leaves them to the next start, which kills them).
-    for t in d.all_templates() {
-        t.drain(&d).await;
-    }
+    broodd.shutdown().await;
     info!("stopped serving; VMs keep running");
     Ok(())
 }

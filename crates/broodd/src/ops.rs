@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use brood_api as api;
-use brood_engine::{Engine, ExitKind, VmExit};
+use brood_engine::{BoxedVm, ExitKind, VmExit};
 use brood_ledger::{
     Op, PartitionExpect, PartitionPatch, PartitionRecord, Resources, RunState, Stage, Tx,
 };
@@ -361,7 +361,7 @@ async fn launched(
     d: &Arc<Daemon>,
     actor: &str,
     rec: PartitionRecord,
-    vm: Result<brood_engine::Vm, brood_engine::EngineError>,
+    vm: Result<BoxedVm, brood_engine::EngineError>,
 ) -> ApiResult<PartitionRecord> {
     let (back_to, restore) = match rec.pending_op.as_deref() {
         Some("restore") => (RunState::Saved, true),
@@ -558,7 +558,7 @@ pub const CONSOLE_HISTORY: usize = 1 << 20;
 
 /// The console output of a VM's current run (its log lives in the run directory).
 pub async fn current_console(running: &Running) -> Vec<u8> {
-    let log = running.vm.console().log_path().to_path_buf();
+    let log = running.vm.console_log();
     let mut text = tokio::fs::read(log.with_extension("log.1"))
         .await
         .unwrap_or_default();

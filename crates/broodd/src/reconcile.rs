@@ -28,10 +28,11 @@ const ACTOR: &str = "reconcile";
 
 /// Reconciles the ledger with the processes on the host.
 pub async fn run(d: &Arc<Daemon>) -> anyhow::Result<()> {
-    let run_root = d.engine.config().run_root.clone();
-    let mut qemus: HashMap<String, i32> = brood_engine::qemu::process::find_qemus(&run_root)
+    let mut qemus: HashMap<String, brood_engine::FoundVm> = d
+        .engine
+        .find_vms()
         .into_iter()
-        .map(|(pid, name)| (name, pid))
+        .map(|v| (v.name.clone(), v))
         .collect();
     let records = d.ledger.all_partitions().await?;
     let mut kept = std::collections::HashSet::new();
@@ -47,21 +48,12 @@ pub async fn run(d: &Arc<Daemon>) -> anyhow::Result<()> {
         }
     }
     // QEMUs that belong to no active partition.
-    for (name, pid) in qemus {
-        warn!(vm = %name, pid, "killing a QEMU no partition owns");
-        let _ =
-            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    for (name, vm) in qemus {
+        warn!(vm = %name, pid = vm.pid, "killing a QEMU no partition owns");
+        kill(d, &vm);
     }
     // Run directories of VMs that are gone.
-    if let Ok(dir) = std::fs::read_dir(&run_root) {
-        for e in dir.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !kept.contains(&n) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
+    d.engine.remove_run_dirs(&|n| kept.contains(n));
     // Template directories of templates that no longer exist.
     if let Ok(dir) = std::fs::read_dir(&d.paths.templates) {
         for e in dir.flatten() {
@@ -92,13 +84,13 @@ pub async fn run(d: &Arc<Daemon>) -> anyhow::Result<()> {
 async fn reconcile_one(
     d: &Arc<Daemon>,
     rec: PartitionRecord,
-    qemu: Option<i32>,
+    qemu: Option<brood_engine::FoundVm>,
 ) -> ApiResult<Option<Uuid>> {
     let uuid = rec.uuid;
     match rec.pending_op.as_deref() {
         Some("delete") => {
-            if let Some(pid) = qemu {
-                kill(pid);
+            if let Some(vm) = &qemu {
+                kill(d, vm);
             }
             let rec =
                 settle_inactive(d, rec, RunState::Stopped, "deleting when broodd stopped").await?;
@@ -118,8 +110,8 @@ async fn reconcile_one(
         }
         Some("fork") => {
             // A child whose fork did not finish: no half-made children.
-            if let Some(pid) = qemu {
-                kill(pid);
+            if let Some(vm) = &qemu {
+                kill(d, vm);
             }
             settle_inactive(d, rec, RunState::Stopped, "fork interrupted by a restart").await?;
             ops::remove(d, ACTOR, uuid, "its fork was interrupted by a restart").await?;
@@ -141,13 +133,13 @@ async fn reconcile_one(
         _ => {}
     }
     if !rec.run_state.is_active() {
-        if let Some(pid) = qemu {
-            warn!(partition = %rec.name, pid, "killing a QEMU of a partition that is {}", rec.run_state);
-            kill(pid);
+        if let Some(vm) = &qemu {
+            warn!(partition = %rec.name, pid = vm.pid, "killing a QEMU of a partition that is {}", rec.run_state);
+            kill(d, vm);
         }
         return Ok(None);
     }
-    let Some(pid) = qemu else {
+    let Some(found) = qemu else {
         let (to, why) = match rec.pending_op.as_deref() {
             Some("stop" | "kill") => (RunState::Stopped, "stopped while broodd was down"),
             Some("save") if d.paths.saved_state(uuid).exists() => (RunState::Saved, "state saved"),
@@ -161,7 +153,7 @@ async fn reconcile_one(
         return Ok(None);
     };
     if matches!(rec.pending_op.as_deref(), Some("stop" | "kill")) {
-        kill(pid);
+        kill(d, &found);
         settle_inactive(
             d,
             rec,
@@ -176,7 +168,7 @@ async fn reconcile_one(
         Ok(vm) => vm,
         Err(e) => {
             warn!(partition = %rec.name, "cannot attach to its QEMU ({e}); killing it");
-            kill(pid);
+            kill(d, &found);
             settle_inactive(
                 d,
                 rec,
@@ -266,7 +258,8 @@ async fn settle_inactive(
     Ok(r)
 }
 
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+fn kill(d: &Daemon, vm: &brood_engine::FoundVm) {
+    if let Err(e) = d.engine.kill_found(vm) {
+        warn!(vm = %vm.name, pid = vm.pid, "could not kill it: {e}");
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use brood_api as api;
 use brood_engine::DiskSpec;
-use brood_engine::qemu::fork::Template;
+use brood_engine::Template;
 use brood_ledger::{Op, PartitionPatch, PartitionRecord, Resources, RunState, Stage};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -110,7 +110,7 @@ pub struct Prepared {
     /// The future child's uuid.
     pub uuid: Uuid,
     /// The paused VM.
-    pub vm: brood_engine::Vm,
+    pub vm: brood_engine::BoxedVm,
 }
 
 /// A template's runtime state.
@@ -256,11 +256,7 @@ pub async fn prepare(
         .tpl
         .child_spec(&uuid.to_string(), disks)
         .map_err(|e| ApiError::engine("a child spec", &e))?;
-    let vm = async {
-        let inc = d.engine.prepare_child(&t.tpl, &spec).await?;
-        d.engine.start_child(&t.tpl, inc).await
-    }
-    .await;
+    let vm = d.engine.fork(&t.tpl, &spec).await;
     let mut vm = match vm {
         Ok(vm) => vm,
         Err(e) => {
@@ -423,12 +419,12 @@ pub async fn freeze(
         };
         rehosted = d
             .engine
-            .rehost(&running.vm, &spec)
+            .rehost(running.vm.as_ref(), &spec)
             .await
             .map_err(|e| ApiError::engine("re-host the child", &e))?;
-        &rehosted
+        rehosted.as_ref()
     } else {
-        &running.vm
+        running.vm.as_ref()
     };
     let saved = d.engine.save_template(source, &dir).await;
     ops::preserve_console(d, rec.uuid, &running).await;

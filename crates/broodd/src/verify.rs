@@ -41,8 +41,7 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
     checked.insert("ledger".into(), 1);
     // Re-read under the locks.
     let records = d.ledger.all_partitions().await?;
-    let run_root = d.engine.config().run_root.clone();
-    let qemus = brood_engine::qemu::process::find_qemus(&run_root);
+    let qemus = d.engine.find_vms();
     let mut active = 0u64;
     for rec in &records {
         if !rec.run_state.is_active() {
@@ -51,8 +50,8 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
         active += 1;
         let found: Vec<i32> = qemus
             .iter()
-            .filter(|(_, n)| *n == rec.uuid.to_string())
-            .map(|(p, _)| *p)
+            .filter(|v| v.name == rec.uuid.to_string())
+            .map(|v| v.pid)
             .collect();
         let recorded = rec.pid.and_then(|p| i32::try_from(p).ok());
         match (found.as_slice(), recorded) {
@@ -86,7 +85,7 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
         pooled.extend(t.pool_uuids().await.into_iter().map(|u| u.to_string()));
     }
     checked.insert("pooled_children".into(), pooled.len() as u64);
-    for (pid, name) in &qemus {
+    for brood_engine::FoundVm { pid, name } in &qemus {
         if pooled.contains(name) {
             continue;
         }

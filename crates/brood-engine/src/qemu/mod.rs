@@ -7,6 +7,7 @@
 //! whatever was started and removes what was created.
 
 pub mod argv;
+mod engine;
 mod exit;
 pub mod fork;
 pub mod process;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use brood_qmp::{MigrationStatus, QmpClient};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -27,6 +27,7 @@ use tracing::{debug, info, instrument};
 use self::argv::{AGENT_FD, CONSOLE_FD, FIRST_TAP_FD, Launch, LaunchDisk, LaunchNic, QMP_FD};
 use self::exit::ExitSource;
 use self::process::VmResources;
+use crate::EngineError;
 use crate::agent::AgentClient;
 use crate::cgroup::Cgroup;
 use crate::console::Console;
@@ -34,7 +35,6 @@ use crate::host;
 use crate::host::Accel;
 use crate::spec::{DiskFormat, NicBackend, VmSpec};
 use crate::vm::Vm;
-use crate::{Engine, EngineCaps, EngineError};
 
 /// How long QEMU gets to answer on QMP after it was spawned.
 const QMP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -418,20 +418,15 @@ fn nonce() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[async_trait]
-impl Engine for QemuEngine {
-    fn caps(&self) -> EngineCaps {
-        EngineCaps {
-            kvm: host::kvm_usable(),
-            save_restore: true,
-        }
-    }
-
-    async fn boot(&self, spec: &VmSpec) -> Result<Vm, EngineError> {
+impl QemuEngine {
+    /// Boots a VM from its spec.
+    pub async fn boot(&self, spec: &VmSpec) -> Result<Vm, EngineError> {
         self.launch(spec, false, None).await
     }
 
-    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<Vm, EngineError> {
+    /// Starts a VM from a state file written by [`Vm::save`]; `spec` must
+    /// describe the same devices.
+    pub async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<Vm, EngineError> {
         if !state.is_file() {
             return Err(EngineError::InvalidSpec(format!(
                 "state file {} does not exist",

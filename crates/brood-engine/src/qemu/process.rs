@@ -189,6 +189,13 @@ pub fn spawn(
     Ok(child)
 }
 
+/// Kills a QEMU found by [`find_qemus`]: its process group, then the
+/// process itself (in case it left the group).
+pub fn kill_group(pid: i32) {
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
 /// Every process whose command line names a directory under `run_root`,
 /// with the name of that directory: the QEMUs of VMs started there, found
 /// by what they are rather than by pid files that a crash may not have

@@ -136,12 +136,7 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
     Ok(Json(HostInfo {
         hostname,
         version: env!("CARGO_PKG_VERSION").into(),
-        accel: if brood_engine::host::kvm_usable() {
-            "kvm"
-        } else {
-            "tcg"
-        }
-        .into(),
+        accel: d.engine.caps().accel.name().into(),
         capacity: resources_out(&capacity),
         used: resources_out(&used),
         available: resources_out(&available),
@@ -149,7 +144,7 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
         partitions: records.len() as u64,
         active: records.iter().filter(|r| r.run_state.is_active()).count() as u64,
         data_dir: d.paths.data.display().to_string(),
-        run_dir: d.engine.config().run_root.display().to_string(),
+        run_dir: d.engine.run_root().display().to_string(),
     }))
 }
 

@@ -1,0 +1,110 @@
+//! `VmHandle`: the operations on one live VM, as broodd sees them, whatever
+//! engine runs it. The QEMU backend's [`Vm`] implements it by delegating to
+//! its own methods; a test engine implements it with a model of a VM. An
+//! engine that needs its own handle back (to save a template of it, or to
+//! re-host it) downcasts through [`VmHandle::as_any`].
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use brood_proto::Ready;
+
+use crate::EngineError;
+use crate::agent::AgentClient;
+use crate::spec::VmSpec;
+use crate::vm::{Vm, VmExit, VmStatus};
+
+/// A live VM, boxed behind the engine boundary.
+pub type BoxedVm = Box<dyn VmHandle>;
+
+/// The operations on one live VM.
+#[async_trait]
+pub trait VmHandle: Send + Sync + std::fmt::Debug + 'static {
+    /// The VM's name (broodd uses the partition's uuid).
+    fn name(&self) -> &str;
+    /// The spec it was started from.
+    fn spec(&self) -> &VmSpec;
+    /// The VMM process id (also its process group).
+    fn pid(&self) -> u32;
+    /// How the VM ended, if it has.
+    fn exit_status(&self) -> Option<VmExit>;
+    /// The guest agent; an error when the VM has no agent channel.
+    fn agent(&self) -> Result<&AgentClient, EngineError>;
+    /// The file the serial console is logged to during this run (the
+    /// newest bytes; an older rotation sits beside it as `.log.1`).
+    fn console_log(&self) -> PathBuf;
+    /// Whether dropping the handle kills the VM.
+    fn set_kill_on_drop(&mut self, kill: bool);
+    /// The concrete handle, for the engine that made it.
+    fn as_any(&self) -> &dyn Any;
+    /// Waits for the VM to end.
+    async fn wait_exit(&self) -> VmExit;
+    /// Waits for the agent's `Ready`, failing early if the VM ends first.
+    async fn wait_ready(&self, timeout: Duration) -> Result<Ready, EngineError>;
+    /// Stops the vCPUs.
+    async fn pause(&self) -> Result<(), EngineError>;
+    /// Continues the vCPUs.
+    async fn resume(&self) -> Result<(), EngineError>;
+    /// The run state the VMM reports.
+    async fn status(&self) -> Result<VmStatus, EngineError>;
+    /// Saves the whole VM state to `path`; the VM is left paused.
+    async fn save(&self, path: &Path) -> Result<(), EngineError>;
+    /// Powers the guest off, killing it after `deadline`.
+    async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError>;
+    /// Kills the VM at once and waits until it is gone.
+    async fn kill(&self) -> Result<VmExit, EngineError>;
+}
+
+#[async_trait]
+impl VmHandle for Vm {
+    fn name(&self) -> &str {
+        Vm::name(self)
+    }
+    fn spec(&self) -> &VmSpec {
+        Vm::spec(self)
+    }
+    fn pid(&self) -> u32 {
+        Vm::pid(self)
+    }
+    fn exit_status(&self) -> Option<VmExit> {
+        Vm::exit_status(self)
+    }
+    fn agent(&self) -> Result<&AgentClient, EngineError> {
+        Vm::agent(self)
+    }
+    fn console_log(&self) -> PathBuf {
+        self.console().log_path().to_path_buf()
+    }
+    fn set_kill_on_drop(&mut self, kill: bool) {
+        Vm::set_kill_on_drop(self, kill);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    async fn wait_exit(&self) -> VmExit {
+        Vm::wait_exit(self).await
+    }
+    async fn wait_ready(&self, timeout: Duration) -> Result<Ready, EngineError> {
+        Vm::wait_ready(self, timeout).await
+    }
+    async fn pause(&self) -> Result<(), EngineError> {
+        Vm::pause(self).await
+    }
+    async fn resume(&self) -> Result<(), EngineError> {
+        Vm::resume(self).await
+    }
+    async fn status(&self) -> Result<VmStatus, EngineError> {
+        Vm::status(self).await
+    }
+    async fn save(&self, path: &Path) -> Result<(), EngineError> {
+        Vm::save(self, path).await
+    }
+    async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError> {
+        Vm::shutdown(self, deadline).await
+    }
+    async fn kill(&self) -> Result<VmExit, EngineError> {
+        Vm::kill(self).await
+    }
+}

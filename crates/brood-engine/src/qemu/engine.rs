@@ -1,0 +1,100 @@
+//! The QEMU backend behind the [`Engine`] boundary: each trait method
+//! delegates to `QemuEngine`'s own, downcasting a [`VmHandle`] to the
+//! QEMU [`Vm`] where an operation needs QEMU's side of it (QMP, taps).
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{QemuEngine, process};
+use crate::handle::{BoxedVm, VmHandle};
+use crate::host;
+use crate::spec::VmSpec;
+use crate::template::Template;
+use crate::vm::Vm;
+use crate::{AccelKind, Engine, EngineCaps, EngineError, FoundVm};
+
+/// The QEMU VM behind a handle, or an error naming the operation.
+fn qemu_vm<'a>(vm: &'a dyn VmHandle, op: &'static str) -> Result<&'a Vm, EngineError> {
+    vm.as_any()
+        .downcast_ref::<Vm>()
+        .ok_or(EngineError::InvalidState {
+            op,
+            state: "run by another engine".into(),
+        })
+}
+
+#[async_trait]
+impl Engine for QemuEngine {
+    fn caps(&self) -> EngineCaps {
+        let kvm = host::kvm_usable();
+        EngineCaps {
+            engine: "qemu",
+            accel: if kvm { AccelKind::Kvm } else { AccelKind::Tcg },
+            kvm,
+            save_restore: true,
+            fork: true,
+            rehost: true,
+            attach: true,
+            max_vcpus: crate::spec::MAX_VCPUS,
+        }
+    }
+
+    fn run_root(&self) -> PathBuf {
+        self.config().run_root.clone()
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Ok(Box::new(QemuEngine::boot(self, spec).await?))
+    }
+
+    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<BoxedVm, EngineError> {
+        Ok(Box::new(QemuEngine::restore(self, spec, state).await?))
+    }
+
+    async fn attach(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Ok(Box::new(QemuEngine::attach(self, spec).await?))
+    }
+
+    fn find_vms(&self) -> Vec<FoundVm> {
+        process::find_qemus(&self.config().run_root)
+            .into_iter()
+            .map(|(pid, name)| FoundVm { name, pid })
+            .collect()
+    }
+
+    fn kill_found(&self, vm: &FoundVm) -> Result<(), EngineError> {
+        process::kill_group(vm.pid);
+        Ok(())
+    }
+
+    fn remove_run_dirs(&self, keep: &(dyn Fn(&str) -> bool + Sync)) {
+        let Ok(dir) = std::fs::read_dir(&self.config().run_root) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if !keep(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    async fn save_template(&self, vm: &dyn VmHandle, dir: &Path) -> Result<Template, EngineError> {
+        QemuEngine::save_template(self, qemu_vm(vm, "make a template of")?, dir).await
+    }
+
+    async fn fork(&self, tpl: &Template, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        let incoming = self.prepare_child(tpl, spec).await?;
+        Ok(Box::new(self.start_child(tpl, incoming).await?))
+    }
+
+    fn join_networks(&self, vm: &dyn VmHandle) -> Result<(), EngineError> {
+        self.attach_child_nics(qemu_vm(vm, "connect the NICs of")?)
+    }
+
+    async fn rehost(&self, vm: &dyn VmHandle, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Ok(Box::new(
+            QemuEngine::rehost(self, qemu_vm(vm, "re-host")?, spec).await?,
+        ))
+    }
+}
