@@ -23,7 +23,7 @@ use crate::VERSION;
 use crate::net::NetError;
 
 /// Longest hostname the agent accepts.
-pub const MAX_HOSTNAME: usize = 64;
+pub const MAX_HOSTNAME: usize = brood_proto::hostname::MAX_LEN;
 
 /// Errors of machine-wide actions.
 #[derive(Debug, thiserror::Error)]
@@ -265,15 +265,9 @@ impl Machine for LinuxMachine {
     }
 }
 
-/// Checks a hostname: 1-64 characters of `[A-Za-z0-9-.]`, not starting with `-`.
+/// Checks a hostname with the rule the host checks too (`brood_proto::hostname`).
 pub fn validate_hostname(name: &str) -> Result<(), SystemError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_HOSTNAME
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if valid {
+    if brood_proto::hostname::is_valid(name) {
         Ok(())
     } else {
         Err(SystemError::InvalidHostname {

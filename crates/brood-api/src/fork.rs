@@ -15,9 +15,9 @@ pub struct TemplateCreateRequest {
     /// The template's name; the VM's own name when absent (the VM becomes the template).
     #[serde(default)]
     pub name: Option<String>,
-    /// Child QEMUs kept started and waiting for a fork (default 2, at most 64).
-    #[serde(default)]
-    pub pool_size: Option<u32>,
+    /// Warm children kept started and waiting for a fork (default 2, at most 64).
+    #[serde(default, alias = "pool_size")]
+    pub warm: Option<u32>,
 }
 
 /// A template.
@@ -41,10 +41,10 @@ pub struct Template {
     pub children: Vec<String>,
     /// Templates derived from its children.
     pub derived: Vec<String>,
-    /// Child QEMUs waiting in the pool.
-    pub pool_ready: u32,
-    /// Pool size it is refilled to.
-    pub pool_size: u32,
+    /// Warm children waiting now.
+    pub warm_ready: u32,
+    /// Warm children it is refilled to.
+    pub warm: u32,
     /// Its frozen disks (the children's overlays are backed by them).
     pub disks: Vec<String>,
     /// When it was made (RFC 3339).
@@ -145,21 +145,21 @@ pub struct ForkResponse {
 /// Kind of identity pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum PoolKind {
+pub enum IdentityPoolKind {
     /// Opaque domain identities.
     Identity,
     /// IPv4 addresses with a prefix and gateway.
     Ipv4,
 }
 
-/// Body of `POST /v1/pools`.
+/// Body of `POST /v1/identity-pools`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PoolCreateRequest {
+pub struct IdentityPoolCreateRequest {
     /// Name: 1-64 characters of `[a-z0-9_.-]`.
     pub name: String,
     /// Kind.
-    pub kind: PoolKind,
+    pub kind: IdentityPoolKind,
     /// The identities (kind `identity`).
     #[serde(default)]
     pub values: Vec<String>,
@@ -176,11 +176,11 @@ pub struct PoolCreateRequest {
 
 /// An identity pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Pool {
+pub struct IdentityPool {
     /// Name.
     pub name: String,
     /// Kind.
-    pub kind: PoolKind,
+    pub kind: IdentityPoolKind,
     /// Number of values.
     pub size: u64,
     /// Values not held by any child.
@@ -189,14 +189,14 @@ pub struct Pool {
     pub prefix: Option<u8>,
     /// Gateway (ipv4).
     pub gateway: Option<String>,
-    /// Each value and who holds it (on `GET /v1/pools/{name}` only).
+    /// Each value and who holds it (on `GET /v1/identity-pools/{name}` only).
     #[serde(default)]
-    pub items: Vec<PoolItem>,
+    pub items: Vec<IdentityPoolItem>,
 }
 
 /// One value of a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct PoolItem {
+pub struct IdentityPoolItem {
     /// The value.
     pub value: String,
     /// The partition holding it.
@@ -205,7 +205,7 @@ pub struct PoolItem {
 
 /// A list of pools.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct PoolList {
+pub struct IdentityPoolList {
     /// The pools, by name.
-    pub items: Vec<Pool>,
+    pub items: Vec<IdentityPool>,
 }

@@ -30,4 +30,27 @@ pub struct HostInfo {
     pub data_dir: String,
     /// Where VM run directories (memory files, sockets) live.
     pub run_dir: String,
+    /// What the engine supports on this host.
+    pub engine: EngineInfo,
+}
+
+/// What the VM engine supports on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EngineInfo {
+    /// The engine (`qemu`).
+    pub name: String,
+    /// Accelerator VMs get by default: `kvm` or `tcg`.
+    pub accel: String,
+    /// Hardware virtualization is usable here.
+    pub kvm: bool,
+    /// VM state can be saved and restored.
+    pub save_restore: bool,
+    /// Running VMs can become templates and be forked.
+    pub fork: bool,
+    /// A forked child can become a template in turn.
+    pub rehost: bool,
+    /// VMs survive a restart of broodd, which takes them over again.
+    pub attach: bool,
+    /// Most vCPUs one VM may have.
+    pub max_vcpus: u32,
 }

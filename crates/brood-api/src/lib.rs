@@ -17,10 +17,11 @@ pub mod partition;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventKind};
 pub use fork::{
-    ChildStatus, ForkChild, ForkRequest, ForkResponse, Pool, PoolCreateRequest, PoolItem, PoolKind,
-    PoolList, Template, TemplateCreateRequest, TemplateList,
+    ChildStatus, ForkChild, ForkRequest, ForkResponse, IdentityPool, IdentityPoolCreateRequest,
+    IdentityPoolItem, IdentityPoolKind, IdentityPoolList, Template, TemplateCreateRequest,
+    TemplateList,
 };
-pub use host::HostInfo;
+pub use host::{EngineInfo, HostInfo};
 pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
 };

@@ -108,7 +108,7 @@ impl Daemon {
 
     fn wait_pool(&self, tpl: &str, size: u64) -> Result<()> {
         let t0 = Instant::now();
-        while self.call("GET", &format!("/v1/templates/{tpl}"), None)?["pool_ready"].as_u64()
+        while self.call("GET", &format!("/v1/templates/{tpl}"), None)?["warm_ready"].as_u64()
             != Some(size)
         {
             if t0.elapsed() > Duration::from_secs(300) {
@@ -148,7 +148,7 @@ pub fn fork(runs: usize, pool: u64, broodd: &Path, image: &Path) -> Result<()> {
     let tpl = d.call(
         "POST",
         "/v1/templates",
-        Some(&json!({"vm": "tpl", "pool_size": pool})),
+        Some(&json!({"vm": "tpl", "warm": pool})),
     )?;
     let uuid = tpl["uuid"].as_str().context("template uuid")?.to_string();
     eprintln!(

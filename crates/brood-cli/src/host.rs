@@ -52,6 +52,25 @@ pub fn show(h: &HostInfo) -> String {
         ),
         ("data dir", h.data_dir.clone()),
         ("run dir", h.run_dir.clone()),
+        (
+            "engine",
+            format!(
+                "{} ({}{}{}{})",
+                h.engine.name,
+                h.engine.accel,
+                if h.engine.save_restore {
+                    ", save/restore"
+                } else {
+                    ""
+                },
+                if h.engine.fork { ", fork" } else { "" },
+                if h.engine.attach {
+                    ", survives broodd restarts"
+                } else {
+                    ""
+                },
+            ),
+        ),
     ])
 }
 
@@ -81,6 +100,16 @@ mod tests {
             active: 1,
             data_dir: "/var/lib/brood".into(),
             run_dir: "/run/brood".into(),
+            engine: brood_api::EngineInfo {
+                name: "qemu".into(),
+                accel: "kvm".into(),
+                kvm: true,
+                save_restore: true,
+                fork: true,
+                rehost: true,
+                attach: true,
+                max_vcpus: 64,
+            },
         };
         let s = show(&h);
         assert!(s.starts_with("hostname    box\n"), "{s}");

@@ -11,10 +11,10 @@ mod events;
 mod exec;
 mod fork;
 mod host;
+mod identity_pool;
 mod image;
 mod ledger;
 mod paths;
-mod pool;
 mod render;
 mod run;
 mod template;
@@ -80,7 +80,7 @@ enum Cmd {
     #[command(
         subcommand,
         after_help = "Examples:
-  brood template create web --pool 4
+  brood template create web --warm 4
   brood template list
   brood fork web -n 10
   brood template delete web --cascade"
@@ -92,12 +92,12 @@ enum Cmd {
     #[command(
         subcommand,
         after_help = "Examples:
-  brood pool create lan --ipv4 10.0.0.10-10.0.0.50 --gateway 10.0.0.1
-  brood pool create hosts --identities-file hosts.txt
-  brood pool show lan
+  brood identity-pool create lan --ipv4 10.0.0.10-10.0.0.50 --gateway 10.0.0.1
+  brood identity-pool create hosts --identities-file hosts.txt
+  brood identity-pool show lan
   brood fork web -n 5 --ip-pool lan --identity-pool hosts"
     )]
-    Pool(pool::PoolCmd),
+    IdentityPool(identity_pool::IdentityPoolCmd),
     /// Inspect broodd's resource ledger.
     #[command(
         subcommand,
@@ -177,7 +177,12 @@ fn main() {
             with_client(&conn, |c| async move { template::run(cmd, &c, out).await })
         }
         Cmd::Fork(args) => with_client(&conn, |c| async move { fork::run(args, &c, out).await }),
-        Cmd::Pool(cmd) => with_client(&conn, |c| async move { pool::run(cmd, &c, out).await }),
+        Cmd::IdentityPool(cmd) => {
+            with_client(
+                &conn,
+                |c| async move { identity_pool::run(cmd, &c, out).await },
+            )
+        }
         Cmd::Ledger(cmd) => with_client(&conn, |c| async move { ledger::run(cmd, &c, out).await }),
         Cmd::Host(cmd) => with_client(&conn, |c| async move { host::run(cmd, &c, out).await }),
         Cmd::Events(args) => {
@@ -224,7 +229,7 @@ mod tests {
                 "cascade",
                 "fork",
                 "identity-pool",
-                "pool",
+                "warm",
                 "identities-file",
                 "ipv4",
             ] {
@@ -258,15 +263,15 @@ mod tests {
     #[test]
     fn template_fork_and_pool_commands_parse() {
         let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
-        assert!(parse("brood template create web --name t --pool 4").is_ok());
-        assert!(parse("brood template create web --pool many").is_err());
+        assert!(parse("brood template create web --name t --warm 4").is_ok());
+        assert!(parse("brood template create web --warm many").is_err());
         assert!(parse("brood template delete t --cascade -o json").is_ok());
         assert!(parse("brood fork t -n 3 --set a=1 --set b=").is_ok());
         assert!(parse("brood fork t --set a").is_err());
         assert!(parse("brood fork t -n -1").is_err());
         assert!(parse("brood fork").is_err());
-        assert!(parse("brood pool create p --ipv4 10.0.0.1-9").is_ok());
-        assert!(parse("brood pool create p").is_err());
-        assert!(parse("brood pool show p -o json").is_ok());
+        assert!(parse("brood identity-pool create p --ipv4 10.0.0.1-9").is_ok());
+        assert!(parse("brood identity-pool create p").is_err());
+        assert!(parse("brood identity-pool show p -o json").is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! `brood template ...`: makes a running partition a template that children
 //! are forked from, and lists, shows and deletes templates. Forking itself
-//! is `brood fork` (`fork`); saving the state and keeping the pool of
-//! waiting child QEMUs is broodd's.
+//! is `brood fork` (`fork`); saving the state and keeping the template's
+//! warm children (child VMs waiting to be handed out) is broodd's.
 
 use anyhow::Result;
 use brood_api::{Template, TemplateCreateRequest, TemplateList};
@@ -17,7 +17,7 @@ pub enum TemplateCmd {
     /// Freeze a running partition into a template children are forked from.
     #[command(after_help = "Examples:
   brood template create web
-  brood template create web --name web-v2 --pool 8
+  brood template create web --name web-v2 --warm 8
   brood template create web -o json
 
 The VM is frozen and never runs again; without --name the template takes
@@ -28,16 +28,16 @@ its name.")]
         /// The template's name [default: the VM's].
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
-        /// Child QEMUs kept started and waiting for a fork [default: 2].
-        #[arg(long = "pool", value_name = "N")]
-        pool_size: Option<u32>,
+        /// Warm children: child VMs kept started and waiting for a fork [default: 2].
+        #[arg(long, value_name = "N")]
+        warm: Option<u32>,
     },
     /// List templates.
     #[command(after_help = "Examples:
   brood template list
   brood template list -o json")]
     List,
-    /// Show one template: memory, state, children, pool.
+    /// Show one template: memory, state, children, warm children.
     #[command(after_help = "Examples:
   brood template show web
   brood template show web -o json")]
@@ -68,15 +68,11 @@ fn template_path(name: &str) -> String {
 /// Runs a `brood template` command; returns the exit code.
 pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
-        TemplateCmd::Create {
-            vm,
-            name,
-            pool_size,
-        } => {
+        TemplateCmd::Create { vm, name, warm } => {
             let req = TemplateCreateRequest {
                 vm: vm.clone(),
                 name,
-                pool_size,
+                warm,
             };
             let t: Template = client.post("/v1/templates", &req).await?;
             match out {
@@ -122,17 +118,17 @@ pub fn created(t: &Template, vm: &str) -> String {
     )
 }
 
-/// The table of `brood template list`; POOL is ready/size.
+/// The table of `brood template list`; WARM is ready/target.
 pub fn list_table(items: &[Template]) -> String {
     let mut t =
-        Table::new(&["NAME", "MEMORY", "VCPUS", "CHILDREN", "POOL", "PARENT"]).right(&[1, 2, 3, 4]);
+        Table::new(&["NAME", "MEMORY", "VCPUS", "CHILDREN", "WARM", "PARENT"]).right(&[1, 2, 3, 4]);
     for tpl in items {
         t.row(vec![
             tpl.name.clone(),
             mib(tpl.memory_mib),
             tpl.vcpus.to_string(),
             tpl.children.len().to_string(),
-            format!("{}/{}", tpl.pool_ready, tpl.pool_size),
+            format!("{}/{}", tpl.warm_ready, tpl.warm),
             or_dash(tpl.parent.as_deref()),
         ]);
     }
@@ -148,7 +144,7 @@ pub fn show(t: &Template) -> String {
         ("memory", mib(t.memory_mib)),
         ("vcpus", t.vcpus.to_string()),
         ("state", format!("{} bytes", t.state_bytes)),
-        ("pool", format!("{} ready of {}", t.pool_ready, t.pool_size)),
+        ("warm", format!("{} ready of {}", t.warm_ready, t.warm)),
     ];
     push_list(&mut kv, "children", &t.children);
     push_list(&mut kv, "derived", &t.derived);
@@ -182,8 +178,8 @@ mod tests {
             fork_point: 1,
             children: children.iter().map(|c| (*c).to_string()).collect(),
             derived: Vec::new(),
-            pool_ready: 1,
-            pool_size: 2,
+            warm_ready: 1,
+            warm: 2,
             disks: vec!["/data/templates/web/root.qcow2".into()],
             created_at: "2025-01-01T00:00:00Z".into(),
         }
@@ -217,7 +213,7 @@ mod tests {
         assert!(s.starts_with("name      web\n"), "{s}");
         assert!(s.contains("parent    -\n"), "{s}");
         assert!(s.contains("state     1048576 bytes\n"), "{s}");
-        assert!(s.contains("pool      1 ready of 2\n"), "{s}");
+        assert!(s.contains("warm      1 ready of 2\n"), "{s}");
         assert!(s.contains("children  web-1\n          web-2\n"), "{s}");
         assert!(s.contains("derived   -\n"), "{s}");
         assert!(

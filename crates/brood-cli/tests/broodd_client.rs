@@ -16,8 +16,8 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use brood_api::{
     AuditLog, ChildStatus, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, ForkChild,
-    ForkResponse, Partition, PartitionConfig, PartitionList, Pool, PoolItem, PoolKind, Problem,
-    RunState, Stage, Template, TemplateList, VerifyReport,
+    ForkResponse, IdentityPool, IdentityPoolItem, IdentityPoolKind, Partition, PartitionConfig,
+    PartitionList, Problem, RunState, Stage, Template, TemplateList, VerifyReport,
 };
 use serde_json::{Value, json};
 
@@ -120,10 +120,10 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, req: Request) -> Resp
         ("DELETE", "/v1/templates/base?cascade=true") => StatusCode::NO_CONTENT.into_response(),
         ("POST", "/v1/templates/base/fork") => fork(&body, "base", None),
         ("POST", "/v1/templates/flaky/fork") => fork(&body, "flaky", Some(2)),
-        ("POST", "/v1/pools") => {
+        ("POST", "/v1/identity-pools") => {
             (StatusCode::CREATED, axum::Json(created_pool(&body))).into_response()
         }
-        ("GET", "/v1/pools/lan") => axum::Json(lan_pool()).into_response(),
+        ("GET", "/v1/identity-pools/lan") => axum::Json(lan_pool()).into_response(),
         ("POST", "/v1/partitions/web/exec") => axum::Json(ExecResponse {
             exit_code: Some(3),
             signal: None,
@@ -218,8 +218,8 @@ fn template(name: &str) -> Template {
         fork_point: 1,
         children: vec![format!("{name}-1"), format!("{name}-2")],
         derived: Vec::new(),
-        pool_ready: 2,
-        pool_size: 4,
+        warm_ready: 2,
+        warm: 4,
         disks: Vec::new(),
         created_at: "2025-01-01T00:00:00Z".into(),
     }
@@ -264,8 +264,8 @@ fn fork(req: &Value, template: &str, failing: Option<u32>) -> Response {
 }
 
 /// The pool a create request describes, every value free.
-fn created_pool(req: &Value) -> Pool {
-    let kind: PoolKind = serde_json::from_value(req["kind"].clone()).unwrap();
+fn created_pool(req: &Value) -> IdentityPool {
+    let kind: IdentityPoolKind = serde_json::from_value(req["kind"].clone()).unwrap();
     let size = match req["range"].as_str() {
         Some(range) => {
             let (first, last) = range.split_once('-').unwrap();
@@ -274,7 +274,7 @@ fn created_pool(req: &Value) -> Pool {
         }
         None => req["values"].as_array().unwrap().len() as u64,
     };
-    Pool {
+    IdentityPool {
         name: req["name"].as_str().unwrap().into(),
         kind,
         size,
@@ -285,24 +285,24 @@ fn created_pool(req: &Value) -> Pool {
     }
 }
 
-fn lan_pool() -> Pool {
-    Pool {
+fn lan_pool() -> IdentityPool {
+    IdentityPool {
         name: "lan".into(),
-        kind: PoolKind::Ipv4,
+        kind: IdentityPoolKind::Ipv4,
         size: 3,
         free: 2,
         prefix: Some(24),
         gateway: Some("10.0.0.1".into()),
         items: vec![
-            PoolItem {
+            IdentityPoolItem {
                 value: "10.0.0.10".into(),
                 holder: Some("base-1".into()),
             },
-            PoolItem {
+            IdentityPoolItem {
                 value: "10.0.0.11".into(),
                 holder: None,
             },
-            PoolItem {
+            IdentityPoolItem {
                 value: "10.0.0.12".into(),
                 holder: None,
             },
@@ -606,7 +606,7 @@ async fn template_create_sends_the_request() {
     let fake = Fake::start().await;
     let out = brood(
         fake.dir.path(),
-        &["template", "create", "web", "--name", "base", "--pool", "4"],
+        &["template", "create", "web", "--name", "base", "--warm", "4"],
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -630,11 +630,11 @@ async fn template_create_sends_the_request() {
     );
     assert_eq!(
         seen[0].body,
-        json!({"vm": "web", "name": "base", "pool_size": 4})
+        json!({"vm": "web", "name": "base", "warm": 4})
     );
     assert_eq!(
         seen[1].body,
-        json!({"vm": "web", "name": null, "pool_size": null})
+        json!({"vm": "web", "name": null, "warm": null})
     );
 }
 
@@ -797,7 +797,7 @@ async fn pool_create_sends_the_range_or_the_identities() {
     let out = brood(
         fake.dir.path(),
         &[
-            "pool",
+            "identity-pool",
             "create",
             "lan",
             "--ipv4",
@@ -812,7 +812,7 @@ async fn pool_create_sends_the_range_or_the_identities() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "created pool lan: ipv4, 41 values, 41 free\n"
+        "created identity pool lan: ipv4, 41 values, 41 free\n"
     );
 
     let file = fake.dir.path().join("hosts.txt");
@@ -820,7 +820,7 @@ async fn pool_create_sends_the_range_or_the_identities() {
     let out = brood(
         fake.dir.path(),
         &[
-            "pool",
+            "identity-pool",
             "create",
             "hosts",
             "--identities-file",
@@ -831,13 +831,13 @@ async fn pool_create_sends_the_range_or_the_identities() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "created pool hosts: identity, 2 values, 2 free\n"
+        "created identity pool hosts: identity, 2 values, 2 free\n"
     );
 
     let seen = fake.seen();
     assert_eq!(
         (seen[0].method.as_str(), seen[0].uri.as_str()),
-        ("POST", "/v1/pools")
+        ("POST", "/v1/identity-pools")
     );
     assert_eq!(
         seen[0].body,
@@ -866,7 +866,7 @@ async fn pool_create_sends_the_range_or_the_identities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_show_lists_values_and_holders() {
     let fake = Fake::start().await;
-    let out = brood(fake.dir.path(), &["pool", "show", "lan"]).await;
+    let out = brood(fake.dir.path(), &["identity-pool", "show", "lan"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
@@ -882,9 +882,13 @@ async fn pool_show_lists_values_and_holders() {
          10.0.0.11  -\n\
          10.0.0.12  -\n"
     );
-    let out = brood(fake.dir.path(), &["pool", "show", "lan", "-o", "json"]).await;
+    let out = brood(
+        fake.dir.path(),
+        &["identity-pool", "show", "lan", "-o", "json"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let p: Pool = serde_json::from_slice(&out.stdout).unwrap();
+    let p: IdentityPool = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(p, lan_pool());
 }
 

@@ -79,14 +79,14 @@ fn eight_children_each_with_its_own_identity() {
     let values: Vec<String> = (0..10).map(|i| format!("domain-{i:02}")).collect();
     b.ok(
         "POST",
-        "/v1/pools",
+        "/v1/identity-pools",
         Some(&json!({"name": "doms", "kind": "identity", "values": values})),
     );
-    b.ok("POST", "/v1/pools", Some(&json!({"name": "net", "kind": "ipv4", "range": "10.88.0.10-10.88.0.30", "prefix": 24, "gateway": "10.88.0.1"})));
+    b.ok("POST", "/v1/identity-pools", Some(&json!({"name": "net", "kind": "ipv4", "range": "10.88.0.10-10.88.0.30", "prefix": 24, "gateway": "10.88.0.1"})));
     let t = b.ok(
         "POST",
         "/v1/templates",
-        Some(&json!({"vm": "web", "pool_size": 2})),
+        Some(&json!({"vm": "web", "warm": 2})),
     );
     assert!(t["state_bytes"].as_u64().unwrap() < 1 << 20, "{t}");
     assert_eq!(b.ok("GET", "/v1/partitions/web", None)["stage"], "template");
@@ -187,14 +187,17 @@ fn eight_children_each_with_its_own_identity() {
             .len(),
         before
     );
-    assert_eq!(b.ok("GET", "/v1/pools/doms", None)["free"], 2);
+    assert_eq!(b.ok("GET", "/v1/identity-pools/doms", None)["free"], 2);
     b.verify_ok();
 
     // kill -9 of broodd keeps templates, children and pool assignments.
-    let holders = b.ok("GET", "/v1/pools/doms", None)["items"].clone();
+    let holders = b.ok("GET", "/v1/identity-pools/doms", None)["items"].clone();
     b.kill9();
     b.restart();
-    assert_eq!(b.ok("GET", "/v1/pools/doms", None)["items"], holders);
+    assert_eq!(
+        b.ok("GET", "/v1/identity-pools/doms", None)["items"],
+        holders
+    );
     assert_eq!(
         b.ok("GET", "/v1/templates/web", None)["children"]
             .as_array()
@@ -215,7 +218,7 @@ fn eight_children_each_with_its_own_identity() {
     let (s, e) = b.call("DELETE", "/v1/templates/web", None);
     assert_eq!(s, 409, "{e}");
     b.ok("DELETE", "/v1/templates/web?cascade=true", None);
-    assert_eq!(b.ok("GET", "/v1/pools/doms", None)["free"], 10);
+    assert_eq!(b.ok("GET", "/v1/identity-pools/doms", None)["free"], 10);
     assert!(
         b.ok("GET", "/v1/partitions", None)["items"]
             .as_array()
@@ -223,8 +226,8 @@ fn eight_children_each_with_its_own_identity() {
             .is_empty()
     );
     b.verify_ok();
-    b.ok("DELETE", "/v1/pools/doms", None);
-    b.ok("DELETE", "/v1/pools/net", None);
+    b.ok("DELETE", "/v1/identity-pools/doms", None);
+    b.ok("DELETE", "/v1/identity-pools/net", None);
     drop(b);
     env.assert_clean();
 }
@@ -238,7 +241,7 @@ fn templates_form_a_tree_and_children_persist_or_refork() {
     b.ok(
         "POST",
         "/v1/templates",
-        Some(&json!({"vm": "base", "pool_size": 1})),
+        Some(&json!({"vm": "base", "warm": 1})),
     );
     let p = &fork(&b, "base", &json!({"count": 1, "persistent": true}))[0];
     let n = &fork(&b, "base", &json!({"count": 1}))[0];
@@ -277,7 +280,7 @@ fn templates_form_a_tree_and_children_persist_or_refork() {
     b.ok(
         "POST",
         "/v1/templates",
-        Some(&json!({"vm": p, "name": "layer2", "pool_size": 1})),
+        Some(&json!({"vm": p, "name": "layer2", "warm": 1})),
     );
     let t2 = b.ok("GET", "/v1/templates/layer2", None);
     assert_eq!(t2["parent"], "base");

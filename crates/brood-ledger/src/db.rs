@@ -17,7 +17,7 @@ use crate::read::{self, AuditEntry};
 use crate::resource::{Holding, Owner, Resources};
 use crate::schema;
 use crate::store;
-use crate::tx::{Op, Tx, TxId};
+use crate::tx::{Committed, Op, Tx, TxId};
 use crate::verify::{self, Problem};
 
 /// The actor of the transactions the ledger makes itself.
@@ -78,7 +78,7 @@ impl LedgerDb {
     }
 
     /// Applies `tx` atomically and durably; returns its audit id.
-    pub fn commit(&mut self, tx: Tx) -> Result<TxId, LedgerError> {
+    pub fn commit(&mut self, tx: Tx) -> Result<Committed, LedgerError> {
         self.commit_batch(std::slice::from_ref(&tx))
             .pop()
             .unwrap_or(Err(LedgerError::BatchAborted))
@@ -86,12 +86,12 @@ impl LedgerDb {
 
     /// Applies each Tx atomically, all with one COMMIT (one fsync). Results
     /// are in the order of `txs`; a failing Tx does not affect the others.
-    pub fn commit_batch(&mut self, txs: &[Tx]) -> Vec<Result<TxId, LedgerError>> {
+    pub fn commit_batch(&mut self, txs: &[Tx]) -> Vec<Result<Committed, LedgerError>> {
         store::commit_batch(&self.conn, txs)
     }
 
     /// Sets the host capacity; `available` gains or loses the difference.
-    pub fn set_capacity(&mut self, capacity: Resources) -> Result<TxId, LedgerError> {
+    pub fn set_capacity(&mut self, capacity: Resources) -> Result<Committed, LedgerError> {
         self.commit(set_capacity_tx(capacity))
     }
 
@@ -446,7 +446,24 @@ mod tests {
         ));
         let mut kid = PartitionRecord::new("kid");
         kid.parent = Some(uuid);
-        kid.fork = Some(json!({"index": 0}));
+        kid.lineage = Some(crate::lineage::Lineage::Child(Box::new(
+            crate::lineage::ChildLineage {
+                index: 0,
+                status: crate::lineage::ChildStatus::Pending,
+                error: None,
+                macs: Vec::new(),
+                ipv4: None,
+                gateway: None,
+                identity: None,
+                identity_pool: None,
+                ip_pool: None,
+                values: Default::default(),
+                persistent: false,
+                machine_id: "0".repeat(32),
+                running_ms: None,
+                ready_ms: None,
+            },
+        )));
         let kid_uuid = kid.uuid;
         ops.push(Op::InsertPartition(kid));
         ops.push(Op::CreatePool {
@@ -460,7 +477,16 @@ mod tests {
             holder: kid_uuid,
             value: None,
         });
-        assert_eq!(db.commit(Tx::new("t", "fork", ops)).expect("fork"), TxId(3));
+        let done = db.commit(Tx::new("t", "fork", ops)).expect("fork");
+        assert_eq!(done.id, TxId(3));
+        assert_eq!(
+            done.taken,
+            [crate::lineage::Taken {
+                pool: "macs".into(),
+                holder: kid_uuid,
+                value: "52:54:00:00:00:01".into(),
+            }]
+        );
         assert_eq!(db.verify().expect("verify"), []);
         let e = db
             .commit(Tx::new(
@@ -507,12 +533,18 @@ mod tests {
             )],
         );
         let results = db.commit_batch(&[good.clone(), bad, good]);
-        assert!(matches!(results[0], Ok(TxId(2))), "{results:?}");
+        assert!(
+            matches!(results[0], Ok(Committed { id: TxId(2), .. })),
+            "{results:?}"
+        );
         assert!(matches!(
             results[1],
             Err(LedgerError::NoSuchPartition { .. })
         ));
-        assert!(matches!(results[2], Ok(TxId(3))), "{results:?}");
+        assert!(
+            matches!(results[2], Ok(Committed { id: TxId(3), .. })),
+            "{results:?}"
+        );
         assert_eq!(db.last_tx_id().expect("last"), Some(TxId(3)));
     }
 }

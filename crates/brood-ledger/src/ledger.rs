@@ -30,7 +30,7 @@ use crate::pool::{self, PoolInfo, PoolItem};
 use crate::read::{self, AuditEntry};
 use crate::resource::{Holding, Owner, Resources};
 use crate::schema;
-use crate::tx::{Tx, TxId};
+use crate::tx::{Committed, Tx, TxId};
 use crate::verify::{self, Problem};
 
 /// Tuning of a `Ledger`.
@@ -54,7 +54,7 @@ impl Default for LedgerOptions {
 enum WriteJob {
     Commit {
         tx: Tx,
-        reply: oneshot::Sender<Result<TxId, LedgerError>>,
+        reply: oneshot::Sender<Result<Committed, LedgerError>>,
     },
     Close(oneshot::Sender<()>),
 }
@@ -164,7 +164,7 @@ impl Ledger {
     /// future afterwards (a timeout, a cancelled request) does not withdraw
     /// it, so re-read before retrying. On `BatchFailed` (a failed COMMIT,
     /// i.e. an I/O error) the outcome is unknown in the same way.
-    pub async fn commit(&self, tx: Tx) -> Result<TxId, LedgerError> {
+    pub async fn commit(&self, tx: Tx) -> Result<Committed, LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.shared
             .writer
@@ -176,7 +176,7 @@ impl Ledger {
     /// Sets the host capacity in an audited transaction; `available` gains
     /// or loses the difference. Refused (`CapacityInUse`) if partitions
     /// hold more than the new capacity.
-    pub async fn set_capacity(&self, capacity: Resources) -> Result<TxId, LedgerError> {
+    pub async fn set_capacity(&self, capacity: Resources) -> Result<Committed, LedgerError> {
         self.commit(set_capacity_tx(capacity)).await
     }
 
@@ -436,7 +436,7 @@ mod tests {
         let mut ids = Vec::new();
         for c in commits {
             match c.await.expect("task") {
-                Ok(id) => ids.push(id.0),
+                Ok(done) => ids.push(done.id.0),
                 Err(LedgerError::NoSuchPartition { .. }) => {}
                 Err(e) => panic!("unexpected {e}"),
             }

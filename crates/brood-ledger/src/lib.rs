@@ -37,6 +37,7 @@ mod db;
 mod error;
 mod json;
 mod ledger;
+mod lineage;
 mod partition;
 mod pool;
 mod read;
@@ -51,6 +52,7 @@ pub use db::{LEDGER_ACTOR, LedgerDb};
 pub use error::LedgerError;
 pub use json::JsonText;
 pub use ledger::{Ledger, LedgerOptions};
+pub use lineage::{ChildLineage, ChildStatus, Lineage, PendingOp, Taken, TemplateLineage};
 pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
 pub use pool::{
     POOL_MAX_VALUES, POOL_NAME_MAX_CHARS, POOL_VALUE_MAX_BYTES, PoolInfo, PoolItem, PoolKind,
@@ -59,6 +61,6 @@ pub use read::AuditEntry;
 pub use resource::{Holding, Owner, ParseNameError, ResourceKind, Resources};
 pub use schema::latest_version as schema_version;
 pub use state::{RunState, Stage, TransitionError};
-pub use tx::{Op, Tx, TxId};
+pub use tx::{Committed, Op, Tx, TxId};
 pub use uuid::Uuid;
 pub use verify::Problem;

@@ -2,7 +2,7 @@
 //! before-images an op may check (`PartitionExpect`) and the field changes
 //! an update carries (`PartitionPatch`).
 //!
-//! The ledger does not read `configs` or `fork`: they are broodd's JSON. It
+//! The ledger does not read `configs`: it is broodd's JSON. It
 //! does know what a partition must hold in each state (`expected_holding`),
 //! which `verify` checks, and that a template never runs; broodd computes
 //! `demand` from the active configuration.
@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::lineage::{Lineage, PendingOp};
 use crate::resource::{ResourceKind, Resources};
 use crate::state::{RunState, Stage, TransitionError};
 
@@ -35,7 +36,7 @@ pub struct PartitionRecord {
     /// The QEMU process, while there is one.
     pub pid: Option<u32>,
     /// An operation broodd began and must finish or undo after a crash.
-    pub pending_op: Option<String>,
+    pub pending_op: Option<PendingOp>,
     /// Restarts after crashes.
     pub restart_count: u32,
     /// How the last process ended.
@@ -52,10 +53,9 @@ pub struct PartitionRecord {
     /// parent cannot be deleted (`LedgerError::HasDescendants`).
     #[serde(default)]
     pub parent: Option<Uuid>,
-    /// broodd's details of a forked child (index, MAC, IP, persistence),
-    /// opaque to the ledger.
-    #[serde(default)]
-    pub fork: Option<serde_json::Value>,
+    /// A template's or a forked child's details (its lineage and identity).
+    #[serde(default, rename = "fork")]
+    pub lineage: Option<Lineage>,
 }
 
 impl PartitionRecord {
@@ -79,7 +79,7 @@ impl PartitionRecord {
             updated_at: String::new(),
             generation: 0,
             parent: None,
-            fork: None,
+            lineage: None,
         }
     }
 
@@ -149,7 +149,7 @@ pub struct PartitionPatch {
     /// New process id, or `Some(None)` to clear it.
     pub pid: Option<Option<u32>>,
     /// New pending operation, or `Some(None)` to clear it.
-    pub pending_op: Option<Option<String>>,
+    pub pending_op: Option<Option<PendingOp>>,
     /// New restart count.
     pub restart_count: Option<u32>,
     /// New exit description, or `Some(None)` to clear it.
@@ -157,7 +157,8 @@ pub struct PartitionPatch {
     /// New fork details, or `Some(None)` to clear them. (`parent` has no
     /// patch field: it never changes.)
     #[serde(default)]
-    pub fork: Option<Option<serde_json::Value>>,
+    #[serde(rename = "fork")]
+    pub lineage: Option<Option<Lineage>>,
 }
 
 impl PartitionPatch {
@@ -207,8 +208,8 @@ impl PartitionPatch {
         if let Some(v) = &self.last_exit {
             rec.last_exit.clone_from(v);
         }
-        if let Some(v) = &self.fork {
-            rec.fork.clone_from(v);
+        if let Some(v) = &self.lineage {
+            rec.lineage.clone_from(v);
         }
         Ok(())
     }
@@ -304,7 +305,16 @@ mod tests {
             stage: Some(Stage::Template),
             run_state: Some(RunState::Stopped),
             pid: Some(None),
-            fork: Some(Some(serde_json::json!({"memory": "mem.bin"}))),
+            lineage: Some(Some(crate::lineage::Lineage::Template(
+                crate::lineage::TemplateLineage {
+                    dir: "/t".into(),
+                    seq: 1,
+                    warm: 0,
+                    next_index: 0,
+                    state_bytes: 1,
+                    created_at: String::new(),
+                },
+            ))),
             ..PartitionPatch::default()
         };
         assert!(patch.apply_to(&mut p).is_ok());
@@ -312,7 +322,7 @@ mod tests {
             (p.stage, p.run_state, p.pid),
             (Stage::Template, RunState::Stopped, None)
         );
-        assert_eq!(p.fork, Some(serde_json::json!({"memory": "mem.bin"})));
+        assert!(matches!(p.lineage, Some(Lineage::Template(_))));
     }
 
     #[test]
@@ -344,12 +354,21 @@ mod tests {
             "run state of a template: cannot go from stopped to starting"
         );
         let clear = PartitionPatch {
-            fork: Some(None),
+            lineage: Some(None),
             ..PartitionPatch::default()
         };
-        t.fork = Some(serde_json::json!(1));
+        t.lineage = Some(crate::lineage::Lineage::Template(
+            crate::lineage::TemplateLineage {
+                dir: "/t".into(),
+                seq: 1,
+                warm: 0,
+                next_index: 0,
+                state_bytes: 1,
+                created_at: String::new(),
+            },
+        ));
         assert!(clear.apply_to(&mut t).is_ok());
-        assert_eq!(t.fork, None);
+        assert_eq!(t.lineage, None);
     }
 
     #[test]
@@ -381,14 +400,14 @@ mod tests {
             run_state: Some(RunState::Starting),
             stage: Some(Stage::Provisioning),
             pid: Some(Some(42)),
-            pending_op: Some(Some("start".into())),
+            pending_op: Some(Some(PendingOp::Restore)),
             ..PartitionPatch::default()
         };
         assert!(patch.apply_to(&mut p).is_ok());
         assert_eq!(p.run_state, RunState::Starting);
         assert_eq!(p.stage, Stage::Provisioning);
         assert_eq!(p.pid, Some(42));
-        assert_eq!(p.pending_op.as_deref(), Some("start"));
+        assert_eq!(p.pending_op, Some(PendingOp::Restore));
 
         let clear = PartitionPatch {
             pid: Some(None),

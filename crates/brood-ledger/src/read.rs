@@ -107,17 +107,22 @@ impl RawPartition {
                 .map(Uuid::parse_str)
                 .transpose()
                 .map_err(|e| bad(format!("parent: {e}")))?,
-            fork: self
+            lineage: self
                 .fork
                 .as_deref()
                 .map(serde_json::from_str)
                 .transpose()
                 .map_err(|e| bad(format!("fork: {e}")))?,
+            pending_op: self
+                .pending_op
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| bad(format!("pending_op: {e}")))?,
             name: self.name,
             active_config: self.active_config,
             demand: self.demand,
             pid: self.pid,
-            pending_op: self.pending_op,
             restart_count: self.restart_count,
             last_exit: self.last_exit,
             created_at: self.created_at,

@@ -24,11 +24,12 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::error::{DbContext, LedgerError};
+use crate::lineage::Taken;
 use crate::partition::{PartitionExpect, PartitionRecord};
 use crate::pool;
 use crate::read;
 use crate::resource::{Owner, ResourceKind, Resources};
-use crate::tx::{Op, Tx, TxId};
+use crate::tx::{Committed, Op, Tx, TxId};
 
 /// The largest amount SQLite's INTEGER holds.
 const MAX_AMOUNT: u64 = i64::MAX as u64;
@@ -44,11 +45,11 @@ pub(crate) fn now_rfc3339() -> String {
 /// and commits once. A failing Tx rolls back to its savepoint and gets its
 /// own error; the others are unaffected. When the final COMMIT fails, every
 /// Tx of the batch gets that error and none applied.
-pub(crate) fn commit_batch(conn: &Connection, txs: &[Tx]) -> Vec<Result<TxId, LedgerError>> {
+pub(crate) fn commit_batch(conn: &Connection, txs: &[Tx]) -> Vec<Result<Committed, LedgerError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         return batch_failed(txs.len(), "begin", e);
     }
-    let mut results: Vec<Result<TxId, LedgerError>> = txs
+    let mut results: Vec<Result<Committed, LedgerError>> = txs
         .iter()
         .map(|tx| {
             // An I/O error or SQLITE_FULL may have rolled back the whole
@@ -91,7 +92,7 @@ fn batch_failed(
     n: usize,
     what: &'static str,
     e: rusqlite::Error,
-) -> Vec<Result<TxId, LedgerError>> {
+) -> Vec<Result<Committed, LedgerError>> {
     let shared = std::sync::Arc::new(e);
     (0..n)
         .map(|_| {
@@ -103,7 +104,7 @@ fn batch_failed(
         .collect()
 }
 
-fn in_savepoint(conn: &Connection, tx: &Tx) -> Result<TxId, LedgerError> {
+fn in_savepoint(conn: &Connection, tx: &Tx) -> Result<Committed, LedgerError> {
     conn.execute_batch("SAVEPOINT tx").ctx("open savepoint")?;
     let result = apply_tx(conn, tx).and_then(|id| {
         conn.execute_batch("RELEASE tx")
@@ -120,7 +121,7 @@ fn in_savepoint(conn: &Connection, tx: &Tx) -> Result<TxId, LedgerError> {
 
 /// Applies every op of `tx` and appends its audit row. The caller owns the
 /// transaction (or savepoint) and rolls it back on error.
-pub(crate) fn apply_tx(conn: &Connection, tx: &Tx) -> Result<TxId, LedgerError> {
+pub(crate) fn apply_tx(conn: &Connection, tx: &Tx) -> Result<Committed, LedgerError> {
     let now = now_rfc3339();
     let changes = tx
         .ops
@@ -128,6 +129,17 @@ pub(crate) fn apply_tx(conn: &Connection, tx: &Tx) -> Result<TxId, LedgerError> 
         .enumerate()
         .map(|(i, op)| apply_op(conn, i, op, &now))
         .collect::<Result<Vec<_>, _>>()?;
+    let taken = changes
+        .iter()
+        .filter(|c| c.get("op").and_then(Value::as_str) == Some("take_from_pool"))
+        .filter_map(|c| {
+            Some(Taken {
+                pool: c.get("pool")?.as_str()?.to_owned(),
+                value: c.get("value")?.as_str()?.to_owned(),
+                holder: c.pointer("/after/holder")?.as_str()?.parse().ok()?,
+            })
+        })
+        .collect();
     let changes = serde_json::to_string(&changes).map_err(|source| LedgerError::Json {
         what: "audit changes",
         source,
@@ -137,7 +149,10 @@ pub(crate) fn apply_tx(conn: &Connection, tx: &Tx) -> Result<TxId, LedgerError> 
         .execute(params![now, tx.actor, tx.reason, changes])
         .ctx("append audit row")?;
     let id = u64::try_from(conn.last_insert_rowid()).unwrap_or(0);
-    Ok(TxId(id))
+    Ok(Committed {
+        id: TxId(id),
+        taken,
+    })
 }
 
 fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, LedgerError> {
@@ -434,7 +449,7 @@ fn write_partition(
     };
     let configs = rec.configs.as_str();
     let fork = rec
-        .fork
+        .lineage
         .as_ref()
         .map(serde_json::to_string)
         .transpose()
@@ -465,7 +480,7 @@ fn write_partition(
             d.disk_gib,
             d.nics,
             rec.pid,
-            rec.pending_op,
+            rec.pending_op.map(|p| p.as_str()),
             rec.restart_count,
             rec.last_exit,
             rec.created_at,

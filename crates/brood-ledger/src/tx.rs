@@ -20,6 +20,15 @@ use crate::resource::{Owner, ResourceKind, Resources};
 #[serde(transparent)]
 pub struct TxId(pub u64);
 
+/// What a committed transaction did that its caller needs back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its audit row.
+    pub id: TxId,
+    /// The values it took from pools (`Op::TakeFromPool`), in op order.
+    pub taken: Vec<crate::lineage::Taken>,
+}
+
 impl fmt::Display for TxId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -57,7 +57,7 @@ fn crash_child() {
                         } else {
                             start_tx(p.uuid, &DEMAND)
                         };
-                        let id = l.commit(tx).await.expect("commit");
+                        let id = l.commit(tx).await.expect("commit").id;
                         active = !active;
                         let mut out = std::io::stdout().lock();
                         out.write_all(format!("ack {id}\n").as_bytes())

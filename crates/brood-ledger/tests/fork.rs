@@ -18,6 +18,26 @@ const DEMAND: Resources = Resources {
     nics: 1,
 };
 
+/// A child's lineage with index `index` and address `ipv4`.
+fn child_lineage(index: usize, ipv4: Option<&str>) -> brood_ledger::Lineage {
+    brood_ledger::Lineage::Child(Box::new(brood_ledger::ChildLineage {
+        index: u32::try_from(index).expect("index"),
+        status: brood_ledger::ChildStatus::Pending,
+        error: None,
+        macs: vec!["52:54:00:00:00:01".into()],
+        ipv4: ipv4.map(str::to_owned),
+        gateway: None,
+        identity: None,
+        identity_pool: None,
+        ip_pool: None,
+        values: Default::default(),
+        persistent: false,
+        machine_id: "0".repeat(32),
+        running_ms: None,
+        ready_ms: None,
+    }))
+}
+
 /// A running partition made a template; returns the ledger and its uuid.
 async fn template() -> (tempfile::TempDir, brood_ledger::Ledger, Uuid) {
     let (dir, l) = ledger().await;
@@ -173,7 +193,7 @@ async fn children_name_their_template_and_keep_it_from_deletion() {
     let mut kids = Vec::new();
     for name in ["kid-b", "kid-a"] {
         let mut c = child(name, t, charge);
-        c.fork = Some(json!({"index": kids.len(), "mac": "52:54:00:00:00:01"}));
+        c.lineage = Some(child_lineage(kids.len(), None));
         l.commit(create_tx(&c)).await.expect("fork");
         kids.push(c);
     }
@@ -181,7 +201,7 @@ async fn children_name_their_template_and_keep_it_from_deletion() {
     let names: Vec<_> = got.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["kid-a", "kid-b"]);
     assert!(got.iter().all(|c| c.parent == Some(t)));
-    assert_eq!(got[1].fork, kids[0].fork);
+    assert_eq!(got[1].lineage, kids[0].lineage);
     assert!(l.children_of(kids[0].uuid).await.expect("none").is_empty());
 
     // A derived template: a child made a template keeps its parent.
@@ -246,7 +266,7 @@ async fn parent_must_exist_and_never_changes() {
     let c = child("c", t, Resources::ZERO);
     l.commit(create_tx(&c)).await.expect("fork");
     let patch = PartitionPatch {
-        fork: Some(Some(json!({"ip": "10.0.0.2"}))),
+        lineage: Some(Some(child_lineage(0, Some("10.0.0.2/24")))),
         name: Some("c2".into()),
         ..PartitionPatch::default()
     };
@@ -268,10 +288,10 @@ async fn parent_must_exist_and_never_changes() {
         .expect("exists");
     assert_eq!(rec.parent, Some(t));
     assert_eq!(rec.name, "c2");
-    assert_eq!(rec.fork, Some(json!({"ip": "10.0.0.2"})));
+    assert_eq!(rec.lineage, Some(child_lineage(0, Some("10.0.0.2/24"))));
     let change = &l.log_newest(None, 1).await.expect("log")[0].changes[0];
     assert_eq!(change["before"]["fork"], serde_json::Value::Null);
-    assert_eq!(change["after"]["fork"], json!({"ip": "10.0.0.2"}));
+    assert_eq!(change["after"]["fork"]["ipv4"], json!("10.0.0.2/24"));
     assert_eq!(change["after"]["name"], "c2");
     assert!(change["after"].get("parent").is_none());
 

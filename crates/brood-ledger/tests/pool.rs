@@ -36,7 +36,7 @@ fn tx(ops: Vec<Op>) -> Tx {
 }
 
 async fn commit(l: &Ledger, ops: Vec<Op>) -> Result<TxId, LedgerError> {
-    l.commit(tx(ops)).await
+    l.commit(tx(ops)).await.map(|c| c.id)
 }
 
 /// A ledger with pool `macs` of a, b, c and partitions p0 and p1.

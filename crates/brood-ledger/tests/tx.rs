@@ -141,7 +141,7 @@ async fn insert_and_moves_are_atomic() {
         .expect("log")
         .pop()
         .expect("entry");
-    assert_eq!(entry.id, id);
+    assert_eq!(entry.id, id.id);
     assert_eq!(entry.reason, "create ok");
     assert!(l.verify().await.expect("verify").is_empty());
 }
@@ -351,7 +351,7 @@ async fn audit_log_records_images_and_pages_both_ways() {
     let mut ids = vec![TxId(1)];
     for i in 0..5 {
         let p = partition(&format!("p{i}"), Resources::ZERO);
-        ids.push(l.commit(create_tx(&p)).await.expect("create"));
+        ids.push(l.commit(create_tx(&p)).await.expect("create").id);
     }
     assert_eq!(ids, (1..=6).map(TxId).collect::<Vec<_>>());
     let page1 = l.log(None, 4).await.expect("log");

@@ -18,6 +18,7 @@
 )]
 
 pub mod frame;
+pub mod hostname;
 pub mod msg;
 
 pub use frame::{

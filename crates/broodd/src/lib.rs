@@ -6,24 +6,23 @@
 
 pub mod api;
 mod convert;
-mod daemon;
-mod error;
 mod fork;
-mod ops;
-mod pool;
+mod host;
+mod identity_pool;
+mod partition;
 mod reconcile;
-mod supervise;
 mod template;
 mod verify;
+mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use brood_engine::Engine;
 use brood_ledger::{Ledger, Resources};
 
-pub use crate::daemon::{Daemon, Paths};
+pub use crate::host::Paths;
+use crate::host::{Host, Kind, Plugins};
 
 /// What broodd is started with.
 #[derive(Debug, Clone)]
@@ -44,7 +43,7 @@ pub struct Config {
 /// reconciled with the VMs still running, templates' warm children refilling.
 #[derive(Debug, Clone)]
 pub struct Broodd {
-    daemon: Arc<Daemon>,
+    host: Arc<Host>,
 }
 
 impl Broodd {
@@ -59,39 +58,45 @@ impl Broodd {
                 .await
                 .context("change the host's capacity")?;
         }
-        let d = Arc::new(Daemon::new(
+        let mut plugins = Plugins::default();
+        plugins
+            .launchers
+            .insert(Kind::Plain, Arc::new(partition::plain::PlainLauncher));
+        plugins
+            .launchers
+            .insert(Kind::Child, Arc::new(fork::child::ChildLauncher));
+        plugins.hooks.push(Arc::new(partition::restart::Restarter));
+        plugins.hooks.push(Arc::new(template::points::ForkPoints));
+        plugins.feature(Arc::new(template::Templates::default()));
+        plugins.feature(Arc::new(api::render::RenderCache::default()));
+        let host = Arc::new(Host::new(
             cfg.paths,
             ledger,
             engine,
             cfg.token,
             cfg.vcpu_overcommit,
+            plugins,
         ));
-        template::load_all(&d).await.context("load the templates")?;
-        reconcile::run(&d)
+        template::freeze::load_all(&host)
+            .await
+            .context("load the templates")?;
+        reconcile::run(&host)
             .await
             .context("reconcile the ledger with running VMs")?;
-        template::refill_all(&d);
-        Ok(Broodd { daemon: d })
+        template::refill_all(&host);
+        Ok(Broodd { host })
     }
 
     /// The REST API.
     pub fn router(&self) -> axum::Router {
-        api::router(self.daemon.clone())
-    }
-
-    /// The shared state (for tests that look inside).
-    pub fn daemon(&self) -> &Arc<Daemon> {
-        &self.daemon
+        api::router(self.host.clone())
     }
 
     /// Stops acting: supervisors stand down, and templates' warm children
     /// (broodd's cache, not anyone's VMs) are killed. Partitions' VMs keep
     /// running; the next start attaches to them again.
     pub async fn shutdown(&self) {
-        let d = &self.daemon;
-        d.stopping.store(true, Ordering::SeqCst);
-        for t in d.all_templates() {
-            t.drain(d).await;
-        }
+        self.host.stop();
+        template::drain_all(&self.host).await;
     }
 }

@@ -1,75 +1,72 @@
-//! Start-up reconciliation: make the ledger and the QEMU processes agree
+//! Start-up reconciliation: make the ledger and the VM processes agree
 //! again after broodd was stopped or killed at any moment.
 //!
-//! The QEMUs are found by what they are (a QEMU whose command line names a
-//! run directory under broodd's run root), not by pids the ledger may not
-//! have recorded yet. Then, per partition: an operation recorded in
-//! `pending_op` is finished (delete, provision) or settled (stop, kill,
-//! save, restore); an active partition with a live QEMU is attached again
-//! and its run state taken from QMP; one without is marked crashed (or
-//! stopped, when it was being stopped) and its resources are returned. A
-//! QEMU no active partition owns is killed, and stale run and disk
-//! directories are removed. It runs before the API is served.
+//! The VMs are found by what they are (the engine's `find_vms`: a QEMU
+//! whose command line names a run directory under the run root), not by
+//! pids the ledger may not have recorded yet. Then, per partition: an
+//! operation recorded as pending is finished (delete, provision) or undone
+//! (create, fork) or settled (stop, kill, save, restore, template); a live
+//! partition with a live VM is attached again and its run state taken from
+//! the VM; one without is marked crashed (or stopped, when it was being
+//! stopped) and its resources are returned. A VM no live partition owns is
+//! killed, and stale run and disk directories are removed. It runs before
+//! the API is served.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use brood_engine::VmStatus;
-use brood_ledger::{Op, PartitionPatch, PartitionRecord, Resources, RunState, Stage};
+use brood_engine::{FoundVm, VmStatus};
+use brood_ledger::{PartitionRecord, PendingOp, RunState, Stage};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::daemon::{Daemon, Running};
-use crate::error::ApiResult;
-use crate::{convert, ops, supervise};
+use crate::host::config::vm_spec;
+use crate::host::runstate::Settle;
+use crate::host::{Host, HostResult, chain};
+use crate::partition::define::provision;
+use crate::template::Templates;
 
 const ACTOR: &str = "reconcile";
 
 /// Reconciles the ledger with the processes on the host.
-pub async fn run(d: &Arc<Daemon>) -> anyhow::Result<()> {
-    let mut qemus: HashMap<String, brood_engine::FoundVm> = d
+pub async fn run(host: &Arc<Host>) -> HostResult<()> {
+    let mut found: HashMap<String, FoundVm> = host
         .engine
         .find_vms()
         .into_iter()
         .map(|v| (v.name.clone(), v))
         .collect();
-    let records = d.ledger.all_partitions().await?;
-    let mut kept = std::collections::HashSet::new();
-    for rec in records {
+    let mut kept = HashSet::new();
+    for rec in host.ledger.all_partitions().await? {
         let name = rec.name.clone();
-        let qemu = qemus.remove(&rec.uuid.to_string());
-        match reconcile_one(d, rec, qemu).await {
+        let vm = found.remove(&rec.uuid.to_string());
+        match reconcile_one(host, rec, vm).await {
             Ok(Some(uuid)) => {
                 kept.insert(uuid.to_string());
             }
             Ok(None) => {}
-            Err(e) => warn!(partition = %name, "reconcile: {}", e.message),
+            Err(e) => warn!(partition = %name, "reconcile: {}", chain(&e)),
         }
     }
-    // QEMUs that belong to no active partition.
-    for (name, vm) in qemus {
-        warn!(vm = %name, pid = vm.pid, "killing a QEMU no partition owns");
-        kill(d, &vm);
+    for (name, vm) in found {
+        warn!(vm = %name, pid = vm.pid, "killing a VM no partition owns");
+        kill(host, &vm);
     }
-    // Run directories of VMs that are gone.
-    d.engine.remove_run_dirs(&|n| kept.contains(n));
-    // Template directories of templates that no longer exist.
-    if let Ok(dir) = std::fs::read_dir(&d.paths.templates) {
+    host.engine.remove_run_dirs(&|n| kept.contains(n));
+    let templates = host.feature::<Templates>();
+    if let Ok(dir) = std::fs::read_dir(&host.paths.templates) {
         for e in dir.flatten() {
             let keep = Uuid::parse_str(&e.file_name().to_string_lossy())
-                .is_ok_and(|u| d.template(u).is_some());
+                .is_ok_and(|u| templates.get(u).is_some());
             if !keep {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-    // Disk directories of partitions that no longer exist.
-    if let Ok(dir) = std::fs::read_dir(d.paths.data.join("disks")) {
+    if let Ok(dir) = std::fs::read_dir(host.paths.data.join("disks")) {
         for e in dir.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let known = match Uuid::parse_str(&n) {
-                Ok(u) => d.ledger.partition_by_uuid(u).await?.is_some(),
+            let known = match Uuid::parse_str(&e.file_name().to_string_lossy()) {
+                Ok(u) => host.ledger.partition_by_uuid(u).await?.is_some(),
                 Err(_) => true,
             };
             if !known {
@@ -82,47 +79,37 @@ pub async fn run(d: &Arc<Daemon>) -> anyhow::Result<()> {
 
 /// Settles one partition; returns its uuid when its VM is running.
 async fn reconcile_one(
-    d: &Arc<Daemon>,
+    host: &Arc<Host>,
     rec: PartitionRecord,
-    qemu: Option<brood_engine::FoundVm>,
-) -> ApiResult<Option<Uuid>> {
+    vm: Option<FoundVm>,
+) -> HostResult<Option<Uuid>> {
     let uuid = rec.uuid;
-    match rec.pending_op.as_deref() {
-        Some("delete") => {
-            if let Some(vm) = &qemu {
-                kill(d, vm);
+    match rec.pending_op {
+        Some(op @ (PendingOp::Delete | PendingOp::Create | PendingOp::Fork)) => {
+            // A delete is finished; a define-and-start or a fork that did
+            // not complete is undone: no half-made partitions.
+            if let Some(vm) = &vm {
+                kill(host, vm);
             }
-            let rec =
-                settle_inactive(d, rec, RunState::Stopped, "deleting when broodd stopped").await?;
-            drop(rec);
-            ops::remove(
-                d,
-                ACTOR,
-                uuid,
-                "finishing a delete interrupted by a restart",
-            )
-            .await?;
+            let why = match op {
+                PendingOp::Delete => "finishing a delete interrupted by a restart",
+                PendingOp::Create => "its create was interrupted by a restart",
+                _ => "its fork was interrupted by a restart",
+            };
+            settle_inactive(host, &rec, RunState::Stopped, why).await?;
+            host.remove(ACTOR, uuid, why).await?;
             return Ok(None);
         }
-        Some("provision") if rec.stage == Stage::Provisioning => {
-            ops::provision(d, ACTOR, uuid).await?;
+        Some(PendingOp::Provision) if rec.stage == Stage::Provisioning => {
+            provision(host, ACTOR, uuid, None).await?;
             return Ok(None);
         }
-        Some("fork") => {
-            // A child whose fork did not finish: no half-made children.
-            if let Some(vm) = &qemu {
-                kill(d, vm);
-            }
-            settle_inactive(d, rec, RunState::Stopped, "fork interrupted by a restart").await?;
-            ops::remove(d, ACTOR, uuid, "its fork was interrupted by a restart").await?;
-            return Ok(None);
-        }
-        Some("template") => {
-            let _ = tokio::fs::remove_dir_all(d.paths.template_dir(uuid)).await;
-            if qemu.is_none() {
+        Some(PendingOp::Template) => {
+            let _ = tokio::fs::remove_dir_all(host.paths.template_dir(uuid)).await;
+            if vm.is_none() {
                 settle_inactive(
-                    d,
-                    rec,
+                    host,
+                    &rec,
                     RunState::Crashed,
                     "making a template was interrupted by a restart",
                 )
@@ -133,133 +120,93 @@ async fn reconcile_one(
         _ => {}
     }
     if !rec.run_state.is_active() {
-        if let Some(vm) = &qemu {
-            warn!(partition = %rec.name, pid = vm.pid, "killing a QEMU of a partition that is {}", rec.run_state);
-            kill(d, vm);
+        if let Some(vm) = &vm {
+            warn!(partition = %rec.name, pid = vm.pid, "killing a VM of a partition that is {}", rec.run_state);
+            kill(host, vm);
         }
         return Ok(None);
     }
-    let Some(found) = qemu else {
-        let (to, why) = match rec.pending_op.as_deref() {
-            Some("stop" | "kill") => (RunState::Stopped, "stopped while broodd was down"),
-            Some("save") if d.paths.saved_state(uuid).exists() => (RunState::Saved, "state saved"),
-            Some("restore") => (RunState::Saved, "restore interrupted by a restart"),
+    let Some(found) = vm else {
+        let (to, why) = match rec.pending_op {
+            Some(PendingOp::Stop | PendingOp::Kill) => {
+                (RunState::Stopped, "stopped while broodd was down")
+            }
+            Some(PendingOp::Save) if host.paths.saved_state(uuid).exists() => {
+                (RunState::Saved, "state saved")
+            }
+            Some(PendingOp::Restore) => (RunState::Saved, "restore interrupted by a restart"),
             _ if rec.run_state == RunState::Starting => {
                 (RunState::Stopped, "start interrupted by a restart")
             }
-            _ => (RunState::Crashed, "QEMU was gone when broodd restarted"),
+            _ => (RunState::Crashed, "its VM was gone when broodd restarted"),
         };
-        settle_inactive(d, rec, to, why).await?;
+        settle_inactive(host, &rec, to, why).await?;
         return Ok(None);
     };
-    if matches!(rec.pending_op.as_deref(), Some("stop" | "kill")) {
-        kill(d, &found);
+    if matches!(rec.pending_op, Some(PendingOp::Stop | PendingOp::Kill)) {
+        kill(host, &found);
         settle_inactive(
-            d,
-            rec,
+            host,
+            &rec,
             RunState::Stopped,
             "stopped: the stop was interrupted by a restart",
         )
         .await?;
         return Ok(None);
     }
-    let spec = convert::vm_spec(&rec, &d.paths)?;
-    let vm = match d.engine.attach(&spec).await {
+    let attached = match vm_spec(&rec, &host.paths) {
+        Ok(spec) => host.engine.attach(&spec).await.map_err(|e| e.to_string()),
+        Err(e) => Err(chain(&e)),
+    };
+    let vm = match attached {
         Ok(vm) => vm,
         Err(e) => {
-            warn!(partition = %rec.name, "cannot attach to its QEMU ({e}); killing it");
-            kill(d, &found);
+            warn!(partition = %rec.name, "cannot attach to its VM ({e}); killing it");
+            kill(host, &found);
             settle_inactive(
-                d,
-                rec,
+                host,
+                &rec,
                 RunState::Crashed,
-                "QEMU could not be attached after a restart",
+                "its VM could not be attached after a restart",
             )
             .await?;
             return Ok(None);
         }
     };
     let status = vm.status().await.ok();
-    if matches!(rec.pending_op.as_deref(), Some("save" | "template")) {
+    let interrupted = matches!(rec.pending_op, Some(PendingOp::Save | PendingOp::Template));
+    if interrupted {
         // The save did not finish: carry on running.
         let _ =
-            tokio::fs::remove_file(d.paths.saved_state(uuid).with_extension("state.partial")).await;
+            tokio::fs::remove_file(host.paths.saved_state(uuid).with_extension("state.partial"))
+                .await;
         let _ = vm.resume().await;
     }
     let to = match status {
-        Some(VmStatus::Paused)
-            if !matches!(rec.pending_op.as_deref(), Some("save" | "template")) =>
-        {
-            RunState::Paused
-        }
+        Some(VmStatus::Paused) if !interrupted => RunState::Paused,
         _ => RunState::Running,
     };
-    let upid = vm.pid();
-    let running = Arc::new(Running {
-        vm,
-        expected_exit: AtomicBool::new(false),
-    });
-    d.insert_running(uuid, running.clone());
-    let patch = PartitionPatch {
-        run_state: (to != rec.run_state).then_some(to),
-        pid: Some(Some(upid)),
-        pending_op: Some(None),
-        ..Default::default()
-    };
-    ops::commit(
-        d,
-        ACTOR,
-        format!("{} reattached (pid {upid})", rec.name),
-        &rec,
-        patch,
-        Vec::new(),
-    )
-    .await?;
-    supervise::spawn(d.clone(), uuid, running);
-    info!(partition = %rec.name, pid = upid, "reattached");
+    let (rec, running) = host.mark_running(ACTOR, &rec, vm, to, None).await?;
+    info!(partition = %rec.name, pid = running.vm.pid(), "reattached");
     Ok(Some(uuid))
 }
 
-/// Moves an active partition whose QEMU is gone to `to`, returning what it held.
+/// Moves a live partition whose VM is gone to `to`, returning what it held.
 async fn settle_inactive(
-    d: &Daemon,
-    rec: PartitionRecord,
+    host: &Host,
+    rec: &PartitionRecord,
     to: RunState,
     why: &str,
-) -> ApiResult<PartitionRecord> {
-    if !rec.run_state.is_active() {
-        return Ok(rec);
+) -> HostResult<()> {
+    if rec.run_state.is_active() {
+        let r = host.settle(ACTOR, rec, Settle::to(to, why)).await?;
+        info!(partition = %r.name, "{why}");
     }
-    let held = d
-        .ledger
-        .held_by(brood_ledger::Owner::Partition(rec.uuid))
-        .await?;
-    let release = Resources {
-        disk_gib: 0,
-        ..held
-    };
-    let patch = PartitionPatch {
-        run_state: Some(to),
-        pid: Some(None),
-        pending_op: Some(None),
-        last_exit: Some(Some(why.to_string())),
-        ..Default::default()
-    };
-    let r = ops::commit(
-        d,
-        ACTOR,
-        format!("{}: {why}", rec.name),
-        &rec,
-        patch,
-        Op::release(rec.uuid, &release),
-    )
-    .await?;
-    info!(partition = %r.name, "{why}");
-    Ok(r)
+    Ok(())
 }
 
-fn kill(d: &Daemon, vm: &brood_engine::FoundVm) {
-    if let Err(e) = d.engine.kill_found(vm) {
+fn kill(host: &Host, vm: &FoundVm) {
+    if let Err(e) = host.engine.kill_found(vm) {
         warn!(vm = %vm.name, pid = vm.pid, "could not kill it: {e}");
     }
 }

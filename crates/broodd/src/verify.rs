@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use brood_api::{Problem, VerifyReport};
 
-use crate::daemon::Daemon;
-use crate::error::ApiResult;
+use crate::host::{Host, HostResult};
+use crate::template::Templates;
 
 /// How long verify waits for an operation on a partition to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Checks every invariant.
-pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
+pub async fn verify(d: &Host) -> HostResult<VerifyReport> {
     let mut problems: Vec<Problem> = Vec::new();
     let mut checked = BTreeMap::new();
     let records = d.ledger.all_partitions().await?;
     let mut guards = Vec::new();
     for rec in &records {
-        let lock = d.partition_lock(rec.uuid);
+        let lock = d.registry.lock(rec.uuid);
         match tokio::time::timeout(LOCK_WAIT, lock.lock_owned()).await {
             Ok(g) => guards.push(g),
             Err(_) => problems.push(Problem {
@@ -68,7 +68,7 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
                 ),
             }),
         }
-        if d.running(rec.uuid).is_none() {
+        if d.registry.running(rec.uuid).is_none() {
             problems.push(Problem {
                 code: "unsupervised".into(),
                 message: format!(
@@ -79,12 +79,12 @@ pub async fn verify(d: &Daemon) -> ApiResult<VerifyReport> {
         }
     }
     checked.insert("active_partitions".into(), active);
-    // Children waiting in the templates' pools are broodd's own, not partitions yet.
+    // Templates' warm children are broodd's own, not partitions yet.
     let mut pooled = std::collections::HashSet::new();
-    for t in d.all_templates() {
-        pooled.extend(t.pool_uuids().await.into_iter().map(|u| u.to_string()));
+    for t in d.feature::<Templates>().all() {
+        pooled.extend(t.warm_uuids().await.into_iter().map(|u| u.to_string()));
     }
-    checked.insert("pooled_children".into(), pooled.len() as u64);
+    checked.insert("warm_children".into(), pooled.len() as u64);
     for brood_engine::FoundVm { pid, name } in &qemus {
         if pooled.contains(name) {
             continue;

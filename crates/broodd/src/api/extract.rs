@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use brood_api::ErrorCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 fn too_large() -> ApiError {
     ApiError::new(
@@ -80,7 +80,7 @@ where
 }
 
 /// A response whose body is JSON rendered already (partitions are
-/// rendered once per generation and kept: see `Daemon::render`).
+/// rendered once per generation and kept: see `api::render`).
 #[derive(Debug)]
 pub struct RawJson(pub Vec<u8>);
 

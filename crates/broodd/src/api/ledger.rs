@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use brood_api::{
-    AuditEntry, AuditLog, ErrorBody, HostInfo, LedgerView, OwnerHoldings, VerifyReport,
+    AuditEntry, AuditLog, EngineInfo, ErrorBody, HostInfo, LedgerView, OwnerHoldings, VerifyReport,
 };
 use brood_ledger::{Owner, Resources};
 use futures::Stream;
@@ -19,13 +19,13 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::convert::resources_out;
-use crate::daemon::Daemon;
-use crate::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult};
+use crate::host::Host;
+use crate::wire::resources_out;
 
-type D = State<Arc<Daemon>>;
+type D = State<Arc<Host>>;
 
-pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
+pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(show))
         .routes(routes!(log))
         .routes(routes!(verify))
@@ -126,6 +126,7 @@ async fn verify(State(d): D) -> ApiResult<Json<VerifyReport>> {
 /// The host: capacity, use, accelerator.
 #[utoipa::path(get, path = "/v1/host", tag = "host", responses((status = 200, body = HostInfo)))]
 async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
+    let caps = d.engine.caps();
     let capacity = d.ledger.capacity().await?;
     let available = d.ledger.held_by(Owner::Available).await?;
     let used = capacity.checked_sub(&available).unwrap_or_default();
@@ -136,7 +137,7 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
     Ok(Json(HostInfo {
         hostname,
         version: env!("CARGO_PKG_VERSION").into(),
-        accel: d.engine.caps().accel.name().into(),
+        accel: caps.accel.name().into(),
         capacity: resources_out(&capacity),
         used: resources_out(&used),
         available: resources_out(&available),
@@ -145,6 +146,16 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
         active: records.iter().filter(|r| r.run_state.is_active()).count() as u64,
         data_dir: d.paths.data.display().to_string(),
         run_dir: d.engine.run_root().display().to_string(),
+        engine: EngineInfo {
+            name: caps.engine.into(),
+            accel: caps.accel.name().into(),
+            kvm: caps.kvm,
+            save_restore: caps.save_restore,
+            fork: caps.fork,
+            rehost: caps.rehost,
+            attach: caps.attach,
+            max_vcpus: caps.max_vcpus,
+        },
     }))
 }
 
@@ -152,7 +163,7 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
 #[utoipa::path(get, path = "/v1/events", tag = "host",
     responses((status = 200, description = "text/event-stream of Event objects", content_type = "text/event-stream")))]
 async fn events(State(d): D) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = BroadcastStream::new(d.subscribe()).filter_map(|e| match e {
+    let stream = BroadcastStream::new(d.events.subscribe()).filter_map(|e| match e {
         Ok(ev) => SseEvent::default().json_data(ev).ok().map(Ok),
         // A slow reader missed events: tell it, so it can re-read state.
         Err(_) => Some(Ok(SseEvent::default()

@@ -2,9 +2,11 @@
 //! handlers by utoipa), bearer-token authentication, body limits, and the
 //! rule that every error, whoever produced it, leaves as JSON with a code.
 
+pub mod error;
 mod extract;
 mod ledger;
 mod partitions;
+pub mod render;
 mod templates;
 
 use std::sync::Arc;
@@ -20,8 +22,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::daemon::Daemon;
-use crate::error::ApiError;
+use self::error::ApiError;
+use crate::host::Host;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -53,7 +55,7 @@ impl Modify for Bearer {
 }
 
 /// The OpenAPI document and the routes it describes.
-pub fn openapi_router() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
+pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = OpenApiRouter::with_openapi(ApiDoc::openapi());
     let r = partitions::routes(r);
     let r = ledger::routes(r);
@@ -62,7 +64,7 @@ pub fn openapi_router() -> (Router<Arc<Daemon>>, utoipa::openapi::OpenApi) {
 }
 
 /// The whole application.
-pub fn router(d: Arc<Daemon>) -> Router {
+pub fn router(d: Arc<Host>) -> Router {
     let (routes, doc) = openapi_router();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     routes
@@ -92,7 +94,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
 }
 
 /// Refuses requests without the daemon's bearer token.
-async fn authenticate(State(d): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
+async fn authenticate(State(d): State<Arc<Host>>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -18,16 +18,18 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson, RawJson};
-use crate::convert;
-use crate::daemon::Daemon;
-use crate::error::{ApiError, ApiResult};
-use crate::ops::{self, StopMode};
+use super::render::render;
+use crate::host::Host;
+use crate::host::runstate::EndMode;
+use crate::partition::{define, lifecycle};
+use crate::wire;
 
-type D = State<Arc<Daemon>>;
+type D = State<Arc<Host>>;
 const ACTOR: &str = "api";
 
-pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
+pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list, define))
         .routes(routes!(show, delete))
         .routes(routes!(start))
@@ -43,13 +45,13 @@ pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(exec))
 }
 
-async fn out(d: &Daemon, rec: brood_ledger::PartitionRecord) -> ApiResult<RawJson> {
+async fn out(d: &Host, rec: brood_ledger::PartitionRecord) -> ApiResult<RawJson> {
     let parent = parent_name(d, &rec).await?;
-    Ok(RawJson(d.render(rec, parent)?.to_vec()))
+    Ok(RawJson(render(d, rec, parent)?.to_vec()))
 }
 
 /// The name of the template a child was forked from.
-async fn parent_name(d: &Daemon, rec: &brood_ledger::PartitionRecord) -> ApiResult<Option<String>> {
+async fn parent_name(d: &Host, rec: &brood_ledger::PartitionRecord) -> ApiResult<Option<String>> {
     Ok(match rec.parent {
         Some(p) => d.ledger.partition_by_uuid(p).await?.map(|r| r.name),
         None => None,
@@ -101,7 +103,7 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
             body.push(b',');
         }
         let parent = r.parent.and_then(|p| parents.get(&p).cloned());
-        body.extend_from_slice(&d.render(r, parent)?);
+        body.extend_from_slice(&render(&d, r, parent)?);
     }
     body.extend_from_slice(b"],\"next\":");
     serde_json::to_writer(&mut body, &next)
@@ -118,7 +120,7 @@ async fn define(
     State(d): D,
     ApiJson(req): ApiJson<DefineRequest>,
 ) -> ApiResult<(StatusCode, RawJson)> {
-    let rec = ops::define(&d, ACTOR, req).await?;
+    let rec = define::define(&d, ACTOR, req).await?;
     Ok((StatusCode::CREATED, out(&d, rec).await?))
 }
 
@@ -127,7 +129,7 @@ async fn define(
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody)))]
 async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    out(&d, ops::resolve(&d, &name).await?).await
+    out(&d, d.find(&name).await?).await
 }
 
 /// Delete options.
@@ -147,8 +149,8 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    let rec = ops::resolve(&d, &name).await?;
-    ops::delete(&d, ACTOR, rec.uuid, q.force.unwrap_or(false)).await?;
+    let rec = d.find(&name).await?;
+    lifecycle::delete(&d, ACTOR, rec.uuid, q.force.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -158,8 +160,8 @@ async fn delete(
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 502, body = ErrorBody)))]
 async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::start(&d, ACTOR, rec.uuid).await?).await
+    let rec = d.find(&name).await?;
+    out(&d, lifecycle::start(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
@@ -171,14 +173,16 @@ async fn stop(
     Path(name): Path<String>,
     OptionalJson(req): OptionalJson<StopRequest>,
 ) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    let t = req.timeout_s.map_or(ops::STOP_TIMEOUT, Duration::from_secs);
+    let rec = d.find(&name).await?;
+    let t = req
+        .timeout_s
+        .map_or(lifecycle::STOP_TIMEOUT, Duration::from_secs);
     if t > Duration::from_secs(3600) {
         return Err(ApiError::bad_request("timeout_s must be at most 3600"));
     }
     out(
         &d,
-        ops::stop(&d, ACTOR, rec.uuid, StopMode::Graceful(t)).await?,
+        lifecycle::stop(&d, ACTOR, rec.uuid, EndMode::Graceful(t)).await?,
     )
     .await
 }
@@ -188,8 +192,12 @@ async fn stop(
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::stop(&d, ACTOR, rec.uuid, StopMode::Kill).await?).await
+    let rec = d.find(&name).await?;
+    out(
+        &d,
+        lifecycle::stop(&d, ACTOR, rec.uuid, EndMode::Kill).await?,
+    )
+    .await
 }
 
 /// Pauses a running partition's vCPUs.
@@ -197,8 +205,8 @@ async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::pause(&d, ACTOR, rec.uuid, true).await?).await
+    let rec = d.find(&name).await?;
+    out(&d, lifecycle::pause(&d, ACTOR, rec.uuid, true).await?).await
 }
 
 /// Resumes a paused partition.
@@ -206,8 +214,8 @@ async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::pause(&d, ACTOR, rec.uuid, false).await?).await
+    let rec = d.find(&name).await?;
+    out(&d, lifecycle::pause(&d, ACTOR, rec.uuid, false).await?).await
 }
 
 /// Saves a partition's state to disk and ends its VM; memory and vCPUs go back to `available`.
@@ -215,8 +223,8 @@ async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::save(&d, ACTOR, rec.uuid).await?).await
+    let rec = d.find(&name).await?;
+    out(&d, lifecycle::save(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Starts a saved partition from its saved state.
@@ -224,8 +232,8 @@ async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     params(("name" = String, Path, description = "Partition name or uuid")),
     responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::restore(&d, ACTOR, rec.uuid).await?).await
+    let rec = d.find(&name).await?;
+    out(&d, lifecycle::restore(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Chooses the configuration used at the next start.
@@ -237,8 +245,12 @@ async fn set_config(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetConfigRequest>,
 ) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
-    out(&d, ops::set_config(&d, ACTOR, rec.uuid, &req.config).await?).await
+    let rec = d.find(&name).await?;
+    out(
+        &d,
+        lifecycle::set_config(&d, ACTOR, rec.uuid, &req.config).await?,
+    )
+    .await
 }
 
 /// Moves a partition to another life-cycle stage.
@@ -250,10 +262,10 @@ async fn set_stage(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetStageRequest>,
 ) -> ApiResult<RawJson> {
-    let rec = ops::resolve(&d, &name).await?;
+    let rec = d.find(&name).await?;
     out(
         &d,
-        ops::set_stage(&d, ACTOR, rec.uuid, convert::stage_in(req.stage)).await?,
+        lifecycle::set_stage(&d, ACTOR, rec.uuid, wire::stage_in(req.stage)).await?,
     )
     .await
 }
@@ -275,14 +287,14 @@ async fn console(
     Path(name): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> ApiResult<Json<ConsoleLog>> {
-    let rec = ops::resolve(&d, &name).await?;
+    let rec = d.find(&name).await?;
     let want = q.bytes.unwrap_or(64 * 1024).min(1 << 20);
     // Earlier runs' output, then the current run's.
     let mut text = tokio::fs::read(d.paths.console_log(rec.uuid))
         .await
         .unwrap_or_default();
-    if let Some(r) = d.running(rec.uuid) {
-        text.extend(ops::current_console(&r).await);
+    if let Some(r) = d.registry.running(rec.uuid) {
+        text.extend(d.current_console(&r).await);
     }
     let start = text.len().saturating_sub(want);
     Ok(Json(ConsoleLog {
@@ -301,7 +313,7 @@ async fn exec(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
-    let rec = ops::resolve(&d, &name).await?;
+    let rec = d.find(&name).await?;
     let command = match (req.command, req.argv) {
         (Some(c), None) => brood_proto::Command::Shell(c),
         (None, Some(a)) if !a.is_empty() => brood_proto::Command::Argv(a),
@@ -317,7 +329,7 @@ async fn exec(
             .map_err(|e| ApiError::bad_request(format!("stdin_base64 is not base64: {e}")))?,
         None => Vec::new(),
     };
-    let running = d.running(rec.uuid).ok_or_else(|| {
+    let running = d.registry.running(rec.uuid).ok_or_else(|| {
         ApiError::transition(format!("{} is {}: start it first", rec.name, rec.run_state))
     })?;
     let ready = Duration::from_millis(req.ready_timeout_ms.unwrap_or(60_000).min(600_000));

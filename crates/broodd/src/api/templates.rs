@@ -1,4 +1,4 @@
-//! `/v1/templates` and `/v1/pools`: making templates, forking children,
+//! `/v1/templates` and `/v1/identity-pools`: making templates, forking children,
 //! and the identity pools children take their identities from.
 
 use std::sync::Arc;
@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use brood_api::{
-    ErrorBody, ForkRequest, ForkResponse, Pool, PoolCreateRequest, PoolList, Template,
-    TemplateCreateRequest, TemplateList,
+    ErrorBody, ForkRequest, ForkResponse, IdentityPool, IdentityPoolCreateRequest,
+    IdentityPoolList, Template, TemplateCreateRequest, TemplateList,
 };
 use brood_ledger::Stage;
 use serde::Deserialize;
@@ -16,24 +16,25 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
-use crate::daemon::Daemon;
-use crate::error::{ApiError, ApiResult};
-use crate::{fork, ops, pool, template};
+use crate::host::Host;
+use crate::template::freeze;
+use crate::{fork, identity_pool};
 
-type D = State<Arc<Daemon>>;
+type D = State<Arc<Host>>;
 const ACTOR: &str = "api";
 
-pub fn routes(r: OpenApiRouter<Arc<Daemon>>) -> OpenApiRouter<Arc<Daemon>> {
+pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list, create))
         .routes(routes!(show, delete))
         .routes(routes!(fork_children))
-        .routes(routes!(pools, create_pool))
-        .routes(routes!(show_pool, delete_pool))
+        .routes(routes!(identity_pools, create_identity_pool))
+        .routes(routes!(show_identity_pool, delete_identity_pool))
 }
 
-async fn template_rec(d: &Daemon, name: &str) -> ApiResult<brood_ledger::PartitionRecord> {
-    let rec = ops::resolve(d, name).await?;
+async fn template_rec(d: &Host, name: &str) -> ApiResult<brood_ledger::PartitionRecord> {
+    let rec = d.find(name).await?;
     if rec.stage != Stage::Template {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -52,7 +53,7 @@ async fn list(State(d): D) -> ApiResult<Json<TemplateList>> {
     let mut items = Vec::new();
     for rec in d.ledger.all_partitions().await? {
         if rec.stage == Stage::Template {
-            items.push(template::template_out(&d, &rec).await?);
+            items.push(freeze::view(&d, &rec).await?);
         }
     }
     Ok(Json(TemplateList { items }))
@@ -67,11 +68,8 @@ async fn create(
     State(d): D,
     ApiJson(req): ApiJson<TemplateCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
-    let rec = template::create(&d, ACTOR, &req.vm, req.name, req.pool_size).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(template::template_out(&d, &rec).await?),
-    ))
+    let rec = freeze::create(&d, ACTOR, &req.vm, req.name, req.warm).await?;
+    Ok((StatusCode::CREATED, Json(freeze::view(&d, &rec).await?)))
 }
 
 /// Shows a template.
@@ -80,7 +78,7 @@ async fn create(
     responses((status = 200, body = Template), (status = 404, body = ErrorBody)))]
 async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Template>> {
     let rec = template_rec(&d, &name).await?;
-    Ok(Json(template::template_out(&d, &rec).await?))
+    Ok(Json(freeze::view(&d, &rec).await?))
 }
 
 /// Delete options.
@@ -101,7 +99,7 @@ async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
     let rec = template_rec(&d, &name).await?;
-    template::delete(&d, ACTOR, rec.uuid, q.cascade.unwrap_or(false)).await?;
+    freeze::delete(&d, ACTOR, rec.uuid, q.cascade.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,42 +114,45 @@ async fn fork_children(
     ApiJson(req): ApiJson<ForkRequest>,
 ) -> ApiResult<(StatusCode, Json<ForkResponse>)> {
     let rec = template_rec(&d, &name).await?;
-    let children = fork::fork(&d, ACTOR, &rec.uuid.to_string(), req).await?;
+    let children = fork::fork(&d, ACTOR, rec.uuid, req).await?;
     Ok((StatusCode::CREATED, Json(ForkResponse { children })))
 }
 
 /// Lists identity pools.
-#[utoipa::path(get, path = "/v1/pools", tag = "templates", responses((status = 200, body = PoolList)))]
-async fn pools(State(d): D) -> ApiResult<Json<PoolList>> {
-    Ok(Json(pool::list(&d).await?))
+#[utoipa::path(get, path = "/v1/identity-pools", tag = "templates", responses((status = 200, body = IdentityPoolList)))]
+async fn identity_pools(State(d): D) -> ApiResult<Json<IdentityPoolList>> {
+    Ok(Json(identity_pool::list(&d).await?))
 }
 
 /// Creates an identity pool (identities, or a range of IPv4 addresses).
-#[utoipa::path(post, path = "/v1/pools", tag = "templates", request_body = PoolCreateRequest,
-    responses((status = 201, body = Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn create_pool(
+#[utoipa::path(post, path = "/v1/identity-pools", tag = "templates", request_body = IdentityPoolCreateRequest,
+    responses((status = 201, body = IdentityPool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_identity_pool(
     State(d): D,
-    ApiJson(req): ApiJson<PoolCreateRequest>,
-) -> ApiResult<(StatusCode, Json<Pool>)> {
+    ApiJson(req): ApiJson<IdentityPoolCreateRequest>,
+) -> ApiResult<(StatusCode, Json<IdentityPool>)> {
     Ok((
         StatusCode::CREATED,
-        Json(pool::create(&d, ACTOR, req).await?),
+        Json(identity_pool::create(&d, ACTOR, req).await?),
     ))
 }
 
-/// Shows a pool and who holds each value.
-#[utoipa::path(get, path = "/v1/pools/{name}", tag = "templates",
-    params(("name" = String, Path, description = "Pool name")),
-    responses((status = 200, body = Pool), (status = 404, body = ErrorBody)))]
-async fn show_pool(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Pool>> {
-    Ok(Json(pool::show(&d, &name, true).await?))
+/// Shows an identity pool and who holds each value.
+#[utoipa::path(get, path = "/v1/identity-pools/{name}", tag = "templates",
+    params(("name" = String, Path, description = "Identity pool name")),
+    responses((status = 200, body = IdentityPool), (status = 404, body = ErrorBody)))]
+async fn show_identity_pool(
+    State(d): D,
+    Path(name): Path<String>,
+) -> ApiResult<Json<IdentityPool>> {
+    Ok(Json(identity_pool::show(&d, &name, true).await?))
 }
 
-/// Deletes a pool none of whose values is held.
-#[utoipa::path(delete, path = "/v1/pools/{name}", tag = "templates",
-    params(("name" = String, Path, description = "Pool name")),
+/// Deletes an identity pool none of whose values is held.
+#[utoipa::path(delete, path = "/v1/identity-pools/{name}", tag = "templates",
+    params(("name" = String, Path, description = "Identity pool name")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn delete_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    pool::delete(&d, ACTOR, &name).await?;
+async fn delete_identity_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    identity_pool::delete(&d, ACTOR, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

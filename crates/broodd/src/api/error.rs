@@ -1,14 +1,17 @@
-//! `ApiError`: the one error type of broodd's request path. Each carries an
-//! HTTP status, a stable code and a message that says what to do; the full
-//! cause chain goes to the log, not to the client.
+//! `ApiError`: the error of broodd's HTTP edge. Each carries an HTTP status,
+//! a stable code and a message that says what to do. A `HostError` from the
+//! core or a feature becomes one here, and is logged here, once: failures
+//! of broodd itself (500) with their whole cause chain, engine failures
+//! (502) as warnings; refusals are the client's business and not logged.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use brood_api::{ErrorBody, ErrorCode, ErrorDetail};
-use brood_engine::EngineError;
 use brood_ledger::LedgerError;
 use tracing::{error, warn};
+
+use crate::host::{HostError, chain};
 
 /// A failed request.
 #[derive(Debug)]
@@ -55,14 +58,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
-    /// 502: the engine failed.
-    pub fn engine(what: &str, e: &EngineError) -> Self {
-        warn!("{what}: {}", chain(e));
-        Self::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::EngineFailed,
-            format!("{what}: {}", chain(e)),
-        )
+    /// 502: the engine failed while a handler used it directly.
+    pub fn engine(what: &str, e: &brood_engine::EngineError) -> Self {
+        let message = format!("{what}: {}", chain(e));
+        warn!("{message}");
+        Self::new(StatusCode::BAD_GATEWAY, ErrorCode::EngineFailed, message)
     }
 
     /// 500: a bug or a broken store; details only in the log.
@@ -76,16 +76,29 @@ impl ApiError {
     }
 }
 
-/// An error and its sources, joined with ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
+impl From<HostError> for ApiError {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::Invalid(m) => Self::bad_request(m),
+            HostError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, m),
+            HostError::Transition(m) => Self::transition(m),
+            HostError::Conflict(m) => Self::conflict(m),
+            HostError::Guest(m) => {
+                warn!("{m}");
+                Self::new(StatusCode::BAD_GATEWAY, ErrorCode::EngineFailed, m)
+            }
+            e @ HostError::Engine { .. } => {
+                let message = chain(&e);
+                warn!("{message}");
+                Self::new(StatusCode::BAD_GATEWAY, ErrorCode::EngineFailed, message)
+            }
+            HostError::Ledger(l) => l.into(),
+            e @ (HostError::Io { .. } | HostError::Corrupt { .. }) => {
+                let what = e.to_string();
+                Self::internal(&what, &e)
+            }
+        }
     }
-    out
 }
 
 impl From<LedgerError> for ApiError {
@@ -113,7 +126,7 @@ impl From<LedgerError> for ApiError {
             LedgerError::NoSuchPool { .. } | LedgerError::NotInPool { .. } => Self::new(
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
-                format!("{e}: `brood pool list` shows the pools"),
+                format!("{e}: `brood identity-pool list` shows the identity pools"),
             ),
             LedgerError::InvalidOp { .. } => Self::bad_request(e.to_string()),
             LedgerError::Precondition { .. } => Self::conflict(format!(

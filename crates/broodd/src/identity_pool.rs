@@ -1,23 +1,31 @@
-//! Identity pools: values created in advance (domain identities, IPv4
-//! addresses) that forks hand to one live child each, returned when the
-//! child is deleted. The ledger holds them, so assignments survive a crash.
+//! Identity pools (`/v1/identity-pools`, `brood identity-pool`): values
+//! created in advance (domain identities, IPv4 addresses) that forks hand
+//! to one live child each, returned when the child is deleted. The ledger
+//! holds them (its `pool` tables), so assignments survive a crash.
 
 use std::net::Ipv4Addr;
 
 use brood_api as api;
 use brood_ledger::{Op, PoolInfo, PoolKind, Tx};
 
-use crate::daemon::Daemon;
-use crate::error::{ApiError, ApiResult};
+use crate::host::{Host, HostError, HostResult};
 
 /// Most values a pool may have.
 const MAX_VALUES: usize = 65_536;
 
-/// Ledger pool kind to wire kind.
-pub fn kind_out(k: PoolKind) -> api::PoolKind {
+/// A pool kind's name in messages.
+pub fn kind_name(k: PoolKind) -> &'static str {
     match k {
-        PoolKind::Identity => api::PoolKind::Identity,
-        PoolKind::Ipv4 => api::PoolKind::Ipv4,
+        PoolKind::Identity => "identity",
+        PoolKind::Ipv4 => "ipv4",
+    }
+}
+
+/// Ledger pool kind to wire kind.
+pub fn kind_out(k: PoolKind) -> api::IdentityPoolKind {
+    match k {
+        PoolKind::Identity => api::IdentityPoolKind::Identity,
+        PoolKind::Ipv4 => api::IdentityPoolKind::Ipv4,
     }
 }
 
@@ -38,9 +46,9 @@ pub fn ipv4_meta(p: &PoolInfo) -> (u8, Option<String>) {
 }
 
 /// The addresses of `FIRST-LAST`.
-fn expand_range(range: &str) -> ApiResult<Vec<String>> {
+fn expand_range(range: &str) -> HostResult<Vec<String>> {
     let bad = || {
-        ApiError::bad_request(format!(
+        HostError::invalid(format!(
             "range {range:?} must be FIRST-LAST, e.g. 10.0.0.10-10.0.0.50"
         ))
     };
@@ -49,7 +57,7 @@ fn expand_range(range: &str) -> ApiResult<Vec<String>> {
     let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
     let (a, b) = (u32::from(a), u32::from(b));
     if b < a || (b - a) as usize >= MAX_VALUES {
-        return Err(ApiError::bad_request(format!(
+        return Err(HostError::invalid(format!(
             "range {range:?} is empty or has more than {MAX_VALUES} addresses"
         )));
     }
@@ -57,11 +65,15 @@ fn expand_range(range: &str) -> ApiResult<Vec<String>> {
 }
 
 /// Creates a pool.
-pub async fn create(d: &Daemon, actor: &str, req: api::PoolCreateRequest) -> ApiResult<api::Pool> {
+pub async fn create(
+    host: &Host,
+    actor: &str,
+    req: api::IdentityPoolCreateRequest,
+) -> HostResult<api::IdentityPool> {
     let (kind, values, meta) = match req.kind {
-        api::PoolKind::Identity => {
+        api::IdentityPoolKind::Identity => {
             if req.range.is_some() || req.gateway.is_some() || req.prefix.is_some() {
-                return Err(ApiError::bad_request(
+                return Err(HostError::invalid(
                     "range, prefix and gateway belong to ipv4 pools",
                 ));
             }
@@ -71,23 +83,21 @@ pub async fn create(d: &Daemon, actor: &str, req: api::PoolCreateRequest) -> Api
                 serde_json::json!({}),
             )
         }
-        api::PoolKind::Ipv4 => {
+        api::IdentityPoolKind::Ipv4 => {
             let range = req
                 .range
                 .as_deref()
-                .ok_or_else(|| ApiError::bad_request("an ipv4 pool needs a range"))?;
+                .ok_or_else(|| HostError::invalid("an ipv4 pool needs a range"))?;
             if !req.values.is_empty() {
-                return Err(ApiError::bad_request(
-                    "an ipv4 pool takes a range, not values",
-                ));
+                return Err(HostError::invalid("an ipv4 pool takes a range, not values"));
             }
             let prefix = req.prefix.unwrap_or(24);
             if prefix > 32 {
-                return Err(ApiError::bad_request(format!("prefix {prefix} is over 32")));
+                return Err(HostError::invalid(format!("prefix {prefix} is over 32")));
             }
             if let Some(g) = &req.gateway {
                 g.parse::<Ipv4Addr>().map_err(|_| {
-                    ApiError::bad_request(format!("gateway {g:?} is not an IPv4 address"))
+                    HostError::invalid(format!("gateway {g:?} is not an IPv4 address"))
                 })?;
             }
             (
@@ -98,7 +108,7 @@ pub async fn create(d: &Daemon, actor: &str, req: api::PoolCreateRequest) -> Api
         }
     };
     if values.is_empty() {
-        return Err(ApiError::bad_request("a pool needs at least one value"));
+        return Err(HostError::invalid("a pool needs at least one value"));
     }
     let op = Op::CreatePool {
         name: req.name.clone(),
@@ -106,23 +116,26 @@ pub async fn create(d: &Daemon, actor: &str, req: api::PoolCreateRequest) -> Api
         meta,
         values,
     };
-    d.ledger
+    host.ledger
         .commit(Tx {
             actor: actor.into(),
             reason: format!("create pool {}", req.name),
             ops: vec![op],
         })
         .await?;
-    show(d, &req.name, false).await
+    show(host, &req.name, false).await
 }
 
 /// Deletes a pool none of whose values is held.
-pub async fn delete(d: &Daemon, actor: &str, name: &str) -> ApiResult<()> {
-    d.ledger.pool(name).await?.ok_or_else(|| not_found(name))?;
+pub async fn delete(host: &Host, actor: &str, name: &str) -> HostResult<()> {
+    host.ledger
+        .pool(name)
+        .await?
+        .ok_or_else(|| not_found(name))?;
     let op = Op::DeletePool {
         name: name.to_string(),
     };
-    d.ledger
+    host.ledger
         .commit(Tx {
             actor: actor.into(),
             reason: format!("delete pool {name}"),
@@ -132,22 +145,24 @@ pub async fn delete(d: &Daemon, actor: &str, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn not_found(name: &str) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        api::ErrorCode::NotFound,
-        format!("no pool named {name:?}: `brood pool list` shows them"),
-    )
+fn not_found(name: &str) -> HostError {
+    HostError::NotFound(format!(
+        "no identity pool named {name:?}: `brood identity-pool list` shows them"
+    ))
 }
 
 /// A pool, with its items when asked.
-pub async fn show(d: &Daemon, name: &str, items: bool) -> ApiResult<api::Pool> {
-    let p = d.ledger.pool(name).await?.ok_or_else(|| not_found(name))?;
+pub async fn show(host: &Host, name: &str, items: bool) -> HostResult<api::IdentityPool> {
+    let p = host
+        .ledger
+        .pool(name)
+        .await?
+        .ok_or_else(|| not_found(name))?;
     let mut out = pool_out(&p);
     if items {
-        for it in d.ledger.pool_items(name).await? {
+        for it in host.ledger.pool_items(name).await? {
             let holder = match it.holder {
-                Some(u) => d
+                Some(u) => host
                     .ledger
                     .partition_by_uuid(u)
                     .await?
@@ -155,7 +170,7 @@ pub async fn show(d: &Daemon, name: &str, items: bool) -> ApiResult<api::Pool> {
                     .or_else(|| Some(u.to_string())),
                 None => None,
             };
-            out.items.push(api::PoolItem {
+            out.items.push(api::IdentityPoolItem {
                 value: it.value,
                 holder,
             });
@@ -165,19 +180,19 @@ pub async fn show(d: &Daemon, name: &str, items: bool) -> ApiResult<api::Pool> {
 }
 
 /// Every pool.
-pub async fn list(d: &Daemon) -> ApiResult<api::PoolList> {
-    Ok(api::PoolList {
-        items: d.ledger.pools().await?.iter().map(pool_out).collect(),
+pub async fn list(host: &Host) -> HostResult<api::IdentityPoolList> {
+    Ok(api::IdentityPoolList {
+        items: host.ledger.pools().await?.iter().map(pool_out).collect(),
     })
 }
 
-fn pool_out(p: &PoolInfo) -> api::Pool {
+fn pool_out(p: &PoolInfo) -> api::IdentityPool {
     let (prefix, gateway) = if p.kind == PoolKind::Ipv4 {
         ipv4_meta(p)
     } else {
         (0, None)
     };
-    api::Pool {
+    api::IdentityPool {
         name: p.name.clone(),
         kind: kind_out(p.kind),
         size: p.size,

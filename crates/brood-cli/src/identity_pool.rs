@@ -1,4 +1,4 @@
-//! `brood pool ...`: the identity and IPv4 pools forked children draw their
+//! `brood identity-pool ...`: the identity and IPv4 pools forked children draw their
 //! identities and addresses from. This module parses the flags and the
 //! identities file; handing values out and taking them back is broodd's.
 
@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use brood_api::{Pool, PoolCreateRequest, PoolKind, PoolList};
+use brood_api::{IdentityPool, IdentityPoolCreateRequest, IdentityPoolKind, IdentityPoolList};
 use clap::builder::NonEmptyStringValueParser;
 use clap::{ArgGroup, Args, Subcommand};
 
@@ -16,31 +16,31 @@ use crate::render::{Table, key_values, or_dash, print_json, wire_name};
 
 /// Commands on identity pools.
 #[derive(Debug, Subcommand)]
-pub enum PoolCmd {
+pub enum IdentityPoolCmd {
     /// Create a pool of identities or of IPv4 addresses.
     Create(CreateArgs),
     /// List pools.
     #[command(after_help = "Examples:
-  brood pool list
-  brood pool list -o json")]
+  brood identity-pool list
+  brood identity-pool list -o json")]
     List,
     /// Show one pool and who holds each value.
     #[command(after_help = "Examples:
-  brood pool show lan
-  brood pool show hosts -o json")]
+  brood identity-pool show lan
+  brood identity-pool show hosts -o json")]
     Show {
         /// Pool name.
         name: String,
     },
     /// Delete a pool; broodd refuses while a child holds one of its values.
-    #[command(after_help = "Examples:\n  brood pool delete lan")]
+    #[command(after_help = "Examples:\n  brood identity-pool delete lan")]
     Delete {
         /// Pool name.
         name: String,
     },
 }
 
-/// Arguments of `brood pool create`.
+/// Arguments of `brood identity-pool create`.
 #[derive(Debug, Args)]
 #[command(
     group(
@@ -49,10 +49,10 @@ pub enum PoolCmd {
             .args(["identities", "identities_file", "ipv4"])
     ),
     after_help = "Examples:
-  brood pool create hosts --identity host-a --identity host-b
-  brood pool create hosts --identities-file hosts.txt
-  brood pool create lan --ipv4 10.0.0.10-10.0.0.50 --prefix 24 --gateway 10.0.0.1
-  brood pool create lan --ipv4 10.0.0.10-50
+  brood identity-pool create hosts --identity host-a --identity host-b
+  brood identity-pool create hosts --identities-file hosts.txt
+  brood identity-pool create lan --ipv4 10.0.0.10-10.0.0.50 --prefix 24 --gateway 10.0.0.1
+  brood identity-pool create lan --ipv4 10.0.0.10-50
 
 An identities file holds one identity a line; blank lines and lines starting
 with # are skipped."
@@ -142,17 +142,17 @@ async fn read_identities(file: &Path) -> Result<Vec<String>> {
     Ok(values)
 }
 
-/// The request `brood pool create` sends; `from_file` are the identities
+/// The request `brood identity-pool create` sends; `from_file` are the identities
 /// read from `--identities-file`.
-fn request(args: CreateArgs, from_file: Vec<String>) -> PoolCreateRequest {
+fn request(args: CreateArgs, from_file: Vec<String>) -> IdentityPoolCreateRequest {
     let kind = if args.ipv4.is_some() {
-        PoolKind::Ipv4
+        IdentityPoolKind::Ipv4
     } else {
-        PoolKind::Identity
+        IdentityPoolKind::Identity
     };
     let mut values = args.identities;
     values.extend(from_file);
-    PoolCreateRequest {
+    IdentityPoolCreateRequest {
         name: args.name,
         kind,
         values,
@@ -163,44 +163,46 @@ fn request(args: CreateArgs, from_file: Vec<String>) -> PoolCreateRequest {
 }
 
 fn pool_path(name: &str) -> String {
-    format!("/v1/pools/{}", encode(name))
+    format!("/v1/identity-pools/{}", encode(name))
 }
 
 /// Runs a `brood pool` command; returns the exit code.
-pub async fn run(cmd: PoolCmd, client: &Client, out: Output) -> Result<i32> {
+pub async fn run(cmd: IdentityPoolCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
-        PoolCmd::Create(args) => {
+        IdentityPoolCmd::Create(args) => {
             let from_file = match &args.identities_file {
                 Some(file) => read_identities(file).await?,
                 None => Vec::new(),
             };
-            let p: Pool = client.post("/v1/pools", &request(args, from_file)).await?;
+            let p: IdentityPool = client
+                .post("/v1/identity-pools", &request(args, from_file))
+                .await?;
             match out {
                 Output::Json => print_json(&p)?,
-                Output::Text => println!("created pool {}", summary(&p)),
+                Output::Text => println!("created identity pool {}", summary(&p)),
             }
             Ok(0)
         }
-        PoolCmd::List => {
-            let list: PoolList = client.get("/v1/pools").await?;
+        IdentityPoolCmd::List => {
+            let list: IdentityPoolList = client.get("/v1/identity-pools").await?;
             match out {
                 Output::Json => print_json(&list)?,
                 Output::Text => print!("{}", list_table(&list.items)),
             }
             Ok(0)
         }
-        PoolCmd::Show { name } => {
-            let p: Pool = client.get(&pool_path(&name)).await?;
+        IdentityPoolCmd::Show { name } => {
+            let p: IdentityPool = client.get(&pool_path(&name)).await?;
             match out {
                 Output::Json => print_json(&p)?,
                 Output::Text => print!("{}", show(&p)),
             }
             Ok(0)
         }
-        PoolCmd::Delete { name } => {
+        IdentityPoolCmd::Delete { name } => {
             client.delete(&pool_path(&name)).await?;
             if out == Output::Text {
-                println!("deleted pool {name}");
+                println!("deleted identity pool {name}");
             }
             Ok(0)
         }
@@ -208,7 +210,7 @@ pub async fn run(cmd: PoolCmd, client: &Client, out: Output) -> Result<i32> {
 }
 
 /// One line about a pool: `lan: ipv4, 41 values, 39 free`.
-pub fn summary(p: &Pool) -> String {
+pub fn summary(p: &IdentityPool) -> String {
     let plural = if p.size == 1 { "" } else { "s" };
     format!(
         "{}: {}, {} value{plural}, {} free",
@@ -219,8 +221,8 @@ pub fn summary(p: &Pool) -> String {
     )
 }
 
-/// The table of `brood pool list`.
-pub fn list_table(items: &[Pool]) -> String {
+/// The table of `brood identity-pool list`.
+pub fn list_table(items: &[IdentityPool]) -> String {
     let mut t = Table::new(&["NAME", "KIND", "SIZE", "FREE"]).right(&[2, 3]);
     for p in items {
         t.row(vec![
@@ -233,16 +235,16 @@ pub fn list_table(items: &[Pool]) -> String {
     t.render()
 }
 
-/// `brood pool show`: the pool's key/value listing, a blank line, then a
+/// `brood identity-pool show`: the pool's key/value listing, a blank line, then a
 /// VALUE HOLDER table.
-pub fn show(p: &Pool) -> String {
+pub fn show(p: &IdentityPool) -> String {
     let mut kv: Vec<(&str, String)> = vec![
         ("name", p.name.clone()),
         ("kind", wire_name(&p.kind)),
         ("size", p.size.to_string()),
         ("free", p.free.to_string()),
     ];
-    if p.kind == PoolKind::Ipv4 {
+    if p.kind == IdentityPoolKind::Ipv4 {
         kv.push(("prefix", or_dash(p.prefix.map(|n| format!("/{n}")))));
         kv.push(("gateway", or_dash(p.gateway.as_deref())));
     }
@@ -255,7 +257,7 @@ pub fn show(p: &Pool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use brood_api::PoolItem;
+    use brood_api::IdentityPoolItem;
     use clap::Parser;
 
     use super::*;
@@ -327,7 +329,7 @@ mod tests {
 
         let args = parse(&["hosts", "--identity", "a", "--identity", "b"]).unwrap();
         let req = request(args, Vec::new());
-        assert_eq!(req.kind, PoolKind::Identity);
+        assert_eq!(req.kind, IdentityPoolKind::Identity);
         assert_eq!(req.values, ["a", "b"]);
         assert_eq!((req.range, req.prefix, req.gateway), (None, None, None));
     }
@@ -346,9 +348,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             request(args, Vec::new()),
-            PoolCreateRequest {
+            IdentityPoolCreateRequest {
                 name: "lan".into(),
-                kind: PoolKind::Ipv4,
+                kind: IdentityPoolKind::Ipv4,
                 values: Vec::new(),
                 range: Some("10.0.0.10-10.0.0.50".into()),
                 prefix: Some(16),
@@ -359,24 +361,24 @@ mod tests {
         let req = request(args, vec!["x".into()]);
         assert_eq!(
             (req.kind, req.values),
-            (PoolKind::Identity, vec!["x".into()])
+            (IdentityPoolKind::Identity, vec!["x".into()])
         );
     }
 
-    fn pool() -> Pool {
-        Pool {
+    fn pool() -> IdentityPool {
+        IdentityPool {
             name: "lan".into(),
-            kind: PoolKind::Ipv4,
+            kind: IdentityPoolKind::Ipv4,
             size: 3,
             free: 2,
             prefix: Some(24),
             gateway: None,
             items: vec![
-                PoolItem {
+                IdentityPoolItem {
                     value: "10.0.0.10".into(),
                     holder: Some("web-1".into()),
                 },
-                PoolItem {
+                IdentityPoolItem {
                     value: "10.0.0.11".into(),
                     holder: None,
                 },
@@ -401,9 +403,9 @@ mod tests {
              10.0.0.10  web-1\n\
              10.0.0.11  -\n"
         );
-        let ids = Pool {
+        let ids = IdentityPool {
             name: "hosts".into(),
-            kind: PoolKind::Identity,
+            kind: IdentityPoolKind::Identity,
             size: 1,
             free: 1,
             prefix: None,

@@ -1,0 +1,151 @@
+//! A partition's configurations as the ledger keeps them (JSON text of
+//! `brood_api::PartitionConfig`s), what the active one demands, and the
+//! engine spec a partition starts with.
+
+use std::collections::BTreeMap;
+
+use brood_api as api;
+use brood_engine::{DiskSpec, Limits, MacAddr, NicBackend, NicSpec, VmSpec};
+use brood_ledger::{PartitionRecord, Resources};
+
+use super::error::{HostError, HostResult};
+use super::paths::Paths;
+
+/// The configurations stored in a record.
+pub fn configs_of(rec: &PartitionRecord) -> HostResult<BTreeMap<String, api::PartitionConfig>> {
+    rec.configs
+        .parse::<BTreeMap<String, api::PartitionConfig>>()
+        .map_err(|e| HostError::corrupt(format!("the configurations of {}", rec.name), e))
+}
+
+/// The active configuration of a record.
+pub fn active_config(rec: &PartitionRecord) -> HostResult<api::PartitionConfig> {
+    let mut configs = configs_of(rec)?;
+    configs.remove(&rec.active_config).ok_or_else(|| {
+        HostError::corrupt(
+            format!("partition {}", rec.name),
+            format!(
+                "its active configuration {:?} is missing",
+                rec.active_config
+            ),
+        )
+    })
+}
+
+/// The disks of a partition across all its configurations: name to size.
+/// A disk named in several configurations must have one size.
+pub fn all_disks(
+    configs: &BTreeMap<String, api::PartitionConfig>,
+) -> HostResult<BTreeMap<String, u64>> {
+    let mut disks = BTreeMap::new();
+    for (cname, c) in configs {
+        for d in &c.disks {
+            if let Some(&size) = disks.get(&d.name)
+                && size != d.size_gib
+            {
+                return Err(HostError::invalid(format!(
+                    "disk {:?} is {size} GiB in one configuration and {} GiB in {cname:?}: a disk has one size",
+                    d.name, d.size_gib
+                )));
+            }
+            disks.insert(d.name.clone(), d.size_gib);
+        }
+    }
+    Ok(disks)
+}
+
+/// What a partition holds while it runs `config`, plus its disks (held always).
+pub fn demand(config: &api::PartitionConfig, disks: &BTreeMap<String, u64>) -> Resources {
+    Resources {
+        memory_mib: config.memory_mib,
+        vcpus: u64::from(config.vcpus),
+        disk_gib: disks.values().fold(0u64, |a, b| a.saturating_add(*b)),
+        nics: config.nics.len() as u64,
+    }
+}
+
+/// What a partition of record `rec` demands with its active configuration.
+pub fn demand_of(rec: &PartitionRecord) -> HostResult<Resources> {
+    let config = active_config(rec)?;
+    let disks = all_disks(&configs_of(rec)?)?;
+    Ok(demand(&config, &disks))
+}
+
+/// cgroup limits of a policy.
+pub fn limits(p: &api::Policy) -> Limits {
+    Limits {
+        cpu_weight: p.cpu_weight,
+        cpu_cap_pct: p.cpu_cap_pct,
+        memory_limit_mib: p.memory_limit_mib,
+    }
+}
+
+/// The engine spec a partition starts with: the guest image, its active
+/// configuration, the VM kept alive across broodd restarts.
+pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
+    let c = active_config(rec)?;
+    let mut spec = VmSpec::new(rec.uuid.to_string(), paths.kernel());
+    spec.initrd = Some(paths.initrd());
+    spec.vcpus = c.vcpus;
+    spec.mem_mib = c.memory_mib;
+    spec.cmdline = c.cmdline.clone();
+    spec.die_with_parent = false;
+    spec.limits = limits(&c.policy);
+    spec.disks = c
+        .disks
+        .iter()
+        .map(|d| DiskSpec::new(paths.disk(rec.uuid, &d.name)))
+        .collect();
+    spec.nics = c
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NicSpec {
+            backend: if n.network == "user" {
+                NicBackend::User
+            } else {
+                NicBackend::Bridge(n.network.clone())
+            },
+            mac: n
+                .mac
+                .as_ref()
+                .and_then(|m| m.parse().ok())
+                .or_else(|| Some(stable_mac(rec.uuid, i))),
+        })
+        .collect();
+    Ok(spec)
+}
+
+/// A MAC derived from the partition's uuid, so it survives restarts.
+pub fn stable_mac(uuid: uuid::Uuid, index: usize) -> MacAddr {
+    let b = uuid.as_bytes();
+    let i = u8::try_from(index % 256).unwrap_or(0);
+    MacAddr([0x52, 0x54, 0x00, b[13] ^ i, b[14], b[15]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_have_one_size_across_configs() {
+        let mut configs = BTreeMap::new();
+        let mut a = api::PartitionConfig::default();
+        a.disks.push(api::DiskConfig {
+            name: "d".into(),
+            size_gib: 1,
+        });
+        let mut b = a.clone();
+        configs.insert("a".into(), a.clone());
+        configs.insert("b".into(), b.clone());
+        assert_eq!(all_disks(&configs).unwrap().get("d"), Some(&1));
+        b.disks[0].size_gib = 2;
+        configs.insert("b".into(), b);
+        assert!(all_disks(&configs).is_err());
+        let d = demand(
+            &a,
+            &all_disks(&BTreeMap::from([("a".to_string(), a.clone())])).unwrap(),
+        );
+        assert_eq!((d.memory_mib, d.vcpus, d.disk_gib, d.nics), (256, 1, 1, 0));
+    }
+}

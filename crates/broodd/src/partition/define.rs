@@ -1,0 +1,130 @@
+//! Defining a partition: one transaction records it with its disk space
+//! reserved and `provision` pending; its disks are created; then it is
+//! operating. With `start`, the partition stays marked `create` until its
+//! VM runs, so a failed start (or a crash of broodd before it completes)
+//! removes it again, as the API promises.
+
+use std::sync::Arc;
+
+use brood_api as api;
+use brood_ledger::{
+    JsonText, Op, PartitionPatch, PartitionRecord, PendingOp, Resources, RunState, Stage, Tx,
+};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::lifecycle;
+use crate::convert;
+use crate::host::config::{all_disks, configs_of, demand};
+use crate::host::{Host, HostError, HostResult, chain, disk};
+use crate::wire;
+
+/// Defines a partition, and starts it with `req.start`.
+pub async fn define(
+    host: &Arc<Host>,
+    actor: &str,
+    req: api::DefineRequest,
+) -> HostResult<PartitionRecord> {
+    let active = convert::validate_define(&req)?;
+    let disks = all_disks(&req.configs)?;
+    let config = req.configs.get(&active).cloned().unwrap_or_default();
+    let uuid = Uuid::new_v4();
+    let now = wire::now();
+    let rec = PartitionRecord {
+        uuid,
+        name: req.name.clone(),
+        stage: Stage::Provisioning,
+        run_state: RunState::Stopped,
+        active_config: active,
+        configs: JsonText::from_serialize(&req.configs)
+            .map_err(|e| HostError::corrupt("encode the configurations", e))?,
+        demand: demand(&config, &disks),
+        pid: None,
+        pending_op: Some(PendingOp::Provision),
+        restart_count: 0,
+        last_exit: None,
+        created_at: now.clone(),
+        updated_at: now,
+        generation: 0,
+        parent: None,
+        lineage: None,
+    };
+    let disk_share = Resources {
+        disk_gib: rec.demand.disk_gib,
+        ..Resources::default()
+    };
+    let mut ops = vec![Op::InsertPartition(rec.clone())];
+    ops.extend(Op::reserve(uuid, &disk_share));
+    host.ledger
+        .commit(Tx {
+            actor: actor.into(),
+            reason: format!("define {}", req.name),
+            ops,
+        })
+        .await?;
+    let then = req.start.then_some(PendingOp::Create);
+    {
+        let lock = host.registry.lock(uuid);
+        let _g = lock.lock().await;
+        if let Err(e) = provision(host, actor, uuid, then).await {
+            undo(host, actor, uuid, "provisioning failed").await;
+            return Err(e);
+        }
+    }
+    if !req.start {
+        return host.reload(uuid).await;
+    }
+    match lifecycle::start(host, actor, uuid).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let lock = host.registry.lock(uuid);
+            let _g = lock.lock().await;
+            undo(host, actor, uuid, "its start after define failed").await;
+            Err(e)
+        }
+    }
+}
+
+/// Removes a partition whose definition did not complete. The caller holds its lock.
+async fn undo(host: &Host, actor: &str, uuid: Uuid, why: &str) {
+    if let Err(e) = host.remove(actor, uuid, why).await {
+        warn!(partition = %uuid, "removing it after {why}: {}", chain(&e));
+    }
+}
+
+/// Creates a provisioning partition's missing disks and makes it
+/// operating, leaving `then` pending. The caller holds its lock.
+pub async fn provision(
+    host: &Host,
+    actor: &str,
+    uuid: Uuid,
+    then: Option<PendingOp>,
+) -> HostResult<PartitionRecord> {
+    let rec = host.reload(uuid).await?;
+    let disks = all_disks(&configs_of(&rec)?)?;
+    let dir = host.paths.disk_dir(uuid);
+    if !disks.is_empty() {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+    }
+    for (name, size) in &disks {
+        let path = host.paths.disk(uuid, name);
+        if !path.exists() {
+            disk::create(&path, *size).await?;
+        }
+    }
+    let patch = PartitionPatch {
+        stage: Some(Stage::Operating),
+        pending_op: Some(then),
+        ..Default::default()
+    };
+    host.update(
+        actor,
+        format!("provisioned {}", rec.name),
+        &rec,
+        patch,
+        Vec::new(),
+    )
+    .await
+}

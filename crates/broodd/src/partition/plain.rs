@@ -1,0 +1,30 @@
+//! How a plain partition starts: its active configuration demands its
+//! resources, and the engine boots the guest image with it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use brood_engine::BoxedVm;
+use brood_ledger::{PartitionRecord, Resources};
+
+use crate::host::config::{demand_of, vm_spec};
+use crate::host::{Host, HostError, HostResult, Launcher};
+
+/// Boots plain partitions.
+#[derive(Debug, Default)]
+pub struct PlainLauncher;
+
+#[async_trait]
+impl Launcher for PlainLauncher {
+    fn demand(&self, rec: &PartitionRecord) -> HostResult<Resources> {
+        demand_of(rec)
+    }
+
+    async fn launch(&self, host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<BoxedVm> {
+        let spec = vm_spec(rec, &host.paths)?;
+        host.engine
+            .boot(&spec)
+            .await
+            .map_err(|e| HostError::engine(format!("start {}", rec.name), e))
+    }
+}

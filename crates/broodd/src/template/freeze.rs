@@ -1,0 +1,280 @@
+//! Making, loading, showing and deleting templates.
+//!
+//! A template is the partition itself, moved to stage `template` by the
+//! core's `freeze` (its memory kept, its vCPUs and NICs given back). Its
+//! directory holds the memory file and the device state; a child made a
+//! template in turn is first re-hosted into a VM with memory of its own.
+//! Templates survive broodd restarts: the ledger says which partitions are
+//! templates, the directory holds the rest.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brood_api as api;
+use brood_ledger::{Lineage, PartitionRecord, PendingOp, RunState, Stage, TemplateLineage};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{DEFAULT_WARM, MAX_WARM, TemplateRt, Templates, refill};
+use crate::convert;
+use crate::host::config::{active_config, vm_spec};
+use crate::host::runstate::{EndMode, Settle};
+use crate::host::{Host, HostError, HostResult, Kind, Running, chain};
+use crate::partition::lifecycle;
+use crate::wire;
+
+/// How long the agent may take to reach its fork point (the
+/// identity-independent services run first).
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Makes the running partition `key` a template (through its agent's fork
+/// point), optionally renamed, keeping `warm` warm children.
+pub async fn create(
+    host: &Arc<Host>,
+    actor: &str,
+    key: &str,
+    name: Option<String>,
+    warm: Option<u32>,
+) -> HostResult<PartitionRecord> {
+    let rec = host.find(key).await?;
+    let warm = warm.unwrap_or(DEFAULT_WARM);
+    if warm > MAX_WARM {
+        return Err(HostError::invalid(format!(
+            "warm {warm} is over the limit of {MAX_WARM}"
+        )));
+    }
+    let tpl_name = name.as_deref().unwrap_or(&rec.name);
+    convert::check_template_name(tpl_name)?;
+    if !(rec.run_state == RunState::Running
+        && matches!(rec.stage, Stage::Operating | Stage::Manual))
+    {
+        return Err(HostError::transition(format!(
+            "only a running partition can become a template; {} is {}, {}",
+            rec.name, rec.stage, rec.run_state
+        )));
+    }
+    let running = host
+        .registry
+        .running(rec.uuid)
+        .ok_or_else(|| HostError::conflict(format!("{} has no VM yet; retry", rec.name)))?;
+    // The guest waits happen without the partition's lock: a stop or kill
+    // meanwhile acts at once, and is noticed below.
+    let agent = running
+        .vm
+        .agent()
+        .map_err(|e| HostError::engine(format!("the agent of {}", rec.name), e))?;
+    running
+        .vm
+        .wait_ready(PREPARE_TIMEOUT)
+        .await
+        .map_err(|e| HostError::engine(format!("the agent of {}", rec.name), e))?;
+    let (seq, _services) = agent
+        .prepare_fork(PREPARE_TIMEOUT)
+        .await
+        .map_err(|e| HostError::engine(format!("bring {} to its fork point", rec.name), e))?;
+    let lock = host.registry.lock(rec.uuid);
+    let _g = lock.lock().await;
+    let rec = host.reload(rec.uuid).await?;
+    if rec.run_state != RunState::Running || rec.pid != Some(running.vm.pid()) {
+        return Err(HostError::conflict(format!(
+            "{} changed while it reached its fork point ({}); nothing was made",
+            rec.name, rec.run_state
+        )));
+    }
+    freeze(host, actor, rec, running, seq, name, warm).await
+}
+
+/// Freezes a partition whose agent waits at fork point `seq` into a
+/// template. The caller holds the partition lock.
+pub async fn freeze(
+    host: &Arc<Host>,
+    actor: &str,
+    rec: PartitionRecord,
+    running: Arc<Running>,
+    seq: u32,
+    name: Option<String>,
+    warm: u32,
+) -> HostResult<PartitionRecord> {
+    let rec = host
+        .set_pending(
+            actor,
+            &rec,
+            Some(PendingOp::Template),
+            format!("make {} a template", rec.name),
+        )
+        .await?;
+    running.expect_exit();
+    let dir = host.paths.template_dir(rec.uuid);
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    // A child maps its template's memory privately: move it into a VM
+    // with memory of its own first.
+    let saved = async {
+        if Kind::of(&rec) == Kind::Child {
+            let spec = brood_engine::VmSpec {
+                name: format!("{}-rehost", rec.uuid),
+                ..vm_spec(&rec, &host.paths)?
+            };
+            let rehosted = host
+                .engine
+                .rehost(running.vm.as_ref(), &spec)
+                .await
+                .map_err(|e| HostError::engine("re-host the child", e))?;
+            host.engine
+                .save_template(rehosted.as_ref(), &dir)
+                .await
+                .map_err(|e| HostError::engine("save the template", e))
+        } else {
+            host.engine
+                .save_template(running.vm.as_ref(), &dir)
+                .await
+                .map_err(|e| HostError::engine("save the template", e))
+        }
+    }
+    .await;
+    host.end_vm(rec.uuid, EndMode::Kill).await;
+    let tpl = match saved {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("making a template failed: {}", chain(&e));
+            host.settle(actor, &rec, Settle::to(RunState::Crashed, why))
+                .await?;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+    };
+    for disk in &tpl.spec.disks {
+        let _ =
+            tokio::fs::set_permissions(&disk.path, std::fs::Permissions::from_mode(0o444)).await;
+    }
+    let memory = active_config(&rec)?.memory_mib;
+    let lineage = Lineage::Template(TemplateLineage {
+        dir: dir.clone(),
+        seq,
+        warm,
+        next_index: 0,
+        state_bytes: tpl.state_bytes,
+        created_at: wire::now(),
+    });
+    let rec = host.freeze(actor, &rec, memory, lineage, name).await?;
+    let rt = Arc::new(TemplateRt::new(rec.uuid, tpl, seq, warm));
+    host.feature::<Templates>().insert(rt.clone());
+    refill(host.clone(), rt);
+    info!(template = %rec.name, "template made");
+    Ok(rec)
+}
+
+/// Loads the templates recorded in the ledger (at start-up, before reconciliation).
+pub async fn load_all(host: &Host) -> HostResult<()> {
+    let templates = host.feature::<Templates>();
+    for rec in host.ledger.all_partitions().await? {
+        if rec.stage != Stage::Template {
+            continue;
+        }
+        let Some(Lineage::Template(t)) = &rec.lineage else {
+            warn!(template = %rec.name, "a template without its details in the ledger; it cannot fork");
+            continue;
+        };
+        match host.engine.load_template(&t.dir) {
+            Ok(tpl) => templates.insert(Arc::new(TemplateRt::new(rec.uuid, tpl, t.seq, t.warm))),
+            Err(e) => warn!(template = %rec.name, "cannot fork from it any more: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a template; with `cascade`, its children and derived templates first.
+pub async fn delete(host: &Arc<Host>, actor: &str, uuid: Uuid, cascade: bool) -> HostResult<()> {
+    let rec = host.reload(uuid).await?;
+    if rec.stage != Stage::Template {
+        return Err(HostError::invalid(format!(
+            "{} is not a template (use `brood vm delete`)",
+            rec.name
+        )));
+    }
+    let descendants = host.ledger.children_of(uuid).await?;
+    if !descendants.is_empty() && !cascade {
+        let (tpls, kids): (Vec<_>, Vec<_>) =
+            descendants.iter().partition(|r| r.stage == Stage::Template);
+        let names = |v: &[&PartitionRecord]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        return Err(HostError::transition(format!(
+            "template {} has live children ({}) and derived templates ({}): delete them first or use --cascade",
+            rec.name,
+            names(&kids),
+            names(&tpls),
+        )));
+    }
+    for child in descendants {
+        if child.stage == Stage::Template {
+            Box::pin(delete(host, actor, child.uuid, true)).await?;
+        } else {
+            lifecycle::delete(host, actor, child.uuid, true).await?;
+        }
+    }
+    super::forget(host, uuid).await;
+    let lock = host.registry.lock(uuid);
+    let _g = lock.lock().await;
+    let _ = tokio::fs::remove_dir_all(host.paths.template_dir(uuid)).await;
+    host.remove(actor, uuid, "template deleted").await
+}
+
+/// A template as the API shows it.
+pub async fn view(host: &Host, rec: &PartitionRecord) -> HostResult<api::Template> {
+    let config = active_config(rec)?;
+    let t = rec.lineage.as_ref().and_then(Lineage::as_template);
+    let descendants = host.ledger.children_of(rec.uuid).await?;
+    let parent = match rec.parent {
+        Some(p) => host.ledger.partition_by_uuid(p).await?.map(|r| r.name),
+        None => None,
+    };
+    let rt = host.feature::<Templates>().get(rec.uuid);
+    let warm_ready = match &rt {
+        Some(rt) => rt.ready().await,
+        None => 0,
+    };
+    Ok(api::Template {
+        name: rec.name.clone(),
+        uuid: rec.uuid,
+        parent,
+        memory_mib: config.memory_mib,
+        vcpus: config.vcpus,
+        state_bytes: t.map_or(0, |t| t.state_bytes),
+        fork_point: t.map_or(0, |t| t.seq),
+        children: descendants
+            .iter()
+            .filter(|r| r.stage != Stage::Template)
+            .map(|r| r.name.clone())
+            .collect(),
+        derived: descendants
+            .iter()
+            .filter(|r| r.stage == Stage::Template)
+            .map(|r| r.name.clone())
+            .collect(),
+        warm_ready,
+        warm: t.map_or(0, |t| t.warm),
+        disks: rt
+            .map(|rt| {
+                rt.tpl
+                    .spec
+                    .disks
+                    .iter()
+                    .map(|x| x.path.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        // Older ledgers did not record it: the partition's own creation.
+        created_at: t
+            .map(|t| t.created_at.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| rec.created_at.clone()),
+    })
+}
