@@ -135,6 +135,7 @@ pub async fn fork(
         ))
     })?;
     validate(d, &req).await?;
+    convert::child_charge(req.charge_mib, rt.tpl.spec.mem_mib)?;
     rt.forking.fetch_add(1, Ordering::SeqCst);
     let busy = Busy(rt.clone());
     let recorded = record(d, actor, &rt, &req).await?;
@@ -206,7 +207,7 @@ async fn record(
         ));
     };
     let config = convert::active_config(&tpl_rec)?;
-    let charge = req.charge_mib.unwrap_or((config.memory_mib / 4).max(16));
+    let charge = convert::child_charge(req.charge_mib, config.memory_mib)?;
     let first = tdata.next_index;
     tdata.next_index += req.count;
     let mut ops_list = Vec::new();

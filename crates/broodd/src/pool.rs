@@ -58,6 +58,7 @@ fn expand_range(range: &str) -> ApiResult<Vec<String>> {
 
 /// Creates a pool.
 pub async fn create(d: &Daemon, actor: &str, req: api::PoolCreateRequest) -> ApiResult<api::Pool> {
+    crate::convert::validate_pool(&req)?;
     let (kind, values, meta) = match req.kind {
         api::PoolKind::Identity => {
             if req.range.is_some() || req.gateway.is_some() || req.prefix.is_some() {

@@ -301,6 +301,7 @@ async fn exec(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
+    convert::validate_exec(&req)?;
     let rec = ops::resolve(&d, &name).await?;
     let command = match (req.command, req.argv) {
         (Some(c), None) => brood_proto::Command::Shell(c),
