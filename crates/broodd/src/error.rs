@@ -57,6 +57,7 @@ impl ApiError {
 
     /// 502: the engine failed.
     pub fn engine(what: &str, e: &EngineError) -> Self {
+        crate::metrics::engine_error(e);
         warn!("{what}: {}", chain(e));
         Self::new(
             StatusCode::BAD_GATEWAY,

@@ -443,6 +443,7 @@ async fn identity(
         .map_err(|e| ApiError::engine("the agent", &e))?;
     let report = agent.complete_fork(rt.seq, config, IDENTITY_TIMEOUT).await;
     let ready_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    crate::metrics::fork_done(ready_ms, &report);
     let (status, error) = match &report {
         Ok(r) => match &r.failed {
             None => (api::ChildStatus::Ready, None),

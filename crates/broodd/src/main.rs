@@ -13,6 +13,7 @@ mod convert;
 mod daemon;
 mod error;
 mod fork;
+mod metrics;
 mod ops;
 mod pool;
 mod reconcile;

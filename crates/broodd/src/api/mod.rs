@@ -78,6 +78,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
                 }
             }),
         )
+        .route("/metrics", axum::routing::get(crate::metrics::scrape))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -86,6 +87,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(d.clone(), authenticate))
+        .layer(middleware::from_fn(crate::metrics::track))
         .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(brood_api::MAX_BODY_BYTES))
         .with_state(d)
