@@ -83,8 +83,8 @@ pub struct ForkRequest {
     #[serde(default = "yes")]
     pub wait: bool,
     /// Memory in MiB each child is charged for what it adds to the
-    /// template's: at least 32 (QEMU's own memory), at most the template's
-    /// memory (default a quarter of it, at least 32).
+    /// template's: at least 48 (QEMU's own memory), at most the template's
+    /// memory (default a quarter of it, at least 48).
     #[serde(default)]
     pub charge_mib: Option<u64>,
 }

@@ -3,6 +3,8 @@
 //! its bound, and leave nothing behind. No VM boots: every one of them is
 //! refused before anything is made.
 
+#![allow(clippy::tests_outside_test_module)] // integration tests are their own module
+
 use brood_e2e::{Broodd, TestEnv};
 use serde_json::{Value, json};
 
