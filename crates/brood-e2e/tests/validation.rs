@@ -142,3 +142,27 @@ fn the_issues_bad_values_get_a_400_naming_the_field() {
         b.log()
     );
 }
+
+/// The device bound is real, not a guess: a VM with as many disks and NICs
+/// as a configuration may have (22 on microvm) boots and its guest sees
+/// every one of them, the last ones on the second IOAPIC's pins.
+#[test]
+fn the_most_devices_a_config_allows_all_reach_the_guest() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "1024", "--disk-gib", "64"]);
+    let disks: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("d{i}"), "size_gib": 1}))
+        .collect();
+    let nics = vec![json!({"network": "user"}); 2];
+    let mut req = config(json!({"disks": disks, "nics": nics}));
+    req["name"] = json!("full");
+    req["start"] = json!(true);
+    b.ok("POST", "/v1/partitions", Some(&req));
+    let (code, out, err) = b.exec(
+        "full",
+        "ls /sys/block | grep -c '^vd'; ls /sys/class/net | grep -c '^eth'",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "20\n2\n");
+    b.ok("POST", "/v1/partitions/full/kill", None);
+}
