@@ -315,13 +315,8 @@ pub async fn start(d: &Arc<Daemon>, actor: &str, uuid: Uuid) -> ApiResult<Partit
         };
     }
     let spec = convert::vm_spec(&rec, &d.paths)?;
-    launched(
-        d,
-        actor,
-        rec,
-        crate::metrics::boot(d.engine.boot(&spec)).await,
-    )
-    .await
+    let vm = crate::metrics::boot(d.engine.boot(&spec)).await;
+    launched(d, actor, rec, vm).await
 }
 
 /// Ends a start that failed after its resources were reserved: kills the
