@@ -84,6 +84,12 @@ fn the_issues_bad_values_get_a_400_naming_the_field() {
         "the answer must not tell whether a host directory exists"
     );
 
+    // Numbers that do not fit their field's type name the field too.
+    let e = refused(&b, "/v1/partitions", &config(json!({"vcpus": 1u64 << 40})));
+    assert!(e.contains("configs.default.vcpus"), "{e}");
+    let e = refused(&b, "/v1/partitions", &config(json!({"memory_mib": -1})));
+    assert!(e.contains("configs.default.memory_mib"), "{e}");
+
     // Every other field: one bad value each.
     let e = refused(
         &b,
