@@ -161,10 +161,8 @@ fn metrics_agree_with_the_api_after_a_vm_runs_and_forks() {
         ),
         1.0
     );
-    assert!(
-        !m.keys().any(|k| k.contains("outcome=\"failed\"")),
-        "{m:#?}"
-    );
+    assert_eq!(get(&m, "brood_boot_seconds_count{outcome=\"failed\"}"), 0.0);
+    assert_eq!(get(&m, "brood_fork_seconds_count{outcome=\"failed\"}"), 0.0);
 
     // API latency by route template, never by name; the refused forks and
     // the 401 are there with their status.
@@ -184,8 +182,12 @@ fn metrics_agree_with_the_api_after_a_vm_runs_and_forks() {
         "a child's name is no label"
     );
 
-    // The error counters exist (and nothing went wrong with QMP).
+    // The error counters exist from the start; nothing went wrong.
     assert_eq!(get(&m, "brood_qmp_errors_total"), 0.0);
+    for kind in ["reply", "channel", "timeout"] {
+        let key = format!("brood_agent_errors_total{{kind=\"{kind}\"}}");
+        assert_eq!(get(&m, &key), 0.0, "{key}");
+    }
 
     b.ok("DELETE", "/v1/templates/web?cascade=true", None);
     let m = scrape(&b);

@@ -177,6 +177,17 @@ impl Metrics {
             "Failed QMP commands and connections",
             m.qmp_errors.clone(),
         );
+        // Every outcome and kind from the start, at 0: a series that
+        // appears only on its first event breaks `rate()` and alerts.
+        for outcome in ["ready", "failed"] {
+            let _ = m.fork.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["running", "failed"] {
+            let _ = m.boot.get_or_create(&OutcomeLabels { outcome });
+        }
+        for kind in ["reply", "channel", "timeout"] {
+            let _ = m.agent_errors.get_or_create(&AgentLabels { kind });
+        }
         m
     }
 }
