@@ -119,13 +119,11 @@ pub const MAX_PRIORITY: i32 = 1000;
 /// Longest extra kernel command line: the x86 kernel takes 2048 bytes
 /// (`COMMAND_LINE_SIZE`), and brood's own arguments need the rest.
 pub const MAX_CMDLINE: usize = 1024;
-/// virtio-mmio transports of QEMU's `microvm` with ACPI on, the machine
-/// broodd runs: 24, one per pin of its second IOAPIC (8 with ACPI off).
-/// Measured with QEMU 10.0.2: the 25th `virtio-blk-device` fails with "No
-/// 'virtio-bus' bus found". (`q35` has 30 free PCI slots on its root bus.)
-pub const MICROVM_VIRTIO_SLOTS: usize = 24;
-/// Transports every broodd VM uses before its disks and NICs: the agent's
-/// virtio-serial and virtio-rng.
+/// virtio devices of QEMU's `microvm` with ACPI on, the machine broodd
+/// runs (see `Machine::virtio_slots`).
+pub const MICROVM_VIRTIO_SLOTS: usize = brood_engine::Machine::Microvm.virtio_slots();
+/// virtio devices every broodd VM uses before its disks and NICs: the
+/// agent's virtio-serial and virtio-rng.
 pub const FIXED_VIRTIO_DEVICES: usize = 2;
 /// Most disks and NICs together in one configuration.
 pub const MAX_DEVICES: usize = MICROVM_VIRTIO_SLOTS - FIXED_VIRTIO_DEVICES;
