@@ -83,7 +83,8 @@ pub struct ForkRequest {
     #[serde(default = "yes")]
     pub wait: bool,
     /// Memory in MiB each child is charged for what it adds to the
-    /// template's (default a quarter of the template's memory).
+    /// template's: at least 48 (QEMU's own memory), at most the template's
+    /// memory (default a quarter of it, at least 48).
     #[serde(default)]
     pub charge_mib: Option<u64>,
 }
@@ -160,7 +161,8 @@ pub struct IdentityPoolCreateRequest {
     pub name: String,
     /// Kind.
     pub kind: IdentityPoolKind,
-    /// The identities (kind `identity`).
+    /// The identities (kind `identity`): at most 65536, unique, each
+    /// 1-256 bytes without control characters.
     #[serde(default)]
     pub values: Vec<String>,
     /// Address range `FIRST-LAST` (kind `ipv4`), e.g. `10.0.0.10-10.0.0.50`.

@@ -64,11 +64,13 @@ pub enum RestartPolicy {
 pub struct Policy {
     /// Relative CPU weight, 1-10000 (100 is the default share).
     pub cpu_weight: Option<u32>,
-    /// Most CPU time, in percent of one CPU (150 = one and a half CPUs).
+    /// Most CPU time, in percent of one CPU (150 = one and a half CPUs):
+    /// 1 to 100 per vCPU.
     pub cpu_cap_pct: Option<u32>,
-    /// Most memory QEMU may use, guest memory included, in MiB.
+    /// Most memory QEMU may use, guest memory included, in MiB: at least
+    /// `memory_mib` + 48 (QEMU's own), at most 8388608.
     pub memory_limit_mib: Option<u64>,
-    /// Scheduling priority of the partition's jobs: higher goes first.
+    /// Scheduling priority of the partition's jobs, -1000 to 1000: higher goes first.
     pub priority: i32,
     /// Restart policy.
     pub restart: RestartPolicy,
@@ -80,7 +82,7 @@ pub struct Policy {
 pub struct DiskConfig {
     /// Name, unique in the configuration: `[a-z0-9_-]`, 1-32 characters.
     pub name: String,
-    /// Size in GiB.
+    /// Size in GiB, 1-65536.
     pub size_gib: u64,
 }
 
@@ -88,9 +90,11 @@ pub struct DiskConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicConfig {
-    /// A Linux bridge on the host, or `user` for QEMU's user-mode network.
+    /// A Linux bridge on the host (an interface name: 1-15 printable ASCII
+    /// characters without `/`, `:` or spaces), or `user` for QEMU's
+    /// user-mode network.
     pub network: String,
-    /// MAC address; chosen by broodd when absent.
+    /// MAC address (unicast, unique in the configuration); chosen by broodd when absent.
     #[serde(default)]
     pub mac: Option<String>,
 }
@@ -99,25 +103,28 @@ pub struct NicConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionConfig {
-    /// Virtual CPUs.
+    /// Virtual CPUs, 1-255.
     #[serde(default = "one")]
     pub vcpus: u32,
-    /// Guest memory in MiB.
+    /// Guest memory in MiB, 32-4194304.
     #[serde(default = "default_memory")]
     pub memory_mib: u64,
-    /// Disks, in guest order (`vda`, `vdb`, ...).
+    /// Disks, in guest order (`vda`, `vdb`, ...). Disks and NICs together
+    /// are at most 22: the microvm machine has 24 virtio-mmio slots and
+    /// brood uses two.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
     /// NICs, in guest order.
     #[serde(default)]
     pub nics: Vec<NicConfig>,
-    /// Zones the partition requires of its host.
+    /// Zones the partition requires of its host: at most 32, each 1-64
+    /// characters of `[a-z0-9_.-]`.
     #[serde(default)]
     pub zones: Vec<String>,
     /// Resource policy.
     #[serde(default)]
     pub policy: Policy,
-    /// Extra kernel command-line arguments.
+    /// Extra kernel command-line arguments: one line of at most 1024 bytes.
     #[serde(default)]
     pub cmdline: String,
 }
@@ -150,7 +157,7 @@ impl Default for PartitionConfig {
 pub struct DefineRequest {
     /// Name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
     pub name: String,
-    /// Configurations by name; at least one.
+    /// Configurations by name (1-32 characters of `[a-z0-9_-]`); 1-32 of them.
     pub configs: BTreeMap<String, PartitionConfig>,
     /// The configuration used at the next start; the first by name when absent.
     #[serde(default)]
@@ -245,17 +252,17 @@ pub struct SetStageRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecRequest {
-    /// A shell command, run with `/bin/sh -c`.
+    /// A shell command, run with `/bin/sh -c` (no NUL bytes).
     pub command: Option<String>,
-    /// An argv to run directly (instead of `command`).
+    /// An argv to run directly (instead of `command`): at most 4096 entries, no NUL bytes.
     pub argv: Option<Vec<String>>,
-    /// Environment variables added.
+    /// Environment variables added: at most 4096; names without `=`, no NUL bytes.
     pub env: BTreeMap<String, String>,
     /// Standard input, base64.
     pub stdin_base64: Option<String>,
-    /// Kill the command after this long.
+    /// Kill the command after this long, in ms: 1 to 86400000 (a day).
     pub timeout_ms: Option<u64>,
-    /// How long to wait for the guest agent to be ready (default 60000).
+    /// How long to wait for the guest agent to be ready (default 60000, at most 600000).
     pub ready_timeout_ms: Option<u64>,
 }
 

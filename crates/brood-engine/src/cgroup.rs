@@ -17,6 +17,13 @@ use crate::EngineError;
 const ROOT: &str = "/sys/fs/cgroup";
 /// CFS period used with a CPU cap: 100 ms, the kernel default.
 const CFS_PERIOD_US: u64 = 100_000;
+/// Smallest memory limit: below it QEMU itself does not start.
+pub const MIN_MEMORY_LIMIT_MIB: u64 = 64;
+/// Largest memory limit: twice the largest guest broodd defines (4 TiB),
+/// far below the 2^44 MiB at which the limit in bytes no longer fits a u64.
+pub const MAX_MEMORY_LIMIT_MIB: u64 = 1 << 23;
+/// Largest CPU cap: every vCPU the engine accepts, each at 100%.
+pub const MAX_CPU_CAP_PCT: u32 = 100 * crate::spec::MAX_VCPUS;
 
 /// Limits on one VM's QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,14 +51,19 @@ impl Limits {
             return bad(format!("cpu weight {w} must be between 1 and 10000"));
         }
         if let Some(c) = self.cpu_cap_pct
-            && c == 0
+            && !(1..=MAX_CPU_CAP_PCT).contains(&c)
         {
-            return bad("cpu cap must be at least 1%".into());
+            return bad(format!(
+                "cpu cap {c}% must be between 1% and {MAX_CPU_CAP_PCT}% (100% per vCPU)"
+            ));
         }
         if let Some(m) = self.memory_limit_mib
-            && m < 64
+            && !(MIN_MEMORY_LIMIT_MIB..=MAX_MEMORY_LIMIT_MIB).contains(&m)
         {
-            return bad(format!("memory limit {m} MiB is below 64 MiB"));
+            return bad(format!(
+                "memory limit {m} MiB must be between {MIN_MEMORY_LIMIT_MIB} and \
+                 {MAX_MEMORY_LIMIT_MIB} MiB"
+            ));
         }
         Ok(())
     }
@@ -137,11 +149,11 @@ impl Cgroup {
         if let Some(c) = l.cpu_cap_pct {
             write(
                 &dir.join("cpu.max"),
-                &format!("{} {CFS_PERIOD_US}", u64::from(c) * CFS_PERIOD_US / 100),
+                &format!("{} {CFS_PERIOD_US}", quota_us(c)?),
             )?;
         }
         if let Some(m) = l.memory_limit_mib {
-            write(&dir.join("memory.max"), &(m << 20).to_string())?;
+            write(&dir.join("memory.max"), &limit_bytes(m)?.to_string())?;
         }
         Ok(())
     }
@@ -156,13 +168,13 @@ impl Cgroup {
         }
         if let Some(c) = l.cpu_cap_pct {
             write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-            write(
-                &cpu.join("cpu.cfs_quota_us"),
-                &(u64::from(c) * CFS_PERIOD_US / 100).to_string(),
-            )?;
+            write(&cpu.join("cpu.cfs_quota_us"), &quota_us(c)?.to_string())?;
         }
         if let Some(m) = l.memory_limit_mib {
-            write(&mem.join("memory.limit_in_bytes"), &(m << 20).to_string())?;
+            write(
+                &mem.join("memory.limit_in_bytes"),
+                &limit_bytes(m)?.to_string(),
+            )?;
         }
         Ok(())
     }
@@ -212,6 +224,24 @@ impl Cgroup {
     }
 }
 
+/// A memory limit in bytes; refused where `mib << 20` would not fit (a
+/// plain shift wraps: 2^44 MiB became a limit of 0).
+fn limit_bytes(mib: u64) -> Result<u64, EngineError> {
+    mib.checked_mul(1 << 20).ok_or_else(|| {
+        EngineError::InvalidSpec(format!(
+            "memory limit {mib} MiB does not fit in bytes; use at most {MAX_MEMORY_LIMIT_MIB} MiB"
+        ))
+    })
+}
+
+/// The CFS quota in microseconds per period for a cap in percent of one CPU.
+fn quota_us(pct: u32) -> Result<u64, EngineError> {
+    u64::from(pct)
+        .checked_mul(CFS_PERIOD_US)
+        .map(|q| q / 100)
+        .ok_or_else(|| EngineError::InvalidSpec(format!("cpu cap {pct}% is too large")))
+}
+
 fn mkdir(p: &Path) -> Result<(), EngineError> {
     fs::create_dir_all(p)
         .map_err(|e| EngineError::host(format!("create cgroup {}", p.display()), e))
@@ -249,6 +279,47 @@ mod tests {
             ..Default::default()
         };
         assert!(l.validate().is_err());
+    }
+
+    /// Issue 8: 2^44 MiB shifted to a limit of 0 bytes and 2^44 + 300 MiB to
+    /// 300 MiB; such limits are refused, and the conversion never wraps.
+    #[test]
+    fn huge_limits_are_refused_not_wrapped() {
+        for m in [17_592_186_044_416u64, 17_592_186_044_716, u64::MAX] {
+            let l = Limits {
+                memory_limit_mib: Some(m),
+                ..Default::default()
+            };
+            let e = l.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("memory limit {m} MiB")), "{e}");
+            assert!(e.contains(&MAX_MEMORY_LIMIT_MIB.to_string()), "{e}");
+            assert!(limit_bytes(m).is_err());
+        }
+        assert_eq!(limit_bytes(300).unwrap(), 300 << 20);
+        assert_eq!(
+            limit_bytes(MAX_MEMORY_LIMIT_MIB).unwrap(),
+            MAX_MEMORY_LIMIT_MIB << 20
+        );
+        let max = Limits {
+            memory_limit_mib: Some(MAX_MEMORY_LIMIT_MIB),
+            cpu_cap_pct: Some(MAX_CPU_CAP_PCT),
+            ..Default::default()
+        };
+        assert!(max.validate().is_ok());
+    }
+
+    #[test]
+    fn cpu_caps_are_bounded() {
+        for c in [MAX_CPU_CAP_PCT + 1, u32::MAX] {
+            let l = Limits {
+                cpu_cap_pct: Some(c),
+                ..Default::default()
+            };
+            let e = l.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("{MAX_CPU_CAP_PCT}%")), "{e}");
+        }
+        assert_eq!(quota_us(50).unwrap(), 50_000);
+        assert_eq!(quota_us(u32::MAX).unwrap(), u64::from(u32::MAX) * 1000);
     }
 
     #[test]

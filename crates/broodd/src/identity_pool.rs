@@ -70,6 +70,7 @@ pub async fn create(
     actor: &str,
     req: api::IdentityPoolCreateRequest,
 ) -> HostResult<api::IdentityPool> {
+    crate::convert::validate_pool(&req)?;
     let (kind, values, meta) = match req.kind {
         api::IdentityPoolKind::Identity => {
             if req.range.is_some() || req.gateway.is_some() || req.prefix.is_some() {

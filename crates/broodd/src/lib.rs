@@ -9,6 +9,7 @@ mod convert;
 mod fork;
 mod host;
 mod identity_pool;
+mod metrics;
 mod partition;
 mod reconcile;
 mod template;

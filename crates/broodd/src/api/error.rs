@@ -60,6 +60,7 @@ impl ApiError {
 
     /// 502: the engine failed while a handler used it directly.
     pub fn engine(what: &str, e: &brood_engine::EngineError) -> Self {
+        crate::metrics::engine_error(e);
         let message = format!("{what}: {}", chain(e));
         warn!("{message}");
         Self::new(StatusCode::BAD_GATEWAY, ErrorCode::EngineFailed, message)
@@ -88,6 +89,9 @@ impl From<HostError> for ApiError {
                 Self::new(StatusCode::BAD_GATEWAY, ErrorCode::EngineFailed, m)
             }
             e @ HostError::Engine { .. } => {
+                if let HostError::Engine { source, .. } = &e {
+                    crate::metrics::engine_error(source);
+                }
                 let message = chain(&e);
                 warn!("{message}");
                 Self::new(StatusCode::BAD_GATEWAY, ErrorCode::EngineFailed, message)

@@ -80,6 +80,7 @@ pub fn router(d: Arc<Host>) -> Router {
                 }
             }),
         )
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -88,9 +89,16 @@ pub fn router(d: Arc<Host>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(d.clone(), authenticate))
+        .layer(middleware::from_fn(crate::metrics::track))
         .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(brood_api::MAX_BODY_BYTES))
         .with_state(d)
+}
+
+/// `GET /metrics`: Prometheus text (README, "Metrics").
+async fn metrics(State(d): State<Arc<Host>>) -> Result<Response, ApiError> {
+    let text = crate::metrics::scrape(&d).await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// Refuses requests without the daemon's bearer token.

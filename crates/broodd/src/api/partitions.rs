@@ -313,6 +313,7 @@ async fn exec(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
+    crate::convert::validate_exec(&req)?;
     let rec = d.find(&name).await?;
     let command = match (req.command, req.argv) {
         (Some(c), None) => brood_proto::Command::Shell(c),

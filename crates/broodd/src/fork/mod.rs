@@ -118,6 +118,7 @@ pub async fn fork(
         ))
     })?;
     validate(host, &req, rt.tpl.spec.nics.len()).await?;
+    crate::convert::child_charge(req.charge_mib, rt.tpl.spec.mem_mib)?;
     let busy = rt.forking();
     let recorded = record(host, actor, &rt, &req).await?;
     let as_recorded: Vec<api::ForkChild> = recorded
@@ -196,7 +197,7 @@ async fn record(
         ));
     };
     let config = active_config(&tpl)?;
-    let charge = req.charge_mib.unwrap_or((config.memory_mib / 4).max(16));
+    let charge = crate::convert::child_charge(req.charge_mib, config.memory_mib)?;
     let first = tdata.next_index;
     let names = (0..req.count)
         .map(|i| identity::child_name(&tpl.name, first.saturating_add(i)))
@@ -358,6 +359,7 @@ pub async fn apply_identity(
         Err(e) => Some(format!("applying its identity failed: {}", chain(e))),
     };
     lineage.ready_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+    crate::metrics::fork_done(lineage.ready_ms.unwrap_or(0.0), &report);
     lineage.status = if failure.is_some() {
         ChildStatus::Failed
     } else {

@@ -22,8 +22,7 @@ impl Launcher for PlainLauncher {
 
     async fn launch(&self, host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<BoxedVm> {
         let spec = vm_spec(rec, &host.paths)?;
-        host.engine
-            .boot(&spec)
+        crate::metrics::boot(host.engine.boot(&spec))
             .await
             .map_err(|e| HostError::engine(format!("start {}", rec.name), e))
     }
