@@ -326,7 +326,8 @@ fn service_image(env: &TestEnv) -> std::path::PathBuf {
     std::fs::write(
         &dep,
         "#!/bin/sh\necho \"$BROOD_HOSTNAME $BROOD_VALUE_ROLE\" > /tmp/dep-ran\n\
-         if [ \"$BROOD_VALUE_FAIL\" = 1 ]; then echo boom-from-service; exit 3; fi\n",
+         if [ \"$BROOD_VALUE_FAIL\" = 1 ]; then echo boom-from-service; exit 3; fi\n\
+         if [ \"$BROOD_VALUE_HANG\" = 1 ]; then sleep 600; fi\n",
     )
     .unwrap();
     for f in [&indep, &dep] {
@@ -382,7 +383,39 @@ fn the_guest_asks_to_be_forked_and_services_run_in_two_groups() {
         None,
     );
     assert_eq!(shown["fork"]["status"], "failed");
+    // A failed child is stopped and holds nothing: exec says so at once.
+    assert_eq!(shown["run_state"], "stopped", "{shown}");
     b.verify_ok();
+
+    // A child whose identity step hangs does not hold its partition: kill
+    // acts at once, not after the identity step's deadline.
+    let hung = &fork(
+        &b,
+        "svc",
+        &json!({"count": 1, "values": {"hang": "1"}, "wait": false}),
+    )[0];
+    let hung = hung["name"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(60), || b.ok(
+        "GET",
+        &format!("/v1/partitions/{hung}"),
+        None
+    )["run_state"]
+        == "running"));
+    let (sock, token, path) = (b.socket(), b.token(), format!("/v1/partitions/{hung}/kill"));
+    let kill =
+        std::thread::spawn(move || brood_e2e::http(&sock, "POST", &path, Some(&token), None, None));
+    // A hang guard, far below the identity step's 120 s deadline.
+    assert!(
+        wait_until(Duration::from_secs(30), || kill.is_finished()),
+        "kill waited behind the hung identity step"
+    );
+    let (status, body) = kill.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let killed = b.ok("GET", &format!("/v1/partitions/{hung}"), None);
+    assert_eq!(killed["run_state"], "stopped", "{killed}");
+    assert!(wait_until(Duration::from_secs(30), || {
+        b.ok("GET", "/v1/ledger/verify", None)["ok"] == true
+    }));
     b.ok("DELETE", "/v1/templates/svc?cascade=true", None);
     drop(b);
     env.assert_clean();

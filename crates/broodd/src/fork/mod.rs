@@ -369,8 +369,9 @@ pub async fn apply_identity(
     let lock = host.registry.lock(rec.uuid);
     let _g = lock.lock().await;
     let now = host.reload(rec.uuid).await?;
-    if now.pid != Some(running.vm.pid()) || !now.run_state.is_active() {
-        // Killed or deleted while its identity was applied.
+    if running.exit_expected() || now.pid != Some(running.vm.pid()) || !now.run_state.is_active() {
+        // Killed or deleted while its identity was applied: whoever ended
+        // it records the end.
         return Err(HostError::conflict(format!(
             "{} was stopped while its identity was applied ({})",
             rec.name,
