@@ -63,10 +63,13 @@ pub enum RestartPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Relative CPU weight, 1-10000 (100 is the default share).
+    #[schema(minimum = 1, maximum = 10000)]
     pub cpu_weight: Option<u32>,
-    /// Most CPU time, in percent of one CPU (150 = one and a half CPUs).
+    /// Most CPU time, in percent of one CPU (150 = one and a half CPUs); at least 1.
+    #[schema(minimum = 1)]
     pub cpu_cap_pct: Option<u32>,
-    /// Most memory QEMU may use, guest memory included, in MiB.
+    /// Most memory QEMU may use, guest memory included, in MiB; at least 64.
+    #[schema(minimum = 64)]
     pub memory_limit_mib: Option<u64>,
     /// Scheduling priority of the partition's jobs: higher goes first.
     pub priority: i32,
@@ -79,8 +82,10 @@ pub struct Policy {
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// Name, unique in the configuration: `[a-z0-9_-]`, 1-32 characters.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
     pub name: String,
-    /// Size in GiB.
+    /// Size in GiB, 1-65536.
+    #[schema(minimum = 1, maximum = 65536)]
     pub size_gib: u64,
 }
 
@@ -90,7 +95,7 @@ pub struct DiskConfig {
 pub struct NicConfig {
     /// A Linux bridge on the host, or `user` for QEMU's user-mode network.
     pub network: String,
-    /// MAC address; chosen by broodd when absent.
+    /// MAC address (`52:54:00:12:34:56`); chosen by broodd when absent.
     #[serde(default)]
     pub mac: Option<String>,
 }
@@ -99,11 +104,13 @@ pub struct NicConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionConfig {
-    /// Virtual CPUs.
+    /// Virtual CPUs, 1-255 (default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 255)]
     pub vcpus: u32,
-    /// Guest memory in MiB.
+    /// Guest memory in MiB, 32-4194304 (default 256).
     #[serde(default = "default_memory")]
+    #[schema(minimum = 32, maximum = 4194304)]
     pub memory_mib: u64,
     /// Disks, in guest order (`vda`, `vdb`, ...).
     #[serde(default)]
@@ -117,8 +124,9 @@ pub struct PartitionConfig {
     /// Resource policy.
     #[serde(default)]
     pub policy: Policy,
-    /// Extra kernel command-line arguments.
+    /// Extra kernel command-line arguments: one line of at most 1024 bytes.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub cmdline: String,
 }
 
@@ -148,9 +156,11 @@ impl Default for PartitionConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefineRequest {
-    /// Name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+    /// Name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or
+    /// digit, and not a uuid.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_.-]*$")]
     pub name: String,
-    /// Configurations by name; at least one.
+    /// Configurations by name (1-32 characters of `[a-z0-9_-]`); at least one.
     pub configs: BTreeMap<String, PartitionConfig>,
     /// The configuration used at the next start; the first by name when absent.
     #[serde(default)]
@@ -221,7 +231,8 @@ pub struct PartitionList {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StopRequest {
-    /// Seconds to wait for the guest to power off before killing it (default 30).
+    /// Seconds to wait for the guest to power off before killing it (default 30, at most 3600).
+    #[schema(maximum = 3600)]
     pub timeout_s: Option<u64>,
 }
 
@@ -247,15 +258,17 @@ pub struct SetStageRequest {
 pub struct ExecRequest {
     /// A shell command, run with `/bin/sh -c`.
     pub command: Option<String>,
-    /// An argv to run directly (instead of `command`).
+    /// An argv to run directly (instead of `command`); not empty.
+    #[schema(min_items = 1)]
     pub argv: Option<Vec<String>>,
     /// Environment variables added.
     pub env: BTreeMap<String, String>,
     /// Standard input, base64.
     pub stdin_base64: Option<String>,
-    /// Kill the command after this long.
+    /// Kill the command after this many ms (no limit when absent).
     pub timeout_ms: Option<u64>,
-    /// How long to wait for the guest agent to be ready (default 60000).
+    /// How long to wait for the guest agent to be ready, in ms (default
+    /// 60000; more than 600000 counts as 600000).
     pub ready_timeout_ms: Option<u64>,
 }
 
