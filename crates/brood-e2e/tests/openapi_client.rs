@@ -128,6 +128,8 @@ fn a_client_generated_from_the_document_drives_a_vm() {
         "started pid",
         "exec: hello from Linux (exit 3)",
         "deleted",
+        "with identity dom-a",
+        "template deleted with its child",
         "responses matched the document",
     ] {
         assert!(stdout.contains(step), "no step {step:?} in:\n{stdout}");

@@ -33,7 +33,16 @@ from brood_client.api.partitions import (
     start_partition,
     stop_partition,
 )
-from brood_client.api.templates import create_pool, delete_pool, show_pool
+from brood_client.api.templates import (
+    create_pool,
+    create_template,
+    delete_pool,
+    delete_template,
+    fork_template,
+    list_templates,
+    show_pool,
+    show_template,
+)
 from brood_client.models import (
     AuditLog,
     ConsoleLog,
@@ -43,6 +52,10 @@ from brood_client.models import (
     ErrorCode,
     ExecRequest,
     ExecResponse,
+    ChildStatus,
+    ForkRequest,
+    ForkRequestValues,
+    ForkResponse,
     HostInfo,
     Partition,
     PartitionList,
@@ -50,7 +63,11 @@ from brood_client.models import (
     PoolCreateRequest,
     PoolKind,
     RunState,
+    Stage,
     StopRequest,
+    Template,
+    TemplateCreateRequest,
+    TemplateList,
     VerifyReport,
 )
 
@@ -235,8 +252,58 @@ def main():
     report = expect(verify_ledger.sync_detailed(client=c), 200, VerifyReport)
     assert report.ok, report.problems
     step(f"ledger: {len(audit.items)} entries, verify ok")
+    fork_flow(c, f"{name}-tpl")
     step(f"{CONTRACT.checked} responses matched the document")
     print("done")
+
+
+def fork_flow(c, name):
+    """A template and a child forked from it, with an identity from a pool."""
+    configs = DefineRequestConfigs.from_dict({"default": {"memory_mib": 256}})
+    body = DefineRequest(name=name, configs=configs, start=True)
+    p = expect(define_partition.sync_detailed(client=c, body=body), 201, Partition)
+    assert p.run_state == RunState.RUNNING, p
+    ids = PoolCreateRequest(name=f"{name}-ids", kind=PoolKind.IDENTITY, values=["dom-a"])
+    expect(create_pool.sync_detailed(client=c, body=ids), 201, Pool)
+    t = expect(
+        create_template.sync_detailed(client=c, body=TemplateCreateRequest(vm=name, pool_size=0)),
+        201,
+        Template,
+    )
+    assert t.name == name and t.state_bytes > 0, t
+    assert expect(show_partition.sync_detailed(name, client=c), 200, Partition).stage == Stage.TEMPLATE
+    step(f"template {t.name}: {t.state_bytes} bytes of state")
+
+    values = ForkRequestValues.from_dict({"role": "db"})
+    req = ForkRequest(count=1, identity_pool=f"{name}-ids", values=values)
+    children = expect(fork_template.sync_detailed(name, client=c, body=req), 201, ForkResponse).children
+    assert len(children) == 1 and children[0].status == ChildStatus.READY, children
+    child = children[0]
+    assert child.identity == "dom-a", child
+    r = expect(
+        exec_in_partition.sync_detailed(
+            child.name, client=c, body=ExecRequest(command="hostname; cat /etc/brood/identity")
+        ),
+        200,
+        ExecResponse,
+    )
+    out = base64.b64decode(r.stdout_base64).decode().split()
+    assert out == [child.name, "dom-a"], out
+    # The pool has no identity left for a second child: refused whole.
+    err = expect(fork_template.sync_detailed(name, client=c, body=req), 409, ErrorBody)
+    assert err.error.code == ErrorCode.CAPACITY_EXCEEDED, err
+    t = expect(show_template.sync_detailed(name, client=c), 200, Template)
+    assert t.children == [child.name], t.children
+    listed = expect(list_templates.sync_detailed(client=c), 200, TemplateList)
+    assert [x.name for x in listed.items] == [name], listed.items
+    step(f"forked {child.name} with identity {child.identity} in {child.ready_ms:.0f} ms")
+
+    err = expect(delete_template.sync_detailed(name, client=c), 409, ErrorBody)
+    assert delete_template.sync_detailed(name, client=c, cascade=True).status_code == 204
+    expect(show_template.sync_detailed(name, client=c), 404, ErrorBody)
+    expect(show_partition.sync_detailed(child.name, client=c), 404, ErrorBody)
+    assert delete_pool.sync_detailed(f"{name}-ids", client=c).status_code == 204
+    step("template deleted with its child")
 
 
 if __name__ == "__main__":
