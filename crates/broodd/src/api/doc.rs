@@ -56,3 +56,41 @@ impl utoipa::Modify for OptionalBodies {
         }
     }
 }
+
+/// Adds `GET /v1/openapi.json`, which `router` serves outside utoipa's
+/// routes: the document itself, behind the same token.
+pub struct ServedDocument;
+
+impl utoipa::Modify for ServedDocument {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{Content, Ref, ResponseBuilder, ResponsesBuilder};
+        let json = |schema: RefOr<utoipa::openapi::Schema>| Content::new(Some(schema));
+        let document = ResponseBuilder::new()
+            .description("This OpenAPI document")
+            .content(
+                "application/json",
+                json(ObjectBuilder::new().schema_type(Type::Object).into()),
+            );
+        let unauthorized = ResponseBuilder::new()
+            .description("No or a wrong bearer token (`unauthorized`).")
+            .content(
+                "application/json",
+                json(Ref::from_schema_name("ErrorBody").into()),
+            );
+        let op = OperationBuilder::new()
+            .tag("host")
+            .summary(Some("The OpenAPI document of this API (this document)."))
+            .operation_id(Some("openapi_document"))
+            .responses(
+                ResponsesBuilder::new()
+                    .response("200", document)
+                    .response("401", unauthorized)
+                    .build(),
+            );
+        openapi
+            .paths
+            .add_path_operation("/v1/openapi.json", vec![HttpMethod::Get], op);
+    }
+}
