@@ -443,25 +443,62 @@ mod tests {
     #[test]
     fn timeout_kills_the_group_and_background_daemons_do_not_hold_the_run() {
         let dir = tempfile::tempdir().unwrap();
+        let marks = tempfile::tempdir().unwrap();
+        let m = marks.path().display();
         // A daemon that keeps the pipe open and writes after the script exits.
         script(
             dir.path(),
             "1",
-            "(sleep 0.3; echo late; sleep 2) & echo started",
+            &format!("(sleep 0.3; echo late; sleep 30) & echo $! > {m}/daemon; echo started"),
         );
-        script(dir.path(), "2", "echo slow; sleep 30");
-        let start = Instant::now();
+        // A slow script whose background member would leave a mark if the
+        // timeout did not kill the whole group.
+        script(
+            dir.path(),
+            "2",
+            &format!("(sleep 30; touch {m}/finished) & echo $! > {m}/member; echo slow; sleep 30"),
+        );
         let run = run_dir(dir.path(), &[], Duration::from_millis(500)).unwrap();
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            start.elapsed()
-        );
+        let daemon = read_pid(&marks.path().join("daemon"));
+        // The run ended while the daemon still held the pipe.
+        let daemon_alive = alive(daemon);
+        if let Ok(group) = nix::unistd::getpgid(Some(Pid::from_raw(daemon))) {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        assert!(daemon_alive, "the run waited for script 1's daemon");
         assert_eq!(run.results[0].output, "started\n");
         let failure = run.failure.unwrap();
         assert!(matches!(failure.outcome, Outcome::TimedOut(_)));
         assert_eq!(failure.output, "slow\n");
         assert_eq!(run.results[1].code, None);
+        let member = read_pid(&marks.path().join("member"));
+        let guard = Instant::now() + Duration::from_secs(30);
+        while alive(member) {
+            assert!(
+                Instant::now() < guard,
+                "script 2's group outlived its timeout"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!marks.path().join("finished").exists());
+    }
+
+    /// The pid a script wrote to `path`.
+    fn read_pid(path: &Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Whether `pid` exists and is not a zombie.
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
     }
 
     #[test]

@@ -137,32 +137,76 @@ fn exec_output_over_the_limit_is_counted_and_dropped() {
 #[test]
 fn exec_timeout_kills_the_process_group() {
     let mut host = Host::start();
-    let mut req = ExecRequest::shell("sleep 30 & sleep 30; echo never");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // A background member of the group that would leave a mark if it lived
+    // out its 30 s, and a foreground sleep the timeout must cut short.
+    let mut req = ExecRequest::shell(format!(
+        "(sleep 30; touch {d}/finished) & echo $! > {d}/bg; sleep 30; echo never"
+    ));
     req.timeout_ms = Some(300);
-    let start = Instant::now();
     let (out, _, st) = host.exec(9, req);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
     assert!(st.timed_out);
     assert_eq!((st.code, st.signal), (None, Some(9)));
     assert!(out.is_empty());
+    let bg = read_pid(&dir.path().join("bg"));
+    wait_dead(bg);
+    assert!(
+        !dir.path().join("finished").exists(),
+        "the background member ran to its end instead of being killed with the group"
+    );
 }
 
 #[test]
 fn background_grandchild_does_not_hang_the_exec() {
     let mut host = Host::start();
-    let start = Instant::now();
-    let (out, _, st) = host.exec(10, ExecRequest::shell("sleep 5 & echo started"));
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let (out, _, st) = host.exec(
+        10,
+        ExecRequest::shell(format!("sleep 30 & echo $! > {d}/bg; echo started")),
     );
     assert_eq!(out, b"started\n");
     assert_eq!((st.code, st.timed_out), (Some(0), false));
+    // The exec answered while the grandchild still holds its stdout: it did
+    // not wait for the pipe to close.
+    let bg = read_pid(&dir.path().join("bg"));
+    let still_running = alive(bg);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bg),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(
+        still_running,
+        "the exec waited for its background grandchild"
+    );
+}
+
+/// The pid a command wrote to `path`.
+fn read_pid(path: &std::path::Path) -> i32 {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.trim().parse().unwrap()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; the deadline only guards against a hang.
+fn wait_dead(pid: i32) {
+    let guard = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(Instant::now() < guard, "pid {pid} is still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -12,11 +12,14 @@ use uuid::Uuid;
 pub struct TemplateCreateRequest {
     /// The running partition to freeze (name or uuid).
     pub vm: String,
-    /// The template's name; the VM's own name when absent (the VM becomes the template).
+    /// The template's name (the partition name rule); the VM's own name
+    /// when absent (the VM becomes the template).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_.-]*$")]
     pub name: Option<String>,
     /// Warm children kept started and waiting for a fork (default 2, at most 64).
     #[serde(default, alias = "pool_size")]
+    #[schema(maximum = 64)]
     pub warm: Option<u32>,
 }
 
@@ -62,8 +65,9 @@ pub struct TemplateList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
-    /// How many children (1-256).
+    /// How many children (1-256, default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 256)]
     pub count: u32,
     /// Take each child's domain identity from this pool.
     #[serde(default)]
@@ -71,7 +75,8 @@ pub struct ForkRequest {
     /// Take each child's IPv4 address from this pool (kind `ipv4`).
     #[serde(default)]
     pub ip_pool: Option<String>,
-    /// Key-values handed to every child's services.
+    /// Key-values handed to every child's services: at most 64; keys are
+    /// 1-64 characters of `[A-Za-z0-9_.-]`, values at most 4096 bytes.
     #[serde(default)]
     pub values: BTreeMap<String, String>,
     /// Keep each child's disk overlay across stop and start; otherwise every
@@ -158,18 +163,21 @@ pub enum IdentityPoolKind {
 #[serde(deny_unknown_fields)]
 pub struct IdentityPoolCreateRequest {
     /// Name: 1-64 characters of `[a-z0-9_.-]`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_.-]+$")]
     pub name: String,
     /// Kind.
     pub kind: IdentityPoolKind,
     /// The identities (kind `identity`): at most 65536, unique, each
     /// 1-256 bytes without control characters.
     #[serde(default)]
+    #[schema(max_items = 65536)]
     pub values: Vec<String>,
     /// Address range `FIRST-LAST` (kind `ipv4`), e.g. `10.0.0.10-10.0.0.50`.
     #[serde(default)]
     pub range: Option<String>,
     /// Prefix length of the addresses (kind `ipv4`, default 24).
     #[serde(default)]
+    #[schema(maximum = 32)]
     pub prefix: Option<u8>,
     /// Default gateway handed out with the addresses (kind `ipv4`).
     #[serde(default)]

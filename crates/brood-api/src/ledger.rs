@@ -50,8 +50,9 @@ pub struct AuditEntry {
     pub actor: String,
     /// Why.
     pub reason: String,
-    /// Before- and after-images of everything it changed.
-    #[schema(value_type = Object)]
+    /// What it changed, in order: one object per operation, with `op` (what
+    /// it did) and the before- and after-images it checked and wrote.
+    #[schema(value_type = Vec<Object>)]
     pub changes: serde_json::Value,
 }
 

@@ -63,12 +63,15 @@ pub enum RestartPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Relative CPU weight, 1-10000 (100 is the default share).
+    #[schema(minimum = 1, maximum = 10000)]
     pub cpu_weight: Option<u32>,
     /// Most CPU time, in percent of one CPU (150 = one and a half CPUs):
     /// 1 to 100 per vCPU.
+    #[schema(minimum = 1, maximum = 25500)]
     pub cpu_cap_pct: Option<u32>,
     /// Most memory QEMU may use, guest memory included, in MiB: at least
     /// `memory_mib` + 48 (QEMU's own), at most 8388608.
+    #[schema(minimum = 64, maximum = 8388608)]
     pub memory_limit_mib: Option<u64>,
     /// Scheduling priority of the partition's jobs, -1000 to 1000: higher goes first.
     pub priority: i32,
@@ -81,8 +84,10 @@ pub struct Policy {
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// Name, unique in the configuration: `[a-z0-9_-]`, 1-32 characters.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
     pub name: String,
     /// Size in GiB, 1-65536.
+    #[schema(minimum = 1, maximum = 65536)]
     pub size_gib: u64,
 }
 
@@ -105,9 +110,11 @@ pub struct NicConfig {
 pub struct PartitionConfig {
     /// Virtual CPUs, 1-255.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 255)]
     pub vcpus: u32,
     /// Guest memory in MiB, 32-4194304.
     #[serde(default = "default_memory")]
+    #[schema(minimum = 32, maximum = 4194304)]
     pub memory_mib: u64,
     /// Disks, in guest order (`vda`, `vdb`, ...). Disks and NICs together
     /// are at most 22: the microvm machine has 24 virtio-mmio slots and
@@ -126,6 +133,7 @@ pub struct PartitionConfig {
     pub policy: Policy,
     /// Extra kernel command-line arguments: one line of at most 1024 bytes.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub cmdline: String,
 }
 
@@ -155,7 +163,9 @@ impl Default for PartitionConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefineRequest {
-    /// Name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or digit.
+    /// Name: 1-64 characters of `[a-z0-9_.-]`, starting with a letter or
+    /// digit, and not a uuid.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_.-]*$")]
     pub name: String,
     /// Configurations by name (1-32 characters of `[a-z0-9_-]`); 1-32 of them.
     pub configs: BTreeMap<String, PartitionConfig>,
@@ -228,7 +238,8 @@ pub struct PartitionList {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StopRequest {
-    /// Seconds to wait for the guest to power off before killing it (default 30).
+    /// Seconds to wait for the guest to power off before killing it (default 30, at most 3600).
+    #[schema(maximum = 3600)]
     pub timeout_s: Option<u64>,
 }
 
@@ -254,15 +265,18 @@ pub struct SetStageRequest {
 pub struct ExecRequest {
     /// A shell command, run with `/bin/sh -c` (no NUL bytes).
     pub command: Option<String>,
-    /// An argv to run directly (instead of `command`): at most 4096 entries, no NUL bytes.
+    /// An argv to run directly (instead of `command`): 1-4096 entries, no NUL bytes.
+    #[schema(min_items = 1, max_items = 4096)]
     pub argv: Option<Vec<String>>,
     /// Environment variables added: at most 4096; names without `=`, no NUL bytes.
     pub env: BTreeMap<String, String>,
     /// Standard input, base64.
     pub stdin_base64: Option<String>,
     /// Kill the command after this long, in ms: 1 to 86400000 (a day).
+    #[schema(minimum = 1, maximum = 86400000)]
     pub timeout_ms: Option<u64>,
-    /// How long to wait for the guest agent to be ready (default 60000, at most 600000).
+    /// How long to wait for the guest agent to be ready, in ms (default 60000, at most 600000).
+    #[schema(maximum = 600000)]
     pub ready_timeout_ms: Option<u64>,
 }
 

@@ -201,7 +201,7 @@ mod tests {
         ];
         assert_eq!(
             list_table(&items),
-            "NAME        MEMORY  VCPUS  CHILDREN  POOL  PARENT\n\
+            "NAME        MEMORY  VCPUS  CHILDREN  WARM  PARENT\n\
              web        512 MiB      2         3   1/2  -\n\
              web-2-tpl  512 MiB      2         0   1/2  web\n"
         );

@@ -645,7 +645,7 @@ async fn template_list_and_delete() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "NAME   MEMORY  VCPUS  CHILDREN  POOL  PARENT\n\
+        "NAME   MEMORY  VCPUS  CHILDREN  WARM  PARENT\n\
          base  512 MiB      2         2   2/4  -\n"
     );
 

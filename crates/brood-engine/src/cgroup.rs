@@ -325,7 +325,16 @@ mod tests {
     #[test]
     fn limits_are_applied_on_this_host() {
         if version().is_none() {
-            return; // No cgroup hierarchy to write to (not the case on brood's CI kind).
+            // brood's CI hosts have one; elsewhere, skipping is asked for
+            // by name and said out loud, never a silent pass.
+            assert!(
+                std::env::var_os("BROOD_TEST_SKIP_CGROUPS").is_some(),
+                "no cgroup hierarchy with cpu and memory under {ROOT}: this test needs v2 with \
+                 both controllers or v1 cpu and memory hierarchies; on a host without them, set \
+                 BROOD_TEST_SKIP_CGROUPS=1 to skip it"
+            );
+            eprintln!("SKIPPED limits_are_applied_on_this_host: no cgroup hierarchy under {ROOT}");
+            return;
         }
         let leaf = format!("unit-{}", std::process::id());
         let l = Limits {

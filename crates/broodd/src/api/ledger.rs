@@ -19,6 +19,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::doc::Common;
 use super::error::{ApiError, ApiResult};
 use crate::host::Host;
 use crate::wire::resources_out;
@@ -34,7 +35,16 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
 }
 
 /// Who holds what: capacity and every owner's holdings, `available` first.
-#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", responses((status = 200, body = LedgerView), (status = 401, body = ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger",
+    tag = "ledger",
+    operation_id = "show_ledger",
+    responses(
+        (status = 200, description = "Capacity and every owner's holdings", body = LedgerView),
+        Common
+    )
+)]
 async fn show(State(d): D) -> ApiResult<Json<LedgerView>> {
     let capacity = d.ledger.capacity().await?;
     let mut by_owner: std::collections::BTreeMap<Owner, Resources> = Default::default();
@@ -77,17 +87,29 @@ async fn show(State(d): D) -> ApiResult<Json<LedgerView>> {
 
 /// Audit-log page parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     /// Return entries older than this transaction id.
     before: Option<u64>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// The audit log, newest first: every transaction with before- and after-images.
-#[utoipa::path(get, path = "/v1/ledger/log", tag = "ledger", params(LogQuery),
-    responses((status = 200, body = AuditLog), (status = 400, body = ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/log",
+    tag = "ledger",
+    operation_id = "ledger_log",
+    params(LogQuery),
+    responses(
+        (status = 200, description = "A page of the audit log, newest first", body = AuditLog),
+        (status = 400, description = "an unknown query parameter, a `before` that is not a number, or `limit` outside 1-1000", body = ErrorBody),
+        Common
+    )
+)]
 async fn log(State(d): D, Query(q): Query<LogQuery>) -> ApiResult<Json<AuditLog>> {
     let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
     if !(1..=brood_api::MAX_PAGE).contains(&limit) {
@@ -118,13 +140,31 @@ async fn log(State(d): D, Query(q): Query<LogQuery>) -> ApiResult<Json<AuditLog>
 }
 
 /// Checks the ledger's invariants and that it agrees with the QEMU processes.
-#[utoipa::path(get, path = "/v1/ledger/verify", tag = "ledger", responses((status = 200, body = VerifyReport)))]
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/verify",
+    tag = "ledger",
+    operation_id = "verify_ledger",
+    responses(
+        (status = 200, description = "Which invariants hold; `ok` is false when one does not", body = VerifyReport),
+        Common
+    )
+)]
 async fn verify(State(d): D) -> ApiResult<Json<VerifyReport>> {
     Ok(Json(crate::verify::verify(&d).await?))
 }
 
 /// The host: capacity, use, accelerator.
-#[utoipa::path(get, path = "/v1/host", tag = "host", responses((status = 200, body = HostInfo)))]
+#[utoipa::path(
+    get,
+    path = "/v1/host",
+    tag = "host",
+    operation_id = "show_host",
+    responses(
+        (status = 200, description = "The host", body = HostInfo),
+        Common
+    )
+)]
 async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
     let caps = d.engine.caps();
     let capacity = d.ledger.capacity().await?;
@@ -160,8 +200,16 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
 }
 
 /// Server-sent events: one JSON `Event` per state change, from now on.
-#[utoipa::path(get, path = "/v1/events", tag = "host",
-    responses((status = 200, description = "text/event-stream of Event objects", content_type = "text/event-stream")))]
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "host",
+    operation_id = "events",
+    responses(
+        (status = 200, description = "A text/event-stream whose `data` lines are JSON `Event` objects; a `lagged` event means some were dropped", content_type = "text/event-stream"),
+        Common
+    )
+)]
 async fn events(State(d): D) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = BroadcastStream::new(d.events.subscribe()).filter_map(|e| match e {
         Ok(ev) => SseEvent::default().json_data(ev).ok().map(Ok),

@@ -2,6 +2,7 @@
 //! handlers by utoipa), bearer-token authentication, body limits, and the
 //! rule that every error, whoever produced it, leaves as JSON with a code.
 
+mod doc;
 pub mod error;
 mod extract;
 mod ledger;
@@ -29,6 +30,7 @@ use crate::host::Host;
 #[openapi(
     info(title = "broodd", description = "brood's host daemon: partitions, the resource ledger, VMs."),
     modifiers(&Bearer),
+    components(schemas(brood_api::Event, brood_api::EventKind)),
     tags(
         (name = "partitions", description = "Partitions and their VMs"),
         (name = "ledger", description = "The resource ledger and its audit log"),
@@ -60,7 +62,10 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = partitions::routes(r);
     let r = ledger::routes(r);
     let r = templates::routes(r);
-    r.split_for_parts()
+    let (routes, mut doc) = r.split_for_parts();
+    doc::OptionalBodies.modify(&mut doc);
+    doc::ServedDocument.modify(&mut doc);
+    (routes, doc)
 }
 
 /// The whole application.
@@ -174,12 +179,166 @@ async fn json_errors(resp: Response) -> Response {
 mod tests {
     use super::*;
 
-    /// The OpenAPI document is derived from the handlers; this pins it, so a
-    /// change to the API shows up in review (`cargo insta review` updates it).
-    #[test]
-    fn openapi_document_is_stable() {
+    /// The checked-in `openapi/brood.json`, the contract clients are generated from.
+    fn checked_in_path() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi/brood.json")
+    }
+
+    /// The document as broodd serves it at `/v1/openapi.json`.
+    fn document() -> serde_json::Value {
         let (_, doc) = openapi_router();
-        insta::assert_snapshot!(doc.to_pretty_json().unwrap());
+        serde_json::to_value(&doc).unwrap()
+    }
+
+    /// The document is derived from the handlers; the checked-in copy must
+    /// be exactly what they derive, so an API change shows up in review and
+    /// clients built from the file match the daemon.
+    #[test]
+    fn checked_in_openapi_document_is_current() {
+        let (_, doc) = openapi_router();
+        let mut text = doc.to_pretty_json().unwrap();
+        text.push('\n');
+        let path = checked_in_path();
+        if std::env::var_os("BROOD_UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &text).unwrap();
+            eprintln!("wrote {}", path.display());
+            return;
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        if on_disk != text {
+            let first = on_disk
+                .lines()
+                .zip(text.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| on_disk.lines().count().min(text.lines().count()));
+            panic!(
+                "openapi/brood.json differs from the document the handlers derive (first at line \
+                 {}): update it with `BROOD_UPDATE_OPENAPI=1 cargo test -p broodd --bin broodd \
+                 checked_in_openapi_document_is_current`, review the diff and commit it",
+                first + 1
+            );
+        }
+    }
+
+    fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                out.push((method.to_uppercase(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    /// What the middleware and extractors answer is declared on every
+    /// route it applies to, every response has a description, and
+    /// operation ids are unique (they name the functions of generated clients).
+    #[test]
+    fn every_route_declares_its_real_status_codes() {
+        let doc = document();
+        let mut ids = std::collections::BTreeSet::new();
+        for (method, path, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "operationId {id} is used twice");
+            let responses = op["responses"].as_object().unwrap();
+            for (code, r) in responses {
+                assert!(
+                    r["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {code} has no description"
+                );
+                if code.starts_with('4') || code.starts_with('5') {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {code} is not an ErrorBody"
+                    );
+                }
+            }
+            let has = |c: &str| responses.contains_key(c);
+            assert!(has("401"), "{method} {path}: 401");
+            // Only the document itself touches nothing that can fail.
+            assert!(
+                has("500") || path == "/v1/openapi.json",
+                "{method} {path}: 500"
+            );
+            if op.get("requestBody").is_some() {
+                for c in ["400", "413", "415"] {
+                    assert!(
+                        has(c),
+                        "{method} {path} takes a body but does not declare {c}"
+                    );
+                }
+            }
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for p in &params {
+                let name = p["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    p["in"] == "path",
+                    in_path,
+                    "{method} {path}: parameter {name} is in the wrong place"
+                );
+            }
+            if params.iter().any(|p| p["in"] == "query") || path.contains('{') {
+                assert!(has("400"), "{method} {path} has parameters but no 400");
+            }
+            if path.contains('{') {
+                assert!(has("404"), "{method} {path} names an object but has no 404");
+            }
+        }
+        assert!(ids.len() >= 30, "only {} operations", ids.len());
+    }
+
+    /// The bounds the handlers enforce are the ones the document declares.
+    #[test]
+    fn declared_bounds_match_the_enforced_ones() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let param = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .clone()
+        };
+        let max_page = brood_api::MAX_PAGE as u64;
+        for path in ["/v1/partitions", "/v1/ledger/log"] {
+            let limit = param(path, "limit");
+            assert_eq!(
+                (limit["minimum"].as_u64(), limit["maximum"].as_u64()),
+                (Some(1), Some(max_page)),
+                "{path}"
+            );
+        }
+        let count = &schemas["ForkRequest"]["properties"]["count"];
+        assert_eq!(count["minimum"], 1);
+        assert_eq!(count["maximum"], crate::fork::MAX_FORK);
+        let warm = &schemas["TemplateCreateRequest"]["properties"]["warm"];
+        assert_eq!(warm["maximum"], crate::template::MAX_WARM);
+        let vcpus = &schemas["PartitionConfig"]["properties"]["vcpus"];
+        assert_eq!(vcpus["maximum"], brood_engine::spec::MAX_VCPUS);
+        let mem = &schemas["PartitionConfig"]["properties"]["memory_mib"];
+        assert_eq!(mem["minimum"], brood_engine::spec::MIN_MEM_MIB);
+        let changes = &schemas["AuditEntry"]["properties"]["changes"];
+        assert_eq!(changes["type"], "array");
+        // The name rule: what the document's pattern and length accept is
+        // what broodd accepts.
+        let name = &schemas["DefineRequest"]["properties"]["name"];
+        assert_eq!(name["maxLength"], 64);
+        assert_eq!(name["pattern"], "^[a-z0-9][a-z0-9_.-]*$");
+        for (n, ok) in [
+            ("web", true),
+            ("0a.b-c_d", true),
+            ("Web", false),
+            ("-a", false),
+            ("", false),
+        ] {
+            assert_eq!(crate::convert::valid_name(n), ok, "{n:?}");
+        }
+        assert!(crate::convert::valid_name(&"a".repeat(64)));
+        assert!(!crate::convert::valid_name(&"a".repeat(65)));
     }
 
     #[test]

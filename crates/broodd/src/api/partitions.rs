@@ -18,6 +18,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson, RawJson};
 use super::render::render;
@@ -60,17 +61,29 @@ async fn parent_name(d: &Host, rec: &brood_ledger::PartitionRecord) -> ApiResult
 
 /// Page parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Return partitions whose name sorts after this one.
     after: Option<String>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// Lists partitions by name, a page at a time.
-#[utoipa::path(get, path = "/v1/partitions", tag = "partitions", params(ListQuery),
-    responses((status = 200, body = PartitionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/partitions",
+    tag = "partitions",
+    operation_id = "list_partitions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of partitions, by name", body = PartitionList),
+        (status = 400, description = "an unknown query parameter, or `limit` outside 1-1000", body = ErrorBody),
+        Common
+    )
+)]
 async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
     let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
     if !(1..=brood_api::MAX_PAGE).contains(&limit) {
@@ -113,9 +126,21 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
 }
 
 /// Defines a partition (and starts it with `start: true`).
-#[utoipa::path(post, path = "/v1/partitions", tag = "partitions", request_body = DefineRequest,
-    responses((status = 201, body = Partition), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 502, body = ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/partitions",
+    tag = "partitions",
+    operation_id = "define_partition",
+    request_body = DefineRequest,
+    responses(
+        (status = 201, description = "Defined (and started, with `start: true`)", body = Partition),
+        (status = 400, description = "malformed JSON, an unknown field, or an invalid value: the message names it", body = ErrorBody),
+        (status = 409, description = "the name is taken (`conflict`), or with `start: true` the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
+        (status = 502, description = "with `start: true`, QEMU failed to start; the definition is removed again (`engine_failed`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn define(
     State(d): D,
     ApiJson(req): ApiJson<DefineRequest>,
@@ -125,15 +150,26 @@ async fn define(
 }
 
 /// Shows a partition (by name or uuid).
-#[utoipa::path(get, path = "/v1/partitions/{name}", tag = "partitions",
+#[utoipa::path(
+    get,
+    path = "/v1/partitions/{name}",
+    tag = "partitions",
+    operation_id = "show_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The partition", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     out(&d, d.find(&name).await?).await
 }
 
 /// Delete options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     /// Kill the VM first if it runs.
@@ -141,9 +177,20 @@ struct DeleteQuery {
 }
 
 /// Deletes a partition, its disks and saved state.
-#[utoipa::path(delete, path = "/v1/partitions/{name}", tag = "partitions",
+#[utoipa::path(
+    delete,
+    path = "/v1/partitions/{name}",
+    tag = "partitions",
+    operation_id = "delete_partition",
     params(("name" = String, Path, description = "Partition name or uuid"), DeleteQuery),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted, with its disks and saved state"),
+        (status = 400, description = "an unknown query parameter or a `force` that is not a boolean", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "its VM runs and `force` is not set, it is a template, or another operation holds it", body = ErrorBody),
+        Common
+    )
+)]
 async fn delete(
     State(d): D,
     Path(name): Path<String>,
@@ -155,19 +202,43 @@ async fn delete(
 }
 
 /// Starts a stopped or crashed partition with its active configuration.
-#[utoipa::path(post, path = "/v1/partitions/{name}/start", tag = "partitions",
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/start",
+    tag = "partitions",
+    operation_id = "start_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Started: the partition, running", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8, or its disks cannot be made as defined", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "not stopped or crashed, not startable in its stage, another operation holds it, or the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
+        (status = 502, description = "QEMU failed to start (`engine_failed`); its resources are returned", body = ErrorBody),
+        Common
+    )
+)]
 async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = d.find(&name).await?;
     out(&d, lifecycle::start(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
-#[utoipa::path(post, path = "/v1/partitions/{name}/stop", tag = "partitions", request_body(content = StopRequest, description = "optional"),
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/stop",
+    tag = "partitions",
+    operation_id = "stop_partition",
+    request_body(content = StopRequest, description = "Optional: an empty body means the defaults"),
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Stopped: the partition", body = Partition),
+        (status = 400, description = "malformed JSON, an unknown field, or `timeout_s` over 3600", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the partition is in a stage or run state that does not allow it (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn stop(
     State(d): D,
     Path(name): Path<String>,
@@ -188,9 +259,20 @@ async fn stop(
 }
 
 /// Kills a partition's VM at once.
-#[utoipa::path(post, path = "/v1/partitions/{name}/kill", tag = "partitions",
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/kill",
+    tag = "partitions",
+    operation_id = "kill_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Killed: the partition, stopped", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the partition is in a stage or run state that does not allow it (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = d.find(&name).await?;
     out(
@@ -201,45 +283,106 @@ async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
 }
 
 /// Pauses a running partition's vCPUs.
-#[utoipa::path(post, path = "/v1/partitions/{name}/pause", tag = "partitions",
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/pause",
+    tag = "partitions",
+    operation_id = "pause_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Paused: the partition", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "not running (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
+        (status = 502, description = "QEMU did not pause (`engine_failed`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = d.find(&name).await?;
     out(&d, lifecycle::pause(&d, ACTOR, rec.uuid, true).await?).await
 }
 
 /// Resumes a paused partition.
-#[utoipa::path(post, path = "/v1/partitions/{name}/resume", tag = "partitions",
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/resume",
+    tag = "partitions",
+    operation_id = "resume_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Resumed: the partition, running", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "not paused (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
+        (status = 502, description = "QEMU did not resume (`engine_failed`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = d.find(&name).await?;
     out(&d, lifecycle::pause(&d, ACTOR, rec.uuid, false).await?).await
 }
 
 /// Saves a partition's state to disk and ends its VM; memory and vCPUs go back to `available`.
-#[utoipa::path(post, path = "/v1/partitions/{name}/save", tag = "partitions",
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/save",
+    tag = "partitions",
+    operation_id = "save_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Saved: the partition, its VM ended", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "not running or paused, a child or template, or another operation holds it", body = ErrorBody),
+        (status = 502, description = "QEMU failed to save its state (`engine_failed`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = d.find(&name).await?;
     out(&d, lifecycle::save(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Starts a saved partition from its saved state.
-#[utoipa::path(post, path = "/v1/partitions/{name}/restore", tag = "partitions",
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/restore",
+    tag = "partitions",
+    operation_id = "restore_partition",
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Restored: the partition, running", body = Partition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "not saved, another operation holds it, or the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
+        (status = 502, description = "QEMU failed to start from the saved state (`engine_failed`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
     let rec = d.find(&name).await?;
     out(&d, lifecycle::restore(&d, ACTOR, rec.uuid).await?).await
 }
 
 /// Chooses the configuration used at the next start.
-#[utoipa::path(put, path = "/v1/partitions/{name}/config", tag = "partitions", request_body = SetConfigRequest,
+#[utoipa::path(
+    put,
+    path = "/v1/partitions/{name}/config",
+    tag = "partitions",
+    operation_id = "set_partition_config",
+    request_body = SetConfigRequest,
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The partition, with its new active configuration", body = Partition),
+        (status = 400, description = "malformed JSON, an unknown field, or no configuration of that name", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "another operation holds it, or it changed meanwhile (`conflict`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn set_config(
     State(d): D,
     Path(name): Path<String>,
@@ -254,9 +397,22 @@ async fn set_config(
 }
 
 /// Moves a partition to another life-cycle stage.
-#[utoipa::path(put, path = "/v1/partitions/{name}/stage", tag = "partitions", request_body = SetStageRequest,
+#[utoipa::path(
+    put,
+    path = "/v1/partitions/{name}/stage",
+    tag = "partitions",
+    operation_id = "set_partition_stage",
+    request_body = SetStageRequest,
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = Partition), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The partition, in its new stage", body = Partition),
+        (status = 400, description = "malformed JSON, an unknown field or stage, or a stage it cannot be moved to by hand", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the move is not allowed from its stage or run state, or another operation holds it", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn set_stage(
     State(d): D,
     Path(name): Path<String>,
@@ -272,16 +428,29 @@ async fn set_stage(
 
 /// Console options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ConsoleQuery {
-    /// Most bytes to return, from the end (default 65536, at most 1048576).
+    /// Most bytes to return, from the end (default 65536; more than 1048576
+    /// counts as 1048576).
+    #[param(maximum = 1048576)]
     bytes: Option<usize>,
 }
 
 /// The tail of a partition's serial console log.
-#[utoipa::path(get, path = "/v1/partitions/{name}/console", tag = "partitions",
+#[utoipa::path(
+    get,
+    path = "/v1/partitions/{name}/console",
+    tag = "partitions",
+    operation_id = "partition_console",
     params(("name" = String, Path, description = "Partition name or uuid"), ConsoleQuery),
-    responses((status = 200, body = ConsoleLog), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The tail of its console log", body = ConsoleLog),
+        (status = 400, description = "an unknown query parameter, or `bytes` that is not a number", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn console(
     State(d): D,
     Path(name): Path<String>,
@@ -304,10 +473,23 @@ async fn console(
 }
 
 /// Runs a command in a partition's guest through its agent.
-#[utoipa::path(post, path = "/v1/partitions/{name}/exec", tag = "partitions", request_body = ExecRequest,
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/exec",
+    tag = "partitions",
+    operation_id = "exec_in_partition",
+    request_body = ExecRequest,
     params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = ExecResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The command ran: its exit status and output", body = ExecResponse),
+        (status = 400, description = "malformed JSON, an unknown field, neither or both of `command` and `argv`, or `stdin_base64` that is not base64", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the partition is not running (`invalid_transition`)", body = ErrorBody),
+        (status = 502, description = "its agent did not become ready or failed the exec (`engine_failed`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn exec(
     State(d): D,
     Path(name): Path<String>,

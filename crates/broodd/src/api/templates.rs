@@ -16,6 +16,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::host::Host;
@@ -48,7 +49,16 @@ async fn template_rec(d: &Host, name: &str) -> ApiResult<brood_ledger::Partition
 }
 
 /// Lists templates.
-#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, body = TemplateList)))]
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    tag = "templates",
+    operation_id = "list_templates",
+    responses(
+        (status = 200, description = "Every template, by name", body = TemplateList),
+        Common
+    )
+)]
 async fn list(State(d): D) -> ApiResult<Json<TemplateList>> {
     let mut items = Vec::new();
     for rec in d.ledger.all_partitions().await? {
@@ -61,9 +71,22 @@ async fn list(State(d): D) -> ApiResult<Json<TemplateList>> {
 
 /// Makes a running partition a template: its agent runs the identity-independent
 /// services and waits at its fork point; broodd freezes it there.
-#[utoipa::path(post, path = "/v1/templates", tag = "templates", request_body = TemplateCreateRequest,
-    responses((status = 201, body = Template), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/templates",
+    tag = "templates",
+    operation_id = "create_template",
+    request_body = TemplateCreateRequest,
+    responses(
+        (status = 201, description = "The template", body = Template),
+        (status = 400, description = "malformed JSON, an unknown field, an invalid name, or `pool_size` over 64", body = ErrorBody),
+        (status = 404, description = "no partition has the name or uuid in `vm` (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the VM is not running, is a child that cannot be frozen, the name is taken, or another operation holds it", body = ErrorBody),
+        (status = 502, description = "the agent did not reach its fork point or QEMU failed to save the state (`engine_failed`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn create(
     State(d): D,
     ApiJson(req): ApiJson<TemplateCreateRequest>,
@@ -73,9 +96,19 @@ async fn create(
 }
 
 /// Shows a template.
-#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates",
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{name}",
+    tag = "templates",
+    operation_id = "show_template",
     params(("name" = String, Path, description = "Template name or uuid")),
-    responses((status = 200, body = Template), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The template", body = Template),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no template has that name or uuid (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Template>> {
     let rec = template_rec(&d, &name).await?;
     Ok(Json(freeze::view(&d, &rec).await?))
@@ -83,6 +116,7 @@ async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Template>
 
 /// Delete options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     /// Delete its children and derived templates too.
@@ -90,9 +124,20 @@ struct DeleteQuery {
 }
 
 /// Deletes a template (refused while it has children or derived templates, unless `cascade`).
-#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates",
+#[utoipa::path(
+    delete,
+    path = "/v1/templates/{name}",
+    tag = "templates",
+    operation_id = "delete_template",
     params(("name" = String, Path, description = "Template name or uuid"), DeleteQuery),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted (with its children and derived templates, with `cascade`)"),
+        (status = 400, description = "an unknown query parameter or a `cascade` that is not a boolean", body = ErrorBody),
+        (status = 404, description = "no template has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it has children or derived templates and `cascade` is not set, or another operation holds it", body = ErrorBody),
+        Common
+    )
+)]
 async fn delete(
     State(d): D,
     Path(name): Path<String>,
@@ -104,10 +149,23 @@ async fn delete(
 }
 
 /// Forks running children from a template, each with its own identity.
-#[utoipa::path(post, path = "/v1/templates/{name}/fork", tag = "templates", request_body = ForkRequest,
+#[utoipa::path(
+    post,
+    path = "/v1/templates/{name}/fork",
+    tag = "templates",
+    operation_id = "fork_template",
+    request_body = ForkRequest,
     params(("name" = String, Path, description = "Template name or uuid")),
-    responses((status = 201, body = ForkResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses(
+        (status = 201, description = "The children, in order", body = ForkResponse),
+        (status = 400, description = "malformed JSON, an unknown field, or an invalid value (`count` outside 1-256, a bad key-value, a pool of the wrong kind)", body = ErrorBody),
+        (status = 404, description = "no template, identity pool or IPv4 pool of that name (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the host lacks capacity or a pool has too few free values (`capacity_exceeded`), or another operation holds the template", body = ErrorBody),
+        (status = 502, description = "a child QEMU failed to start or load the state (`engine_failed`); no child is left half-made", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn fork_children(
     State(d): D,
     Path(name): Path<String>,
@@ -119,14 +177,35 @@ async fn fork_children(
 }
 
 /// Lists identity pools.
-#[utoipa::path(get, path = "/v1/identity-pools", tag = "templates", responses((status = 200, body = IdentityPoolList)))]
+#[utoipa::path(
+    get,
+    path = "/v1/identity-pools",
+    tag = "templates",
+    operation_id = "list_identity_pools",
+    responses(
+        (status = 200, description = "Every identity pool, by name", body = IdentityPoolList),
+        Common
+    )
+)]
 async fn identity_pools(State(d): D) -> ApiResult<Json<IdentityPoolList>> {
     Ok(Json(identity_pool::list(&d).await?))
 }
 
 /// Creates an identity pool (identities, or a range of IPv4 addresses).
-#[utoipa::path(post, path = "/v1/identity-pools", tag = "templates", request_body = IdentityPoolCreateRequest,
-    responses((status = 201, body = IdentityPool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/identity-pools",
+    tag = "templates",
+    operation_id = "create_identity_pool",
+    request_body = IdentityPoolCreateRequest,
+    responses(
+        (status = 201, description = "The identity pool", body = IdentityPool),
+        (status = 400, description = "malformed JSON, an unknown field, or an invalid name, value, range, prefix or gateway", body = ErrorBody),
+        (status = 409, description = "an identity pool of that name exists (`conflict`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
 async fn create_identity_pool(
     State(d): D,
     ApiJson(req): ApiJson<IdentityPoolCreateRequest>,
@@ -138,9 +217,19 @@ async fn create_identity_pool(
 }
 
 /// Shows an identity pool and who holds each value.
-#[utoipa::path(get, path = "/v1/identity-pools/{name}", tag = "templates",
+#[utoipa::path(
+    get,
+    path = "/v1/identity-pools/{name}",
+    tag = "templates",
+    operation_id = "show_identity_pool",
     params(("name" = String, Path, description = "Identity pool name")),
-    responses((status = 200, body = IdentityPool), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "The identity pool and who holds each value", body = IdentityPool),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no identity pool has that name (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn show_identity_pool(
     State(d): D,
     Path(name): Path<String>,
@@ -149,9 +238,20 @@ async fn show_identity_pool(
 }
 
 /// Deletes an identity pool none of whose values is held.
-#[utoipa::path(delete, path = "/v1/identity-pools/{name}", tag = "templates",
+#[utoipa::path(
+    delete,
+    path = "/v1/identity-pools/{name}",
+    tag = "templates",
+    operation_id = "delete_identity_pool",
     params(("name" = String, Path, description = "Identity pool name")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no identity pool has that name (`not_found`)", body = ErrorBody),
+        (status = 409, description = "a child holds one of its values (`conflict`)", body = ErrorBody),
+        Common
+    )
+)]
 async fn delete_identity_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
     identity_pool::delete(&d, ACTOR, &name).await?;
     Ok(StatusCode::NO_CONTENT)
