@@ -39,6 +39,8 @@ pub const SOCKET_FILE: &str = "broodd.sock";
 pub const TOKEN_FILE: &str = "token";
 /// Fewest hex digits a token file may hold (128 bits).
 pub const MIN_TOKEN_HEX_CHARS: usize = 32;
+/// The lock a running broodd holds on its data directory.
+pub const LOCK_FILE: &str = "broodd.lock";
 /// Where broodd records the addresses it serves ([`listen::ListenRecord`]).
 pub const LISTEN_FILE: &str = "listen.json";
 /// broodd's TLS certificate in its data directory, made at first start
