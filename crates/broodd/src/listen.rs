@@ -191,9 +191,9 @@ impl Bound {
     }
 
     /// Serves `app` on every listener until `shutdown` resolves, then lets
-    /// open connections finish for a few seconds and removes the socket
-    /// and the listen record.
-    pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
+    /// open connections finish for a few seconds; the socket and the listen
+    /// record are removed when it returns.
+    pub async fn serve(mut self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(self.max_connections as usize));
         let edge = Arc::new(Edge {
@@ -203,7 +203,7 @@ impl Bound {
             last_cap_warning: AtomicU64::new(0),
         });
         let mut loops = tokio::task::JoinSet::new();
-        for l in self.listeners {
+        for l in std::mem::take(&mut self.listeners) {
             loops.spawn(accept_loop(l, edge.clone(), stop_rx.clone()));
         }
         shutdown.await;
@@ -215,9 +215,16 @@ impl Bound {
         if drained.is_err() {
             debug!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
         }
+        Ok(())
+    }
+}
+
+// Served or not (a start that fails after binding), the socket and the
+// record go with the listeners, so nothing points at a broodd that is gone.
+impl Drop for Bound {
+    fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.record);
-        Ok(())
     }
 }
 
@@ -777,6 +784,19 @@ mod tests {
             let got = read_until_closed(&mut h).await.unwrap();
             assert!(got.contains("released"), "{got}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unserved_bind_leaves_no_socket_or_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("broodd.sock");
+        let bound = Bound::bind(&args(None, false, 8), dir.path(), sock.clone())
+            .await
+            .unwrap();
+        assert!(sock.exists() && dir.path().join(brood_api::LISTEN_FILE).exists());
+        drop(bound);
+        assert!(!sock.exists());
+        assert!(!dir.path().join(brood_api::LISTEN_FILE).exists());
     }
 
     #[tokio::test]
