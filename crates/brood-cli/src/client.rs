@@ -31,6 +31,11 @@ use crate::trust;
 /// How long a request may take when the command sets no deadline of its own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an idle pooled connection is kept: below broodd's 5 s
+/// header-read timeout, so brood drops an idle connection before broodd
+/// closes it under a request about to be sent.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Most of an error body quoted in a message when it is not an `ErrorBody`.
 const QUOTED_BODY_CHARS: usize = 200;
 
@@ -281,7 +286,7 @@ impl Client {
 
     /// A client of broodd at `endpoint`.
     pub fn new(endpoint: Endpoint, token: String, hint: String) -> Self {
-        let http = HyperClient::builder(TokioExecutor::new()).build(Connector {
+        let http = pooled().build(Connector {
             endpoint: endpoint.clone(),
             tls: None,
         });
@@ -295,7 +300,7 @@ impl Client {
 
     /// The same client speaking TLS through `tls` (for an https endpoint).
     fn with_tls(self, tls: tokio_rustls::TlsConnector) -> Self {
-        let http = HyperClient::builder(TokioExecutor::new()).build(Connector {
+        let http = pooled().build(Connector {
             endpoint: self.endpoint.clone(),
             tls: Some(tls),
         });
@@ -438,6 +443,14 @@ impl Client {
             }
         })
     }
+}
+
+/// hyper's client builder with brood's pool settings.
+fn pooled() -> hyper_util::client::legacy::Builder {
+    let mut b = HyperClient::builder(TokioExecutor::new());
+    b.pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    b
 }
 
 fn json_body<B: Serialize>(what: &str, body: &B) -> Result<Vec<u8>, ClientError> {

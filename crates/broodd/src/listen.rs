@@ -745,7 +745,13 @@ mod tests {
     async fn connections_over_the_cap_are_closed_and_the_slot_comes_back() {
         let dir = tempfile::tempdir().unwrap();
         let release = Arc::new(tokio::sync::Notify::new());
-        let (_record, _stop) = serve(dir.path(), args(None, false, 3), release.clone()).await;
+        let a = args(Some("127.0.0.1:0".into()), true, 3);
+        let (record, _stop) = serve(dir.path(), a, release.clone()).await;
+        let tcp = record.endpoints[0]
+            .url
+            .strip_prefix("http://")
+            .unwrap()
+            .to_string();
         let sock = dir.path().join("broodd.sock");
         let mut held = Vec::new();
         for _ in 0..3 {
@@ -755,8 +761,13 @@ mod tests {
                 .unwrap();
             held.push(u);
         }
-        for _ in 0..5 {
-            let mut over = UnixStream::connect(&sock).await.unwrap();
+        // The cap is shared: the socket's connections fill it for TCP too.
+        for i in 0..6 {
+            let mut over: Box<dyn AsyncReadWrite> = if i % 2 == 0 {
+                Box::new(UnixStream::connect(&sock).await.unwrap())
+            } else {
+                Box::new(TcpStream::connect(&tcp).await.unwrap())
+            };
             let _ = over.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await;
             let got = read_until_closed(&mut over).await;
             let got = got.expect("a connection over the cap was kept open");
