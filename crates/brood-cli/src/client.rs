@@ -572,11 +572,21 @@ impl tower_service::Service<Uri> for Connector {
                     // The certificate is pinned, so the name only goes out
                     // as SNI (and is checked for a --ca-cert chain).
                     let name = server_name(&addr);
-                    Stream::Tls(Box::new(tls.connect(name, tcp).await?))
+                    let tls = tls.connect(name, tcp).await.map_err(pin_error)?;
+                    Stream::Tls(Box::new(tls))
                 }
             };
             Ok(TokioIo::new(stream))
         })
+    }
+}
+
+/// A refused certificate as `trust` words it (rustls would print
+/// "unexpected error: " before a verifier's own message).
+fn pin_error(e: io::Error) -> io::Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::General(msg)) => io::Error::new(e.kind(), msg.clone()),
+        _ => e,
     }
 }
 
