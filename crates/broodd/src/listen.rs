@@ -798,6 +798,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_given_certificate_is_served_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["broodd.test".to_string()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let mut a = args(Some("127.0.0.1:0".into()), false, 8);
+        a.tls_cert = Some(cert.clone());
+        a.tls_key = Some(key);
+        let sock = dir.path().join("broodd.sock");
+        let bound = Bound::bind(&a, dir.path(), sock.clone()).await.unwrap();
+        let record: ListenRecord = serde_json::from_slice(
+            &std::fs::read(dir.path().join(brood_api::LISTEN_FILE)).unwrap(),
+        )
+        .unwrap();
+        let want = hex::encode(Sha256::digest(made.cert.der().as_ref()));
+        assert_eq!(
+            record.endpoints[0].cert_sha256.as_deref(),
+            Some(want.as_str())
+        );
+        assert!(!dir.path().join(brood_api::TLS_CERT_FILE).exists());
+        drop(bound);
+        // A key that is not the certificate's is refused, saying so.
+        let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).unwrap();
+        let wrong = dir.path().join("wrong.pem");
+        std::fs::write(&wrong, other.signing_key.serialize_pem()).unwrap();
+        a.tls_key = Some(wrong);
+        let e = format!("{:#}", Bound::bind(&a, dir.path(), sock).await.unwrap_err());
+        assert!(e.contains("does not fit"), "{e}");
+    }
+
+    #[tokio::test]
     async fn an_unserved_bind_leaves_no_socket_or_record() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("broodd.sock");
