@@ -70,8 +70,8 @@ pub struct ListenArgs {
     /// Serve a TCP --listen as plain HTTP, without TLS: loopback addresses only.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub insecure_tcp: bool,
-    /// Most API connections served at once; connections over it are closed
-    /// at once (plain ones with a 503).
+    /// Most API connections served at once on each listener; connections
+    /// over it are closed at once (plain ones with a 503).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
@@ -195,23 +195,31 @@ impl Bound {
     /// record are removed when it returns.
     pub async fn serve(mut self, app: Router, shutdown: impl Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(self.max_connections as usize));
+        let max = self.max_connections;
         let edge = Arc::new(Edge {
             app,
-            limit: limit.clone(),
-            max_connections: self.max_connections,
+            max_connections: max,
             last_cap_warning: AtomicU64::new(0),
         });
         let mut loops = tokio::task::JoinSet::new();
+        let mut limits = Vec::new();
+        // A cap per listener, so a flood on TCP cannot lock the host's own
+        // users out of the socket.
         for l in std::mem::take(&mut self.listeners) {
-            loops.spawn(accept_loop(l, edge.clone(), stop_rx.clone()));
+            let limit = Arc::new(Semaphore::new(max as usize));
+            limits.push(limit.clone());
+            loops.spawn(accept_loop(l, limit, edge.clone(), stop_rx.clone()));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
         while loops.join_next().await.is_some() {}
         // Every connection holds a permit: all of them back means all done.
-        let drained =
-            tokio::time::timeout(SHUTDOWN_GRACE, limit.acquire_many(self.max_connections)).await;
+        let all_back = async {
+            for l in &limits {
+                let _ = l.acquire_many(max).await;
+            }
+        };
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, all_back).await;
         if drained.is_err() {
             debug!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
         }
@@ -375,13 +383,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// What every connection shares.
 struct Edge {
     app: Router,
-    limit: Arc<Semaphore>,
     max_connections: u32,
     /// Seconds since the epoch of the last cap warning.
     last_cap_warning: AtomicU64,
 }
 
-async fn accept_loop(l: Listener, edge: Arc<Edge>, mut stop: watch::Receiver<bool>) {
+/// Accepts connections on `l` while `limit` has permits, closing the rest.
+async fn accept_loop(
+    l: Listener,
+    limit: Arc<Semaphore>,
+    edge: Arc<Edge>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             r = l.accept() => r,
@@ -396,7 +409,7 @@ async fn accept_loop(l: Listener, edge: Arc<Edge>, mut stop: watch::Receiver<boo
                 continue;
             }
         };
-        match edge.limit.clone().try_acquire_owned() {
+        match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 tokio::spawn(connection(conn, edge.clone(), permit, stop.clone()));
             }
@@ -438,7 +451,8 @@ impl Edge {
         {
             warn!(
                 max = self.max_connections,
-                "API connection cap reached: closing new connections (--max-connections)"
+                "API connection cap of a listener reached: closing its new connections \
+                 (--max-connections)"
             );
         }
         let busy = busy_response(self.max_connections);
@@ -460,8 +474,8 @@ fn busy_response(max: u32) -> Vec<u8> {
         error: brood_api::ErrorDetail {
             code: brood_api::ErrorCode::Unavailable,
             message: format!(
-                "broodd is serving its most connections at once ({max}, --max-connections): \
-                 try again"
+                "broodd is serving its most connections at once on this listener ({max}, \
+                 --max-connections): try again"
             ),
         },
     })
@@ -617,20 +631,20 @@ mod tests {
     }
 
     /// Serves a small app (`/ok`, and `/hold`, which answers once `release`
-    /// is notified) in `dir`; dropping the sender stops it.
+    /// turns true) in `dir`; dropping the sender stops it.
     async fn serve(
         dir: &Path,
         a: ListenArgs,
-        release: Arc<tokio::sync::Notify>,
+        release: watch::Receiver<bool>,
     ) -> (ListenRecord, tokio::sync::oneshot::Sender<()>) {
         let app = Router::new()
             .route("/ok", axum::routing::get(|| async { "ok" }))
             .route(
                 "/hold",
                 axum::routing::get(move || {
-                    let release = release.clone();
+                    let mut release = release.clone();
                     async move {
-                        release.notified().await;
+                        stopped(&mut release).await;
                         "released"
                     }
                 }),
@@ -662,7 +676,7 @@ mod tests {
     async fn half_sent_requests_are_dropped_on_the_socket_and_on_tcp() {
         let dir = tempfile::tempdir().unwrap();
         let a = args(Some("127.0.0.1:0".into()), true, 64);
-        let (record, _stop) = serve(dir.path(), a, Arc::default()).await;
+        let (record, _stop) = serve(dir.path(), a, watch::channel(false).1).await;
         let tcp = record.endpoints[0]
             .url
             .strip_prefix("http://")
@@ -713,7 +727,7 @@ mod tests {
         let (record, _stop) = serve(
             dir.path(),
             args(Some("127.0.0.1:0".into()), false, 8),
-            Arc::default(),
+            watch::channel(false).1,
         )
         .await;
         let https = &record.endpoints[0];
@@ -742,11 +756,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_over_the_cap_are_closed_and_the_slot_comes_back() {
+    async fn connections_over_each_listeners_cap_are_closed_and_slots_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        let release = Arc::new(tokio::sync::Notify::new());
+        let (release, held_until) = watch::channel(false);
         let a = args(Some("127.0.0.1:0".into()), true, 3);
-        let (record, _stop) = serve(dir.path(), a, release.clone()).await;
+        let (record, _stop) = serve(dir.path(), a, held_until).await;
         let tcp = record.endpoints[0]
             .url
             .strip_prefix("http://")
@@ -754,6 +768,7 @@ mod tests {
             .to_string();
         let sock = dir.path().join("broodd.sock");
         let mut held = Vec::new();
+        let mut held_tcp = Vec::new();
         for _ in 0..3 {
             let mut u = UnixStream::connect(&sock).await.unwrap();
             u.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -761,22 +776,39 @@ mod tests {
                 .unwrap();
             held.push(u);
         }
-        // The cap is shared: the socket's connections fill it for TCP too.
-        for i in 0..6 {
-            let mut over: Box<dyn AsyncReadWrite> = if i % 2 == 0 {
-                Box::new(UnixStream::connect(&sock).await.unwrap())
-            } else {
-                Box::new(TcpStream::connect(&tcp).await.unwrap())
-            };
+        for _ in 0..3 {
+            let mut over = UnixStream::connect(&sock).await.unwrap();
             let _ = over.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await;
             let got = read_until_closed(&mut over).await;
             let got = got.expect("a connection over the cap was kept open");
             assert!(got.is_empty() || got.starts_with("HTTP/1.1 503"), "{got}");
         }
+        // TCP has a cap of its own: the full socket leaves it served, and
+        // filling it closes its next connections too.
+        let mut t = TcpStream::connect(&tcp).await.unwrap();
+        t.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut t).await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        for _ in 0..3 {
+            let mut h = TcpStream::connect(&tcp).await.unwrap();
+            h.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            held_tcp.push(h);
+        }
+        for _ in 0..3 {
+            let mut over = TcpStream::connect(&tcp).await.unwrap();
+            let _ = over.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let got = read_until_closed(&mut over).await;
+            let got = got.expect("a TCP connection over the cap was kept open");
+            assert!(got.is_empty() || got.starts_with("HTTP/1.1 503"), "{got}");
+        }
         // The held requests finish; then new connections are served again.
+        release.send(true).unwrap();
         let mut served = false;
         for _ in 0..100 {
-            release.notify_waiters();
             let mut u = UnixStream::connect(&sock).await.unwrap();
             let _ = u
                 .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -792,6 +824,10 @@ mod tests {
         }
         assert!(served, "no connection was served after the held ones ended");
         for mut h in held {
+            let got = read_until_closed(&mut h).await.unwrap();
+            assert!(got.contains("released"), "{got}");
+        }
+        for mut h in held_tcp {
             let got = read_until_closed(&mut h).await.unwrap();
             assert!(got.contains("released"), "{got}");
         }
