@@ -3,8 +3,8 @@
 //! optionally TCP with TLS), the TLS certificate (made self-signed at first
 //! start, or given), the listen record the CLI reads
 //! ([`brood_api::LISTEN_FILE`]), the API token file, and the per-connection
-//! limits: a header-read timeout, a TLS handshake timeout and a cap on
-//! connections served at once. What a request does is `api`'s.
+//! limits: a header-read timeout, a TLS handshake timeout and a cap on the
+//! connections each listener serves at once. What a request does is `api`'s.
 //!
 //! ```text
 //! DATA_DIR/broodd.sock    the API, mode 0600 (always, unless --listen names another socket)
