@@ -12,6 +12,7 @@ pub mod event;
 pub mod fork;
 pub mod host;
 pub mod ledger;
+pub mod listen;
 pub mod partition;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
@@ -37,3 +38,14 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const SOCKET_FILE: &str = "broodd.sock";
 /// broodd's bearer token in its data directory (mode 0600).
 pub const TOKEN_FILE: &str = "token";
+/// Fewest hex digits a token file may hold (128 bits).
+pub const MIN_TOKEN_HEX_CHARS: usize = 32;
+/// The lock a running broodd holds on its data directory.
+pub const LOCK_FILE: &str = "broodd.lock";
+/// Where broodd records the addresses it serves ([`listen::ListenRecord`]).
+pub const LISTEN_FILE: &str = "listen.json";
+/// broodd's TLS certificate in its data directory, made at first start
+/// when it listens on TCP without `--tls-cert` (PEM).
+pub const TLS_CERT_FILE: &str = "tls-cert.pem";
+/// The private key of [`TLS_CERT_FILE`] (PEM, mode 0600).
+pub const TLS_KEY_FILE: &str = "tls-key.pem";

@@ -1,5 +1,5 @@
 //! The HTTP client of broodd's REST API: one small hyper client over a unix
-//! socket or TCP with deadlines, JSON decoding and [`brood_api::ErrorBody`]
+//! socket, TCP or TLS (pinned by `trust`) with deadlines, JSON decoding and [`brood_api::ErrorBody`]
 //! decoding. Finding broodd and its token is `endpoint`'s; the commands
 //! that use the client live in their own modules.
 
@@ -24,11 +24,17 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::endpoint::{Endpoint, resolve_token};
+use crate::endpoint::{Endpoint, explicit_token};
 use crate::render::wire_name;
+use crate::trust;
 
 /// How long a request may take when the command sets no deadline of its own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an idle pooled connection is kept: below broodd's 5 s
+/// header-read timeout, so brood drops an idle connection before broodd
+/// closes it under a request about to be sent.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most of an error body quoted in a message when it is not an `ErrorBody`.
 const QUOTED_BODY_CHARS: usize = 200;
@@ -72,6 +78,62 @@ pub enum ClientError {
         /// The token file.
         path: PathBuf,
     },
+    /// The token file is not private to the user, or its token is weak.
+    #[error("broodd's token file {} is refused: {problem}", path.display())]
+    BadTokenFile {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The data directory's listen record cannot be trusted or read.
+    #[error("broodd's listen record {} is refused: {problem}", path.display())]
+    BadListenRecord {
+        /// The record.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The data directory's token would go to an endpoint its broodd does
+    /// not serve.
+    #[error(
+        "not sending the token of {} to {target}: the broodd of that data directory does not \
+         serve it (it serves {serves}); pass the token of the broodd at {target} with --token \
+         or BROOD_TOKEN, or point --data-dir at that broodd's data directory",
+        data_dir.display()
+    )]
+    TokenNotForHost {
+        /// Where the token would have gone.
+        target: Endpoint,
+        /// The data directory the token is from.
+        data_dir: PathBuf,
+        /// What that broodd serves.
+        serves: String,
+    },
+    /// An https endpoint with no certificate to check it against.
+    #[error(
+        "no certificate to check {target} against: {} records none; pass that broodd's \
+         certificate (DATA_DIR/{} on its host) with --ca-cert FILE or BROOD_CA_CERT",
+        data_dir.display(),
+        brood_api::TLS_CERT_FILE
+    )]
+    NoCertificate {
+        /// The endpoint.
+        target: Endpoint,
+        /// The data directory consulted.
+        data_dir: PathBuf,
+    },
+    /// `--ca-cert` could not be used.
+    #[error("the CA certificate {} (--ca-cert) is refused: {problem}", path.display())]
+    BadCaCert {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("set up TLS: {0}")]
+    Tls(String),
     /// No connection to broodd.
     #[error("cannot connect to broodd at {target} ({hint})")]
     Connect {
@@ -171,20 +233,41 @@ impl fmt::Debug for Client {
 
 impl Client {
     /// Finds broodd and its token from the global flags, the environment
-    /// and the data directory.
+    /// and the data directory; a token from the data directory goes only
+    /// to that directory's broodd (`trust`).
     pub fn from_flags(
         host: Option<&str>,
         token: Option<&str>,
+        ca_cert: Option<&Path>,
         data_dir: &Path,
     ) -> Result<Self, ClientError> {
         let env = |k| std::env::var(k).ok();
         let explicit = host.is_some() || env("BROOD_HOST").is_some_and(|h| !h.trim().is_empty());
         let endpoint = Endpoint::resolve(host, env("BROOD_HOST"), data_dir)?;
-        let token = resolve_token(
-            token,
-            env("BROOD_TOKEN"),
-            &data_dir.join(brood_api::TOKEN_FILE),
-        )?;
+        let given = explicit_token(token, env("BROOD_TOKEN"));
+        let record = match &endpoint {
+            // The record is not needed to reach the data directory's own
+            // socket, nor to send a token the user gave to a socket.
+            Endpoint::Unix(_) if !explicit || given.is_some() => None,
+            _ => trust::listen_record(data_dir)?,
+        };
+        let tls = match &endpoint {
+            Endpoint::Tls(_) => Some(tokio_rustls::TlsConnector::from(trust::tls_config(
+                &endpoint,
+                ca_cert,
+                data_dir,
+                record.as_ref(),
+            )?)),
+            _ => None,
+        };
+        let token = match given {
+            Some(t) => t,
+            None => {
+                let pinned = tls.is_some() && ca_cert.is_none();
+                trust::check_token_destination(&endpoint, data_dir, record.as_ref(), pinned)?;
+                trust::read_token_file(&data_dir.join(brood_api::TOKEN_FILE))?
+            }
+        };
         let hint = if explicit {
             "is broodd running there? check --host / BROOD_HOST".to_string()
         } else {
@@ -194,13 +277,18 @@ impl Client {
                 data_dir.display()
             )
         };
-        Ok(Self::new(endpoint, token, hint))
+        let mut client = Self::new(endpoint, token, hint);
+        if let Some(tls) = tls {
+            client = client.with_tls(tls);
+        }
+        Ok(client)
     }
 
     /// A client of broodd at `endpoint`.
     pub fn new(endpoint: Endpoint, token: String, hint: String) -> Self {
-        let http = HyperClient::builder(TokioExecutor::new()).build(Connector {
+        let http = pooled().build(Connector {
             endpoint: endpoint.clone(),
+            tls: None,
         });
         Self {
             http,
@@ -208,6 +296,15 @@ impl Client {
             token,
             hint,
         }
+    }
+
+    /// The same client speaking TLS through `tls` (for an https endpoint).
+    fn with_tls(self, tls: tokio_rustls::TlsConnector) -> Self {
+        let http = pooled().build(Connector {
+            endpoint: self.endpoint.clone(),
+            tls: Some(tls),
+        });
+        Self { http, ..self }
     }
 
     /// `GET path`, decoded.
@@ -348,6 +445,14 @@ impl Client {
     }
 }
 
+/// hyper's client builder with brood's pool settings.
+fn pooled() -> hyper_util::client::legacy::Builder {
+    let mut b = HyperClient::builder(TokioExecutor::new());
+    b.pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    b
+}
+
 fn json_body<B: Serialize>(what: &str, body: &B) -> Result<Vec<u8>, ClientError> {
     serde_json::to_vec(body).map_err(|source| ClientError::Decode {
         what: what.to_string(),
@@ -422,10 +527,20 @@ fn io_cause(e: &hyper_util::client::legacy::Error) -> io::Error {
 }
 
 /// Connects hyper to broodd: the socket or TCP address of the endpoint,
-/// whatever the request URI's authority says.
-#[derive(Debug, Clone)]
+/// whatever the request URI's authority says, with TLS for https.
+#[derive(Clone)]
 struct Connector {
     endpoint: Endpoint,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -439,6 +554,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let endpoint = self.endpoint.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let stream = match endpoint {
                 Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
@@ -447,17 +563,51 @@ impl tower_service::Service<Uri> for Connector {
                     tcp.set_nodelay(true)?;
                     Stream::Tcp(tcp)
                 }
+                Endpoint::Tls(addr) => {
+                    let tls = tls.ok_or_else(|| {
+                        io::Error::other("no TLS configuration for an https endpoint")
+                    })?;
+                    let tcp = TcpStream::connect(&addr).await?;
+                    tcp.set_nodelay(true)?;
+                    // The certificate is pinned, so the name only goes out
+                    // as SNI (and is checked for a --ca-cert chain).
+                    let name = server_name(&addr);
+                    let tls = tls.connect(name, tcp).await.map_err(pin_error)?;
+                    Stream::Tls(Box::new(tls))
+                }
             };
             Ok(TokioIo::new(stream))
         })
     }
 }
 
-/// A connection to broodd over either transport.
+/// A refused certificate as `trust` words it (rustls would print
+/// "unexpected error: " before a verifier's own message).
+fn pin_error(e: io::Error) -> io::Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::General(msg)) => io::Error::new(e.kind(), msg.clone()),
+        _ => e,
+    }
+}
+
+/// The TLS server name of `host:port`: an IP address or a DNS name
+/// (`broodd` when the host is neither, which only a pin can then accept).
+fn server_name(addr: &str) -> rustls::pki_types::ServerName<'static> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
+        rustls::pki_types::ServerName::DnsName(
+            rustls::pki_types::DnsName::try_from("broodd").expect("a valid DNS name"),
+        )
+    })
+}
+
+/// A connection to broodd over any transport.
 #[derive(Debug)]
 enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Connection for Stream {
@@ -475,6 +625,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -488,6 +639,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -495,6 +647,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -502,6 +655,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

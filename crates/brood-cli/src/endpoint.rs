@@ -1,7 +1,8 @@
 //! Where broodd is and how to prove who we are: `--host`, else `BROOD_HOST`,
 //! else the data directory's socket ([`brood_api::SOCKET_FILE`]); the token
 //! from `--token`, else `BROOD_TOKEN`, else the data directory's token file
-//! ([`brood_api::TOKEN_FILE`]). Talking to broodd is `client`'s.
+//! ([`brood_api::TOKEN_FILE`]). Whether that file's token may go to the
+//! endpoint is `trust`'s; talking to broodd is `client`'s.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,15 @@ use crate::client::ClientError;
 pub enum Endpoint {
     /// A unix socket.
     Unix(PathBuf),
-    /// TCP, as `host:port` (port always present).
+    /// Plain HTTP over TCP, as `host:port` (port always present).
     Tcp(String),
+    /// HTTPS, as `host:port` (port always present).
+    Tls(String),
 }
 
 impl Endpoint {
-    /// Parses `--host`: `http://HOST[:PORT][/]`, `unix://PATH`, or a socket path.
+    /// Parses `--host`: `https://HOST[:PORT][/]`, `http://HOST[:PORT][/]`,
+    /// `unix://PATH`, or a socket path.
     pub fn parse(s: &str) -> Result<Self, ClientError> {
         let bad = |reason| ClientError::BadHost {
             host: s.to_string(),
@@ -36,7 +40,8 @@ impl Endpoint {
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
-        if s.starts_with("http://") {
+        let tls = s.starts_with("https://");
+        if tls || s.starts_with("http://") {
             let uri: Uri = s.parse().map_err(|source| ClientError::BadUrl {
                 host: s.to_string(),
                 source,
@@ -46,13 +51,22 @@ impl Endpoint {
                 .filter(|h| !h.is_empty())
                 .ok_or_else(|| bad("no host"))?;
             if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-                return Err(bad("use http://HOST:PORT, without a path"));
+                return Err(bad(
+                    "use https://HOST:PORT or http://HOST:PORT, without a path",
+                ));
             }
-            let port = uri.port_u16().unwrap_or(80);
-            return Ok(Self::Tcp(format!("{host}:{port}")));
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let addr = format!("{host}:{port}");
+            return Ok(if tls {
+                Self::Tls(addr)
+            } else {
+                Self::Tcp(addr)
+            });
         }
         if s.contains("://") {
-            return Err(bad("use a unix socket path or an http://HOST:PORT URL"));
+            return Err(bad(
+                "use a unix socket path or an https://HOST:PORT (or http://HOST:PORT) URL",
+            ));
         }
         Ok(Self::Unix(PathBuf::from(s)))
     }
@@ -74,7 +88,7 @@ impl Endpoint {
     pub fn authority(&self) -> &str {
         match self {
             Self::Unix(_) => "localhost",
-            Self::Tcp(a) => a,
+            Self::Tcp(a) | Self::Tls(a) => a,
         }
     }
 }
@@ -84,36 +98,19 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Unix(p) => write!(f, "unix socket {}", p.display()),
             Self::Tcp(a) => write!(f, "http://{a}"),
+            Self::Tls(a) => write!(f, "https://{a}"),
         }
     }
 }
 
-/// The bearer token: `--token`, else `BROOD_TOKEN` (`env`), else the
-/// contents of `file` without surrounding whitespace.
-pub fn resolve_token(
-    flag: Option<&str>,
-    env: Option<String>,
-    file: &Path,
-) -> Result<String, ClientError> {
-    let given = [flag.map(str::to_string), env]
+/// The token the user gave: `--token`, else `BROOD_TOKEN` (`env`), without
+/// surrounding whitespace; `None` when neither is set.
+pub fn explicit_token(flag: Option<&str>, env: Option<String>) -> Option<String> {
+    [flag.map(str::to_string), env]
         .into_iter()
         .flatten()
         .map(|t| t.trim().to_string())
-        .find(|t| !t.is_empty());
-    if let Some(t) = given {
-        return Ok(t);
-    }
-    let text = std::fs::read_to_string(file).map_err(|source| ClientError::ReadToken {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(ClientError::EmptyToken {
-            path: file.to_path_buf(),
-        });
-    }
-    Ok(token.to_string())
+        .find(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -146,18 +143,26 @@ mod tests {
             Endpoint::parse("http://[::1]:9").unwrap(),
             Endpoint::Tcp("[::1]:9".into())
         );
+        assert_eq!(
+            Endpoint::parse("https://box:7070").unwrap(),
+            Endpoint::Tls("box:7070".into())
+        );
+        assert_eq!(
+            Endpoint::parse("https://[::1]").unwrap(),
+            Endpoint::Tls("[::1]:443".into())
+        );
         for bad in [
             "",
             "  ",
-            "https://box:1",
+            "https://box:1/api",
             "http://box:1/api",
             "unix://",
             "ftp://x",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?} accepted");
         }
-        let e = Endpoint::parse("https://box").unwrap_err().to_string();
-        assert!(e.contains("http://HOST:PORT"), "{e}");
+        let e = Endpoint::parse("ftp://box").unwrap_err().to_string();
+        assert!(e.contains("https://HOST:PORT"), "{e}");
     }
 
     #[test]
@@ -181,35 +186,19 @@ mod tests {
 
     #[test]
     fn token_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "  from-file\n").unwrap();
         assert_eq!(
-            resolve_token(Some("flag"), Some("env".into()), &file).unwrap(),
-            "flag"
+            explicit_token(Some("flag"), Some("env".into())).as_deref(),
+            Some("flag")
         );
         assert_eq!(
-            resolve_token(None, Some("env\n".into()), &file).unwrap(),
-            "env"
+            explicit_token(None, Some("env\n".into())).as_deref(),
+            Some("env")
         );
         assert_eq!(
-            resolve_token(None, Some(String::new()), &file).unwrap(),
-            "from-file"
+            explicit_token(Some(" "), Some("env".into())).as_deref(),
+            Some("env")
         );
-        assert_eq!(
-            resolve_token(Some(" "), Some("env".into()), &file).unwrap(),
-            "env"
-        );
-        assert_eq!(resolve_token(None, None, &file).unwrap(), "from-file");
-
-        std::fs::write(&file, "\n").unwrap();
-        assert!(matches!(
-            resolve_token(None, None, &file),
-            Err(ClientError::EmptyToken { .. })
-        ));
-        let missing = dir.path().join("nope");
-        let e = resolve_token(None, None, &missing).unwrap_err();
-        assert!(matches!(e, ClientError::ReadToken { .. }));
-        assert!(e.to_string().contains("BROOD_TOKEN"), "{e}");
+        assert_eq!(explicit_token(None, Some(String::new())), None);
+        assert_eq!(explicit_token(None, None), None);
     }
 }

@@ -1,5 +1,7 @@
 //! `brood`: the command-line tool. This file parses the command line, sets
-//! up logging and maps errors to one line and exit status 125; each noun's
+//! up logging, maps errors to one line and exit status 125, and exits
+//! quietly with 141 when its output pipe is closed (`brood ledger log |
+//! head -1`), as a tool killed by SIGPIPE would; each noun's
 //! commands live in their own module. `run` and `image` work locally; the
 //! other nouns are clients of broodd (`client`).
 
@@ -18,6 +20,7 @@ mod paths;
 mod render;
 mod run;
 mod template;
+mod trust;
 mod vm;
 
 use std::future::Future;
@@ -47,14 +50,21 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, default_value = "text")]
     output: Output,
-    /// broodd to talk to: its unix socket, or http://HOST:PORT (default:
-    /// $BROOD_HOST, else DATA_DIR/broodd.sock).
+    /// broodd to talk to: its unix socket, https://HOST:PORT, or (loopback,
+    /// broodd --insecure-tcp) http://HOST:PORT (default: $BROOD_HOST, else
+    /// DATA_DIR/broodd.sock).
     #[arg(long, global = true, value_name = "SOCKET|URL")]
     host: Option<String>,
-    /// broodd's bearer token (default: $BROOD_TOKEN, else DATA_DIR/token).
-    /// Other users can see flags in ps; prefer BROOD_TOKEN.
+    /// broodd's bearer token (default: $BROOD_TOKEN, else DATA_DIR/token,
+    /// which goes only to the broodd of DATA_DIR). Other users can see flags
+    /// in ps; prefer BROOD_TOKEN.
     #[arg(long, global = true, value_name = "TOKEN")]
     token: Option<String>,
+    /// Certificates to accept from an https:// --host: the broodd's own
+    /// (DATA_DIR/tls-cert.pem on its host) or its CA (default: the one
+    /// broodd recorded in DATA_DIR/listen.json).
+    #[arg(long, global = true, env = "BROOD_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,6 +130,7 @@ enum Cmd {
 struct Conn {
     host: Option<String>,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
     data_dir: PathBuf,
 }
 
@@ -129,8 +140,12 @@ where
     F: FnOnce(client::Client) -> Fut,
     Fut: Future<Output = Result<i32>>,
 {
-    let client =
-        client::Client::from_flags(conn.host.as_deref(), conn.token.as_deref(), &conn.data_dir)?;
+    let client = client::Client::from_flags(
+        conn.host.as_deref(),
+        conn.token.as_deref(),
+        conn.ca_cert.as_deref(),
+        &conn.data_dir,
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -138,7 +153,50 @@ where
     rt.block_on(f(client))
 }
 
+/// Exit status when stdout or stderr is a pipe nobody reads any more: what
+/// a shell reports for a process SIGPIPE killed (128 + 13).
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Whether stdout or stderr is a pipe (or socket) whose reader is gone.
+/// Rust ignores SIGPIPE, so a write there fails with EPIPE, and `println!`
+/// panics on it; this tells that apart from an EPIPE on the way to broodd.
+fn output_is_broken() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let (out, err) = (std::io::stdout(), std::io::stderr());
+    let mut fds = [
+        PollFd::new(out.as_fd(), PollFlags::POLLOUT),
+        PollFd::new(err.as_fd(), PollFlags::POLLOUT),
+    ];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds.iter().any(|f| {
+            f.revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+        })
+}
+
+/// Makes a panic from writing to a closed output pipe a quiet exit.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or("");
+        if (msg.contains("Broken pipe") || msg.contains("BrokenPipe")) && output_is_broken() {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info);
+    }));
+}
+
+/// Whether `e` comes from writing to a closed output pipe.
+fn is_broken_output(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) && output_is_broken()
+}
+
 fn main() {
+    exit_quietly_on_broken_pipe();
     let started = Instant::now();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -153,6 +211,7 @@ fn main() {
     let conn = Conn {
         host: cli.host,
         token: cli.token,
+        ca_cert: cli.ca_cert,
         data_dir: data_dir.clone(),
     };
     let code = match cli.cmd {
@@ -192,6 +251,7 @@ fn main() {
     };
     match code {
         Ok(c) => std::process::exit(c),
+        Err(e) if is_broken_output(&e) => std::process::exit(BROKEN_PIPE_EXIT),
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("brood: error: {}", chain.join(": "));

@@ -1,7 +1,8 @@
 #![allow(clippy::tests_outside_test_module)]
 //! Runs the real `brood` binary against a fake broodd: an axum server on
 //! the data directory's unix socket that checks the bearer token, records
-//! each request and answers with canned bodies.
+//! each request and answers with canned bodies. `edge.rs` covers where the
+//! token may go and the output pipe.
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
@@ -15,13 +16,13 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use brood_api::{
-    AuditLog, ChildStatus, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, ForkChild,
+    ChildStatus, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, ForkChild,
     ForkResponse, IdentityPool, IdentityPoolItem, IdentityPoolKind, Partition, PartitionConfig,
     PartitionList, Problem, RunState, Stage, Template, TemplateList, VerifyReport,
 };
 use serde_json::{Value, json};
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// One request the fake saw.
 #[derive(Debug, Clone)]
@@ -42,7 +43,10 @@ struct Fake {
 impl Fake {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(brood_api::TOKEN_FILE), format!("{TOKEN}\n")).unwrap();
+        let token = dir.path().join(brood_api::TOKEN_FILE);
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let listener =
             tokio::net::UnixListener::bind(dir.path().join(brood_api::SOCKET_FILE)).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -164,10 +168,11 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, req: Request) -> Resp
             )
                 .into_response()
         }
-        ("GET", "/v1/ledger/log?limit=20") => axum::Json(AuditLog {
-            items: Vec::new(),
-            next: None,
-        })
+        ("GET", "/v1/ledger/log?limit=20") => axum::Json(json!({
+            "items": [{"id": 1, "time": "2025-01-01T00:00:00Z", "actor": "test",
+                       "reason": "start web", "changes": []}],
+            "next": null,
+        }))
         .into_response(),
         _ => error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route"),
     }
@@ -496,7 +501,8 @@ async fn missing_token_or_socket_says_what_to_do() {
     assert!(err.contains("BROOD_TOKEN"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    std::fs::write(&token, "t\n").unwrap();
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = brood(empty.path(), &["vm", "list"]).await;
     assert_eq!(out.status.code(), Some(125));
     let err = text(&out.stderr);

@@ -8,8 +8,8 @@
 //! serving and exits; the VMs keep running and the next broodd attaches to
 //! them again.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+mod listen;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,15 +35,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about,
     after_help = "Examples:
   broodd --data-dir /var/lib/brood
-  broodd --data-dir /tmp/b --listen 127.0.0.1:7070 --memory-mib 4096"
+  broodd --data-dir /tmp/b --listen 0.0.0.0:7070 --memory-mib 4096   # TLS, self-signed
+  broodd --data-dir /tmp/b --listen 127.0.0.1:7070 --insecure-tcp    # plain HTTP, loopback only"
 )]
 struct Args {
     /// Data directory: ledger, token, socket, disks.
     #[arg(long, env = "BROOD_DATA_DIR", default_value = "/var/lib/brood")]
     data_dir: PathBuf,
-    /// Where to listen: a unix socket path, or HOST:PORT for TCP (default DATA_DIR/broodd.sock).
-    #[arg(long)]
-    listen: Option<String>,
+    #[command(flatten)]
+    listen: listen::ListenArgs,
     /// Where VM run directories (memory files, sockets) go; a tmpfs
     /// (default /dev/shm/broodd-<hash of the data dir>).
     #[arg(long)]
@@ -109,7 +109,8 @@ async fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let token = token(&paths.token())?;
+    let token = listen::token(&paths.token())?;
+    let bound = listen::Bound::bind(&args.listen, &data, paths.socket()).await?;
     let capacity = capacity(&args, &data);
     let mut cfg = QemuConfig::detect();
     cfg.run_root = run;
@@ -133,30 +134,7 @@ async fn run(args: Args) -> Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    match args.listen.as_deref() {
-        Some(addr)
-            if !addr.starts_with('/') && !addr.starts_with("unix:") && addr.contains(':') =>
-        {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen on {addr}"))?;
-            info!("serving on http://{addr}");
-            axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
-        }
-        other => {
-            let sock = other.map_or_else(
-                || paths.socket(),
-                |s| PathBuf::from(s.trim_start_matches("unix:")),
-            );
-            let _ = std::fs::remove_file(&sock);
-            let l = tokio::net::UnixListener::bind(&sock)
-                .with_context(|| format!("listen on {}", sock.display()))?;
-            std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            info!("serving on {}", sock.display());
-            axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
-            let _ = std::fs::remove_file(&sock);
-        }
-    }
+    bound.serve(app, shutdown).await?;
     broodd.shutdown().await;
     info!("stopped serving; VMs keep running");
     Ok(())
@@ -185,30 +163,6 @@ fn lock_data_dir(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
             path.display()
         )
     })
-}
-
-/// Reads the API token, creating it (mode 0600) on first start.
-fn token(path: &Path) -> Result<String> {
-    if let Ok(t) = std::fs::read_to_string(path) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
-    }
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(t.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(t)
 }
 
 /// The host's capacity: flags, else what the host has.

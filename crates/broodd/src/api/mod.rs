@@ -111,10 +111,9 @@ async fn authenticate(State(d): State<Arc<Host>>, req: Request, next: Next) -> R
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), d.token.as_bytes()) {
+        .and_then(|v| bearer_credentials(v.as_bytes()))
+        .unwrap_or(b"");
+    if !constant_time_eq(given, d.token.as_bytes()) {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
@@ -124,6 +123,18 @@ async fn authenticate(State(d): State<Arc<Host>>, req: Request, next: Next) -> R
         .into_response();
     }
     next.run(req).await
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme
+/// is case-insensitive (RFC 9110 section 11.1) and spaces may follow it.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..6)?;
+    let rest = value.get(6..)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -339,6 +350,18 @@ mod tests {
         }
         assert!(crate::convert::valid_name(&"a".repeat(64)));
         assert!(!crate::convert::valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Bearer"), None);
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b""), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl Paths {
     }
     /// The lock that keeps a second broodd off this data directory.
     pub fn lock(&self) -> PathBuf {
-        self.data.join("broodd.lock")
+        self.data.join(brood_api::LOCK_FILE)
     }
     /// A partition's disk directory.
     pub fn disk_dir(&self, uuid: Uuid) -> PathBuf {
