@@ -12,8 +12,8 @@
 use std::fmt::Debug;
 
 use brood_api::{
-    DefineRequest, ExecRequest, ForkRequest, IdentityPoolCreateRequest, SetConfigRequest, SetStageRequest,
-    StopRequest, TemplateCreateRequest,
+    DefineRequest, ExecRequest, ForkRequest, IdentityPoolCreateRequest, SetConfigRequest,
+    SetStageRequest, StopRequest, TemplateCreateRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;

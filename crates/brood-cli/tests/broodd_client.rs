@@ -16,9 +16,9 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use brood_api::{
-    ChildStatus, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, ForkChild,
-    ForkResponse, IdentityPool, IdentityPoolItem, IdentityPoolKind, Partition, PartitionConfig,
-    PartitionList, Problem, RunState, Stage, Template, TemplateList, VerifyReport,
+    ChildStatus, ErrorBody, ErrorCode, ErrorDetail, ExecResponse, ForkChild, ForkResponse,
+    IdentityPool, IdentityPoolItem, IdentityPoolKind, Partition, PartitionConfig, PartitionList,
+    Problem, RunState, Stage, Template, TemplateList, VerifyReport,
 };
 use serde_json::{Value, json};
 

@@ -286,6 +286,7 @@ pub struct Broodd {
     args: Vec<String>,
     run_root: PathBuf,
     image: PathBuf,
+    envs: Vec<(String, String)>,
     child: Option<std::process::Child>,
 }
 
@@ -304,10 +305,43 @@ impl Broodd {
             args: extra.iter().map(|s| s.to_string()).collect(),
             run_root: env.run_root().join("vms"),
             image: image.to_path_buf(),
+            envs: Vec::new(),
             child: None,
         };
         b.spawn();
         b
+    }
+
+    /// Starts broodd with extra environment variables (until `set_envs`).
+    pub fn start_with_env(env: &TestEnv, envs: &[(&str, &str)], extra: &[&str]) -> Self {
+        let data = env.run_root().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let mut b = Self {
+            data,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            run_root: env.run_root().join("vms"),
+            image: data_dir().join("images/default"),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// The environment variables the next (re)start gets.
+    pub fn set_envs(&mut self, envs: &[(&str, &str)]) {
+        self.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Where its VMs' run directories are.
+    pub fn run_root(&self) -> &Path {
+        &self.run_root
     }
 
     fn spawn(&mut self) {
@@ -325,6 +359,7 @@ impl Broodd {
             .arg("--image")
             .arg(&self.image)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

@@ -224,7 +224,7 @@ mod tests {
                 .unwrap_or_else(|| on_disk.lines().count().min(text.lines().count()));
             panic!(
                 "openapi/brood.json differs from the document the handlers derive (first at line \
-                 {}): update it with `BROOD_UPDATE_OPENAPI=1 cargo test -p broodd --bin broodd \
+                 {}): update it with `BROOD_UPDATE_OPENAPI=1 cargo test -p broodd --lib \
                  checked_in_openapi_document_is_current`, review the diff and commit it",
                 first + 1
             );
