@@ -140,6 +140,9 @@ where
 
 fn main() {
     let started = Instant::now();
+    // Files brood makes (guest memory, console logs, state, disks) are
+    // private to their owner.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

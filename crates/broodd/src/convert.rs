@@ -307,7 +307,7 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> Result<VmSpec, ApiError>
     spec.disks = c
         .disks
         .iter()
-        .map(|d| DiskSpec::new(paths.disk(rec.uuid, &d.name)))
+        .map(|d| DiskSpec::own_qcow2(paths.disk(rec.uuid, &d.name)))
         .collect();
     spec.nics = c
         .nics

@@ -219,7 +219,7 @@ pub async fn child_disks(
             let _ = tokio::fs::remove_file(&overlay).await;
             qemu_img_overlay(&base.path, &overlay).await?;
         }
-        disks.push(DiskSpec::new(overlay));
+        disks.push(DiskSpec::own_qcow2(overlay));
     }
     Ok(disks)
 }
@@ -464,7 +464,7 @@ pub async fn freeze(
     };
     for disk in &tpl.spec.disks {
         let _ =
-            tokio::fs::set_permissions(&disk.path, std::fs::Permissions::from_mode(0o444)).await;
+            tokio::fs::set_permissions(&disk.path, std::fs::Permissions::from_mode(0o400)).await;
     }
     // The template keeps its memory (its file lives on) and disks; a child
     // made a template holds its whole memory now, not just its charge.
