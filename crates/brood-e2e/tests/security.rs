@@ -161,6 +161,12 @@ async fn qemu_runs_unprivileged_sandboxed_and_chrooted() {
         assert_ne!((root.dev(), root.ino()), (host.dev(), host.ino()));
         let run = std::fs::metadata(vm.run_dir()).unwrap();
         assert_eq!((root.dev(), root.ino()), (run.dev(), run.ino()));
+        // Nor the host's network: it cannot connect to the host's loopback.
+        let ns = |p: String| std::fs::read_link(p).unwrap();
+        assert_ne!(
+            ns(format!("/proc/{}/ns/net", vm.pid())),
+            ns("/proc/self/ns/net".into())
+        );
         uids.push(uid[0].clone());
         // And it still works: the guest answers.
         vm.wait_ready(Duration::from_secs(60)).await.unwrap();

@@ -16,6 +16,11 @@
 //!   binds of the kernel, the initramfs and, for a forked child, its
 //!   template's memory file. Disks, sockets, taps and migration streams are
 //!   descriptors handed in, never paths;
+//! - in a network namespace of its own (only a loopback of its own), unless
+//!   a NIC is `UserUnrestricted`, whose slirp must open host sockets: a
+//!   tap is a descriptor and works from any namespace, and a restricted
+//!   slirp opens none. So a QEMU taken over cannot connect to the host's
+//!   loopback services itself either;
 //! - with rlimits: no core dumps, bounded descriptors and threads;
 //! - under QEMU's seccomp sandbox (`argv::SANDBOX`).
 //!
@@ -77,6 +82,24 @@ impl Ident {
     }
 }
 
+/// The group a forked child of the template whose memory file is `mem`
+/// runs in: the file's group, which may read it. A file from before brood
+/// confined QEMU (or made elsewhere) is given a fresh group first, root
+/// keeping ownership, so that a child never runs in a group like `root`.
+pub fn template_group(mem: &Path) -> Result<u32, EngineError> {
+    let gid = std::fs::metadata(mem)
+        .map_err(|e| EngineError::host(format!("stat {}", mem.display()), e))?
+        .gid();
+    if (UID_BASE..UID_BASE + UID_SPAN).contains(&gid) {
+        return Ok(gid);
+    }
+    let gid = Ident::fresh().gid;
+    std::os::unix::fs::chown(mem, Some(0), Some(gid))
+        .and_then(|()| std::fs::set_permissions(mem, std::fs::Permissions::from_mode(0o440)))
+        .map_err(|e| EngineError::host(format!("restrict {}", mem.display()), e))?;
+    Ok(gid)
+}
+
 /// Whether a process runs with real, effective or saved uid `uid`.
 fn uid_in_use(uid: u32) -> bool {
     let want = uid.to_string();
@@ -109,6 +132,8 @@ pub struct Jail {
     binds: Vec<Bind>,
     ident: Ident,
     groups: Vec<libc::gid_t>,
+    /// Unshare the network namespace too.
+    own_network: bool,
     /// The QEMU binary as seen inside the root.
     program: PathBuf,
 }
@@ -164,7 +189,8 @@ impl Jail {
     /// `enter` does in the child. A file of `files` that QEMU's user could
     /// not read through its bind (not world-readable) is copied in instead,
     /// owned by it; `group_files` (a template's memory, readable by its
-    /// group) are always bound.
+    /// group) are always bound. With `own_network` QEMU gets an empty
+    /// network namespace.
     pub fn prepare(
         run: &Path,
         qemu: &Path,
@@ -172,6 +198,7 @@ impl Jail {
         group_files: &[(&Path, &str)],
         ident: Ident,
         kvm: bool,
+        own_network: bool,
     ) -> Result<Self, EngineError> {
         let mut binds = Vec::new();
         let mut bind = |src: &Path, dst: PathBuf, read_only: bool| -> Result<(), EngineError> {
@@ -262,6 +289,7 @@ impl Jail {
             binds,
             ident,
             groups,
+            own_network,
             program,
         })
     }
@@ -288,7 +316,12 @@ impl Jail {
         // SAFETY: each call below is a plain system call on NUL-terminated
         // strings and values that live as long as `self`.
         unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
+            let net = if self.own_network {
+                libc::CLONE_NEWNET
+            } else {
+                0
+            };
+            check(libc::unshare(libc::CLONE_NEWNS | net))?;
             // Nothing mounted here may propagate back to the host.
             check(libc::mount(
                 std::ptr::null(),
@@ -369,6 +402,19 @@ mod tests {
     }
 
     #[test]
+    fn an_old_template_memory_file_gets_a_group_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = dir.path().join("mem");
+        std::fs::write(&mem, b"").unwrap();
+        std::fs::set_permissions(&mem, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let gid = template_group(&mem).unwrap();
+        assert!((UID_BASE..UID_BASE + UID_SPAN).contains(&gid));
+        let meta = std::fs::metadata(&mem).unwrap();
+        assert_eq!((meta.gid(), meta.mode() & 0o777), (gid, 0o440));
+        assert_eq!(template_group(&mem).unwrap(), gid);
+    }
+
+    #[test]
     fn prepare_lays_out_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("vm");
@@ -387,6 +433,7 @@ mod tests {
             &[],
             ident,
             false,
+            true,
         )
         .unwrap();
         assert!(run.join("usr").is_dir() && run.join("dev/null").is_file());

@@ -15,7 +15,6 @@ pub mod jail;
 pub mod process;
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,11 +147,7 @@ impl QemuEngine {
         // A child runs in its template's group, which may read the
         // template's memory file (see `fork`); any other VM in its own.
         let ident = match template_mem {
-            Some(mem) => Ident::in_group(
-                std::fs::metadata(mem)
-                    .map_err(|e| EngineError::host(format!("stat {}", mem.display()), e))?
-                    .gid(),
-            ),
+            Some(mem) => Ident::in_group(jail::template_group(mem)?),
             None => Ident::fresh(),
         };
         res.open_to_group(ident.gid)?;
@@ -260,6 +255,10 @@ impl QemuEngine {
             &group_files,
             ident,
             accel == Accel::Kvm,
+            !spec
+                .nics
+                .iter()
+                .any(|n| n.backend == NicBackend::UserUnrestricted),
         )?;
 
         let qmp_l = bind(&run.join("qmp.sock"))?;
