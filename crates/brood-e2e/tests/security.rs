@@ -294,3 +294,76 @@ fn user_networking_does_not_reach_the_host_loopback() {
     assert!(out.contains("HOST-LOOPBACK-ANSWERED"), "{out}{err}");
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_is_private_and_its_children_read_it_in_its_group() {
+    let env = TestEnv::new();
+    open_run_root(&env);
+    let engine = env.engine();
+    let parent = brood_engine::Engine::boot(&engine, &env.spec("tparent"))
+        .await
+        .unwrap();
+    parent.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let secret = token("TPLSECRET");
+    let agent = parent.agent().unwrap();
+    agent
+        .exec(&ExecRequest::shell(format!("echo {secret} > /tmp/s")))
+        .await
+        .unwrap();
+    let (seq, _) = agent.prepare_fork(Duration::from_secs(30)).await.unwrap();
+    let tpl_dir = env.run_root().join("tpl");
+    let tpl = engine.save_template(&parent, &tpl_dir).await.unwrap();
+    drop(parent);
+
+    assert_eq!(grep_as_nobody(&secret, &[&tpl_dir]), "");
+    let dir_mode = std::fs::metadata(&tpl_dir).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o077, 0, "template dir is {dir_mode:o}");
+    let mem = std::fs::metadata(tpl.mem_path()).unwrap();
+    assert_eq!((mem.uid(), mem.mode() & 0o777), (0, 0o440));
+    assert_ne!(mem.gid(), 0);
+    let state = std::fs::metadata(tpl.state_path()).unwrap();
+    assert_eq!(state.mode() & 0o077, 0);
+
+    let spec = tpl.child_spec("tchild", Vec::new()).unwrap();
+    let inc = engine.prepare_child(&tpl, &spec).await.unwrap();
+    let child = engine.start_child(&tpl, inc).await.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
+    let ids = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(ids("Gid:"), mem.gid(), "{status}");
+    assert_ne!(ids("Uid:"), 0);
+    let config = brood_proto::ChildConfig {
+        index: 0,
+        hostname: "tchild".into(),
+        macs: vec![],
+        ipv4: None,
+        identity: None,
+        entropy: vec![7; 64],
+        machine_id: format!("{:032x}", 1),
+        values: vec![],
+        time_unix_ns: 0,
+    };
+    let report = child
+        .agent()
+        .unwrap()
+        .complete_fork(seq, config, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(report.failed, None, "{report:?}");
+    let out = child
+        .agent()
+        .unwrap()
+        .exec(&ExecRequest::shell("cat /tmp/s"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{secret}\n"));
+    child.kill().await.unwrap();
+    drop(child);
+}

@@ -157,9 +157,14 @@ impl QemuEngine {
         let gid = std::fs::metadata(&kept)
             .map_err(|e| EngineError::host(format!("stat {}", kept.display()), e))?
             .gid();
-        std::os::unix::fs::chown(&kept, Some(0), Some(gid))
-            .and_then(|()| std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o440)))
-            .map_err(|e| EngineError::host(format!("restrict {}", kept.display()), e))?;
+        // (Not run by root, QEMU runs as the caller and the file stays 0600.)
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&kept, Some(0), Some(gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o440))
+                })
+                .map_err(|e| EngineError::host(format!("restrict {}", kept.display()), e))?;
+        }
         let state_bytes = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
         let t = Template {
             dir: dir.to_path_buf(),

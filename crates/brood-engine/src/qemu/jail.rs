@@ -30,6 +30,10 @@
 //! Firecracker's jailer do. Everything `enter` needs is computed by
 //! `Jail::prepare` beforehand, because after fork only async-signal-safe
 //! calls are allowed.
+//!
+//! All of this needs root. An engine run by another user (`brood run` as
+//! yourself) starts QEMU as that user, already unprivileged, with the
+//! sandbox, `NoNewPrivs` and the rlimits but no namespaces or chroot.
 
 use std::ffi::CString;
 use std::io;
@@ -128,6 +132,9 @@ struct Bind {
 /// Everything `enter` does, computed before the fork.
 #[derive(Debug)]
 pub struct Jail {
+    /// Namespaces, chroot and uid change (root only); rlimits and
+    /// `NoNewPrivs` always.
+    confine: bool,
     root: CString,
     binds: Vec<Bind>,
     ident: Ident,
@@ -285,6 +292,7 @@ impl Jail {
             PathBuf::from("/qemu")
         };
         Ok(Self {
+            confine: true,
             root: cstr(run)?,
             binds,
             ident,
@@ -294,9 +302,30 @@ impl Jail {
         })
     }
 
+    /// For an engine not run by root: QEMU runs as the caller, in the
+    /// host's namespaces, with rlimits and `NoNewPrivs` only.
+    pub fn unconfined(qemu: &Path) -> Result<Self, EngineError> {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        Ok(Self {
+            confine: false,
+            root: cstr(Path::new("/"))?,
+            binds: Vec::new(),
+            ident: Ident { uid, gid },
+            groups: Vec::new(),
+            own_network: false,
+            program: resolve_program(qemu)?,
+        })
+    }
+
     /// The QEMU binary's path inside the root.
     pub fn program(&self) -> &Path {
         &self.program
+    }
+
+    /// The user QEMU runs as.
+    pub fn ident(&self) -> Ident {
+        self.ident
     }
 
     /// Enters the jail: called in the child between fork and exec, as root.
@@ -313,6 +342,23 @@ impl Jail {
                 Err(io::Error::last_os_error())
             }
         };
+        let limit = |res, n: u64| {
+            let r = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit reads a valid rlimit on the stack.
+            check(unsafe { libc::setrlimit(res, &r) })
+        };
+        if !self.confine {
+            limit(libc::RLIMIT_CORE, 0)?;
+            limit(libc::RLIMIT_NOFILE, NOFILE)?;
+            // SAFETY: umask and prctl take plain values.
+            unsafe {
+                libc::umask(0o077);
+                return check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+            }
+        }
         // SAFETY: each call below is a plain system call on NUL-terminated
         // strings and values that live as long as `self`.
         unsafe {
@@ -355,13 +401,6 @@ impl Jail {
             check(libc::chroot(self.root.as_ptr()))?;
             check(libc::chdir(c"/".as_ptr()))?;
             libc::umask(0o077);
-            let limit = |res, n: u64| {
-                let r = libc::rlimit {
-                    rlim_cur: n,
-                    rlim_max: n,
-                };
-                check(libc::setrlimit(res, &r))
-            };
             limit(libc::RLIMIT_CORE, 0)?;
             limit(libc::RLIMIT_NOFILE, NOFILE)?;
             limit(libc::RLIMIT_NPROC, NPROC)?;
@@ -386,6 +425,104 @@ impl Jail {
         }
         Ok(())
     }
+}
+
+/// What `confine` needs to know about the VM being started.
+#[derive(Debug)]
+pub(crate) struct Setup<'a> {
+    /// Its run directory (already created).
+    pub res: &'a super::process::VmResources,
+    /// The VM.
+    pub spec: &'a crate::spec::VmSpec,
+    /// The QEMU binary.
+    pub qemu: &'a Path,
+    /// Firmware for microvm, if any.
+    pub firmware: Option<&'a Path>,
+    /// A forked child's template memory.
+    pub template_mem: Option<&'a Path>,
+    /// It uses /dev/kvm.
+    pub kvm: bool,
+    /// It gets a network namespace of its own.
+    pub own_network: bool,
+}
+
+/// The jail and the paths QEMU is given for its files.
+#[derive(Debug)]
+pub(crate) struct Confined {
+    pub jail: Jail,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub mem: PathBuf,
+    pub firmware: Option<PathBuf>,
+}
+
+/// Picks QEMU's user, hands it the run directory and its memory file, and
+/// lays out the jail; unconfined (host paths) when not run by root.
+pub(crate) fn confine(s: &Setup<'_>) -> Result<Confined, EngineError> {
+    let run = &s.res.run_dir;
+    let own_mem = run.join("mem");
+    if !nix::unistd::geteuid().is_root() {
+        if s.template_mem.is_none() {
+            super::process::private_file(&own_mem)?;
+        }
+        return Ok(Confined {
+            jail: Jail::unconfined(s.qemu)?,
+            kernel: s.spec.kernel.clone(),
+            initrd: s.spec.initrd.clone(),
+            mem: s.template_mem.map_or(own_mem, Path::to_path_buf),
+            firmware: s.firmware.map(Path::to_path_buf),
+        });
+    }
+    // A child runs in its template's group, which may read the template's
+    // memory file (see `fork`); any other VM in its own.
+    let ident = match s.template_mem {
+        Some(mem) => Ident::in_group(template_group(mem)?),
+        None => Ident::fresh(),
+    };
+    s.res.open_to_group(ident.gid)?;
+    let mem = match s.template_mem {
+        Some(_) => PathBuf::from("/template-mem"),
+        None => {
+            // QEMU, as its own user, opens (and sizes) its memory file.
+            super::process::private_file(&own_mem)?;
+            std::os::unix::fs::chown(&own_mem, Some(ident.uid), Some(ident.gid))
+                .map_err(|e| EngineError::host(format!("hand {} to QEMU", own_mem.display()), e))?;
+            PathBuf::from("/mem")
+        }
+    };
+    let mut files: Vec<(&Path, &str)> = vec![(&s.spec.kernel, "kernel")];
+    if let Some(initrd) = &s.spec.initrd {
+        files.push((initrd, "initrd"));
+    }
+    let firmware = match s.firmware {
+        Some(fw) if fw.starts_with("/usr") => Some(fw.to_path_buf()),
+        Some(fw) => {
+            files.push((fw, "firmware"));
+            Some(PathBuf::from("/firmware"))
+        }
+        None => None,
+    };
+    let group_files: Vec<(&Path, &str)> = s
+        .template_mem
+        .map(|m| (m, "template-mem"))
+        .into_iter()
+        .collect();
+    let jail = Jail::prepare(
+        run,
+        s.qemu,
+        &files,
+        &group_files,
+        ident,
+        s.kvm,
+        s.own_network,
+    )?;
+    Ok(Confined {
+        jail,
+        kernel: PathBuf::from("/kernel"),
+        initrd: s.spec.initrd.as_ref().map(|_| PathBuf::from("/initrd")),
+        mem,
+        firmware,
+    })
 }
 
 #[cfg(test)]

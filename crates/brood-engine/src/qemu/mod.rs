@@ -32,7 +32,6 @@ use self::argv::{
     QMP_FD,
 };
 use self::exit::ExitSource;
-use self::jail::{Ident, Jail};
 use self::process::VmResources;
 use crate::agent::AgentClient;
 use crate::cgroup::Cgroup;
@@ -144,14 +143,6 @@ impl QemuEngine {
         }
         let mut res = VmResources::create(&self.cfg.run_root, &spec.name)?;
         let run = res.run_dir.clone();
-        // A child runs in its template's group, which may read the
-        // template's memory file (see `fork`); any other VM in its own.
-        let ident = match template_mem {
-            Some(mem) => Ident::in_group(jail::template_group(mem)?),
-            None => Ident::fresh(),
-        };
-        res.open_to_group(ident.gid)?;
-
         let mut chains = Vec::with_capacity(spec.disks.len());
         for (i, d) in spec.disks.iter().enumerate() {
             let mut layers = image::backing_chain(d).await?;
@@ -221,45 +212,20 @@ impl QemuEngine {
             });
         }
 
-        let mem_path = match template_mem {
-            Some(_) => PathBuf::from("/template-mem"),
-            None => {
-                // QEMU, as its own user, opens (and sizes) its memory file.
-                let mem = run.join("mem");
-                process::private_file(&mem)?;
-                std::os::unix::fs::chown(&mem, Some(ident.uid), Some(ident.gid))
-                    .map_err(|e| EngineError::host(format!("hand {} to QEMU", mem.display()), e))?;
-                PathBuf::from("/mem")
-            }
-        };
-        let mut files: Vec<(&Path, &str)> = vec![(&spec.kernel, "kernel")];
-        if let Some(initrd) = &spec.initrd {
-            files.push((initrd, "initrd"));
-        }
-        let firmware = match &self.cfg.firmware {
-            Some(fw) if fw.starts_with("/usr") => Some(fw.clone()),
-            Some(fw) => {
-                files.push((fw, "firmware"));
-                Some(PathBuf::from("/firmware"))
-            }
-            None => None,
-        };
-        let group_files: Vec<(&Path, &str)> = template_mem
-            .map(|m| (m, "template-mem"))
-            .into_iter()
-            .collect();
-        let jail = Jail::prepare(
-            &run,
-            &self.cfg.qemu,
-            &files,
-            &group_files,
-            ident,
-            accel == Accel::Kvm,
-            !spec
-                .nics
-                .iter()
-                .any(|n| n.backend == NicBackend::UserUnrestricted),
-        )?;
+        let own_network = !spec
+            .nics
+            .iter()
+            .any(|n| n.backend == NicBackend::UserUnrestricted);
+        let confined = jail::confine(&jail::Setup {
+            res: &res,
+            spec,
+            qemu: &self.cfg.qemu,
+            firmware: self.cfg.firmware.as_deref(),
+            template_mem,
+            kvm: accel == Accel::Kvm,
+            own_network,
+        })?;
+        let jail = confined.jail;
 
         let qmp_l = bind(&run.join("qmp.sock"))?;
         let con_l = bind(&run.join("console.sock"))?;
@@ -268,18 +234,18 @@ impl QemuEngine {
         let launch = Launch {
             spec,
             accel,
-            kernel: PathBuf::from("/kernel"),
-            initrd: spec.initrd.as_ref().map(|_| PathBuf::from("/initrd")),
-            mem_path,
+            kernel: confined.kernel,
+            initrd: confined.initrd,
+            mem_path: confined.mem,
             mem_shared: template_mem.is_none(),
-            firmware,
+            firmware: confined.firmware,
             tb_size_mib: self.cfg.tb_size_mib,
             disks,
             nics,
             incoming,
         };
         let argv = argv::qemu_argv(&launch);
-        debug!(?argv, uid = ident.uid, gid = ident.gid, "starting QEMU");
+        debug!(?argv, ident = ?jail.ident(), "starting QEMU");
         let (qmp_fd, con_fd, agent_fd, fdmon_fd) = (
             OwnedFd::from(qmp_l),
             OwnedFd::from(con_l),
