@@ -198,6 +198,9 @@ fn is_broken_output(e: &anyhow::Error) -> bool {
 fn main() {
     exit_quietly_on_broken_pipe();
     let started = Instant::now();
+    // Files brood makes (guest memory, console logs, state, disks) are
+    // private to their owner.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -36,11 +36,17 @@ pub struct RunArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     vcpus: u32,
-    /// A disk as PATH[,ro][,overlay][,format=raw|qcow2]; the first is /dev/vda (repeatable).
+    /// A disk as PATH[,ro][,overlay][,format=raw|qcow2][,backing=allow]; the
+    /// first is /dev/vda (repeatable). The format is raw unless given (never
+    /// guessed from the file); a qcow2 image with a backing file is refused
+    /// unless `backing=allow` says you trust it.
     #[arg(long = "disk", value_name = "PATH[,OPTS]")]
     disks: Vec<String>,
-    /// A NIC: `bridge=BR` (a tap on Linux bridge BR) or `user` (repeatable).
-    #[arg(long = "nic", value_name = "bridge=BR|user")]
+    /// A NIC: `bridge=BR` (a tap on Linux bridge BR), `user` (QEMU's user
+    /// network, isolated: reaches neither the host nor the outside) or
+    /// `user,restrict=off` (outbound NAT, and 10.0.2.2 reaches services on
+    /// the host's loopback) (repeatable).
+    #[arg(long = "nic", value_name = "bridge=BR|user[,restrict=off]")]
     nics: Vec<String>,
     /// Kernel to boot instead of the default image's.
     #[arg(long)]
@@ -93,10 +99,14 @@ fn parse_disk(s: &str) -> Result<DiskSpec> {
         match opt {
             "ro" => d.read_only = true,
             "overlay" => d.overlay = true,
-            "format=raw" => d.format = Some(DiskFormat::Raw),
-            "format=qcow2" => d.format = Some(DiskFormat::Qcow2),
+            "format=raw" => d.format = DiskFormat::Raw,
+            "format=qcow2" => d.format = DiskFormat::Qcow2,
+            "backing=allow" => d.allow_backing = true,
+            "backing=deny" => d.allow_backing = false,
             other => {
-                bail!("--disk {s}: unknown option {other:?} (use ro, overlay, format=raw|qcow2)")
+                bail!(
+                    "--disk {s}: unknown option {other:?} (use ro, overlay, format=raw|qcow2, backing=allow)"
+                )
             }
         }
     }
@@ -106,8 +116,9 @@ fn parse_disk(s: &str) -> Result<DiskSpec> {
 fn parse_nic(s: &str) -> Result<NicSpec> {
     let backend = match s.strip_prefix("bridge=") {
         Some(br) if !br.is_empty() => NicBackend::Bridge(br.to_string()),
-        _ if s == "user" => NicBackend::User,
-        _ => bail!("--nic {s}: use bridge=BR or user"),
+        _ if s == "user" || s == "user,restrict=on" => NicBackend::User,
+        _ if s == "user,restrict=off" => NicBackend::UserUnrestricted,
+        _ => bail!("--nic {s}: use bridge=BR, user or user,restrict=off"),
     };
     Ok(NicSpec { backend, mac: None })
 }
@@ -332,8 +343,15 @@ mod tests {
     #[test]
     fn disk_options() {
         let d = parse_disk("/a.img,ro,format=qcow2").unwrap();
-        assert!(d.read_only && !d.overlay);
-        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        assert!(d.read_only && !d.overlay && !d.allow_backing);
+        assert_eq!(d.format, DiskFormat::Qcow2);
+        // Never guessed: raw unless told.
+        assert_eq!(parse_disk("/a.img").unwrap().format, DiskFormat::Raw);
+        assert!(
+            parse_disk("/a.img,format=qcow2,backing=allow")
+                .unwrap()
+                .allow_backing
+        );
         assert!(
             parse_disk("/a,bogus")
                 .unwrap_err()
@@ -346,6 +364,11 @@ mod tests {
     #[test]
     fn nic_options() {
         assert_eq!(parse_nic("user").unwrap().backend, NicBackend::User);
+        assert_eq!(
+            parse_nic("user,restrict=off").unwrap().backend,
+            NicBackend::UserUnrestricted
+        );
+        assert!(parse_nic("user,restrict=maybe").is_err());
         assert_eq!(
             parse_nic("bridge=br0").unwrap().backend,
             NicBackend::Bridge("br0".into())

@@ -1,6 +1,7 @@
 //! A define with `start: true` that broodd never finished (it was killed
 //! with SIGKILL while the VM was starting) leaves nothing behind: the next
 //! broodd removes the partition, as the API promises for a failed start.
+#![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
 use std::time::Duration;
 

@@ -205,6 +205,7 @@ async fn disks_raw_qcow2_readonly_and_overlay() {
     let mut spec = env.spec("disks");
     spec.disks.push(DiskSpec::new(&raw));
     let mut over = DiskSpec::new(&base);
+    over.format = brood_engine::DiskFormat::Qcow2;
     over.overlay = true;
     spec.disks.push(over);
     let mut r = DiskSpec::new(&ro);
@@ -342,9 +343,12 @@ async fn failed_boots_leave_nothing_behind() {
     let bad = dir.path().join("bad.qcow2");
     std::fs::write(&bad, b"QFI\xfbgarbage").unwrap();
     let mut spec = env.spec("baddisk");
-    spec.disks.push(DiskSpec::new(&bad));
+    spec.disks.push(DiskSpec {
+        format: brood_engine::DiskFormat::Qcow2,
+        ..DiskSpec::new(&bad)
+    });
     let err = engine.boot(&spec).await.unwrap_err().to_string();
-    assert!(err.contains("QEMU exited"), "{err}");
+    assert!(err.contains("not a usable qcow2 image"), "{err}");
     env.assert_clean();
 }
 

@@ -72,11 +72,15 @@ impl Machine {
     }
 }
 
-/// Disk image format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Disk image format. Always given, never probed from the file: a guest
+/// that can write a raw image could otherwise write a qcow2 header into it
+/// and name a host file as its backing file (libvirt and Proxmox refuse to
+/// probe for the same reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {
-    /// A plain block image.
+    /// A plain block image: what a disk is unless it says otherwise.
+    #[default]
     Raw,
     /// QEMU copy-on-write v2.
     Qcow2,
@@ -90,20 +94,16 @@ impl DiskFormat {
             DiskFormat::Qcow2 => "qcow2",
         }
     }
+}
 
-    /// Detects the format of `path` from its first bytes (qcow2 magic `QFI\xfb`).
-    pub fn detect(path: &Path) -> Result<Self, EngineError> {
-        let mut magic = [0u8; 4];
-        let mut f = std::fs::File::open(path)
-            .map_err(|e| EngineError::host(format!("open disk {}", path.display()), e))?;
-        let n = f
-            .read(&mut magic)
-            .map_err(|e| EngineError::host(format!("read disk {}", path.display()), e))?;
-        Ok(if n == 4 && magic == *b"QFI\xfb" {
-            DiskFormat::Qcow2
-        } else {
-            DiskFormat::Raw
-        })
+impl FromStr for DiskFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "qcow2" => Ok(Self::Qcow2),
+            _ => Err(format!("unknown disk format {s:?}: use raw or qcow2")),
+        }
     }
 }
 
@@ -112,23 +112,41 @@ impl DiskFormat {
 pub struct DiskSpec {
     /// The image file.
     pub path: PathBuf,
-    /// Its format; detected from the file when `None`.
-    pub format: Option<DiskFormat>,
+    /// Its format (raw unless set): QEMU is told it, nothing is probed.
+    #[serde(default)]
+    pub format: DiskFormat,
     /// The guest cannot write it.
     pub read_only: bool,
     /// Writes go to a temporary qcow2 overlay in the VM's run directory,
     /// dropped with the VM; the image itself is never written.
     pub overlay: bool,
+    /// A qcow2 image may have backing files (each with its format recorded
+    /// in the image). Off, an image that names one is refused: set it only
+    /// for images brood made itself (template children's overlays) or that
+    /// the user vouches for.
+    #[serde(default)]
+    pub allow_backing: bool,
 }
 
 impl DiskSpec {
-    /// A writable disk used in place.
+    /// A writable raw disk used in place.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            format: None,
+            format: DiskFormat::Raw,
             read_only: false,
             overlay: false,
+            allow_backing: false,
+        }
+    }
+
+    /// A qcow2 image brood made (a partition disk, a child's overlay over
+    /// its template's): its backing chain is trusted.
+    pub fn own_qcow2(path: impl Into<PathBuf>) -> Self {
+        Self {
+            format: DiskFormat::Qcow2,
+            allow_backing: true,
+            ..Self::new(path)
         }
     }
 }
@@ -201,8 +219,14 @@ impl<'de> serde::Deserialize<'de> for MacAddr {
 pub enum NicBackend {
     /// A tap device created for the VM and enslaved to this Linux bridge.
     Bridge(String),
-    /// QEMU's user-mode network (slirp): outbound only, no host setup.
+    /// QEMU's user-mode network (slirp) with `restrict=on`: the guest gets
+    /// an address by DHCP and reaches nothing, neither the host (10.0.2.2
+    /// would be the host's loopback) nor the outside. Needs no host setup.
     User,
+    /// QEMU's user-mode network unrestricted (opt-in): outbound NAT to
+    /// anywhere, and 10.0.2.2 reaches services listening on the host's
+    /// 127.0.0.1, broodd's API included. Only for guests you trust.
+    UserUnrestricted,
 }
 
 /// A virtio-net NIC.
@@ -496,13 +520,16 @@ mod tests {
     }
 
     #[test]
-    fn disk_format_detection() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = dir.path().join("raw");
-        std::fs::write(&raw, vec![0u8; 512]).unwrap();
-        assert_eq!(DiskFormat::detect(&raw).unwrap(), DiskFormat::Raw);
-        let q = dir.path().join("q");
-        std::fs::write(&q, b"QFI\xfb\0\0\0\x03").unwrap();
-        assert_eq!(DiskFormat::detect(&q).unwrap(), DiskFormat::Qcow2);
+    fn disk_formats_are_explicit() {
+        assert_eq!(DiskSpec::new("/x").format, DiskFormat::Raw);
+        assert!(!DiskSpec::new("/x").allow_backing);
+        let own = DiskSpec::own_qcow2("/y");
+        assert_eq!((own.format, own.allow_backing), (DiskFormat::Qcow2, true));
+        assert_eq!("qcow2".parse::<DiskFormat>().unwrap(), DiskFormat::Qcow2);
+        assert!("vmdk".parse::<DiskFormat>().is_err());
+        // A spec written before the format was a field still reads as raw.
+        let d: DiskSpec =
+            serde_json::from_str(r#"{"path":"/z","read_only":false,"overlay":false}"#).unwrap();
+        assert_eq!(d.format, DiskFormat::Raw);
     }
 }

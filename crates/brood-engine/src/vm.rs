@@ -316,10 +316,7 @@ impl Vm {
     pub async fn save(&self, path: &Path) -> Result<(), EngineError> {
         self.ensure_live("save")?;
         self.qmp.stop().await?;
-        self.qmp
-            .migrate(&format!("file:{}", path.display()))
-            .await?;
-        crate::qemu::finish_migration(&self.qmp, SAVE_TIMEOUT).await?;
+        crate::qemu::save_state(self, path, SAVE_TIMEOUT).await?;
         info!(vm = %self.spec.name, path = %path.display(), "state saved");
         Ok(())
     }

@@ -66,6 +66,9 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Everything broodd makes (ledger, disks, state, run directories) is
+    // private to root; the engine sets explicit modes where it matters.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,6 +88,9 @@ async fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create the data directory {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)?;
+    // A data directory made before (or by hand) may be open to all.
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("make {} private", data.display()))?;
     let run = args
         .run_dir
         .clone()

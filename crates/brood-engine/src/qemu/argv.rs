@@ -4,9 +4,15 @@
 //!
 //! Sockets are not bound by QEMU: the engine binds them, passes the
 //! listening descriptors at fixed numbers ([`QMP_FD`], [`CONSOLE_FD`],
-//! [`AGENT_FD`], taps from [`FIRST_TAP_FD`]) and QEMU uses them with
-//! `fd=N`. The engine can connect the moment QEMU is spawned, with no
-//! polling for a socket file to appear.
+//! [`AGENT_FD`], [`FDMON_FD`], taps from [`FIRST_TAP_FD`]) and QEMU uses
+//! them with `fd=N`. The engine can connect the moment QEMU is spawned, with
+//! no polling for a socket file to appear.
+//!
+//! QEMU runs confined (see `jail`): as its own user, in a mount namespace
+//! whose root is the VM's run directory, under its seccomp sandbox. So the
+//! paths on this command line are paths inside that root, disk images are
+//! descriptors (`-add-fd`, opened as `/dev/fdset/N`) with every layer of a
+//! backing chain named explicitly, and nothing is opened by a host path.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -20,20 +26,38 @@ pub const QMP_FD: i32 = 3;
 pub const CONSOLE_FD: i32 = 4;
 /// Descriptor of the listening agent-port socket in QEMU.
 pub const AGENT_FD: i32 = 5;
+/// Descriptor of the listening socket of the second QMP monitor, used only
+/// to hand QEMU descriptors (`add-fd`, `getfd`) for migration.
+pub const FDMON_FD: i32 = 6;
 /// Descriptor of the first tap; the n-th bridged NIC gets `FIRST_TAP_FD + n`.
-pub const FIRST_TAP_FD: i32 = 6;
+/// Disk image descriptors follow the taps.
+pub const FIRST_TAP_FD: i32 = 7;
+
+/// QEMU's seccomp filter: no obsolete system calls, no set*uid, no fork or
+/// exec, no changing priorities or affinities (what libvirt passes).
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Kernel arguments brood always passes, before the spec's own.
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
+/// One image of a disk's backing chain, as a descriptor QEMU holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchLayer {
+    /// Descriptor number in QEMU (also the number of its fd set).
+    pub fd: i32,
+    /// Format of the image.
+    pub format: DiskFormat,
+}
+
 /// A disk as QEMU opens it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchDisk {
-    /// The file QEMU opens: the image, or the temporary overlay over it.
-    pub path: PathBuf,
-    /// Format of `path`.
-    pub format: DiskFormat,
-    /// Opened read-only.
+    /// The images, top first: the one the guest sees (the image, or the
+    /// temporary overlay over it), then each backing file in turn. A qcow2
+    /// layer gets exactly the next one as its backing (or none), whatever
+    /// its header says.
+    pub layers: Vec<LaunchLayer>,
+    /// The top layer is opened read-only (backing layers always are).
     pub read_only: bool,
 }
 
@@ -44,6 +68,8 @@ pub struct LaunchNic {
     pub tap_fd: Option<i32>,
     /// Guest MAC.
     pub mac: MacAddr,
+    /// For user-mode networking: `restrict=on` (no host, no outside).
+    pub restrict: bool,
 }
 
 /// Everything the command line is made from.
@@ -53,10 +79,15 @@ pub struct Launch<'a> {
     pub spec: &'a VmSpec,
     /// Resolved accelerator.
     pub accel: Accel,
-    /// Guest memory file.
+    /// The kernel, as QEMU sees it.
+    pub kernel: PathBuf,
+    /// The initramfs, as QEMU sees it.
+    pub initrd: Option<PathBuf>,
+    /// Guest memory file, as QEMU sees it.
     pub mem_path: PathBuf,
     /// Map it shared (a VM's own memory, which a template keeps) or
-    /// private (a forked child: copy-on-write over its template's file).
+    /// private (a forked child: copy-on-write over its template's file,
+    /// which it opens read-only).
     pub mem_shared: bool,
     /// Firmware for microvm (qboot) when installed; QEMU's default otherwise.
     pub firmware: Option<PathBuf>,
@@ -68,9 +99,6 @@ pub struct Launch<'a> {
     pub nics: Vec<LaunchNic>,
     /// Start with `-incoming defer`, waiting for `migrate-incoming`.
     pub incoming: bool,
-    /// The VM's run directory. QEMU writes its pid there, which also puts
-    /// the directory in its command line: how a restarted broodd finds it.
-    pub run_dir: PathBuf,
 }
 
 /// The kernel command line for a launch.
@@ -127,10 +155,17 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
     push(&[
         "-object",
         &format!(
-            "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+            "memory-backend-file,id=mem,size={}M,mem-path={},{}",
             s.mem_mib,
             opt(&l.mem_path),
-            if l.mem_shared { "on" } else { "off" }
+            // A child opens its template's memory read-only and maps it
+            // private and writable (`rom=off`, QEMU 8.2+): it can never
+            // write the template's file.
+            if l.mem_shared {
+                "share=on"
+            } else {
+                "share=off,readonly=on,rom=off"
+            }
         ),
     ]);
     push(&[
@@ -139,8 +174,8 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
         "-display",
         "none",
         "-no-reboot",
-        "-pidfile",
-        &opt(l.run_dir.join("qemu.pid")),
+        "-sandbox",
+        SANDBOX,
     ]);
     if let (Machine::Microvm, Some(fw)) = (s.machine, &l.firmware) {
         push(&["-bios", &opt(fw)]);
@@ -151,8 +186,8 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
     // (q35 keeps them: its linuxboot option ROM is a RAM block the
     // template's state names, so the child must have it too.)
     if l.mem_shared || !l.incoming || s.machine == Machine::Q35 {
-        push(&["-kernel", &opt(&s.kernel)]);
-        if let Some(initrd) = &s.initrd {
+        push(&["-kernel", &opt(&l.kernel)]);
+        if let Some(initrd) = &l.initrd {
             push(&["-initrd", &opt(initrd)]);
         }
         push(&["-append", &kernel_cmdline(l)]);
@@ -162,6 +197,10 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
         &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
         "-mon",
         "chardev=qmp,mode=control",
+        "-chardev",
+        &format!("socket,id=fdmon,fd={FDMON_FD},server=on,wait=off"),
+        "-mon",
+        "chardev=fdmon,mode=control",
         "-chardev",
         &format!("socket,id=console,fd={CONSOLE_FD},server=on,wait=off"),
         "-serial",
@@ -187,18 +226,44 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
         &format!("virtio-rng-{dev},rng=rng0"),
     ]);
     for (i, d) in l.disks.iter().enumerate() {
-        let ro = if d.read_only { "on" } else { "off" };
+        // Deepest backing file first: a node must exist before another
+        // names it as its backing.
+        for (j, layer) in d.layers.iter().enumerate().rev() {
+            let node = |kind: &str| match j {
+                0 => format!("{kind}{i}"),
+                _ => format!("{kind}{i}b{j}"),
+            };
+            let ro = j > 0 || d.read_only;
+            let file = serde_json::json!({
+                "driver": "file",
+                "node-name": node("file"),
+                "filename": format!("/dev/fdset/{}", layer.fd),
+                "read-only": ro,
+                "discard": "unmap",
+            });
+            let mut fmt = serde_json::json!({
+                "driver": layer.format.as_str(),
+                "node-name": node("disk"),
+                "file": node("file"),
+                "read-only": ro,
+            });
+            if layer.format == DiskFormat::Qcow2 {
+                // Never the backing file named in the image itself.
+                fmt["backing"] = match d.layers.get(j + 1) {
+                    Some(_) => serde_json::Value::from(format!("disk{i}b{}", j + 1)),
+                    None => serde_json::Value::Null,
+                };
+            }
+            push(&[
+                "-add-fd",
+                &format!("fd={},set={}", layer.fd, layer.fd),
+                "-blockdev",
+                &file.to_string(),
+                "-blockdev",
+                &fmt.to_string(),
+            ]);
+        }
         push(&[
-            "-blockdev",
-            &format!(
-                "driver=file,node-name=file{i},filename={},read-only={ro},discard=unmap",
-                opt(&d.path)
-            ),
-            "-blockdev",
-            &format!(
-                "driver={},node-name=disk{i},file=file{i},read-only={ro}",
-                d.format.as_str()
-            ),
             "-device",
             &format!("virtio-blk-{dev},drive=disk{i},id=vd{i}"),
         ]);
@@ -206,6 +271,9 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
     for (i, n) in l.nics.iter().enumerate() {
         let backend = match n.tap_fd {
             Some(fd) => format!("tap,id=net{i},fd={fd}"),
+            // restrict=on: slirp forwards nothing out, and so nothing to
+            // 10.0.2.2, which is the host's loopback.
+            None if n.restrict => format!("user,id=net{i},restrict=on"),
             None => format!("user,id=net{i}"),
         };
         push(&[
@@ -232,19 +300,23 @@ mod tests {
             accel: Accel::Tcg {
                 tsc_khz: Some(2_596_098),
             },
-            mem_path: "/dev/shm/brood/t/mem".into(),
+            kernel: "/kernel".into(),
+            initrd: Some("/initrd".into()),
+            mem_path: "/mem".into(),
             mem_shared: true,
-            run_dir: "/dev/shm/brood/t".into(),
             firmware: Some("/usr/share/qemu/qboot.rom".into()),
             tb_size_mib: 64,
             disks: vec![LaunchDisk {
-                path: "/img/a,b.qcow2".into(),
-                format: DiskFormat::Qcow2,
+                layers: vec![LaunchLayer {
+                    fd: 8,
+                    format: DiskFormat::Qcow2,
+                }],
                 read_only: false,
             }],
             nics: vec![LaunchNic {
                 tap_fd: Some(FIRST_TAP_FD),
                 mac: "52:54:00:00:00:01".parse().unwrap(),
+                restrict: true,
             }],
             incoming: false,
         }
@@ -268,23 +340,26 @@ mod tests {
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect();
-        let expected = "-name brood-t1,debug-threads=on \
-            -machine microvm,acpi=on,rtc=on,memory-backend=mem \
-            -accel tcg,tb-size=64 -cpu qemu64,+arat -m 256M -smp 1 \
-            -object memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/brood/t/mem,share=on \
-            -nodefaults -no-user-config -display none -no-reboot -pidfile /dev/shm/brood/t/qemu.pid \
-            -bios /usr/share/qemu/qboot.rom -kernel /img/vmlinuz -initrd /img/initrd.img \
-            -append |console=ttyS0 panic=-1 quiet tsc_early_khz=2596098 foo=bar| \
-            -chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control \
-            -chardev socket,id=console,fd=4,server=on,wait=off -serial chardev:console \
-            -device virtio-serial-device,id=vser0,max_ports=2 \
-            -chardev socket,id=agent,fd=5,server=on,wait=off \
-            -device virtserialport,bus=vser0.0,chardev=agent,name=org.brood.agent.0 \
-            -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0 \
-            -blockdev driver=file,node-name=file0,filename=/img/a,,b.qcow2,read-only=off,discard=unmap \
-            -blockdev driver=qcow2,node-name=disk0,file=file0,read-only=off \
-            -device virtio-blk-device,drive=disk0,id=vd0 \
-            -netdev tap,id=net0,fd=6 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:01,id=nic0";
+        let expected = r#"-name brood-t1,debug-threads=on
+            -machine microvm,acpi=on,rtc=on,memory-backend=mem
+            -accel tcg,tb-size=64 -cpu qemu64,+arat -m 256M -smp 1
+            -object memory-backend-file,id=mem,size=256M,mem-path=/mem,share=on
+            -nodefaults -no-user-config -display none -no-reboot
+            -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
+            -bios /usr/share/qemu/qboot.rom -kernel /kernel -initrd /initrd
+            -append |console=ttyS0 panic=-1 quiet tsc_early_khz=2596098 foo=bar|
+            -chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control
+            -chardev socket,id=fdmon,fd=6,server=on,wait=off -mon chardev=fdmon,mode=control
+            -chardev socket,id=console,fd=4,server=on,wait=off -serial chardev:console
+            -device virtio-serial-device,id=vser0,max_ports=2
+            -chardev socket,id=agent,fd=5,server=on,wait=off
+            -device virtserialport,bus=vser0.0,chardev=agent,name=org.brood.agent.0
+            -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0
+            -add-fd fd=8,set=8
+            -blockdev {"discard":"unmap","driver":"file","filename":"/dev/fdset/8","node-name":"file0","read-only":false}
+            -blockdev {"backing":null,"driver":"qcow2","file":"file0","node-name":"disk0","read-only":false}
+            -device virtio-blk-device,drive=disk0,id=vd0
+            -netdev tap,id=net0,fd=7 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:01,id=nic0"#;
         let expected: Vec<String> = expected
             .split(' ')
             .collect::<Vec<_>>()
@@ -312,7 +387,7 @@ mod tests {
         l.accel = Accel::Kvm;
         l.incoming = true;
         l.mem_shared = false;
-        l.mem_path = "/dev/shm/brood/templates/t/mem".into();
+        l.mem_path = "/template-mem".into();
         l.nics[0].tap_fd = None;
         let argv: Vec<String> = qemu_argv(&l)
             .into_iter()
@@ -324,9 +399,74 @@ mod tests {
         assert!(!joined.contains("-bios"));
         assert!(!joined.contains("virtserialport"));
         assert!(joined.contains("virtio-blk-pci,drive=disk0"));
-        assert!(joined.contains("-netdev user,id=net0"));
+        assert!(joined.contains("-netdev user,id=net0,restrict=on"));
         assert!(joined.ends_with("-incoming defer"));
-        assert!(joined.contains("mem-path=/dev/shm/brood/templates/t/mem,share=off"));
+        assert!(joined.contains("mem-path=/template-mem,share=off,readonly=on,rom=off"));
         assert!(argv.contains(&"console=ttyS0 panic=-1 quiet".to_string()));
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn a_backing_chain_is_explicit_and_user_net_opt_in_is_unrestricted() {
+        let mut s = VmSpec::new("t", "/k");
+        s.agent = false;
+        let mut l = Launch {
+            spec: &s,
+            accel: Accel::Kvm,
+            kernel: "/kernel".into(),
+            initrd: None,
+            mem_path: "/mem".into(),
+            mem_shared: true,
+            firmware: None,
+            tb_size_mib: 64,
+            disks: vec![LaunchDisk {
+                layers: vec![
+                    LaunchLayer {
+                        fd: 9,
+                        format: DiskFormat::Qcow2,
+                    },
+                    LaunchLayer {
+                        fd: 10,
+                        format: DiskFormat::Raw,
+                    },
+                ],
+                read_only: false,
+            }],
+            nics: vec![LaunchNic {
+                tap_fd: None,
+                mac: "52:54:00:00:00:02".parse().unwrap(),
+                restrict: false,
+            }],
+            incoming: false,
+        };
+        let argv: Vec<String> = qemu_argv(&l)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let joined = argv.join(" ");
+        // The base first, read-only, then the top naming it as its backing.
+        let base = joined.find(r#""node-name":"disk0b1""#).unwrap();
+        let top = joined.find(r#""backing":"disk0b1""#).unwrap();
+        assert!(base < top, "{joined}");
+        assert!(
+            joined.contains(r#""filename":"/dev/fdset/10","node-name":"file0b1","read-only":true"#)
+        );
+        assert!(joined.contains("-netdev user,id=net0 "));
+        assert!(!joined.contains("restrict"));
+        // No host path at all: everything is inside the jail or a descriptor.
+        l.disks[0].read_only = true;
+        let ro = qemu_argv(&l)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            ro.contains(r#""node-name":"disk0","read-only":true"#),
+            "{ro}"
+        );
     }
 }

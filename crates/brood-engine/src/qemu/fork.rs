@@ -7,8 +7,8 @@
 //!    │ migrate with x-ignore-shared → <tpl>/state  (device state only, tens of KiB)
 //!    │ <run>/mem renamed to <tpl>/mem; parent QEMU killed: it never runs again
 //!    ▼
-//!  template dir: mem + state + template.json
-//!    │ prepare_child: QEMU with the same devices, memory = <tpl>/mem share=off
+//!  template dir (0700): mem (0440, root and the template's group) + state + template.json
+//!    │ prepare_child: QEMU with the same devices, memory = <tpl>/mem share=off, read-only
 //!    │   (MAP_PRIVATE: pages shared until the child writes them), -incoming defer,
 //!    │   x-ignore-shared on: this is what a pool keeps ready
 //!    │ start_child: migrate-incoming file:<tpl>/state, cont
@@ -16,10 +16,17 @@
 //!  child VM: the guest resumes inside the agent's fork-point wait
 //! ```
 //!
+//! Every QEMU is confined (see `jail`): the state goes in and out through
+//! descriptors brood opens (`fdpass`), and a child, running as a user of its
+//! own in its template's group, reaches the template's memory only through
+//! a read-only bind in its root.
+//!
 //! Identity (hostname, MAC, IP, entropy) is the agent's business, driven by
 //! the caller through `AgentClient::complete_fork`; disks (frozen bases and
 //! the children's overlays) are the caller's too.
 
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,20 +63,32 @@ impl QemuEngine {
                         .into(),
             });
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| EngineError::host(format!("create {}", dir.display()), e))?;
+        super::process::private_dir(dir)?;
         vm.qmp.stop().await?;
         vm.qmp
             .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, true)])
             .await?;
         let state = dir.join("state");
-        vm.qmp.migrate(&format!("file:{}", state.display())).await?;
-        finish_migration(&vm.qmp, STATE_TIMEOUT).await?;
+        super::fdpass::save_to_file(&vm.qmp, vm.run_dir(), &state, STATE_TIMEOUT).await?;
         // Same tmpfs: a rename, not a copy. The parent still maps it; its
         // pages stay as they are.
-        std::fs::rename(&mem, dir.join("mem")).map_err(|e| {
+        let kept = dir.join("mem");
+        std::fs::rename(&mem, &kept).map_err(|e| {
             EngineError::host(format!("keep the template memory in {}", dir.display()), e)
         })?;
+        // Children run in the parent's group (see `launch`) and map the file
+        // read-only; no one else may read it.
+        let gid = std::fs::metadata(&kept)
+            .map_err(|e| EngineError::host(format!("stat {}", kept.display()), e))?
+            .gid();
+        // (Not run by root, QEMU runs as the caller and the file stays 0600.)
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&kept, Some(0), Some(gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o440))
+                })
+                .map_err(|e| EngineError::host(format!("restrict {}", kept.display()), e))?;
+        }
         let state_bytes = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
         let t = Template {
             dir: dir.to_path_buf(),
@@ -79,8 +98,9 @@ impl QemuEngine {
         };
         let json =
             serde_json::to_vec_pretty(&t).map_err(|e| EngineError::InvalidSpec(e.to_string()))?;
-        std::fs::write(dir.join(TEMPLATE_FILE), json).map_err(|e| {
-            EngineError::host(format!("write {}", dir.join(TEMPLATE_FILE).display()), e)
+        super::process::private_file(&dir.join(TEMPLATE_FILE)).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &json)
+                .map_err(|e| EngineError::host("write the template description", e))
         })?;
         vm.kill().await?;
         info!(template = %dir.display(), state_bytes, ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX), "template saved");
@@ -110,16 +130,25 @@ impl QemuEngine {
     /// which is returned paused; the old QEMU is killed.
     pub async fn rehost(&self, vm: &Vm, spec: &VmSpec) -> Result<Vm, EngineError> {
         let target = self.launch(spec, true, None).await?;
-        let sock = target.run_dir().join("migrate.sock");
-        let uri = format!("unix:{}", sock.display());
-        target.qmp.migrate_incoming(&uri).await?;
+        // Neither QEMU can reach the other's run directory: the stream is
+        // a socket pair brood hands to both.
+        let (into, from) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| EngineError::host("make a migration socket pair", e.into()))?;
+        super::fdpass::migrate_over_socket(target.run_dir(), into.as_fd(), true).await?;
+        drop(into);
         vm.qmp.stop().await?;
         // The child was made with x-ignore-shared on (for its own incoming
         // state); its memory must travel now.
         vm.qmp
             .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, false)])
             .await?;
-        vm.qmp.migrate(&uri).await?;
+        super::fdpass::migrate_over_socket(vm.run_dir(), from.as_fd(), false).await?;
+        drop(from);
         finish_migration(&vm.qmp, STATE_TIMEOUT).await?;
         finish_migration(&target.qmp, STATE_TIMEOUT).await?;
         vm.kill().await?;
@@ -131,7 +160,7 @@ impl QemuEngine {
     pub fn attach_child_nics(&self, vm: &Vm) -> Result<(), EngineError> {
         let bridges = vm.spec.nics.iter().filter_map(|n| match &n.backend {
             crate::spec::NicBackend::Bridge(b) => Some(b.as_str()),
-            crate::spec::NicBackend::User => None,
+            crate::spec::NicBackend::User | crate::spec::NicBackend::UserUnrestricted => None,
         });
         for (tap, bridge) in vm.res.taps.iter().zip(bridges) {
             crate::net::attach_tap(&tap.name, bridge)?;
@@ -151,10 +180,8 @@ impl QemuEngine {
         if let Some(e) = vm.exit_status() {
             return Err(vm.exited_error(&e));
         }
-        vm.qmp
-            .migrate_incoming(&format!("file:{}", tpl.state_path().display()))
+        super::fdpass::load_from_file(&vm.qmp, vm.run_dir(), &tpl.state_path(), STATE_TIMEOUT)
             .await?;
-        finish_migration(&vm.qmp, STATE_TIMEOUT).await?;
         vm.qmp.cont().await?;
         Ok(vm)
     }

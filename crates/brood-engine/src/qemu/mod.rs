@@ -1,15 +1,18 @@
 //! The QEMU backend: one QEMU process per VM, driven over QMP.
 //!
 //! `QemuEngine::launch` is the single path every VM takes: validate the
-//! spec, check the host, create the run directory, overlays and taps, bind
-//! the sockets, spawn QEMU, connect console, agent and QMP, and start the
-//! exit watcher. Any failure on the way drops `VmResources`, which kills
+//! spec, check the host, create the run directory, overlays and taps, open
+//! the disk images, bind the sockets, lay out the jail, spawn QEMU confined,
+//! connect console, agent and QMP, and start the exit watcher. Any failure on the way drops `VmResources`, which kills
 //! whatever was started and removes what was created.
 
 pub mod argv;
 mod engine;
 mod exit;
+mod fdpass;
 pub mod fork;
+mod image;
+pub mod jail;
 pub mod process;
 
 use std::os::fd::OwnedFd;
@@ -24,7 +27,10 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::{debug, info, instrument};
 
-use self::argv::{AGENT_FD, CONSOLE_FD, FIRST_TAP_FD, Launch, LaunchDisk, LaunchNic, QMP_FD};
+use self::argv::{
+    AGENT_FD, CONSOLE_FD, FDMON_FD, FIRST_TAP_FD, Launch, LaunchDisk, LaunchLayer, LaunchNic,
+    QMP_FD,
+};
 use self::exit::ExitSource;
 use self::process::VmResources;
 use crate::EngineError;
@@ -130,36 +136,28 @@ impl QemuEngine {
         let t0 = Instant::now();
         spec.validate()?;
         let accel = host::resolve_accel(spec.accel)?;
-        std::fs::create_dir_all(&self.cfg.run_root)
-            .map_err(|e| EngineError::host(format!("create {}", self.cfg.run_root.display()), e))?;
+        process::private_dir(&self.cfg.run_root)?;
         if template_mem.is_none() {
             // A child's memory is its template's file, shared until written.
             self.check_memory(spec)?;
         }
         let mut res = VmResources::create(&self.cfg.run_root, &spec.name)?;
         let run = res.run_dir.clone();
-
-        let mut disks = Vec::with_capacity(spec.disks.len());
+        let mut chains = Vec::with_capacity(spec.disks.len());
         for (i, d) in spec.disks.iter().enumerate() {
-            let format = match d.format {
-                Some(f) => f,
-                None => DiskFormat::detect(&d.path)?,
-            };
+            let mut layers = image::backing_chain(d).await?;
             if d.overlay {
                 let overlay = run.join(format!("disk{i}.qcow2"));
-                create_overlay(&d.path, format, &overlay).await?;
-                disks.push(LaunchDisk {
-                    path: overlay,
-                    format: DiskFormat::Qcow2,
-                    read_only: d.read_only,
-                });
-            } else {
-                disks.push(LaunchDisk {
-                    path: d.path.clone(),
-                    format,
-                    read_only: d.read_only,
-                });
+                create_overlay(&d.path, d.format, &overlay).await?;
+                layers.insert(
+                    0,
+                    image::Layer {
+                        path: overlay,
+                        format: DiskFormat::Qcow2,
+                    },
+                );
             }
+            chains.push(layers);
         }
 
         let mut nics = Vec::with_capacity(spec.nics.len());
@@ -176,34 +174,89 @@ impl QemuEngine {
                     let fd = FIRST_TAP_FD + i32::try_from(res.taps.len() - 1).unwrap_or(0);
                     Some(fd)
                 }
-                NicBackend::User => None,
+                NicBackend::User | NicBackend::UserUnrestricted => None,
             };
-            nics.push(LaunchNic { tap_fd, mac });
+            let restrict = n.backend == NicBackend::User;
+            nics.push(LaunchNic {
+                tap_fd,
+                mac,
+                restrict,
+            });
         }
+
+        // Disk images follow the taps; brood opens them, QEMU gets descriptors.
+        let mut next_fd = FIRST_TAP_FD + i32::try_from(res.taps.len()).unwrap_or(0);
+        let mut disk_files = Vec::new();
+        let mut disks = Vec::with_capacity(chains.len());
+        for (d, chain) in spec.disks.iter().zip(&chains) {
+            let mut layers = Vec::with_capacity(chain.len());
+            for (j, layer) in chain.iter().enumerate() {
+                let writable = j == 0 && !d.read_only;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(writable)
+                    .open(&layer.path)
+                    .map_err(|e| {
+                        EngineError::host(format!("open disk {}", layer.path.display()), e)
+                    })?;
+                disk_files.push((OwnedFd::from(f), next_fd));
+                layers.push(LaunchLayer {
+                    fd: next_fd,
+                    format: layer.format,
+                });
+                next_fd += 1;
+            }
+            disks.push(LaunchDisk {
+                layers,
+                read_only: d.read_only,
+            });
+        }
+
+        let own_network = !spec
+            .nics
+            .iter()
+            .any(|n| n.backend == NicBackend::UserUnrestricted);
+        let confined = jail::confine(&jail::Setup {
+            res: &res,
+            spec,
+            qemu: &self.cfg.qemu,
+            firmware: self.cfg.firmware.as_deref(),
+            template_mem,
+            kvm: accel == Accel::Kvm,
+            own_network,
+        })?;
+        let jail = confined.jail;
 
         let qmp_l = bind(&run.join("qmp.sock"))?;
         let con_l = bind(&run.join("console.sock"))?;
         let agent_l = bind(&run.join("agent.sock"))?;
+        let fdmon_l = bind(&run.join("fdmon.sock"))?;
         let launch = Launch {
             spec,
             accel,
-            mem_path: template_mem.map_or_else(|| run.join("mem"), Path::to_path_buf),
+            kernel: confined.kernel,
+            initrd: confined.initrd,
+            mem_path: confined.mem,
             mem_shared: template_mem.is_none(),
-            run_dir: run.clone(),
-            firmware: self.cfg.firmware.clone(),
+            firmware: confined.firmware,
             tb_size_mib: self.cfg.tb_size_mib,
             disks,
             nics,
             incoming,
         };
         let argv = argv::qemu_argv(&launch);
-        debug!(?argv, "starting QEMU");
-        let (qmp_fd, con_fd, agent_fd) = (
+        debug!(?argv, ident = ?jail.ident(), "starting QEMU");
+        let (qmp_fd, con_fd, agent_fd, fdmon_fd) = (
             OwnedFd::from(qmp_l),
             OwnedFd::from(con_l),
             OwnedFd::from(agent_l),
+            OwnedFd::from(fdmon_l),
         );
-        let mut fds: Vec<(&OwnedFd, i32)> = vec![(&qmp_fd, QMP_FD), (&con_fd, CONSOLE_FD)];
+        let mut fds: Vec<(&OwnedFd, i32)> = vec![
+            (&qmp_fd, QMP_FD),
+            (&con_fd, CONSOLE_FD),
+            (&fdmon_fd, FDMON_FD),
+        ];
         if spec.agent {
             fds.push((&agent_fd, AGENT_FD));
         }
@@ -213,6 +266,7 @@ impl QemuEngine {
                     .map(|fd| (fd, FIRST_TAP_FD + i32::try_from(i).unwrap_or(0))),
             );
         }
+        fds.extend(disk_files.iter().map(|(fd, n)| (fd, *n)));
         if !spec.limits.is_empty() {
             let leaf = format!("{}-{}", spec.name, nonce());
             res.cgroup = Some(Cgroup::create(&leaf, &spec.limits)?);
@@ -230,19 +284,31 @@ impl QemuEngine {
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
+        let arg0 = run.join(
+            jail.program()
+                .file_name()
+                .unwrap_or_else(|| std::ffi::OsStr::new("qemu-system")),
+        );
         let child = process::spawn(
-            &self.cfg.qemu,
             &argv,
             &fds,
-            &run.join("qemu.log"),
-            spec.die_with_parent,
-            &join,
-            template_mem.is_some(),
+            &process::SpawnOpts {
+                stderr_log: &run.join("qemu.log"),
+                arg0: &arg0,
+                die_with_parent: spec.die_with_parent,
+                cgroups: &join,
+                no_thp: template_mem.is_some(),
+            },
+            jail,
         )?;
         drop(fds);
+        drop(disk_files);
         let pid = child.id().unwrap_or(0);
         res.pgid = i32::try_from(pid).ok();
-        let _ = std::fs::write(run.join("pid"), pid.to_string());
+        let _ = process::private_file(&run.join("pid")).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, pid.to_string().as_bytes())
+                .map_err(|e| EngineError::host("write the pid file", e))
+        });
         // QEMU holds the taps now; when it exits the kernel removes them.
         for t in res.taps.iter_mut() {
             t.fd = None;
@@ -357,6 +423,11 @@ async fn connect_sockets(
     run: &Path,
 ) -> Result<(Console, Option<AgentClient>, UnixStream), EngineError> {
     let console_stream = connect(&run.join("console.sock")).await?;
+    let log = run.join("console.log");
+    if !log.exists() {
+        // Guest output is the guest's business: 0600 whatever the umask.
+        process::private_file(&log)?;
+    }
     let console = Console::start(
         console_stream,
         run.join("console.log"),
@@ -410,6 +481,11 @@ fn assemble(
     }
 }
 
+/// Saves `vm`'s whole state to a new file at `path` (0600), the VM stopped.
+pub(crate) async fn save_state(vm: &Vm, path: &Path, timeout: Duration) -> Result<(), EngineError> {
+    fdpass::save_to_file(&vm.qmp, vm.run_dir(), path, timeout).await
+}
+
 /// A short random suffix.
 fn nonce() -> String {
     let mut b = [0u8; 4];
@@ -434,10 +510,7 @@ impl QemuEngine {
             )));
         }
         let vm = self.launch(spec, true, None).await?;
-        vm.qmp
-            .migrate_incoming(&format!("file:{}", state.display()))
-            .await?;
-        finish_migration(&vm.qmp, Duration::from_secs(120)).await?;
+        fdpass::load_from_file(&vm.qmp, vm.run_dir(), state, Duration::from_secs(120)).await?;
         vm.qmp.cont().await?;
         if let Some(agent) = &vm.agent {
             // The agent was ready when the state was saved and will not say so again.
@@ -519,5 +592,6 @@ async fn create_overlay(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    std::fs::set_permissions(overlay, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| EngineError::host(format!("restrict {}", overlay.display()), e))
 }

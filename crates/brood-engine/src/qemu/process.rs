@@ -1,7 +1,7 @@
 //! Starting QEMU and owning what a VM leaves on the host.
 //!
-//! `spawn` starts QEMU in its own process group with the listening sockets
-//! and taps at fixed descriptor numbers. `VmResources` is the RAII guard for
+//! `spawn` starts QEMU in its own process group with the listening sockets,
+//! taps and disk images at fixed descriptor numbers, confined by a `Jail`. `VmResources` is the RAII guard for
 //! everything a VM created (process group, run directory with sockets,
 //! memory file and overlays, taps): dropping it kills the group and removes
 //! the rest, so a failed boot, a panicking test and a finished VM all clean
@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+use super::jail::Jail;
 use crate::EngineError;
 use crate::net::Tap;
 
@@ -45,9 +48,11 @@ pub struct VmResources {
 
 impl VmResources {
     /// Creates `<run_root>/<name>`, replacing a stale one left by a dead VM.
+    /// Both are 0700 (guest memory lives there); `open_to_group` then lets
+    /// QEMU's group search the run directory, which QEMU, chrooted there,
+    /// needs to open its memory file.
     pub fn create(run_root: &Path, name: &str) -> Result<Self, EngineError> {
-        std::fs::create_dir_all(run_root)
-            .map_err(|e| EngineError::host(format!("create {}", run_root.display()), e))?;
+        private_dir(run_root)?;
         let run_dir = run_root.join(name);
         if run_dir.exists() {
             if let Some(pid) = live_pid(&run_dir) {
@@ -58,7 +63,9 @@ impl VmResources {
             std::fs::remove_dir_all(&run_dir)
                 .map_err(|e| EngineError::host(format!("remove stale {}", run_dir.display()), e))?;
         }
-        std::fs::create_dir(&run_dir)
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run_dir)
             .map_err(|e| EngineError::host(format!("create {}", run_dir.display()), e))?;
         Ok(Self {
             run_dir,
@@ -69,6 +76,15 @@ impl VmResources {
             kill_on_drop: true,
             cgroup: None,
         })
+    }
+
+    /// Lets group `gid` (QEMU's) search the run directory, and nobody else.
+    pub fn open_to_group(&self, gid: u32) -> Result<(), EngineError> {
+        std::os::unix::fs::chown(&self.run_dir, Some(0), Some(gid))
+            .and_then(|()| {
+                std::fs::set_permissions(&self.run_dir, std::fs::Permissions::from_mode(0o710))
+            })
+            .map_err(|e| EngineError::host(format!("hand {} to QEMU", self.run_dir.display()), e))
     }
 
     /// Sends SIGKILL to QEMU's process group unless it was already reaped.
@@ -99,6 +115,28 @@ impl Drop for VmResources {
     }
 }
 
+/// Creates `dir` (and its parents) if missing and makes it 0700: run roots
+/// and template directories hold guest memory.
+pub fn private_dir(dir: &Path) -> Result<(), EngineError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| EngineError::host(format!("create {}", dir.display()), e))
+}
+
+/// Creates (or empties) `path` with mode 0600.
+pub fn private_file(path: &Path) -> Result<std::fs::File, EngineError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| EngineError::host(format!("create {}", path.display()), e))
+}
+
 /// The pid in `run_dir/pid` if that process is alive and its command line
 /// names `run_dir` (so a reused pid is not mistaken for the VM).
 pub fn live_pid(run_dir: &Path) -> Option<i32> {
@@ -113,17 +151,33 @@ pub fn live_pid(run_dir: &Path) -> Option<i32> {
     is_ours.then_some(pid)
 }
 
-/// Starts `program argv` in a new process group with `fds` placed at the
-/// given descriptor numbers, stdout discarded and stderr to `stderr_log`.
+/// How QEMU is started, besides its argv and descriptors.
+#[derive(Debug)]
+pub struct SpawnOpts<'a> {
+    /// Where its stderr goes.
+    pub stderr_log: &'a Path,
+    /// Its argv[0]: the run directory's `qemu-system-*`, so that its command
+    /// line names the run directory (how `live_pid` and `find_qemus` know it).
+    pub arg0: &'a Path,
+    /// Killed by SIGKILL when this process dies.
+    pub die_with_parent: bool,
+    /// `cgroup.procs` files to join before exec.
+    pub cgroups: &'a [std::fs::File],
+    /// Transparent huge pages off (forked children).
+    pub no_thp: bool,
+}
+
+/// Starts QEMU (`jail.program()`, inside `jail`) with `argv` in a new
+/// process group, `fds` placed at the given descriptor numbers, stdout
+/// discarded.
 pub fn spawn(
-    program: &Path,
     argv: &[OsString],
     fds: &[(&OwnedFd, RawFd)],
-    stderr_log: &Path,
-    die_with_parent: bool,
-    cgroups: &[std::fs::File],
-    no_thp: bool,
+    o: &SpawnOpts<'_>,
+    jail: Jail,
 ) -> Result<tokio::process::Child, EngineError> {
+    let (die_with_parent, no_thp) = (o.die_with_parent, o.no_thp);
+    let program = jail.program().to_path_buf();
     // Move every source above the targets first, so no dup2 below can
     // overwrite a source that another target still needs.
     let mut high = Vec::with_capacity(fds.len());
@@ -137,30 +191,22 @@ pub fn spawn(
         ));
     }
     let moves: Vec<(RawFd, RawFd)> = high.iter().map(|(h, t)| (h.as_raw_fd(), *t)).collect();
-    let join: Vec<RawFd> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
-    let stderr = std::fs::File::create(stderr_log)
-        .map_err(|e| EngineError::host(format!("create {}", stderr_log.display()), e))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(argv)
+    let join: Vec<RawFd> = o.cgroups.iter().map(AsRawFd::as_raw_fd).collect();
+    let stderr = private_file(o.stderr_log)?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.arg0(o.arg0)
+        .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
         .process_group(0);
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (prctl, getppid, write, dup2) on
-    // values computed before the fork; it allocates nothing.
+    // makes async-signal-safe system calls (prctl, getppid, write, dup2,
+    // and those of `Jail::enter`) on values computed before the fork; it
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if die_with_parent {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    return Err(std::io::Error::other("parent exited"));
-                }
-            }
             // Transparent huge pages make every 2 MiB of TCG's translation
             // buffer that a child touches resident in full; a forked child
             // touches little of it, scattered. (Inherited across exec.)
@@ -178,11 +224,22 @@ pub fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            jail.enter()?;
+            // After the uid change, which clears the parent-death signal.
+            if die_with_parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(std::io::Error::other("parent exited"));
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|source| EngineError::Spawn {
-        program: program.to_path_buf(),
+        program: program.clone(),
         source,
     })?;
     drop(high);
@@ -211,7 +268,7 @@ pub fn find_qemus(run_root: &Path) -> Vec<(i32, String)> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        // `-pidfile <run_root>/<vm>/qemu.pid` names the run directory.
+        // argv[0], `<run_root>/<vm>/qemu-system-*`, names the run directory.
         let Some(at) = cmdline
             .windows(prefix.len())
             .position(|w| w == prefix.as_slice())

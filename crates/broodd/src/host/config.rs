@@ -94,7 +94,7 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     spec.disks = c
         .disks
         .iter()
-        .map(|d| DiskSpec::new(paths.disk(rec.uuid, &d.name)))
+        .map(|d| DiskSpec::own_qcow2(paths.disk(rec.uuid, &d.name)))
         .collect();
     spec.nics = c
         .nics

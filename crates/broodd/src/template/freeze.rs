@@ -145,7 +145,7 @@ pub async fn freeze(
     };
     for disk in &tpl.spec.disks {
         let _ =
-            tokio::fs::set_permissions(&disk.path, std::fs::Permissions::from_mode(0o444)).await;
+            tokio::fs::set_permissions(&disk.path, std::fs::Permissions::from_mode(0o400)).await;
     }
     let memory = active_config(&rec)?.memory_mib;
     let lineage = Lineage::Template(TemplateLineage {

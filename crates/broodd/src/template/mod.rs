@@ -220,7 +220,7 @@ pub async fn child_disks(
             let _ = tokio::fs::remove_file(&overlay).await;
             disk::overlay(&base.path, &overlay).await?;
         }
-        disks.push(DiskSpec::new(overlay));
+        disks.push(DiskSpec::own_qcow2(overlay));
     }
     Ok(disks)
 }
