@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::error::ErrorDetail;
+
 /// Life-cycle stage of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -272,6 +274,50 @@ pub struct ExecResponse {
     pub stdout_base64: String,
     /// Standard error, base64.
     pub stderr_base64: String,
+    /// Standard output was cut at the output limit.
+    pub stdout_truncated: bool,
+    /// Standard error was cut at the output limit.
+    pub stderr_truncated: bool,
+}
+
+/// Media type of a streamed exec: one JSON [`ExecChunk`] per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a streamed exec (`POST /v1/partitions/{name}/exec?stream=true`,
+/// or with `Accept: application/x-ndjson`): output chunks in the order the
+/// guest wrote them, then exactly one last line, the end or an error.
+/// Closing the connection before the end kills the command in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ExecChunk {
+    /// A chunk of standard output.
+    Stdout {
+        /// The bytes, base64.
+        stdout_base64: String,
+    },
+    /// A chunk of standard error.
+    Stderr {
+        /// The bytes, base64.
+        stderr_base64: String,
+    },
+    /// The stream failed (the agent went away, say); the last line.
+    Error {
+        /// What went wrong, as in every error response.
+        error: ErrorDetail,
+    },
+    /// The command ended; the last line.
+    End(ExecEnd),
+}
+
+/// How a streamed command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecEnd {
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when one ended it.
+    pub signal: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
     /// Standard output was cut at the output limit.
     pub stdout_truncated: bool,
     /// Standard error was cut at the output limit.

@@ -5,6 +5,7 @@
 mod extract;
 mod ledger;
 mod partitions;
+mod stream;
 mod templates;
 
 use std::sync::Arc;

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use brood_api::{
-    ConsoleLog, DefineRequest, ErrorBody, ExecRequest, ExecResponse, Partition, PartitionList,
-    SetConfigRequest, SetStageRequest, StopRequest,
+    ConsoleLog, DefineRequest, ErrorBody, ExecChunk, ExecRequest, ExecResponse, Partition,
+    PartitionList, SetConfigRequest, SetStageRequest, StopRequest,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -264,43 +266,88 @@ async fn set_stage(
 struct ConsoleQuery {
     /// Most bytes to return, from the end (default 65536, at most 1048576).
     bytes: Option<usize>,
+    /// Keep the response open and stream the console as it grows
+    /// (`application/octet-stream`), until the VM ends or the client leaves.
+    follow: Option<bool>,
 }
 
-/// The tail of a partition's serial console log.
+/// The tail of a partition's serial console log, or (with `follow=true`)
+/// that tail and then the console as it grows.
 #[utoipa::path(get, path = "/v1/partitions/{name}/console", tag = "partitions",
     params(("name" = String, Path, description = "Partition name or uuid"), ConsoleQuery),
-    responses((status = 200, body = ConsoleLog), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The log tail; with `follow=true`, raw console bytes as they come",
+        content((ConsoleLog = "application/json"), (String = "application/octet-stream"))),
+        (status = 404, body = ErrorBody)))]
 async fn console(
     State(d): D,
     Path(name): Path<String>,
     Query(q): Query<ConsoleQuery>,
-) -> ApiResult<Json<ConsoleLog>> {
+) -> ApiResult<Response> {
     let rec = ops::resolve(&d, &name).await?;
     let want = q.bytes.unwrap_or(64 * 1024).min(1 << 20);
+    let running = d.running(rec.uuid);
+    // Subscribed before the history is read, so the stream misses nothing.
+    let live = match (&running, q.follow.unwrap_or(false)) {
+        (Some(r), true) => {
+            let c = r.vm.console().clone();
+            let rx = c.subscribe();
+            let end = c.total();
+            Some((c, rx, end))
+        }
+        _ => None,
+    };
     // Earlier runs' output, then the current run's.
     let mut text = tokio::fs::read(d.paths.console_log(rec.uuid))
         .await
         .unwrap_or_default();
-    if let Some(r) = d.running(rec.uuid) {
-        text.extend(ops::current_console(&r).await);
+    if let Some(r) = &running {
+        text.extend(ops::current_console(r).await);
     }
     let start = text.len().saturating_sub(want);
+    if q.follow.unwrap_or(false) {
+        let history = text.split_off(start);
+        return Ok(match live {
+            Some((c, rx, end)) => super::stream::console_follow(c, rx, history, end),
+            // Nothing runs: the history is all there is.
+            None => ([(CONTENT_TYPE, "application/octet-stream")], history).into_response(),
+        });
+    }
     Ok(Json(ConsoleLog {
         text: String::from_utf8_lossy(text.get(start..).unwrap_or_default()).into_owned(),
         truncated: start > 0,
-    }))
+    })
+    .into_response())
+}
+
+/// Exec options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ExecQuery {
+    /// Stream the output as it comes, one `ExecChunk` JSON object per line
+    /// (`application/x-ndjson`; `Accept: application/x-ndjson` asks the same).
+    /// Closing the connection early kills the command.
+    stream: Option<bool>,
 }
 
 /// Runs a command in a partition's guest through its agent.
 #[utoipa::path(post, path = "/v1/partitions/{name}/exec", tag = "partitions", request_body = ExecRequest,
-    params(("name" = String, Path, description = "Partition name or uuid")),
-    responses((status = 200, body = ExecResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    params(("name" = String, Path, description = "Partition name or uuid"), ExecQuery),
+    responses((status = 200, description = "The result; streamed as NDJSON lines with `stream=true`",
+        content((ExecResponse = "application/json"), (ExecChunk = "application/x-ndjson"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn exec(
     State(d): D,
     Path(name): Path<String>,
+    Query(q): Query<ExecQuery>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> ApiResult<Json<ExecResponse>> {
+) -> ApiResult<Response> {
+    let streamed = q.stream.unwrap_or(false)
+        || headers
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains(brood_api::NDJSON));
     let rec = ops::resolve(&d, &name).await?;
     let command = match (req.command, req.argv) {
         (Some(c), None) => brood_proto::Command::Shell(c),
@@ -335,17 +382,14 @@ async fn exec(
     r.env = req.env.into_iter().collect();
     r.stdin = stdin;
     r.timeout_ms = req.timeout_ms;
-    let o = agent
-        .exec(&r)
+    let what = format!("exec in {}", rec.name);
+    let run = agent
+        .exec_stream(&r)
         .await
-        .map_err(|e| ApiError::engine(&format!("exec in {}", rec.name), &e))?;
-    Ok(Json(ExecResponse {
-        exit_code: o.status.code,
-        signal: o.status.signal,
-        timed_out: o.status.timed_out,
-        stdout_base64: B64.encode(&o.stdout),
-        stderr_base64: B64.encode(&o.stderr),
-        stdout_truncated: o.status.stdout_truncated,
-        stderr_truncated: o.status.stderr_truncated,
-    }))
+        .map_err(|e| ApiError::engine(&what, &e))?;
+    if streamed {
+        Ok(super::stream::exec_ndjson(run, what))
+    } else {
+        super::stream::exec_buffered(run, &what).await
+    }
 }
