@@ -114,6 +114,9 @@ pub struct AgentClient {
     closed: watch::Receiver<bool>,
     port: Arc<watch::Sender<PortState>>,
     noise: Arc<NoiseCounters>,
+    /// Raised each time the agent is found gone; a request sent before
+    /// the last raise will not be answered.
+    epoch: Arc<AtomicU64>,
 }
 
 /// One event of a running command.
@@ -140,6 +143,7 @@ pub struct ExecStream {
     limit: u64,
     seen: [u64; 2],
     deadline: Option<(Instant, Duration)>,
+    epoch: u64,
     done: bool,
 }
 
@@ -183,7 +187,7 @@ impl ExecStream {
                     "unexpected reply to exec: {}",
                     cut(&format!("{other:?}"))
                 ))),
-                None => Err(self.client.lost_err()),
+                None => Err(self.client.lost_err(self.epoch)),
             };
             if !matches!(event, Ok(ExecEvent::Output { .. })) {
                 self.finish();
@@ -227,6 +231,7 @@ impl AgentClient {
         let pending: Pending = Arc::default();
         let ready_tx = Arc::new(ready_tx);
         let noise = Arc::new(NoiseCounters::default());
+        let epoch = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(wr, out_rx));
         tokio::spawn(read_loop(
             rd,
@@ -237,6 +242,7 @@ impl AgentClient {
                 closed: closed_tx,
                 port: port_rx,
                 noise: noise.clone(),
+                epoch: epoch.clone(),
                 log: LogLimit::new(LOG_INTERVAL),
             },
         ));
@@ -250,6 +256,7 @@ impl AgentClient {
             closed: closed_rx,
             port: Arc::new(port_tx),
             noise,
+            epoch,
         }
     }
 
@@ -258,10 +265,11 @@ impl AgentClient {
     /// when the guest closes it, requests in flight and new ones fail at
     /// once until the agent is back.
     pub fn follow_port(&self, mut events: broadcast::Receiver<QmpEvent>) {
-        let (port, pending, ready) = (
+        let (port, pending, ready, epoch) = (
             self.port.clone(),
             self.pending.clone(),
             self.ready_tx.clone(),
+            self.epoch.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -281,15 +289,17 @@ impl AgentClient {
                 match ev.data.get("open").and_then(serde_json::Value::as_bool) {
                     Some(true) => {
                         debug!("the guest opened the agent port");
-                        port.send_replace(PortState::Open);
+                        if port.send_replace(PortState::Open) == PortState::Open {
+                            // QEMU throttles VSERPORT_CHANGE to one a second
+                            // per port and sends only the latest: open after
+                            // open hides a close, so the agent we knew is gone.
+                            forget_agent(&pending, &ready, &epoch);
+                        }
                     }
                     Some(false) => {
                         debug!("the guest closed the agent port");
                         port.send_replace(PortState::Closed);
-                        // The agent that said Ready is gone; its successor says it again.
-                        ready.send_replace(None);
-                        // Every waiter sees its queue end and reports the agent gone.
-                        lock(&pending).clear();
+                        forget_agent(&pending, &ready, &epoch);
                     }
                     None => {}
                 }
@@ -326,9 +336,9 @@ impl AgentClient {
         self.port_state() == PortState::Closed
     }
 
-    /// The error for a request whose reply queue ended.
-    fn lost_err(&self) -> EngineError {
-        if self.is_gone() {
+    /// The error for a request sent at `epoch` whose reply queue ended.
+    fn lost_err(&self, epoch: u64) -> EngineError {
+        if self.is_gone() || self.epoch.load(Ordering::SeqCst) != epoch {
             gone_err()
         } else {
             closed_err()
@@ -396,10 +406,14 @@ impl AgentClient {
     }
 
     /// Sends a request and returns the queue its replies arrive on.
-    async fn send(&self, msg: &HostMsg) -> Result<(u32, mpsc::Receiver<GuestMsg>), EngineError> {
+    async fn send(
+        &self,
+        msg: &HostMsg,
+    ) -> Result<(u32, u64, mpsc::Receiver<GuestMsg>), EngineError> {
         if self.is_gone() {
             return Err(gone_err());
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let id = self.fresh_id();
         let frame = encode_frame(id, msg).map_err(|e| EngineError::AgentChannel(e.to_string()))?;
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
@@ -408,7 +422,7 @@ impl AgentClient {
             lock(&self.pending).remove(&id);
             return Err(closed_err());
         }
-        Ok((id, rx))
+        Ok((id, epoch, rx))
     }
 
     fn fresh_id(&self) -> u32 {
@@ -439,13 +453,13 @@ impl AgentClient {
 
     /// Sends a request and waits for its single final reply.
     async fn call(&self, msg: &HostMsg, timeout: Duration) -> Result<GuestMsg, EngineError> {
-        let (id, mut rx) = self.send(msg).await?;
+        let (id, epoch, mut rx) = self.send(msg).await?;
         let reply = tokio::time::timeout(timeout, rx.recv()).await;
         lock(&self.pending).remove(&id);
         match reply {
             Ok(Some(GuestMsg::Error(e))) => Err(EngineError::Agent(e)),
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(self.lost_err()),
+            Ok(None) => Err(self.lost_err(epoch)),
             Err(_) => Err(EngineError::Timeout {
                 op: "guest agent request (the agent did not answer)",
                 after: timeout,
@@ -455,7 +469,7 @@ impl AgentClient {
 
     /// Starts a command and returns the stream of its output and end.
     pub async fn exec_stream(&self, req: &ExecRequest) -> Result<ExecStream, EngineError> {
-        let (id, rx) = self.send(&HostMsg::Exec(req.clone())).await?;
+        let (id, epoch, rx) = self.send(&HostMsg::Exec(req.clone())).await?;
         let deadline = req.timeout_ms.map(|ms| {
             let after = Duration::from_millis(ms).saturating_add(EXEC_REPORT_GRACE);
             (until(after), after)
@@ -467,6 +481,7 @@ impl AgentClient {
             limit: req.output_limit,
             seen: [0, 0],
             deadline,
+            epoch,
             done: false,
         })
     }
@@ -649,6 +664,14 @@ impl AgentClient {
     }
 }
 
+/// The agent we talked to is gone: every request in flight sees its queue
+/// end (and reports the agent gone), and its successor has to say `Ready`.
+fn forget_agent(pending: &Pending, ready: &watch::Sender<Option<Ready>>, epoch: &AtomicU64) {
+    epoch.fetch_add(1, Ordering::SeqCst);
+    ready.send_replace(None);
+    lock(pending).clear();
+}
+
 fn closed_err() -> EngineError {
     EngineError::AgentChannel("connection to the guest agent closed".into())
 }
@@ -724,6 +747,7 @@ struct Reader {
     closed: watch::Sender<bool>,
     port: watch::Receiver<PortState>,
     noise: Arc<NoiseCounters>,
+    epoch: Arc<AtomicU64>,
     log: LogLimit,
 }
 
@@ -765,6 +789,12 @@ impl Reader {
         if frame.id == 0 {
             match msg {
                 GuestMsg::Ready(r) => {
+                    // A second Ready is a new agent: nothing asked of the
+                    // old one will be answered.
+                    if self.ready.borrow().is_some() {
+                        debug!("the guest agent started again");
+                        forget_agent(&self.pending, &self.ready, &self.epoch);
+                    }
                     self.ready.send_replace(Some(r));
                 }
                 GuestMsg::Point(p) => {
@@ -1069,6 +1099,52 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(c.info().await.unwrap().hostname, "h");
+    }
+
+    #[tokio::test]
+    async fn a_close_hidden_by_qmp_throttling_or_a_second_ready_still_fails_requests() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (events, rx) = broadcast::channel(16);
+        let c = AgentClient::new(a);
+        c.follow_port(rx);
+        let ready = |up| {
+            GuestMsg::Ready(Ready {
+                proto_version: 1,
+                agent_version: "t".into(),
+                uptime_ms: up,
+            })
+        };
+        events.send(port_event(true)).unwrap();
+        b.write_all(&encode_frame(0, &ready(1)).unwrap())
+            .await
+            .unwrap();
+        c.wait_ready(Duration::from_secs(5)).await.unwrap();
+        // QEMU sends one VSERPORT_CHANGE a second, the latest: close and
+        // reopen within a second arrive as a second `open`.
+        let c2 = c.clone();
+        let info = tokio::spawn(async move { c2.info().await });
+        while lock(&c.pending).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        events.send(port_event(true)).unwrap();
+        let err = info.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        // Without any event, a second Ready means a new agent.
+        b.write_all(&encode_frame(0, &ready(2)).unwrap())
+            .await
+            .unwrap();
+        c.wait_ready(Duration::from_secs(5)).await.unwrap();
+        let c2 = c.clone();
+        let info = tokio::spawn(async move { c2.info().await });
+        while lock(&c.pending).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        b.write_all(&encode_frame(0, &ready(3)).unwrap())
+            .await
+            .unwrap();
+        let err = info.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        assert_eq!(c.ready_info().map(|r| r.uptime_ms), Some(3));
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! so the two never hold more than the limit together.
 //!
 //! The reader has a budget ([`CONSOLE_RATE`] bytes a second after a burst of
-//! [`CONSOLE_BURST`]): a guest that floods its console finds the reader
+//! [`CONSOLE_BURST`], each read costing at least 8 KiB of it): a guest that floods its console finds the reader
 //! pausing, so QEMU's serial device stops draining the guest's UART and the
 //! guest's own vCPU waits, instead of the host spending a core on the copy.
 //! Time spent paused is counted ([`Console::throttled`]) and reported in one
@@ -31,6 +31,12 @@ pub const CONSOLE_RATE: u64 = 512 * 1024;
 pub const CONSOLE_BURST: u64 = 2 << 20;
 /// Size of one read from the console socket.
 const READ_LEN: usize = 16 * 1024;
+/// What one read costs from the budget at least. QEMU's serial device
+/// writes a few bytes at a time, so under a flood the cost is per read
+/// (wake-up, log write) more than per byte; charging a floor caps reads at
+/// `CONSOLE_RATE / READ_COST_MIN` a second once the burst is spent, and each
+/// read after a pause takes what piled up meanwhile.
+const READ_COST_MIN: u64 = 8 * 1024;
 /// At most one throttling report per this interval.
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -266,7 +272,7 @@ async fn copy_loop(mut stream: UnixStream, mut c: Copy, done: watch::Sender<bool
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        c.budget.spend(n as u64);
+        c.budget.spend((n as u64).max(READ_COST_MIN));
         let data = buf.get(..n).unwrap_or_default();
         {
             let mut t = c

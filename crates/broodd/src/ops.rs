@@ -451,6 +451,14 @@ pub async fn stop(
     uuid: Uuid,
     mode: StopMode,
 ) -> ApiResult<PartitionRecord> {
+    if mode == StopMode::Kill
+        && let Some(r) = d.running(uuid)
+    {
+        // SIGKILL before the lock: an operation that holds it while waiting
+        // on a hung QEMU fails at once instead of delaying the kill.
+        r.expected_exit.store(true, Ordering::SeqCst);
+        r.vm.kill_now();
+    }
     let lock = d.partition_lock(uuid);
     let _g = lock.lock().await;
     let rec = reload(d, uuid).await?;
