@@ -329,6 +329,60 @@ fn a_console_flood_costs_broodd_little() {
     b.ok("POST", "/v1/partitions/flood/kill", None);
 }
 
+/// A line of /proc/PID/status in KiB (`VmHWM`: peak resident memory).
+fn status_kib(pid: i32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+#[test]
+fn six_execs_at_the_output_cap_keep_broodd_small() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    boot(&b, "big");
+    let pid = broodd_pid(&b);
+    let before = status_kib(pid, "VmHWM:");
+    // 16 MiB of stdout each, the default output cap: three buffered answers
+    // and three streamed ones at once.
+    let cmd = "head -c 16777216 /dev/zero";
+    let mut buffered = Vec::new();
+    for _ in 0..3 {
+        buffered.push(std::thread::spawn(exec_call(&b, "big", json!({"command": cmd}))));
+    }
+    let mut streamed = Vec::new();
+    for _ in 0..3 {
+        let child = b
+            .brood()
+            .args(["vm", "exec", "big", cmd])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run brood vm exec");
+        streamed.push(child);
+    }
+    for t in buffered {
+        let (status, body) = t.join().expect("exec thread");
+        assert_eq!(status, 200, "{}", body.get(..300).unwrap_or(&body));
+        let v: Value = serde_json::from_str(&body).expect("json");
+        let out = B64.decode(v["stdout_base64"].as_str().unwrap()).unwrap();
+        assert_eq!(out.len(), 16 << 20);
+    }
+    for c in streamed {
+        let out = c.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let grew_mib = status_kib(pid, "VmHWM:").saturating_sub(before) / 1024;
+    eprintln!("broodd's peak RSS grew by {grew_mib} MiB");
+    // Three raw 16 MiB buffers are the floor of three buffered answers.
+X
+    b.ok("POST", "/v1/partitions/big/kill", None);
+}
+
 #[test]
 fn garbage_on_the_agent_port_logs_one_line() {
     let env = TestEnv::new();

@@ -10,7 +10,6 @@
 //! drops the [`ExecStream`], which kills the command in the guest.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_TYPE;
@@ -25,10 +24,6 @@ use futures::StreamExt as _;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{ApiError, ApiResult, chain};
-
-/// Raw bytes of output base64-encoded per piece of a buffered answer
-/// (a multiple of 3, so the pieces join into one base64 string).
-const B64_PIECE: usize = 48 * 1024;
 
 /// The end of a command as the API reports it.
 pub fn end(status: &ExecStatus) -> ExecEnd {
@@ -82,24 +77,23 @@ pub fn exec_ndjson(run: ExecStream, what: String) -> Response {
 
 /// Runs a command to its end and answers with one JSON `ExecResponse`,
 /// encoded piece by piece as the client reads it: broodd holds the raw
-/// output (at most the output limit per stream) and never a base64 copy.
+/// output (at most the output limit per stream, in the chunks it came in,
+/// so nothing is over-allocated) and never a base64 copy of it.
 pub async fn exec_buffered(mut run: ExecStream, what: &str) -> ApiResult<Response> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let status = loop {
         match run.next().await {
             Some(Ok(ExecEvent::Output { stream, data })) => match stream {
-                Stream::Stdout => stdout.extend_from_slice(&data),
-                Stream::Stderr => stderr.extend_from_slice(&data),
+                Stream::Stdout => stdout.push(data),
+                Stream::Stderr => stderr.push(data),
             },
             Some(Ok(ExecEvent::Exited(status))) => break status,
             Some(Err(e)) => return Err(ApiError::engine(what, &e)),
             None => {
-                return Err(ApiError::engine(
-                    what,
-                    &brood_engine::EngineError::AgentChannel(
-                        "the exec ended without a status".into(),
-                    ),
-                ));
+                let e = brood_engine::EngineError::AgentChannel(
+                    "the exec ended without a status".into(),
+                );
+                return Err(ApiError::engine(what, &e));
             }
         }
     };
@@ -107,15 +101,15 @@ pub async fn exec_buffered(mut run: ExecStream, what: &str) -> ApiResult<Respons
         .map_err(|e| ApiError::internal("encode the exec result", &e))?;
     // `{"exit_code":...}` continues the object after the two strings.
     let rest = format!("\",{}", end.get(1..).unwrap_or("}"));
-    let pieces = [
-        Piece::Text("{\"stdout_base64\":\"".into()),
-        Piece::Bytes(Arc::from(stdout)),
-        Piece::Text("\",\"stderr_base64\":\"".into()),
-        Piece::Bytes(Arc::from(stderr)),
-        Piece::Text(rest),
+    let text = |t: &str| Box::new(std::iter::once(Bytes::from(t.to_owned()))) as Pieces;
+    let pieces: [Pieces; 5] = [
+        text("{\"stdout_base64\":\""),
+        base64_pieces(stdout),
+        text("\",\"stderr_base64\":\""),
+        base64_pieces(stderr),
+        text(&rest),
     ];
-    let body =
-        futures::stream::iter(pieces.into_iter().flat_map(Piece::encoded)).map(Ok::<_, Infallible>);
+    let body = futures::stream::iter(pieces.into_iter().flatten()).map(Ok::<_, Infallible>);
     Ok((
         [(CONTENT_TYPE, "application/json")],
         Body::from_stream(body),
@@ -123,28 +117,33 @@ pub async fn exec_buffered(mut run: ExecStream, what: &str) -> ApiResult<Respons
         .into_response())
 }
 
-/// A part of a buffered answer: literal JSON or bytes to base64.
-enum Piece {
-    Text(String),
-    Bytes(Arc<[u8]>),
-}
+type Pieces = Box<dyn Iterator<Item = Bytes> + Send>;
 
-impl Piece {
-    fn encoded(self) -> Box<dyn Iterator<Item = Bytes> + Send> {
-        match self {
-            Piece::Text(t) => Box::new(std::iter::once(Bytes::from(t))),
-            Piece::Bytes(b) => {
-                let n = b.len().div_ceil(B64_PIECE);
-                Box::new((0..n).map(move |i| {
-                    let from = i * B64_PIECE;
-                    let part = b
-                        .get(from..(from + B64_PIECE).min(b.len()))
-                        .unwrap_or_default();
-                    Bytes::from(B64.encode(part))
-                }))
+/// The base64 of the concatenated `chunks`, one piece per chunk: each piece
+/// encodes a multiple of 3 bytes (the rest carried into the next), so the
+/// pieces join into one base64 string.
+fn base64_pieces(chunks: Vec<Vec<u8>>) -> Pieces {
+    let mut carry: Vec<u8> = Vec::new();
+    let mut chunks = chunks.into_iter();
+    Box::new(std::iter::from_fn(move || {
+        loop {
+            let Some(chunk) = chunks.next() else {
+                if carry.is_empty() {
+                    return None;
+                }
+                return Some(Bytes::from(B64.encode(std::mem::take(&mut carry))));
+            };
+            carry.extend_from_slice(&chunk);
+            let whole = carry.len() / 3 * 3;
+            if whole == 0 {
+                continue;
             }
+            let rest = carry.split_off(whole);
+            let piece = B64.encode(&carry);
+            carry = rest;
+            return Some(Bytes::from(piece));
         }
-    }
+    }))
 }
 
 /// Streams `history` and then the console's output from `history_end` on,
@@ -192,4 +191,22 @@ pub fn console_follow(
         Body::from_stream(first.chain(live)),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pieces_join_into_the_whole() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        for split in [1, 2, 3, 4, 7, 64, 999, 1000] {
+            let chunks: Vec<Vec<u8>> = data.chunks(split).map(<[u8]>::to_vec).collect();
+            let joined: String = base64_pieces(chunks)
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                .collect();
+            assert_eq!(joined, B64.encode(&data), "split {split}");
+        }
+        assert_eq!(base64_pieces(Vec::new()).count(), 0);
+    }
 }
