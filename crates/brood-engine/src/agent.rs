@@ -21,7 +21,8 @@
 //! wait per command, after which the reader stops reading the guest until
 //! the consumer catches up, so a slow consumer throttles the guest rather
 //! than the host's memory. Dropping an unfinished stream kills the command
-//! in the guest (`HostMsg::CancelExec`).
+//! in the guest (`HostMsg::CancelExec`). Commands live in `agent/exec.rs`,
+//! the reader and writer tasks in `agent/reader.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -29,18 +30,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brood_proto::{
-    AgentError, AgentInfo, ChildConfig, Decoded, ErrorKind, ExecRequest, ExecStatus, ForkReport,
-    FrameDecoder, FrameFault, GuestMsg, HostMsg, MAX_DATA_CHUNK, Point, ReadFileRequest, Ready,
-    ServiceResult, Stream, WriteFileRequest, encode_frame,
+    AgentError, AgentInfo, ChildConfig, ErrorKind, ForkReport, GuestMsg, HostMsg, MAX_DATA_CHUNK,
+    Point, ReadFileRequest, Ready, ServiceResult, WriteFileRequest, encode_frame,
 };
 use brood_qmp::QmpEvent;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::time::Instant;
-use tracing::{debug, trace, warn};
+use tracing::debug;
 
 use crate::EngineError;
+
+mod exec;
+mod reader;
+
+pub use exec::{ExecEvent, ExecOutput, ExecStream};
+use reader::{LogLimit, Reader, read_loop, write_loop};
 
 /// Deadline for requests that do not carry their own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,17 +75,6 @@ pub enum PortState {
     Open,
     /// The guest closed it: the agent exited or was killed.
     Closed,
-}
-
-/// Output of a command collected in memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// How it ended.
-    pub status: ExecStatus,
-    /// Its stdout, at most the request's output limit.
-    pub stdout: Vec<u8>,
-    /// Its stderr, at most the request's output limit.
-    pub stderr: Vec<u8>,
 }
 
 /// What a guest sent that was not a valid frame, counted.
@@ -117,106 +110,6 @@ pub struct AgentClient {
     /// Raised each time the agent is found gone; a request sent before
     /// the last raise will not be answered.
     epoch: Arc<AtomicU64>,
-}
-
-/// One event of a running command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    /// A chunk of output (within the request's output limit).
-    Output {
-        /// Which stream.
-        stream: Stream,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// The command ended; nothing follows.
-    Exited(ExecStatus),
-}
-
-/// A command running in the guest, read one event at a time. Dropping it
-/// before the command ended kills the command.
-#[derive(Debug)]
-pub struct ExecStream {
-    id: u32,
-    rx: mpsc::Receiver<GuestMsg>,
-    client: AgentClient,
-    limit: u64,
-    seen: [u64; 2],
-    deadline: Option<(Instant, Duration)>,
-    epoch: u64,
-    done: bool,
-}
-
-impl ExecStream {
-    /// The next event; `None` once the command's end was returned or an
-    /// error was. Fails when the agent goes away, answers with an error, or
-    /// does not report the end within the command's timeout plus
-    /// [`EXEC_REPORT_GRACE`].
-    pub async fn next(&mut self) -> Option<Result<ExecEvent, EngineError>> {
-        while !self.done {
-            let msg = match self.deadline {
-                Some((at, after)) => match tokio::time::timeout_at(at, self.rx.recv()).await {
-                    Ok(m) => m,
-                    Err(_) => {
-                        self.cancel();
-                        return Some(Err(EngineError::Timeout {
-                            op: "exec in the guest (the agent did not report the end of \
-                                 the command: it is hung or stopped)",
-                            after,
-                        }));
-                    }
-                },
-                None => self.rx.recv().await,
-            };
-            let event = match msg {
-                Some(GuestMsg::Output { stream, data }) => {
-                    let seen = &mut self.seen[usize::from(stream == Stream::Stderr)];
-                    let room =
-                        usize::try_from(self.limit.saturating_sub(*seen)).unwrap_or(usize::MAX);
-                    let mut data = data.into_vec();
-                    data.truncate(room);
-                    *seen += data.len() as u64;
-                    if data.is_empty() {
-                        continue;
-                    }
-                    Ok(ExecEvent::Output { stream, data })
-                }
-                Some(GuestMsg::Exited(status)) => Ok(ExecEvent::Exited(status)),
-                Some(GuestMsg::Error(e)) => Err(EngineError::Agent(e)),
-                Some(other) => Err(EngineError::AgentChannel(format!(
-                    "unexpected reply to exec: {}",
-                    cut(&format!("{other:?}"))
-                ))),
-                None => Err(self.client.lost_err(self.epoch)),
-            };
-            if !matches!(event, Ok(ExecEvent::Output { .. })) {
-                self.finish();
-            }
-            return Some(event);
-        }
-        None
-    }
-
-    /// Kills the command in the guest (if it still runs) and stops reading it.
-    pub fn cancel(&mut self) {
-        if self.done {
-            return;
-        }
-        self.finish();
-        self.client.cancel_exec(self.id);
-    }
-
-    fn finish(&mut self) {
-        self.done = true;
-        lock(&self.client.pending).remove(&self.id);
-        self.rx.close();
-    }
-}
-
-impl Drop for ExecStream {
-    fn drop(&mut self) {
-        self.cancel();
-    }
 }
 
 impl AgentClient {
@@ -467,57 +360,6 @@ impl AgentClient {
         }
     }
 
-    /// Starts a command and returns the stream of its output and end.
-    pub async fn exec_stream(&self, req: &ExecRequest) -> Result<ExecStream, EngineError> {
-        let (id, epoch, rx) = self.send(&HostMsg::Exec(req.clone())).await?;
-        let deadline = req.timeout_ms.map(|ms| {
-            let after = Duration::from_millis(ms).saturating_add(EXEC_REPORT_GRACE);
-            (until(after), after)
-        });
-        Ok(ExecStream {
-            id,
-            rx,
-            client: self.clone(),
-            limit: req.output_limit,
-            seen: [0, 0],
-            deadline,
-            epoch,
-            done: false,
-        })
-    }
-
-    /// Runs a command, handing each output chunk to `sink` as it arrives.
-    pub async fn exec_with(
-        &self,
-        req: &ExecRequest,
-        mut sink: impl FnMut(Stream, &[u8]),
-    ) -> Result<ExecStatus, EngineError> {
-        let mut run = self.exec_stream(req).await?;
-        while let Some(ev) = run.next().await {
-            match ev? {
-                ExecEvent::Output { stream, data } => sink(stream, &data),
-                ExecEvent::Exited(status) => return Ok(status),
-            }
-        }
-        Err(closed_err())
-    }
-
-    /// Runs a command and collects its output.
-    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, EngineError> {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let status = self
-            .exec_with(req, |s, d| match s {
-                Stream::Stdout => stdout.extend_from_slice(d),
-                Stream::Stderr => stderr.extend_from_slice(d),
-            })
-            .await?;
-        Ok(ExecOutput {
-            status,
-            stdout,
-            stderr,
-        })
-    }
-
     /// Reads a whole file of at most `max_len` bytes.
     pub async fn read_file(&self, path: &str, max_len: u64) -> Result<Vec<u8>, EngineError> {
         let mut data = Vec::new();
@@ -684,13 +526,6 @@ fn gone_err() -> EngineError {
     )
 }
 
-/// The instant `after` from now, or about a year away for a huge `after`.
-fn until(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 86400))
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned map is still consistent: every operation on it is a single call.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -700,183 +535,13 @@ fn cut(s: &str) -> String {
     s.chars().take(LOG_CUT).collect()
 }
 
-/// Allows one log line per interval and counts the ones it held back.
-#[derive(Debug)]
-pub(crate) struct LogLimit {
-    interval: Duration,
-    next: Option<std::time::Instant>,
-    held: u64,
-}
-
-impl LogLimit {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            next: None,
-            held: 0,
-        }
-    }
-
-    /// `Some(n)` when a line may be logged now, `n` being how many were
-    /// held back since the last one; `None` (and one more held) otherwise.
-    pub(crate) fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
-        if self.next.is_some_and(|n| now < n) {
-            self.held = self.held.saturating_add(1);
-            return None;
-        }
-        self.next = now.checked_add(self.interval);
-        Some(std::mem::take(&mut self.held))
-    }
-}
-
-async fn write_loop(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = rx.recv().await {
-        trace!(len = frame.len(), "agent <- host");
-        if let Err(e) = wr.write_all(&frame).await {
-            debug!("agent channel write failed: {e}");
-            return;
-        }
-    }
-}
-
-/// What the reader task shares with the client.
-struct Reader {
-    pending: Pending,
-    ready: Arc<watch::Sender<Option<Ready>>>,
-    points: mpsc::Sender<Point>,
-    closed: watch::Sender<bool>,
-    port: watch::Receiver<PortState>,
-    noise: Arc<NoiseCounters>,
-    epoch: Arc<AtomicU64>,
-    log: LogLimit,
-}
-
-impl Reader {
-    /// Counts something bad the guest sent and logs it, rate-limited.
-    fn noise(&mut self, garbage_bytes: usize, what: impl FnOnce() -> String) {
-        if garbage_bytes > 0 {
-            self.noise
-                .garbage_bytes
-                .fetch_add(garbage_bytes as u64, Ordering::Relaxed);
-        } else {
-            self.noise.bad_frames.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(held) = self.log.allow(std::time::Instant::now()) {
-            self.noise.warnings.fetch_add(1, Ordering::Relaxed);
-            let n = self.noise.garbage_bytes.load(Ordering::Relaxed);
-            let f = self.noise.bad_frames.load(Ordering::Relaxed);
-            warn!(
-                "guest agent channel: {} ({held} similar reports held back; {n} bad bytes \
-                 and {f} bad frames from this guest so far)",
-                what()
-            );
-        }
-    }
-
-    /// Routes one decoded frame.
-    async fn route(&mut self, frame: brood_proto::RawFrame) {
-        let msg = match frame.decode::<GuestMsg>() {
-            Ok(m) => m,
-            Err(e) => {
-                self.noise(0, || format!("an undecodable frame: {e}"));
-                GuestMsg::Error(AgentError::new(
-                    ErrorKind::BadRequest,
-                    "undecodable reply from the agent",
-                ))
-            }
-        };
-        trace!(id = frame.id, "agent -> host: {}", cut(&format!("{msg:?}")));
-        if frame.id == 0 {
-            match msg {
-                GuestMsg::Ready(r) => {
-                    // A second Ready is a new agent: nothing asked of the
-                    // old one will be answered.
-                    if self.ready.borrow().is_some() {
-                        debug!("the guest agent started again");
-                        forget_agent(&self.pending, &self.ready, &self.epoch);
-                    }
-                    self.ready.send_replace(Some(r));
-                }
-                GuestMsg::Point(p) => {
-                    if self.points.try_send(p).is_err() {
-                        self.noise(0, || "more announced points than the host queues".into());
-                    }
-                }
-                other => {
-                    self.noise(0, || {
-                        format!("an unsolicited message: {}", cut(&format!("{other:?}")))
-                    });
-                }
-            }
-            return;
-        }
-        let is_final = msg.is_final();
-        let tx = lock(&self.pending).get(&frame.id).cloned();
-        let Some(tx) = tx else {
-            trace!(id = frame.id, "agent reply for no pending request");
-            return;
-        };
-        if is_final {
-            lock(&self.pending).remove(&frame.id);
-        }
-        // Waits while the request's queue is full: the guest waits with it.
-        if tx.send(msg).await.is_err() {
-            lock(&self.pending).remove(&frame.id);
-        }
-    }
-}
-
-async fn read_loop(mut rd: tokio::net::unix::OwnedReadHalf, mut r: Reader) {
-    let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = tokio::select! {
-            n = rd.read(&mut buf) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
-            c = r.port.changed() => {
-                if c.is_err() {
-                    // Every client is gone: nobody reads the replies.
-                    break;
-                }
-                if *r.port.borrow_and_update() == PortState::Closed {
-                    // A frame the old agent left half-sent must not swallow
-                    // the start of its successor's first one.
-                    dec = FrameDecoder::new();
-                }
-                continue;
-            }
-        };
-        dec.push(buf.get(..n).unwrap_or_default());
-        while let Some(item) = dec.next_frame() {
-            match item {
-                Decoded::Frame(f) => r.route(f).await,
-                Decoded::Fault(fault) => {
-                    let skipped = match fault {
-                        FrameFault::Garbage { skipped } => skipped.max(1),
-                        _ => 0,
-                    };
-                    r.noise(skipped, || format!("a bad frame: {fault}"));
-                }
-            }
-            if r.closed.is_closed() {
-                break;
-            }
-        }
-        if r.closed.is_closed() {
-            break;
-        }
-    }
-    r.closed.send_replace(true);
-    lock(&r.pending).clear();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use brood_proto::ByteBuf;
     use brood_proto::Stream;
+    use brood_proto::{Decoded, ExecRequest, ExecStatus, FrameDecoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A scripted agent on the other end of a socket pair.
     async fn fake_agent(mut s: UnixStream, script: impl Fn(u32, HostMsg) -> Vec<(u32, GuestMsg)>) {
