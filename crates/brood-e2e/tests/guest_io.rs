@@ -424,6 +424,17 @@ fn garbage_on_the_agent_port_logs_one_line() {
 
 #[test]
 fn kill_preempts_a_pause_stuck_on_a_hung_qemu() {
+    preempt_a_pause_stuck_on_a_hung_qemu("kill", None);
+}
+
+#[test]
+fn stop_preempts_a_pause_stuck_on_a_hung_qemu() {
+    preempt_a_pause_stuck_on_a_hung_qemu("stop", Some(r#"{"timeout_s": 2}"#));
+}
+
+/// Stops QEMU (SIGSTOP), has a pause wait on it, then runs `op` on the
+/// partition, which must end the VM without waiting for the pause.
+fn preempt_a_pause_stuck_on_a_hung_qemu(op: &'static str, body: Option<&'static str>) {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &[]);
     boot(&b, "hung");
@@ -447,17 +458,11 @@ fn kill_preempts_a_pause_stuck_on_a_hung_qemu() {
     std::thread::sleep(Duration::from_secs(1));
     let (sock, token) = (b.socket(), b.token());
     let (status, body) = within(
-        Duration::from_secs(15),
-        "kill while a pause waits on a stopped QEMU",
+        Duration::from_secs(20),
+        &format!("{op} while a pause waits on a stopped QEMU"),
         move || {
-            http(
-                &sock,
-                "POST",
-                "/v1/partitions/hung/kill",
-                Some(&token),
-                None,
-                None,
-            )
+            let path = format!("/v1/partitions/hung/{op}");
+            http(&sock, "POST", &path, Some(&token), body, None)
         },
     );
     assert_eq!(status, 200, "{body}");

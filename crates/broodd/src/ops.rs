@@ -460,7 +460,16 @@ pub async fn stop(
         r.vm.kill_now();
     }
     let lock = d.partition_lock(uuid);
-    let _g = lock.lock().await;
+    let _g = match mode {
+        StopMode::Graceful(t) => match tokio::time::timeout(t, lock.lock()).await {
+            Ok(g) => g,
+            Err(_) => {
+                preempt_if_hung(d, uuid).await;
+                lock.lock().await
+            }
+        },
+        StopMode::Kill => lock.lock().await,
+    };
     let rec = reload(d, uuid).await?;
     match rec.run_state {
         RunState::Running | RunState::Paused | RunState::Starting => {}
@@ -531,6 +540,22 @@ pub async fn stop(
     };
     let ops = Op::release(uuid, &active_part(&rec.demand));
     commit(d, actor, format!("{} stopped", rec.name), &rec, patch, ops).await
+}
+
+/// Kills a partition's VM when its QEMU no longer answers QMP: a stop
+/// that waited its whole deadline for the partition's lock may be queued
+/// behind a call stuck on that QEMU, which the kill ends.
+async fn preempt_if_hung(d: &Daemon, uuid: Uuid) {
+    const PROBE: Duration = Duration::from_secs(2);
+    let Some(r) = d.running(uuid) else { return };
+    let answers = tokio::time::timeout(PROBE, r.vm.status())
+        .await
+        .is_ok_and(|s| s.is_ok());
+    if !answers {
+        warn!("QEMU of {uuid} does not answer QMP within {PROBE:?}; killing it for the stop");
+        r.expected_exit.store(true, Ordering::SeqCst);
+        r.vm.kill_now();
+    }
 }
 
 /// Ends a partition's VM on purpose and forgets it; returns how it ended.
