@@ -332,3 +332,50 @@ pub struct ConsoleLog {
     /// Older output exists that is not included.
     pub truncated: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn exec_chunks_are_told_apart_by_their_fields() {
+        let lines = [
+            r#"{"stdout_base64":"aGk="}"#,
+            r#"{"stderr_base64":"b29wcw=="}"#,
+            r#"{"error":{"code":"engine_failed","message":"gone"}}"#,
+            r#"{"exit_code":3,"signal":null,"timed_out":false,"stdout_truncated":false,"stderr_truncated":true}"#,
+        ];
+        let parsed: Vec<ExecChunk> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                ExecChunk::Stdout {
+                    stdout_base64: "aGk=".into()
+                },
+                ExecChunk::Stderr {
+                    stderr_base64: "b29wcw==".into()
+                },
+                ExecChunk::Error {
+                    error: ErrorDetail {
+                        code: ErrorCode::EngineFailed,
+                        message: "gone".into()
+                    }
+                },
+                ExecChunk::End(ExecEnd {
+                    exit_code: Some(3),
+                    signal: None,
+                    timed_out: false,
+                    stdout_truncated: false,
+                    stderr_truncated: true,
+                }),
+            ]
+        );
+        for (line, chunk) in lines.iter().zip(&parsed) {
+            assert_eq!(serde_json::to_string(chunk).unwrap(), *line);
+        }
+    }
+}
