@@ -347,11 +347,11 @@ fn six_execs_at_the_output_cap_keep_broodd_small() {
     boot(&b, "big");
     let pid = broodd_pid(&b);
     let before = status_kib(pid, "VmHWM:");
-    // 16 MiB of stdout each, the default output cap: three buffered answers
-    // and three streamed ones at once.
+    // 16 MiB of stdout each, the default output cap: two buffered answers
+    // and four streamed ones at once.
     let cmd = "head -c 16777216 /dev/zero";
     let mut buffered = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         buffered.push(std::thread::spawn(exec_call(
             &b,
             "big",
@@ -359,7 +359,7 @@ fn six_execs_at_the_output_cap_keep_broodd_small() {
         )));
     }
     let mut streamed = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let child = b
             .brood()
             .args(["vm", "exec", "big", cmd])
@@ -386,9 +386,11 @@ fn six_execs_at_the_output_cap_keep_broodd_small() {
     }
     let grew_mib = status_kib(pid, "VmHWM:").saturating_sub(before) / 1024;
     eprintln!("broodd's peak RSS grew by {grew_mib} MiB");
-    // Three raw 16 MiB buffers are the floor of three buffered answers
-    // (the old code, which base64-encoded and copied them, grew by 700 MiB).
-    assert!(grew_mib < 150, "broodd's peak RSS grew by {grew_mib} MiB");
+    // Two raw 16 MiB buffers are the floor of two buffered answers; a
+    // streamed one holds a few chunks. (The old code, which buffered all
+    // six and base64-encoded and copied each, grew by 180-215 MiB here and by
+    // 705 MiB in the measurement.)
+    assert!(grew_mib < 100, "broodd's peak RSS grew by {grew_mib} MiB");
     b.ok("POST", "/v1/partitions/big/kill", None);
 }
 
