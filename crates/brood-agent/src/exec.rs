@@ -92,13 +92,23 @@ impl ExecError {
     }
 }
 
-/// Runs `req`, handing each output chunk (at most [`OUTPUT_CHUNK`] bytes) to `sink`.
-pub fn run(req: &ExecRequest, sink: &mut OutputSink<'_>) -> Result<ExecStatus, ExecError> {
+/// Runs `req`, handing each output chunk (at most [`OUTPUT_CHUNK`] bytes) to
+/// `sink` and the command's process group to `started` once it runs, so that
+/// another thread can kill it (`HostMsg::CancelExec`).
+pub fn run(
+    req: &ExecRequest,
+    sink: &mut OutputSink<'_>,
+    started: &mut dyn FnMut(Pid),
+) -> Result<ExecStatus, ExecError> {
     let (mut command, program) = build(req)?;
     let mut child = command.spawn().map_err(|source| ExecError::Spawn {
         program: crate::console::cut(&program, 256).to_owned(),
         source,
     })?;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // The command is its own session and process group leader (setsid).
+        started(Pid::from_raw(pid));
+    }
     let mut run = match Running::new(&mut child, req) {
         Ok(run) => run,
         Err(err) => {
@@ -433,14 +443,18 @@ mod tests {
 
     fn collect(req: &ExecRequest) -> (Vec<u8>, Vec<u8>, ExecStatus) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let status = run(req, &mut |stream, data| {
-            assert!(data.len() <= OUTPUT_CHUNK);
-            match stream {
-                Stream::Stdout => out.extend_from_slice(data),
-                Stream::Stderr => err.extend_from_slice(data),
-            }
-            Ok(())
-        })
+        let status = run(
+            req,
+            &mut |stream, data| {
+                assert!(data.len() <= OUTPUT_CHUNK);
+                match stream {
+                    Stream::Stdout => out.extend_from_slice(data),
+                    Stream::Stderr => err.extend_from_slice(data),
+                }
+                Ok(())
+            },
+            &mut |_| {},
+        )
         .unwrap();
         (out, err, status)
     }
@@ -486,15 +500,15 @@ mod tests {
     fn bad_requests() {
         let mut req = ExecRequest::shell("true");
         req.command = Command::Argv(vec![]);
-        let err = run(&req, &mut |_, _| Ok(())).unwrap_err();
+        let err = run(&req, &mut |_, _| Ok(()), &mut |_| {}).unwrap_err();
         assert_eq!(err.agent_error().kind, ErrorKind::BadRequest);
         let mut req = ExecRequest::shell("true");
         req.env = vec![("A=B".into(), "c".into())];
-        let err = run(&req, &mut |_, _| Ok(())).unwrap_err();
+        let err = run(&req, &mut |_, _| Ok(()), &mut |_| {}).unwrap_err();
         assert_eq!(err.agent_error().kind, ErrorKind::BadRequest);
         let mut req = ExecRequest::shell("true");
         req.cwd = Some("/nonexistent/brood".into());
-        let err = run(&req, &mut |_, _| Ok(())).unwrap_err();
+        let err = run(&req, &mut |_, _| Ok(()), &mut |_| {}).unwrap_err();
         assert_eq!(err.agent_error().kind, ErrorKind::NotFound);
     }
 }

@@ -9,15 +9,18 @@
 //! job; the handlers live in `exec`, `file`, [`crate::system`],
 //! [`crate::point`] and [`crate::fork`].
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brood_proto::{
     AgentError, Decoded, ErrorKind, FrameDecoder, FrameFault, GuestMsg, HostMsg, PROTOCOL_VERSION,
     RawFrame, Ready,
 };
+
+use nix::unistd::Pid;
 
 use crate::console::RateLimit;
 use crate::fork::{Fork, ForkSettings};
@@ -84,6 +87,13 @@ struct Agent {
     machine: Arc<dyn Machine>,
     fork: Arc<Fork>,
     workers: Arc<crate::workers::Workers>,
+    /// The process group of each running exec, by its request's frame id.
+    execs: Mutex<HashMap<u32, Pid>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every use is a single insert, remove or lookup: a poisoned map is consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends `Ready`, then serves requests read from `reader` until the transport
@@ -119,6 +129,7 @@ pub fn serve(
         machine: config.machine,
         fork,
         workers: Arc::default(),
+        execs: Mutex::default(),
     });
     let ready = GuestMsg::Ready(Ready {
         proto_version: PROTOCOL_VERSION,
@@ -213,13 +224,30 @@ impl Agent {
         let reply = match msg {
             HostMsg::Exec(req) => {
                 let link = &self.link;
-                crate::exec::run(&req, &mut |stream, data| {
-                    let data = data.to_vec().into();
-                    link.send(id, &GuestMsg::Output { stream, data })
-                })
-                .map(GuestMsg::Exited)
-                .map_err(|e| e.agent_error())
+                let result = crate::exec::run(
+                    &req,
+                    &mut |stream, data| {
+                        let data = data.to_vec().into();
+                        link.send(id, &GuestMsg::Output { stream, data })
+                    },
+                    &mut |pgid| {
+                        lock(&self.execs).insert(id, pgid);
+                    },
+                );
+                lock(&self.execs).remove(&id);
+                result.map(GuestMsg::Exited).map_err(|e| e.agent_error())
             }
+            HostMsg::CancelExec { exec_id } => match lock(&self.execs).get(&exec_id) {
+                Some(pgid) => {
+                    // ESRCH: it is exiting already; its Exited follows either way.
+                    let _ = nix::sys::signal::killpg(*pgid, nix::sys::signal::Signal::SIGKILL);
+                    Ok(GuestMsg::Ok)
+                }
+                None => Err(AgentError::new(
+                    ErrorKind::NotFound,
+                    format!("no command runs for request {exec_id}"),
+                )),
+            },
             HostMsg::ReadFile(req) => crate::file::read(&req)
                 .map(GuestMsg::FileData)
                 .map_err(|e| e.agent_error()),

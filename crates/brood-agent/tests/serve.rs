@@ -235,6 +235,28 @@ fn execs_run_concurrently() {
 }
 
 #[test]
+fn cancel_exec_kills_the_running_command() {
+    let mut host = Host::start();
+    // Wait until the command runs (its first output), then cancel it.
+    host.send(
+        20,
+        &HostMsg::Exec(ExecRequest::shell("echo started; exec sleep 100")),
+    );
+    let (id, first) = host.recv();
+    assert_eq!(id, 20);
+    assert!(matches!(first, GuestMsg::Output { .. }), "{first:?}");
+    assert_eq!(
+        host.request(21, &HostMsg::CancelExec { exec_id: 20 }),
+        GuestMsg::Ok
+    );
+    let (_, _, st) = collect_exec(host.replies(20));
+    assert_eq!((st.code, st.signal, st.timed_out), (None, Some(9), false));
+    // The command is gone: a second cancel finds nothing.
+    let again = host.request(22, &HostMsg::CancelExec { exec_id: 20 });
+    assert_eq!(error_kind(&again), ErrorKind::NotFound);
+}
+
+#[test]
 fn file_round_trip() {
     let mut host = Host::start();
     let dir = tempfile::tempdir().unwrap();

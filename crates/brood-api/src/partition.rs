@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::error::ErrorDetail;
+
 /// Life-cycle stage of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -299,6 +301,50 @@ pub struct ExecResponse {
     pub stderr_truncated: bool,
 }
 
+/// Media type of a streamed exec: one JSON [`ExecChunk`] per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a streamed exec (`POST /v1/partitions/{name}/exec?stream=true`,
+/// or with `Accept: application/x-ndjson`): output chunks in the order the
+/// guest wrote them, then exactly one last line, the end or an error.
+/// Closing the connection before the end kills the command in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ExecChunk {
+    /// A chunk of standard output.
+    Stdout {
+        /// The bytes, base64.
+        stdout_base64: String,
+    },
+    /// A chunk of standard error.
+    Stderr {
+        /// The bytes, base64.
+        stderr_base64: String,
+    },
+    /// The stream failed (the agent went away, say); the last line.
+    Error {
+        /// What went wrong, as in every error response.
+        error: ErrorDetail,
+    },
+    /// The command ended; the last line.
+    End(ExecEnd),
+}
+
+/// How a streamed command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecEnd {
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when one ended it.
+    pub signal: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// Standard output was cut at the output limit.
+    pub stdout_truncated: bool,
+    /// Standard error was cut at the output limit.
+    pub stderr_truncated: bool,
+}
+
 /// The tail of a partition's console log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConsoleLog {
@@ -306,4 +352,51 @@ pub struct ConsoleLog {
     pub text: String,
     /// Older output exists that is not included.
     pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn exec_chunks_are_told_apart_by_their_fields() {
+        let lines = [
+            r#"{"stdout_base64":"aGk="}"#,
+            r#"{"stderr_base64":"b29wcw=="}"#,
+            r#"{"error":{"code":"engine_failed","message":"gone"}}"#,
+            r#"{"exit_code":3,"signal":null,"timed_out":false,"stdout_truncated":false,"stderr_truncated":true}"#,
+        ];
+        let parsed: Vec<ExecChunk> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                ExecChunk::Stdout {
+                    stdout_base64: "aGk=".into()
+                },
+                ExecChunk::Stderr {
+                    stderr_base64: "b29wcw==".into()
+                },
+                ExecChunk::Error {
+                    error: ErrorDetail {
+                        code: ErrorCode::EngineFailed,
+                        message: "gone".into()
+                    }
+                },
+                ExecChunk::End(ExecEnd {
+                    exit_code: Some(3),
+                    signal: None,
+                    timed_out: false,
+                    stdout_truncated: false,
+                    stderr_truncated: true,
+                }),
+            ]
+        );
+        for (line, chunk) in lines.iter().zip(&parsed) {
+            assert_eq!(serde_json::to_string(chunk).unwrap(), *line);
+        }
+    }
 }

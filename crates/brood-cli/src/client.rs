@@ -374,6 +374,35 @@ impl Client {
         Err(decode_error(&what, status, &bytes))
     }
 
+    /// `POST path` with a JSON body whose answer is a stream: returns the
+    /// body once the headers are in, within `headers_within`.
+    pub async fn post_stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        headers_within: Duration,
+    ) -> Result<Incoming, ClientError> {
+        let what = format!("POST {path}");
+        let body = json_body(&what, body)?;
+        let resp = within(
+            &what,
+            Some(headers_within),
+            self.send(Method::POST, path, Some(body)),
+        )
+        .await??;
+        if resp.status().is_success() {
+            return Ok(resp.into_body());
+        }
+        let status = resp.status();
+        let bytes = within(
+            &what,
+            Some(REQUEST_TIMEOUT),
+            collect(&what, resp.into_body()),
+        )
+        .await??;
+        Err(decode_error(&what, status, &bytes))
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

@@ -1,7 +1,8 @@
 //! `brood vm exec`: runs one shell command in a partition through broodd,
-//! writes its output bytes unchanged to stdout and stderr, and exits with
-//! its exit code. Running the command (agent, timeouts, output limits) is
-//! broodd's.
+//! writes its output bytes unchanged to stdout and stderr as they arrive
+//! (broodd streams them as NDJSON lines), and exits with its exit code.
+//! Running the command (agent, timeouts, output limits) is broodd's; when
+//! brood goes away (Ctrl-C), broodd kills the command.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use brood_api::{ExecRequest, ExecResponse};
+use brood_api::{ExecChunk, ExecRequest, ExecResponse};
 use clap::Args;
+use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 
 use crate::Output;
@@ -68,7 +70,11 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 /// The exit code `brood vm exec` passes on: the command's own, 124 when its
 /// timeout killed it, 128+N when signal N ended it, 125 when broodd says neither.
 pub fn exit_code(r: &ExecResponse) -> i32 {
-    match (r.timed_out, r.exit_code, r.signal) {
+    code_of(r.timed_out, r.exit_code, r.signal)
+}
+
+fn code_of(timed_out: bool, exit_code: Option<i32>, signal: Option<i32>) -> i32 {
+    match (timed_out, exit_code, signal) {
         (true, _, _) => 124,
         (false, Some(c), _) => c,
         (false, None, Some(s)) => 128_i32.saturating_add(s),
@@ -116,37 +122,114 @@ pub async fn run(args: ExecArgs, client: &Client, out: Output) -> Result<i32> {
         None
     };
     let path = format!("/v1/partitions/{}/exec", encode(&args.name));
-    let resp: ExecResponse = client
-        .post_within(&path, &request(&args, stdin.as_deref()), deadline(&args))
-        .await?;
-    let code = exit_code(&resp);
+    let req = request(&args, stdin.as_deref());
     if out == Output::Json {
+        let resp: ExecResponse = client.post_within(&path, &req, deadline(&args)).await?;
         print_json(&resp)?;
-        return Ok(code);
+        return Ok(exit_code(&resp));
     }
-    let stdout = BASE64
-        .decode(&resp.stdout_base64)
-        .context("decode the command's stdout")?;
-    let stderr = BASE64
-        .decode(&resp.stderr_base64)
-        .context("decode the command's stderr")?;
-    write_all(&mut std::io::stdout().lock(), &stdout).context("write stdout")?;
-    write_all(&mut std::io::stderr().lock(), &stderr).context("write stderr")?;
-    for (cut, name) in [
-        (resp.stdout_truncated, "stdout"),
-        (resp.stderr_truncated, "stderr"),
-    ] {
-        if cut {
-            eprintln!("brood: the command's {name} was cut at broodd's output limit");
+    let streamed = format!("{path}?stream=true");
+    let work = stream_exec(&args, client, &streamed, &req);
+    match deadline(&args) {
+        None => work.await,
+        Some(after) => tokio::time::timeout(after, work).await.with_context(|| {
+            format!("broodd did not report the end of the command within {after:?}")
+        })?,
+    }
+}
+
+/// Runs the command with a streamed answer, writing its output as it comes.
+async fn stream_exec(
+    args: &ExecArgs,
+    client: &Client,
+    path: &str,
+    req: &ExecRequest,
+) -> Result<i32> {
+    let ready = args
+        .ready_timeout
+        .map_or(DEFAULT_READY_TIMEOUT, Duration::from_secs);
+    let mut body = client.post_stream(path, req, ready + EXEC_SLACK).await?;
+    let mut lines = LineSplitter::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("read the command's output from broodd")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        for line in lines.push(data)? {
+            let chunk: ExecChunk = serde_json::from_slice(&line)
+                .context("broodd sent an exec line that is not an ExecChunk")?;
+            if let Some(code) = show(chunk, args)? {
+                return Ok(code);
+            }
         }
     }
-    if resp.timed_out {
-        eprintln!(
-            "brood: the command was killed after {}s",
-            args.timeout.unwrap_or(0)
-        );
+    bail!("broodd closed the stream before the command ended")
+}
+
+/// Writes one chunk; returns the exit code once the command ended.
+fn show(chunk: ExecChunk, args: &ExecArgs) -> Result<Option<i32>> {
+    match chunk {
+        ExecChunk::Stdout { stdout_base64 } => {
+            let b = BASE64
+                .decode(stdout_base64)
+                .context("decode the command's stdout")?;
+            write_all(&mut std::io::stdout().lock(), &b).context("write stdout")?;
+            Ok(None)
+        }
+        ExecChunk::Stderr { stderr_base64 } => {
+            let b = BASE64
+                .decode(stderr_base64)
+                .context("decode the command's stderr")?;
+            write_all(&mut std::io::stderr().lock(), &b).context("write stderr")?;
+            Ok(None)
+        }
+        ExecChunk::Error { error } => bail!("{}", error.message),
+        ExecChunk::End(end) => {
+            for (cut, name) in [
+                (end.stdout_truncated, "stdout"),
+                (end.stderr_truncated, "stderr"),
+            ] {
+                if cut {
+                    eprintln!("brood: the command's {name} was cut at broodd's output limit");
+                }
+            }
+            if end.timed_out {
+                eprintln!(
+                    "brood: the command was killed after {}s",
+                    args.timeout.unwrap_or(0)
+                );
+            }
+            Ok(Some(code_of(end.timed_out, end.exit_code, end.signal)))
+        }
     }
-    Ok(code)
+}
+
+/// Splits a byte stream into lines, refusing one longer than [`MAX_LINE`].
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+/// Longest exec line accepted (a 64 KiB chunk is about 88 KiB of base64).
+const MAX_LINE: usize = 1 << 20;
+
+impl LineSplitter {
+    /// Feeds bytes; returns every line they complete, without its newline.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.buf.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+            line.pop();
+            if !line.is_empty() {
+                lines.push(line);
+            }
+        }
+        if self.buf.len() > MAX_LINE {
+            bail!("a line from broodd is longer than {MAX_LINE} bytes");
+        }
+        Ok(lines)
+    }
 }
 
 fn write_all(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {

@@ -84,13 +84,19 @@ pub enum VmCmd {
     /// Print the tail of a partition's console log.
     #[command(after_help = "Examples:
   brood vm console web
-  brood vm console web --bytes 4096")]
+  brood vm console web --bytes 4096
+  brood vm console web --follow
+
+With --follow the console is printed as it grows, until the VM ends or Ctrl-C.")]
     Console {
         /// Partition name or uuid.
         name: String,
         /// How many bytes of the log's end to print [default: broodd's].
         #[arg(long, value_name = "N")]
         bytes: Option<u64>,
+        /// Keep printing the console as the guest writes it.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Run a shell command in a running partition.
     Exec(ExecArgs),
@@ -172,10 +178,18 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
             }
             Ok(0)
         }
-        VmCmd::Console { name, bytes } => {
+        VmCmd::Console {
+            name,
+            bytes,
+            follow,
+        } => {
             let mut path = format!("{}/console", partition_path(&name));
             if let Some(n) = bytes {
                 path.push_str(&format!("?bytes={n}"));
+            }
+            if follow {
+                let sep = if bytes.is_some() { '&' } else { '?' };
+                return follow_console(client, &format!("{path}{sep}follow=true")).await;
             }
             let log: ConsoleLog = client.get(&path).await?;
             match out {
@@ -372,6 +386,39 @@ fn push_fork(kv: &mut Vec<(&str, String)>, f: &ForkChild) {
             or_dash(f.identity.as_deref())
         ),
     ));
+}
+
+/// Prints a console as broodd streams it, until the VM ends or Ctrl-C.
+async fn follow_console(client: &Client, path: &str) -> Result<i32> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let mut body = client.stream(path).await?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = &mut ctrl_c => return Ok(0),
+        };
+        let Some(frame) = frame else {
+            // broodd ends the stream when the VM ends.
+            return Ok(0);
+        };
+        let frame = frame.map_err(|source| crate::client::ClientError::Body {
+            what: format!("GET {path}"),
+            source,
+        })?;
+        let Ok(bytes) = frame.into_data() else {
+            continue;
+        };
+        let mut stdout = std::io::stdout().lock();
+        match stdout.write_all(&bytes).and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            // `brood vm console -f | head` closed its end: that is the end.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) => return Err(anyhow::Error::new(e).context("write the console")),
+        }
+    }
 }
 
 #[cfg(test)]

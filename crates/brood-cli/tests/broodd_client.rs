@@ -139,6 +139,16 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, req: Request) -> Resp
             stderr_truncated: false,
         })
         .into_response(),
+        ("POST", "/v1/partitions/web/exec?stream=true") => (
+            [("content-type", "application/x-ndjson")],
+            concat!(
+                "{\"stdout_base64\":\"/2hpCg==\"}\n",
+                "{\"stderr_base64\":\"b29wcwo=\"}\n",
+                "{\"exit_code\":3,\"signal\":null,\"timed_out\":false,",
+                "\"stdout_truncated\":false,\"stderr_truncated\":false}\n",
+            ),
+        )
+            .into_response(),
         ("DELETE", "/v1/partitions/web?force=false") => error(
             StatusCode::CONFLICT,
             ErrorCode::InvalidTransition,

@@ -4,28 +4,59 @@
 //! the request that carries its id; one writer task owns the write half.
 //! Everything the guest sends is hostile: frames are bounded by
 //! brood-proto's decoder, replies to unknown ids are dropped, unsolicited
-//! points are queued in a bounded channel, and collected command output is
-//! capped on the host side too, whatever the agent claims.
+//! points are queued in a bounded channel, command output is capped on the
+//! host side too, whatever the agent claims, and warnings about what the
+//! guest sent are rate-limited ([`LOG_INTERVAL`]) with a count.
+//!
+//! The host side of the socket stays connected while the guest agent comes
+//! and goes: QEMU keeps the chardev open and only reports the guest end of
+//! the virtio-serial port in QMP `VSERPORT_CHANGE` events. [`AgentClient::follow_port`]
+//! watches them; when the guest closes the port (its agent exited or was
+//! killed) every request in flight fails at once, and new ones fail at once,
+//! until the agent opens the port again and says `Ready`. An agent that is
+//! stopped but keeps the port open is caught by deadlines: every request has
+//! one, and an exec with a timeout gets [`EXEC_REPORT_GRACE`] beyond it.
+//!
+//! Exec output is streamed ([`ExecStream`]): at most [`REPLY_QUEUE`] chunks
+//! wait per command, after which the reader stops reading the guest until
+//! the consumer catches up, so a slow consumer throttles the guest rather
+//! than the host's memory. Dropping an unfinished stream kills the command
+//! in the guest (`HostMsg::CancelExec`). Commands live in `agent/exec.rs`,
+//! the reader and writer tasks in `agent/reader.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brood_proto::{
-    AgentError, AgentInfo, ChildConfig, Decoded, ErrorKind, ExecRequest, ExecStatus, ForkReport,
-    FrameDecoder, GuestMsg, HostMsg, MAX_DATA_CHUNK, Point, ReadFileRequest, Ready, ServiceResult,
-    Stream, WriteFileRequest, encode_frame,
+    AgentError, AgentInfo, ChildConfig, ErrorKind, ForkReport, GuestMsg, HostMsg, MAX_DATA_CHUNK,
+    Point, ReadFileRequest, Ready, ServiceResult, WriteFileRequest, encode_frame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use brood_qmp::QmpEvent;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch};
-use tracing::{debug, trace, warn};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::debug;
 
 use crate::EngineError;
 
+mod exec;
+mod reader;
+
+pub use exec::{ExecEvent, ExecOutput, ExecStream};
+use reader::{LogLimit, Reader, read_loop, write_loop};
+
 /// Deadline for requests that do not carry their own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after an exec's own timeout the agent has to report that it
+/// killed the command (it kills the process group at the timeout and reads
+/// the pipes for at most half a second more).
+pub const EXEC_REPORT_GRACE: Duration = Duration::from_secs(5);
+/// The QEMU device id of the agent's virtio-serial port, as QMP
+/// `VSERPORT_CHANGE` events name it.
+pub const AGENT_PORT_ID: &str = "agentport";
+/// At most one warning per this interval about what one guest sent.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Reply frames buffered per request before the reader waits for the caller.
 const REPLY_QUEUE: usize = 16;
 /// Announced points buffered before further ones are dropped.
@@ -35,15 +66,33 @@ const LOG_CUT: usize = 200;
 
 type Pending = Arc<Mutex<HashMap<u32, mpsc::Sender<GuestMsg>>>>;
 
-/// Output of a command collected in memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// How it ended.
-    pub status: ExecStatus,
-    /// Its stdout, at most the request's output limit.
-    pub stdout: Vec<u8>,
-    /// Its stderr, at most the request's output limit.
-    pub stderr: Vec<u8>,
+/// The guest end of the agent's port, as QMP reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortState {
+    /// No event seen yet (the agent has not opened it since this client started).
+    Unknown,
+    /// A guest process holds the port open.
+    Open,
+    /// The guest closed it: the agent exited or was killed.
+    Closed,
+}
+
+/// What a guest sent that was not a valid frame, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestNoise {
+    /// Bytes discarded because they did not start a frame.
+    pub garbage_bytes: u64,
+    /// Frames discarded: oversized, of another version, undecodable or unsolicited.
+    pub bad_frames: u64,
+    /// Warnings logged about them (at most one per [`LOG_INTERVAL`]).
+    pub warnings: u64,
+}
+
+#[derive(Debug, Default)]
+struct NoiseCounters {
+    garbage_bytes: AtomicU64,
+    bad_frames: AtomicU64,
+    warnings: AtomicU64,
 }
 
 /// A connection to one guest's agent. Cheap to clone.
@@ -56,6 +105,11 @@ pub struct AgentClient {
     ready_tx: Arc<watch::Sender<Option<Ready>>>,
     points: Arc<tokio::sync::Mutex<mpsc::Receiver<Point>>>,
     closed: watch::Receiver<bool>,
+    port: Arc<watch::Sender<PortState>>,
+    noise: Arc<NoiseCounters>,
+    /// Raised each time the agent is found gone; a request sent before
+    /// the last raise will not be answered.
+    epoch: Arc<AtomicU64>,
 }
 
 impl AgentClient {
@@ -66,15 +120,24 @@ impl AgentClient {
         let (ready_tx, ready_rx) = watch::channel(None);
         let (point_tx, point_rx) = mpsc::channel(POINT_QUEUE);
         let (closed_tx, closed_rx) = watch::channel(false);
+        let (port_tx, port_rx) = watch::channel(PortState::Unknown);
         let pending: Pending = Arc::default();
         let ready_tx = Arc::new(ready_tx);
+        let noise = Arc::new(NoiseCounters::default());
+        let epoch = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_loop(wr, out_rx));
         tokio::spawn(read_loop(
             rd,
-            pending.clone(),
-            ready_tx.clone(),
-            point_tx,
-            closed_tx,
+            Reader {
+                pending: pending.clone(),
+                ready: ready_tx.clone(),
+                points: point_tx,
+                closed: closed_tx,
+                port: port_rx,
+                noise: noise.clone(),
+                epoch: epoch.clone(),
+                log: LogLimit::new(LOG_INTERVAL),
+            },
         ));
         Self {
             out: out_tx,
@@ -84,6 +147,70 @@ impl AgentClient {
             ready_tx,
             points: Arc::new(tokio::sync::Mutex::new(point_rx)),
             closed: closed_rx,
+            port: Arc::new(port_tx),
+            noise,
+            epoch,
+        }
+    }
+
+    /// Follows the guest end of the agent's port through QMP events (from
+    /// `QmpClient::events`, subscribed before the guest can open the port):
+    /// when the guest closes it, requests in flight and new ones fail at
+    /// once until the agent is back.
+    pub fn follow_port(&self, mut events: broadcast::Receiver<QmpEvent>) {
+        let (port, pending, ready, epoch) = (
+            self.port.clone(),
+            self.pending.clone(),
+            self.ready_tx.clone(),
+            self.epoch.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        debug!("missed {n} QMP events while following the agent port");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if ev.event != "VSERPORT_CHANGE"
+                    || ev.data.get("id").and_then(|v| v.as_str()) != Some(AGENT_PORT_ID)
+                {
+                    continue;
+                }
+                match ev.data.get("open").and_then(serde_json::Value::as_bool) {
+                    Some(true) => {
+                        debug!("the guest opened the agent port");
+                        if port.send_replace(PortState::Open) == PortState::Open {
+                            // QEMU throttles VSERPORT_CHANGE to one a second
+                            // per port and sends only the latest: open after
+                            // open hides a close, so the agent we knew is gone.
+                            forget_agent(&pending, &ready, &epoch);
+                        }
+                    }
+                    Some(false) => {
+                        debug!("the guest closed the agent port");
+                        port.send_replace(PortState::Closed);
+                        forget_agent(&pending, &ready, &epoch);
+                    }
+                    None => {}
+                }
+            }
+        });
+    }
+
+    /// The guest end of the agent's port.
+    pub fn port_state(&self) -> PortState {
+        *self.port.borrow()
+    }
+
+    /// What the guest sent that was not a valid frame, so far.
+    pub fn noise(&self) -> GuestNoise {
+        GuestNoise {
+            garbage_bytes: self.noise.garbage_bytes.load(Ordering::Relaxed),
+            bad_frames: self.noise.bad_frames.load(Ordering::Relaxed),
+            warnings: self.noise.warnings.load(Ordering::Relaxed),
         }
     }
 
@@ -97,10 +224,26 @@ impl AgentClient {
         *self.closed.borrow()
     }
 
-    /// Waits for the agent's `Ready` message.
+    /// Whether the guest closed the agent's port (the agent is gone).
+    fn is_gone(&self) -> bool {
+        self.port_state() == PortState::Closed
+    }
+
+    /// The error for a request sent at `epoch` whose reply queue ended.
+    fn lost_err(&self, epoch: u64) -> EngineError {
+        if self.is_gone() || self.epoch.load(Ordering::SeqCst) != epoch {
+            gone_err()
+        } else {
+            closed_err()
+        }
+    }
+
+    /// Waits for the agent's `Ready` message; fails at once when the agent
+    /// is gone (it closed its port after having opened it).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Ready, EngineError> {
         let mut rx = self.ready.clone();
         let mut closed = self.closed.clone();
+        let mut port = self.port.subscribe();
         let wait = async {
             loop {
                 if let Some(r) = rx.borrow_and_update().clone() {
@@ -111,9 +254,13 @@ impl AgentClient {
                         "closed before the agent was ready".into(),
                     ));
                 }
+                if *port.borrow_and_update() == PortState::Closed {
+                    return Err(gone_err());
+                }
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return Err(closed_err()) },
                     r = closed.changed() => if r.is_err() { return Err(closed_err()) },
+                    r = port.changed() => if r.is_err() { return Err(closed_err()) },
                 }
             }
         };
@@ -124,7 +271,6 @@ impl AgentClient {
                 after: timeout,
             })?
     }
-
     /// Marks the agent ready without its `Ready` message, after checking it
     /// answers: a VM restored from saved state has an agent that announced
     /// itself long ago, to another QEMU.
@@ -153,13 +299,15 @@ impl AgentClient {
     }
 
     /// Sends a request and returns the queue its replies arrive on.
-    async fn send(&self, msg: &HostMsg) -> Result<(u32, mpsc::Receiver<GuestMsg>), EngineError> {
-        let id = loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                break id;
-            }
-        };
+    async fn send(
+        &self,
+        msg: &HostMsg,
+    ) -> Result<(u32, u64, mpsc::Receiver<GuestMsg>), EngineError> {
+        if self.is_gone() {
+            return Err(gone_err());
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let id = self.fresh_id();
         let frame = encode_frame(id, msg).map_err(|e| EngineError::AgentChannel(e.to_string()))?;
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         lock(&self.pending).insert(id, tx);
@@ -167,93 +315,49 @@ impl AgentClient {
             lock(&self.pending).remove(&id);
             return Err(closed_err());
         }
-        Ok((id, rx))
+        Ok((id, epoch, rx))
+    }
+
+    fn fresh_id(&self) -> u32 {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Asks the agent to kill the command of exec request `exec_id`,
+    /// without waiting for the answer (nobody waits for that command).
+    fn cancel_exec(&self, exec_id: u32) {
+        if self.is_gone() || self.is_closed() {
+            return;
+        }
+        let Ok(frame) = encode_frame(self.fresh_id(), &HostMsg::CancelExec { exec_id }) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.out.try_send(frame) {
+            let out = self.out.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { out.send(frame).await });
+            }
+        }
     }
 
     /// Sends a request and waits for its single final reply.
     async fn call(&self, msg: &HostMsg, timeout: Duration) -> Result<GuestMsg, EngineError> {
-        let (id, mut rx) = self.send(msg).await?;
+        let (id, epoch, mut rx) = self.send(msg).await?;
         let reply = tokio::time::timeout(timeout, rx.recv()).await;
         lock(&self.pending).remove(&id);
         match reply {
             Ok(Some(GuestMsg::Error(e))) => Err(EngineError::Agent(e)),
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(closed_err()),
+            Ok(None) => Err(self.lost_err(epoch)),
             Err(_) => Err(EngineError::Timeout {
-                op: "guest agent request",
+                op: "guest agent request (the agent did not answer)",
                 after: timeout,
             }),
         }
-    }
-
-    /// Runs a command, handing each output chunk to `sink` as it arrives.
-    pub async fn exec_with(
-        &self,
-        req: &ExecRequest,
-        mut sink: impl FnMut(Stream, &[u8]),
-    ) -> Result<ExecStatus, EngineError> {
-        let (id, mut rx) = self.send(&HostMsg::Exec(req.clone())).await?;
-        let limit = req.output_limit;
-        let (mut out_n, mut err_n) = (0u64, 0u64);
-        // The agent kills the command at its timeout; allow it time to report.
-        let deadline = req
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms) + REQUEST_TIMEOUT);
-        let result = async {
-            loop {
-                match rx.recv().await {
-                    Some(GuestMsg::Output { stream, data }) => {
-                        let seen = match stream {
-                            Stream::Stdout => &mut out_n,
-                            Stream::Stderr => &mut err_n,
-                        };
-                        let room =
-                            usize::try_from(limit.saturating_sub(*seen)).unwrap_or(usize::MAX);
-                        let take = data.get(..room.min(data.len())).unwrap_or_default();
-                        *seen += take.len() as u64;
-                        if !take.is_empty() {
-                            sink(stream, take);
-                        }
-                    }
-                    Some(GuestMsg::Exited(status)) => return Ok(status),
-                    Some(GuestMsg::Error(e)) => return Err(EngineError::Agent(e)),
-                    Some(other) => {
-                        return Err(EngineError::AgentChannel(format!(
-                            "unexpected reply to exec: {}",
-                            cut(&format!("{other:?}"))
-                        )));
-                    }
-                    None => return Err(closed_err()),
-                }
-            }
-        };
-        let r = match deadline {
-            Some(d) => tokio::time::timeout(d, result)
-                .await
-                .unwrap_or(Err(EngineError::Timeout {
-                    op: "exec in the guest",
-                    after: d,
-                })),
-            None => result.await,
-        };
-        lock(&self.pending).remove(&id);
-        r
-    }
-
-    /// Runs a command and collects its output.
-    pub async fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, EngineError> {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let status = self
-            .exec_with(req, |s, d| match s {
-                Stream::Stdout => stdout.extend_from_slice(d),
-                Stream::Stderr => stderr.extend_from_slice(d),
-            })
-            .await?;
-        Ok(ExecOutput {
-            status,
-            stdout,
-            stderr,
-        })
     }
 
     /// Reads a whole file of at most `max_len` bytes.
@@ -402,8 +506,24 @@ impl AgentClient {
     }
 }
 
+/// The agent we talked to is gone: every request in flight sees its queue
+/// end (and reports the agent gone), and its successor has to say `Ready`.
+fn forget_agent(pending: &Pending, ready: &watch::Sender<Option<Ready>>, epoch: &AtomicU64) {
+    epoch.fetch_add(1, Ordering::SeqCst);
+    ready.send_replace(None);
+    lock(pending).clear();
+}
+
 fn closed_err() -> EngineError {
     EngineError::AgentChannel("connection to the guest agent closed".into())
+}
+
+fn gone_err() -> EngineError {
+    EngineError::AgentChannel(
+        "the guest agent is gone: the guest closed its port (the agent exited or was \
+         killed); the guest's init restarts it, so retry in a few seconds"
+            .into(),
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -415,92 +535,13 @@ fn cut(s: &str) -> String {
     s.chars().take(LOG_CUT).collect()
 }
 
-async fn write_loop(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = rx.recv().await {
-        trace!(len = frame.len(), "agent <- host");
-        if let Err(e) = wr.write_all(&frame).await {
-            debug!("agent channel write failed: {e}");
-            return;
-        }
-    }
-}
-
-async fn read_loop(
-    mut rd: tokio::net::unix::OwnedReadHalf,
-    pending: Pending,
-    ready: Arc<watch::Sender<Option<Ready>>>,
-    points: mpsc::Sender<Point>,
-    closed: watch::Sender<bool>,
-) {
-    let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    'outer: loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        dec.push(buf.get(..n).unwrap_or_default());
-        while let Some(item) = dec.next_frame() {
-            let frame = match item {
-                Decoded::Frame(f) => f,
-                Decoded::Fault(fault) => {
-                    warn!("guest agent sent a bad frame: {fault}");
-                    continue;
-                }
-            };
-            let msg = match frame.decode::<GuestMsg>() {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!("guest agent sent an undecodable frame: {e}");
-                    GuestMsg::Error(AgentError::new(
-                        ErrorKind::BadRequest,
-                        "undecodable reply from the agent",
-                    ))
-                }
-            };
-            trace!(id = frame.id, "agent -> host: {}", cut(&format!("{msg:?}")));
-            if frame.id == 0 {
-                match msg {
-                    GuestMsg::Ready(r) => {
-                        ready.send_replace(Some(r));
-                    }
-                    GuestMsg::Point(p) => {
-                        if points.try_send(p).is_err() {
-                            warn!(
-                                "guest announced more points than the host can queue; dropped one"
-                            );
-                        }
-                    }
-                    other => warn!("unsolicited agent message: {}", cut(&format!("{other:?}"))),
-                }
-                continue;
-            }
-            let is_final = msg.is_final();
-            let tx = lock(&pending).get(&frame.id).cloned();
-            let Some(tx) = tx else {
-                debug!(id = frame.id, "agent reply for no pending request");
-                continue;
-            };
-            if is_final {
-                lock(&pending).remove(&frame.id);
-            }
-            if tx.send(msg).await.is_err() {
-                lock(&pending).remove(&frame.id);
-            }
-            if closed.is_closed() {
-                break 'outer;
-            }
-        }
-    }
-    closed.send_replace(true);
-    lock(&pending).clear();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use brood_proto::ByteBuf;
     use brood_proto::Stream;
+    use brood_proto::{Decoded, ExecRequest, ExecStatus, FrameDecoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A scripted agent on the other end of a socket pair.
     async fn fake_agent(mut s: UnixStream, script: impl Fn(u32, HostMsg) -> Vec<(u32, GuestMsg)>) {
@@ -627,6 +668,199 @@ mod tests {
         let err = c.wait_ready(Duration::from_secs(5)).await.unwrap_err();
         assert!(err.to_string().contains("closed"), "{err}");
         assert!(c.info().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_garbage_flood_logs_one_warning() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let c = AgentClient::new(a);
+        // 6.5 MB without a frame magic: the decoder reports it in pieces.
+        let junk = vec![b'x'; 6_500_000];
+        b.write_all(&junk).await.unwrap();
+        b.write_all(
+            &encode_frame(
+                0,
+                &GuestMsg::Point(Point {
+                    seq: 1,
+                    name: "p".into(),
+                }),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        c.next_point(Duration::from_secs(10)).await.unwrap();
+        let n = c.noise();
+        assert!(n.garbage_bytes >= 6_400_000, "{n:?}");
+        assert_eq!(n.warnings, 1, "{n:?}");
+    }
+
+    #[test]
+    fn log_limit_counts_what_it_held_back() {
+        let mut l = LogLimit::new(Duration::from_secs(10));
+        let t0 = std::time::Instant::now();
+        assert_eq!(l.allow(t0), Some(0));
+        for _ in 0..1587 {
+            assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(1587));
+        assert_eq!(l.allow(t0 + Duration::from_secs(11)), None);
+    }
+
+    fn port_event(open: bool) -> QmpEvent {
+        QmpEvent {
+            event: "VSERPORT_CHANGE".into(),
+            data: serde_json::json!({"id": AGENT_PORT_ID, "open": open}),
+            timestamp: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_requests_at_once_until_the_agent_is_back() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (events, rx) = broadcast::channel(16);
+        let seen = Arc::new(Mutex::new(Vec::<HostMsg>::new()));
+        let s2 = seen.clone();
+        // An agent that never answers exec (it died mid-request) but answers info.
+        tokio::spawn(fake_agent(b, move |id, msg| {
+            s2.lock().unwrap().push(msg.clone());
+            match msg {
+                HostMsg::Info => vec![(
+                    id,
+                    GuestMsg::Info(AgentInfo {
+                        agent_version: "t".into(),
+                        proto_version: 1,
+                        hostname: "h".into(),
+                        kernel_release: "k".into(),
+                        uptime_ms: 1,
+                        cpus: 1,
+                        mem_total_kib: 1,
+                        mem_available_kib: 1,
+                    }),
+                )],
+                _ => vec![],
+            }
+        }));
+        let c = AgentClient::new(a);
+        c.follow_port(rx);
+        events.send(port_event(true)).unwrap();
+        c.wait_ready(Duration::from_secs(5)).await.unwrap();
+        let c2 = c.clone();
+        let exec = tokio::spawn(async move { c2.exec(&ExecRequest::shell("kill -9 $PPID")).await });
+        while seen.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        events.send(port_event(false)).unwrap();
+        let err = exec.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        let err = c.info().await.unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        let err = c.wait_ready(Duration::from_secs(60)).await.unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        assert!(c.ready_info().is_none());
+        // The agent is restarted: it opens the port and answers again.
+        events.send(port_event(true)).unwrap();
+        while c.port_state() != PortState::Open {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(c.info().await.unwrap().hostname, "h");
+    }
+
+    #[tokio::test]
+    async fn a_close_hidden_by_qmp_throttling_or_a_second_ready_still_fails_requests() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (events, rx) = broadcast::channel(16);
+        let c = AgentClient::new(a);
+        c.follow_port(rx);
+        let ready = |up| {
+            GuestMsg::Ready(Ready {
+                proto_version: 1,
+                agent_version: "t".into(),
+                uptime_ms: up,
+            })
+        };
+        events.send(port_event(true)).unwrap();
+        b.write_all(&encode_frame(0, &ready(1)).unwrap())
+            .await
+            .unwrap();
+        c.wait_ready(Duration::from_secs(5)).await.unwrap();
+        // QEMU sends one VSERPORT_CHANGE a second, the latest: close and
+        // reopen within a second arrive as a second `open`.
+        let c2 = c.clone();
+        let info = tokio::spawn(async move { c2.info().await });
+        while lock(&c.pending).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        events.send(port_event(true)).unwrap();
+        let err = info.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        // Without any event, a second Ready means a new agent.
+        b.write_all(&encode_frame(0, &ready(2)).unwrap())
+            .await
+            .unwrap();
+        c.wait_ready(Duration::from_secs(5)).await.unwrap();
+        let c2 = c.clone();
+        let info = tokio::spawn(async move { c2.info().await });
+        while lock(&c.pending).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        b.write_all(&encode_frame(0, &ready(3)).unwrap())
+            .await
+            .unwrap();
+        let err = info.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("agent is gone"), "{err}");
+        assert_eq!(c.ready_info().map(|r| r.uptime_ms), Some(3));
+    }
+
+    #[tokio::test]
+    async fn an_exec_whose_end_never_comes_fails_after_its_timeout_and_grace() {
+        let (a, b) = UnixStream::pair().unwrap();
+        tokio::spawn(fake_agent(b, |_, _| vec![]));
+        let c = AgentClient::new(a);
+        let mut req = ExecRequest::shell("sleep 100");
+        req.timeout_ms = Some(100);
+        let err = c.exec(&req).await.unwrap_err();
+        match err {
+            EngineError::Timeout { after, op } => {
+                assert_eq!(after, Duration::from_millis(100) + EXEC_REPORT_GRACE);
+                assert!(op.contains("hung or stopped"), "{op}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unfinished_exec_stream_cancels_the_command() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (tx, mut cancelled) = mpsc::unbounded_channel();
+        tokio::spawn(fake_agent(b, move |id, msg| match msg {
+            HostMsg::Exec(_) => vec![(
+                id,
+                GuestMsg::Output {
+                    stream: Stream::Stdout,
+                    data: ByteBuf::from(b"tick".to_vec()),
+                },
+            )],
+            HostMsg::CancelExec { exec_id } => {
+                tx.send(exec_id).unwrap();
+                vec![(id, GuestMsg::Ok)]
+            }
+            _ => vec![],
+        }));
+        let c = AgentClient::new(a);
+        let mut run = c.exec_stream(&ExecRequest::shell("yes")).await.unwrap();
+        let first = run.next().await.unwrap().unwrap();
+        assert_eq!(
+            first,
+            ExecEvent::Output {
+                stream: Stream::Stdout,
+                data: b"tick".to_vec()
+            }
+        );
+        let id = run.id;
+        drop(run);
+        assert_eq!(cancelled.recv().await, Some(id));
+        assert!(lock(&c.pending).is_empty());
     }
 
     #[tokio::test]

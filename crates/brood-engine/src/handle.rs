@@ -13,6 +13,7 @@ use brood_proto::Ready;
 
 use crate::EngineError;
 use crate::agent::AgentClient;
+use crate::console::Console;
 use crate::spec::VmSpec;
 use crate::vm::{Vm, VmExit, VmStatus};
 
@@ -35,6 +36,14 @@ pub trait VmHandle: Send + Sync + std::fmt::Debug + 'static {
     /// The file the serial console is logged to during this run (the
     /// newest bytes; an older rotation sits beside it as `.log.1`).
     fn console_log(&self) -> PathBuf;
+    /// The live serial console, for following it as it grows (`None` when
+    /// the engine keeps only the log file).
+    fn console(&self) -> Option<&Console> {
+        None
+    }
+    /// Sends SIGKILL at once, without the VMM's control channel and without
+    /// waiting: safe while another call on this VM waits on a hung VMM.
+    fn kill_now(&self);
     /// Whether dropping the handle kills the VM.
     fn set_kill_on_drop(&mut self, kill: bool);
     /// The concrete handle, for the engine that made it.
@@ -76,6 +85,12 @@ impl VmHandle for Vm {
     }
     fn console_log(&self) -> PathBuf {
         self.console().log_path().to_path_buf()
+    }
+    fn console(&self) -> Option<&Console> {
+        Some(Vm::console(self))
+    }
+    fn kill_now(&self) {
+        Vm::kill_now(self);
     }
     fn set_kill_on_drop(&mut self, kill: bool) {
         Vm::set_kill_on_drop(self, kill);

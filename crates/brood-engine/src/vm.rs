@@ -334,7 +334,16 @@ impl Vm {
                 .is_ok_and(|r| r.is_ok()),
             _ => false,
         };
-        if !asked && let Err(e) = self.qmp.system_powerdown().await {
+        // Bounded by the deadline too: a hung QEMU must not hold a stop for
+        // QMP's own timeout first.
+        if !asked
+            && let Err(e) = tokio::time::timeout(deadline, self.qmp.system_powerdown())
+                .await
+                .unwrap_or(Err(brood_qmp::QmpError::Timeout {
+                    op: "QMP command system_powerdown".into(),
+                    after: deadline,
+                }))
+        {
             debug!(vm = %self.spec.name, "system_powerdown: {e}");
         }
         match tokio::time::timeout(deadline, self.wait_exit()).await {
@@ -346,13 +355,22 @@ impl Vm {
         }
     }
 
+    /// Sends SIGKILL to QEMU's process group at once, without QMP and
+    /// without waiting: safe while another call on this VM waits on a hung
+    /// QEMU (that call then fails as the QMP socket closes).
+    pub fn kill_now(&self) {
+        if self.exit_status().is_none() {
+            self.killed.store(true, Ordering::SeqCst);
+            self.res.kill();
+        }
+    }
+
     /// Kills QEMU's process group and waits until it is reaped.
     pub async fn kill(&self) -> Result<VmExit, EngineError> {
         if let Some(e) = self.exit_status() {
             return Ok(e);
         }
-        self.killed.store(true, Ordering::SeqCst);
-        self.res.kill();
+        self.kill_now();
         tokio::time::timeout(KILL_WAIT, self.wait_exit())
             .await
             .map_err(|_| EngineError::Timeout {

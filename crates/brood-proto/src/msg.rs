@@ -71,6 +71,17 @@ pub enum HostMsg {
         /// The fork point.
         seq: u32,
     },
+    /// Kill (SIGKILL to its process group) the command that the
+    /// [`HostMsg::Exec`] with frame id `exec_id` runs: the host sends it when
+    /// whoever asked for the command went away. That exec then ends as
+    /// usual, with its final [`GuestMsg::Exited`]. Answered by
+    /// [`GuestMsg::Ok`], or an error of kind [`ErrorKind::NotFound`] when no
+    /// such command runs (it ended already). An agent older than this
+    /// message answers [`ErrorKind::BadRequest`].
+    CancelExec {
+        /// The frame id of the `Exec` request.
+        exec_id: u32,
+    },
 }
 
 /// The name of the point at which a guest waits to be forked.
@@ -444,6 +455,7 @@ mod tests {
                 },
             },
             HostMsg::WarmFork { seq: 4 },
+            HostMsg::CancelExec { exec_id: 9 },
             HostMsg::AnswerPoint {
                 seq: 2,
                 message: b"child 1".to_vec(),

@@ -214,7 +214,10 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
             &format!("socket,id=agent,fd={AGENT_FD},server=on,wait=off"),
             "-device",
             &format!(
-                "virtserialport,bus=vser0.0,chardev=agent,name={}",
+                // The id makes QEMU report the guest end in VSERPORT_CHANGE
+                // (hw/char/virtio-console.c sends it only for a device with an id).
+                "virtserialport,bus=vser0.0,chardev=agent,id={},name={}",
+                crate::agent::AGENT_PORT_ID,
                 brood_proto::AGENT_PORT_NAME
             ),
         ]);
@@ -353,7 +356,7 @@ mod tests {
             -chardev socket,id=console,fd=4,server=on,wait=off -serial chardev:console
             -device virtio-serial-device,id=vser0,max_ports=2
             -chardev socket,id=agent,fd=5,server=on,wait=off
-            -device virtserialport,bus=vser0.0,chardev=agent,name=org.brood.agent.0
+            -device virtserialport,bus=vser0.0,chardev=agent,id=agentport,name=org.brood.agent.0
             -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0
             -add-fd fd=8,set=8
             -blockdev {"discard":"unmap","driver":"file","filename":"/dev/fdset/8","node-name":"file0","read-only":false}

@@ -454,6 +454,9 @@ fn assemble(
     mut res: VmResources,
     source: ExitSource,
 ) -> Vm {
+    if let Some(a) = &agent {
+        a.follow_port(qmp.events());
+    }
     let (exit_tx, exit_rx) = watch::channel(None);
     let killed = Arc::new(AtomicBool::new(false));
     res.kill_on_drop = spec.die_with_parent;

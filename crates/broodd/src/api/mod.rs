@@ -8,6 +8,7 @@ mod extract;
 mod ledger;
 mod partitions;
 pub mod render;
+mod stream;
 mod templates;
 
 use std::sync::Arc;

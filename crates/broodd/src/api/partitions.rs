@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use brood_api::{
-    ConsoleLog, DefineRequest, ErrorBody, ExecRequest, ExecResponse, Partition, PartitionList,
-    SetConfigRequest, SetStageRequest, StopRequest,
+    ConsoleLog, DefineRequest, ErrorBody, ExecChunk, ExecRequest, ExecResponse, Partition,
+    PartitionList, SetConfigRequest, SetStageRequest, StopRequest,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -435,9 +437,13 @@ struct ConsoleQuery {
     /// counts as 1048576).
     #[param(maximum = 1048576)]
     bytes: Option<usize>,
+    /// Keep the response open and stream the console as it grows
+    /// (`application/octet-stream`), until the VM ends or the client leaves.
+    follow: Option<bool>,
 }
 
-/// The tail of a partition's serial console log.
+/// The tail of a partition's serial console log, or (with `follow=true`)
+/// that tail and then the console as it grows.
 #[utoipa::path(
     get,
     path = "/v1/partitions/{name}/console",
@@ -445,7 +451,8 @@ struct ConsoleQuery {
     operation_id = "partition_console",
     params(("name" = String, Path, description = "Partition name or uuid"), ConsoleQuery),
     responses(
-        (status = 200, description = "The tail of its console log", body = ConsoleLog),
+        (status = 200, description = "The tail of its console log; with `follow=true`, that tail and then raw console bytes as they come",
+            content((ConsoleLog = "application/json"), (String = "application/octet-stream"))),
         (status = 400, description = "an unknown query parameter, or `bytes` that is not a number", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         Common
@@ -455,21 +462,54 @@ async fn console(
     State(d): D,
     Path(name): Path<String>,
     Query(q): Query<ConsoleQuery>,
-) -> ApiResult<Json<ConsoleLog>> {
+) -> ApiResult<Response> {
     let rec = d.find(&name).await?;
     let want = q.bytes.unwrap_or(64 * 1024).min(1 << 20);
+    let running = d.registry.running(rec.uuid);
+    // Subscribed before the history is read, so the stream misses nothing.
+    let live = match (
+        running.as_ref().and_then(|r| r.vm.console().cloned()),
+        q.follow.unwrap_or(false),
+    ) {
+        (Some(c), true) => {
+            let rx = c.subscribe();
+            let end = c.total();
+            Some((c, rx, end))
+        }
+        _ => None,
+    };
     // Earlier runs' output, then the current run's.
     let mut text = tokio::fs::read(d.paths.console_log(rec.uuid))
         .await
         .unwrap_or_default();
-    if let Some(r) = d.registry.running(rec.uuid) {
-        text.extend(d.current_console(&r).await);
+    if let Some(r) = &running {
+        text.extend(d.current_console(r).await);
     }
     let start = text.len().saturating_sub(want);
+    if q.follow.unwrap_or(false) {
+        let history = text.split_off(start);
+        return Ok(match live {
+            Some((c, rx, end)) => super::stream::console_follow(c, rx, history, end),
+            // Nothing runs: the history is all there is.
+            None => ([(CONTENT_TYPE, "application/octet-stream")], history).into_response(),
+        });
+    }
     Ok(Json(ConsoleLog {
         text: String::from_utf8_lossy(text.get(start..).unwrap_or_default()).into_owned(),
         truncated: start > 0,
-    }))
+    })
+    .into_response())
+}
+
+/// Exec options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ExecQuery {
+    /// Stream the output as it comes, one `ExecChunk` JSON object per line
+    /// (`application/x-ndjson`; `Accept: application/x-ndjson` asks the same).
+    /// Closing the connection early kills the command.
+    stream: Option<bool>,
 }
 
 /// Runs a command in a partition's guest through its agent.
@@ -479,9 +519,10 @@ async fn console(
     tag = "partitions",
     operation_id = "exec_in_partition",
     request_body = ExecRequest,
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), ExecQuery),
     responses(
-        (status = 200, description = "The command ran: its exit status and output", body = ExecResponse),
+        (status = 200, description = "The command ran: its exit status and output; with `stream=true` (or `Accept: application/x-ndjson`) NDJSON lines of output as it comes, then its end",
+            content((ExecResponse = "application/json"), (ExecChunk = "application/x-ndjson"))),
         (status = 400, description = "malformed JSON, an unknown field, neither or both of `command` and `argv`, or `stdin_base64` that is not base64", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "the partition is not running (`invalid_transition`)", body = ErrorBody),
@@ -493,8 +534,15 @@ async fn console(
 async fn exec(
     State(d): D,
     Path(name): Path<String>,
+    Query(q): Query<ExecQuery>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> ApiResult<Json<ExecResponse>> {
+) -> ApiResult<Response> {
+    let streamed = q.stream.unwrap_or(false)
+        || headers
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains(brood_api::NDJSON));
     crate::convert::validate_exec(&req)?;
     let rec = d.find(&name).await?;
     let command = match (req.command, req.argv) {
@@ -530,17 +578,14 @@ async fn exec(
     r.env = req.env.into_iter().collect();
     r.stdin = stdin;
     r.timeout_ms = req.timeout_ms;
-    let o = agent
-        .exec(&r)
+    let what = format!("exec in {}", rec.name);
+    let run = agent
+        .exec_stream(&r)
         .await
-        .map_err(|e| ApiError::engine(&format!("exec in {}", rec.name), &e))?;
-    Ok(Json(ExecResponse {
-        exit_code: o.status.code,
-        signal: o.status.signal,
-        timed_out: o.status.timed_out,
-        stdout_base64: B64.encode(&o.stdout),
-        stderr_base64: B64.encode(&o.stderr),
-        stdout_truncated: o.status.stdout_truncated,
-        stderr_truncated: o.status.stderr_truncated,
-    }))
+        .map_err(|e| ApiError::engine(&what, &e))?;
+    if streamed {
+        Ok(super::stream::exec_ndjson(run, what))
+    } else {
+        super::stream::exec_buffered(run, &what).await
+    }
 }

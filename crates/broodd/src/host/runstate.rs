@@ -343,10 +343,28 @@ impl Host {
     /// (an operation stuck on the guest or on a hung VMM holds it); the
     /// operation that held it then fails, and the caller records the end
     /// once it has the lock.
-    pub async fn kill_now(&self, uuid: Uuid) {
+    pub fn kill_now(&self, uuid: Uuid) {
         if let Some(r) = self.registry.running(uuid) {
             r.expect_exit();
-            let _ = r.vm.kill().await;
+            r.vm.kill_now();
+        }
+    }
+
+    /// Kills a partition's VM when its VMM no longer answers: a stop that
+    /// waited its whole deadline for the partition's lock may be queued
+    /// behind a call stuck on that VMM, which the kill ends.
+    pub async fn kill_if_hung(&self, uuid: Uuid) {
+        const PROBE: Duration = Duration::from_secs(2);
+        let Some(r) = self.registry.running(uuid) else {
+            return;
+        };
+        let answers = tokio::time::timeout(PROBE, r.vm.status())
+            .await
+            .is_ok_and(|s| s.is_ok());
+        if !answers {
+            warn!(partition = %uuid, "its VMM does not answer within {PROBE:?}; killing it for the stop");
+            r.expect_exit();
+            r.vm.kill_now();
         }
     }
 

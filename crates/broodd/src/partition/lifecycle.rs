@@ -75,11 +75,20 @@ pub async fn stop(
     uuid: Uuid,
     mode: EndMode,
 ) -> HostResult<PartitionRecord> {
-    if mode == EndMode::Kill {
-        host.kill_now(uuid).await;
-    }
     let lock = host.registry.lock(uuid);
-    let _g = lock.lock().await;
+    let _g = match mode {
+        EndMode::Kill => {
+            host.kill_now(uuid);
+            lock.lock().await
+        }
+        EndMode::Graceful(t) => match tokio::time::timeout(t, lock.lock()).await {
+            Ok(g) => g,
+            Err(_) => {
+                host.kill_if_hung(uuid).await;
+                lock.lock().await
+            }
+        },
+    };
     let rec = host.reload(uuid).await?;
     match rec.run_state {
         RunState::Running | RunState::Paused | RunState::Starting => {}
