@@ -1,0 +1,1033 @@
+//! `FakeEngine`: an [`Engine`] whose VMs are models, not processes. It
+//! implements the same `Engine` and `VmHandle` traits as the QEMU backend,
+//! so a change to the boundary breaks this crate too.
+//!
+//! Each fake VM has a phase (running, paused, exited), a pid, a run
+//! directory with a console log, and a guest agent ([`crate::agent`]) that
+//! speaks real brood-proto frames to a real [`AgentClient`] over a socket
+//! pair. The VM table lives in an `Arc` the test keeps: a second broodd
+//! started on the same engine finds the VMs that are "still running"
+//! through `find_vms` and `attach`, as after a real restart.
+//!
+//! In [`Mode::Auto`] transitions finish by themselves (boot becomes ready
+//! after a short timer, a child applies its identity at once, a graceful
+//! stop powers off); in [`Mode::Explicit`] they wait until the test says so
+//! through [`FakeVm`]. Failures are injected per call with
+//! [`FakeEngine::fail_next`] or a rule ([`FakeEngine::fail_when`]).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use brood_engine::{
+    Accel, AccelKind, AgentClient, BoxedVm, Engine, EngineCaps, EngineError, ExitKind, FoundVm,
+    Template, VmExit, VmHandle, VmSpec, VmStatus,
+};
+use brood_proto::{ChildConfig, Ready};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::agent;
+
+/// An engine call, as failures are injected on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Engine::boot`].
+    Boot,
+    /// [`Engine::restore`].
+    Restore,
+    /// [`Engine::attach`].
+    Attach,
+    /// [`Engine::kill_found`].
+    KillFound,
+    /// [`Engine::save_template`].
+    SaveTemplate,
+    /// [`Engine::fork`].
+    Fork,
+    /// [`Engine::join_networks`].
+    JoinNetworks,
+    /// [`Engine::rehost`].
+    Rehost,
+    /// [`VmHandle::pause`].
+    Pause,
+    /// [`VmHandle::resume`].
+    Resume,
+    /// [`VmHandle::status`].
+    Status,
+    /// [`VmHandle::save`].
+    Save,
+    /// [`VmHandle::shutdown`].
+    Shutdown,
+    /// [`VmHandle::kill`].
+    Kill,
+}
+
+/// How transitions finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On a short timer, by themselves.
+    Auto,
+    /// Only when the test says so ([`FakeVm::finish_boot`],
+    /// [`FakeVm::finish_identity`], [`FakeVm::power_off`]).
+    Explicit,
+}
+
+/// One engine call the fake saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Which call.
+    pub op: Op,
+    /// The VM it was about (its spec name; broodd uses partition uuids).
+    pub vm: String,
+}
+
+/// How a child's agent answers `CompleteFork`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Applies the identity and reports success (in explicit mode, once
+    /// the test calls [`FakeVm::finish_identity`]).
+    Apply,
+    /// Applies nothing and reports this failure, as a failing
+    /// identity-dependent service would.
+    Fail(String),
+    /// Applies it after this long.
+    Delay(Duration),
+    /// Never answers.
+    Never,
+}
+
+/// What a command run through the fake agent prints and how it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecReply {
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+    /// Its exit code.
+    pub code: i32,
+    /// The agent fails the request with this message instead (an I/O
+    /// error in the guest).
+    pub agent_error: Option<String>,
+}
+
+type Rule = Box<dyn Fn(&Call) -> Option<EngineError> + Send + Sync>;
+/// Scripted exec: `(vm name, command text)` to a reply, or `None` for the default.
+pub type ExecRule = Arc<dyn Fn(&str, &str) -> Option<ExecReply> + Send + Sync>;
+
+#[derive(Default)]
+struct Faults {
+    next: Vec<(Op, EngineError)>,
+    rules: Vec<Rule>,
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// vCPUs run.
+    Running,
+    /// vCPUs stopped.
+    Paused,
+    /// The process ended.
+    Exited(VmExit),
+}
+
+/// State the engine shares with its VMs and their agents.
+pub(crate) struct Shared {
+    pub(crate) mode: Mode,
+    run_root: PathBuf,
+    vms: Mutex<HashMap<String, Arc<VmModel>>>,
+    faults: Mutex<Faults>,
+    calls: Mutex<Vec<Call>>,
+    next_pid: AtomicU32,
+    pub(crate) identity: Mutex<Identity>,
+    pub(crate) exec_rule: Mutex<Option<ExecRule>>,
+    pub(crate) prepare_failure: Mutex<Option<String>>,
+    pub(crate) boot_delay: Duration,
+    /// How long a QMP command of a hung VM waits before it fails, as the
+    /// real client's command timeout (30 s) would, shortened for tests.
+    qmp_timeout: Mutex<Duration>,
+}
+
+/// Locks a mutex, ignoring poisoning (a panicking test thread must not
+/// hide the first failure behind others).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The guest's side of a fake VM: what its agent knows.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct GuestState {
+    pub(crate) hostname: String,
+    pub(crate) files: HashMap<String, Vec<u8>>,
+    /// The seq of the fork point a guest process waits at.
+    pub(crate) fork_point: Option<u32>,
+    pub(crate) next_seq: u32,
+    /// The identity a child applied.
+    pub(crate) child: Option<ChildConfig>,
+    pub(crate) execs: Vec<String>,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) warmed: u32,
+}
+
+/// One fake VM process.
+pub(crate) struct VmModel {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+    pub(crate) spec: VmSpec,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) phase: watch::Sender<Phase>,
+    /// The agent is up (it has sent, or will send, `Ready`) or waits at
+    /// a fork point: requests are answered.
+    pub(crate) serving: watch::Sender<bool>,
+    /// QMP and agent calls never answer.
+    pub(crate) hung: watch::Sender<bool>,
+    pub(crate) guest: Mutex<GuestState>,
+    /// Open agent connections (their outgoing frame queues).
+    pub(crate) conns: Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>,
+    pub(crate) joined: AtomicBool,
+    pub(crate) forked: bool,
+    pub(crate) identity_go: Notify,
+    pub(crate) power_go: Notify,
+}
+
+impl std::fmt::Debug for VmModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmModel")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .field("phase", &*self.phase.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VmModel {
+    pub(crate) fn exit_status(&self) -> Option<VmExit> {
+        match &*self.phase.borrow() {
+            Phase::Exited(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Ends the process (idempotent): agents lose their connections.
+    pub(crate) fn exit(&self, kind: ExitKind) -> VmExit {
+        let mut out = None;
+        self.phase.send_if_modified(|p| match p {
+            Phase::Exited(e) => {
+                out = Some(e.clone());
+                false
+            }
+            _ => {
+                let e = VmExit {
+                    kind,
+                    code: matches!(kind, ExitKind::Poweroff | ExitKind::Quit).then_some(0),
+                    signal: matches!(kind, ExitKind::Killed | ExitKind::Crashed).then_some(9),
+                    shutdown_reason: (kind == ExitKind::Poweroff).then(|| "guest-shutdown".into()),
+                };
+                out = Some(e.clone());
+                *p = Phase::Exited(e);
+                true
+            }
+        });
+        lock(&self.conns).clear();
+        self.console(&format!("fake: process ended ({kind:?})"));
+        out.unwrap_or(VmExit {
+            kind,
+            code: None,
+            signal: None,
+            shutdown_reason: None,
+        })
+    }
+
+    pub(crate) async fn wait_exit(&self) -> VmExit {
+        let mut rx = self.phase.subscribe();
+        loop {
+            if let Phase::Exited(e) = &*rx.borrow_and_update() {
+                return e.clone();
+            }
+            if rx.changed().await.is_err() {
+                return VmExit {
+                    kind: ExitKind::Crashed,
+                    code: None,
+                    signal: None,
+                    shutdown_reason: None,
+                };
+            }
+        }
+    }
+
+    /// Waits while the VM is hung: errs when it ends meanwhile, or with a
+    /// timeout after `after`, as a QMP command nobody answers does.
+    async fn unless_hung(&self, after: Duration) -> Result<(), EngineError> {
+        let mut hung = self.hung.subscribe();
+        tokio::select! {
+            _ = hung.wait_for(|h| !*h) => Ok(()),
+            e = self.wait_exit() => Err(exited(&e)),
+            () = tokio::time::sleep(after) => Err(EngineError::Timeout { op: "QMP command", after }),
+        }
+    }
+
+    pub(crate) fn console(&self, line: &str) {
+        use std::io::Write;
+        let path = self.run_dir.join("console.log");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Sends an unsolicited frame to every open agent connection.
+    pub(crate) fn announce(&self, frame: &[u8]) {
+        lock(&self.conns).retain(|c| c.send(frame.to_vec()).is_ok());
+    }
+
+    fn ready_frame(&self) -> Option<Vec<u8>> {
+        brood_proto::encode_frame(
+            0,
+            &brood_proto::GuestMsg::Ready(Ready {
+                proto_version: brood_proto::PROTOCOL_VERSION,
+                agent_version: "fake".into(),
+                uptime_ms: 1,
+            }),
+        )
+        .ok()
+    }
+
+    /// The agent comes up and says `Ready` to the connections open now.
+    pub(crate) fn become_ready(&self) {
+        if self.exit_status().is_some() {
+            return;
+        }
+        self.serving.send_replace(true);
+        if let Some(f) = self.ready_frame() {
+            self.announce(&f);
+        }
+        self.console("fake: agent ready");
+    }
+}
+
+fn exited(e: &VmExit) -> EngineError {
+    EngineError::ProcessExited {
+        status: e.to_string(),
+        detail: String::new(),
+    }
+}
+
+/// The engine. Cheap to clone; clones share the VM table.
+#[derive(Clone)]
+pub struct FakeEngine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FakeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeEngine")
+            .field("mode", &self.shared.mode)
+            .field("run_root", &self.shared.run_root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a fake state file (a saved VM, a template's device state) holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct FakeState {
+    fake_state: u32,
+    vm: String,
+    fork_point: Option<u32>,
+    hostname: String,
+}
+
+impl FakeEngine {
+    /// An engine whose run directories go under `run_root`.
+    pub fn new(run_root: impl Into<PathBuf>, mode: Mode) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                mode,
+                run_root: run_root.into(),
+                vms: Mutex::default(),
+                faults: Mutex::default(),
+                calls: Mutex::default(),
+                next_pid: AtomicU32::new(100_000),
+                identity: Mutex::new(Identity::Apply),
+                exec_rule: Mutex::new(None),
+                prepare_failure: Mutex::new(None),
+                boot_delay: Duration::from_millis(5),
+                qmp_timeout: Mutex::new(Duration::from_millis(200)),
+            }),
+        }
+    }
+
+    /// Its mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode
+    }
+
+    /// The next call of `op` (on any VM) fails with `err`.
+    pub fn fail_next(&self, op: Op, err: EngineError) {
+        lock(&self.shared.faults).next.push((op, err));
+    }
+
+    /// Every call for which `rule` returns an error fails with it.
+    pub fn fail_when(&self, rule: impl Fn(&Call) -> Option<EngineError> + Send + Sync + 'static) {
+        lock(&self.shared.faults).rules.push(Box::new(rule));
+    }
+
+    /// How long a call to a hung VM waits before it fails with a timeout
+    /// (200 ms unless set; QEMU's real client waits 30 s).
+    pub fn set_qmp_timeout(&self, after: Duration) {
+        *lock(&self.shared.qmp_timeout) = after;
+    }
+
+    /// Removes every injected failure.
+    pub fn clear_failures(&self) {
+        *lock(&self.shared.faults) = Faults::default();
+    }
+
+    /// How children's agents answer `CompleteFork` from now on (a VM's own
+    /// setting, [`FakeVm::set_identity`], wins).
+    pub fn set_identity(&self, identity: Identity) {
+        *lock(&self.shared.identity) = identity;
+    }
+
+    /// Scripts exec: `rule(vm, command)` answers, or `None` for the default
+    /// (`exit N`, `echo TEXT`, `hostname`, `cat FILE`; anything else prints
+    /// nothing and exits 0).
+    pub fn on_exec(&self, rule: impl Fn(&str, &str) -> Option<ExecReply> + Send + Sync + 'static) {
+        *lock(&self.shared.exec_rule) = Some(Arc::new(rule));
+    }
+
+    /// Agents answer `PrepareFork` with this error (`None`: they reach the
+    /// fork point).
+    pub fn fail_prepare_fork(&self, message: Option<String>) {
+        *lock(&self.shared.prepare_failure) = message;
+    }
+
+    /// Every engine call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.shared.calls).clone()
+    }
+
+    /// How many calls of `op` the engine saw.
+    pub fn count(&self, op: Op) -> usize {
+        lock(&self.shared.calls)
+            .iter()
+            .filter(|c| c.op == op)
+            .count()
+    }
+
+    /// The newest VM named `name` (a partition's uuid), live or ended.
+    pub fn vm(&self, name: &str) -> Option<FakeVm> {
+        lock(&self.shared.vms).get(name).map(|m| FakeVm {
+            model: m.clone(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// The VMs whose process runs now.
+    pub fn live(&self) -> Vec<FakeVm> {
+        let mut v: Vec<FakeVm> = lock(&self.shared.vms)
+            .values()
+            .filter(|m| m.exit_status().is_none())
+            .map(|m| FakeVm {
+                model: m.clone(),
+                shared: self.shared.clone(),
+            })
+            .collect();
+        v.sort_by_key(FakeVm::pid);
+        v
+    }
+
+    /// Records the call and returns the failure injected for it, if any.
+    fn check(&self, op: Op, vm: &str) -> Result<(), EngineError> {
+        check(&self.shared, op, vm)
+    }
+
+    fn new_model(&self, spec: &VmSpec, phase: Phase, forked: bool) -> Arc<VmModel> {
+        let run_dir = self.shared.run_root.join(&spec.name);
+        let _ = std::fs::create_dir_all(&run_dir);
+        let pid = self.shared.next_pid.fetch_add(1, Ordering::SeqCst);
+        let m = Arc::new(VmModel {
+            name: spec.name.clone(),
+            pid,
+            spec: spec.clone(),
+            run_dir,
+            phase: watch::Sender::new(phase),
+            serving: watch::Sender::new(false),
+            hung: watch::Sender::new(false),
+            guest: Mutex::new(GuestState {
+                hostname: "brood".into(),
+                next_seq: 1,
+                ..GuestState::default()
+            }),
+            conns: Mutex::default(),
+            joined: AtomicBool::new(!forked),
+            forked,
+            identity_go: Notify::new(),
+            power_go: Notify::new(),
+        });
+        m.console(&format!("fake: process {pid} started for {}", spec.name));
+        lock(&self.shared.vms).insert(spec.name.clone(), m.clone());
+        m
+    }
+
+    fn live_named(&self, name: &str) -> Option<Arc<VmModel>> {
+        lock(&self.shared.vms)
+            .get(name)
+            .filter(|m| m.exit_status().is_none())
+            .cloned()
+    }
+
+    fn refuse_duplicate(&self, spec: &VmSpec) -> Result<(), EngineError> {
+        if self.live_named(&spec.name).is_some() {
+            return Err(EngineError::InvalidState {
+                op: "start",
+                state: format!("already running as {}", spec.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// A handle with a fresh agent connection.
+    fn handle(&self, model: Arc<VmModel>) -> Result<BoxedVm, EngineError> {
+        let agent = agent::connect(self.shared.clone(), model.clone())?;
+        Ok(Box::new(FakeHandle {
+            model,
+            agent,
+            shared: self.shared.clone(),
+            kill_on_drop: false,
+        }))
+    }
+
+    fn read_state(path: &Path) -> Result<FakeState, EngineError> {
+        let text = std::fs::read(path)
+            .map_err(|e| EngineError::host(format!("read state {}", path.display()), e))?;
+        serde_json::from_slice(&text).map_err(|e| {
+            EngineError::Migration(format!("{} is not a fake VM state: {e}", path.display()))
+        })
+    }
+
+    fn write_state(path: &Path, model: &VmModel) -> Result<(), EngineError> {
+        let g = lock(&model.guest);
+        let st = FakeState {
+            fake_state: 1,
+            vm: model.name.clone(),
+            fork_point: g.fork_point,
+            hostname: g.hostname.clone(),
+        };
+        drop(g);
+        let text = serde_json::to_vec(&st).map_err(|e| EngineError::Migration(e.to_string()))?;
+        std::fs::write(path, text)
+            .map_err(|e| EngineError::host(format!("write state {}", path.display()), e))
+    }
+}
+
+fn qmp_timeout(shared: &Shared) -> Duration {
+    *lock(&shared.qmp_timeout)
+}
+
+pub(crate) fn check(shared: &Shared, op: Op, vm: &str) -> Result<(), EngineError> {
+    let call = Call {
+        op,
+        vm: vm.to_string(),
+    };
+    lock(&shared.calls).push(call.clone());
+    let mut f = lock(&shared.faults);
+    if let Some(i) = f.next.iter().position(|(o, _)| *o == op) {
+        let (_, e) = f.next.remove(i);
+        return Err(e);
+    }
+    for r in &f.rules {
+        if let Some(e) = r(&call) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The fake handle of `vm`, or an error naming the operation.
+fn fake_of<'a>(vm: &'a dyn VmHandle, op: &'static str) -> Result<&'a FakeHandle, EngineError> {
+    vm.as_any()
+        .downcast_ref::<FakeHandle>()
+        .ok_or(EngineError::InvalidState {
+            op,
+            state: "run by another engine".into(),
+        })
+}
+
+#[async_trait]
+impl Engine for FakeEngine {
+    fn caps(&self) -> EngineCaps {
+        EngineCaps {
+            engine: "fake",
+            accel: AccelKind::Tcg,
+            kvm: false,
+            save_restore: true,
+            fork: true,
+            rehost: true,
+            attach: true,
+            max_vcpus: brood_engine::spec::MAX_VCPUS,
+        }
+    }
+
+    fn run_root(&self) -> PathBuf {
+        self.shared.run_root.clone()
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        self.check(Op::Boot, &spec.name)?;
+        spec.validate()?;
+        self.refuse_duplicate(spec)?;
+        let m = self.new_model(spec, Phase::Running, false);
+        let h = self.handle(m.clone())?;
+        if self.shared.mode == Mode::Auto {
+            let delay = self.shared.boot_delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                m.become_ready();
+            });
+        }
+        Ok(h)
+    }
+
+    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<BoxedVm, EngineError> {
+        self.check(Op::Restore, &spec.name)?;
+        spec.validate()?;
+        let st = Self::read_state(state)?;
+        self.refuse_duplicate(spec)?;
+        let m = self.new_model(spec, Phase::Running, false);
+        {
+            let mut g = lock(&m.guest);
+            g.hostname = st.hostname;
+            g.fork_point = st.fork_point;
+        }
+        // The agent announced itself long ago, to the VM that was saved.
+        m.serving.send_replace(true);
+        let h = self.handle(m)?;
+        if let Ok(a) = h.agent() {
+            a.assume_ready().await?;
+        }
+        Ok(h)
+    }
+
+    async fn attach(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        self.check(Op::Attach, &spec.name)?;
+        let Some(m) = self.live_named(&spec.name) else {
+            return Err(EngineError::ProcessExited {
+                status: "no such process".into(),
+                detail: String::new(),
+            });
+        };
+        let ready = *m.serving.borrow() && !m.forked;
+        let h = self.handle(m)?;
+        if ready && let Ok(a) = h.agent() {
+            // As the QEMU backend does: the agent said Ready to the old connection.
+            let a = a.clone();
+            tokio::spawn(async move {
+                let _ = a.assume_ready().await;
+            });
+        }
+        Ok(h)
+    }
+
+    fn find_vms(&self) -> Vec<FoundVm> {
+        self.live()
+            .into_iter()
+            .map(|v| FoundVm {
+                name: v.name().to_string(),
+                pid: i32::try_from(v.pid()).unwrap_or(i32::MAX),
+            })
+            .collect()
+    }
+
+    fn kill_found(&self, vm: &FoundVm) -> Result<(), EngineError> {
+        self.check(Op::KillFound, &vm.name)?;
+        if let Some(m) = self.live_named(&vm.name)
+            && i32::try_from(m.pid).ok() == Some(vm.pid)
+        {
+            m.exit(ExitKind::Killed);
+        }
+        Ok(())
+    }
+
+    fn remove_run_dirs(&self, keep: &(dyn Fn(&str) -> bool + Sync)) {
+        let Ok(dir) = std::fs::read_dir(&self.shared.run_root) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if !keep(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    async fn save_template(&self, vm: &dyn VmHandle, dir: &Path) -> Result<Template, EngineError> {
+        self.check(Op::SaveTemplate, vm.name())?;
+        let h = fake_of(vm, "make a template of")?;
+        let m = &h.model;
+        m.unless_hung(qmp_timeout(&self.shared)).await?;
+        if let Some(e) = m.exit_status() {
+            return Err(exited(&e));
+        }
+        if lock(&m.guest).fork_point.is_none() {
+            return Err(EngineError::InvalidState {
+                op: "make a template of",
+                state: "not waiting at its fork point".into(),
+            });
+        }
+        let host = |what: &str, e| EngineError::host(format!("{what} {}", dir.display()), e);
+        std::fs::create_dir_all(dir).map_err(|e| host("create", e))?;
+        let tpl = Template {
+            dir: dir.to_path_buf(),
+            spec: m.spec.clone(),
+            accel: Accel::Tcg { tsc_khz: None },
+            state_bytes: 0,
+        };
+        std::fs::write(tpl.mem_path(), b"fake guest memory").map_err(|e| host("write", e))?;
+        Self::write_state(&tpl.state_path(), m)?;
+        let state_bytes = std::fs::metadata(tpl.state_path()).map_or(0, |md| md.len());
+        let tpl = Template { state_bytes, ..tpl };
+        let text = serde_json::to_vec_pretty(&tpl)
+            .map_err(|e| EngineError::Migration(format!("encode the template: {e}")))?;
+        std::fs::write(dir.join(brood_engine::template::TEMPLATE_FILE), text)
+            .map_err(|e| host("write", e))?;
+        m.exit(ExitKind::Quit);
+        Ok(tpl)
+    }
+
+    async fn fork(&self, tpl: &Template, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        self.check(Op::Fork, &spec.name)?;
+        spec.validate()?;
+        if !tpl.mem_path().is_file() {
+            return Err(EngineError::InvalidSpec(format!(
+                "template {} has no memory file",
+                tpl.dir.display()
+            )));
+        }
+        let st = Self::read_state(&tpl.state_path())?;
+        let Some(seq) = st.fork_point else {
+            return Err(EngineError::Migration(
+                "the template's state has no fork point".into(),
+            ));
+        };
+        self.refuse_duplicate(spec)?;
+        let m = self.new_model(spec, Phase::Running, true);
+        {
+            let mut g = lock(&m.guest);
+            g.hostname = st.hostname;
+            g.fork_point = Some(seq);
+            g.next_seq = seq + 1;
+        }
+        // The guest resumes inside its agent's fork-point wait: it answers,
+        // and says Ready only once it has its identity.
+        m.serving.send_replace(true);
+        self.handle(m)
+    }
+
+    fn join_networks(&self, vm: &dyn VmHandle) -> Result<(), EngineError> {
+        check(&self.shared, Op::JoinNetworks, vm.name())?;
+        fake_of(vm, "connect the NICs of")?
+            .model
+            .joined
+            .store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn rehost(&self, vm: &dyn VmHandle, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        self.check(Op::Rehost, vm.name())?;
+        let old = &fake_of(vm, "re-host")?.model;
+        old.unless_hung(qmp_timeout(&self.shared)).await?;
+        if let Some(e) = old.exit_status() {
+            return Err(exited(&e));
+        }
+        let guest = lock(&old.guest).clone();
+        let m = self.new_model(spec, Phase::Paused, false);
+        *lock(&m.guest) = guest;
+        m.serving.send_replace(true);
+        old.exit(ExitKind::Quit);
+        self.handle(m)
+    }
+}
+
+/// The engine's handle on one fake VM, as broodd holds it.
+pub(crate) struct FakeHandle {
+    pub(crate) model: Arc<VmModel>,
+    agent: AgentClient,
+    shared: Arc<Shared>,
+    kill_on_drop: bool,
+}
+
+impl std::fmt::Debug for FakeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeHandle")
+            .field("model", &self.model)
+            .field("kill_on_drop", &self.kill_on_drop)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakeHandle {
+    fn drop(&mut self) {
+        if self.kill_on_drop {
+            self.model.exit(ExitKind::Killed);
+        }
+    }
+}
+
+impl FakeHandle {
+    /// Records a call on this VM, fails it as injected, waits while hung,
+    /// and refuses it once the VM has ended.
+    async fn qmp(&self, op: Op) -> Result<(), EngineError> {
+        check(&self.shared, op, &self.model.name)?;
+        self.model.unless_hung(qmp_timeout(&self.shared)).await?;
+        match self.model.exit_status() {
+            Some(e) => Err(exited(&e)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl VmHandle for FakeHandle {
+    fn name(&self) -> &str {
+        &self.model.name
+    }
+    fn spec(&self) -> &VmSpec {
+        &self.model.spec
+    }
+    fn pid(&self) -> u32 {
+        self.model.pid
+    }
+    fn exit_status(&self) -> Option<VmExit> {
+        self.model.exit_status()
+    }
+    fn agent(&self) -> Result<&AgentClient, EngineError> {
+        if self.model.spec.agent {
+            Ok(&self.agent)
+        } else {
+            Err(EngineError::AgentChannel("this VM has no agent".into()))
+        }
+    }
+    fn console_log(&self) -> PathBuf {
+        self.model.run_dir.join("console.log")
+    }
+    fn set_kill_on_drop(&mut self, kill: bool) {
+        self.kill_on_drop = kill;
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    async fn wait_exit(&self) -> VmExit {
+        self.model.wait_exit().await
+    }
+    async fn wait_ready(&self, timeout: Duration) -> Result<Ready, EngineError> {
+        tokio::select! {
+            r = self.agent.wait_ready(timeout) => r,
+            e = self.model.wait_exit() => Err(exited(&e)),
+        }
+    }
+    async fn pause(&self) -> Result<(), EngineError> {
+        self.qmp(Op::Pause).await?;
+        self.model.phase.send_if_modified(|p| {
+            let was = *p == Phase::Running;
+            if was {
+                *p = Phase::Paused;
+            }
+            was
+        });
+        Ok(())
+    }
+    async fn resume(&self) -> Result<(), EngineError> {
+        self.qmp(Op::Resume).await?;
+        self.model.phase.send_if_modified(|p| {
+            let was = *p == Phase::Paused;
+            if was {
+                *p = Phase::Running;
+            }
+            was
+        });
+        Ok(())
+    }
+    async fn status(&self) -> Result<VmStatus, EngineError> {
+        check(&self.shared, Op::Status, &self.model.name)?;
+        self.model.unless_hung(qmp_timeout(&self.shared)).await?;
+        Ok(match &*self.model.phase.borrow() {
+            Phase::Running => VmStatus::Running,
+            Phase::Paused => VmStatus::Paused,
+            Phase::Exited(e) => VmStatus::Exited(e.clone()),
+        })
+    }
+    async fn save(&self, path: &Path) -> Result<(), EngineError> {
+        self.qmp(Op::Save).await?;
+        FakeEngine::write_state(path, &self.model)?;
+        self.model.phase.send_if_modified(|p| {
+            let was = *p == Phase::Running;
+            if was {
+                *p = Phase::Paused;
+            }
+            was
+        });
+        Ok(())
+    }
+    async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError> {
+        check(&self.shared, Op::Shutdown, &self.model.name)?;
+        if let Some(e) = self.model.exit_status() {
+            return Ok(e);
+        }
+        let hung = *self.model.hung.borrow();
+        let powered = async {
+            if self.shared.mode == Mode::Auto && !hung {
+                self.model.exit(ExitKind::Poweroff)
+            } else {
+                tokio::select! {
+                    () = self.model.power_go.notified() => self.model.exit(ExitKind::Poweroff),
+                    e = self.model.wait_exit() => e,
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, powered).await {
+            Ok(e) => Ok(e),
+            Err(_) => Ok(self.model.exit(ExitKind::Killed)),
+        }
+    }
+    async fn kill(&self) -> Result<VmExit, EngineError> {
+        check(&self.shared, Op::Kill, &self.model.name)?;
+        Ok(self.model.exit(ExitKind::Killed))
+    }
+}
+
+/// The test's handle on one fake VM: look at it and drive it.
+#[derive(Clone)]
+pub struct FakeVm {
+    model: Arc<VmModel>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FakeVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.model.fmt(f)
+    }
+}
+
+impl FakeVm {
+    /// Its name (the partition's uuid, or a pool child's future uuid).
+    pub fn name(&self) -> &str {
+        &self.model.name
+    }
+    /// Its fake pid.
+    pub fn pid(&self) -> u32 {
+        self.model.pid
+    }
+    /// The spec it was started with.
+    pub fn spec(&self) -> &VmSpec {
+        &self.model.spec
+    }
+    /// Where it is in its life.
+    pub fn phase(&self) -> Phase {
+        self.model.phase.borrow().clone()
+    }
+    /// Whether its process runs.
+    pub fn is_alive(&self) -> bool {
+        self.model.exit_status().is_none()
+    }
+    /// How it ended, if it has.
+    pub fn exit_status(&self) -> Option<VmExit> {
+        self.model.exit_status()
+    }
+    /// Its console log file.
+    pub fn console_log(&self) -> PathBuf {
+        self.model.run_dir.join("console.log")
+    }
+    /// Appends a line to its console log, as the guest printing it.
+    pub fn console(&self, line: &str) {
+        self.model.console(line);
+    }
+    /// Finishes booting (explicit mode): the agent says `Ready`.
+    pub fn finish_boot(&self) {
+        self.model.become_ready();
+    }
+    /// Lets a waiting `CompleteFork` answer (explicit mode).
+    pub fn finish_identity(&self) {
+        self.model.identity_go.notify_one();
+    }
+    /// Lets a waiting graceful stop power the guest off (explicit mode).
+    pub fn finish_power_off(&self) {
+        self.model.power_go.notify_one();
+    }
+    /// The guest powers itself off.
+    pub fn power_off(&self) -> VmExit {
+        self.model.exit(ExitKind::Poweroff)
+    }
+    /// The VM process dies on its own.
+    pub fn crash(&self) -> VmExit {
+        self.model.exit(ExitKind::Crashed)
+    }
+    /// From now on its QMP and agent calls never answer (kill still works).
+    pub fn hang(&self) {
+        self.model.hung.send_replace(true);
+    }
+    /// Its calls answer again.
+    pub fn unhang(&self) {
+        self.model.hung.send_replace(false);
+    }
+    /// How its agent answers `CompleteFork` (overrides the engine's setting).
+    pub fn set_identity(&self, identity: Identity) {
+        lock(&self.model.guest).identity = Some(identity);
+    }
+    /// The identity a child applied, once it has.
+    pub fn child_config(&self) -> Option<ChildConfig> {
+        lock(&self.model.guest).child.clone()
+    }
+    /// Its hostname as the guest knows it.
+    pub fn hostname(&self) -> String {
+        lock(&self.model.guest).hostname.clone()
+    }
+    /// A file in the guest.
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        lock(&self.model.guest).files.get(path).cloned()
+    }
+    /// The commands run in it, in order.
+    pub fn execs(&self) -> Vec<String> {
+        lock(&self.model.guest).execs.clone()
+    }
+    /// How many times a pool child rehearsed its identity step.
+    pub fn warmed(&self) -> u32 {
+        lock(&self.model.guest).warmed
+    }
+    /// Whether its NICs are on their networks (a forked child's join after start).
+    pub fn networks_joined(&self) -> bool {
+        self.model.joined.load(Ordering::SeqCst)
+    }
+    /// Whether it was forked from a template.
+    pub fn is_forked(&self) -> bool {
+        self.model.forked
+    }
+    /// A guest process asks to be forked (`brood-agent fork-point`): the
+    /// agent announces a fork point and returns its seq.
+    pub fn announce_fork_point(&self) -> u32 {
+        let seq = {
+            let mut g = lock(&self.model.guest);
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            g.fork_point = Some(seq);
+            seq
+        };
+        let point = brood_proto::GuestMsg::Point(brood_proto::Point {
+            seq,
+            name: brood_proto::FORK_POINT.into(),
+        });
+        if let Ok(f) = brood_proto::encode_frame(0, &point) {
+            self.model.announce(&f);
+        }
+        seq
+    }
+    /// The engine it belongs to runs in this mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode
+    }
+}
