@@ -239,6 +239,45 @@ impl TestApp {
         .await
     }
 
+    /// The collection route of identity and IPv4 pools, as the API
+    /// names it (`/v1/identity-pools`, formerly `/v1/pools`).
+    pub async fn pools_path(&self) -> &'static str {
+        let (_, doc) = self.get("/v1/openapi.json").await;
+        if doc["paths"].get("/v1/identity-pools").is_some() {
+            "/v1/identity-pools"
+        } else {
+            "/v1/pools"
+        }
+    }
+
+    /// Creates an identity pool with `values`.
+    pub async fn identity_pool(&self, name: &str, values: &[&str]) -> Reply {
+        let path = self.pools_path().await;
+        self.post(
+            path,
+            serde_json::json!({"name": name, "kind": "identity", "values": values}),
+        )
+        .await
+    }
+
+    /// Creates an IPv4 pool of `range` (`FIRST-LAST`).
+    pub async fn ipv4_pool(&self, name: &str, range: &str, gateway: Option<&str>) -> Reply {
+        let path = self.pools_path().await;
+        self.post(
+            path,
+            serde_json::json!({"name": name, "kind": "ipv4", "range": range, "prefix": 24, "gateway": gateway}),
+        )
+        .await
+    }
+
+    /// A pool as the API shows it.
+    pub async fn pool(&self, name: &str) -> Value {
+        let path = self.pools_path().await;
+        let (s, v) = self.get(&format!("{path}/{name}")).await;
+        assert_eq!(s, StatusCode::OK, "pool {name}: {v}");
+        v
+    }
+
     /// The run state of partition `name`.
     pub async fn run_state(&self, name: &str) -> String {
         let (s, v) = self.get(&format!("/v1/partitions/{name}")).await;

@@ -221,12 +221,7 @@ async fn fixture() -> TestApp {
     app.running("t0").await;
     let (s, v) = app.template("t0", Some("tpl"), 0).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = app
-        .post(
-            "/v1/pools",
-            json!({"name": "ids", "kind": "identity", "values": ["only"]}),
-        )
-        .await;
+    let (s, v) = app.identity_pool("ids", &["only"]).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (s, v) = app
         .post(
