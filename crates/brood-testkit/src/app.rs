@@ -29,6 +29,38 @@ fn fake_kernel() -> Vec<u8> {
     k
 }
 
+/// A request with the bearer token and, if given, a JSON body.
+fn authorized(method: Method, path: &str, body: Option<Value>) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    b.body(body).expect("a valid request")
+}
+
+/// Runs a request through the router and reads the answer.
+async fn send_to(router: Router, req: Request<Body>) -> Reply {
+    let resp = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    (status, v)
+}
+
 /// Builds a [`TestApp`].
 #[derive(Debug, Clone)]
 pub struct TestAppBuilder {
@@ -148,39 +180,25 @@ impl TestApp {
 
     /// Sends a request with the token.
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
-        let body = match body {
-            Some(v) => {
-                b = b.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(b.body(body).expect("a valid request")).await
+        self.send(authorized(method, path, body)).await
+    }
+
+    /// Starts a request in a task of its own: abort the task to drop the
+    /// operation where it is (as if broodd died there).
+    pub fn spawn_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> tokio::task::JoinHandle<Reply> {
+        let router = self.router.clone();
+        let req = authorized(method, path, body);
+        tokio::spawn(send_to(router, req))
     }
 
     /// Sends any request as it is.
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req)
-            .await
-            .unwrap_or_else(|e| match e {});
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap_or_default();
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, v)
+        send_to(self.router.clone(), req).await
     }
 
     /// GET with the token.
@@ -344,28 +362,26 @@ impl TestApp {
     /// Stops broodd and starts it again on the same data directory and
     /// fake engine (VMs keep running, as after `kill -9`).
     pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    /// Stops broodd: its supervisors stand down, as if it had been
+    /// killed; VMs keep running (and can crash, exit or hang meanwhile).
+    /// The old router still answers until [`TestApp::start`] replaces it.
+    pub async fn stop(&mut self) {
         if let Some(b) = self.broodd.take() {
             b.shutdown().await;
         }
-        let broodd = Broodd::start(self.cfg.clone(), Arc::new(self.fake.clone()))
-            .await
-            .expect("broodd starts again");
-        self.router = broodd.router();
-        self.broodd = Some(broodd);
     }
 
-    /// Starts broodd again without shutting the old one down first (as
-    /// after `kill -9`: nothing of the old daemon ran its shutdown).
-    pub async fn restart_after_kill(&mut self) {
-        // The old daemon's tasks may still hold it; it is simply left behind.
-        let old = self.broodd.take();
+    /// Starts broodd again on the same data directory and fake engine: it
+    /// reconciles the ledger with the fake VMs it finds.
+    pub async fn start(&mut self) {
+        assert!(self.broodd.is_none(), "broodd runs already: stop it first");
         let broodd = Broodd::start(self.cfg.clone(), Arc::new(self.fake.clone()))
             .await
             .expect("broodd starts again");
-        if let Some(old) = old {
-            // Its supervisors must not act on what the new daemon owns.
-            old.shutdown().await;
-        }
         self.router = broodd.router();
         self.broodd = Some(broodd);
     }

@@ -150,6 +150,8 @@ pub(crate) struct Shared {
     /// How long a QMP command of a hung VM waits before it fails, as the
     /// real client's command timeout (30 s) would, shortened for tests.
     qmp_timeout: Mutex<Duration>,
+    /// Calls held at their start until released ([`FakeEngine::hold`]).
+    held: watch::Sender<std::collections::HashSet<Op>>,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not
@@ -359,6 +361,7 @@ impl FakeEngine {
                 prepare_failure: Mutex::new(None),
                 boot_delay: Duration::from_millis(5),
                 qmp_timeout: Mutex::new(Duration::from_millis(200)),
+                held: watch::Sender::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -382,6 +385,22 @@ impl FakeEngine {
     /// (200 ms unless set; QEMU's real client waits 30 s).
     pub fn set_qmp_timeout(&self, after: Duration) {
         *lock(&self.shared.qmp_timeout) = after;
+    }
+
+    /// Calls of `op` from now on wait (after being recorded) until
+    /// [`FakeEngine::release`]: a test can stop an operation half done,
+    /// for instance to drop it as if broodd died there.
+    pub fn hold(&self, op: Op) {
+        self.shared.held.send_modify(|h| {
+            h.insert(op);
+        });
+    }
+
+    /// Lets held calls of `op` go on.
+    pub fn release(&self, op: Op) {
+        self.shared.held.send_modify(|h| {
+            h.remove(&op);
+        });
     }
 
     /// Removes every injected failure.
@@ -531,6 +550,14 @@ fn qmp_timeout(shared: &Shared) -> Duration {
     *lock(&shared.qmp_timeout)
 }
 
+/// Records an async call, fails it as injected, and waits while it is held.
+pub(crate) async fn enter(shared: &Shared, op: Op, vm: &str) -> Result<(), EngineError> {
+    check(shared, op, vm)?;
+    let mut rx = shared.held.subscribe();
+    let _ = rx.wait_for(|h| !h.contains(&op)).await;
+    Ok(())
+}
+
 pub(crate) fn check(shared: &Shared, op: Op, vm: &str) -> Result<(), EngineError> {
     let call = Call {
         op,
@@ -580,7 +607,7 @@ impl Engine for FakeEngine {
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
-        self.check(Op::Boot, &spec.name)?;
+        enter(&self.shared, Op::Boot, &spec.name).await?;
         spec.validate()?;
         self.refuse_duplicate(spec)?;
         let m = self.new_model(spec, Phase::Running, false);
@@ -596,7 +623,7 @@ impl Engine for FakeEngine {
     }
 
     async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<BoxedVm, EngineError> {
-        self.check(Op::Restore, &spec.name)?;
+        enter(&self.shared, Op::Restore, &spec.name).await?;
         spec.validate()?;
         let st = Self::read_state(state)?;
         self.refuse_duplicate(spec)?;
@@ -616,7 +643,7 @@ impl Engine for FakeEngine {
     }
 
     async fn attach(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
-        self.check(Op::Attach, &spec.name)?;
+        enter(&self.shared, Op::Attach, &spec.name).await?;
         let Some(m) = self.live_named(&spec.name) else {
             return Err(EngineError::ProcessExited {
                 status: "no such process".into(),
@@ -667,7 +694,7 @@ impl Engine for FakeEngine {
     }
 
     async fn save_template(&self, vm: &dyn VmHandle, dir: &Path) -> Result<Template, EngineError> {
-        self.check(Op::SaveTemplate, vm.name())?;
+        enter(&self.shared, Op::SaveTemplate, vm.name()).await?;
         let h = fake_of(vm, "make a template of")?;
         let m = &h.model;
         m.unless_hung(qmp_timeout(&self.shared)).await?;
@@ -701,7 +728,7 @@ impl Engine for FakeEngine {
     }
 
     async fn fork(&self, tpl: &Template, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
-        self.check(Op::Fork, &spec.name)?;
+        enter(&self.shared, Op::Fork, &spec.name).await?;
         spec.validate()?;
         if !tpl.mem_path().is_file() {
             return Err(EngineError::InvalidSpec(format!(
@@ -739,7 +766,7 @@ impl Engine for FakeEngine {
     }
 
     async fn rehost(&self, vm: &dyn VmHandle, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
-        self.check(Op::Rehost, vm.name())?;
+        enter(&self.shared, Op::Rehost, vm.name()).await?;
         let old = &fake_of(vm, "re-host")?.model;
         old.unless_hung(qmp_timeout(&self.shared)).await?;
         if let Some(e) = old.exit_status() {
@@ -783,7 +810,7 @@ impl FakeHandle {
     /// Records a call on this VM, fails it as injected, waits while hung,
     /// and refuses it once the VM has ended.
     async fn qmp(&self, op: Op) -> Result<(), EngineError> {
-        check(&self.shared, op, &self.model.name)?;
+        enter(&self.shared, op, &self.model.name).await?;
         self.model.unless_hung(qmp_timeout(&self.shared)).await?;
         match self.model.exit_status() {
             Some(e) => Err(exited(&e)),
@@ -854,7 +881,7 @@ impl VmHandle for FakeHandle {
         Ok(())
     }
     async fn status(&self) -> Result<VmStatus, EngineError> {
-        check(&self.shared, Op::Status, &self.model.name)?;
+        enter(&self.shared, Op::Status, &self.model.name).await?;
         self.model.unless_hung(qmp_timeout(&self.shared)).await?;
         Ok(match &*self.model.phase.borrow() {
             Phase::Running => VmStatus::Running,
@@ -875,7 +902,7 @@ impl VmHandle for FakeHandle {
         Ok(())
     }
     async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError> {
-        check(&self.shared, Op::Shutdown, &self.model.name)?;
+        enter(&self.shared, Op::Shutdown, &self.model.name).await?;
         if let Some(e) = self.model.exit_status() {
             return Ok(e);
         }
@@ -896,7 +923,7 @@ impl VmHandle for FakeHandle {
         }
     }
     async fn kill(&self) -> Result<VmExit, EngineError> {
-        check(&self.shared, Op::Kill, &self.model.name)?;
+        enter(&self.shared, Op::Kill, &self.model.name).await?;
         Ok(self.model.exit(ExitKind::Killed))
     }
 }
