@@ -23,7 +23,7 @@ use crate::engine::{FakeEngine, FakeVm, Mode};
 pub const TOKEN: &str = "testkit-token";
 
 /// A bzImage header is "HdrS" at 0x202: enough for the spec's check.
-fn fake_kernel() -> Vec<u8> {
+pub(crate) fn fake_kernel() -> Vec<u8> {
     let mut k = vec![0u8; 0x400];
     k[0x202..0x206].copy_from_slice(b"HdrS");
     k
@@ -250,11 +250,22 @@ impl TestApp {
 
     /// Makes running partition `vm` a template with `warm` waiting children.
     pub async fn template(&self, vm: &str, name: Option<&str>, warm: u32) -> Reply {
-        self.post(
-            "/v1/templates",
-            serde_json::json!({"vm": vm, "name": name, "pool_size": warm}),
-        )
-        .await
+        let field = self.warm_field().await;
+        let mut body = serde_json::json!({"vm": vm, "name": name});
+        body[field] = warm.into();
+        self.post("/v1/templates", body).await
+    }
+
+    /// The field of a template-create request that sets its warm children,
+    /// as the API's document names it (`warm`, formerly `pool_size`).
+    pub async fn warm_field(&self) -> &'static str {
+        let (_, doc) = self.get("/v1/openapi.json").await;
+        let props = &doc["components"]["schemas"]["TemplateCreateRequest"]["properties"];
+        if props.get("warm").is_some() {
+            "warm"
+        } else {
+            "pool_size"
+        }
     }
 
     /// The collection route of identity and IPv4 pools, as the API
@@ -303,13 +314,13 @@ impl TestApp {
         v["run_state"].as_str().unwrap_or_default().to_string()
     }
 
-    /// Waits (up to 10 s, polling) until `cond` holds; panics naming `what`.
+    /// Waits (up to 30 s, polling) until `cond` holds; panics naming `what`.
     pub async fn wait_until<F, Fut>(&self, what: &str, mut cond: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while !cond().await {
             assert!(
                 tokio::time::Instant::now() < deadline,

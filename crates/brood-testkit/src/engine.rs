@@ -469,6 +469,8 @@ impl FakeEngine {
 
     fn new_model(&self, spec: &VmSpec, phase: Phase, forked: bool) -> Arc<VmModel> {
         let run_dir = self.shared.run_root.join(&spec.name);
+        // A new process starts with a fresh run directory, as QEMU's does.
+        let _ = std::fs::remove_dir_all(&run_dir);
         let _ = std::fs::create_dir_all(&run_dir);
         let pid = self.shared.next_pid.fetch_add(1, Ordering::SeqCst);
         let m = Arc::new(VmModel {
@@ -1056,5 +1058,181 @@ impl FakeVm {
     /// The engine it belongs to runs in this mode.
     pub fn mode(&self) -> Mode {
         self.shared.mode
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brood_proto::{ChildConfig, ErrorKind, ExecRequest};
+
+    fn setup(mode: Mode) -> (tempfile::TempDir, FakeEngine, VmSpec) {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, crate::app::fake_kernel()).unwrap();
+        let fake = FakeEngine::new(dir.path().join("run"), mode);
+        (dir, fake, VmSpec::new("vm1", kernel))
+    }
+
+    fn child_config(hostname: &str) -> ChildConfig {
+        ChildConfig {
+            index: 0,
+            hostname: hostname.into(),
+            macs: vec![[0x52, 0x54, 1, 2, 3, 4]],
+            ipv4: None,
+            identity: Some("dom-a".into()),
+            entropy: vec![7; 64],
+            machine_id: "0".repeat(32),
+            values: Vec::new(),
+            time_unix_ns: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_booted_vm_has_a_real_agent_and_is_found_and_attached() {
+        let (_d, fake, spec) = setup(Mode::Auto);
+        let vm = fake.boot(&spec).await.unwrap();
+        vm.wait_ready(Duration::from_secs(5)).await.unwrap();
+        let out = vm
+            .agent()
+            .unwrap()
+            .exec(&ExecRequest::shell("echo hi"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.stdout.as_slice(), out.status.code),
+            (&b"hi\n"[..], Some(0))
+        );
+        assert_eq!(fake.find_vms().len(), 1);
+        assert!(matches!(
+            fake.boot(&spec).await,
+            Err(EngineError::InvalidState { .. })
+        ));
+        // A second handle, as a restarted broodd gets.
+        let again = fake.attach(&spec).await.unwrap();
+        assert_eq!(again.pid(), vm.pid());
+        let info = again.agent().unwrap().info().await.unwrap();
+        assert_eq!(info.cpus, 1);
+        std::fs::metadata(again.console_log()).unwrap();
+        fake.vm("vm1").unwrap().crash();
+        assert_eq!(vm.wait_exit().await.kind, ExitKind::Crashed);
+        assert!(
+            again.agent().unwrap().info().await.is_err(),
+            "the channel closed"
+        );
+        assert!(fake.find_vms().is_empty());
+        assert!(fake.attach(&spec).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn failures_are_injected_once_or_by_rule() {
+        let (_d, fake, spec) = setup(Mode::Auto);
+        fake.fail_next(Op::Boot, EngineError::Unsupported { op: "boot" });
+        assert!(matches!(
+            fake.boot(&spec).await,
+            Err(EngineError::Unsupported { op: "boot" })
+        ));
+        let vm = fake.boot(&spec).await.unwrap();
+        fake.fail_when(|c| {
+            (c.op == Op::Pause && c.vm == "vm1").then_some(EngineError::Unsupported { op: "stop" })
+        });
+        assert!(vm.pause().await.is_err());
+        assert!(vm.pause().await.is_err(), "a rule stays");
+        fake.clear_failures();
+        vm.pause().await.unwrap();
+        assert_eq!(vm.status().await.unwrap(), VmStatus::Paused);
+        assert_eq!(fake.count(Op::Boot), 2);
+        assert_eq!(fake.count(Op::Pause), 3);
+    }
+
+    #[tokio::test]
+    async fn explicit_mode_waits_for_the_test_and_hung_calls_time_out() {
+        let (_d, fake, spec) = setup(Mode::Explicit);
+        let vm = fake.boot(&spec).await.unwrap();
+        assert!(vm.wait_ready(Duration::from_millis(20)).await.is_err());
+        fake.vm("vm1").unwrap().finish_boot();
+        vm.wait_ready(Duration::from_secs(5)).await.unwrap();
+        fake.vm("vm1").unwrap().hang();
+        fake.set_qmp_timeout(Duration::from_millis(10));
+        assert!(matches!(
+            vm.status().await,
+            Err(EngineError::Timeout { .. })
+        ));
+        assert_eq!(vm.kill().await.unwrap().kind, ExitKind::Killed);
+    }
+
+    #[tokio::test]
+    async fn a_template_forks_children_that_take_their_identity() {
+        let (d, fake, spec) = setup(Mode::Auto);
+        let vm = fake.boot(&spec).await.unwrap();
+        vm.wait_ready(Duration::from_secs(5)).await.unwrap();
+        let tdir = d.path().join("tpl");
+        assert!(
+            fake.save_template(vm.as_ref(), &tdir).await.is_err(),
+            "not at a fork point"
+        );
+        let (seq, _) = vm
+            .agent()
+            .unwrap()
+            .prepare_fork(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let tpl = fake.save_template(vm.as_ref(), &tdir).await.unwrap();
+        assert!(vm.exit_status().is_some(), "the parent ends");
+        assert_eq!(Template::load(&tdir).unwrap(), tpl);
+        let child = fake
+            .fork(&tpl, &tpl.child_spec("kid", Vec::new()).unwrap())
+            .await
+            .unwrap();
+        let agent = child.agent().unwrap();
+        agent.warm_fork(seq, Duration::from_secs(5)).await.unwrap();
+        let wrong = agent
+            .complete_fork(seq + 7, child_config("kid"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(wrong, EngineError::Agent(e) if e.kind == ErrorKind::NoSuchPoint));
+        let report = agent
+            .complete_fork(seq, child_config("kid"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(report.failed, None);
+        let kid = fake.vm("kid").unwrap();
+        assert_eq!(kid.hostname(), "kid");
+        assert_eq!(
+            kid.child_config().unwrap().identity.as_deref(),
+            Some("dom-a")
+        );
+        assert_eq!(kid.warmed(), 1);
+        assert!(!kid.networks_joined());
+        fake.join_networks(child.as_ref()).unwrap();
+        assert!(kid.networks_joined());
+        let rehosted = fake
+            .rehost(
+                child.as_ref(),
+                &VmSpec {
+                    name: "kid-rehost".into(),
+                    ..spec
+                },
+            )
+            .await
+            .unwrap();
+        assert!(child.exit_status().is_some());
+        assert_eq!(rehosted.status().await.unwrap(), VmStatus::Paused);
+    }
+
+    #[tokio::test]
+    async fn a_held_call_waits_until_released() {
+        let (_d, fake, spec) = setup(Mode::Auto);
+        fake.hold(Op::Boot);
+        let f2 = fake.clone();
+        let s2 = spec.clone();
+        let boot = tokio::spawn(async move { f2.boot(&s2).await.map(|v| v.pid()) });
+        while fake.count(Op::Boot) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(fake.live().is_empty(), "held before the VM exists");
+        fake.release(Op::Boot);
+        let pid = boot.await.unwrap().unwrap();
+        assert_eq!(fake.live()[0].pid(), pid);
     }
 }

@@ -579,3 +579,30 @@ async fn a_child_becomes_a_template_through_a_rehost() {
     assert_eq!(v["children"][0]["status"], "ready");
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn pool_definitions_are_checked() {
+    let app = TestApp::new().await;
+    let path = app.pools_path().await;
+    for body in [
+        json!({"name": "p", "kind": "identity", "values": []}),
+        json!({"name": "p", "kind": "identity", "values": ["a"], "range": "10.0.0.1-10.0.0.2"}),
+        json!({"name": "p", "kind": "ipv4"}),
+        json!({"name": "p", "kind": "ipv4", "range": "10.0.0.9-10.0.0.1"}),
+        json!({"name": "p", "kind": "ipv4", "range": "10.0.0.1-10.0.0.2", "prefix": 33}),
+        json!({"name": "p", "kind": "ipv4", "range": "10.0.0.1-10.0.0.2", "gateway": "x"}),
+    ] {
+        let (s, v) = app.post(path, body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    let (s, v) = app.get(path).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["items"], json!([]), "nothing was made");
+    app.identity_pool("p", &["a"]).await;
+    let (s, v) = app.identity_pool("p", &["b"]).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = app.delete(&format!("{path}/p")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.get(&format!("{path}/p")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

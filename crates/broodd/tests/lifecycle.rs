@@ -473,3 +473,70 @@ async fn set_config_takes_effect_at_the_next_start() {
     assert_eq!(app.vm("m").await.spec().mem_mib, 1024);
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn a_crashed_vm_with_an_on_failure_policy_is_restarted() {
+    let app = TestApp::new().await;
+    let (s, v) = app
+        .post(
+            "/v1/partitions",
+            json!({"name": "r", "start": true,
+                   "configs": {"d": {"policy": {"restart": "on_failure"}}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let first = app.vm("r").await;
+    first.crash();
+    app.wait_until("r runs again in a new VM", || async {
+        let (_, v) = app.get("/v1/partitions/r").await;
+        v["run_state"] == "running" && v["pid"] != first.pid()
+    })
+    .await;
+    let (_, v) = app.get("/v1/partitions/r").await;
+    assert_eq!(v["restart_count"], 1);
+    assert_eq!(app.holdings().await["r"], holds(256, 1));
+    app.assert_verified().await;
+    // A guest that powers itself off is not restarted on failure.
+    app.vm("r").await.power_off();
+    app.wait_until("r is stopped", || async {
+        app.run_state("r").await == "stopped"
+    })
+    .await;
+    assert_eq!(app.fake().count(Op::Boot), 2);
+}
+
+#[tokio::test]
+async fn the_console_and_the_audit_log_tell_what_happened() {
+    let app = TestApp::new().await;
+    app.running("c").await;
+    let vm = app.vm("c").await;
+    vm.console("hello from the guest");
+    let (s, v) = app.get("/v1/partitions/c/console").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("hello from the guest"), "{text}");
+    // The console outlives the run.
+    app.post_empty("/v1/partitions/c/kill").await;
+    app.post_empty("/v1/partitions/c/start").await;
+    let (_, v) = app.get("/v1/partitions/c/console").await;
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("hello from the guest"), "{text}");
+    assert_eq!(text.matches("started for").count(), 2, "{text}");
+    let (_, v) = app.get("/v1/partitions/c/console?bytes=5").await;
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["text"].as_str().unwrap().len(), 5);
+    let (s, log) = app.get("/v1/ledger/log").await;
+    assert_eq!(s, StatusCode::OK, "{log}");
+    let reasons: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    for want in ["define c", "start c", "kill c", "c stopped"] {
+        assert!(
+            reasons.iter().any(|r| r.starts_with(want)),
+            "{want}: {reasons:?}"
+        );
+    }
+}

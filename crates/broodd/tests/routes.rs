@@ -48,7 +48,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("PUT", p) if p.ends_with("/stage") => json!({"stage": "disabled"}),
         ("PUT", p) if p.ends_with("/config") => json!({"config": "d"}),
         ("POST", p) if p.ends_with("/exec") => json!({"command": "true"}),
-        ("POST", "/templates") => json!({"vm": name, "pool_size": 0}),
+        ("POST", "/templates") => json!({"vm": name}),
         ("POST", p) if p.ends_with("/fork") => json!({"count": 1}),
         ("POST", p) if p.ends_with("pools") => {
             json!({"name": name, "kind": "identity", "values": ["v"]})
@@ -329,7 +329,7 @@ async fn every_route_that_drives_the_engine_maps_its_failure_to_502() {
             }
             ("POST", "/templates") => {
                 fake.fail_prepare_fork(Some("service 10-db failed".into()));
-                ("", Some(json!({"vm": "on", "pool_size": 0})))
+                ("", Some(json!({"vm": "on"})))
             }
             ("POST", "/templates/{name}/fork") => {
                 fake.fail_next(Op::Fork, EngineError::Migration("bad state".into()));
