@@ -540,3 +540,52 @@ async fn the_console_and_the_audit_log_tell_what_happened() {
         );
     }
 }
+
+#[tokio::test]
+async fn concurrent_starts_never_hold_twice_or_beyond_capacity() {
+    let app = std::sync::Arc::new(TestApp::new().await);
+    app.define("one", 256, 1, false).await;
+    let starts: Vec<_> = (0..6)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.post_empty("/v1/partitions/one/start").await.0 })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in starts {
+        match t.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("a concurrent start answered {other}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one start wins");
+    assert_eq!(app.holdings().await["one"], holds(256, 1));
+    assert_eq!(app.fake().live().len(), 1);
+    // Ten 512 MiB partitions on 2048 MiB (256 held already): three fit.
+    for i in 0..10 {
+        app.define(&format!("p{i}"), 512, 1, false).await;
+    }
+    let starts: Vec<_> = (0..10)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { app.post_empty(&format!("/v1/partitions/p{i}/start")).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in starts {
+        let (s, v) = t.await.unwrap();
+        match s {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => assert_eq!(code(&v), "capacity_exceeded", "{v}"),
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!(ok, 3);
+    assert_eq!(
+        app.holdings().await["available"]["memory_mib"],
+        2048 - 256 - 3 * 512
+    );
+    assert_eq!(app.fake().live().len(), 4);
+    app.assert_verified().await;
+}
