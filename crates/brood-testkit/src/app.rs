@@ -397,6 +397,21 @@ impl TestApp {
         self.broodd = Some(broodd);
     }
 
+    /// Subscribes to `GET /v1/events`.
+    pub async fn events(&self) -> Events {
+        let resp = self
+            .router
+            .clone()
+            .oneshot(authorized(Method::GET, "/v1/events", None))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(resp.status(), StatusCode::OK, "the event stream opens");
+        Events {
+            body: resp.into_body().into_data_stream(),
+            buf: String::new(),
+        }
+    }
+
     /// Serves the router on a unix socket in the data directory and
     /// writes the token file, for the real `brood` binary
     /// (`brood --host SOCKET --token T`).
@@ -433,5 +448,50 @@ pub struct Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The server-sent events of `GET /v1/events`, one JSON object each.
+#[derive(Debug)]
+pub struct Events {
+    body: axum::body::BodyDataStream,
+    buf: String,
+}
+
+impl Events {
+    /// The next event's JSON (`None` when the stream ends); waits at most 30 s.
+    pub async fn next(&mut self) -> Option<Value> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if !data.is_empty() {
+                    let text = data.join("\n");
+                    return Some(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .expect("an event within 30 s")?;
+            self.buf.push_str(&String::from_utf8_lossy(
+                &chunk.expect("the event stream reads"),
+            ));
+        }
+    }
+
+    /// Skips events until one for which `want` holds, and returns it.
+    pub async fn until(&mut self, mut want: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let e = self.next().await.expect("the event stream ended");
+            if want(&e) {
+                return e;
+            }
+        }
     }
 }

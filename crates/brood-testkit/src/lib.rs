@@ -18,6 +18,6 @@ mod agent;
 mod app;
 mod engine;
 
-pub use app::{Reply, Served, TOKEN, TestApp, TestAppBuilder};
+pub use app::{Events, Reply, Served, TOKEN, TestApp, TestAppBuilder};
 pub use brood_ledger::Resources;
 pub use engine::{Call, ExecReply, ExecRule, FakeEngine, FakeVm, Identity, Mode, Op, Phase};

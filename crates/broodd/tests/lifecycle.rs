@@ -589,3 +589,23 @@ async fn concurrent_starts_never_hold_twice_or_beyond_capacity() {
     assert_eq!(app.fake().live().len(), 4);
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn state_changes_are_published_as_events() {
+    let app = TestApp::new().await;
+    let mut events = app.events().await;
+    app.running("ev").await;
+    let e = events
+        .until(|e| e["kind"]["type"] == "partition" && e["kind"]["run_state"] == "running")
+        .await;
+    assert_eq!(e["kind"]["name"], "ev");
+    app.vm("ev").await.crash();
+    let e = events
+        .until(|e| e["kind"]["type"] == "partition" && e["kind"]["run_state"] == "crashed")
+        .await;
+    assert_eq!(e["kind"]["name"], "ev");
+    app.delete("/v1/partitions/ev").await;
+    events
+        .until(|e| e["kind"]["type"] == "partition_deleted")
+        .await;
+}
