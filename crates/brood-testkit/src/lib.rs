@@ -11,6 +11,20 @@
 //!   to a real `AgentClient`.
 //! - [`TestApp`] (`app`): data directory, engine, capacity, broodd; requests
 //!   through the router; restart; a unix socket for the `brood` CLI.
+//!
+//! ```text
+//! let app = TestApp::builder().mode(Mode::Explicit).build().await;
+//! app.running("web").await;                      // POST /v1/partitions, started
+//! app.vm("web").await.finish_boot();             // the agent says Ready
+//! app.fake().fail_next(Op::Pause, EngineError::Unsupported { op: "stop" });
+//! let (status, body) = app.post_empty("/v1/partitions/web/pause").await; // 502
+//! app.vm("web").await.crash();                   // the supervisor records it
+//! app.restart().await;                           // reconcile on the same fake
+//! app.assert_verified().await;                   // GET /v1/ledger/verify is ok
+//! ```
+//!
+//! Not modelled: cgroups, taps and bridges, disks' contents (broodd still
+//! makes them with `qemu-img`), QEMU's own timing.
 
 #![warn(missing_docs)]
 
