@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::engine::{ExecReply, Identity, Mode, Phase, Shared, VmModel, lock};
+use crate::engine::{ExecReply, Identity, Mode, Shared, lock};
+use crate::vm::{Phase, VmModel};
 
 /// Opens a new agent connection to `model` and returns broodd's end.
 pub(crate) fn connect(

@@ -17,7 +17,8 @@ use broodd::{Broodd, Config, Paths};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::engine::{FakeEngine, FakeVm, Mode};
+use crate::engine::{FakeEngine, Mode};
+use crate::vm::FakeVm;
 
 /// The bearer token every TestApp uses.
 pub const TOKEN: &str = "testkit-token";

@@ -31,7 +31,9 @@
 mod agent;
 mod app;
 mod engine;
+mod vm;
 
 pub use app::{Events, Reply, Served, TOKEN, TestApp, TestAppBuilder};
 pub use brood_ledger::Resources;
-pub use engine::{Call, ExecReply, ExecRule, FakeEngine, FakeVm, Identity, Mode, Op, Phase};
+pub use engine::{Call, ExecReply, ExecRule, FakeEngine, Identity, Mode, Op};
+pub use vm::{FakeVm, Phase};
