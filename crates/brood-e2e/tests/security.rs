@@ -121,12 +121,8 @@ fn a_qcow2_header_in_a_raw_disk_never_opens_a_host_file() {
 async fn qemu_runs_unprivileged_sandboxed_and_chrooted() {
     let env = TestEnv::new();
     let engine = env.engine();
-    let a = engine.boot(&env.spec("conf-a"))
-        .await
-        .unwrap();
-    let b = engine.boot(&env.spec("conf-b"))
-        .await
-        .unwrap();
+    let a = engine.boot(&env.spec("conf-a")).await.unwrap();
+    let b = engine.boot(&env.spec("conf-b")).await.unwrap();
     let mut uids = Vec::new();
     for vm in [&a, &b] {
         let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
@@ -189,9 +185,7 @@ async fn qemu_runs_unprivileged_sandboxed_and_chrooted() {
 async fn guest_memory_and_logs_of_brood_run_are_private() {
     let env = TestEnv::new();
     open_run_root(&env);
-    let vm = env.engine().boot(&env.spec("private"))
-        .await
-        .unwrap();
+    let vm = env.engine().boot(&env.spec("private")).await.unwrap();
     vm.wait_ready(Duration::from_secs(60)).await.unwrap();
     let secret = token("MEMSECRET");
     // Into guest RAM (a tmpfs file) and onto the console log.
@@ -300,9 +294,7 @@ async fn a_template_is_private_and_its_children_read_it_in_its_group() {
     let env = TestEnv::new();
     open_run_root(&env);
     let engine = env.engine();
-    let parent = engine.boot(&env.spec("tparent"))
-        .await
-        .unwrap();
+    let parent = engine.boot(&env.spec("tparent")).await.unwrap();
     parent.wait_ready(Duration::from_secs(60)).await.unwrap();
     let secret = token("TPLSECRET");
     let agent = parent.agent().unwrap();

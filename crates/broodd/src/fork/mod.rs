@@ -369,7 +369,7 @@ pub async fn apply_identity(
     let lock = host.registry.lock(rec.uuid);
     let _g = lock.lock().await;
     let now = host.reload(rec.uuid).await?;
-    if running.exit_expected() || now.pid != Some(running.vm.pid()) || !now.run_state.is_active() {
+    if running.exit_expected() {
         // Killed or deleted while its identity was applied: whoever ended
         // it records the end.
         return Err(HostError::conflict(format!(
@@ -379,6 +379,27 @@ pub async fn apply_identity(
                 .as_deref()
                 .unwrap_or("the identity step had finished")
         )));
+    }
+    if now.pid != Some(running.vm.pid()) || !now.run_state.is_active() {
+        // Its VM ended on its own during the step (its end is recorded):
+        // the identity was never applied, so it gives it back.
+        let why = failure.unwrap_or_else(|| "its VM ended during the identity step".into());
+        lineage.status = ChildStatus::Failed;
+        lineage.error = Some(why.clone());
+        let patch = PartitionPatch {
+            pending_op: Some(None),
+            lineage: Some(Some(Lineage::Child(Box::new(lineage.clone())))),
+            ..Default::default()
+        };
+        let ops = vec![Op::ReturnToPool {
+            holder: now.uuid,
+            pool: None,
+        }];
+        let now = host
+            .update(actor, format!("{}: {why}", now.name), &now, patch, ops)
+            .await?;
+        warn!(child = %now.name, "its VM ended during its identity step: {why}");
+        return Ok(identity::child_out(&now, &lineage));
     }
     let rec = match &failure {
         None => {
