@@ -18,6 +18,11 @@ pub struct TemplateCreateRequest {
     /// Warm children kept started and waiting for a fork (default 2, at most 64).
     #[serde(default, alias = "pool_size")]
     pub warm: Option<u32>,
+    /// Keep the template's memory file and state in the data directory
+    /// (`DATA_DIR/templates/<uuid>/`) instead of the tmpfs, so it survives
+    /// a host reboot (forks read its memory from disk).
+    #[serde(default)]
+    pub persist: bool,
 }
 
 /// A template.
@@ -134,6 +139,10 @@ pub struct ForkChild {
     pub running_ms: Option<f64>,
     /// From the request to the child being ready (ms).
     pub ready_ms: Option<f64>,
+    /// Memory it is charged in MiB, trued up from what it really uses
+    /// (its memory cgroup's limit); absent before it is recorded.
+    #[serde(default)]
+    pub charge_mib: Option<u64>,
 }
 
 /// Result of a fork.

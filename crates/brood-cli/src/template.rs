@@ -18,6 +18,7 @@ pub enum TemplateCmd {
     #[command(after_help = "Examples:
   brood template create web
   brood template create web --name web-v2 --warm 8
+  brood template create web --persist   # survives a host reboot
   brood template create web -o json
 
 The VM is frozen and never runs again; without --name the template takes
@@ -31,6 +32,10 @@ its name.")]
         /// Warm children: child VMs kept started and waiting for a fork [default: 2].
         #[arg(long, value_name = "N")]
         warm: Option<u32>,
+        /// Keep the template's memory in the data directory, not on the
+        /// tmpfs, so it survives a host reboot.
+        #[arg(long)]
+        persist: bool,
     },
     /// List templates.
     #[command(after_help = "Examples:
@@ -68,11 +73,17 @@ fn template_path(name: &str) -> String {
 /// Runs a `brood template` command; returns the exit code.
 pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
-        TemplateCmd::Create { vm, name, warm } => {
+        TemplateCmd::Create {
+            vm,
+            name,
+            warm,
+            persist,
+        } => {
             let req = TemplateCreateRequest {
                 vm: vm.clone(),
                 name,
                 warm,
+                persist,
             };
             let t: Template = client.post("/v1/templates", &req).await?;
             match out {
@@ -201,7 +212,7 @@ mod tests {
         ];
         assert_eq!(
             list_table(&items),
-            "NAME        MEMORY  VCPUS  CHILDREN  POOL  PARENT\n\
+            "NAME        MEMORY  VCPUS  CHILDREN  WARM  PARENT\n\
              web        512 MiB      2         3   1/2  -\n\
              web-2-tpl  512 MiB      2         0   1/2  web\n"
         );

@@ -248,6 +248,7 @@ fn fork_child(template: &str, index: u32, req: &Value, error: Option<&str>) -> F
         persistent: req["persistent"].as_bool().unwrap_or(false),
         running_ms: Some(35.0),
         ready_ms: Some(80.0),
+        charge_mib: None,
     }
 }
 
