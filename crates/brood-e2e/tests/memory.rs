@@ -150,6 +150,16 @@ fn a_child_that_dirties_memory_is_charged_what_it_uses() {
     assert!(verify.status.success(), "{verify:?}");
     b.verify_ok();
 
+    // Started again, it forks afresh and keeps its trued-up charge, which
+    // its new cgroup holds it to.
+    b.ok("POST", &format!("/v1/partitions/{child}/kill"), None);
+    assert_eq!(holds(&b, &child)["memory_mib"], 0);
+    let again = b.ok("POST", &format!("/v1/partitions/{child}/start"), None);
+    let pid = again["pid"].as_u64().unwrap();
+    assert_eq!(holds(&b, &child)["memory_mib"], held);
+    assert_eq!(cgroup_limit_mib(pid), Some(held));
+    b.verify_ok();
+
     b.ok("DELETE", "/v1/templates/mbase?cascade=true", None);
     b.verify_ok();
     drop(b);

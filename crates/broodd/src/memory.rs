@@ -137,6 +137,34 @@ pub async fn fit(
     Ok(new)
 }
 
+/// A VM's cgroup limit raised while it saves its state; put back on drop.
+#[derive(Debug)]
+pub struct SaveRoom {
+    cg: Cgroup,
+    limit_mib: u64,
+}
+
+impl Drop for SaveRoom {
+    fn drop(&mut self) {
+        // The VM resumes after a failed save: its charge holds it again.
+        let _ = self.cg.set_memory_limit(self.limit_mib);
+    }
+}
+
+/// Raises the cgroup limit of `rec`'s VM (QEMU `pid`) by its guest memory
+/// while it saves: QEMU writes the state file itself, so the file's pages
+/// are charged to its cgroup until written back, and a data directory on
+/// a tmpfs (as the tests keep it) never writes them back. The state file
+/// is the partition's saved state, not its running memory, and its memory
+/// charge is given back once it is saved.
+pub fn room_to_save(rec: &PartitionRecord, pid: u32) -> Option<SaveRoom> {
+    let cg = Cgroup::of_pid(pid)?;
+    let limit_mib = cg.memory_limit_mib()?;
+    let guest = active_config(rec).ok()?.memory_mib;
+    cg.set_memory_limit(limit_mib.saturating_add(guest)).ok()?;
+    Some(SaveRoom { cg, limit_mib })
+}
+
 /// One look at every live child.
 async fn true_up_all(host: &Arc<Host>) {
     for (uuid, running) in host.registry.all_running() {

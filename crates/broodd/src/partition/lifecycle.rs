@@ -173,7 +173,10 @@ pub async fn save(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Parti
             .await
             .map_err(|e| HostError::io("create the saves directory", e))?;
     }
-    if let Err(e) = running.vm.save(&partial).await {
+    let room = crate::memory::room_to_save(&rec, running.vm.pid());
+    let saved = running.vm.save(&partial).await;
+    drop(room);
+    if let Err(e) = saved {
         let _ = tokio::fs::remove_file(&partial).await;
         let _ = running.vm.resume().await;
         host.set_pending(actor, &rec, None, format!("save of {} failed", rec.name))
