@@ -19,12 +19,14 @@
 //! broodd's cache and charged to the host's infrastructure, each bounded by
 //! a cgroup at its template's full charge until a fork claims it ([`fit`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use brood_engine::cgroup::{Cgroup, MIN_MEMORY_LIMIT_MIB};
 use brood_ledger::{Op, Owner, PartitionPatch, PartitionRecord, Resources};
 use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 use crate::host::config::{active_config, memory_charge};
 use crate::host::{Host, HostError, HostResult, Kind, chain};
@@ -34,6 +36,8 @@ pub const TRUE_UP_PERIOD: Duration = Duration::from_millis(500);
 /// How far above what a child uses its charge is set: it keeps this much
 /// room until the next look, and is raised once less than half is left.
 pub const HEADROOM_MIB: u64 = 96;
+/// How often a child's failing true-up is logged.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Who the true-ups are recorded as in the audit log.
 const ACTOR: &str = "memory";
 
@@ -165,9 +169,12 @@ pub fn room_to_save(rec: &PartitionRecord, pid: u32) -> Option<SaveRoom> {
     Some(SaveRoom { cg, limit_mib })
 }
 
-/// One look at every live child.
-async fn true_up_all(host: &Arc<Host>) {
-    for (uuid, running) in host.registry.all_running() {
+/// One look at every live child; a failure is logged at most once a
+/// minute per child (`warned`).
+async fn true_up_all(host: &Arc<Host>, warned: &mut HashMap<Uuid, Instant>) {
+    let live = host.registry.all_running();
+    warned.retain(|u, _| live.iter().any(|(l, _)| l == u));
+    for (uuid, running) in live {
         let lock = host.registry.lock(uuid);
         // A child busy with an operation is looked at next time.
         let Ok(_g) = lock.try_lock() else {
@@ -184,8 +191,19 @@ async fn true_up_all(host: &Arc<Host>) {
         {
             continue;
         }
+        // A child started by a broodd older than memory cgroups has none.
+        if Cgroup::of_pid(running.vm.pid())
+            .and_then(|c| c.memory_limit_mib())
+            .is_none()
+        {
+            continue;
+        }
         if let Err(e) = fit(host, &rec, running.vm.pid(), false).await {
-            warn!(child = %rec.name, "truing up its memory charge: {}", chain(&e));
+            let quiet = warned.get(&uuid).is_some_and(|t| t.elapsed() < WARN_EVERY);
+            if !quiet {
+                warned.insert(uuid, Instant::now());
+                warn!(child = %rec.name, "truing up its memory charge: {}", chain(&e));
+            }
         }
     }
 }
@@ -195,9 +213,10 @@ pub fn spawn(host: Arc<Host>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TRUE_UP_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = HashMap::new();
         while !host.is_stopping() {
             tick.tick().await;
-            true_up_all(&host).await;
+            true_up_all(&host, &mut warned).await;
         }
     });
 }
