@@ -21,7 +21,7 @@ pub struct TemplateCreateRequest {
     /// Keep the template's memory file and state in the data directory
     /// (`DATA_DIR/templates/<uuid>/`) instead of the tmpfs, so it survives
     /// a host reboot (forks read its memory from disk).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persist: bool,
 }
 
@@ -54,6 +54,10 @@ pub struct Template {
     pub disks: Vec<String>,
     /// When it was made (RFC 3339).
     pub created_at: String,
+    /// Whether its memory and state are kept in the data directory
+    /// (`--persist`), so it survives a host reboot.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// A list of templates.

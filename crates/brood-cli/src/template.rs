@@ -156,6 +156,15 @@ pub fn show(t: &Template) -> String {
         ("vcpus", t.vcpus.to_string()),
         ("state", format!("{} bytes", t.state_bytes)),
         ("warm", format!("{} ready of {}", t.warm_ready, t.warm)),
+        (
+            "persist",
+            if t.persistent {
+                "yes (survives a host reboot)"
+            } else {
+                "no (on the tmpfs)"
+            }
+            .to_string(),
+        ),
     ];
     push_list(&mut kv, "children", &t.children);
     push_list(&mut kv, "derived", &t.derived);
@@ -193,6 +202,7 @@ mod tests {
             warm: 2,
             disks: vec!["/data/templates/web/root.qcow2".into()],
             created_at: "2025-01-01T00:00:00Z".into(),
+            persistent: false,
         }
     }
 
@@ -227,6 +237,7 @@ mod tests {
         assert!(s.contains("warm      1 ready of 2\n"), "{s}");
         assert!(s.contains("children  web-1\n          web-2\n"), "{s}");
         assert!(s.contains("derived   -\n"), "{s}");
+        assert!(s.contains("persist   no (on the tmpfs)\n"), "{s}");
         assert!(
             s.contains("disks     /data/templates/web/root.qcow2\n"),
             "{s}"

@@ -222,6 +222,7 @@ fn template(name: &str) -> Template {
         warm: 4,
         disks: Vec::new(),
         created_at: "2025-01-01T00:00:00Z".into(),
+        persistent: false,
     }
 }
 
@@ -646,7 +647,7 @@ async fn template_list_and_delete() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "NAME   MEMORY  VCPUS  CHILDREN  POOL  PARENT\n\
+        "NAME   MEMORY  VCPUS  CHILDREN  WARM  PARENT\n\
          base  512 MiB      2         2   2/4  -\n"
     );
 

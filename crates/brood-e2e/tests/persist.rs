@@ -22,6 +22,7 @@ fn a_persistent_template_forks_after_a_reboot() {
         .args(["template", "create", "keep", "--persist", "--warm", "0"]));
     assert!(out.status.success(), "{out:?}");
     let tpl = b.ok("GET", "/v1/templates/keep", None);
+    assert_eq!(tpl["persistent"], true, "{tpl}");
     let uuid = tpl["uuid"].as_str().unwrap().to_string();
     let dir = b.data.join("templates").join(&uuid);
     for f in ["mem", "state", "template.json"] {
