@@ -160,6 +160,26 @@ fn a_child_that_dirties_memory_is_charged_what_it_uses() {
     assert_eq!(cgroup_limit_mib(pid), Some(held));
     b.verify_ok();
 
+    // A child made a template is re-hosted into a VM charged (and held to)
+    // its whole memory; its own child is trued up like any other.
+    b.ok(
+        "POST",
+        "/v1/templates",
+        Some(&json!({"vm": child, "name": "mlayer2", "warm": 0})),
+    );
+    let r = b.ok(
+        "POST",
+        "/v1/templates/mlayer2/fork",
+        Some(&json!({"count": 1, "charge_mib": 48})),
+    );
+    let grandchild = r["children"][0]["name"].as_str().unwrap().to_string();
+    let (code, _, err) = b.exec(&grandchild, "true");
+    assert_eq!(code, 0, "{err}");
+    let gpid = partition(&b, &grandchild)["pid"].as_u64().unwrap();
+    let gheld = holds(&b, &grandchild)["memory_mib"].as_u64().unwrap();
+    assert_eq!(cgroup_limit_mib(gpid), Some(gheld));
+    b.verify_ok();
+
     b.ok("DELETE", "/v1/templates/mbase?cascade=true", None);
     b.verify_ok();
     drop(b);
