@@ -21,6 +21,11 @@ pub struct TemplateCreateRequest {
     #[serde(default, alias = "pool_size")]
     #[schema(maximum = 64)]
     pub warm: Option<u32>,
+    /// Keep the template's memory file and state in the data directory
+    /// (`DATA_DIR/templates/<uuid>/`) instead of the tmpfs, so it survives
+    /// a host reboot (forks read its memory from disk).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persist: bool,
 }
 
 /// A template.
@@ -52,6 +57,10 @@ pub struct Template {
     pub disks: Vec<String>,
     /// When it was made (RFC 3339).
     pub created_at: String,
+    /// Whether its memory and state are kept in the data directory
+    /// (`--persist`), so it survives a host reboot.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// A list of templates.
@@ -139,6 +148,10 @@ pub struct ForkChild {
     pub running_ms: Option<f64>,
     /// From the request to the child being ready (ms).
     pub ready_ms: Option<f64>,
+    /// Memory it is charged in MiB, trued up from what it really uses
+    /// (its memory cgroup's limit); absent before it is recorded.
+    #[serde(default)]
+    pub charge_mib: Option<u64>,
 }
 
 /// Result of a fork.

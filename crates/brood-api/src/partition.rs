@@ -72,7 +72,7 @@ pub struct Policy {
     #[schema(minimum = 1, maximum = 25500)]
     pub cpu_cap_pct: Option<u32>,
     /// Most memory QEMU may use, guest memory included, in MiB: at least
-    /// `memory_mib` + 48 (QEMU's own), at most 8388608.
+    /// `memory_mib` + 128 (QEMU's own), at most 8388608.
     #[schema(minimum = 64, maximum = 8388608)]
     pub memory_limit_mib: Option<u64>,
     /// Scheduling priority of the partition's jobs, -1000 to 1000: higher goes first.

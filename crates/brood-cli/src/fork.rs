@@ -165,6 +165,7 @@ mod tests {
             persistent: false,
             running_ms: Some(40.0),
             ready_ms: Some(90.5),
+            charge_mib: None,
         }
     }
 

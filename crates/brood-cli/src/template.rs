@@ -18,6 +18,7 @@ pub enum TemplateCmd {
     #[command(after_help = "Examples:
   brood template create web
   brood template create web --name web-v2 --warm 8
+  brood template create web --persist   # survives a host reboot
   brood template create web -o json
 
 The VM is frozen and never runs again; without --name the template takes
@@ -31,6 +32,10 @@ its name.")]
         /// Warm children: child VMs kept started and waiting for a fork [default: 2].
         #[arg(long, value_name = "N")]
         warm: Option<u32>,
+        /// Keep the template's memory in the data directory, not on the
+        /// tmpfs, so it survives a host reboot.
+        #[arg(long)]
+        persist: bool,
     },
     /// List templates.
     #[command(after_help = "Examples:
@@ -68,11 +73,17 @@ fn template_path(name: &str) -> String {
 /// Runs a `brood template` command; returns the exit code.
 pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
-        TemplateCmd::Create { vm, name, warm } => {
+        TemplateCmd::Create {
+            vm,
+            name,
+            warm,
+            persist,
+        } => {
             let req = TemplateCreateRequest {
                 vm: vm.clone(),
                 name,
                 warm,
+                persist,
             };
             let t: Template = client.post("/v1/templates", &req).await?;
             match out {
@@ -145,6 +156,15 @@ pub fn show(t: &Template) -> String {
         ("vcpus", t.vcpus.to_string()),
         ("state", format!("{} bytes", t.state_bytes)),
         ("warm", format!("{} ready of {}", t.warm_ready, t.warm)),
+        (
+            "persist",
+            if t.persistent {
+                "yes (survives a host reboot)"
+            } else {
+                "no (on the tmpfs)"
+            }
+            .to_string(),
+        ),
     ];
     push_list(&mut kv, "children", &t.children);
     push_list(&mut kv, "derived", &t.derived);
@@ -182,6 +202,7 @@ mod tests {
             warm: 2,
             disks: vec!["/data/templates/web/root.qcow2".into()],
             created_at: "2025-01-01T00:00:00Z".into(),
+            persistent: false,
         }
     }
 
@@ -216,6 +237,7 @@ mod tests {
         assert!(s.contains("warm      1 ready of 2\n"), "{s}");
         assert!(s.contains("children  web-1\n          web-2\n"), "{s}");
         assert!(s.contains("derived   -\n"), "{s}");
+        assert!(s.contains("persist   no (on the tmpfs)\n"), "{s}");
         assert!(
             s.contains("disks     /data/templates/web/root.qcow2\n"),
             "{s}"

@@ -507,6 +507,7 @@ mod tests {
             persistent: true,
             running_ms: Some(38.0),
             ready_ms: None,
+            charge_mib: None,
         });
         let s = show(&child);
         let expected = [

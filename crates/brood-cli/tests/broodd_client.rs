@@ -237,6 +237,7 @@ fn template(name: &str) -> Template {
         warm: 4,
         disks: Vec::new(),
         created_at: "2025-01-01T00:00:00Z".into(),
+        persistent: false,
     }
 }
 
@@ -263,6 +264,7 @@ fn fork_child(template: &str, index: u32, req: &Value, error: Option<&str>) -> F
         persistent: req["persistent"].as_bool().unwrap_or(false),
         running_ms: Some(35.0),
         ready_ms: Some(80.0),
+        charge_mib: None,
     }
 }
 

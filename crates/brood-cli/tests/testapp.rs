@@ -89,7 +89,8 @@ async fn vm_commands_change_what_broodd_holds() {
     .await;
     assert!(out.contains("web"), "{out}");
     assert_eq!(app.run_state("web").await, "running");
-    assert_eq!(app.holdings().await["web"]["memory_mib"], 512);
+    // Its guest memory and QEMU's own (host::config::QEMU_OVERHEAD_MIB).
+    assert_eq!(app.holdings().await["web"]["memory_mib"], 512 + 128);
     ok(&s, &["vm", "define", "idle"]).await;
 
     let table = ok(&s, &["vm", "list"]).await;

@@ -14,6 +14,9 @@ fn define(name: &str, memory: u64, start: bool) -> Value {
     json!({"name": name, "configs": {"default": {"memory_mib": memory}}, "start": start})
 }
 
+/// What broodd charges a VM for QEMU's own memory besides its guest's.
+const QEMU_MIB: u64 = 128;
+
 fn holds(b: &Broodd, owner: &str) -> Value {
     let l = b.ok("GET", "/v1/ledger", None);
     l["owners"]
@@ -51,7 +54,7 @@ fn partition_life_cycle_through_the_api() {
     let p = b.ok("POST", "/v1/partitions/life/start", None);
     assert_eq!(p["run_state"], "running");
     assert!(p["pid"].as_u64().unwrap() > 0);
-    assert_eq!(holds(&b, "life")["memory_mib"], 256);
+    assert_eq!(holds(&b, "life")["memory_mib"], 256 + QEMU_MIB);
     let (code, out) = exec(&b, "life", "cat /proc/version; ls /dev/vda; exit 3");
     assert_eq!(code, 3);
     assert!(out.contains("Debian") && out.contains("/dev/vda"), "{out}");
@@ -60,7 +63,7 @@ fn partition_life_cycle_through_the_api() {
         b.ok("POST", "/v1/partitions/life/pause", None)["run_state"],
         "paused"
     );
-    assert_eq!(holds(&b, "life")["memory_mib"], 256);
+    assert_eq!(holds(&b, "life")["memory_mib"], 256 + QEMU_MIB);
     assert_eq!(
         b.ok("POST", "/v1/partitions/life/resume", None)["run_state"],
         "running"
@@ -74,7 +77,7 @@ fn partition_life_cycle_through_the_api() {
         )["active_config"],
         "big"
     );
-    assert_eq!(holds(&b, "life")["memory_mib"], 256);
+    assert_eq!(holds(&b, "life")["memory_mib"], 256 + QEMU_MIB);
     let p = b.ok(
         "POST",
         "/v1/partitions/life/stop",
@@ -84,7 +87,7 @@ fn partition_life_cycle_through_the_api() {
     assert_eq!(p["pid"], Value::Null);
     assert_eq!(holds(&b, "life")["memory_mib"], 0);
     b.ok("POST", "/v1/partitions/life/start", None);
-    assert_eq!(holds(&b, "life")["memory_mib"], 384);
+    assert_eq!(holds(&b, "life")["memory_mib"], 384 + QEMU_MIB);
     assert_eq!(holds(&b, "life")["vcpus"], 2);
     let (_, out) = exec(&b, "life", "nproc; echo kept > /tmp/kept");
     assert_eq!(out, "2\n");
@@ -257,8 +260,8 @@ fn illegal_transitions_are_refused_with_clear_errors() {
 #[test]
 fn fifty_racing_creates_never_overcommit() {
     let env = TestEnv::new();
-    // Room for exactly three 256 MiB VMs.
-    let b = Broodd::start(&env, &["--memory-mib", "800"]);
+    // Room for exactly three 256 MiB VMs (each charged QEMU's own memory too).
+    let b = Broodd::start(&env, &["--memory-mib", "1200"]);
     let results: Vec<(u16, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..50)
             .map(|i| {
@@ -282,7 +285,10 @@ fn fifty_racing_creates_never_overcommit() {
     assert_eq!(ok, 3, "{results:?}");
     assert_eq!(full, 47, "{results:?}");
     let l = b.ok("GET", "/v1/ledger", None);
-    assert_eq!(l["owners"][0]["holds"]["memory_mib"], 800 - 3 * 256);
+    assert_eq!(
+        l["owners"][0]["holds"]["memory_mib"],
+        1200 - 3 * (256 + QEMU_MIB)
+    );
     let listed = b.ok("GET", "/v1/partitions?limit=2", None);
     assert_eq!(listed["items"].as_array().unwrap().len(), 2);
     let rest = b.ok(

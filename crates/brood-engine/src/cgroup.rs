@@ -216,12 +216,90 @@ impl Cgroup {
         (!dirs.is_empty()).then_some(Cgroup { dirs })
     }
 
+    /// The memory group's directory, if the VM has one.
+    fn memory_dir(&self) -> Option<(&Path, Version)> {
+        self.dirs.iter().find_map(|d| {
+            if d.join("memory.max").exists() {
+                Some((d.as_path(), Version::V2))
+            } else if d.join("memory.limit_in_bytes").exists() {
+                Some((d.as_path(), Version::V1))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Changes the memory limit of a live VM. Raising it always works;
+    /// lowering it below what the group uses makes the kernel reclaim, and
+    /// v1 refuses (`EBUSY`) what it cannot reclaim.
+    pub fn set_memory_limit(&self, mib: u64) -> Result<(), EngineError> {
+        Limits {
+            memory_limit_mib: Some(mib),
+            ..Limits::default()
+        }
+        .validate()?;
+        let bytes = limit_bytes(mib)?.to_string();
+        match self.memory_dir() {
+            Some((d, Version::V2)) => write(&d.join("memory.max"), &bytes),
+            Some((d, Version::V1)) => write(&d.join("memory.limit_in_bytes"), &bytes),
+            None => Err(EngineError::InvalidSpec(
+                "this VM has no memory cgroup whose limit could change".into(),
+            )),
+        }
+    }
+
+    /// The memory limit in MiB (`None` without a memory group or limit).
+    pub fn memory_limit_mib(&self) -> Option<u64> {
+        let (d, v) = self.memory_dir()?;
+        let file = match v {
+            Version::V2 => "memory.max",
+            Version::V1 => "memory.limit_in_bytes",
+        };
+        let text = fs::read_to_string(d.join(file)).ok()?;
+        text.trim().parse::<u64>().ok().map(|b| b >> 20)
+    }
+
+    /// What the VM's processes use of memory of their own, in bytes: the
+    /// anonymous and shmem pages charged to the group (the pages a guest
+    /// dirtied, QEMU's heap), without the clean file cache the kernel can
+    /// drop at will (a template's memory file read from disk).
+    pub fn memory_private_bytes(&self) -> Option<u64> {
+        let (d, v) = self.memory_dir()?;
+        let text = fs::read_to_string(d.join("memory.stat")).ok()?;
+        private_bytes(&text, v)
+    }
+
     /// Removes the groups; they must have no processes left.
     pub fn remove(&self) {
         for d in &self.dirs {
             let _ = fs::remove_dir(d);
         }
     }
+}
+
+/// Anonymous plus shmem bytes from a `memory.stat` (v1 names them
+/// `total_rss` and `total_shmem`, hierarchical; v2 `anon` and `shmem`).
+/// Bounded parsing: unknown or malformed lines are skipped.
+fn private_bytes(stat: &str, v: Version) -> Option<u64> {
+    let keys: [&str; 2] = match v {
+        Version::V1 => ["total_rss", "total_shmem"],
+        Version::V2 => ["anon", "shmem"],
+    };
+    let mut found = false;
+    let mut sum = 0u64;
+    for line in stat.lines().take(256) {
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(n)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if keys.contains(&k)
+            && let Ok(n) = n.parse::<u64>()
+        {
+            found = true;
+            sum = sum.saturating_add(n);
+        }
+    }
+    found.then_some(sum)
 }
 
 /// A memory limit in bytes; refused where `mib << 20` would not fit (a
@@ -323,6 +401,18 @@ mod tests {
     }
 
     #[test]
+    fn private_memory_is_anon_plus_shmem() {
+        let v1 = "cache 100\nrss 5\ntotal_cache 4096\ntotal_rss 1048576\ntotal_shmem 2048\n";
+        assert_eq!(private_bytes(v1, Version::V1), Some(1_050_624));
+        let v2 = "anon 300\nfile 9999\nshmem 12\nbogus\n\nanon_thp x\n";
+        assert_eq!(private_bytes(v2, Version::V2), Some(312));
+        assert_eq!(private_bytes("file 1\n", Version::V2), None);
+        assert_eq!(private_bytes("", Version::V1), None);
+        let huge = format!("total_rss {}\ntotal_shmem {}\n", u64::MAX, u64::MAX);
+        assert_eq!(private_bytes(&huge, Version::V1), Some(u64::MAX));
+    }
+
+    #[test]
     fn limits_are_applied_on_this_host() {
         if version().is_none() {
             // brood's CI hosts have one; elsewhere, skipping is asked for
@@ -365,6 +455,10 @@ mod tests {
             }
             None => unreachable!(),
         }
+        cg.set_memory_limit(400).unwrap();
+        assert_eq!(cg.memory_limit_mib(), Some(400));
+        assert!(cg.set_memory_limit(1).is_err());
+        assert_eq!(cg.memory_private_bytes(), Some(0));
         cg.remove();
         assert!(cg.dirs().iter().all(|d| !d.exists()));
     }

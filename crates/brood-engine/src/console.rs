@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::info;
 
 /// Bytes of recent console output kept in memory.
 const TAIL_LEN: usize = 8 * 1024;
@@ -36,7 +36,7 @@ const READ_LEN: usize = 16 * 1024;
 /// (wake-up, log write) more than per byte; charging a floor caps reads at
 /// `CONSOLE_RATE / READ_COST_MIN` a second once the burst is spent, and each
 /// read after a pause takes what piled up meanwhile.
-const READ_COST_MIN: u64 = 8 * 1024;
+const READ_COST_MIN: u64 = 2 * 1024;
 /// At most one throttling report per this interval.
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -259,7 +259,7 @@ async fn copy_loop(mut stream: UnixStream, mut c: Copy, done: watch::Sender<bool
             c.counters.throttled_ms.fetch_add(ms, Ordering::Relaxed);
             if reported.is_none_or(|r| r.elapsed() >= REPORT_INTERVAL) {
                 reported = Some(Instant::now());
-                warn!(
+                info!(
                     log = %c.path.display(),
                     "a guest writes its console faster than {CONSOLE_RATE} bytes/s; reading \
                      it is throttled ({} ms so far)",

@@ -44,6 +44,21 @@ pub trait VmHandle: Send + Sync + std::fmt::Debug + 'static {
     /// Sends SIGKILL at once, without the VMM's control channel and without
     /// waiting: safe while another call on this VM waits on a hung VMM.
     fn kill_now(&self);
+    /// The memory limit the VM runs under (its cgroup's), in MiB.
+    fn memory_limit_mib(&self) -> Option<u64> {
+        None
+    }
+    /// Memory the VM uses that is its own (anonymous and shared-memory
+    /// pages of its cgroup), in bytes.
+    fn memory_private_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Changes the memory limit of the live VM.
+    fn set_memory_limit_mib(&self, _mib: u64) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "change the memory limit of a VM",
+        })
+    }
     /// Whether dropping the handle kills the VM.
     fn set_kill_on_drop(&mut self, kill: bool);
     /// The concrete handle, for the engine that made it.
@@ -91,6 +106,21 @@ impl VmHandle for Vm {
     }
     fn kill_now(&self) {
         Vm::kill_now(self);
+    }
+    fn memory_limit_mib(&self) -> Option<u64> {
+        self.cgroup()?.memory_limit_mib()
+    }
+    fn memory_private_bytes(&self) -> Option<u64> {
+        self.cgroup()?.memory_private_bytes()
+    }
+    fn set_memory_limit_mib(&self, mib: u64) -> Result<(), EngineError> {
+        match self.cgroup() {
+            Some(cg) => cg.set_memory_limit(mib),
+            None => Err(EngineError::InvalidState {
+                op: "change the memory limit of",
+                state: "not in a memory cgroup".into(),
+            }),
+        }
     }
     fn set_kill_on_drop(&mut self, kill: bool) {
         Vm::set_kill_on_drop(self, kill);

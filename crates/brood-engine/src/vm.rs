@@ -176,6 +176,15 @@ impl Vm {
         self.res.keep_run_dir = keep;
     }
 
+    /// The VM's cgroup: the one it was started in, or (attached after a
+    /// restart) the one its process is in.
+    pub fn cgroup(&self) -> Option<crate::cgroup::Cgroup> {
+        self.res
+            .cgroup
+            .clone()
+            .or_else(|| crate::cgroup::Cgroup::of_pid(self.pid))
+    }
+
     /// How QEMU ended, if it has.
     pub fn exit_status(&self) -> Option<VmExit> {
         self.exit.borrow().clone()

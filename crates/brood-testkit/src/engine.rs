@@ -318,6 +318,8 @@ impl FakeEngine {
             forked,
             identity_go: Notify::new(),
             power_go: Notify::new(),
+            memory_limit_mib: std::sync::Mutex::new(spec.limits.memory_limit_mib),
+            memory_private_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         m.console(&format!("fake: process {pid} started for {}", spec.name));
         lock(&self.shared.vms).insert(spec.name.clone(), m.clone());

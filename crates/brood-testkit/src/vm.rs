@@ -62,6 +62,10 @@ pub(crate) struct VmModel {
     pub(crate) forked: bool,
     pub(crate) identity_go: Notify,
     pub(crate) power_go: Notify,
+    /// The memory limit it runs under, as a cgroup would hold it (MiB).
+    pub(crate) memory_limit_mib: Mutex<Option<u64>>,
+    /// Memory of its own it uses, as a test sets it (bytes).
+    pub(crate) memory_private_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for VmModel {
@@ -75,6 +79,10 @@ impl std::fmt::Debug for VmModel {
 }
 
 impl VmModel {
+    fn memory_limit_mib(&self) -> Option<u64> {
+        *lock(&self.memory_limit_mib)
+    }
+
     pub(crate) fn exit_status(&self) -> Option<VmExit> {
         match &*self.phase.borrow() {
             Phase::Exited(e) => Some(e.clone()),
@@ -251,6 +259,18 @@ impl VmHandle for FakeHandle {
     fn console_log(&self) -> PathBuf {
         self.model.run_dir.join("console.log")
     }
+    fn memory_limit_mib(&self) -> Option<u64> {
+        *lock(&self.model.memory_limit_mib)
+    }
+    fn memory_private_bytes(&self) -> Option<u64> {
+        self.model
+            .memory_limit_mib()
+            .map(|_| self.model.memory_private_bytes.load(Ordering::SeqCst))
+    }
+    fn set_memory_limit_mib(&self, mib: u64) -> Result<(), EngineError> {
+        *lock(&self.model.memory_limit_mib) = Some(mib);
+        Ok(())
+    }
     fn kill_now(&self) {
         // SIGKILL needs no control channel: a hung fake dies too.
         self.model.exit(ExitKind::Killed);
@@ -354,6 +374,18 @@ impl std::fmt::Debug for FakeVm {
 }
 
 impl FakeVm {
+    /// The memory limit the VM runs under now (MiB), as its cgroup would.
+    pub fn memory_limit_mib(&self) -> Option<u64> {
+        *lock(&self.model.memory_limit_mib)
+    }
+
+    /// Makes the VM use `bytes` of memory of its own (what a child dirties).
+    pub fn use_memory(&self, bytes: u64) {
+        self.model
+            .memory_private_bytes
+            .store(bytes, Ordering::SeqCst);
+    }
+
     /// Its name (the partition's uuid, or a pool child's future uuid).
     pub fn name(&self) -> &str {
         &self.model.name

@@ -69,7 +69,7 @@ pub const MAX_DEVICES: usize = MICROVM_VIRTIO_SLOTS - FIXED_VIRTIO_DEVICES;
 /// from there.
 pub const MIN_CHARGE_MIB: u64 = 48;
 /// Memory a limit must leave QEMU besides its guest's memory.
-pub const QEMU_OVERHEAD_MIB: u64 = MIN_CHARGE_MIB;
+pub const QEMU_OVERHEAD_MIB: u64 = crate::host::config::QEMU_OVERHEAD_MIB;
 
 /// Checks a whole definition.
 pub fn validate_define(req: &api::DefineRequest) -> HostResult<String> {
@@ -490,8 +490,11 @@ mod tests {
             assert!(e.contains("8388608"), "{e}");
         }
         let e = refused(|c| c.policy.memory_limit_mib = Some(256));
-        assert!(e.contains("at least 304"), "{e}");
-        accepted(|c| c.policy.memory_limit_mib = Some(304));
+        assert!(
+            e.contains(&format!("at least {}", 256 + QEMU_OVERHEAD_MIB)),
+            "{e}"
+        );
+        accepted(|c| c.policy.memory_limit_mib = Some(256 + QEMU_OVERHEAD_MIB));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod convert;
 mod fork;
 mod host;
 mod identity_pool;
+mod memory;
 mod metrics;
 mod partition;
 mod reconcile;
@@ -85,6 +86,7 @@ impl Broodd {
             .await
             .context("reconcile the ledger with running VMs")?;
         template::refill_all(&host);
+        memory::spawn(host.clone());
         Ok(Broodd { host })
     }
 

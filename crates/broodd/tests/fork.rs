@@ -50,7 +50,11 @@ async fn children_get_unique_identities_from_their_pools() {
     let app = TestApp::new().await;
     template(&app, 2).await;
     let h = app.holdings().await;
-    assert_eq!(h["web"]["memory_mib"], 256, "a template keeps its memory");
+    assert_eq!(
+        h["web"]["memory_mib"],
+        256 + 128,
+        "a template keeps its memory (its QEMU's own included)"
+    );
     assert_eq!(h["web"]["vcpus"], 0, "and gives back its vCPUs");
     let (s, v) = app
         .identity_pool("doms", &["dom-a", "dom-b", "dom-c"])

@@ -8,7 +8,18 @@ use brood_engine::EngineError;
 use brood_testkit::{Mode, Op, Phase, Resources, TestApp};
 use serde_json::{Value, json};
 
-fn holds(mem: u64, vcpus: u64) -> Value {
+/// What a running partition is charged besides its guest memory: QEMU's
+/// own (`host::config::QEMU_OVERHEAD_MIB`).
+const QEMU_MIB: u64 = 128;
+
+/// What a partition holds with `guest_mib` of guest memory and `vcpus` live
+/// (its QEMU's own memory included), or nothing.
+fn holds(guest_mib: u64, vcpus: u64) -> Value {
+    let mem = if guest_mib == 0 {
+        0
+    } else {
+        guest_mib + QEMU_MIB
+    };
     json!({"memory_mib": mem, "vcpus": vcpus, "disk_gib": 0, "nics": 0})
 }
 
@@ -34,7 +45,7 @@ async fn define_start_stop_delete_hold_and_release() {
     assert_eq!(vm.spec().mem_mib, 512);
     let h = app.holdings().await;
     assert_eq!(h["web"], holds(512, 2));
-    assert_eq!(h["available"]["memory_mib"], 2048 - 512);
+    assert_eq!(h["available"]["memory_mib"], 2048 - 512 - QEMU_MIB);
     app.assert_verified().await;
 
     let (s, v) = app.post("/v1/partitions/web/stop", json!({})).await;
@@ -223,7 +234,7 @@ async fn quota_refusals_take_nothing() {
     let h = app.holdings().await;
     assert_eq!(h["big"], holds(0, 0));
     assert_eq!(h["wide"], holds(0, 0));
-    assert_eq!(h["available"]["memory_mib"], 1024 - 256);
+    assert_eq!(h["available"]["memory_mib"], 1024 - 256 - QEMU_MIB);
     assert_eq!(app.fake().count(Op::Boot), 1, "no QEMU for a refused start");
     // Disk space is reserved at definition.
     let (s, v) = app
@@ -562,7 +573,8 @@ async fn concurrent_starts_never_hold_twice_or_beyond_capacity() {
     assert_eq!(ok, 1, "exactly one start wins");
     assert_eq!(app.holdings().await["one"], holds(256, 1));
     assert_eq!(app.fake().live().len(), 1);
-    // Ten 512 MiB partitions on 2048 MiB (256 held already): three fit.
+    // Ten 512 MiB partitions (640 with their QEMU's own) on 2048 MiB, 384
+    // held already: two fit.
     for i in 0..10 {
         app.define(&format!("p{i}"), 512, 1, false).await;
     }
@@ -581,12 +593,12 @@ async fn concurrent_starts_never_hold_twice_or_beyond_capacity() {
             other => panic!("{other}: {v}"),
         }
     }
-    assert_eq!(ok, 3);
+    assert_eq!(ok, 2);
     assert_eq!(
         app.holdings().await["available"]["memory_mib"],
-        2048 - 256 - 3 * 512
+        2048 - (256 + QEMU_MIB) - 2 * (512 + QEMU_MIB)
     );
-    assert_eq!(app.fake().live().len(), 4);
+    assert_eq!(app.fake().live().len(), 3);
     app.assert_verified().await;
 }
 

@@ -380,7 +380,6 @@ async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
         (status = 200, description = "The partition, with its new active configuration", body = Partition),
         (status = 400, description = "malformed JSON, an unknown field, or no configuration of that name", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
-        (status = 409, description = "another operation holds it, or it changed meanwhile (`conflict`)", body = ErrorBody),
         JsonBody,
         Common
     )

@@ -91,7 +91,7 @@ async fn create(
     State(d): D,
     ApiJson(req): ApiJson<TemplateCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
-    let rec = freeze::create(&d, ACTOR, &req.vm, req.name, req.warm).await?;
+    let rec = freeze::create(&d, ACTOR, &req.vm, req.name, req.warm, req.persist).await?;
     Ok((StatusCode::CREATED, Json(freeze::view(&d, &rec).await?)))
 }
 

@@ -12,10 +12,16 @@ use brood_ledger::{ChildStatus, Lineage, PartitionRecord, Resources};
 use crate::host::{Host, HostError, HostResult, Launcher, Running};
 use crate::template::{Templates, Warm, prepare};
 
-/// Resumes a warm child as a partition's VM: it outlives broodd from now
-/// on, and its NICs join their networks.
-pub async fn resume(host: &Host, warm: Warm) -> HostResult<BoxedVm> {
+/// Resumes a warm child as partition `rec`'s VM: its charge is trued up
+/// to what it already uses and its cgroup limit lowered to that charge
+/// (a warm child waits with its template's whole charge as its limit), it
+/// outlives broodd from now on, and its NICs join their networks.
+pub async fn resume(host: &Host, rec: &PartitionRecord, warm: Warm) -> HostResult<BoxedVm> {
     let mut vm = warm.vm;
+    if let Err(e) = crate::memory::fit(host, rec, vm.as_ref(), true).await {
+        let _ = vm.kill().await;
+        return Err(e);
+    }
     vm.set_kill_on_drop(false);
     let started = async {
         host.engine.join_networks(vm.as_ref())?;
@@ -70,7 +76,7 @@ impl Launcher for ChildLauncher {
             ))
         })?;
         let warm = prepare(host, &rt, rec.uuid, !child.persistent).await?;
-        resume(host, warm).await
+        resume(host, rec, warm).await
     }
 
     async fn after_start(

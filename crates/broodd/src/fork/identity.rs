@@ -143,6 +143,7 @@ pub fn child_out(rec: &PartitionRecord, c: &ChildLineage) -> api::ForkChild {
         persistent: c.persistent,
         running_ms: c.running_ms,
         ready_ms: c.ready_ms,
+        charge_mib: (rec.demand.memory_mib > 0).then_some(rec.demand.memory_mib),
     }
 }
 

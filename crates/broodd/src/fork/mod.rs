@@ -92,6 +92,7 @@ struct Recorded {
     name: String,
     warm: Option<Warm>,
     lineage: ChildLineage,
+    charge: u64,
 }
 
 /// Forks `req.count` children of template `uuid`. All of them are recorded
@@ -123,7 +124,7 @@ pub async fn fork(
     let recorded = record(host, actor, &rt, &req).await?;
     let as_recorded: Vec<api::ForkChild> = recorded
         .iter()
-        .map(|r| child_view(r.uuid, &r.name, &r.lineage))
+        .map(|r| child_view(r.uuid, &r.name, &r.lineage, r.charge))
         .collect();
     let run_all = {
         let host = host.clone();
@@ -172,9 +173,10 @@ pub async fn fork(
     }
 }
 
-fn child_view(uuid: Uuid, name: &str, c: &ChildLineage) -> api::ForkChild {
+fn child_view(uuid: Uuid, name: &str, c: &ChildLineage, charge: u64) -> api::ForkChild {
     let mut rec = PartitionRecord::new(name);
     rec.uuid = uuid;
+    rec.demand.memory_mib = charge;
     identity::child_out(&rec, c)
 }
 
@@ -251,6 +253,7 @@ async fn record(
             name,
             warm,
             lineage,
+            charge,
         });
     }
     ops.push(Op::UpdatePartition {
@@ -306,7 +309,8 @@ async fn start_recorded(
                 Some(w) => w,
                 None => prepare(host, rt, r.uuid, true).await?,
             };
-            let vm = child::resume(host, warm).await?;
+            let rec = host.reload(r.uuid).await?;
+            let vm = child::resume(host, &rec, warm).await?;
             let rec = host.reload(r.uuid).await?;
             host.mark_running(actor, &rec, vm, RunState::Running, Some(PendingOp::Fork))
                 .await

@@ -167,6 +167,7 @@ pub async fn save(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Parti
         .registry
         .running(uuid)
         .ok_or_else(|| HostError::conflict(format!("{} has no VM yet; retry", rec.name)))?;
+    let was_running = rec.run_state == RunState::Running;
     let rec = host
         .set_pending(
             actor,
@@ -182,9 +183,15 @@ pub async fn save(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Parti
             .await
             .map_err(|e| HostError::io("create the saves directory", e))?;
     }
-    if let Err(e) = running.vm.save(&partial).await {
+    let room = crate::memory::room_to_save(&rec, running.vm.as_ref());
+    let saved = running.vm.save(&partial).await;
+    drop(room);
+    if let Err(e) = saved {
         let _ = tokio::fs::remove_file(&partial).await;
-        let _ = running.vm.resume().await;
+        // A save leaves the VM paused: a running one carries on.
+        if was_running {
+            let _ = running.vm.resume().await;
+        }
         host.set_pending(actor, &rec, None, format!("save of {} failed", rec.name))
             .await?;
         return Err(HostError::engine(format!("save {}", rec.name), e));

@@ -8,10 +8,13 @@
 //! templates, the directory holds the rest.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use brood_api as api;
+use brood_engine::Template;
+use brood_engine::template::TEMPLATE_FILE;
 use brood_ledger::{Lineage, PartitionRecord, PendingOp, RunState, Stage, TemplateLineage};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -29,13 +32,15 @@ use crate::wire;
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Makes the running partition `key` a template (through its agent's fork
-/// point), optionally renamed, keeping `warm` warm children.
+/// point), optionally renamed, keeping `warm` warm children; with `persist`
+/// its memory and state are kept in the data directory, not on the tmpfs.
 pub async fn create(
     host: &Arc<Host>,
     actor: &str,
     key: &str,
     name: Option<String>,
     warm: Option<u32>,
+    persist: bool,
 ) -> HostResult<PartitionRecord> {
     let rec = host.find(key).await?;
     let warm = warm.unwrap_or(DEFAULT_WARM);
@@ -82,7 +87,117 @@ pub async fn create(
             rec.name, rec.run_state
         )));
     }
-    freeze(host, actor, rec, running, seq, name, warm).await
+    let shape = Shape {
+        name,
+        warm,
+        persist,
+    };
+    freeze(host, actor, rec, running, seq, shape).await
+}
+
+/// Allocates the holes of a template's memory file (guest memory its parent
+/// never touched). The template is charged its whole memory, and this makes
+/// it hold it: otherwise the first child to read a hole allocates the
+/// template's page in the child's own memory cgroup, which a child at its
+/// charge cannot afford (it is OOM-killed for its template's pages).
+async fn prefill(tpl: &Template) -> HostResult<()> {
+    let mem = tpl.mem_path();
+    let path = mem.clone();
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let len = i64::try_from(f.metadata()?.len()).unwrap_or(i64::MAX);
+        nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, len)
+            .map_err(std::io::Error::from)
+    })
+    .await
+    .map_err(|e| HostError::io(format!("fill {}", mem.display()), std::io::Error::other(e)))?;
+    done.map_err(|e| HostError::io(format!("fill {}", mem.display()), e))
+}
+
+/// Where a persistent template's files live: the data directory, so a host
+/// reboot (which empties the tmpfs) keeps them.
+pub fn persistent_dir(host: &Host, uuid: Uuid) -> std::path::PathBuf {
+    host.paths.data.join("templates").join(uuid.to_string())
+}
+
+/// Moves a template saved on the tmpfs into `dest` in the data directory:
+/// its files are copied (another file system: no rename), its description
+/// rewritten to name `dest`, and the tmpfs copy removed. On failure nothing
+/// is left in `dest`.
+async fn persist_template(tpl: Template, dest: &Path) -> HostResult<Template> {
+    let copied = async {
+        let parent = dest.parent().unwrap_or(dest);
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| HostError::io(format!("create {}", parent.display()), e))?;
+        let _ = tokio::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).await;
+        let _ = tokio::fs::remove_dir_all(dest).await;
+        tokio::fs::create_dir(dest)
+            .await
+            .map_err(|e| HostError::io(format!("create {}", dest.display()), e))?;
+        tokio::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(|e| HostError::io(format!("restrict {}", dest.display()), e))?;
+        for (from, to) in [
+            (tpl.mem_path(), dest.join("mem")),
+            (tpl.state_path(), dest.join("state")),
+        ] {
+            tokio::fs::copy(&from, &to).await.map_err(|e| {
+                HostError::io(format!("copy {} to {}", from.display(), to.display()), e)
+            })?;
+            tokio::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .await
+                .map_err(|e| HostError::io(format!("restrict {}", to.display()), e))?;
+        }
+        let moved = Template {
+            dir: dest.to_path_buf(),
+            ..tpl.clone()
+        };
+        let json = serde_json::to_vec_pretty(&moved)
+            .map_err(|e| HostError::corrupt("a template description", e))?;
+        let file = dest.join(TEMPLATE_FILE);
+        tokio::fs::write(&file, json)
+            .await
+            .map_err(|e| HostError::io(format!("write {}", file.display()), e))?;
+        // Flushed before the ledger names it: a reboot right after the
+        // template is made must find whole files.
+        for f in ["mem", "state", TEMPLATE_FILE] {
+            let path = dest.join(f);
+            let fsync = tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path).and_then(|f| f.sync_all())
+            })
+            .await;
+            if let Ok(Err(e)) = fsync {
+                return Err(HostError::io(
+                    format!("flush {}", dest.join(f).display()),
+                    e,
+                ));
+            }
+        }
+        Ok(moved)
+    }
+    .await;
+    match copied {
+        Ok(moved) => {
+            let _ = tokio::fs::remove_dir_all(&tpl.dir).await;
+            Ok(moved)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(dest).await;
+            Err(e)
+        }
+    }
+}
+
+/// What a template is made as.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Its new name (the partition's own when `None`).
+    pub name: Option<String>,
+    /// Warm children it keeps.
+    pub warm: u32,
+    /// Whether its files live in the data directory (surviving a reboot).
+    pub persist: bool,
 }
 
 /// Freezes a partition whose agent waits at fork point `seq` into a
@@ -93,9 +208,13 @@ pub async fn freeze(
     rec: PartitionRecord,
     running: Arc<Running>,
     seq: u32,
-    name: Option<String>,
-    warm: u32,
+    shape: Shape,
 ) -> HostResult<PartitionRecord> {
+    let Shape {
+        name,
+        warm,
+        persist,
+    } = shape;
     let rec = host
         .set_pending(
             actor,
@@ -133,6 +252,14 @@ pub async fn freeze(
     }
     .await;
     host.end_vm(rec.uuid, EndMode::Kill).await;
+    let saved = match saved {
+        Ok(t) => prefill(&t).await.map(|()| t),
+        e => e,
+    };
+    let saved = match saved {
+        Ok(t) if persist => persist_template(t, &persistent_dir(host, rec.uuid)).await,
+        other => other,
+    };
     let tpl = match saved {
         Ok(t) => t,
         Err(e) => {
@@ -149,7 +276,7 @@ pub async fn freeze(
     }
     let memory = active_config(&rec)?.memory_mib;
     let lineage = Lineage::Template(TemplateLineage {
-        dir: dir.clone(),
+        dir: tpl.dir.clone(),
         seq,
         warm,
         next_index: 0,
@@ -224,6 +351,7 @@ pub async fn delete(host: &Arc<Host>, actor: &str, uuid: Uuid, cascade: bool) ->
     let lock = host.registry.lock(uuid);
     let _g = lock.lock().await;
     let _ = tokio::fs::remove_dir_all(host.paths.template_dir(uuid)).await;
+    let _ = tokio::fs::remove_dir_all(persistent_dir(host, uuid)).await;
     host.remove(actor, uuid, "template deleted").await
 }
 
@@ -276,5 +404,6 @@ pub async fn view(host: &Host, rec: &PartitionRecord) -> HostResult<api::Templat
             .map(|t| t.created_at.clone())
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| rec.created_at.clone()),
+        persistent: t.is_some_and(|t| t.dir == persistent_dir(host, rec.uuid)),
     })
 }

@@ -18,6 +18,7 @@ use brood_engine::{BoxedVm, DiskSpec, Template};
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::host::config::QEMU_OVERHEAD_MIB;
 use crate::host::{Host, HostError, HostResult, chain, disk};
 
 /// Warm children kept per template unless the template says otherwise.
@@ -229,10 +230,15 @@ pub async fn child_disks(
 /// engine's fork, the identity step rehearsed, paused.
 pub async fn prepare(host: &Host, t: &TemplateRt, uuid: Uuid, fresh: bool) -> HostResult<Warm> {
     let disks = child_disks(host, &t.tpl, uuid, fresh).await?;
-    let spec = t
+    let mut spec = t
         .tpl
         .child_spec(&uuid.to_string(), disks)
         .map_err(|e| HostError::engine("make a child spec", e))?;
+    // Until a fork claims it (and `memory::fit` lowers its limit to its
+    // charge), a warm child is broodd's, bounded by its template's whole
+    // charge: a template saved before every VM had a limit gets one here.
+    let top = spec.mem_mib.saturating_add(QEMU_OVERHEAD_MIB);
+    spec.limits.memory_limit_mib = Some(spec.limits.memory_limit_mib.map_or(top, |l| l.max(top)));
     let mut vm = match host.engine.fork(&t.tpl, &spec).await {
         Ok(vm) => vm,
         Err(e) => {

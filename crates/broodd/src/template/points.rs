@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::DEFAULT_WARM;
-use super::freeze::freeze;
+use super::freeze::{Shape, freeze};
 use crate::host::{Hooks, Host, Running, chain};
 
 /// Watches each running VM's agent for a fork point.
@@ -47,8 +47,10 @@ impl Hooks for ForkPoints {
                             rec,
                             running.clone(),
                             p.seq,
-                            None,
-                            DEFAULT_WARM,
+                            Shape {
+                                warm: DEFAULT_WARM,
+                                ..Shape::default()
+                            },
                         )
                         .await
                         {
