@@ -298,6 +298,15 @@ impl Broodd {
 
     /// Starts broodd with its guests booting the image in `image`.
     pub fn start_with_image(env: &TestEnv, image: &Path, extra: &[&str]) -> Self {
+        Self::launch(env, image, &[], extra)
+    }
+
+    /// Starts broodd with extra environment variables (until `set_envs`).
+    pub fn start_with_env(env: &TestEnv, envs: &[(&str, &str)], extra: &[&str]) -> Self {
+        Self::launch(env, &data_dir().join("images/default"), envs, extra)
+    }
+
+    fn launch(env: &TestEnv, image: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Self {
         let data = env.run_root().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         let mut b = Self {
@@ -308,25 +317,7 @@ impl Broodd {
             envs: Vec::new(),
             child: None,
         };
-        b.spawn();
-        b
-    }
-
-    /// Starts broodd with extra environment variables (until `set_envs`).
-    pub fn start_with_env(env: &TestEnv, envs: &[(&str, &str)], extra: &[&str]) -> Self {
-        let data = env.run_root().join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        let mut b = Self {
-            data,
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            run_root: env.run_root().join("vms"),
-            image: data_dir().join("images/default"),
-            envs: envs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-        };
+        b.set_envs(envs);
         b.spawn();
         b
     }

@@ -157,11 +157,9 @@ pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
     /// A random address in QEMU's `52:54:00` range.
-    pub fn random() -> Self {
-        let mut b = [0u8; 3];
-        // A failed read leaves zeros; the address stays valid, only less unique.
-        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-        MacAddr([0x52, 0x54, 0x00, b[0], b[1], b[2]])
+    pub fn random() -> Result<Self, EngineError> {
+        let b: [u8; 3] = crate::host::random_bytes()?;
+        Ok(MacAddr([0x52, 0x54, 0x00, b[0], b[1], b[2]]))
     }
 }
 
@@ -438,7 +436,7 @@ mod tests {
         assert!("52:54:00:ab:cd:0f:11".parse::<MacAddr>().is_err());
         assert!("01:54:00:ab:cd:0f".parse::<MacAddr>().is_err());
         assert!("5:54:00:ab:cd:0f".parse::<MacAddr>().is_err());
-        assert_eq!(MacAddr::random().0[..3], [0x52, 0x54, 0x00]);
+        assert_eq!(MacAddr::random().unwrap().0[..3], [0x52, 0x54, 0x00]);
     }
 
     /// Issue 8: 70 disks on microvm were accepted and QEMU refused them at start.

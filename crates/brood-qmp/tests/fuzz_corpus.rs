@@ -8,26 +8,10 @@
 
 #[path = "../../../fuzz/check/qmp_reply.rs"]
 mod check;
-
-use std::path::Path;
+#[path = "../../../fuzz/check/corpus.rs"]
+mod corpus;
 
 #[test]
 fn corpus_of_qmp_reply_passes_the_fuzz_check() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/qmp_reply");
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read the corpus {}: {e}", dir.display()));
-    let mut files: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "the corpus {} is empty", dir.display());
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        // A panic names the input that caused it.
-        let outcome = std::panic::catch_unwind(|| check::check(&data));
-        assert!(
-            outcome.is_ok(),
-            "{} fails the QMP parser check",
-            f.display()
-        );
-    }
-    eprintln!("{} inputs of {} passed", files.len(), dir.display());
+    corpus::run("qmp_reply", "QMP parser", check::check);
 }

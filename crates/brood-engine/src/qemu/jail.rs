@@ -63,26 +63,27 @@ pub struct Ident {
 
 impl Ident {
     /// A fresh identity: a uid no live process uses, and the same number as gid.
-    pub fn fresh() -> Self {
-        let mut uid = UID_BASE;
+    pub fn fresh() -> Result<Self, EngineError> {
         for _ in 0..16 {
-            let mut b = [0u8; 4];
-            let _ = std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-            uid = UID_BASE + u32::from_le_bytes(b) % UID_SPAN;
+            let b: [u8; 4] = crate::host::random_bytes()?;
+            let uid = UID_BASE + u32::from_le_bytes(b) % UID_SPAN;
             if !uid_in_use(uid) {
-                break;
+                return Ok(Self { uid, gid: uid });
             }
         }
-        Self { uid, gid: uid }
+        // Never two VMs under one uid: that would let one reach the other.
+        Err(EngineError::InvalidState {
+            op: "pick a uid for",
+            state: "a VM whose 16 random uids are all in use".into(),
+        })
     }
 
     /// A fresh uid in group `gid` (a forked child in its template's group).
-    pub fn in_group(gid: u32) -> Self {
-        Self {
-            uid: Self::fresh().uid,
+    pub fn in_group(gid: u32) -> Result<Self, EngineError> {
+        Ok(Self {
+            uid: Self::fresh()?.uid,
             gid,
-        }
+        })
     }
 }
 
@@ -97,7 +98,7 @@ pub fn template_group(mem: &Path) -> Result<u32, EngineError> {
     if (UID_BASE..UID_BASE + UID_SPAN).contains(&gid) {
         return Ok(gid);
     }
-    let gid = Ident::fresh().gid;
+    let gid = Ident::fresh()?.gid;
     std::os::unix::fs::chown(mem, Some(0), Some(gid))
         .and_then(|()| std::fs::set_permissions(mem, std::fs::Permissions::from_mode(0o440)))
         .map_err(|e| EngineError::host(format!("restrict {}", mem.display()), e))?;
@@ -476,8 +477,8 @@ pub(crate) fn confine(s: &Setup<'_>) -> Result<Confined, EngineError> {
     // A child runs in its template's group, which may read the template's
     // memory file (see `fork`); any other VM in its own.
     let ident = match s.template_mem {
-        Some(mem) => Ident::in_group(template_group(mem)?),
-        None => Ident::fresh(),
+        Some(mem) => Ident::in_group(template_group(mem)?)?,
+        None => Ident::fresh()?,
     };
     s.res.open_to_group(ident.gid)?;
     let mem = match s.template_mem {
@@ -531,10 +532,10 @@ mod tests {
 
     #[test]
     fn fresh_uids_are_in_range_and_unprivileged() {
-        let a = Ident::fresh();
+        let a = Ident::fresh().unwrap();
         assert!((UID_BASE..UID_BASE + UID_SPAN).contains(&a.uid));
         assert_eq!(a.uid, a.gid);
-        assert_eq!(Ident::in_group(42).gid, 42);
+        assert_eq!(Ident::in_group(42).unwrap().gid, 42);
         assert!(!uid_in_use(UID_BASE + UID_SPAN + 1));
     }
 
@@ -562,7 +563,7 @@ mod tests {
         let private = dir.path().join("initrd");
         std::fs::write(&private, b"i").unwrap();
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let ident = Ident::fresh();
+        let ident = Ident::fresh().unwrap();
         let j = Jail::prepare(
             &run,
             Path::new("sh"),

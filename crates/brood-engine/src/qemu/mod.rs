@@ -162,7 +162,10 @@ impl QemuEngine {
 
         let mut nics = Vec::with_capacity(spec.nics.len());
         for n in &spec.nics {
-            let mac = n.mac.unwrap_or_else(crate::spec::MacAddr::random);
+            let mac = match n.mac {
+                Some(m) => m,
+                None => crate::spec::MacAddr::random()?,
+            };
             let tap_fd = match &n.backend {
                 NicBackend::Bridge(br) => {
                     // A child joins the bridge once it has its own MAC.
@@ -268,7 +271,7 @@ impl QemuEngine {
         }
         fds.extend(disk_files.iter().map(|(fd, n)| (fd, *n)));
         if !spec.limits.is_empty() {
-            let leaf = format!("{}-{}", spec.name, nonce());
+            let leaf = format!("{}-{}", spec.name, nonce()?);
             res.cgroup = Some(Cgroup::create(&leaf, &spec.limits)?);
         }
         let join: Vec<std::fs::File> = match &res.cgroup {
@@ -490,11 +493,9 @@ pub(crate) async fn save_state(vm: &Vm, path: &Path, timeout: Duration) -> Resul
 }
 
 /// A short random suffix.
-fn nonce() -> String {
-    let mut b = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn nonce() -> Result<String, EngineError> {
+    let b: [u8; 4] = host::random_bytes()?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl QemuEngine {
