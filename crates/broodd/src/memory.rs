@@ -66,13 +66,13 @@ pub fn affordable(charge_mib: u64, want_mib: u64, available_mib: u64) -> u64 {
 }
 
 /// Bytes to MiB, rounded up (the ledger must not claim less than is used).
-fn mib_up(bytes: u64) -> u64 {
+pub fn mib_up(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
 
 /// The most a child of record `rec` can be charged: what a plain partition
 /// with its template's memory is charged.
-fn top_of(rec: &PartitionRecord) -> HostResult<u64> {
+pub fn top_of(rec: &PartitionRecord) -> HostResult<u64> {
     Ok(memory_charge(&active_config(rec)?))
 }
 

@@ -209,18 +209,26 @@ async fn record(
         Some(p) => host.ledger.pool(p).await?,
         None => None,
     };
-    let demand = Resources {
-        memory_mib: charge,
-        vcpus: u64::from(config.vcpus),
-        disk_gib: 0,
-        nics: config.nics.len() as u64,
-    };
+    let top = crate::memory::top_of(&tpl)?;
     let mut ops = Vec::new();
     let mut recorded = Vec::new();
     for (i, name) in (0..req.count).zip(names) {
         let lineage = identity::new_child(first + i, config.nics.len(), req)?;
         let warm = rt.take().await;
         let uuid = warm.as_ref().map_or_else(Uuid::new_v4, |w| w.uuid);
+        // A warm child already uses memory of its own: it is charged that
+        // (and its headroom) from the start, in this transaction, so that
+        // claiming it only lowers its limit.
+        let used = warm
+            .as_ref()
+            .and_then(|w| w.vm.memory_private_bytes())
+            .map_or(0, crate::memory::mib_up);
+        let demand = Resources {
+            memory_mib: crate::memory::trued_up(charge, used, top).unwrap_or(charge),
+            vcpus: u64::from(config.vcpus),
+            disk_gib: 0,
+            nics: config.nics.len() as u64,
+        };
         let now = wire::now();
         ops.push(Op::InsertPartition(PartitionRecord {
             uuid,
