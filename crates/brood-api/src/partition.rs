@@ -98,8 +98,10 @@ pub struct DiskConfig {
 #[serde(deny_unknown_fields)]
 pub struct NicConfig {
     /// A Linux bridge on the host (an interface name: 1-15 printable ASCII
-    /// characters without `/`, `:` or spaces), or `user` for QEMU's
-    /// user-mode network.
+    /// characters without `/`, `:` or spaces), `user` for QEMU's user-mode
+    /// network (isolated: neither the outside nor the host is reachable),
+    /// or `user-unrestricted` to opt into its outbound NAT, which reaches the
+    /// host's loopback too.
     pub network: String,
     /// MAC address (unicast, unique in the configuration); chosen by broodd when absent.
     #[serde(default)]

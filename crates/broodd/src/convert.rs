@@ -7,6 +7,11 @@ use brood_engine::MacAddr;
 use crate::host::config::{all_disks, limits};
 use crate::host::{HostError, HostResult};
 
+/// The NIC network that opts into QEMU's user network with outbound NAT
+/// and the host's loopback reachable (`restrict=off`); plain `user` reaches
+/// neither (README, "Security").
+pub const USER_UNRESTRICTED: &str = "user-unrestricted";
+
 /// Checks a template's name: a partition name whose children's names
 /// (`NAME-INDEX`) are hostnames too.
 pub fn check_template_name(name: &str) -> HostResult<()> {
@@ -180,14 +185,15 @@ pub fn validate_config(cname: &str, c: &api::PartitionConfig) -> HostResult<()> 
     for n in &c.nics {
         // The name is checked before it is joined to a path, so a NIC
         // cannot probe host directories (`../../tmp/x`).
-        if n.network != "user" && !valid_ifname(&n.network) {
+        let user = n.network == "user" || n.network == USER_UNRESTRICTED;
+        if !user && !valid_ifname(&n.network) {
             return bad(format!(
-                "network {:?} must be `user` or the name of a Linux bridge: 1-15 printable \
-                 ASCII characters without '/', ':' or spaces, not '.' or '..'",
+                "network {:?} must be `user`, `{USER_UNRESTRICTED}` or the name of a Linux \
+                 bridge: 1-15 printable ASCII characters without '/', ':' or spaces, not '.' or '..'",
                 n.network
             ));
         }
-        if n.network != "user"
+        if !user
             && !std::path::Path::new("/sys/class/net")
                 .join(&n.network)
                 .join("bridge")

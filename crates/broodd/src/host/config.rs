@@ -117,10 +117,10 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
         .iter()
         .enumerate()
         .map(|(i, n)| NicSpec {
-            backend: if n.network == "user" {
-                NicBackend::User
-            } else {
-                NicBackend::Bridge(n.network.clone())
+            backend: match n.network.as_str() {
+                "user" => NicBackend::User,
+                "user-unrestricted" => NicBackend::UserUnrestricted,
+                bridge => NicBackend::Bridge(bridge.to_string()),
             },
             mac: n
                 .mac
@@ -142,6 +142,41 @@ pub fn stable_mac(uuid: uuid::Uuid, index: usize) -> MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_networks_are_isolated_unless_opted_out() {
+        let mut c = api::PartitionConfig::default();
+        for net in ["user", "user-unrestricted", "br0"] {
+            c.nics.push(api::NicConfig {
+                network: net.into(),
+                mac: None,
+            });
+        }
+        let mut rec = PartitionRecord::new("n");
+        rec.active_config = "d".into();
+        rec.configs =
+            brood_ledger::JsonText::from_serialize(&BTreeMap::from([("d".to_string(), c)]))
+                .unwrap();
+        let paths = Paths {
+            data: "/d".into(),
+            image: "/i".into(),
+            templates: "/t".into(),
+        };
+        let nics: Vec<NicBackend> = vm_spec(&rec, &paths)
+            .unwrap()
+            .nics
+            .into_iter()
+            .map(|n| n.backend)
+            .collect();
+        assert_eq!(
+            nics,
+            [
+                NicBackend::User,
+                NicBackend::UserUnrestricted,
+                NicBackend::Bridge("br0".into())
+            ]
+        );
+    }
 
     #[test]
     fn disks_have_one_size_across_configs() {
