@@ -22,8 +22,9 @@ pub const MIN_MEMORY_LIMIT_MIB: u64 = 64;
 /// Largest memory limit: twice the largest guest broodd defines (4 TiB),
 /// far below the 2^44 MiB at which the limit in bytes no longer fits a u64.
 pub const MAX_MEMORY_LIMIT_MIB: u64 = 1 << 23;
-/// Largest CPU cap: every vCPU the engine accepts, each at 100%.
-pub const MAX_CPU_CAP_PCT: u32 = 100 * crate::spec::MAX_VCPUS;
+/// Largest CPU cap: every vCPU the engine accepts (`spec::MAX_VCPUS`, 255),
+/// each at 100% (a test keeps the two in step).
+pub const MAX_CPU_CAP_PCT: u32 = 100 * 255;
 
 /// Limits on one VM's QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -332,6 +333,11 @@ fn write(p: &Path, v: &str) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_cap_covers_every_vcpu() {
+        assert_eq!(MAX_CPU_CAP_PCT, 100 * crate::spec::MAX_VCPUS);
+    }
 
     #[test]
     fn limits_are_validated() {

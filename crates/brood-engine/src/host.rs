@@ -119,16 +119,6 @@ pub fn online_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
-/// `N` random bytes from the kernel. A read that fails is an error: brood
-/// never hands out all-zero MACs, uids or names.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], EngineError> {
-    let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .map_err(|e| EngineError::host("read random bytes from /dev/urandom", e))?;
-    Ok(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

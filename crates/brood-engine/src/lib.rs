@@ -19,6 +19,7 @@ mod handle;
 pub mod host;
 pub mod net;
 pub mod qemu;
+mod random;
 pub mod spec;
 pub mod template;
 mod vm;

@@ -158,7 +158,7 @@ pub struct MacAddr(pub [u8; 6]);
 impl MacAddr {
     /// A random address in QEMU's `52:54:00` range.
     pub fn random() -> Result<Self, EngineError> {
-        let b: [u8; 3] = crate::host::random_bytes()?;
+        let b: [u8; 3] = crate::random::random_bytes()?;
         Ok(MacAddr([0x52, 0x54, 0x00, b[0], b[1], b[2]]))
     }
 }

@@ -65,7 +65,7 @@ impl Ident {
     /// A fresh identity: a uid no live process uses, and the same number as gid.
     pub fn fresh() -> Result<Self, EngineError> {
         for _ in 0..16 {
-            let b: [u8; 4] = crate::host::random_bytes()?;
+            let b: [u8; 4] = crate::random::random_bytes()?;
             let uid = UID_BASE + u32::from_le_bytes(b) % UID_SPAN;
             if !uid_in_use(uid) {
                 return Ok(Self { uid, gid: uid });

@@ -494,7 +494,7 @@ pub(crate) async fn save_state(vm: &Vm, path: &Path, timeout: Duration) -> Resul
 
 /// A short random suffix.
 fn nonce() -> Result<String, EngineError> {
-    let b: [u8; 4] = host::random_bytes()?;
+    let b: [u8; 4] = crate::random::random_bytes()?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
