@@ -75,7 +75,7 @@ fn the_issues_bad_values_get_a_400_naming_the_field() {
     let present = refused(&b, "/v1/partitions", &nic("../../tmp"));
     let absent = refused(&b, "/v1/partitions", &nic("../../tmp/no-such-dir-x"));
     assert!(
-        present.contains("must be `user` or the name of a Linux bridge"),
+        present.contains("must be `user`, `user-unrestricted` or the name of a Linux bridge"),
         "{present}"
     );
     assert_eq!(
