@@ -114,7 +114,10 @@ impl QemuEngine {
         tpl: &Template,
         spec: &VmSpec,
     ) -> Result<IncomingChild, EngineError> {
-        let vm = self.launch(spec, true, Some(&tpl.mem_path())).await?;
+        let mut vm = self.launch(spec, true, Some(&tpl.mem_path())).await?;
+        // Nobody's VM until it has started: a failure on the way (or a
+        // caller that drops it) must not leave its QEMU running.
+        vm.set_kill_on_drop(true);
         vm.qmp
             .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, true)])
             .await?;
@@ -129,7 +132,9 @@ impl QemuEngine {
     /// devices and disks; QEMU hands the disk locks over at the switch),
     /// which is returned paused; the old QEMU is killed.
     pub async fn rehost(&self, vm: &Vm, spec: &VmSpec) -> Result<Vm, EngineError> {
-        let target = self.launch(spec, true, None).await?;
+        let mut target = self.launch(spec, true, None).await?;
+        // Killed if the move fails half way; the caller decides after.
+        target.set_kill_on_drop(true);
         // Neither QEMU can reach the other's run directory: the stream is
         // a socket pair brood hands to both.
         let (into, from) = nix::sys::socket::socketpair(
@@ -180,9 +185,17 @@ impl QemuEngine {
         if let Some(e) = vm.exit_status() {
             return Err(vm.exited_error(&e));
         }
-        super::fdpass::load_from_file(&vm.qmp, vm.run_dir(), &tpl.state_path(), STATE_TIMEOUT)
-            .await?;
-        vm.qmp.cont().await?;
+        let started = async {
+            super::fdpass::load_from_file(&vm.qmp, vm.run_dir(), &tpl.state_path(), STATE_TIMEOUT)
+                .await?;
+            vm.qmp.cont().await?;
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        if let Err(e) = started {
+            let _ = vm.kill().await;
+            return Err(e);
+        }
         Ok(vm)
     }
 }
