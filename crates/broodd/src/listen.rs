@@ -167,21 +167,33 @@ impl Bound {
             listeners.push(l);
             record.endpoints.push(endpoint);
         }
-        let _ = std::fs::remove_file(&socket);
-        let l = UnixListener::bind(&socket)
-            .with_context(|| format!("listen on {}", socket.display()))?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("make {} mode 0600", socket.display()))?;
         let abs = std::path::absolute(&socket).unwrap_or_else(|_| socket.clone());
-        info!("serving on {}", socket.display());
         record.endpoints.push(ListenEndpoint {
             url: format!("unix://{}", abs.display()),
             cert_sha256: None,
         });
-        listeners.push(Listener::Unix(l));
+        // The record is written before the socket exists: whoever sees the
+        // socket accept a connection finds the record too.
         let record_path = data.join(brood_api::LISTEN_FILE);
         let json = serde_json::to_vec_pretty(&record).context("encode the listen record")?;
         write_private(&record_path, &json)?;
+        let _ = std::fs::remove_file(&socket);
+        let bound = UnixListener::bind(&socket)
+            .with_context(|| format!("listen on {}", socket.display()))
+            .and_then(|l| {
+                std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("make {} mode 0600", socket.display()))?;
+                Ok(l)
+            });
+        let l = match bound {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(&record_path);
+                return Err(e);
+            }
+        };
+        info!("serving on {}", socket.display());
+        listeners.push(Listener::Unix(l));
         Ok(Self {
             listeners,
             socket,

@@ -207,6 +207,16 @@ pub fn spawn(
     // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Until exec, this is a piece of its parent (broodd): if the
+            // parent dies while the jail is set up, the child must not go
+            // on to become a QEMU nobody knows (a restarted broodd looks
+            // for QEMUs by their command line, which this is not yet).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::other("parent exited"));
+            }
             // Transparent huge pages make every 2 MiB of TCG's translation
             // buffer that a child touches resident in full; a forked child
             // touches little of it, scattered. (Inherited across exec.)
@@ -225,15 +235,16 @@ pub fn spawn(
                 }
             }
             jail.enter()?;
-            // After the uid change, which clears the parent-death signal.
-            if die_with_parent {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    return Err(std::io::Error::other("parent exited"));
-                }
+            // The uid change (as root) cleared the parent-death signal: set
+            // it again for a VM that dies with its parent, clear it for one
+            // that outlives it; either way, a parent that died meanwhile
+            // ends the start here.
+            let at_exit = if die_with_parent { libc::SIGKILL } else { 0 };
+            if libc::prctl(libc::PR_SET_PDEATHSIG, at_exit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::other("parent exited"));
             }
             Ok(())
         });
