@@ -361,17 +361,7 @@ impl Client {
             self.send(Method::GET, path, None),
         )
         .await??;
-        if resp.status().is_success() {
-            return Ok(resp.into_body());
-        }
-        let status = resp.status();
-        let bytes = within(
-            &what,
-            Some(REQUEST_TIMEOUT),
-            collect(&what, resp.into_body()),
-        )
-        .await??;
-        Err(decode_error(&what, status, &bytes))
+        stream_body(&what, resp).await
     }
 
     /// `POST path` with a JSON body whose answer is a stream: returns the
@@ -390,17 +380,7 @@ impl Client {
             self.send(Method::POST, path, Some(body)),
         )
         .await??;
-        if resp.status().is_success() {
-            return Ok(resp.into_body());
-        }
-        let status = resp.status();
-        let bytes = within(
-            &what,
-            Some(REQUEST_TIMEOUT),
-            collect(&what, resp.into_body()),
-        )
-        .await??;
-        Err(decode_error(&what, status, &bytes))
+        stream_body(&what, resp).await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -701,6 +681,17 @@ pub fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The body of a streamed answer once its headers are in, or the error a
+/// refused one carries.
+async fn stream_body(what: &str, resp: hyper::Response<Incoming>) -> Result<Incoming, ClientError> {
+    if resp.status().is_success() {
+        return Ok(resp.into_body());
+    }
+    let status = resp.status();
+    let bytes = within(what, Some(REQUEST_TIMEOUT), collect(what, resp.into_body())).await??;
+    Err(decode_error(what, status, &bytes))
 }
 
 #[cfg(test)]
