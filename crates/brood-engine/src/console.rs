@@ -36,7 +36,7 @@ const READ_LEN: usize = 16 * 1024;
 /// (wake-up, log write) more than per byte; charging a floor caps reads at
 /// `CONSOLE_RATE / READ_COST_MIN` a second once the burst is spent, and each
 /// read after a pause takes what piled up meanwhile.
-const READ_COST_MIN: u64 = 2 * 1024;
+const READ_COST_MIN: u64 = 8 * 1024;
 /// At most one throttling report per this interval.
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
