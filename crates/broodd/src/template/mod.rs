@@ -144,14 +144,19 @@ impl TemplateRt {
     }
 
     /// The uuids of the warm children, including one being made.
+    ///
+    /// The one being made is read first: the filler queues a child before
+    /// it clears `preparing`, so a child whose QEMU was found before this
+    /// call is in one list or the other. Read the other way round, a child
+    /// queued between the two reads was in neither (verify called it an
+    /// orphan).
     pub async fn warm_uuids(&self) -> Vec<Uuid> {
+        let preparing = *self
+            .preparing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut v: Vec<Uuid> = self.warm.lock().await.iter().map(|w| w.uuid).collect();
-        v.extend(
-            *self
-                .preparing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        v.extend(preparing);
         v
     }
 
