@@ -16,6 +16,7 @@ mod host;
 mod identity_pool;
 mod image;
 mod ledger;
+mod man;
 mod paths;
 mod render;
 mod run;
@@ -124,6 +125,8 @@ enum Cmd {
     Events(events::EventsArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
+    /// Write brood's manual pages (one per command) into a directory.
+    Man(man::ManArgs),
 }
 
 /// How to reach broodd, from the global flags (no `Debug`: it holds the token).
@@ -251,6 +254,7 @@ fn main() {
             with_client(&conn, |c| async move { events::run(args, &c, out).await })
         }
         Cmd::Completions(args) => completions::run(&args, &mut Cli::command()),
+        Cmd::Man(args) => man::run(&args, Cli::command(), cli.output),
     };
     match code {
         Ok(c) => std::process::exit(c),

@@ -66,6 +66,8 @@ pub fn agent_binary(flag: Option<&Path>) -> Result<PathBuf> {
         );
     }
     candidates.push(dir.join("brood-agent"));
+    // Where the Debian package installs it.
+    candidates.push(PathBuf::from("/usr/lib/brood/brood-agent"));
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }

@@ -63,6 +63,9 @@ struct Args {
     /// NIC capacity.
     #[arg(long, default_value_t = 64)]
     nics: u64,
+    /// Print broodd's manual page (roff, section 8) and exit.
+    #[arg(long, hide = true)]
+    man_page: bool,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +73,17 @@ fn main() -> Result<()> {
     // private to root; the engine sets explicit modes where it matters.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
+    if args.man_page {
+        use clap::CommandFactory;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut page)
+            .context("render the manual page")?;
+        std::io::Write::write_all(&mut std::io::stdout().lock(), &page)
+            .context("write the manual page")?;
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BROOD_LOG")
