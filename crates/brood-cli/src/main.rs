@@ -20,6 +20,7 @@ mod man;
 mod paths;
 mod render;
 mod run;
+mod snapshot;
 mod template;
 mod trust;
 mod vm;

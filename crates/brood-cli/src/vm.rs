@@ -70,6 +70,9 @@ pub enum VmCmd {
     /// Run a saved partition again from its saved state.
     #[command(after_help = "Examples:\n  brood vm restore web")]
     Restore(Target),
+    /// Named snapshots of a partition's disks and memory.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCmd),
     /// Delete a partition and its disks.
     #[command(after_help = "Examples:
   brood vm delete web
@@ -136,7 +139,7 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
     )
 }
 
-fn partition_path(name: &str) -> String {
+pub fn partition_path(name: &str) -> String {
     format!("/v1/partitions/{}", encode(name))
 }
 
@@ -161,6 +164,7 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         VmCmd::Resume(t) => action(client, &t.name, "resume", out).await,
         VmCmd::Save(t) => action(client, &t.name, "save", out).await,
         VmCmd::Restore(t) => action(client, &t.name, "restore", out).await,
+        VmCmd::Snapshot(cmd) => crate::snapshot::run(cmd, client, out).await,
         VmCmd::Stop { name, timeout } => {
             let path = format!("{}/stop", partition_path(&name));
             // broodd waits up to the guest's timeout (30 s by default) before it kills QEMU.

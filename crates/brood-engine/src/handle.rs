@@ -75,6 +75,13 @@ pub trait VmHandle: Send + Sync + std::fmt::Debug + 'static {
     async fn status(&self) -> Result<VmStatus, EngineError>;
     /// Saves the whole VM state to `path`; the VM is left paused.
     async fn save(&self, path: &Path) -> Result<(), EngineError>;
+    /// Takes snapshot `name`: the writable disks' internal snapshots and the
+    /// whole state into `state`, of one instant; the VM carries on.
+    async fn snapshot(&self, _name: &str, _state: &Path) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "snapshot a live VM",
+        })
+    }
     /// Powers the guest off, killing it after `deadline`.
     async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError>;
     /// Kills the VM at once and waits until it is gone.
@@ -145,6 +152,9 @@ impl VmHandle for Vm {
     }
     async fn save(&self, path: &Path) -> Result<(), EngineError> {
         Vm::save(self, path).await
+    }
+    async fn snapshot(&self, name: &str, state: &Path) -> Result<(), EngineError> {
+        crate::qemu::snapshot::snapshot_live(self, name, state).await
     }
     async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError> {
         Vm::shutdown(self, deadline).await

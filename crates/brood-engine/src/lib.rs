@@ -33,6 +33,7 @@ pub use cgroup::Limits;
 pub use error::EngineError;
 pub use handle::{BoxedVm, VmHandle};
 pub use host::Accel;
+pub use qemu::snapshot::DiskSnapshotOp;
 pub use qemu::{QemuConfig, QemuEngine};
 pub use spec::{AccelChoice, DiskFormat, DiskSpec, MacAddr, Machine, NicBackend, NicSpec, VmSpec};
 pub use template::Template;
@@ -137,6 +138,26 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     ) -> Result<Template, EngineError> {
         Err(EngineError::Unsupported {
             op: "save a template",
+        })
+    }
+
+    /// Snapshots, applies or deletes snapshot `name` of a disk no VM has
+    /// open (a stopped partition's).
+    async fn disk_snapshot(
+        &self,
+        _disk: &DiskSpec,
+        _op: DiskSnapshotOp,
+        _name: &str,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "snapshot a disk",
+        })
+    }
+
+    /// The names of the snapshots a disk holds.
+    async fn disk_snapshot_names(&self, _disk: &DiskSpec) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::Unsupported {
+            op: "list a disk's snapshots",
         })
     }
 

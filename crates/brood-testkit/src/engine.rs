@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use brood_engine::{
-    Accel, AccelKind, BoxedVm, Engine, EngineCaps, EngineError, ExitKind, FoundVm, Template,
-    VmHandle, VmSpec,
+    Accel, AccelKind, BoxedVm, DiskSnapshotOp, DiskSpec, Engine, EngineCaps, EngineError, ExitKind,
+    FoundVm, Template, VmHandle, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -59,6 +59,10 @@ pub enum Op {
     Status,
     /// [`VmHandle::save`].
     Save,
+    /// [`VmHandle::snapshot`].
+    Snapshot,
+    /// [`Engine::disk_snapshot`] and [`Engine::disk_snapshot_names`].
+    DiskSnapshot,
     /// [`VmHandle::shutdown`].
     Shutdown,
     /// [`VmHandle::kill`].
@@ -140,6 +144,8 @@ pub(crate) struct Shared {
     qmp_timeout: Mutex<Duration>,
     /// Calls held at their start until released ([`FakeEngine::hold`]).
     held: watch::Sender<std::collections::HashSet<Op>>,
+    /// The internal snapshots of each disk file, as `qemu-img` would keep them.
+    disk_snapshots: Mutex<HashMap<PathBuf, Vec<String>>>,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not
@@ -189,6 +195,7 @@ impl FakeEngine {
                 boot_delay: Duration::from_millis(5),
                 qmp_timeout: Mutex::new(Duration::from_millis(200)),
                 held: watch::Sender::new(std::collections::HashSet::new()),
+                disk_snapshots: Mutex::default(),
             }),
         }
     }
@@ -522,6 +529,54 @@ impl Engine for FakeEngine {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+
+    async fn disk_snapshot(
+        &self,
+        disk: &DiskSpec,
+        op: DiskSnapshotOp,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        enter(
+            &self.shared,
+            Op::DiskSnapshot,
+            &disk.path.display().to_string(),
+        )
+        .await?;
+        let mut all = lock(&self.shared.disk_snapshots);
+        let tags = all.entry(disk.path.clone()).or_default();
+        let has = tags.iter().any(|t| t == name);
+        match op {
+            DiskSnapshotOp::Create if has => Err(EngineError::InvalidSpec(format!(
+                "{} already has snapshot {name}",
+                disk.path.display()
+            ))),
+            DiskSnapshotOp::Create => {
+                tags.push(name.to_string());
+                Ok(())
+            }
+            DiskSnapshotOp::Apply | DiskSnapshotOp::Delete if !has => Err(
+                EngineError::InvalidSpec(format!("{} has no snapshot {name}", disk.path.display())),
+            ),
+            DiskSnapshotOp::Apply => Ok(()),
+            DiskSnapshotOp::Delete => {
+                tags.retain(|t| t != name);
+                Ok(())
+            }
+        }
+    }
+
+    async fn disk_snapshot_names(&self, disk: &DiskSpec) -> Result<Vec<String>, EngineError> {
+        enter(
+            &self.shared,
+            Op::DiskSnapshot,
+            &disk.path.display().to_string(),
+        )
+        .await?;
+        Ok(lock(&self.shared.disk_snapshots)
+            .get(&disk.path)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn save_template(&self, vm: &dyn VmHandle, dir: &Path) -> Result<Template, EngineError> {

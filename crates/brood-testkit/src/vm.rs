@@ -333,6 +333,11 @@ impl VmHandle for FakeHandle {
         });
         Ok(())
     }
+    async fn snapshot(&self, name: &str, state: &Path) -> Result<(), EngineError> {
+        self.qmp(Op::Snapshot).await?;
+        let _ = name;
+        FakeEngine::write_state(state, &self.model)
+    }
     async fn shutdown(&self, deadline: Duration) -> Result<VmExit, EngineError> {
         enter(&self.shared, Op::Shutdown, &self.model.name).await?;
         if let Some(e) = self.model.exit_status() {

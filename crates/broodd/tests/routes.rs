@@ -36,7 +36,7 @@ fn documented(op: &Value) -> BTreeSet<u16> {
 }
 
 fn with_name(path: &str, name: &str) -> String {
-    path.replace("{name}", name)
+    path.replace("{name}", name).replace("{snapshot}", "s1")
 }
 
 /// A valid body for the route, naming `name` where the body names something.
@@ -50,6 +50,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", p) if p.ends_with("/exec") => json!({"command": "true"}),
         ("POST", "/templates") => json!({"vm": name}),
         ("POST", p) if p.ends_with("/fork") => json!({"count": 1}),
+        ("POST", p) if p.ends_with("/snapshots") => json!({"name": "s1"}),
         ("POST", p) if p.ends_with("pools") => {
             json!({"name": name, "kind": "identity", "values": ["v"]})
         }
@@ -230,6 +231,10 @@ async fn fixture() -> TestApp {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app
+        .post("/v1/partitions/on/snapshots", json!({"name": "s1"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     app
 }
 
@@ -262,6 +267,9 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         ("POST", "/partitions/{name}/restore") => "on",
         ("PUT", "/partitions/{name}/stage") => "on",
         ("POST", "/partitions/{name}/exec") => "off",
+        ("POST", "/partitions/{name}/snapshots") => "tpl",
+        ("DELETE", "/partitions/{name}/snapshots/{snapshot}") => "on",
+        ("POST", "/partitions/{name}/snapshots/{snapshot}/revert") => "tpl",
         _ => return None,
     };
     Some((name, body_for(method, path, "x")))
@@ -371,6 +379,14 @@ async fn every_route_that_drives_the_engine_maps_its_failure_to_502() {
                 fake.fail_next(Op::Fork, EngineError::Migration("bad state".into()));
                 ("tpl", Some(json!({"count": 1})))
             }
+            ("POST", "/partitions/{name}/snapshots") => {
+                fake.fail_next(Op::Snapshot, EngineError::Migration("disk full".into()));
+                ("on", Some(json!({"name": "s2"})))
+            }
+            ("POST", "/partitions/{name}/snapshots/{snapshot}/revert") => {
+                fake.fail_next(Op::Restore, EngineError::Migration("bad state".into()));
+                ("on", None)
+            }
             _ => panic!("{method} {path} documents 502: add its engine failure here"),
         };
         let uri = with_name(&path, name);
@@ -381,6 +397,12 @@ async fn every_route_that_drives_the_engine_maps_its_failure_to_502() {
         assert_eq!(code(&v), "engine_failed", "{method} {uri}");
         fake.clear_failures();
         fake.fail_prepare_fork(None);
+        if p.ends_with("/revert") {
+            // The revert killed `on` before its restore failed.
+            assert_eq!(app.run_state("on").await, "stopped");
+            let (s, v) = app.post_empty("/v1/partitions/on/start").await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
     }
     assert!(seen >= 4, "{seen} routes document 502");
     // Each failure was undone: nothing new exists, nothing is held for it.
@@ -472,6 +494,10 @@ const KNOWN: &[&str] = &[
     "PUT /v1/partitions/{name}/stage",
     "GET /v1/partitions/{name}/console",
     "POST /v1/partitions/{name}/exec",
+    "GET /v1/partitions/{name}/snapshots",
+    "POST /v1/partitions/{name}/snapshots",
+    "DELETE /v1/partitions/{name}/snapshots/{snapshot}",
+    "POST /v1/partitions/{name}/snapshots/{snapshot}/revert",
     "GET /v1/templates",
     "POST /v1/templates",
     "GET /v1/templates/{name}",

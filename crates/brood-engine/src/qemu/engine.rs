@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use super::{QemuEngine, process};
 use crate::handle::{BoxedVm, VmHandle};
 use crate::host;
-use crate::spec::VmSpec;
+use crate::spec::{DiskSpec, VmSpec};
 use crate::template::Template;
 use crate::vm::Vm;
-use crate::{AccelKind, Engine, EngineCaps, EngineError, FoundVm};
+use crate::{AccelKind, DiskSnapshotOp, Engine, EngineCaps, EngineError, FoundVm};
 
 /// The QEMU VM behind a handle, or an error naming the operation.
 fn qemu_vm<'a>(vm: &'a dyn VmHandle, op: &'static str) -> Result<&'a Vm, EngineError> {
@@ -77,6 +77,19 @@ impl Engine for QemuEngine {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+
+    async fn disk_snapshot(
+        &self,
+        disk: &DiskSpec,
+        op: DiskSnapshotOp,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        super::snapshot::disk_snapshot(disk, op, name).await
+    }
+
+    async fn disk_snapshot_names(&self, disk: &DiskSpec) -> Result<Vec<String>, EngineError> {
+        super::snapshot::disk_snapshot_names(disk).await
     }
 
     async fn save_template(&self, vm: &dyn VmHandle, dir: &Path) -> Result<Template, EngineError> {

@@ -14,6 +14,7 @@ pub mod fork;
 mod image;
 pub mod jail;
 pub mod process;
+pub mod snapshot;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener as StdListener;

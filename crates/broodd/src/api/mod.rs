@@ -8,6 +8,7 @@ mod extract;
 mod ledger;
 mod partitions;
 pub mod render;
+mod snapshots;
 mod stream;
 mod templates;
 
@@ -63,6 +64,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = partitions::routes(r);
     let r = ledger::routes(r);
     let r = templates::routes(r);
+    let r = snapshots::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

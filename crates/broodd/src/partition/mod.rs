@@ -8,3 +8,4 @@ pub mod define;
 pub mod lifecycle;
 pub mod plain;
 pub mod restart;
+pub mod snapshot;
