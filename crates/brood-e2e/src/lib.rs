@@ -456,7 +456,26 @@ impl Broodd {
     /// Asserts that `GET /v1/ledger/verify` finds every invariant holding.
     pub fn verify_ok(&self) {
         let v = self.ok("GET", "/v1/ledger/verify", None);
-        assert_eq!(v["ok"], true, "verify: {v}");
+        if v["ok"] != true {
+            // What broodd logged about the VMs verify names, to tell a race from a leak.
+            let log = self.log();
+            let mut lines: Vec<&str> = Vec::new();
+            for p in v["problems"].as_array().into_iter().flatten() {
+                let msg = p["message"].as_str().unwrap_or_default();
+                for word in msg.split([' ', ',']) {
+                    if word.len() >= 8 {
+                        lines.extend(log.lines().filter(|l| l.contains(word)));
+                    }
+                }
+            }
+            lines.dedup();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "verify: {v}\nbroodd's log about them:\n{}\nbroodd's last lines:\n{}",
+                lines.join("\n"),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 
     /// A `brood` command pointed at this daemon.

@@ -119,7 +119,8 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
-    /// Kills a VM process [`Engine::find_vms`] found (one nobody owns).
+    /// Kills a VM process [`Engine::find_vms`] found (one nobody owns) and
+    /// waits until `find_vms` no longer finds it.
     fn kill_found(&self, _vm: &FoundVm) -> Result<(), EngineError> {
         Err(EngineError::Unsupported {
             op: "kill a found VM",

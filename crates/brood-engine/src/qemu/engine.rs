@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{QemuEngine, process};
+
+/// How long `kill_found` waits for a killed QEMU to be gone.
+const KILL_FOUND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::handle::{BoxedVm, VmHandle};
 use crate::host;
 use crate::spec::{DiskSpec, VmSpec};
@@ -65,7 +68,14 @@ impl Engine for QemuEngine {
 
     fn kill_found(&self, vm: &FoundVm) -> Result<(), EngineError> {
         process::kill_group(vm.pid);
-        Ok(())
+        if process::wait_gone(vm.pid, KILL_FOUND_WAIT) {
+            Ok(())
+        } else {
+            Err(EngineError::Timeout {
+                op: "the end of a killed QEMU",
+                after: KILL_FOUND_WAIT,
+            })
+        }
     }
 
     fn remove_run_dirs(&self, keep: &(dyn Fn(&str) -> bool + Sync)) {

@@ -264,6 +264,26 @@ pub fn kill_group(pid: i32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
+/// Waits (up to `timeout`) until process `pid` is no longer a live
+/// process: gone, or a zombie (whose command line is empty). A killed
+/// QEMU takes a while to tear its memory down, and until then it is still
+/// found by [`find_qemus`]; a caller that killed one it does not own (an
+/// orphan, reparented to init) waits here so that nobody finds it after.
+pub fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
+    let cmdline = format!("/proc/{pid}/cmdline");
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        match std::fs::read(&cmdline) {
+            Ok(c) if !c.is_empty() => {}
+            _ => return true,
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Every process whose command line names a directory under `run_root`,
 /// with the name of that directory: the QEMUs of VMs started there, found
 /// by what they are rather than by pid files that a crash may not have

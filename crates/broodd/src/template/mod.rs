@@ -309,11 +309,14 @@ pub fn refill(host: Arc<Host>, t: Arc<TemplateRt>) {
                 break;
             }
         }
-        t.filling.send_replace(false);
-        // A template deleted while we filled: kill what we made.
+        // A template deleted while we filled: kill what we made, before
+        // saying the filler stopped. `forget` waits for that and then
+        // returns; were the drain after it, a warm child could still be
+        // dying when the delete answered (verify saw an orphan QEMU).
         if templates.get(t.uuid).is_none() {
             t.drain(&host).await;
         }
+        t.filling.send_replace(false);
     });
 }
 
