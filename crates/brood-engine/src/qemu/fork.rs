@@ -146,16 +146,24 @@ impl QemuEngine {
         .map_err(|e| EngineError::host("make a migration socket pair", e.into()))?;
         super::fdpass::migrate_over_socket(target.run_dir(), into.as_fd(), true).await?;
         drop(into);
-        vm.qmp.stop().await?;
-        // The child was made with x-ignore-shared on (for its own incoming
-        // state); its memory must travel now.
-        vm.qmp
-            .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, false)])
-            .await?;
-        super::fdpass::migrate_over_socket(vm.run_dir(), from.as_fd(), false).await?;
-        drop(from);
-        finish_migration(&vm.qmp, STATE_TIMEOUT).await?;
-        finish_migration(&target.qmp, STATE_TIMEOUT).await?;
+        let sent = async {
+            vm.qmp.stop().await?;
+            // The child was made with x-ignore-shared on (for its own incoming
+            // state); its memory must travel now.
+            vm.qmp
+                .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, false)])
+                .await?;
+            super::fdpass::migrate_over_socket(vm.run_dir(), from.as_fd(), false).await?;
+            drop(from);
+            finish_migration(&vm.qmp, STATE_TIMEOUT).await
+        }
+        .await;
+        if let Err(e) = sent {
+            return Err(vm.explain(e).await);
+        }
+        if let Err(e) = finish_migration(&target.qmp, STATE_TIMEOUT).await {
+            return Err(target.explain(e).await);
+        }
         vm.kill().await?;
         Ok(target)
     }
@@ -193,6 +201,7 @@ impl QemuEngine {
         }
         .await;
         if let Err(e) = started {
+            let e = vm.explain(e).await;
             let _ = vm.kill().await;
             return Err(e);
         }
