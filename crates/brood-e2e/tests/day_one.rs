@@ -135,3 +135,89 @@ async fn a_failed_restore_says_what_qemu_said() {
     assert!(msg.contains("migration") || msg.contains("magic"), "{msg}");
     env.assert_clean();
 }
+
+/// Lines of a child's pipe, read on a thread of their own.
+fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(r).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most 60 s) for a line containing `want`; returns every line seen.
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, want: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(want);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {want:?}; saw {seen:?}");
+}
+
+#[test]
+fn brood_events_reconnects_when_broodd_restarts() {
+    let env = TestEnv::new();
+    let mut b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    let mut events = b
+        .brood()
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start brood events");
+    let out = lines_of(events.stdout.take().unwrap());
+    let err = lines_of(events.stderr.take().unwrap());
+    // Until the stream is open, a define may come before it: define again.
+    let mut n = 0;
+    let first = loop {
+        n += 1;
+        let name = format!("before-{n}");
+        b.ok(
+            "POST",
+            "/v1/partitions",
+            Some(&json!({"name": name, "configs": {"default": {}}})),
+        );
+        if let Ok(l) = out.recv_timeout(std::time::Duration::from_secs(2)) {
+            break l;
+        }
+        assert!(n < 30, "brood events printed nothing");
+    };
+    assert!(first.contains("before-"), "{first}");
+    b.restart();
+    let said = wait_for_line(&err, "reconnected");
+    assert!(
+        said.iter().any(|l| l.contains("event stream ended")),
+        "{said:?}"
+    );
+    b.ok(
+        "POST",
+        "/v1/partitions",
+        Some(&json!({"name": "after", "configs": {"default": {}}})),
+    );
+    let seen = wait_for_line(&out, "after:");
+    // Ledger commits are events too, with who made them.
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("ledger tx") && l.contains("by api")),
+        "{seen:?}"
+    );
+    assert!(events.try_wait().unwrap().is_none(), "brood events ended");
+    let _ = events.kill();
+    let _ = events.wait();
+}
