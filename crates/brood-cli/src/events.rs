@@ -27,10 +27,15 @@ const MAX_EVENT_BYTES: usize = 1 << 20;
   brood events
   brood events -o json | jq -c 'select(.kind.type == \"partition\")'
 
-Ctrl-C ends it. When broodd restarts, brood says so on stderr and
-reconnects; events in between are missed (`brood ledger log` has every
-transaction).")]
-pub struct EventsArgs {}
+Ctrl-C ends it. When the stream breaks (broodd restarted), brood says so on
+stderr and reconnects, retrying until broodd answers; events in between are
+missed (`brood ledger log` has every transaction). With --no-reconnect it
+ends instead (exit status 125).")]
+pub struct EventsArgs {
+    /// End when the stream breaks instead of reconnecting.
+    #[arg(long)]
+    pub no_reconnect: bool,
+}
 
 /// First wait before reconnecting; doubled up to [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
@@ -129,7 +134,7 @@ enum Ended {
 }
 
 /// Runs `brood events` until Ctrl-C, reconnecting when the stream breaks.
-pub async fn run(_args: EventsArgs, client: &Client, out: Output) -> Result<i32> {
+pub async fn run(args: EventsArgs, client: &Client, out: Output) -> Result<i32> {
     // The first connection must work: a wrong host or token is an error.
     let mut body = client.stream("/v1/events").await?;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -137,6 +142,9 @@ pub async fn run(_args: EventsArgs, client: &Client, out: Output) -> Result<i32>
     loop {
         let why = match follow(&mut body, out, &mut ctrl_c).await? {
             Ended::Done => return Ok(0),
+            Ended::Broken(why) if args.no_reconnect => {
+                bail!("broodd ended the event stream ({why}); did it stop?")
+            }
             Ended::Broken(why) => why,
         };
         eprintln!("brood: the event stream ended ({why}); reconnecting to broodd");
@@ -168,7 +176,7 @@ async fn follow(
             _ = ctrl_c.as_mut() => return Ok(Ended::Done),
         };
         let frame = match frame {
-            None => return Ok(Ended::Broken("broodd closed it".into())),
+            None => return Ok(Ended::Broken("the connection closed".into())),
             Some(Ok(f)) => f,
             Some(Err(e)) => {
                 let e = ClientError::Body {
