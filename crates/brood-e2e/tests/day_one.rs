@@ -102,7 +102,7 @@ fn a_forked_child_saves_and_restores_plain_and_persistent() {
 }
 
 #[test]
-fn a_boot_prints_no_pci_error() {
+fn a_boot_prints_no_pci_error_and_the_log_file_has_no_colour() {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &["--memory-mib", "2048"]);
     b.ok(
@@ -113,8 +113,12 @@ fn a_boot_prints_no_pci_error() {
     exec(&b, "web", "true");
     let out = brood(&b, &["vm", "console", "web"]);
     let console = String::from_utf8_lossy(&out.stdout);
-    assert!(console.contains("Linux version"), "{console}");
+    assert!(console.contains("brood-agent"), "{console}");
     assert!(!console.contains("PCI: Fatal"), "{console}");
+    // broodd's log goes to a file here: plain text, no colour escapes.
+    let log = b.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour escapes in {log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
