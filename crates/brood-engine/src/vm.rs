@@ -468,3 +468,33 @@ pub(crate) fn qemu_log_tail(run_dir: &Path, n: usize) -> Vec<String> {
     lines.reverse();
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_log_tail_is_the_last_lines_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(qemu_log_tail(dir.path(), 3).is_empty(), "no log, no lines");
+        let mut log = "x".repeat(1 << 20);
+        log.push_str("\nqemu-system-x86_64: warning: a warning\n\n");
+        log.push_str("qemu-system-x86_64: Capability x-ignore-shared is off, but received capability is on\n");
+        log.push_str("qemu-system-x86_64: load of migration failed: Invalid argument\n  \n");
+        std::fs::write(dir.path().join("qemu.log"), log).expect("write");
+        assert_eq!(
+            qemu_log_tail(dir.path(), 1),
+            ["qemu-system-x86_64: load of migration failed: Invalid argument"]
+        );
+        let three = qemu_log_tail(dir.path(), 3);
+        assert_eq!(three.len(), 3);
+        assert!(three[1].contains("x-ignore-shared"), "{three:?}");
+        // Only the file's end is read: the megabyte line is cut to the bound.
+        let all = qemu_log_tail(dir.path(), 100);
+        assert!(
+            all.iter().map(String::len).sum::<usize>() <= 16 * 1024,
+            "{}",
+            all.len()
+        );
+    }
+}
