@@ -41,11 +41,15 @@ pub enum EventKind {
         /// Its uuid.
         uuid: Uuid,
     },
-    /// A ledger transaction committed.
+    /// A ledger transaction committed (one event per transaction; the
+    /// audit log, `GET /v1/ledger/log`, has its changes).
     Ledger {
         /// The transaction id.
         tx: u64,
         /// Its reason.
         reason: String,
+        /// Who made it (`api`, `memory`, `reconcile`, ...).
+        #[serde(default)]
+        actor: String,
     },
 }

@@ -1,6 +1,7 @@
 //! `brood vm define` and `brood vm create`: turns the configuration flags
-//! (or a `DefineRequest` JSON file) into `POST /v1/partitions`. Validation
-//! of names and sizes is broodd's; this module only parses the flags' syntax.
+//! (or a `DefineRequest` JSON file, or what `brood vm show -o json` printed)
+//! into `POST /v1/partitions`. Validation of names and sizes is broodd's;
+//! this module only parses the flags' syntax.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,13 @@ pub const DEFAULT_CONFIG: &str = "default";
 /// Arguments of `brood vm define` and `brood vm create`.
 #[derive(Debug, Args)]
 pub struct DefineArgs {
-    /// Partition name: 1-64 of [a-z0-9_.-], starting with a letter or digit.
-    pub name: String,
-    /// A whole DefineRequest as JSON ('-' reads stdin); NAME replaces its
-    /// name. Cannot be combined with the configuration flags.
+    /// Partition name: 1-64 of [a-z0-9_.-], starting with a letter or digit
+    /// (with --from-json, the file's name when not given).
+    #[arg(required_unless_present = "from_json")]
+    pub name: Option<String>,
+    /// A whole DefineRequest as JSON, or what `brood vm show -o json`
+    /// printed (its read-only fields are ignored); '-' reads stdin. NAME
+    /// replaces its name. Cannot be combined with the configuration flags.
     #[arg(long, value_name = "FILE", conflicts_with = "config_flags")]
     pub from_json: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Configuration")]
@@ -75,7 +79,8 @@ pub const DEFINE_EXAMPLES: &str = "Examples:
   brood vm define web --memory 512 --vcpus 2 --disk root:10 --nic br0
   brood vm define db --memory 4096 --cpu-cap 200 --restart on-failure
   brood vm define web --from-json web.json
-  cat web.json | brood vm define web --from-json -";
+  cat web.json | brood vm define web --from-json -
+  brood vm show web -o json | brood vm define web2 --from-json -";
 
 /// Examples shown by `brood vm create --help`.
 pub const CREATE_EXAMPLES: &str = "Examples:
@@ -175,20 +180,56 @@ async fn read_input(file: &Path) -> Result<String> {
         .with_context(|| format!("read {}", file.display()))
 }
 
-/// Parses a `DefineRequest` read from `file`; `name` and `start` replace its own.
-fn parse_request(text: &str, file: &Path, name: &str, start: bool) -> Result<DefineRequest> {
-    let mut req: DefineRequest = serde_json::from_str(text)
-        .with_context(|| format!("parse {} as a DefineRequest", file.display()))?;
-    req.name = name.to_string();
+/// Parses a `DefineRequest` read from `file`, or a shown `Partition` (its
+/// read-only fields dropped); `name` (when given) and `start` replace its own.
+fn parse_request(
+    text: &str,
+    file: &Path,
+    name: Option<&str>,
+    start: bool,
+) -> Result<DefineRequest> {
+    let what = || format!("parse {} as a DefineRequest", file.display());
+    let mut value: serde_json::Value = serde_json::from_str(text).with_context(what)?;
+    // What `vm show -o json` prints has a uuid, which a DefineRequest never
+    // has: then every field a DefineRequest lacks is the partition's state
+    // (uuid, run state, pid, disks, ...) and is dropped. A DefineRequest
+    // file stays strict, so a misspelt field is an error.
+    if let Some(obj) = value.as_object_mut()
+        && obj.contains_key("uuid")
+    {
+        let keep = define_fields();
+        obj.retain(|k, _| keep.iter().any(|f| f == k));
+    }
+    let mut req: DefineRequest = serde_json::from_value(value).with_context(what)?;
+    if let Some(name) = name {
+        req.name = name.to_string();
+    }
     req.start = start;
     Ok(req)
 }
 
+/// The fields of a `DefineRequest`, as it is serialized.
+fn define_fields() -> Vec<String> {
+    let empty = DefineRequest {
+        name: String::new(),
+        configs: BTreeMap::new(),
+        active_config: None,
+        start: false,
+    };
+    serde_json::to_value(&empty)
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
 /// Runs `vm define` (`start` false) or `vm create` (`start` true).
 pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) -> Result<i32> {
-    let req = match &args.from_json {
-        Some(file) => parse_request(&read_input(file).await?, file, &args.name, start)?,
-        None => request_from_flags(&args.name, args.flags, start),
+    let req = match (&args.from_json, &args.name) {
+        (Some(file), name) => {
+            parse_request(&read_input(file).await?, file, name.as_deref(), start)?
+        }
+        (None, Some(name)) => request_from_flags(name, args.flags, start),
+        (None, None) => anyhow::bail!("name the partition (or give --from-json FILE)"),
     };
     let p: Partition = client.post("/v1/partitions", &req).await?;
     match out {
@@ -203,6 +244,8 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -284,12 +327,58 @@ mod tests {
     fn file_request_takes_the_command_line_name() {
         let file = Path::new("req.json");
         let text = r#"{"name":"other","configs":{"a":{"memory_mib":128}},"start":true}"#;
-        let req = parse_request(text, file, "web", false).unwrap();
+        let req = parse_request(text, file, Some("web"), false).unwrap();
         assert_eq!(req.name, "web");
         assert!(!req.start);
         assert_eq!(req.configs["a"].memory_mib, 128);
-        let e = parse_request(r#"{"name":"x","configs":{},"bogus":1}"#, file, "web", false)
-            .unwrap_err();
+        assert_eq!(
+            parse_request(text, file, None, false).unwrap().name,
+            "other"
+        );
+        let e = parse_request(
+            r#"{"name":"x","configs":{},"bogus":1}"#,
+            file,
+            Some("web"),
+            false,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+    }
+
+    #[test]
+    fn what_show_prints_define_accepts() {
+        let mut configs = BTreeMap::new();
+        let mut c = PartitionConfig {
+            memory_mib: 512,
+            ..PartitionConfig::default()
+        };
+        c.disks.push(parse_disk("data:4").unwrap());
+        c.nics.push(parse_nic("user").unwrap());
+        configs.insert("default".to_string(), c);
+        // As `brood vm show web -o json` prints it (fields of later
+        // versions included: they are state, not definition).
+        let shown = json!({
+            "name": "web", "uuid": "00000000-0000-4000-8000-000000000001",
+            "stage": "operating", "run_state": "running", "active_config": "default",
+            "configs": configs, "pid": 7,
+            "disks": [{"name": "data", "path": "/d/data.qcow2", "size_gib": 4}],
+            "last_exit": "signal 9", "restart_count": 1, "pending_op": null,
+            "parent": "tpl", "fork": null, "created_at": "t", "updated_at": "t",
+            "addresses": ["10.0.0.2"]
+        });
+        let text = serde_json::to_string_pretty(&shown).unwrap();
+        let req = parse_request(&text, Path::new("-"), None, false).unwrap();
+        assert_eq!(req.name, "web");
+        assert_eq!(req.configs, configs);
+        assert_eq!(req.active_config.as_deref(), Some("default"));
+        assert_eq!(
+            parse_request(&text, Path::new("-"), Some("web2"), true)
+                .unwrap()
+                .name,
+            "web2"
+        );
+        // A DefineRequest's own configurations stay strict.
+        let bad = text.replace("\"memory_mib\"", "\"memory_mb\"");
+        assert!(parse_request(&bad, Path::new("-"), None, false).is_err());
     }
 }

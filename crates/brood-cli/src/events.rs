@@ -1,13 +1,18 @@
 //! `brood events`: follows broodd's server-sent event stream (`GET
 //! /v1/events`) and prints one line per event until Ctrl-C. Only the `data:`
 //! field of the SSE format matters here; broodd's keep-alive comments are skipped.
+//! When the stream breaks (broodd restarted, say), it says so on stderr and
+//! reconnects with backoff until broodd answers again (or Ctrl-C); events
+//! in between are missed, and sequence numbers start again with each broodd.
 
 use std::io::{ErrorKind, Write};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use brood_api::{Event, EventKind};
 use clap::Args;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use crate::Output;
 use crate::client::{Client, ClientError};
@@ -22,8 +27,20 @@ const MAX_EVENT_BYTES: usize = 1 << 20;
   brood events
   brood events -o json | jq -c 'select(.kind.type == \"partition\")'
 
-Ctrl-C ends it.")]
-pub struct EventsArgs {}
+Ctrl-C ends it. When the stream breaks (broodd restarted), brood says so on
+stderr and reconnects, retrying until broodd answers; events in between are
+missed (`brood ledger log` has every transaction). With --no-reconnect it
+ends instead (exit status 125).")]
+pub struct EventsArgs {
+    /// End when the stream breaks instead of reconnecting.
+    #[arg(long)]
+    pub no_reconnect: bool,
+}
+
+/// First wait before reconnecting; doubled up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Splits a byte stream into SSE events and yields each event's data.
 #[derive(Debug, Default)]
@@ -90,7 +107,10 @@ pub fn line(e: &Event) -> String {
             )
         }
         EventKind::PartitionDeleted { name, .. } => format!("{name}: deleted"),
-        EventKind::Ledger { tx, reason } => format!("ledger tx {tx}: {reason}"),
+        EventKind::Ledger { tx, reason, actor } if !actor.is_empty() => {
+            format!("ledger tx {tx} by {actor}: {reason}")
+        }
+        EventKind::Ledger { tx, reason, .. } => format!("ledger tx {tx}: {reason}"),
     };
     format!("{}  #{}  {what}", e.time, e.seq)
 }
@@ -105,23 +125,66 @@ fn render(data: &str, out: Output) -> String {
     }
 }
 
-/// Runs `brood events` until Ctrl-C or broodd ends the stream.
-pub async fn run(_args: EventsArgs, client: &Client, out: Output) -> Result<i32> {
+/// How one connection to the event stream ended.
+enum Ended {
+    /// Ctrl-C, or stdout closed: brood is done.
+    Done,
+    /// The stream broke: why.
+    Broken(String),
+}
+
+/// Runs `brood events` until Ctrl-C, reconnecting when the stream breaks.
+pub async fn run(args: EventsArgs, client: &Client, out: Output) -> Result<i32> {
+    // The first connection must work: a wrong host or token is an error.
     let mut body = client.stream("/v1/events").await?;
-    let mut parser = SseParser::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
+        let why = match follow(&mut body, out, &mut ctrl_c).await? {
+            Ended::Done => return Ok(0),
+            Ended::Broken(why) if args.no_reconnect => {
+                bail!("broodd ended the event stream ({why}); did it stop?")
+            }
+            Ended::Broken(why) => why,
+        };
+        eprintln!("brood: the event stream ended ({why}); reconnecting to broodd");
+        let mut wait = RECONNECT_FIRST;
+        body = loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = &mut ctrl_c => return Ok(0),
+            }
+            match client.stream("/v1/events").await {
+                Ok(b) => break b,
+                Err(_) => wait = (wait * 2).min(RECONNECT_MAX),
+            }
+        };
+        eprintln!("brood: reconnected to broodd; events in between were missed");
+    }
+}
+
+/// Prints the events of one connection until it ends.
+async fn follow(
+    body: &mut Incoming,
+    out: Output,
+    ctrl_c: &mut std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
+) -> Result<Ended> {
+    let mut parser = SseParser::default();
+    loop {
         let frame = tokio::select! {
             f = body.frame() => f,
-            _ = &mut ctrl_c => return Ok(0),
+            _ = ctrl_c.as_mut() => return Ok(Ended::Done),
         };
         let frame = match frame {
-            None => bail!("broodd ended the event stream (did it stop?)"),
-            Some(f) => f.map_err(|source| ClientError::Body {
-                what: "GET /v1/events".to_string(),
-                source,
-            })?,
+            None => return Ok(Ended::Broken("the connection closed".into())),
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                let e = ClientError::Body {
+                    what: "GET /v1/events".to_string(),
+                    source: e,
+                };
+                return Ok(Ended::Broken(format!("{:#}", anyhow::Error::new(e))));
+            }
         };
         let Ok(bytes) = frame.into_data() else {
             continue;
@@ -131,10 +194,12 @@ pub async fn run(_args: EventsArgs, client: &Client, out: Output) -> Result<i32>
             match writeln!(stdout, "{}", render(&data, out)) {
                 Ok(()) => {}
                 // `brood events | head` closed its end: that is the end.
-                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(0),
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(Ended::Done),
                 Err(e) => return Err(anyhow::Error::new(e).context("write an event")),
             }
         }
+        // Each event is seen as it comes, also through a pipe.
+        let _ = stdout.flush();
     }
 }
 
@@ -179,6 +244,11 @@ mod tests {
         assert_eq!(
             render(ledger, Output::Text),
             "t  #5  ledger tx 9: start web"
+        );
+        let ledger = r#"{"seq":5,"time":"t","kind":{"type":"ledger","tx":9,"reason":"start web","actor":"api"}}"#;
+        assert_eq!(
+            render(ledger, Output::Text),
+            "t  #5  ledger tx 9 by api: start web"
         );
         let deleted = r#"{"seq":6,"time":"t","kind":{"type":"partition_deleted","name":"web",
             "uuid":"00000000-0000-4000-8000-000000000001"}}"#;

@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::Output;
 use crate::client::{Client, encode};
-use crate::render::print_json;
+use crate::render::{CommandResult, Ending, print_json};
 
 /// How long broodd waits for the guest agent when `--ready-timeout` is not given.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,7 +38,9 @@ const MAX_STDIN_BYTES: usize = (brood_api::MAX_BODY_BYTES - 16 * 1024) / 4 * 3;
 
 Exit status: the command's exit code (128+N when a signal N ended it, 124
 when --timeout killed it); 125 when brood or broodd failed. With -o json
-broodd's result is printed (output in base64) and the exit status is the same.
+the result is printed in `brood run -o json`'s shape (exit_code, signal,
+timed_out, stdout and stderr as text and as base64) and the exit status is
+the same.
 Without --timeout brood waits as long as the command runs.")]
 pub struct ExecArgs {
     /// Partition name or uuid.
@@ -71,6 +73,27 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 /// timeout killed it, 128+N when signal N ended it, 125 when broodd says neither.
 pub fn exit_code(r: &ExecResponse) -> i32 {
     code_of(r.timed_out, r.exit_code, r.signal)
+}
+
+/// broodd's answer in the shape `brood run -o json` prints.
+fn result_of(r: &ExecResponse) -> Result<CommandResult> {
+    let decode = |what: &str, b: &str| {
+        BASE64
+            .decode(b)
+            .with_context(|| format!("broodd sent {what} that is not base64"))
+    };
+    let end = Ending {
+        exit_code: exit_code(r),
+        signal: r.signal,
+        timed_out: r.timed_out,
+        stdout_truncated: r.stdout_truncated,
+        stderr_truncated: r.stderr_truncated,
+    };
+    Ok(CommandResult::new(
+        end,
+        &decode("stdout", &r.stdout_base64)?,
+        &decode("stderr", &r.stderr_base64)?,
+    ))
 }
 
 fn code_of(timed_out: bool, exit_code: Option<i32>, signal: Option<i32>) -> i32 {
@@ -125,8 +148,9 @@ pub async fn run(args: ExecArgs, client: &Client, out: Output) -> Result<i32> {
     let req = request(&args, stdin.as_deref());
     if out == Output::Json {
         let resp: ExecResponse = client.post_within(&path, &req, deadline(&args)).await?;
-        print_json(&resp)?;
-        return Ok(exit_code(&resp));
+        let result = result_of(&resp)?;
+        print_json(&result)?;
+        return Ok(result.exit_code);
     }
     let streamed = format!("{path}?stream=true");
     let work = stream_exec(&args, client, &streamed, &req);
@@ -261,6 +285,36 @@ mod tests {
         assert_eq!(exit_code(&resp(None, Some(9), true)), 124);
         assert_eq!(exit_code(&resp(Some(0), None, true)), 124);
         assert_eq!(exit_code(&resp(None, None, false)), 125);
+    }
+
+    #[test]
+    fn json_result_has_the_shape_of_brood_run() {
+        let mut r = resp(None, Some(9), false);
+        r.stdout_base64 = "/2hpCg==".into(); // 0xff "hi\n"
+        let v = serde_json::to_value(result_of(&r).unwrap()).unwrap();
+        assert_eq!(v["exit_code"], 137);
+        assert_eq!(v["signal"], 9);
+        assert_eq!(v["stdout"], "\u{fffd}hi\n");
+        assert_eq!(v["stdout_base64"], "/2hpCg==");
+        assert_eq!(v["stderr"], "");
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "exit_code",
+                "signal",
+                "stderr",
+                "stderr_base64",
+                "stderr_truncated",
+                "stdout",
+                "stdout_base64",
+                "stdout_truncated",
+                "timed_out"
+            ]
+        );
+        r.stderr_base64 = "not base64!".into();
+        assert!(result_of(&r).is_err());
     }
 
     #[test]

@@ -215,6 +215,7 @@ fn main() {
         .init();
     let data_dir = paths::data_dir(cli.data_dir.as_deref());
     let out = cli.output;
+    let json_errors = out == Output::Json || matches!(&cli.cmd, Cmd::Run(a) if a.json());
     let conn = Conn {
         host: cli.host,
         token: cli.token,
@@ -260,6 +261,11 @@ fn main() {
     match code {
         Ok(c) => std::process::exit(c),
         Err(e) if is_broken_output(&e) => std::process::exit(BROKEN_PIPE_EXIT),
+        // With -o json a program reads the error too: JSON on stderr.
+        Err(e) if json_errors => {
+            eprintln!("{}", render::error_json(&e));
+            std::process::exit(125);
+        }
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("brood: error: {}", chain.join(": "));

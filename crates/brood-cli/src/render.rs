@@ -1,6 +1,7 @@
 //! Text rendering shared by the broodd client commands: aligned tables,
 //! key/value listings, units, the API's enum names, and pretty JSON for
-//! `-o json`. What each command shows is decided in its own module.
+//! `-o json`, and errors as JSON for `-o json`. What each command shows is
+//! decided in its own module.
 
 use anyhow::Result;
 use brood_api::Resources;
@@ -131,6 +132,96 @@ pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// What a command run in a guest printed and how it ended: the one JSON
+/// shape of `brood run -o json` and `brood vm exec -o json`. `exit_code`
+/// is the status brood exits with (the command's code, 124 when its
+/// timeout killed it, 128+N for signal N); the output is given as text
+/// (`stdout`, invalid UTF-8 replaced) and exactly (`stdout_base64`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandResult {
+    /// The exit status brood exits with.
+    pub exit_code: i32,
+    /// The signal that ended the command, if one did.
+    pub signal: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// Standard output as text.
+    pub stdout: String,
+    /// Standard error as text.
+    pub stderr: String,
+    /// Standard output's bytes, base64.
+    pub stdout_base64: String,
+    /// Standard error's bytes, base64.
+    pub stderr_base64: String,
+    /// Standard output was cut at the output limit.
+    pub stdout_truncated: bool,
+    /// Standard error was cut at the output limit.
+    pub stderr_truncated: bool,
+}
+
+/// How a command ended, as [`CommandResult::new`] takes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The status brood exits with.
+    pub exit_code: i32,
+    /// The signal that ended it.
+    pub signal: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// Standard output was cut.
+    pub stdout_truncated: bool,
+    /// Standard error was cut.
+    pub stderr_truncated: bool,
+}
+
+impl CommandResult {
+    /// The result of a command that ended so, having printed these bytes.
+    pub fn new(end: Ending, stdout: &[u8], stderr: &[u8]) -> Self {
+        use base64::Engine as _;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        CommandResult {
+            exit_code: end.exit_code,
+            signal: end.signal,
+            timed_out: end.timed_out,
+            stdout: String::from_utf8_lossy(stdout).into_owned(),
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+            stdout_base64: b64.encode(stdout),
+            stderr_base64: b64.encode(stderr),
+            stdout_truncated: end.stdout_truncated,
+            stderr_truncated: end.stderr_truncated,
+        }
+    }
+}
+
+/// An error as one line of JSON, for stderr under `-o json`: the API's
+/// error shape (`{"error": {"code", "message"}}`) plus the HTTP `status`
+/// when broodd refused the request. broodd's code is kept; an error of
+/// brood's own (unreachable broodd, bad input file) has code `brood`.
+pub fn error_json(e: &anyhow::Error) -> String {
+    let mut code = "brood".to_string();
+    let mut status = None;
+    let parts: Vec<String> = e
+        .chain()
+        .map(|c| match c.downcast_ref::<crate::client::ClientError>() {
+            Some(crate::client::ClientError::Api {
+                status: s,
+                code: c,
+                message,
+            }) => {
+                code = wire_name(c);
+                status = Some(*s);
+                message.clone()
+            }
+            _ => c.to_string(),
+        })
+        .collect();
+    let mut detail = serde_json::json!({"code": code, "message": parts.join(": ")});
+    if let Some(s) = status {
+        detail["status"] = s.into();
+    }
+    serde_json::json!({ "error": detail }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use brood_api::{RestartPolicy, RunState};
@@ -184,5 +275,28 @@ mod tests {
         assert_eq!(resources(&r), "512 MiB, 1 vCPU, 10 GiB disk, 2 NICs");
         assert_eq!(or_dash(Some(3)), "3");
         assert_eq!(or_dash(None::<u32>), "-");
+    }
+
+    #[test]
+    fn errors_as_json_keep_the_api_code() {
+        let api = anyhow::Error::new(crate::client::ClientError::Api {
+            status: 409,
+            code: brood_api::ErrorCode::InvalidTransition,
+            message: "web is saved: restore it first".into(),
+        })
+        .context("start web");
+        let v: serde_json::Value = serde_json::from_str(&error_json(&api)).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_transition");
+        assert_eq!(v["error"]["status"], 409);
+        assert_eq!(
+            v["error"]["message"],
+            "start web: web is saved: restore it first"
+        );
+        let own = anyhow::anyhow!("no such file").context("read web.json");
+        let v: serde_json::Value = serde_json::from_str(&error_json(&own)).unwrap();
+        assert_eq!(v["error"]["code"], "brood");
+        assert_eq!(v["error"]["message"], "read web.json: no such file");
+        assert!(v["error"].get("status").is_none());
+        assert!(!error_json(&own).contains('\n'));
     }
 }

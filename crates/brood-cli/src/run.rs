@@ -17,6 +17,7 @@ use brood_proto::{ExecRequest, Stream};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::render::{CommandResult, Ending};
 use crate::{Output, paths};
 
 /// Arguments of `brood run`.
@@ -209,15 +210,12 @@ fn copy_console(vm: &Vm, out: Output) {
     });
 }
 
-/// What `brood run -o json` prints.
+/// What `brood run -o json` prints: the command's result in the shape
+/// `brood vm exec -o json` prints it too, the VM and the timings.
 #[derive(Debug, serde::Serialize)]
 struct RunReport {
-    exit_code: i32,
-    stdout: String,
-    stderr: String,
-    stdout_truncated: bool,
-    stderr_truncated: bool,
-    timed_out: bool,
+    #[serde(flatten)]
+    result: CommandResult,
     vm: VmReport,
     timings_ms: Timings,
 }
@@ -310,13 +308,15 @@ async fn session(
         .await
         .context("power the VM off")?;
     if out == Output::Json {
-        let report = RunReport {
+        let end = Ending {
             exit_code: code,
-            stdout: String::from_utf8_lossy(&out_buf).into_owned(),
-            stderr: String::from_utf8_lossy(&err_buf).into_owned(),
+            signal: status.signal,
+            timed_out: status.timed_out,
             stdout_truncated: status.stdout_truncated,
             stderr_truncated: status.stderr_truncated,
-            timed_out: status.timed_out,
+        };
+        let report = RunReport {
+            result: CommandResult::new(end, &out_buf, &err_buf),
             vm: VmReport {
                 name: vm.name().to_string(),
                 pid: vm.pid(),

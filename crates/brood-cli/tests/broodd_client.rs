@@ -600,7 +600,7 @@ async fn http_host_reaches_broodd_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_print_one_line_each() {
     let fake = Fake::start().await;
-    let out = brood(fake.dir.path(), &["events"]).await;
+    let out = brood(fake.dir.path(), &["events", "--no-reconnect"]).await;
     assert_eq!(
         text(&out.stdout),
         "2025-01-01T00:00:00Z  #1  web: operating, running\n\
@@ -610,7 +610,7 @@ async fn events_print_one_line_each() {
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("ended the event stream"));
 
-    let out = brood(fake.dir.path(), &["events", "-o", "json"]).await;
+    let out = brood(fake.dir.path(), &["events", "--no-reconnect", "-o", "json"]).await;
     let lines: Vec<Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -27,6 +27,9 @@ use crate::spec::VmSpec;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long a saved state file may take to write.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a failed operation waits for QEMU to exit before it explains
+/// the failure without QEMU's exit (`Vm::explain`).
+const EXPLAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a VM's QEMU ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,16 +229,13 @@ impl Vm {
         }
     }
 
-    /// An error describing an unexpected exit, with what QEMU printed or,
-    /// failing that, the guest's last words (its panic line when it panicked).
+    /// An error describing an unexpected exit, with what QEMU printed last
+    /// or, failing that, the guest's last words (its panic line when it panicked).
     pub(crate) fn exited_error(&self, exit: &VmExit) -> EngineError {
         const CUT: usize = 200;
-        let stderr = std::fs::read_to_string(self.res.run_dir.join("qemu.log")).unwrap_or_default();
-        let mut lines: Vec<String> = stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(String::from)
-            .collect();
+        // QEMU's error comes last; earlier lines are mostly warnings.
+        const LINES: usize = 3;
+        let mut lines = qemu_log_tail(&self.res.run_dir, LINES);
         if lines.is_empty() {
             let console = self.console.tail_lines(40);
             let notable: Vec<String> = console
@@ -261,6 +261,44 @@ impl Vm {
             } else {
                 format!(": {detail}")
             },
+        }
+    }
+
+    /// Says why an operation on this VM failed in QEMU's own words. A QMP
+    /// or migration failure is often QEMU ending (a failed incoming
+    /// migration exits QEMU, and QMP only sees the socket close): when
+    /// QEMU has ended, or ends within [`EXPLAIN_GRACE`], the error becomes
+    /// its exit with the last lines of its `qemu.log`; a migration error of
+    /// a QEMU still running gets that log's last line appended. Other
+    /// errors are returned as they are.
+    pub(crate) async fn explain(&self, e: EngineError) -> EngineError {
+        // QEMU answered (a command error): it is alive and said why itself.
+        let gone = matches!(
+            e,
+            EngineError::Qmp(
+                brood_qmp::QmpError::Closed
+                    | brood_qmp::QmpError::Io(_)
+                    | brood_qmp::QmpError::Timeout { .. }
+            ) | EngineError::Migration(_)
+                | EngineError::Timeout { .. }
+        );
+        if !gone {
+            return e;
+        }
+        let exit = match self.exit_status() {
+            Some(x) => Some(x),
+            None => tokio::time::timeout(EXPLAIN_GRACE, self.wait_exit())
+                .await
+                .ok(),
+        };
+        if let Some(x) = exit {
+            return self.exited_error(&x);
+        }
+        match (e, qemu_log_tail(&self.res.run_dir, 1).pop()) {
+            (EngineError::Migration(m), Some(line)) if !m.contains(line.as_str()) => {
+                EngineError::Migration(format!("{m} (QEMU said: {line})"))
+            }
+            (e, _) => e,
         }
     }
 
@@ -296,14 +334,18 @@ impl Vm {
     /// Stops the vCPUs.
     pub async fn pause(&self) -> Result<(), EngineError> {
         self.ensure_live("pause")?;
-        self.qmp.stop().await?;
+        if let Err(e) = self.qmp.stop().await {
+            return Err(self.explain(e.into()).await);
+        }
         Ok(())
     }
 
     /// Continues the vCPUs.
     pub async fn resume(&self) -> Result<(), EngineError> {
         self.ensure_live("resume")?;
-        self.qmp.cont().await?;
+        if let Err(e) = self.qmp.cont().await {
+            return Err(self.explain(e.into()).await);
+        }
         Ok(())
     }
 
@@ -321,11 +363,17 @@ impl Vm {
     }
 
     /// Saves the whole VM state (devices and memory) to `path`; the VM is
-    /// left paused.
+    /// left paused. A forked child's too: see `qemu::save_state`.
     pub async fn save(&self, path: &Path) -> Result<(), EngineError> {
         self.ensure_live("save")?;
-        self.qmp.stop().await?;
-        crate::qemu::save_state(self, path, SAVE_TIMEOUT).await?;
+        let saved = async {
+            self.qmp.stop().await?;
+            crate::qemu::save_state(self, path, SAVE_TIMEOUT).await
+        }
+        .await;
+        if let Err(e) = saved {
+            return Err(self.explain(e).await);
+        }
         info!(vm = %self.spec.name, path = %path.display(), "state saved");
         Ok(())
     }
@@ -386,5 +434,67 @@ impl Vm {
                 op: "reaping a killed QEMU",
                 after: KILL_WAIT,
             })
+    }
+}
+
+/// The last `n` non-empty lines QEMU wrote to its `qemu.log` in `run_dir`
+/// (its stderr), read from the file's end and bounded: a QEMU taken over
+/// by its guest may have written anything there.
+pub(crate) fn qemu_log_tail(run_dir: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX_TAIL: u64 = 16 * 1024;
+    let Ok(mut f) = std::fs::File::open(run_dir.join("qemu.log")) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(MAX_TAIL)))
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(MAX_TAIL).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(n)
+        .map(String::from)
+        .collect();
+    lines.reverse();
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_log_tail_is_the_last_lines_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(qemu_log_tail(dir.path(), 3).is_empty(), "no log, no lines");
+        let mut log = "x".repeat(1 << 20);
+        log.push_str("\nqemu-system-x86_64: warning: a warning\n\n");
+        log.push_str("qemu-system-x86_64: Capability x-ignore-shared is off, but received capability is on\n");
+        log.push_str("qemu-system-x86_64: load of migration failed: Invalid argument\n  \n");
+        std::fs::write(dir.path().join("qemu.log"), log).expect("write");
+        assert_eq!(
+            qemu_log_tail(dir.path(), 1),
+            ["qemu-system-x86_64: load of migration failed: Invalid argument"]
+        );
+        let three = qemu_log_tail(dir.path(), 3);
+        assert_eq!(three.len(), 3);
+        assert!(three[1].contains("x-ignore-shared"), "{three:?}");
+        // Only the file's end is read: the megabyte line is cut to the bound.
+        let all = qemu_log_tail(dir.path(), 100);
+        assert!(
+            all.iter().map(String::len).sum::<usize>() <= 16 * 1024,
+            "{}",
+            all.len()
+        );
     }
 }

@@ -13,6 +13,8 @@
 //! up, which is what makes group commit pay off. WAL lets readers run
 //! during a commit, so reads never wait behind one; a read started after
 //! `commit` returned sees that commit. Applying ops is `store`'s job.
+//! Every committed transaction is announced to [`Ledger::subscribe`]rs
+//! (id, actor, reason) before its committer hears back.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use crate::db::{LedgerDb, set_capacity_tx};
@@ -51,6 +53,20 @@ impl Default for LedgerOptions {
     }
 }
 
+/// Commit notes buffered per subscriber before it lags (and misses some).
+const NOTE_BUFFER: usize = 1024;
+
+/// A transaction that committed, as [`Ledger::subscribe`] announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitNote {
+    /// Its audit row.
+    pub id: TxId,
+    /// Who made it.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
 enum WriteJob {
     Commit {
         tx: Tx,
@@ -69,6 +85,7 @@ enum ReadJob {
 struct Shared {
     path: PathBuf,
     writer: mpsc::Sender<WriteJob>,
+    commits: broadcast::Sender<CommitNote>,
     readers: mpsc::Sender<ReadJob>,
     reader_count: usize,
 }
@@ -109,12 +126,14 @@ impl Ledger {
         let (writer, jobs) = mpsc::channel();
         let (ready, is_ready) = oneshot::channel();
         let (p, max_batch) = (path.clone(), options.max_batch.max(1));
+        let commits = broadcast::channel(NOTE_BUFFER).0;
+        let notes = commits.clone();
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || match LedgerDb::open(&p, initial_capacity) {
                 Ok(db) => {
                     let _ = ready.send(Ok(()));
-                    write_loop(db, &jobs, max_batch);
+                    write_loop(db, &jobs, max_batch, &notes);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -147,6 +166,7 @@ impl Ledger {
             shared: Arc::new(Shared {
                 path,
                 writer,
+                commits,
                 readers,
                 reader_count,
             }),
@@ -156,6 +176,14 @@ impl Ledger {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Announces every transaction committed from now on (not the ones
+    /// before): one note each, sent before its committer hears back. A
+    /// subscriber that falls [`NOTE_BUFFER`] notes behind misses some
+    /// (`RecvError::Lagged`); the audit log has them all.
+    pub fn subscribe(&self) -> broadcast::Receiver<CommitNote> {
+        self.shared.commits.subscribe()
     }
 
     /// Applies `tx` atomically; returns once it is on disk (or why not).
@@ -330,7 +358,12 @@ impl Ledger {
 }
 
 /// The writer thread: takes every queued job, commits the batch, answers.
-fn write_loop(mut db: LedgerDb, jobs: &mpsc::Receiver<WriteJob>, max_batch: usize) {
+fn write_loop(
+    mut db: LedgerDb,
+    jobs: &mpsc::Receiver<WriteJob>,
+    max_batch: usize,
+    notes: &broadcast::Sender<CommitNote>,
+) {
     let mut txs = Vec::new();
     let mut replies = Vec::new();
     while let Ok(first) = jobs.recv() {
@@ -354,6 +387,16 @@ fn write_loop(mut db: LedgerDb, jobs: &mpsc::Receiver<WriteJob>, max_batch: usiz
         if !txs.is_empty() {
             let results = db.commit_batch(&txs);
             tracing::trace!(batch = txs.len(), "ledger group commit");
+            for (tx, result) in txs.iter().zip(&results) {
+                if let Ok(c) = result {
+                    // No subscriber is no error.
+                    let _ = notes.send(CommitNote {
+                        id: c.id,
+                        actor: tx.actor.clone(),
+                        reason: tx.reason.clone(),
+                    });
+                }
+            }
             for (reply, result) in replies.drain(..).zip(results) {
                 let _ = reply.send(result);
             }
@@ -398,6 +441,58 @@ mod tests {
     fn handle_is_send_sync_and_clone() {
         fn check<T: Send + Sync + Clone + 'static>() {}
         check::<Ledger>();
+    }
+
+    #[tokio::test]
+    async fn every_commit_is_announced_and_a_refused_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cap = Resources {
+            vcpus: 4,
+            ..Resources::ZERO
+        };
+        let l = Ledger::open(dir.path().join("l.db"), cap)
+            .await
+            .expect("open");
+        let mut notes = l.subscribe();
+        let p = crate::partition::PartitionRecord::new("p");
+        let u = p.uuid;
+        let take = |n: u64| {
+            Op::reserve(
+                u,
+                &Resources {
+                    vcpus: n,
+                    ..Resources::ZERO
+                },
+            )
+        };
+        let mut ops = vec![Op::InsertPartition(p)];
+        ops.extend(take(2));
+        let c = l
+            .commit(Tx::new("api", "take two", ops))
+            .await
+            .expect("commit");
+        // More than is available: refused, so not announced.
+        assert!(
+            l.commit(Tx::new("api", "take ten", take(10)))
+                .await
+                .is_err()
+        );
+        let d = l
+            .commit(Tx::new("memory", "take one", take(1)))
+            .await
+            .expect("commit");
+        let first = notes.recv().await.expect("a note");
+        assert_eq!(
+            first,
+            CommitNote {
+                id: c.id,
+                actor: "api".into(),
+                reason: "take two".into()
+            }
+        );
+        let second = notes.recv().await.expect("a note");
+        assert_eq!((second.id, second.reason.as_str()), (d.id, "take one"));
+        assert!(notes.try_recv().is_err(), "nothing else was committed");
     }
 
     #[tokio::test]

@@ -51,7 +51,7 @@ mod verify;
 pub use db::{LEDGER_ACTOR, LedgerDb};
 pub use error::LedgerError;
 pub use json::JsonText;
-pub use ledger::{Ledger, LedgerOptions};
+pub use ledger::{CommitNote, Ledger, LedgerOptions};
 pub use lineage::{ChildLineage, ChildStatus, Lineage, PendingOp, Taken, TemplateLineage};
 pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
 pub use pool::{

@@ -89,6 +89,9 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("BROOD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour only for a person at a terminal: a log file or journald
+        // gets plain text, not escape sequences.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()

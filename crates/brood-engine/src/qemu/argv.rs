@@ -40,6 +40,15 @@ pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,re
 /// Kernel arguments brood always passes, before the spec's own.
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
+/// Kernel arguments for a microvm: it has no PCI bus (its devices are
+/// virtio-mmio, found through the ACPI DSDT), so the kernel is told not to
+/// probe for one (`pci=off`) and not to run `pci_arch_init`, which looks
+/// for a way to reach PCI configuration space and, finding none, prints
+/// `PCI: Fatal: No config space access function found` at KERN_ERR on
+/// every boot whatever `pci=` says (arch/x86/pci/init.c, Linux 6.1).
+/// `initcall_blacklist` (init/main.c) skips just that initcall.
+pub const MICROVM_CMDLINE: &str = "pci=off initcall_blacklist=pci_arch_init";
+
 /// One image of a disk's backing chain, as a descriptor QEMU holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchLayer {
@@ -104,6 +113,10 @@ pub struct Launch<'a> {
 /// The kernel command line for a launch.
 pub fn kernel_cmdline(l: &Launch<'_>) -> String {
     let mut c = String::from(BASE_CMDLINE);
+    if l.spec.machine == Machine::Microvm {
+        c.push(' ');
+        c.push_str(MICROVM_CMDLINE);
+    }
     if let Accel::Tcg { tsc_khz: Some(khz) } = l.accel {
         c.push_str(&format!(" tsc_early_khz={khz}"));
     }
@@ -350,7 +363,7 @@ mod tests {
             -nodefaults -no-user-config -display none -no-reboot
             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
             -bios /usr/share/qemu/qboot.rom -kernel /kernel -initrd /initrd
-            -append |console=ttyS0 panic=-1 quiet tsc_early_khz=2596098 foo=bar|
+            -append |console=ttyS0 panic=-1 quiet pci=off initcall_blacklist=pci_arch_init tsc_early_khz=2596098 foo=bar|
             -chardev socket,id=qmp,fd=3,server=on,wait=off -mon chardev=qmp,mode=control
             -chardev socket,id=fdmon,fd=6,server=on,wait=off -mon chardev=fdmon,mode=control
             -chardev socket,id=console,fd=4,server=on,wait=off -serial chardev:console

@@ -14,7 +14,12 @@
 //!    │ start_child: migrate-incoming file:<tpl>/state, cont
 //!    ▼
 //!  child VM: the guest resumes inside the agent's fork-point wait
+//!    │ Vm::save: x-ignore-shared off, a full save (its private memory is
+//!    ▼   in the stream anyway); restore: a fresh QEMU with memory of its own
+//!  restored child: no longer copy-on-write over the template
 //! ```
+//!
+//! A failure on the way says what QEMU printed last (`Vm::explain`).
 //!
 //! Every QEMU is confined (see `jail`): the state goes in and out through
 //! descriptors brood opens (`fdpass`), and a child, running as a user of its
@@ -64,12 +69,18 @@ impl QemuEngine {
             });
         }
         super::process::private_dir(dir)?;
-        vm.qmp.stop().await?;
-        vm.qmp
-            .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, true)])
-            .await?;
         let state = dir.join("state");
-        super::fdpass::save_to_file(&vm.qmp, vm.run_dir(), &state, STATE_TIMEOUT).await?;
+        let saved = async {
+            vm.qmp.stop().await?;
+            vm.qmp
+                .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, true)])
+                .await?;
+            super::fdpass::save_to_file(&vm.qmp, vm.run_dir(), &state, STATE_TIMEOUT).await
+        }
+        .await;
+        if let Err(e) = saved {
+            return Err(vm.explain(e).await);
+        }
         // Same tmpfs: a rename, not a copy. The parent still maps it; its
         // pages stay as they are.
         let kept = dir.join("mem");
@@ -118,9 +129,13 @@ impl QemuEngine {
         // Nobody's VM until it has started: a failure on the way (or a
         // caller that drops it) must not leave its QEMU running.
         vm.set_kill_on_drop(true);
-        vm.qmp
+        if let Err(e) = vm
+            .qmp
             .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, true)])
-            .await?;
+            .await
+        {
+            return Err(vm.explain(e.into()).await);
+        }
         Ok(IncomingChild { vm })
     }
 
@@ -146,16 +161,24 @@ impl QemuEngine {
         .map_err(|e| EngineError::host("make a migration socket pair", e.into()))?;
         super::fdpass::migrate_over_socket(target.run_dir(), into.as_fd(), true).await?;
         drop(into);
-        vm.qmp.stop().await?;
-        // The child was made with x-ignore-shared on (for its own incoming
-        // state); its memory must travel now.
-        vm.qmp
-            .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, false)])
-            .await?;
-        super::fdpass::migrate_over_socket(vm.run_dir(), from.as_fd(), false).await?;
-        drop(from);
-        finish_migration(&vm.qmp, STATE_TIMEOUT).await?;
-        finish_migration(&target.qmp, STATE_TIMEOUT).await?;
+        let sent = async {
+            vm.qmp.stop().await?;
+            // The child was made with x-ignore-shared on (for its own incoming
+            // state); its memory must travel now.
+            vm.qmp
+                .migrate_set_capabilities(&[(MigrationCapabilityName::XIgnoreShared, false)])
+                .await?;
+            super::fdpass::migrate_over_socket(vm.run_dir(), from.as_fd(), false).await?;
+            drop(from);
+            finish_migration(&vm.qmp, STATE_TIMEOUT).await
+        }
+        .await;
+        if let Err(e) = sent {
+            return Err(vm.explain(e).await);
+        }
+        if let Err(e) = finish_migration(&target.qmp, STATE_TIMEOUT).await {
+            return Err(target.explain(e).await);
+        }
         vm.kill().await?;
         Ok(target)
     }
@@ -193,6 +216,7 @@ impl QemuEngine {
         }
         .await;
         if let Err(e) = started {
+            let e = vm.explain(e).await;
             let _ = vm.kill().await;
             return Err(e);
         }

@@ -489,7 +489,23 @@ fn assemble(
 }
 
 /// Saves `vm`'s whole state to a new file at `path` (0600), the VM stopped.
+///
+/// Always a full save with `x-ignore-shared` off, which is what a fresh
+/// QEMU in `-incoming defer` (`QemuEngine::restore`) expects: QEMU 8.1+
+/// sends its migration capabilities in the stream's configuration section
+/// and refuses a stream whose `x-ignore-shared` differs from its own
+/// ("Capability x-ignore-shared is off, but received capability is on").
+/// A forked child has it on (set for loading its template's state), but
+/// its guest memory is the template's file mapped private, which
+/// x-ignore-shared never skips: its pages are in the stream either way,
+/// and with the capability off the saved state stands alone (a fresh QEMU
+/// with a memory file of its own restores it; the template need not exist
+/// any more). The restored VM is no longer copy-on-write over its
+/// template's memory; its memory cgroup and charge hold what it uses.
 pub(crate) async fn save_state(vm: &Vm, path: &Path, timeout: Duration) -> Result<(), EngineError> {
+    vm.qmp
+        .migrate_set_capabilities(&[(brood_qmp::MigrationCapabilityName::XIgnoreShared, false)])
+        .await?;
     fdpass::save_to_file(&vm.qmp, vm.run_dir(), path, timeout).await
 }
 
@@ -514,13 +530,25 @@ impl QemuEngine {
                 state.display()
             )));
         }
-        let vm = self.launch(spec, true, None).await?;
-        fdpass::load_from_file(&vm.qmp, vm.run_dir(), state, Duration::from_secs(120)).await?;
-        vm.qmp.cont().await?;
+        let mut vm = self.launch(spec, true, None).await?;
+        // Nobody's VM until it runs: a failed load must not leave QEMU behind.
+        vm.set_kill_on_drop(true);
+        let loaded = async {
+            fdpass::load_from_file(&vm.qmp, vm.run_dir(), state, Duration::from_secs(120)).await?;
+            vm.qmp.cont().await?;
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        if let Err(e) = loaded {
+            let e = vm.explain(e).await;
+            let _ = vm.kill().await;
+            return Err(e);
+        }
         if let Some(agent) = &vm.agent {
             // The agent was ready when the state was saved and will not say so again.
             agent.assume_ready().await?;
         }
+        vm.set_kill_on_drop(spec.die_with_parent);
         Ok(vm)
     }
 }

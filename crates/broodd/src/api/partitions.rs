@@ -559,9 +559,10 @@ async fn exec(
             .map_err(|e| ApiError::bad_request(format!("stdin_base64 is not base64: {e}")))?,
         None => Vec::new(),
     };
-    let running = d.registry.running(rec.uuid).ok_or_else(|| {
-        ApiError::transition(format!("{} is {}: start it first", rec.name, rec.run_state))
-    })?;
+    let running = d
+        .registry
+        .running(rec.uuid)
+        .ok_or_else(|| ApiError::transition(lifecycle::no_vm_hint(&rec)))?;
     let ready = Duration::from_millis(req.ready_timeout_ms.unwrap_or(60_000).min(600_000));
     running
         .vm

@@ -88,12 +88,12 @@ impl Host {
     ) -> Host {
         Host {
             paths,
+            events: Events::following(&ledger),
             ledger,
             engine,
             token,
             vcpu_overcommit,
             registry: Registry::default(),
-            events: Events::default(),
             stopping: AtomicBool::new(false),
             plugins,
         }

@@ -132,6 +132,9 @@ impl Host {
         patch: PartitionPatch,
         mut ops: Vec<Op>,
     ) -> HostResult<PartitionRecord> {
+        // The event's detail is how the VM ended when this change says so
+        // (a crash, an exit), never an earlier end's (a pause is no exit).
+        let detail = patch.last_exit.clone().flatten();
         ops.push(Op::UpdatePartition {
             uuid: rec.uuid,
             expect: PartitionExpect {
@@ -149,7 +152,7 @@ impl Host {
             })
             .await?;
         let new = self.reload(rec.uuid).await?;
-        self.events.partition(&new, None);
+        self.events.partition(&new, detail);
         Ok(new)
     }
 

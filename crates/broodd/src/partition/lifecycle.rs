@@ -33,12 +33,7 @@ pub async fn start(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Part
         }
         match rec.run_state {
             RunState::Stopped | RunState::Crashed => {}
-            RunState::Saved => {
-                return Err(HostError::transition(format!(
-                    "{} has a saved state: restore it, or stop it to discard the state",
-                    rec.name
-                )));
-            }
+            RunState::Saved => return Err(HostError::transition(no_vm_hint(&rec))),
             other => {
                 return Err(HostError::transition(format!(
                     "cannot start {}: it is {other}",
@@ -64,6 +59,24 @@ pub async fn start(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Part
         (rec, launcher, running)
     };
     launcher.after_start(host, rec, running).await
+}
+
+/// What to do about a partition that has no VM to act on (exec, console
+/// input): one hint per run state, the same one `start` gives.
+pub fn no_vm_hint(rec: &PartitionRecord) -> String {
+    let name = &rec.name;
+    match rec.run_state {
+        RunState::Saved => format!(
+            "{name} is saved: restore it first (`brood vm restore {name}`), or stop it to discard the saved state"
+        ),
+        RunState::Starting => format!("{name} is starting: retry once it runs"),
+        RunState::Stopped | RunState::Crashed => {
+            format!("{name} is {}: start it first", rec.run_state)
+        }
+        RunState::Running | RunState::Paused => {
+            format!("{name} is {} but has no VM yet: retry", rec.run_state)
+        }
+    }
 }
 
 /// Stops (or kills) a live partition; discards a saved state; acknowledges
@@ -234,6 +247,22 @@ pub async fn restore(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Pa
                 .await?;
             return Err(e);
         }
+    };
+    // A restored child runs with a memory file of its own (its save was a
+    // full one), started within its template's whole charge: its charge is
+    // trued up to what it now uses and its cgroup held to that at once.
+    let rec = if Kind::of(&rec) == Kind::Child {
+        match crate::memory::fit(host, &rec, vm.as_ref(), true).await {
+            Ok(rec) => rec,
+            Err(e) => {
+                let _ = vm.kill().await;
+                host.abandon_start(actor, uuid, "restore", &chain(&e))
+                    .await?;
+                return Err(e);
+            }
+        }
+    } else {
+        rec
     };
     let (rec, _) = host
         .mark_running(actor, &rec, vm, RunState::Running, None)
