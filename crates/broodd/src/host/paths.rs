@@ -62,4 +62,13 @@ impl Paths {
     pub fn initrd(&self) -> PathBuf {
         self.image.join("initrd.img")
     }
+    /// The named images (`brood image build --name`), one directory each.
+    pub fn images(&self) -> PathBuf {
+        self.data.join("images")
+    }
+    /// A partition's overlay of its image's root disk. `.` cannot be in a
+    /// disk name, so no configured disk has this file.
+    pub fn image_root(&self, uuid: Uuid) -> PathBuf {
+        self.disk(uuid, "image.root")
+    }
 }
