@@ -23,7 +23,7 @@ use brood_e2e::{Bridge, Broodd, TestEnv, brood_bin};
 use serde_json::{Value, json};
 
 /// The image's name, and the packages it is built with.
-const IMAGE: &str = "e2e-deb";
+const IMAGE: &str = "deb";
 const PACKAGES: [&str; 3] = ["dnsmasq", "curl", "iproute2"];
 
 /// The data directory the shared image is built in.
@@ -201,6 +201,19 @@ fn the_image_lists_its_packages_runs_them_and_is_not_rebuilt() {
         lines[6].split_whitespace().collect::<Vec<_>>(),
         ["/dev/vda", "ext4"]
     );
+    // The README's example.
+    let out = brood_e2e::run(
+        env.brood()
+            .arg("--data-dir")
+            .arg(cache_dir())
+            .args(["run", "--image", IMAGE, "--exec"])
+            .arg("cat /etc/debian_version; dpkg-query -W curl"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("12.") && text.contains("\ncurl\t"),
+        "{text}"
+    );
     // The VM wrote its root disk (resolv.conf) through an overlay only.
     assert_eq!(
         sha256(&root),
@@ -227,16 +240,14 @@ fn a_debian_partition_forks_children_with_their_own_identities() {
             .contains("no-such-image"),
         "{e}"
     );
-    b.ok(
-        "POST",
-        "/v1/partitions",
-        Some(&json!({
-            "name": "deb",
-            "configs": {"default": {"image": IMAGE, "memory_mib": 384,
-                "disks": [{"name": "data", "size_gib": 1}], "nics": [{"network": br.name}]}},
-            "start": true
-        })),
-    );
+    // The README's command.
+    let nic = br.name.clone();
+    brood_e2e::run(b.brood().args([
+        "vm", "create", "deb", "--image", IMAGE, "--memory", "384", "--disk", "data:1", "--nic",
+        &nic,
+    ]));
+    let p = b.ok("GET", "/v1/partitions/deb", None);
+    assert_eq!(p["configs"]["default"]["image"], IMAGE, "{p}");
     let out = exec(
         &b,
         "deb",
@@ -263,17 +274,21 @@ fn a_debian_partition_forks_children_with_their_own_identities() {
         Some(&json!({"name": "doms", "kind": "identity", "values": values})),
     );
     b.ok("POST", "/v1/identity-pools", Some(&json!({"name": "net", "kind": "ipv4", "range": "10.89.0.10-10.89.0.20", "prefix": 24, "gateway": "10.89.0.1"})));
-    b.ok(
-        "POST",
-        "/v1/templates",
-        Some(&json!({"vm": "deb", "warm": 1})),
-    );
-    let r = b.ok(
-        "POST",
-        "/v1/templates/deb/fork",
-        Some(&json!({"count": 3, "identity_pool": "doms", "ip_pool": "net"})),
-    );
-    let children = r["children"].as_array().unwrap().clone();
+    // The README's commands.
+    brood_e2e::run(b.brood().args(["template", "create", "deb", "--warm", "1"]));
+    let out = brood_e2e::run(b.brood().args([
+        "fork",
+        "deb",
+        "-n",
+        "3",
+        "--identity-pool",
+        "doms",
+        "--ip-pool",
+        "net",
+        "-o",
+        "json",
+    ]));
+    let children: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(children.len(), 3);
     let mut seen: [HashSet<String>; 6] = Default::default();
     for c in &children {
@@ -376,4 +391,58 @@ fn bad_input_names_the_cause_and_leaves_no_image() {
     );
     let e = failing_build(&["--size", "0"], None);
     assert!(e.contains("--size"), "{e}");
+
+    // A full disk: a data directory on a 48 MiB tmpfs fills up while
+    // mmdebstrap downloads and unpacks.
+    let small = tempfile::tempdir().unwrap();
+    brood_e2e::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+            .arg(small.path()),
+    );
+    let out = Command::new(brood_bin())
+        .arg("--data-dir")
+        .arg(small.path())
+        .args(["image", "build", "--name", "full", "--rootfs", "debian"])
+        .output()
+        .unwrap();
+    let left: Vec<String> = std::fs::read_dir(small.path().join("images"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = Command::new("umount").arg(small.path()).status();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{e}");
+    assert!(e.contains("is full"), "{e}");
+    assert!(left.is_empty(), "a full disk left {left:?}");
+
+    // A named image is listed until deleted; the default one is kept.
+    let data = tempfile::tempdir().unwrap();
+    let brood = |args: &[&str]| {
+        Command::new(brood_bin())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        brood(&["image", "build", "--name", "small"])
+            .status
+            .success()
+    );
+    let list = String::from_utf8(brood(&["image", "list"]).stdout).unwrap();
+    assert!(list.lines().any(|l| l.starts_with("small ")), "{list}");
+    assert!(brood(&["image", "delete", "small"]).status.success());
+    let list = String::from_utf8(brood(&["image", "list"]).stdout).unwrap();
+    assert!(!list.contains("small"), "{list}");
+    let out = brood(&["image", "delete", "default"]);
+    assert!(!out.status.success());
+    let out = brood(&["image", "delete", "small"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("no image named small"), "{e}");
 }

@@ -715,7 +715,7 @@ fn root_disk(
         return Err(
             if detail.contains("No space left on device") && !detail.contains("allocate") {
                 ImageError::DiskFull {
-                    dir: scratch.to_path_buf(),
+                    dir: scratch.parent().unwrap_or(scratch).to_path_buf(),
                 }
             } else {
                 ImageError::RootTooLarge {
@@ -738,7 +738,7 @@ fn root_disk(
     .map_err(|e| match e {
         ImageError::ToolFailed { ref detail, .. } if detail.contains("No space left") => {
             ImageError::DiskFull {
-                dir: scratch.to_path_buf(),
+                dir: scratch.parent().unwrap_or(scratch).to_path_buf(),
             }
         }
         other => other,

@@ -19,7 +19,14 @@
 //! with the files at boot is the agent's.
 //!
 //! Host requirements: `dpkg-query`, the two packages, and `xz`/`zstd`/`gzip`
-//! only if the kernel package ships compressed modules.
+//! only if the kernel package ships compressed modules; for Debian images
+//! also `mmdebstrap`, `mkfs.ext4` (e2fsprogs), `qemu-img`, root and a
+//! reachable Debian mirror.
+//!
+//! ```text
+//! <images>/default/            the busybox image (build)
+//! <images>/<name>/root.qcow2   a Debian image's root disk (build_debian)
+//! ```
 
 #![warn(missing_docs)]
 

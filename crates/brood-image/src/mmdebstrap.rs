@@ -215,8 +215,11 @@ pub(crate) fn classify(tail: &[String], b: &Bootstrap<'_>) -> Option<ImageError>
             });
         }
         if l.contains("No space left on device") {
+            // target is <images>/.build-NAME-*/rootfs: name the images
+            // directory, which outlives the build directory.
+            let images = b.target.parent().and_then(Path::parent);
             return Some(ImageError::DiskFull {
-                dir: b.target.parent().unwrap_or(b.target).to_path_buf(),
+                dir: images.unwrap_or(b.target).to_path_buf(),
             });
         }
     }
