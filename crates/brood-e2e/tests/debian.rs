@@ -2,7 +2,8 @@
 //! packages that are not in the default image (dnsmasq and curl, which have
 //! shared libraries, and iproute2 for the identity checks), booting it with
 //! `brood run --image` and through broodd (`image` in the configuration),
-//! the fork checks of `fork.rs` on it, a second build that is not rebuilt,
+//! the fork checks of `fork.rs` on it (identities, disks, the image's
+//! independent and dependent services), a second build that is not rebuilt,
 //! and bad input that leaves no image behind.
 //!
 //! The image is built ONCE per test run: into `<target>/e2e-images` (beside
@@ -31,7 +32,28 @@ fn cache_dir() -> PathBuf {
     brood_bin().parent().expect("target dir").join("e2e-images")
 }
 
+/// The image's service scripts (those of `fork.rs`), written into the data
+/// directory with fixed contents and modes so the fingerprint is stable.
+fn services(data: &Path) -> [PathBuf; 2] {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data.join("services");
+    std::fs::create_dir_all(&dir).unwrap();
+    let indep = dir.join("10-warm");
+    let dep = dir.join("20-role");
+    std::fs::write(&indep, "#!/bin/sh\necho independent > /tmp/indep-ran\n").unwrap();
+    std::fs::write(
+        &dep,
+        "#!/bin/sh\necho \"$BROOD_HOSTNAME $BROOD_VALUE_ROLE\" > /tmp/dep-ran\n",
+    )
+    .unwrap();
+    for f in [&indep, &dep] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    [indep, dep]
+}
+
 fn build_cmd(data: &Path) -> Command {
+    let [indep, dep] = services(data);
     let mut c = Command::new(brood_bin());
     c.arg("--data-dir").arg(data).args([
         "image", "build", "--name", IMAGE, "--rootfs", "debian", "-o", "json",
@@ -39,6 +61,10 @@ fn build_cmd(data: &Path) -> Command {
     for p in PACKAGES {
         c.args(["--package", p]);
     }
+    c.arg("--independent-service")
+        .arg(indep)
+        .arg("--dependent-service")
+        .arg(dep);
     c
 }
 
@@ -285,6 +311,8 @@ fn a_debian_partition_forks_children_with_their_own_identities() {
         "doms",
         "--ip-pool",
         "net",
+        "--set",
+        "role=db",
         "-o",
         "json",
     ]));
@@ -299,10 +327,14 @@ fn a_debian_partition_forks_children_with_their_own_identities() {
             name,
             "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{print $4}'; \
              cat /etc/machine-id; cat /etc/brood/identity; echo; head -c 1048576 /dev/urandom | md5sum; \
-             cat /tmp/marker; cat /root/kept",
+             cat /tmp/marker; cat /root/kept; cat /tmp/indep-ran /tmp/dep-ran",
         );
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 8, "{out}");
+        assert_eq!(lines.len(), 10, "{out}");
+        // The image's services: the independent one ran in the parent
+        // before the fork, the dependent one in this child with its identity.
+        assert_eq!(lines[8], "independent");
+        assert_eq!(lines[9], format!("{name} db"));
         assert_eq!(lines[0], name);
         assert_eq!(lines[1], c["mac"].as_str().unwrap());
         assert_eq!(lines[2], c["ipv4"].as_str().unwrap());

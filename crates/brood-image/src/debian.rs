@@ -21,9 +21,11 @@
 //! every option, the kernel, busybox and the agent: an unchanged build
 //! writes nothing. The mirror's package versions are not an input (they
 //! are only known after a download); `force` rebuilds to pick up new ones.
-//! Package timestamps are pinned (`SOURCE_DATE_EPOCH`) and the ext4 UUID
-//! and hash seed derive from the fingerprint, so two builds from the same
-//! mirror state give the same root file system where the tools allow it.
+//! Package timestamps are pinned (`SOURCE_DATE_EPOCH` for mmdebstrap,
+//! `E2FSPROGS_FAKE_TIME` for mkfs.ext4) and the ext4 UUID and hash seed
+//! derive from the fingerprint, so that two builds from the same mirror
+//! state differ as little as the tools allow; byte-identical root disks
+//! are not checked (mmdebstrap's and mke2fs's file order is theirs).
 //!
 //! This is a library function so that broodd (service pools) and the CLI
 //! build images from the same [`DebianOptions`].
