@@ -50,8 +50,8 @@ pub enum ImageCmd {
     },
     /// Delete a named image (not the default one).
     ///
-    /// VMs and templates made from it keep working only while their
-    /// overlays' backing file exists: delete an image after them.
+    /// broodd's partitions made from it keep booting from their own hard
+    /// links to its files (when the data directory is one file system).
     Delete {
         /// Image name.
         name: String,

@@ -98,7 +98,7 @@ pub fn limits(p: &api::Policy) -> Limits {
 /// configuration, the VM kept alive across broodd restarts.
 pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     let c = active_config(rec)?;
-    let image = super::image::boot(paths, c.image.as_deref())?;
+    let image = super::image::for_partition(paths, rec.uuid, c.image.as_deref())?;
     let mut spec = VmSpec::new(rec.uuid.to_string(), image.kernel);
     spec.initrd = Some(image.initrd);
     spec.vcpus = c.vcpus;

@@ -2,7 +2,12 @@
 //! one from `DATA_DIR/images` (`brood image build --name`), whose files are
 //! found through its manifest (brood-image owns the format). An image with
 //! a root disk gives each partition a qcow2 overlay of it, created when the
-//! partition is provisioned and kept across stop and start.
+//! partition is provisioned and kept across stop and start. The overlay
+//! backs onto a hard link to the image's root disk in the partition's own
+//! disk directory, and the partition boots hard links to the image's
+//! kernel and initramfs, so rebuilding or deleting the image never changes
+//! (or removes) what an existing partition boots; across file systems,
+//! where no hard link can be made, it uses the image's own files.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +48,39 @@ pub fn boot(paths: &Paths, name: Option<&str>) -> HostResult<ImageBoot> {
     })
 }
 
+/// What partition `uuid` boots: its hard links to its image's kernel and
+/// initramfs when provisioning made them (so it still boots after the image
+/// is rebuilt or deleted), else the image's own files.
+pub fn for_partition(paths: &Paths, uuid: Uuid, name: Option<&str>) -> HostResult<ImageBoot> {
+    let (kernel, initrd) = (paths.image_kernel(uuid), paths.image_initrd(uuid));
+    if name.is_some() && kernel.is_file() && initrd.is_file() {
+        let root = paths.image_root(uuid);
+        return Ok(ImageBoot {
+            kernel,
+            initrd,
+            root_disk: root.is_file().then(|| paths.image_base(uuid)),
+        });
+    }
+    boot(paths, name)
+}
+
+/// Hard-links `from` to `to` (kept if it exists); false where no link can
+/// be made (another file system).
+async fn link(from: &std::path::Path, to: &std::path::Path, uuid: Uuid) -> bool {
+    match tokio::fs::hard_link(from, to).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
+        Err(e) => {
+            tracing::warn!(
+                partition = %uuid,
+                "no hard link to {} ({e}); the partition uses the image's file, so keep the image while the partition exists",
+                from.display()
+            );
+            false
+        }
+    }
+}
+
 /// The one image every configuration names (checked: they must agree, since
 /// the partition has one root disk), and that it exists.
 pub fn check(
@@ -73,18 +111,31 @@ pub async fn provision_root(
     let Some(name) = check(paths, configs)? else {
         return Ok(());
     };
-    let Some(base) = boot(paths, Some(&name))?.root_disk else {
-        return Ok(());
-    };
-    let overlay = paths.image_root(uuid);
-    if overlay.exists() {
-        return Ok(());
-    }
+    let image = boot(paths, Some(&name))?;
     let dir = paths.disk_dir(uuid);
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
-    disk::overlay(&base, &overlay).await
+    let overlay = paths.image_root(uuid);
+    if let Some(base) = &image.root_disk
+        && !overlay.exists()
+    {
+        let link_path = paths.image_base(uuid);
+        let backing = if link(base, &link_path, uuid).await {
+            link_path
+        } else {
+            base.clone()
+        };
+        disk::overlay(&backing, &overlay).await?;
+    }
+    // Kernel and initramfs last: their links are what `for_partition`
+    // takes as "provisioned" (a root overlay, if any, exists by then).
+    let (k, i) = (paths.image_kernel(uuid), paths.image_initrd(uuid));
+    if !(link(&image.kernel, &k, uuid).await && link(&image.initrd, &i, uuid).await) {
+        let _ = tokio::fs::remove_file(&k).await;
+        let _ = tokio::fs::remove_file(&i).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

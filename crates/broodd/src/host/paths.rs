@@ -71,4 +71,17 @@ impl Paths {
     pub fn image_root(&self, uuid: Uuid) -> PathBuf {
         self.disk(uuid, "image.root")
     }
+    /// The hard link to the image's root disk that a partition's overlay
+    /// backs onto.
+    pub fn image_base(&self, uuid: Uuid) -> PathBuf {
+        self.disk(uuid, "image.base")
+    }
+    /// A partition's hard link to its image's kernel.
+    pub fn image_kernel(&self, uuid: Uuid) -> PathBuf {
+        self.disk_dir(uuid).join("image.vmlinuz")
+    }
+    /// A partition's hard link to its image's initramfs.
+    pub fn image_initrd(&self, uuid: Uuid) -> PathBuf {
+        self.disk_dir(uuid).join("image.initrd.img")
+    }
 }
