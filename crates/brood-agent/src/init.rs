@@ -10,7 +10,9 @@
 //! to diagnose than a kernel panic.
 //!
 //! The image layout it reads (`/etc/brood/modules`, `/etc/hostname`) is
-//! written by brood-image.
+//! written by brood-image. An initramfs that names a root disk
+//! (`/etc/brood/root`) is left for it once the modules are loaded
+//! ([`crate::root`]); the agent in the root disk then runs init again.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -172,6 +174,7 @@ fn setup() {
         log!("{}", crate::console::chain(&err));
     }
     let modules_end = crate::system::uptime_ms();
+    switch_root();
     if let Err(err) = hostname_from_file(Path::new(HOSTNAME_FILE)) {
         log!("{}", crate::console::chain(&err));
     }
@@ -186,6 +189,28 @@ fn setup() {
         crate::system::uptime_ms(),
         modules_end.saturating_sub(modules_start)
     );
+}
+
+/// Hands over to the image's root disk when the initramfs names one
+/// ([`crate::root`]); returns only when there is none or the switch failed,
+/// and then boot goes on in the initramfs so the agent can still report.
+fn switch_root() {
+    if !crate::root::in_initramfs() {
+        return;
+    }
+    match crate::root::read_config(Path::new(crate::root::ROOT_CONFIG)) {
+        Ok(None) => {}
+        Ok(Some(spec)) => {
+            log!(
+                "switching to root disk {} at {} ms of uptime",
+                spec.device.display(),
+                crate::system::uptime_ms()
+            );
+            let Err(err) = crate::root::switch(&spec);
+            log!("{}; staying in the initramfs", crate::console::chain(&err));
+        }
+        Err(err) => log!("{}", crate::console::chain(&err)),
+    }
 }
 
 fn mount(spec: &MountSpec) -> Result<(), InitError> {

@@ -5,7 +5,8 @@
 //! `UnixStream` pair:
 //!
 //! - [`init`]: PID 1 duties (mounts, modules, hostname, loopback) and the
-//!   reaper loop that respawns the agent.
+//!   reaper loop that respawns the agent; [`root`] leaves the initramfs
+//!   for an image's root disk.
 //! - [`port`]: finds the virtio-serial port and serves on it.
 //! - [`serve`]: the transport-generic serving loop: one reader thread, one
 //!   worker thread per request, one shared writer ([`link`]).
@@ -43,6 +44,7 @@ pub mod link;
 pub mod net;
 pub mod point;
 pub mod port;
+pub mod root;
 pub mod serve;
 pub mod service;
 pub mod system;

@@ -139,6 +139,14 @@ pub struct PartitionConfig {
     #[serde(default)]
     #[schema(max_length = 1024)]
     pub cmdline: String,
+    /// The guest image it boots (`brood image list`): absent means broodd's
+    /// default image. An image with a Debian root disk gives the partition
+    /// a qcow2 overlay of that disk as its first disk (`/dev/vda`, before
+    /// `disks`), kept across stop and start; the image itself is never
+    /// written. Every configuration of a partition names the same image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_.-]*$")]
+    pub image: Option<String>,
 }
 
 fn one() -> u32 {
@@ -159,6 +167,7 @@ impl Default for PartitionConfig {
             zones: Vec::new(),
             policy: Policy::default(),
             cmdline: String::new(),
+            image: None,
         }
     }
 }

@@ -17,10 +17,10 @@ use crate::{median, ms};
 
 /// One measured boot.
 #[derive(Debug, Clone, Copy, Default)]
-struct Sample {
-    ready_ms: f64,
-    total_ms: f64,
-    rss_mib: f64,
+pub(crate) struct Sample {
+    pub ready_ms: f64,
+    pub total_ms: f64,
+    pub rss_mib: f64,
 }
 
 pub fn boot(runs: usize, brood: &Path, image: Option<PathBuf>) -> Result<()> {
@@ -31,8 +31,8 @@ pub fn boot(runs: usize, brood: &Path, image: Option<PathBuf>) -> Result<()> {
     let initrd = m.outputs.initrd.path_in(&dir);
     let (mut b, mut r) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        b.push(run_brood(brood).with_context(|| format!("brood run #{i}"))?);
-        r.push(run_raw(&kernel, &initrd).with_context(|| format!("raw QEMU run #{i}"))?);
+        b.push(run_brood(brood, &[]).with_context(|| format!("brood run #{i}"))?);
+        r.push(run_raw(&kernel, &initrd, None).with_context(|| format!("raw QEMU run #{i}"))?);
         eprintln!(
             "run {:>2}: brood ready {:>6.0} ms total {:>6.0} ms | raw ready {:>6.0} ms total {:>6.0} ms",
             i + 1,
@@ -62,10 +62,13 @@ pub fn boot(runs: usize, brood: &Path, image: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn run_brood(brood: &Path) -> Result<Sample> {
+/// `brood run ARGS --json --exec true`.
+pub(crate) fn run_brood(brood: &Path, args: &[&str]) -> Result<Sample> {
     let t0 = Instant::now();
     let out = Command::new(brood)
-        .args(["run", "--json", "--exec", "true"])
+        .arg("run")
+        .args(args)
+        .args(["--json", "--exec", "true"])
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("run {}", brood.display()))?;
@@ -111,12 +114,34 @@ impl Drop for Reaper {
     }
 }
 
-fn run_raw(kernel: &Path, initrd: &Path) -> Result<Sample> {
+/// Raw QEMU booting `kernel` and `initrd` (and `root`, a qcow2 root disk,
+/// through an overlay made before the clock starts) to the agent's Ready.
+pub(crate) fn run_raw(kernel: &Path, initrd: &Path, root: Option<&Path>) -> Result<Sample> {
     use std::os::unix::process::CommandExt;
     let dir = tempfile_dir()?;
     let sock = dir.join("agent.sock");
+    let mut disk_args: Vec<String> = Vec::new();
+    if let Some(root) = root {
+        let overlay = dir.join("root.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(root)
+            .arg(&overlay)
+            .status()
+            .context("run qemu-img")?;
+        if !st.success() {
+            bail!("qemu-img create an overlay of {}: {st}", root.display());
+        }
+        disk_args = vec![
+            "-drive".into(),
+            format!("file={},format=qcow2,if=none,id=vda", overlay.display()),
+            "-device".into(),
+            "virtio-blk-device,drive=vda".into(),
+        ];
+    }
     let t0 = Instant::now();
     let child = Command::new("qemu-system-x86_64")
+        .args(&disk_args)
         .args([
             "-machine",
             "microvm,acpi=on,rtc=on,memory-backend=mem",

@@ -25,7 +25,7 @@ use crate::api::{Conn, pct, wait_socket};
 use crate::{median, ms};
 
 /// The daemon under test, on throw-away directories.
-struct Daemon {
+pub(crate) struct Daemon {
     sock: PathBuf,
     token: String,
     child: std::process::Child,
@@ -45,7 +45,7 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start(broodd: &Path, image: &Path) -> Result<Self> {
+    pub(crate) fn start(broodd: &Path, image: &Path) -> Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("brood-bench-fork-")
             .tempdir()?;
@@ -78,7 +78,7 @@ impl Daemon {
         })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let body = body.map(Value::to_string);
         let (status, text) =
             Conn::open(&self.sock)?.request(method, path, &self.token, body.as_deref())?;
@@ -92,12 +92,12 @@ impl Daemon {
         })
     }
 
-    fn delete(&self, name: &str) -> Result<()> {
+    pub(crate) fn delete(&self, name: &str) -> Result<()> {
         self.call("DELETE", &format!("/v1/partitions/{name}?force=true"), None)?;
         Ok(())
     }
 
-    fn exec_true(&self, name: &str) -> Result<()> {
+    pub(crate) fn exec_true(&self, name: &str) -> Result<()> {
         self.call(
             "POST",
             &format!("/v1/partitions/{name}/exec"),
@@ -106,7 +106,12 @@ impl Daemon {
         Ok(())
     }
 
-    fn wait_pool(&self, tpl: &str, size: u64) -> Result<()> {
+    /// Its data directory.
+    pub(crate) fn data(&self) -> &Path {
+        self._data.path()
+    }
+
+    pub(crate) fn wait_pool(&self, tpl: &str, size: u64) -> Result<()> {
         let t0 = Instant::now();
         while self.call("GET", &format!("/v1/templates/{tpl}"), None)?["warm_ready"].as_u64()
             != Some(size)

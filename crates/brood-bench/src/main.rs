@@ -1,10 +1,12 @@
 //! `brood-bench`: runs brood and a peer side by side and prints medians
 //! and ratios. One module per benchmark: `boot` (brood run against raw
 //! QEMU), `ledger` (durable transactions against one SQLite connection) and
-//! `api` (broodd's list and show latency against a bare HTTP server).
+//! `api` (broodd's list and show latency against a bare HTTP server),
+//! `debian` (a Debian image against the default one and raw QEMU).
 
 mod api;
 mod boot;
+mod debian;
 mod fork;
 mod ledger;
 
@@ -34,6 +36,29 @@ enum Cmd {
         /// Image directory (default: /var/lib/brood/images/default).
         #[arg(long)]
         image: Option<PathBuf>,
+    },
+    /// A Debian image's cold boot to agent ready against the default image
+    /// and raw QEMU on the same kernel and disk, and fork to ready from
+    /// templates of both.
+    Debian {
+        /// The Debian image (DATA_DIR/images/NAME).
+        #[arg(long)]
+        image: String,
+        /// Cold boots of each kind.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Forks from each template.
+        #[arg(long, default_value_t = 10)]
+        forks: usize,
+        /// The data directory holding the images.
+        #[arg(long, default_value = "/var/lib/brood")]
+        data_dir: PathBuf,
+        /// The brood binary.
+        #[arg(long, default_value = "target/release/brood")]
+        brood: PathBuf,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
     },
     /// Durable ledger transactions per second: brood's group commit against
     /// one connection behind a mutex.
@@ -95,6 +120,21 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
+        Cmd::Debian {
+            image,
+            runs,
+            forks,
+            data_dir,
+            brood,
+            broodd,
+        } => debian::debian(&debian::DebianBench {
+            runs,
+            forks,
+            image: &image,
+            data_dir: &data_dir,
+            brood: &brood,
+            broodd: &broodd,
+        }),
         Cmd::Ledger {
             committers,
             seconds,

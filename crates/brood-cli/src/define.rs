@@ -69,6 +69,10 @@ pub struct ConfigFlags {
     /// Extra kernel command-line arguments.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
+    /// Guest image to boot (`brood image list`) [default: broodd's default
+    /// image]; a Debian image's root disk becomes /dev/vda (an overlay).
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
     /// Name of the configuration these flags describe [default: default].
     #[arg(long, value_name = "NAME")]
     pub config: Option<String>,
@@ -85,6 +89,7 @@ pub const DEFINE_EXAMPLES: &str = "Examples:
 /// Examples shown by `brood vm create --help`.
 pub const CREATE_EXAMPLES: &str = "Examples:
   brood vm create web --memory 512 --disk root:10 --nic user
+  brood vm create deb --image deb --memory 512
   brood vm create job-1 --vcpus 4 --cmdline 'quiet' -o json
 
 If the start fails, broodd removes the definition again.";
@@ -146,6 +151,7 @@ pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> Define
     if let Some(c) = flags.cmdline {
         config.cmdline = c;
     }
+    config.image = flags.image;
     let policy = &mut config.policy;
     policy.cpu_weight = flags.cpu_weight;
     policy.cpu_cap_pct = flags.cpu_cap;
@@ -306,6 +312,7 @@ mod tests {
             priority: Some(-3),
             restart: Some(RestartPolicy::Always),
             cmdline: Some("quiet".into()),
+            image: Some("deb".into()),
             config: Some("big".into()),
         };
         let req = request_from_flags("db", flags, true);
@@ -316,6 +323,7 @@ mod tests {
         assert_eq!(c.disks.len(), 1);
         assert_eq!(c.nics[0].network, "user");
         assert_eq!(c.cmdline, "quiet");
+        assert_eq!(c.image.as_deref(), Some("deb"));
         assert_eq!(c.policy.cpu_weight, Some(200));
         assert_eq!(c.policy.cpu_cap_pct, Some(150));
         assert_eq!(c.policy.memory_limit_mib, Some(1024));

@@ -1,42 +1,95 @@
-//! `brood image ...`: builds the default guest image with brood-image and
-//! renders its progress on a terminal.
+//! `brood image ...`: builds guest images with brood-image (the busybox
+//! default, or a Debian root file system with any packages), lists, shows
+//! and deletes the named images in the data directory, and renders build
+//! progress on a terminal.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use brood_image::{BuildOptions, Manifest, Progress};
-use clap::{Args, Subcommand};
+use anyhow::{Context, Result, bail};
+use brood_image::{BuildOptions, DebianOptions, DebianProgress, Manifest, Progress};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::{Output, paths};
 
 /// Commands on guest images.
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
-    /// Build the default guest image from the host's Debian packages.
+    /// Build a guest image: the busybox default, or a Debian root file system.
     ///
-    /// Outputs DIR/vmlinuz, DIR/initrd.img and DIR/manifest.json. Without
-    /// --out the image goes to the data directory and is rebuilt only when
-    /// its inputs changed.
+    /// The default image (DATA_DIR/images/default, or --out DIR) is built
+    /// from the host's Debian packages: vmlinuz, initrd.img, manifest.json.
+    /// With --rootfs debian, mmdebstrap builds a Debian root file system
+    /// with the packages you name into a qcow2 root disk next to the cloud
+    /// kernel and an initramfs that boots it, as DATA_DIR/images/NAME
+    /// (needs root and a Debian mirror; the host's apt mirror is used).
+    /// Either is rebuilt only when its inputs changed, and appears only
+    /// when complete.
     ///
     /// Examples:
     ///   brood image build
     ///   brood image build --out /tmp/img --independent-service ./10-sshd
+    ///   brood image build --name deb --rootfs debian --package dnsmasq --package curl
+    ///   brood image build --name web --rootfs debian --suite trixie --package nginx --size 4
     #[command(verbatim_doc_comment)]
     Build(BuildArgs),
-    /// Show the default image's manifest.
+    /// List the images in the data directory.
+    List,
+    /// Show an image's manifest (default: the default image).
+    ///
+    /// Examples:
+    ///   brood image show
+    ///   brood image show deb -o json
+    #[command(verbatim_doc_comment)]
     Show {
-        /// Image directory (default: the data directory's default image).
-        #[arg(long)]
+        /// Image name.
+        name: Option<String>,
+        /// Image directory (instead of a name).
+        #[arg(long, conflicts_with = "name")]
         dir: Option<PathBuf>,
     },
+    /// Delete a named image (not the default one).
+    ///
+    /// broodd's partitions made from it keep booting from their own hard
+    /// links to its files (when the data directory is one file system).
+    Delete {
+        /// Image name.
+        name: String,
+    },
+}
+
+/// The root file system of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Rootfs {
+    /// The busybox initramfs (no root disk): the fast default.
+    Busybox,
+    /// A Debian root file system on a qcow2 root disk, built with mmdebstrap.
+    Debian,
 }
 
 /// Arguments of `brood image build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Output directory (default: the data directory's default image).
+    /// Image name: DATA_DIR/images/NAME (default: `default`).
     #[arg(long)]
+    name: Option<String>,
+    /// What the image's root file system is.
+    #[arg(long, value_enum, default_value = "busybox")]
+    rootfs: Rootfs,
+    /// Debian suite (with --rootfs debian).
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<String>,
+    /// A Debian package to install (with --rootfs debian; repeatable).
+    #[arg(long = "package", value_name = "PACKAGE")]
+    packages: Vec<String>,
+    /// Root disk size in GiB (with --rootfs debian; default 2).
+    #[arg(long = "size", value_name = "GIB")]
+    size_gib: Option<u64>,
+    /// Debian mirror URL (with --rootfs debian; default: the host's apt mirror).
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// Output directory for the busybox image (instead of --name).
+    #[arg(long, conflicts_with = "name")]
     out: Option<PathBuf>,
     /// The brood-agent binary (default: found next to brood or in its Cargo target dir).
     #[arg(long)]
@@ -47,46 +100,108 @@ pub struct BuildArgs {
     /// A script run after a fork, in each child, once its identity is set (repeatable).
     #[arg(long = "dependent-service", value_name = "SCRIPT")]
     dependent: Vec<PathBuf>,
-    /// An extra kernel module to include, with its dependencies (repeatable).
+    /// An extra kernel module to include in the initramfs, with its dependencies (repeatable).
     #[arg(long = "module", value_name = "NAME")]
     modules: Vec<String>,
-    /// Rebuild even if the image is up to date.
+    /// Rebuild even if the image is up to date (a Debian image then takes
+    /// the mirror's current package versions).
     #[arg(long)]
     force: bool,
 }
 
 /// Runs an image command.
 pub fn run(cmd: ImageCmd, data_dir: &Path, out: Output) -> Result<i32> {
+    let images = paths::images_dir(data_dir);
     match cmd {
-        ImageCmd::Build(args) => {
-            let dir = args
-                .out
-                .clone()
-                .unwrap_or_else(|| paths::default_image_dir(data_dir));
-            let agent = paths::agent_binary(args.agent.as_deref())?;
-            let mut opts = BuildOptions::new(&dir, agent);
-            opts.independent_services = args.independent;
-            opts.dependent_services = args.dependent;
-            opts.extra_modules = args.modules;
-            opts.force = args.force;
-            let manifest = build_with_progress(&opts, out)?;
-            print_manifest(&manifest, &dir, out)?;
+        ImageCmd::Build(args) => build(args, data_dir, out),
+        ImageCmd::List => list(&images, out),
+        ImageCmd::Show { name, dir } => {
+            let (dir, m) = match (name, dir) {
+                (_, Some(dir)) => {
+                    let m = brood_image::read_manifest(&dir).with_context(|| {
+                        format!("no image in {}: run `brood image build`", dir.display())
+                    })?;
+                    (dir, m)
+                }
+                (name, None) => {
+                    let name = name.as_deref().unwrap_or(brood_image::DEFAULT_IMAGE);
+                    brood_image::open_image(&images, name)
+                        .with_context(|| format!("show image {name}"))?
+                }
+            };
+            print_manifest(&m, &dir, out)?;
             Ok(0)
         }
-        ImageCmd::Show { dir } => {
-            let dir = dir.unwrap_or_else(|| paths::default_image_dir(data_dir));
-            let m = brood_image::read_manifest(&dir).with_context(|| {
-                format!("no image in {}: run `brood image build`", dir.display())
-            })?;
-            print_manifest(&m, &dir, out)?;
+        ImageCmd::Delete { name } => {
+            brood_image::delete_image(&images, &name)
+                .with_context(|| format!("delete image {name}"))?;
+            match out {
+                Output::Json => println!("{}", serde_json::json!({ "deleted": name })),
+                Output::Text => println!("deleted image {name}"),
+            }
             Ok(0)
         }
     }
 }
 
+fn build(args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
+    let agent = paths::agent_binary(args.agent.as_deref())?;
+    if args.rootfs == Rootfs::Busybox {
+        if args.suite.is_some()
+            || !args.packages.is_empty()
+            || args.size_gib.is_some()
+            || args.mirror.is_some()
+        {
+            bail!("--suite, --package, --size and --mirror need --rootfs debian");
+        }
+        let dir = match (&args.out, &args.name) {
+            (Some(d), _) => d.clone(),
+            (None, Some(name)) => brood_image::image_dir(&paths::images_dir(data_dir), name)?,
+            (None, None) => paths::default_image_dir(data_dir),
+        };
+        let mut opts = BuildOptions::new(&dir, agent);
+        opts.independent_services = args.independent;
+        opts.dependent_services = args.dependent;
+        opts.extra_modules = args.modules;
+        opts.force = args.force;
+        let manifest = build_with_progress(&opts, out)?;
+        print_manifest(&manifest, &dir, out)?;
+        return Ok(0);
+    }
+    if args.out.is_some() {
+        bail!(
+            "--out is for the busybox image; a Debian image is built as DATA_DIR/images/NAME with --name NAME"
+        );
+    }
+    let Some(name) = args.name else {
+        bail!("--rootfs debian needs --name NAME (the default image stays the busybox one)");
+    };
+    let images = paths::images_dir(data_dir);
+    let mut opts = DebianOptions::new(&images, &name, agent);
+    if let Some(s) = args.suite {
+        opts.suite = s;
+    }
+    if let Some(s) = args.size_gib {
+        opts.size_gib = s;
+    }
+    opts.packages = args.packages;
+    opts.mirror = args.mirror;
+    opts.independent_services = args.independent;
+    opts.dependent_services = args.dependent;
+    opts.extra_modules = args.modules;
+    opts.force = args.force;
+    let manifest = build_debian_with_progress(&opts, out)?;
+    print_manifest(&manifest, &images.join(&name), out)?;
+    Ok(0)
+}
+
+fn show_progress(out: Output) -> bool {
+    std::io::stderr().is_terminal() && out == Output::Text
+}
+
 /// Builds with progress lines on stderr when it is a terminal.
 pub fn build_with_progress(opts: &BuildOptions, out: Output) -> Result<Manifest> {
-    let tty = std::io::stderr().is_terminal() && out == Output::Text;
+    let tty = show_progress(out);
     let mut show = |p: Progress| {
         if tty {
             eprintln!("[{}/{}] {p}", p.step(), Progress::STEPS);
@@ -94,6 +209,81 @@ pub fn build_with_progress(opts: &BuildOptions, out: Output) -> Result<Manifest>
     };
     brood_image::build(opts, &mut show)
         .with_context(|| format!("build the guest image in {}", opts.out_dir.display()))
+}
+
+/// Builds a Debian image with progress lines on stderr when it is a terminal.
+pub fn build_debian_with_progress(opts: &DebianOptions, out: Output) -> Result<Manifest> {
+    let tty = show_progress(out);
+    let mut show = |p: DebianProgress| {
+        if tty {
+            eprintln!("[{}/{}] {p}", p.step(), DebianProgress::STEPS);
+        }
+    };
+    brood_image::build_debian(opts, &mut show)
+        .with_context(|| format!("build the Debian image {}", opts.name))
+}
+
+fn list(images: &Path, out: Output) -> Result<i32> {
+    let entries = brood_image::list_images(images)?;
+    match out {
+        Output::Json => {
+            let v: Vec<_> = entries
+                .iter()
+                .map(|e| match &e.manifest {
+                    Ok(m) => serde_json::json!({
+                        "name": e.name,
+                        "dir": e.dir,
+                        "rootfs": m.rootfs.as_ref().map(|_| "debian").unwrap_or("busybox"),
+                        "suite": m.rootfs.as_ref().map(|r| r.suite.clone()),
+                        "packages": m.rootfs.as_ref().map(|r| r.requested.clone()),
+                        "fingerprint": m.fingerprint,
+                        "bytes": total_bytes(m),
+                    }),
+                    Err(err) => serde_json::json!({
+                        "name": e.name,
+                        "dir": e.dir,
+                        "error": format!("{:#}", anyhow::Error::new(clone_err(err))),
+                    }),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            println!(
+                "{:<20} {:<8} {:<10} {:>10}  PACKAGES",
+                "NAME", "ROOTFS", "SUITE", "MIB"
+            );
+            for e in &entries {
+                match &e.manifest {
+                    Ok(m) => {
+                        let (kind, suite, pkgs) = match &m.rootfs {
+                            Some(r) => ("debian", r.suite.as_str(), r.requested.join(",")),
+                            None => ("busybox", "-", String::new()),
+                        };
+                        println!(
+                            "{:<20} {:<8} {:<10} {:>10}  {}",
+                            e.name,
+                            kind,
+                            suite,
+                            total_bytes(m) / (1024 * 1024),
+                            pkgs
+                        );
+                    }
+                    Err(err) => println!("{:<20} damaged: {err}", e.name),
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The error as text (ImageError is not Clone; the list only shows it).
+fn clone_err(err: &brood_image::ImageError) -> std::io::Error {
+    std::io::Error::other(err.to_string())
+}
+
+fn total_bytes(m: &Manifest) -> u64 {
+    m.outputs.all().iter().map(|(f, _)| f.size_bytes).sum()
 }
 
 fn print_manifest(m: &Manifest, dir: &Path, out: Output) -> Result<()> {
@@ -113,7 +303,18 @@ fn print_manifest(m: &Manifest, dir: &Path, out: Output) -> Result<()> {
             println!("agent       sha256 {}", m.agent.sha256);
             let names: Vec<&str> = m.modules.iter().map(|x| x.name.as_str()).collect();
             println!("modules     {}", names.join(" "));
-            for f in [&m.outputs.kernel, &m.outputs.initrd] {
+            if let Some(r) = &m.rootfs {
+                println!(
+                    "rootfs      debian {} ({}) from {}, {} GiB, init {}",
+                    r.suite, r.variant, r.mirror, r.size_gib, r.init
+                );
+                println!("requested   {}", r.requested.join(" "));
+                println!("packages    {} installed:", r.packages.len());
+                for p in &r.packages {
+                    println!("  {} {}", p.package, p.version);
+                }
+            }
+            for (f, _) in m.outputs.all() {
                 println!("{:<11} {} bytes, sha256 {}", f.file, f.size_bytes, f.sha256);
             }
         }

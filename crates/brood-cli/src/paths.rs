@@ -27,9 +27,14 @@ pub fn data_dir(flag: Option<&Path>) -> PathBuf {
     home.join(".local/share/brood")
 }
 
+/// The images directory in the data directory: one subdirectory per image.
+pub fn images_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("images")
+}
+
 /// The default image's directory in the data directory.
 pub fn default_image_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("images").join("default")
+    images_dir(data_dir).join(brood_image::DEFAULT_IMAGE)
 }
 
 /// Cargo's target triple the agent is built for.

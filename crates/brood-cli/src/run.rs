@@ -24,6 +24,7 @@ use crate::{Output, paths};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   brood run --exec 'cat /proc/version'
+  brood run --image deb --exec 'cat /etc/debian_version; dpkg -l curl'
   brood run --memory 512 --vcpus 2 --disk ./data.img --exec 'mkfs.ext2 /dev/vda'
   brood run --kernel ./bzImage --initrd ./initrd.cpio --console
   brood run --exec 'uname -a' -o json
@@ -49,6 +50,11 @@ pub struct RunArgs {
     /// the host's loopback) (repeatable).
     #[arg(long = "nic", value_name = "bridge=BR|user[,restrict=off]")]
     nics: Vec<String>,
+    /// Image to boot (DATA_DIR/images/NAME, see `brood image list`); a
+    /// Debian image's root disk becomes /dev/vda through a temporary qcow2
+    /// overlay, so the image itself is never written.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["kernel", "initrd"])]
+    image: Option<String>,
     /// Kernel to boot instead of the default image's.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -124,10 +130,28 @@ fn parse_nic(s: &str) -> Result<NicSpec> {
     Ok(NicSpec { backend, mac: None })
 }
 
-/// Chooses kernel and initrd: the flags, else the default image (built when missing).
-fn boot_files(args: &RunArgs, data_dir: &Path, out: Output) -> Result<(PathBuf, Option<PathBuf>)> {
+/// What to boot: kernel, initrd and, for an image with one, its root disk.
+type BootFiles = (PathBuf, Option<PathBuf>, Option<DiskSpec>);
+
+/// Chooses kernel and initrd: the flags, else `--image NAME`, else the
+/// default image (built when missing).
+fn boot_files(args: &RunArgs, data_dir: &Path, out: Output) -> Result<BootFiles> {
     if let (Some(k), initrd) = (&args.kernel, &args.initrd) {
-        return Ok((k.clone(), initrd.clone()));
+        return Ok((k.clone(), initrd.clone(), None));
+    }
+    if let Some(name) = &args.image {
+        let (dir, m) = brood_image::open_image(&paths::images_dir(data_dir), name)
+            .with_context(|| format!("boot image {name}"))?;
+        let root = m.outputs.root_disk.as_ref().map(|r| DiskSpec {
+            format: DiskFormat::Qcow2,
+            overlay: true,
+            ..DiskSpec::new(r.path_in(&dir))
+        });
+        return Ok((
+            m.outputs.kernel.path_in(&dir),
+            Some(m.outputs.initrd.path_in(&dir)),
+            root,
+        ));
     }
     let dir = paths::default_image_dir(data_dir);
     let manifest = match brood_image::read_manifest(&dir) {
@@ -142,12 +166,12 @@ fn boot_files(args: &RunArgs, data_dir: &Path, out: Output) -> Result<(PathBuf, 
         .initrd
         .clone()
         .unwrap_or_else(|| manifest.outputs.initrd.path_in(&dir));
-    Ok((kernel, Some(initrd)))
+    Ok((kernel, Some(initrd), None))
 }
 
 /// Runs `brood run`; returns the process exit code.
 pub async fn run(args: RunArgs, data_dir: &Path, out: Output, started: Instant) -> Result<i32> {
-    let (kernel, initrd) = boot_files(&args, data_dir, out)?;
+    let (kernel, initrd, root_disk) = boot_files(&args, data_dir, out)?;
     let mut spec = VmSpec::new(format!("run-{}", std::process::id()), kernel);
     spec.initrd = initrd;
     spec.vcpus = args.vcpus;
@@ -155,10 +179,10 @@ pub async fn run(args: RunArgs, data_dir: &Path, out: Output, started: Instant) 
     spec.cmdline = args.append.clone();
     spec.accel = args.accel;
     spec.machine = args.machine;
-    spec.disks = args
-        .disks
-        .iter()
-        .map(|d| parse_disk(d))
+    spec.disks = root_disk
+        .into_iter()
+        .map(Ok)
+        .chain(args.disks.iter().map(|d| parse_disk(d)))
         .collect::<Result<_>>()?;
     spec.nics = args
         .nics

@@ -346,6 +346,9 @@ pub fn show(p: &Partition) -> String {
         if !c.cmdline.is_empty() {
             kv.push(("cmdline", c.cmdline.clone()));
         }
+        if let Some(image) = &c.image {
+            kv.push(("image", image.clone()));
+        }
         if !c.zones.is_empty() {
             kv.push(("zones", c.zones.join(", ")));
         }

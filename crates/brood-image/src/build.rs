@@ -176,7 +176,7 @@ pub fn build(
         progress(Progress::UpToDate { fingerprint });
         return Ok(manifest);
     }
-    let initrd = inputs.initrd(&fingerprint)?;
+    let initrd = inputs.initrd(&fingerprint, None)?;
 
     let out = &opts.out_dir;
     fs::create_dir_all(out).map_err(|source| ImageError::Write {
@@ -199,6 +199,7 @@ pub fn build(
         Outputs {
             kernel: kernel_out,
             initrd: initrd_out,
+            root_disk: None,
         },
     );
     let manifest_path = out.join(MANIFEST_FILE);
@@ -211,7 +212,7 @@ pub fn build(
 
 /// The closure of [`DEFAULT_MODULES`] and `extra` in load order, from the
 /// kernel's `modules.dep` (and `modules.builtin`, if present).
-fn resolve_modules(kernel: &Kernel, extra: &[String]) -> Result<Resolved, ImageError> {
+pub(crate) fn resolve_modules(kernel: &Kernel, extra: &[String]) -> Result<Resolved, ImageError> {
     let dep_path = kernel.modules_dir.join("modules.dep");
     let db = ModuleDb::parse(&read_text(&dep_path)?, &dep_path)?;
     // modules.builtin only turns "not found" into "built in"; a kernel
@@ -230,20 +231,20 @@ fn resolve_modules(kernel: &Kernel, extra: &[String]) -> Result<Resolved, ImageE
 
 /// Every input of the image, read into memory (about 20 MiB in all).
 #[derive(Debug)]
-struct Inputs {
-    agent: Vec<u8>,
-    services: Vec<Service>,
-    kernel: Kernel,
-    kernel_image: Vec<u8>,
-    busybox: Busybox,
-    busybox_bin: Vec<u8>,
-    resolved: Resolved,
+pub(crate) struct Inputs {
+    pub agent: Vec<u8>,
+    pub services: Vec<Service>,
+    pub kernel: Kernel,
+    pub kernel_image: Vec<u8>,
+    pub busybox: Busybox,
+    pub busybox_bin: Vec<u8>,
+    pub resolved: Resolved,
     /// The module files as shipped (possibly compressed), in load order.
-    module_raw: Vec<Vec<u8>>,
+    pub module_raw: Vec<Vec<u8>>,
 }
 
 impl Inputs {
-    fn read(
+    pub fn read(
         agent: Vec<u8>,
         services: Vec<Service>,
         kernel: Kernel,
@@ -278,7 +279,7 @@ impl Inputs {
 
     /// The fingerprint over everything that can change an output. The busybox
     /// applet list is a function of the busybox binary, so it is covered.
-    fn fingerprint(&self) -> String {
+    pub fn fingerprint(&self) -> String {
         let k = &self.kernel;
         let mut fp = Fingerprint::new();
         for (tag, value) in [
@@ -311,8 +312,8 @@ impl Inputs {
         fp.finish()
     }
 
-    /// The initramfs archive.
-    fn initrd(&self, fingerprint: &str) -> Result<Vec<u8>, ImageError> {
+    /// The initramfs archive; `root` names a root disk to switch to.
+    pub fn initrd(&self, fingerprint: &str, root: Option<&str>) -> Result<Vec<u8>, ImageError> {
         let applets = layout::busybox_applets(&self.busybox.path)?;
         let mut modules = Vec::with_capacity(self.module_raw.len());
         for (m, raw) in self.resolved.order.iter().zip(&self.module_raw) {
@@ -330,13 +331,14 @@ impl Inputs {
             applets: &applets,
             modules,
             services: &self.services,
+            root,
         })?;
         let mut initrd = Vec::new();
         tree.write_newc(&mut initrd)?;
         Ok(initrd)
     }
 
-    fn manifest(&self, fingerprint: String, outputs: Outputs) -> Manifest {
+    pub fn manifest(&self, fingerprint: String, outputs: Outputs) -> Manifest {
         let k = &self.kernel;
         let names = |kind| {
             self.services
@@ -378,13 +380,14 @@ impl Inputs {
                 dependent: names(ServiceKind::Dependent),
             },
             outputs,
+            rootfs: None,
         }
     }
 }
 
 /// The manifest in `dir` if it has `fingerprint` and every output still has
 /// its recorded hash and size. Any problem just means "rebuild".
-fn up_to_date(dir: &Path, fingerprint: &str) -> Option<Manifest> {
+pub(crate) fn up_to_date(dir: &Path, fingerprint: &str) -> Option<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = fs::read(&path).ok()?;
     let manifest = match manifest::parse(&path, &text) {
@@ -397,10 +400,7 @@ fn up_to_date(dir: &Path, fingerprint: &str) -> Option<Manifest> {
     if manifest.fingerprint != fingerprint {
         return None;
     }
-    for (output, name) in [
-        (&manifest.outputs.kernel, KERNEL_FILE),
-        (&manifest.outputs.initrd, INITRD_FILE),
-    ] {
+    for (output, name) in manifest.outputs.all() {
         let (sha256, size) = hash_file(&dir.join(name)).ok()?;
         if output.file != name || output.sha256 != sha256 || output.size_bytes != size {
             tracing::debug!(file = name, "image output changed on disk; rebuilding");
@@ -420,7 +420,11 @@ fn remove_manifest(dir: &Path) -> Result<(), ImageError> {
 }
 
 /// Writes `dir/name` through a temporary file in `dir` and a rename.
-fn write_atomic(dir: &Path, name: &'static str, data: &[u8]) -> Result<OutputFile, ImageError> {
+pub(crate) fn write_atomic(
+    dir: &Path,
+    name: &'static str,
+    data: &[u8],
+) -> Result<OutputFile, ImageError> {
     let path = dir.join(name);
     let err = |source| ImageError::Write {
         path: path.clone(),
@@ -444,7 +448,7 @@ fn write_atomic(dir: &Path, name: &'static str, data: &[u8]) -> Result<OutputFil
 }
 
 /// Makes the renames durable.
-fn sync_dir(dir: &Path) -> Result<(), ImageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| ImageError::Write {

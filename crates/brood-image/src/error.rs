@@ -283,4 +283,127 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// An image name is not usable.
+    #[error("image name {name:?} is not valid: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A Debian image build option is not usable.
+    #[error("{what} {value:?} is not valid: {reason}")]
+    InvalidOption {
+        /// Which option (`--suite`, `--package`, `--size`, `--mirror`).
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+    /// No image of that name.
+    #[error(
+        "no image named {name} in {dir}; `brood image list` shows the images, `brood image build --name {name} --rootfs debian` builds one"
+    )]
+    UnknownImage {
+        /// The name asked for.
+        name: String,
+        /// The images directory.
+        dir: PathBuf,
+    },
+    /// A host program the Debian build needs is not installed.
+    #[error("{program} is not installed; run `apt-get install -y {package}` (or `scripts/setup`)")]
+    ToolMissing {
+        /// The program.
+        program: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
+    },
+    /// A host program could not be started.
+    #[error("run {program}")]
+    ToolSpawn {
+        /// The program.
+        program: &'static str,
+        /// What the OS reported.
+        #[source]
+        source: io::Error,
+    },
+    /// A host program failed.
+    #[error("{program} exited with {status}: {detail}")]
+    ToolFailed {
+        /// The program.
+        program: &'static str,
+        /// Its exit status.
+        status: ExitStatus,
+        /// The last lines it wrote to stderr.
+        detail: String,
+    },
+    /// Building a Debian root file system needs root.
+    #[error(
+        "building a Debian image needs root (mmdebstrap --mode=root and root-owned files in the root disk); run it with sudo"
+    )]
+    NeedRoot,
+    /// The mirror has no such package for the suite.
+    #[error(
+        "package {package} is not in Debian {suite} at {mirror}; check the name with `apt-cache policy {package}`"
+    )]
+    UnknownPackage {
+        /// The package.
+        package: String,
+        /// The suite.
+        suite: String,
+        /// The mirror.
+        mirror: String,
+    },
+    /// The mirror has no such suite.
+    #[error(
+        "Debian suite {suite} does not exist at {mirror} (no Release file); use a suite such as bookworm or trixie"
+    )]
+    UnknownSuite {
+        /// The suite.
+        suite: String,
+        /// The mirror.
+        mirror: String,
+    },
+    /// The mirror could not be reached.
+    #[error(
+        "cannot reach the Debian mirror {mirror} ({detail}); check the network, or pass --mirror URL"
+    )]
+    MirrorUnreachable {
+        /// The mirror.
+        mirror: String,
+        /// What apt reported.
+        detail: String,
+    },
+    /// No mirror could be found in the host's apt sources.
+    #[error(
+        "no Debian mirror found in /etc/apt/sources.list or /etc/apt/sources.list.d; pass --mirror URL"
+    )]
+    NoMirror,
+    /// The host's disk filled up during the build.
+    #[error(
+        "the disk holding {dir} is full; free space (a Debian image needs about 1 GiB while it builds) and build again"
+    )]
+    DiskFull {
+        /// The images directory.
+        dir: PathBuf,
+    },
+    /// The root file system does not fit the requested disk size.
+    #[error(
+        "the root file system needs {needed_mib} MiB but --size is {size_gib} GiB; pass --size {suggest_gib}"
+    )]
+    RootTooLarge {
+        /// What it needs, with room for ext4's metadata.
+        needed_mib: u64,
+        /// The size asked for.
+        size_gib: u64,
+        /// A size that fits.
+        suggest_gib: u64,
+    },
+    /// A package that was asked for is not in the built root file system.
+    #[error("package {package} was asked for but is not installed in the root file system")]
+    PackageNotInstalled {
+        /// The package.
+        package: String,
+    },
 }

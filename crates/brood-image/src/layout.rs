@@ -9,6 +9,7 @@
 //! /lib/modules/<release>/modules.dep  the closure only, for busybox modprobe
 //! /etc/brood/modules              load order, one absolute path per line
 //! /etc/brood/image.json           kernel release and input fingerprint
+//! /etc/brood/root                 only with a root disk: `device=`, `fstype=`
 //! /etc/brood/services/{independent,dependent}/<name>  0755, user scripts
 //! /etc/{hostname,passwd,group,machine-id}
 //! /dev/console                    char 5:1, the kernel opens it for PID 1
@@ -30,6 +31,9 @@ use crate::module::{ModuleFile, first_line};
 pub const AGENT_PATH: &str = "/sbin/brood-agent";
 /// The module load order file in the image.
 pub const MODULES_LIST_PATH: &str = "/etc/brood/modules";
+/// The file naming the root disk the agent switches to (images with a
+/// Debian root file system only; read by the agent's `root` module).
+pub const ROOT_CONFIG_PATH: &str = "/etc/brood/root";
 /// Directory of services started without waiting on each other.
 pub const INDEPENDENT_SERVICES_DIR: &str = "/etc/brood/services/independent";
 /// Directory of services started after the independent ones.
@@ -175,6 +179,8 @@ pub(crate) struct Contents<'a> {
     /// The module closure in load order, with decompressed contents.
     pub modules: Vec<(&'a ModuleFile, Vec<u8>)>,
     pub services: &'a [Service],
+    /// The text of [`ROOT_CONFIG_PATH`] for an image with a root disk.
+    pub root: Option<&'a str>,
 }
 
 /// The absolute image path of a module.
@@ -214,6 +220,10 @@ pub(crate) fn initramfs(c: Contents<'_>) -> Result<Tree, ImageError> {
         0o644,
         image_json(c.release, c.fingerprint),
     )?;
+
+    if let Some(root) = c.root {
+        t.file(ROOT_CONFIG_PATH, 0o644, root.as_bytes().to_vec())?;
+    }
 
     let mut order = String::new();
     let mut dep = String::new();
@@ -360,6 +370,7 @@ mod tests {
             applets: &applets,
             modules: vec![(&ring, b"R".to_vec()), (&rng, b"N".to_vec())],
             services: &services,
+            root: None,
         })
         .unwrap();
         let get = |p: &str| {

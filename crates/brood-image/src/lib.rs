@@ -1,7 +1,10 @@
-//! Builds brood's default guest image from Debian packages installed on the
-//! host: the kernel of `linux-image-cloud-amd64`, the virtio modules it needs,
-//! `busybox-static` and the brood-agent binary, as a kernel file plus an
-//! uncompressed newc initramfs.
+//! Builds brood's guest images from Debian packages. The default image
+//! ([`build`]) comes from packages installed on the host: the kernel of
+//! `linux-image-cloud-amd64`, the virtio modules it needs, `busybox-static`
+//! and the brood-agent binary, as a kernel file plus an uncompressed newc
+//! initramfs. A Debian image ([`build_debian`], module `debian`) adds a
+//! qcow2 root disk built with mmdebstrap from any Debian packages; named
+//! images live in an images directory ([`list_images`], [`delete_image`]).
 //!
 //! ```text
 //! <out_dir>/vmlinuz        copy of /boot/vmlinuz-<release>
@@ -16,26 +19,43 @@
 //! with the files at boot is the agent's.
 //!
 //! Host requirements: `dpkg-query`, the two packages, and `xz`/`zstd`/`gzip`
-//! only if the kernel package ships compressed modules.
+//! only if the kernel package ships compressed modules; for Debian images
+//! also `mmdebstrap`, `mkfs.ext4` (e2fsprogs), `qemu-img`, root and a
+//! reachable Debian mirror.
+//!
+//! ```text
+//! <images>/default/            the busybox image (build)
+//! <images>/<name>/root.qcow2   a Debian image's root disk (build_debian)
+//! ```
 
 #![warn(missing_docs)]
 
 mod build;
 mod cpio;
+mod debian;
 mod elf;
 mod error;
 pub mod layout;
 mod manifest;
+mod mmdebstrap;
 mod module;
 mod package;
+mod store;
 
 pub use build::{BuildOptions, Progress, build, default_modules};
+pub use debian::{
+    BASE_PACKAGES, DEFAULT_SIZE_GIB, DEFAULT_SUITE, DebianOptions, DebianProgress, MAX_SIZE_GIB,
+    ROOT_DEVICE, VARIANT, build_debian,
+};
 pub use error::ImageError;
 pub use manifest::{
-    AgentInfo, KernelInfo, Manifest, ModuleInfo, OutputFile, Outputs, PackageInfo, ServicesInfo,
-    read_manifest,
+    AgentInfo, KernelInfo, Manifest, ModuleInfo, OutputFile, Outputs, PackageInfo, RootfsInfo,
+    ServicesInfo, read_manifest,
 };
 pub use package::{BUSYBOX_PACKAGE, KERNEL_METAPACKAGE};
+pub use store::{
+    DEFAULT_IMAGE, ImageEntry, delete_image, image_dir, list_images, open_image, validate_name,
+};
 
 /// Version of the image layout and manifest. Part of the fingerprint, so
 /// changing it rebuilds every image: bump it with any change to what the
@@ -47,3 +67,5 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// The initramfs's file name in the image directory.
 pub const INITRD_FILE: &str = "initrd.img";
+/// The root disk's file name in a Debian image's directory (qcow2).
+pub const ROOT_DISK_FILE: &str = "root.qcow2";

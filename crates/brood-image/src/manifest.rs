@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{FORMAT_VERSION, INITRD_FILE, ImageError, KERNEL_FILE, MANIFEST_FILE};
+use crate::{FORMAT_VERSION, INITRD_FILE, ImageError, KERNEL_FILE, MANIFEST_FILE, ROOT_DISK_FILE};
 
 /// What an image was built from and what it contains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,33 @@ pub struct Manifest {
     pub services: ServicesInfo,
     /// The files written next to the manifest.
     pub outputs: Outputs,
+    /// The Debian root file system, for images that have one (absent in
+    /// the default busybox image, whose manifest is unchanged by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<RootfsInfo>,
+}
+
+/// What a Debian root file system was built from and holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsInfo {
+    /// The image's name.
+    pub name: String,
+    /// The Debian suite (`bookworm`).
+    pub suite: String,
+    /// The mirror the packages came from.
+    pub mirror: String,
+    /// mmdebstrap's variant (`minbase`).
+    pub variant: String,
+    /// The root disk's size in GiB (the ext4 file system's size).
+    pub size_gib: u64,
+    /// The packages asked for with `--package`, sorted.
+    pub requested: Vec<String>,
+    /// Every package installed in the root file system, sorted by name,
+    /// as `dpkg-query` in the root file system reports it.
+    pub packages: Vec<PackageInfo>,
+    /// What runs as PID 1 on the root disk: `brood-agent`.
+    pub init: String,
 }
 
 /// The kernel the image boots.
@@ -102,6 +129,21 @@ pub struct Outputs {
     pub kernel: OutputFile,
     /// The initramfs, [`INITRD_FILE`].
     pub initrd: OutputFile,
+    /// The root disk, [`ROOT_DISK_FILE`] (qcow2), for images with a root
+    /// file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk: Option<OutputFile>,
+}
+
+impl Outputs {
+    /// Every output with the file name it must have.
+    pub fn all(&self) -> Vec<(&OutputFile, &'static str)> {
+        let mut v = vec![(&self.kernel, KERNEL_FILE), (&self.initrd, INITRD_FILE)];
+        if let Some(root) = &self.root_disk {
+            v.push((root, ROOT_DISK_FILE));
+        }
+        v
+    }
 }
 
 /// One output file.
@@ -138,10 +180,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, ImageError> {
         Err(source) => return Err(ImageError::Read { path, source }),
     };
     let manifest = parse(&path, &text)?;
-    for (output, name) in [
-        (&manifest.outputs.kernel, KERNEL_FILE),
-        (&manifest.outputs.initrd, INITRD_FILE),
-    ] {
+    for (output, name) in manifest.outputs.all() {
         let output_path = dir.join(name);
         let damaged = |reason: String| ImageError::OutputDamaged {
             path: output_path.clone(),
@@ -287,7 +326,9 @@ mod tests {
             outputs: Outputs {
                 kernel: out(KERNEL_FILE, 3),
                 initrd: out(INITRD_FILE, 4),
+                root_disk: None,
             },
+            rootfs: None,
         }
     }
 

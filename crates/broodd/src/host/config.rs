@@ -98,8 +98,9 @@ pub fn limits(p: &api::Policy) -> Limits {
 /// configuration, the VM kept alive across broodd restarts.
 pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     let c = active_config(rec)?;
-    let mut spec = VmSpec::new(rec.uuid.to_string(), paths.kernel());
-    spec.initrd = Some(paths.initrd());
+    let image = super::image::for_partition(paths, rec.uuid, c.image.as_deref())?;
+    let mut spec = VmSpec::new(rec.uuid.to_string(), image.kernel);
+    spec.initrd = Some(image.initrd);
     spec.vcpus = c.vcpus;
     spec.mem_mib = c.memory_mib;
     spec.cmdline = c.cmdline.clone();
@@ -107,10 +108,12 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     spec.limits = limits(&c.policy);
     // Every VM runs in a memory cgroup no larger than its charge.
     spec.limits.memory_limit_mib = Some(memory_charge(&c));
-    spec.disks = c
-        .disks
-        .iter()
-        .map(|d| DiskSpec::own_qcow2(paths.disk(rec.uuid, &d.name)))
+    // An image's root disk (the partition's overlay of it) is /dev/vda.
+    let root = image.root_disk.map(|_| paths.image_root(rec.uuid));
+    spec.disks = root
+        .into_iter()
+        .chain(c.disks.iter().map(|d| paths.disk(rec.uuid, &d.name)))
+        .map(DiskSpec::own_qcow2)
         .collect();
     spec.nics = c
         .nics

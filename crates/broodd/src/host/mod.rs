@@ -16,6 +16,7 @@ pub mod config;
 pub mod disk;
 pub mod error;
 pub mod events;
+pub mod image;
 pub mod kind;
 pub mod paths;
 pub mod random;

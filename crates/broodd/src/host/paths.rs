@@ -62,4 +62,26 @@ impl Paths {
     pub fn initrd(&self) -> PathBuf {
         self.image.join("initrd.img")
     }
+    /// The named images (`brood image build --name`), one directory each.
+    pub fn images(&self) -> PathBuf {
+        self.data.join("images")
+    }
+    /// A partition's overlay of its image's root disk. `.` cannot be in a
+    /// disk name, so no configured disk has this file.
+    pub fn image_root(&self, uuid: Uuid) -> PathBuf {
+        self.disk(uuid, "image.root")
+    }
+    /// The hard link to the image's root disk that a partition's overlay
+    /// backs onto.
+    pub fn image_base(&self, uuid: Uuid) -> PathBuf {
+        self.disk(uuid, "image.base")
+    }
+    /// A partition's hard link to its image's kernel.
+    pub fn image_kernel(&self, uuid: Uuid) -> PathBuf {
+        self.disk_dir(uuid).join("image.vmlinuz")
+    }
+    /// A partition's hard link to its image's initramfs.
+    pub fn image_initrd(&self, uuid: Uuid) -> PathBuf {
+        self.disk_dir(uuid).join("image.initrd.img")
+    }
 }

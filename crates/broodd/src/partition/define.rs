@@ -26,6 +26,7 @@ pub async fn define(
     req: api::DefineRequest,
 ) -> HostResult<PartitionRecord> {
     let active = convert::validate_define(&req)?;
+    crate::host::image::check(&host.paths, &req.configs)?;
     let disks = all_disks(&req.configs)?;
     let config = req.configs.get(&active).cloned().unwrap_or_default();
     let uuid = Uuid::new_v4();
@@ -114,6 +115,7 @@ pub async fn provision(
             disk::create(&path, *size).await?;
         }
     }
+    crate::host::image::provision_root(&host.paths, uuid, &configs_of(&rec)?).await?;
     let patch = PartitionPatch {
         stage: Some(Stage::Operating),
         pending_op: Some(then),

@@ -1,0 +1,167 @@
+//! The guest image a partition boots: broodd's default image, or a named
+//! one from `DATA_DIR/images` (`brood image build --name`), whose files are
+//! found through its manifest (brood-image owns the format). An image with
+//! a root disk gives each partition a qcow2 overlay of it, created when the
+//! partition is provisioned and kept across stop and start. The overlay
+//! backs onto a hard link to the image's root disk in the partition's own
+//! disk directory, and the partition boots hard links to the image's
+//! kernel and initramfs, so rebuilding or deleting the image never changes
+//! (or removes) what an existing partition boots; across file systems,
+//! where no hard link can be made, it uses the image's own files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use brood_api as api;
+use uuid::Uuid;
+
+use super::disk;
+use super::error::{HostError, HostResult};
+use super::paths::Paths;
+
+/// What a partition boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBoot {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The image's root disk (the base of the partition's overlay), if any.
+    pub root_disk: Option<PathBuf>,
+}
+
+/// The files of image `name` (`None`: broodd's default image).
+pub fn boot(paths: &Paths, name: Option<&str>) -> HostResult<ImageBoot> {
+    let Some(name) = name else {
+        return Ok(ImageBoot {
+            kernel: paths.kernel(),
+            initrd: paths.initrd(),
+            root_disk: None,
+        });
+    };
+    let (dir, m) = brood_image::open_image(&paths.images(), name)
+        .map_err(|e| HostError::invalid(format!("image {name:?}: {}", super::chain(&e))))?;
+    Ok(ImageBoot {
+        kernel: m.outputs.kernel.path_in(&dir),
+        initrd: m.outputs.initrd.path_in(&dir),
+        root_disk: m.outputs.root_disk.as_ref().map(|r| r.path_in(&dir)),
+    })
+}
+
+/// What partition `uuid` boots: its hard links to its image's kernel and
+/// initramfs when provisioning made them (so it still boots after the image
+/// is rebuilt or deleted), else the image's own files.
+pub fn for_partition(paths: &Paths, uuid: Uuid, name: Option<&str>) -> HostResult<ImageBoot> {
+    let (kernel, initrd) = (paths.image_kernel(uuid), paths.image_initrd(uuid));
+    if name.is_some() && kernel.is_file() && initrd.is_file() {
+        let root = paths.image_root(uuid);
+        return Ok(ImageBoot {
+            kernel,
+            initrd,
+            root_disk: root.is_file().then(|| paths.image_base(uuid)),
+        });
+    }
+    boot(paths, name)
+}
+
+/// Hard-links `from` to `to` (kept if it exists); false where no link can
+/// be made (another file system).
+async fn link(from: &std::path::Path, to: &std::path::Path, uuid: Uuid) -> bool {
+    match tokio::fs::hard_link(from, to).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
+        Err(e) => {
+            tracing::warn!(
+                partition = %uuid,
+                "no hard link to {} ({e}); the partition uses the image's file, so keep the image while the partition exists",
+                from.display()
+            );
+            false
+        }
+    }
+}
+
+/// The one image every configuration names (checked: they must agree, since
+/// the partition has one root disk), and that it exists.
+pub fn check(
+    paths: &Paths,
+    configs: &BTreeMap<String, api::PartitionConfig>,
+) -> HostResult<Option<String>> {
+    let mut names = configs.values().map(|c| c.image.clone());
+    let first = names.next().flatten();
+    if names.any(|n| n != first) {
+        return Err(HostError::invalid(
+            "every configuration must name the same image: a partition has one root disk",
+        ));
+    }
+    if let Some(name) = &first {
+        brood_image::validate_name(name).map_err(|e| HostError::invalid(super::chain(&e)))?;
+        boot(paths, Some(name))?;
+    }
+    Ok(first)
+}
+
+/// Creates partition `uuid`'s overlay of its image's root disk unless it
+/// exists (a stopped partition keeps what its guest wrote).
+pub async fn provision_root(
+    paths: &Paths,
+    uuid: Uuid,
+    configs: &BTreeMap<String, api::PartitionConfig>,
+) -> HostResult<()> {
+    let Some(name) = check(paths, configs)? else {
+        return Ok(());
+    };
+    let image = boot(paths, Some(&name))?;
+    let dir = paths.disk_dir(uuid);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+    let overlay = paths.image_root(uuid);
+    if let Some(base) = &image.root_disk
+        && !overlay.exists()
+    {
+        let link_path = paths.image_base(uuid);
+        let backing = if link(base, &link_path, uuid).await {
+            link_path
+        } else {
+            base.clone()
+        };
+        disk::overlay(&backing, &overlay).await?;
+    }
+    // Kernel and initramfs last: their links are what `for_partition`
+    // takes as "provisioned" (a root overlay, if any, exists by then).
+    let (k, i) = (paths.image_kernel(uuid), paths.image_initrd(uuid));
+    if !(link(&image.kernel, &k, uuid).await && link(&image.initrd, &i, uuid).await) {
+        let _ = tokio::fs::remove_file(&k).await;
+        let _ = tokio::fs::remove_file(&i).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configurations_agree_on_an_existing_image() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            data: d.path().into(),
+            image: d.path().join("images/default"),
+            templates: d.path().join("t"),
+        };
+        let mut a = api::PartitionConfig::default();
+        let mut configs = BTreeMap::from([("a".to_string(), a.clone())]);
+        assert_eq!(check(&paths, &configs).unwrap(), None);
+        a.image = Some("deb".into());
+        configs.insert("b".into(), a.clone());
+        let e = check(&paths, &configs).unwrap_err();
+        assert!(e.to_string().contains("same image"), "{e}");
+        configs.insert("a".into(), a.clone());
+        let e = check(&paths, &configs).unwrap_err();
+        assert!(e.to_string().contains("brood image build"), "{e}");
+        a.image = Some("../x".into());
+        configs = BTreeMap::from([("a".to_string(), a)]);
+        assert!(check(&paths, &configs).is_err());
+    }
+}
