@@ -225,6 +225,18 @@ pub enum NicBackend {
     /// anywhere, and 10.0.2.2 reaches services listening on the host's
     /// 127.0.0.1, broodd's API included. Only for guests you trust.
     UserUnrestricted,
+    /// A port of a switch I/O partition: QEMU listens on a unix stream
+    /// socket the engine binds in the VM's run directory
+    /// ([`switch_socket`]), and the switch connects to it. QEMU's stream
+    /// server listens again when its client goes, so a switch that dies
+    /// and is restarted reconnects with nothing to do on the VM's side.
+    Switch,
+}
+
+/// Where the switch port of NIC `index` of a VM whose run directory is
+/// `run_dir` listens.
+pub fn switch_socket(run_dir: &Path, index: usize) -> PathBuf {
+    run_dir.join(format!("nic{index}.sock"))
 }
 
 /// A virtio-net NIC.

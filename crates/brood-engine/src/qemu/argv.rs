@@ -66,6 +66,8 @@ pub struct LaunchDisk {
 pub struct LaunchNic {
     /// Tap descriptor number in QEMU, or `None` for user-mode networking.
     pub tap_fd: Option<i32>,
+    /// Descriptor of the listening switch-port socket (a `Switch` NIC).
+    pub stream_fd: Option<i32>,
     /// Guest MAC.
     pub mac: MacAddr,
     /// For user-mode networking: `restrict=on` (no host, no outside).
@@ -272,12 +274,15 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
         ]);
     }
     for (i, n) in l.nics.iter().enumerate() {
-        let backend = match n.tap_fd {
-            Some(fd) => format!("tap,id=net{i},fd={fd}"),
+        let backend = match (n.tap_fd, n.stream_fd) {
+            (Some(fd), _) => format!("tap,id=net{i},fd={fd}"),
+            // The switch connects; QEMU (net/stream.c, 7.2+) listens again
+            // when it goes, so a restarted switch just connects anew.
+            (None, Some(fd)) => format!("stream,id=net{i},server=on,addr.type=fd,addr.str={fd}"),
             // restrict=on: slirp forwards nothing out, and so nothing to
             // 10.0.2.2, which is the host's loopback.
-            None if n.restrict => format!("user,id=net{i},restrict=on"),
-            None => format!("user,id=net{i}"),
+            (None, None) if n.restrict => format!("user,id=net{i},restrict=on"),
+            (None, None) => format!("user,id=net{i}"),
         };
         push(&[
             "-netdev",
@@ -318,6 +323,7 @@ mod tests {
             }],
             nics: vec![LaunchNic {
                 tap_fd: Some(FIRST_TAP_FD),
+                stream_fd: None,
                 mac: "52:54:00:00:00:01".parse().unwrap(),
                 restrict: true,
             }],
@@ -391,7 +397,21 @@ mod tests {
         l.incoming = true;
         l.mem_shared = false;
         l.mem_path = "/template-mem".into();
+        l.nics[0].stream_fd = Some(9);
+        let joined = qemu_argv(&l)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-netdev tap,id=net0,fd=7 "));
         l.nics[0].tap_fd = None;
+        let joined = qemu_argv(&l)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-netdev stream,id=net0,server=on,addr.type=fd,addr.str=9 "));
+        l.nics[0].stream_fd = None;
         let argv: Vec<String> = qemu_argv(&l)
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -441,6 +461,7 @@ mod chain_tests {
             }],
             nics: vec![LaunchNic {
                 tap_fd: None,
+                stream_fd: None,
                 mac: "52:54:00:00:00:02".parse().unwrap(),
                 restrict: false,
             }],

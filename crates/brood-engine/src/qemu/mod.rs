@@ -161,6 +161,7 @@ impl QemuEngine {
         }
 
         let mut nics = Vec::with_capacity(spec.nics.len());
+        let mut switch_ports: Vec<OwnedFd> = Vec::new();
         for n in &spec.nics {
             let mac = match n.mac {
                 Some(m) => m,
@@ -177,18 +178,33 @@ impl QemuEngine {
                     let fd = FIRST_TAP_FD + i32::try_from(res.taps.len() - 1).unwrap_or(0);
                     Some(fd)
                 }
-                NicBackend::User | NicBackend::UserUnrestricted => None,
+                NicBackend::User | NicBackend::UserUnrestricted | NicBackend::Switch => None,
+            };
+            let stream = match n.backend {
+                NicBackend::Switch => {
+                    let path = crate::spec::switch_socket(&run, nics.len());
+                    switch_ports.push(OwnedFd::from(bind(&path)?));
+                    Some(switch_ports.len() - 1)
+                }
+                _ => None,
             };
             let restrict = n.backend == NicBackend::User;
             nics.push(LaunchNic {
                 tap_fd,
+                // Numbered below, after the taps.
+                stream_fd: stream.and_then(|j| i32::try_from(j).ok()),
                 mac,
                 restrict,
             });
         }
-
-        // Disk images follow the taps; brood opens them, QEMU gets descriptors.
+        // Switch ports follow the taps, disk images follow them; brood
+        // opens them all, QEMU gets descriptors.
         let mut next_fd = FIRST_TAP_FD + i32::try_from(res.taps.len()).unwrap_or(0);
+        for n in &mut nics {
+            n.stream_fd = n.stream_fd.map(|j| next_fd + j);
+        }
+        let port_fds: Vec<(&OwnedFd, i32)> = switch_ports.iter().zip(next_fd..).collect();
+        next_fd += i32::try_from(switch_ports.len()).unwrap_or(0);
         let mut disk_files = Vec::new();
         let mut disks = Vec::with_capacity(chains.len());
         for (d, chain) in spec.disks.iter().zip(&chains) {
@@ -269,6 +285,7 @@ impl QemuEngine {
                     .map(|fd| (fd, FIRST_TAP_FD + i32::try_from(i).unwrap_or(0))),
             );
         }
+        fds.extend(port_fds.iter().copied());
         fds.extend(disk_files.iter().map(|(fd, n)| (fd, *n)));
         if !spec.limits.is_empty() {
             let leaf = format!("{}-{}", spec.name, nonce()?);
@@ -305,6 +322,8 @@ impl QemuEngine {
             jail,
         )?;
         drop(fds);
+        drop(port_fds);
+        drop(switch_ports);
         drop(disk_files);
         let pid = child.id().unwrap_or(0);
         res.pgid = i32::try_from(pid).ok();
