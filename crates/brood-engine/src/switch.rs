@@ -24,7 +24,7 @@
 //! the stream protocol QEMU 10 speaks.
 //!
 //! The configuration is a JSON file ([`SwitchConfig`]) broodd rewrites
-//! (atomically) and then signals with SIGHUP. Everything read from a port
+//! (atomically); the switch reads it again every 200 ms and on SIGHUP. Everything read from a port
 //! is guest input: a frame longer than [`MAX_FRAME`] closes the port.
 
 use std::collections::{HashMap, HashSet};
@@ -191,14 +191,19 @@ pub async fn run(config: &Path) -> Result<(), EngineError> {
     loop {
         connect_missing(&fabric, &cfg);
         tokio::select! {
-            _ = hup.recv() => match SwitchConfig::load(config) {
-                Ok(c) => {
-                    drop_removed(&fabric, &c);
-                    cfg = c;
-                }
-                Err(e) => eprintln!("brood-switch: keeping the old configuration: {e}"),
-            },
+            _ = hup.recv() => {}
             () = tokio::time::sleep(RETRY) => {}
+        }
+        // Re-read at each round too: broodd rewrites the file (atomically)
+        // and needs no signal, so no SIGHUP can reach a switch that has
+        // not installed its handler yet (and die of it).
+        match SwitchConfig::load(config) {
+            Ok(c) if c != cfg => {
+                drop_removed(&fabric, &c);
+                cfg = c;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("brood-switch: keeping the old configuration: {e}"),
         }
     }
 }

@@ -6,6 +6,7 @@ mod doc;
 pub mod error;
 mod extract;
 mod ledger;
+mod network;
 mod partitions;
 pub mod render;
 mod stream;
@@ -37,6 +38,7 @@ use crate::host::Host;
         (name = "ledger", description = "The resource ledger and its audit log"),
         (name = "host", description = "The host and its event stream"),
         (name = "templates", description = "Templates, forks and identity pools"),
+        (name = "networks", description = "Networks and the I/O partitions that serve them"),
     )
 )]
 struct ApiDoc;
@@ -63,6 +65,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = partitions::routes(r);
     let r = ledger::routes(r);
     let r = templates::routes(r);
+    let r = network::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);
