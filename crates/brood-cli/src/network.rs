@@ -106,6 +106,41 @@ pub async fn run(cmd: NetworkCmd, client: &Client, out: Output) -> Result<i32> {
     Ok(0)
 }
 
+/// The `address` lines `brood vm show` adds for a VM's NICs on networks
+/// (`eth1 10.0.0.2/24 on lan`), empty when it has none.
+pub async fn addresses(client: &Client, vm: &str) -> Result<String> {
+    match client.get::<NetworkList>("/v1/networks").await {
+        Ok(l) => Ok(address_lines(&l.items, vm)),
+        // A broodd from before networks has none to show.
+        Err(crate::client::ClientError::Api { status: 404, .. }) => Ok(String::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn address_lines(networks: &[Network], vm: &str) -> String {
+    let mut found: Vec<(u32, String)> = Vec::new();
+    for n in networks {
+        let prefix = n.subnet.split_once('/').map_or("", |(_, p)| p);
+        for m in n.members.iter().filter(|m| m.partition == vm) {
+            found.push((
+                m.nic,
+                format!("eth{} {}/{prefix} on {}", m.nic, m.address, n.name),
+            ));
+        }
+    }
+    found.sort();
+    let kv: Vec<(&str, String)> = found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, line))| (if i == 0 { "addresses" } else { "" }, line))
+        .collect();
+    if kv.is_empty() {
+        String::new()
+    } else {
+        key_values(&kv)
+    }
+}
+
 /// The table of `brood network list`.
 pub fn list_table(items: &[Network]) -> String {
     let mut t = Table::new(&["NAME", "ZONE", "SUBNET", "GATEWAY", "NICS", "SWITCH"]).right(&[4]);
@@ -170,5 +205,8 @@ mod tests {
         assert!(l.contains("lan") && l.contains("switch-default"), "{l}");
         let s = show(&n);
         assert!(s.contains("10.10.0.1") && s.contains("web"), "{s}");
+        let a = address_lines(std::slice::from_ref(&n), "web");
+        assert!(a.contains("eth0 10.10.0.1/24 on lan"), "{a}");
+        assert_eq!(address_lines(&[n], "other"), "");
     }
 }

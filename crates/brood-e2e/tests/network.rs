@@ -77,7 +77,8 @@ fn brood(b: &Broodd, args: &[&str]) -> std::process::Output {
 fn vms_on_a_network_reach_each_other_and_nothing_in_another_zone() {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &["--memory-mib", "2048"]);
-    let (lan, far) = (unique("lan"), unique("far"));
+    // The README's names: networks without a gateway make nothing host-wide.
+    let (lan, far) = ("lan".to_string(), "far".to_string());
     let o = brood(&b, &["network", "create", &lan, "--subnet", "10.77.0.0/24"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = brood(
@@ -106,12 +107,22 @@ fn vms_on_a_network_reach_each_other_and_nothing_in_another_zone() {
     );
     assert_eq!(b.call("GET", "/v1/networks/bad", None).0, 404);
 
-    create_vm(&b, "a", &lan);
+    let o = brood(
+        &b,
+        &["vm", "create", "a", "--memory", "256", "--nic", "lan"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     create_vm(&b, "b", &lan);
     let (ip_a, ip_b) = (member_address(&b, &lan, "a"), member_address(&b, &lan, "b"));
+    assert_eq!(ip_a, "10.77.0.1");
     assert_ne!(ip_a, ip_b);
     wait_address(&b, "a", &ip_a);
     wait_address(&b, "b", &ip_b);
+    let o = brood(&b, &["vm", "show", "a"]);
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("eth0 10.77.0.1/24 on lan"), "{shown}");
+    let o = brood(&b, &["network", "show", "lan"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&ip_b));
     let (code, out, _) = b.exec("a", &format!("ping -c 3 -W 5 {ip_b}"));
     assert_eq!(code, 0, "a cannot ping b: {out}");
     let (code, out, _) = b.exec("b", &format!("ping -c 3 -W 5 {ip_a}"));
@@ -120,6 +131,23 @@ fn vms_on_a_network_reach_each_other_and_nothing_in_another_zone() {
     assert_eq!(io["kind"], "io");
     assert_eq!(io["state"], "running");
     assert_eq!(io["clients"].as_array().unwrap().len(), 2, "{io}");
+    // A restart on request: a new process, the guests reconnect.
+    let o = brood(&b, &["io", "restart", "switch-default"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(wait_until(Duration::from_secs(30), || {
+        let s = switch(&b, "switch-default");
+        s["state"] == "running" && s["pid"] != io["pid"]
+    }));
+    let (code, out, _) = b.exec("a", &format!("ping -c 2 -W 5 {ip_b}"));
+    assert_eq!(code, 0, "no ping after the restart: {out}");
+    let o = brood(&b, &["io", "list"]);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.contains("switch-default") && listed.contains("switch-far"),
+        "{listed}"
+    );
+    let o = brood(&b, &["io", "stop", "switch-default"]);
+    assert!(!o.status.success(), "a switch with clients stopped");
 
     // b stops: its channel closes and its address is free again.
     b.ok("POST", "/v1/partitions/b/stop", None);
