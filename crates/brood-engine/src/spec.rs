@@ -126,6 +126,20 @@ pub struct DiskSpec {
     /// the user vouches for.
     #[serde(default)]
     pub allow_backing: bool,
+    /// Served by a storage I/O partition instead of opened by QEMU: the
+    /// image (`path`) is the server's, and QEMU reaches it over NBD.
+    #[serde(default)]
+    pub nbd: Option<NbdExport>,
+}
+
+/// An export of a storage I/O partition (`crate::storage`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NbdExport {
+    /// The server's listening unix socket.
+    pub socket: PathBuf,
+    /// The export's name: a random secret, since every client of the
+    /// server could name any export.
+    pub export: String,
 }
 
 impl DiskSpec {
@@ -137,6 +151,7 @@ impl DiskSpec {
             read_only: false,
             overlay: false,
             allow_backing: false,
+            nbd: None,
         }
     }
 

@@ -59,7 +59,15 @@ pub struct LaunchDisk {
     pub layers: Vec<LaunchLayer>,
     /// The top layer is opened read-only (backing layers always are).
     pub read_only: bool,
+    /// Served over NBD instead (`layers` empty): the socket as QEMU sees
+    /// it and the export's name.
+    pub nbd: Option<(PathBuf, String)>,
 }
+
+/// How long QEMU's NBD client holds requests while its server is away
+/// (restarted): they are sent again on reconnect, and fail with EIO only
+/// after this (`reconnect-delay`, QEMU 5.0+).
+pub const NBD_RECONNECT_S: u32 = 60;
 
 /// A NIC as QEMU sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +241,17 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
     for (i, d) in l.disks.iter().enumerate() {
         // Deepest backing file first: a node must exist before another
         // names it as its backing.
+        if let Some((socket, export)) = &d.nbd {
+            let nbd = serde_json::json!({
+                "driver": "nbd",
+                "node-name": format!("disk{i}"),
+                "server": {"type": "unix", "path": socket.display().to_string()},
+                "export": export,
+                "reconnect-delay": NBD_RECONNECT_S,
+                "read-only": d.read_only,
+            });
+            push(&["-blockdev", &nbd.to_string()]);
+        }
         for (j, layer) in d.layers.iter().enumerate().rev() {
             let node = |kind: &str| match j {
                 0 => format!("{kind}{i}"),
@@ -320,6 +339,7 @@ mod tests {
                     format: DiskFormat::Qcow2,
                 }],
                 read_only: false,
+                nbd: None,
             }],
             nics: vec![LaunchNic {
                 tap_fd: Some(FIRST_TAP_FD),
@@ -458,6 +478,7 @@ mod chain_tests {
                     },
                 ],
                 read_only: false,
+                nbd: None,
             }],
             nics: vec![LaunchNic {
                 tap_fd: None,

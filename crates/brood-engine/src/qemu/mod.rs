@@ -145,6 +145,11 @@ impl QemuEngine {
         let run = res.run_dir.clone();
         let mut chains = Vec::with_capacity(spec.disks.len());
         for (i, d) in spec.disks.iter().enumerate() {
+            if d.nbd.is_some() {
+                // The storage I/O partition opens the image, not QEMU.
+                chains.push(Vec::new());
+                continue;
+            }
             let mut layers = image::backing_chain(d).await?;
             if d.overlay {
                 let overlay = run.join(format!("disk{i}.qcow2"));
@@ -225,9 +230,17 @@ impl QemuEngine {
                 });
                 next_fd += 1;
             }
+            let nbd = match &d.nbd {
+                Some(n) => Some((
+                    link_nbd_socket(&run, disks.len(), &n.socket)?,
+                    n.export.clone(),
+                )),
+                None => None,
+            };
             disks.push(LaunchDisk {
                 layers,
                 read_only: d.read_only,
+                nbd,
             });
         }
 
@@ -582,6 +595,28 @@ async fn early_exit(
             format!(": {detail}")
         },
     }
+}
+
+/// Hard-links a storage server's socket into the run directory (QEMU's
+/// root when confined) as `nbd<i>.sock` and returns its path as QEMU sees
+/// it. The server keeps its listening socket across restarts (see
+/// `crate::storage`), so the link stays good.
+fn link_nbd_socket(run: &Path, i: usize, socket: &Path) -> Result<PathBuf, EngineError> {
+    let name = format!("nbd{i}.sock");
+    std::fs::hard_link(socket, run.join(&name)).map_err(|e| {
+        EngineError::host(
+            format!(
+                "link storage socket {} into the run directory (both must be on one file system)",
+                socket.display()
+            ),
+            e,
+        )
+    })?;
+    Ok(if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/").join(name)
+    } else {
+        run.join(name)
+    })
 }
 
 fn bind(path: &Path) -> Result<StdListener, EngineError> {
