@@ -1,11 +1,13 @@
 //! `brood-bench`: runs brood and a peer side by side and prints medians
 //! and ratios. One module per benchmark: `boot` (brood run against raw
 //! QEMU), `ledger` (durable transactions against one SQLite connection) and
-//! `api` (broodd's list and show latency against a bare HTTP server).
+//! `api` (broodd's list and show latency against a bare HTTP server), `io`
+//! (I/O partitions against a VM's own qcow2 and a Linux bridge).
 
 mod api;
 mod boot;
 mod fork;
+mod io;
 mod ledger;
 
 use std::path::PathBuf;
@@ -74,6 +76,16 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
     },
+    /// I/O partitions: disk through a storage server and network through
+    /// the switch, against the VM's own qcow2 and a Linux bridge; restart stalls.
+    Io {
+        /// Measurements of each kind.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Image directory (default: /var/lib/brood/images/default).
+        #[arg(long)]
+        image: Option<PathBuf>,
+    },
     /// Fork: latency to running and ready, fan-outs, per-child memory,
     /// against a cold boot, a naive clone and a full save/restore.
     Fork {
@@ -95,6 +107,7 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
+        Cmd::Io { runs, image } => io::io(runs, image),
         Cmd::Ledger {
             committers,
             seconds,
