@@ -23,8 +23,8 @@ use anyhow::{Context, Result, bail};
 use brood_engine::storage::{StorageExport, StorageServer, export_name};
 use brood_engine::switch::{SwitchConfig, SwitchNetwork};
 use brood_engine::{
-    DiskFormat, DiskSpec, Engine, NbdExport, NicBackend, NicSpec, QemuConfig, QemuEngine,
-    Vm, VmSpec,
+    DiskFormat, DiskSpec, Engine, NbdExport, NicBackend, NicSpec, QemuConfig, QemuEngine, Vm,
+    VmSpec,
 };
 use brood_proto::ExecRequest;
 
@@ -79,7 +79,11 @@ fn mib_s(mib: u64, d: Duration) -> f64 {
 }
 
 fn qemu_img(args: &[&str], path: &Path, size: &str) -> Result<()> {
-    let s = Command::new("qemu-img").args(args).arg(path).arg(size).status()?;
+    let s = Command::new("qemu-img")
+        .args(args)
+        .arg(path)
+        .arg(size)
+        .status()?;
     if !s.success() {
         bail!("qemu-img {args:?} {} failed", path.display());
     }
@@ -95,12 +99,24 @@ struct Disk {
 
 async fn disk_runs(vm: &Vm, runs: usize, d: &mut Disk) -> Result<()> {
     for _ in 0..runs {
-        let w = sh(vm, &format!("dd if=/dev/zero of=/dev/vda bs=1M count={DISK_MIB} conv=fsync 2>/dev/null")).await?;
+        let w = sh(
+            vm,
+            &format!("dd if=/dev/zero of=/dev/vda bs=1M count={DISK_MIB} conv=fsync 2>/dev/null"),
+        )
+        .await?;
         d.write.push(mib_s(DISK_MIB, w));
         sh(vm, "echo 3 > /proc/sys/vm/drop_caches").await?;
-        let r = sh(vm, &format!("dd if=/dev/vda of=/dev/null bs=1M count={DISK_MIB} 2>/dev/null")).await?;
+        let r = sh(
+            vm,
+            &format!("dd if=/dev/vda of=/dev/null bs=1M count={DISK_MIB} 2>/dev/null"),
+        )
+        .await?;
         d.read.push(mib_s(DISK_MIB, r));
-        let one = sh(vm, "dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=7 conv=fsync 2>/dev/null").await?;
+        let one = sh(
+            vm,
+            "dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=7 conv=fsync 2>/dev/null",
+        )
+        .await?;
         d.sync_ms.push(ms(one));
     }
     Ok(())
@@ -141,7 +157,11 @@ async fn disk(b: &Bench, runs: usize) -> Result<(Disk, Disk, Vec<f64>)> {
     for _ in 0..runs {
         server.kill().await;
         server.start(std::slice::from_ref(&export)).await?;
-        let t = sh(&served, "dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=9 conv=fsync 2>/dev/null").await?;
+        let t = sh(
+            &served,
+            "dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=9 conv=fsync 2>/dev/null",
+        )
+        .await?;
         stall.push(ms(t));
     }
     own.kill().await?;
@@ -163,20 +183,34 @@ async fn net_pair(b: &Bench, backend: NicBackend, tag: &str) -> Result<(Vm, Vm)>
             mac: None,
         });
         let vm = b.boot(&spec).await?;
-        sh(&vm, &format!("ip addr add {ip}/24 dev eth0; ip link set eth0 up")).await?;
+        sh(
+            &vm,
+            &format!("ip addr add {ip}/24 dev eth0; ip link set eth0 up"),
+        )
+        .await?;
         vms.push(vm);
     }
     let vb = vms.pop().context("two VMs")?;
     let va = vms.pop().context("two VMs")?;
     // The file is served from b's tmpfs.
-    sh(&vb, &format!("mkdir -p /tmp/www; head -c {} /dev/zero > /tmp/www/f; httpd -p 8080 -h /tmp/www", FILE_MIB << 20)).await?;
+    sh(
+        &vb,
+        &format!(
+            "mkdir -p /tmp/www; head -c {} /dev/zero > /tmp/www/f; httpd -p 8080 -h /tmp/www",
+            FILE_MIB << 20
+        ),
+    )
+    .await?;
     wait_ping(&va).await?;
     Ok((va, vb))
 }
 
 async fn wait_ping(va: &Vm) -> Result<Duration> {
     let t = Instant::now();
-    while sh(va, &format!("ping -c 1 -W 1 {B_IP} >/dev/null")).await.is_err() {
+    while sh(va, &format!("ping -c 1 -W 1 {B_IP} >/dev/null"))
+        .await
+        .is_err()
+    {
         if t.elapsed() > Duration::from_secs(60) {
             bail!("no ping from a to b in 60 s");
         }
@@ -234,7 +268,9 @@ async fn net(b: &Bench, runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     // Through a Linux bridge.
     let br = format!("brbench{}", std::process::id() % 10_000);
     let ip = |args: &[&str]| Command::new("ip").args(args).status();
-    if !ip(&["link", "add", &br, "type", "bridge"])?.success() || !ip(&["link", "set", &br, "up"])?.success() {
+    if !ip(&["link", "add", &br, "type", "bridge"])?.success()
+        || !ip(&["link", "set", &br, "up"])?.success()
+    {
         bail!("make bridge {br}");
     }
     let result = async {
@@ -257,8 +293,11 @@ impl Bench {
 
 pub fn io(runs: usize, image: Option<PathBuf>) -> Result<()> {
     let dir = image.unwrap_or_else(|| PathBuf::from("/var/lib/brood/images/default"));
-    let m = brood_image::read_manifest(&dir).context("read the default image; run scripts/setup")?;
-    let tmp = tempfile::Builder::new().prefix("brood-bench-io-").tempdir_in("/dev/shm")?;
+    let m =
+        brood_image::read_manifest(&dir).context("read the default image; run scripts/setup")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("brood-bench-io-")
+        .tempdir_in("/dev/shm")?;
     let mut cfg = QemuConfig::detect();
     cfg.run_root = tmp.path().join("vms");
     let b = Bench {
@@ -277,18 +316,45 @@ pub fn io(runs: usize, image: Option<PathBuf>) -> Result<()> {
         Ok::<_, anyhow::Error>((d, n))
     })?;
     let med = |v: &[f64]| median(v.to_vec());
-    println!("io benchmark: {runs} runs each, TCG, 256 MiB guests, default image; times include one agent round trip");
-    println!("{:<44} {:>12} {:>12} {:>8}", "median", "I/O part.", "today", "ratio");
+    println!(
+        "io benchmark: {runs} runs each, TCG, 256 MiB guests, default image; times include one agent round trip"
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "median", "I/O part.", "today", "ratio"
+    );
     for (name, x, y) in [
-        ("disk write 64 MiB, fsync (MiB/s)", med(&served.write), med(&own.write)),
-        ("disk read 64 MiB, cold (MiB/s)", med(&served.read), med(&own.read)),
-        ("disk 4 KiB write + fsync (ms)", med(&served.sync_ms), med(&own.sync_ms)),
+        (
+            "disk write 64 MiB, fsync (MiB/s)",
+            med(&served.write),
+            med(&own.write),
+        ),
+        (
+            "disk read 64 MiB, cold (MiB/s)",
+            med(&served.read),
+            med(&own.read),
+        ),
+        (
+            "disk 4 KiB write + fsync (ms)",
+            med(&served.sync_ms),
+            med(&own.sync_ms),
+        ),
         ("net HTTP 32 MiB guest to guest (MiB/s)", med(&sw), med(&br)),
     ] {
         println!("{name:<44} {x:>12.1} {y:>12.1} {:>8.3}", x / y);
     }
-    println!("{:<44} {:>12.1}", "storage restart: next 4 KiB synced write (ms)", med(&disk_stall));
-    println!("{:<44} {:>12.1}", "switch restart: until a ping passes (ms)", med(&net_stall));
-    println!("(I/O part. = storage server over NBD / brood-switch; today = own qcow2 / Linux bridge + taps)");
+    println!(
+        "{:<44} {:>12.1}",
+        "storage restart: next 4 KiB synced write (ms)",
+        med(&disk_stall)
+    );
+    println!(
+        "{:<44} {:>12.1}",
+        "switch restart: until a ping passes (ms)",
+        med(&net_stall)
+    );
+    println!(
+        "(I/O part. = storage server over NBD / brood-switch; today = own qcow2 / Linux bridge + taps)"
+    );
     Ok(())
 }

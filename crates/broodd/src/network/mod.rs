@@ -271,12 +271,15 @@ fn port_path(host: &Host, uuid: Uuid, nic: u32) -> PathBuf {
 }
 
 /// Makes the NICs of `spec` that have a channel (a NIC on a network)
-/// switch ports. The partition is `starting`, so its channels are open.
-pub async fn use_channels(host: &Host, uuid: Uuid, spec: &mut VmSpec) -> HostResult<()> {
+/// switch ports, and makes sure their switches run (one stopped on purpose
+/// is started again: its VMs come after it). The partition is `starting`,
+/// so its channels are open.
+pub async fn use_channels(host: &Arc<Host>, uuid: Uuid, spec: &mut VmSpec) -> HostResult<()> {
     for c in host.ledger.channels().await? {
         if c.partition != uuid {
             continue;
         }
+        crate::io::ensure(host, &c.io_partition).await?;
         let i = usize::try_from(c.nic).unwrap_or(usize::MAX);
         if let Some(n) = spec.nics.get_mut(i) {
             n.backend = NicBackend::Switch;
