@@ -285,6 +285,10 @@ impl Agent {
                 }
                 Err(err) => Err(err.agent_error()),
             },
+            HostMsg::SetIpv4 { nic, config } => system::validate_ipv4(nic, &config)
+                .and_then(|()| self.machine.set_ipv4(&format!("eth{nic}"), &config))
+                .map(|()| GuestMsg::Ok)
+                .map_err(|e| e.agent_error()),
             HostMsg::WarmFork { seq } => self
                 .fork
                 .warm(seq)

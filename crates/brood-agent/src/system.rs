@@ -57,6 +57,14 @@ pub enum SystemError {
     /// reboot(2) with `RB_POWER_OFF` failed.
     #[error("power off")]
     PowerOff(#[source] Errno),
+    /// A `SetIpv4` names a NIC past the last possible one or a prefix over 32.
+    #[error("invalid IPv4 request for NIC {nic}: {why}")]
+    InvalidIpv4 {
+        /// The NIC index asked for.
+        nic: u32,
+        /// What was wrong.
+        why: &'static str,
+    },
     /// A network interface could not be configured.
     #[error(transparent)]
     Net(#[from] NetError),
@@ -86,7 +94,9 @@ impl SystemError {
     /// The error as the host sees it.
     pub fn agent_error(&self) -> AgentError {
         let kind = match self {
-            SystemError::InvalidHostname { .. } => ErrorKind::BadRequest,
+            SystemError::InvalidHostname { .. } | SystemError::InvalidIpv4 { .. } => {
+                ErrorKind::BadRequest
+            }
             SystemError::SetHostname(errno)
             | SystemError::SetClock(errno)
             | SystemError::GetHostname(errno)
@@ -274,6 +284,26 @@ pub fn validate_hostname(name: &str) -> Result<(), SystemError> {
             name: crate::console::cut(name, 2 * MAX_HOSTNAME).to_owned(),
         })
     }
+}
+
+/// Most NICs a VM has (the virtio slots of a microvm).
+const MAX_NICS: u32 = 32;
+
+/// Checks a `SetIpv4` request before anything is changed.
+pub fn validate_ipv4(nic: u32, config: &Ipv4Config) -> Result<(), SystemError> {
+    if nic >= MAX_NICS {
+        return Err(SystemError::InvalidIpv4 {
+            nic,
+            why: "a VM has at most 32 NICs",
+        });
+    }
+    if config.prefix > 32 {
+        return Err(SystemError::InvalidIpv4 {
+            nic,
+            why: "the prefix is over 32",
+        });
+    }
+    Ok(())
 }
 
 /// Time since boot, including time suspended, in milliseconds.

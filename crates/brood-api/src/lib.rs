@@ -13,6 +13,7 @@ pub mod fork;
 pub mod host;
 pub mod ledger;
 pub mod listen;
+pub mod network;
 pub mod partition;
 pub mod snapshot;
 
@@ -26,6 +27,9 @@ pub use fork::{
 pub use host::{EngineInfo, HostInfo};
 pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
+};
+pub use network::{
+    IoPartition, IoPartitionList, Network, NetworkCreateRequest, NetworkList, NetworkMember,
 };
 pub use partition::*;
 pub use snapshot::{Snapshot, SnapshotCreateRequest, SnapshotList};

@@ -2,12 +2,14 @@
 //! and ratios. One module per benchmark: `boot` (brood run against raw
 //! QEMU), `ledger` (durable transactions against one SQLite connection) and
 //! `api` (broodd's list and show latency against a bare HTTP server),
-//! `debian` (a Debian image against the default one and raw QEMU).
+//! `debian` (a Debian image against the default one and raw QEMU), `io`
+//! (I/O partitions against a VM's own qcow2 and a Linux bridge).
 
 mod api;
 mod boot;
 mod debian;
 mod fork;
+mod io;
 mod ledger;
 
 use std::path::PathBuf;
@@ -99,6 +101,16 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
     },
+    /// I/O partitions: disk through a storage server and network through
+    /// the switch, against the VM's own qcow2 and a Linux bridge; restart stalls.
+    Io {
+        /// Measurements of each kind.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Image directory (default: /var/lib/brood/images/default).
+        #[arg(long)]
+        image: Option<PathBuf>,
+    },
     /// Fork: latency to running and ready, fan-outs, per-child memory,
     /// against a cold boot, a naive clone and a full save/restore.
     Fork {
@@ -135,6 +147,7 @@ fn main() -> Result<()> {
             brood: &brood,
             broodd: &broodd,
         }),
+        Cmd::Io { runs, image } => io::io(runs, image),
         Cmd::Ledger {
             committers,
             seconds,

@@ -47,8 +47,8 @@ pub struct ConfigFlags {
     /// A qcow2 disk broodd creates, NAME:GIB; the first is /dev/vda (repeatable).
     #[arg(long = "disk", value_name = "NAME:GIB", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
-    /// A NIC on a host bridge, or `user` for QEMU's user network;
-    /// NETWORK[,mac=MAC] (repeatable).
+    /// A NIC on a brood network (`brood network list`), a host bridge, or
+    /// `user` for QEMU's user network; NETWORK[,mac=MAC] (repeatable).
     #[arg(long = "nic", value_name = "NETWORK", value_parser = parse_nic)]
     pub nics: Vec<NicConfig>,
     /// Relative CPU weight, 1-10000 (100 is the default share).
@@ -111,10 +111,13 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
-/// Parses `--nic NETWORK[,mac=MAC]`.
+/// Parses `--nic NETWORK[,mac=MAC]` (`network=NAME` is NAME).
 pub fn parse_nic(s: &str) -> Result<NicConfig, String> {
     let mut parts = s.split(',');
     let network = parts.next().unwrap_or_default();
+    // `network=NAME` says explicitly what a bare NAME means: a brood network
+    // (`brood network list`), or else a bridge.
+    let network = network.strip_prefix("network=").unwrap_or(network);
     if network.is_empty() {
         return Err(format!("{s:?}: name a bridge or `user`"));
     }

@@ -15,8 +15,10 @@ mod fork;
 mod host;
 mod identity_pool;
 mod image;
+mod io;
 mod ledger;
 mod man;
+mod network;
 mod paths;
 mod render;
 mod run;
@@ -110,6 +112,24 @@ enum Cmd {
   brood fork web -n 5 --ip-pool lan --identity-pool hosts"
     )]
     IdentityPool(identity_pool::IdentityPoolCmd),
+    /// Manage networks (subnets in zones) that VMs join with `--nic NAME`.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood network create lan --subnet 10.10.0.0/24
+  brood vm create web --nic lan
+  brood network show lan"
+    )]
+    Network(network::NetworkCmd),
+    /// Inspect and control the I/O partitions (switches) that serve networks.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood io list
+  brood io restart switch-default
+  brood io stop switch-default --force"
+    )]
+    Io(io::IoCmd),
     /// Inspect broodd's resource ledger.
     #[command(
         subcommand,
@@ -250,6 +270,10 @@ fn main() {
                 |c| async move { identity_pool::run(cmd, &c, out).await },
             )
         }
+        Cmd::Network(cmd) => {
+            with_client(&conn, |c| async move { network::run(cmd, &c, out).await })
+        }
+        Cmd::Io(cmd) => with_client(&conn, |c| async move { io::run(cmd, &c, out).await }),
         Cmd::Ledger(cmd) => with_client(&conn, |c| async move { ledger::run(cmd, &c, out).await }),
         Cmd::Host(cmd) => with_client(&conn, |c| async move { host::run(cmd, &c, out).await }),
         Cmd::Events(args) => {

@@ -154,7 +154,10 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
             let p: Partition = client.get(&partition_path(&t.name)).await?;
             match out {
                 Output::Json => print_json(&p)?,
-                Output::Text => print!("{}", show(&p)),
+                Output::Text => {
+                    print!("{}", show(&p));
+                    print!("{}", crate::network::addresses(client, &p.name).await?);
+                }
             }
             Ok(0)
         }

@@ -433,6 +433,17 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Gives NIC `nic` (`eth<nic>` in the guest) an IPv4 address.
+    pub async fn set_ipv4(
+        &self,
+        nic: u32,
+        config: brood_proto::Ipv4Config,
+    ) -> Result<(), EngineError> {
+        self.call(&HostMsg::SetIpv4 { nic, config }, REQUEST_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
     /// Describes the guest.
     pub async fn info(&self) -> Result<AgentInfo, EngineError> {
         match self.call(&HostMsg::Info, REQUEST_TIMEOUT).await? {

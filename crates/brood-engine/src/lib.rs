@@ -21,6 +21,8 @@ pub mod net;
 pub mod qemu;
 mod random;
 pub mod spec;
+pub mod storage;
+pub mod switch;
 pub mod template;
 mod vm;
 
@@ -35,7 +37,10 @@ pub use handle::{BoxedVm, VmHandle};
 pub use host::Accel;
 pub use qemu::snapshot::DiskSnapshotOp;
 pub use qemu::{QemuConfig, QemuEngine};
-pub use spec::{AccelChoice, DiskFormat, DiskSpec, MacAddr, Machine, NicBackend, NicSpec, VmSpec};
+pub use spec::{
+    AccelChoice, DiskFormat, DiskSpec, MacAddr, Machine, NbdExport, NicBackend, NicSpec, VmSpec,
+    switch_socket,
+};
 pub use template::Template;
 pub use vm::{ExitKind, Vm, VmExit, VmStatus};
 

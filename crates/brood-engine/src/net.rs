@@ -92,6 +92,30 @@ pub fn create_detached_tap() -> Result<Tap, EngineError> {
     Ok(Tap { name, fd: Some(fd) })
 }
 
+/// Opens the existing (persistent) tap `name`, with a virtio-net header
+/// on each frame when `vnet_hdr` is set.
+pub fn open_tap(name: &str, vnet_hdr: bool) -> Result<OwnedFd, EngineError> {
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| EngineError::host("open /dev/net/tun", e))?;
+    let fd = OwnedFd::from(tun);
+    let mut req = IfReqFlags {
+        name: ifname(name),
+        flags: IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 },
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNSETIFF reads and writes a properly sized, initialised ifreq.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
+        return Err(EngineError::host(
+            format!("open tap {name}"),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(fd)
+}
+
 /// Brings tap `name` up and enslaves it to `bridge`.
 pub fn attach_tap(name: &str, bridge: &str) -> Result<(), EngineError> {
     let ctl = control_socket()?;

@@ -126,6 +126,20 @@ pub struct DiskSpec {
     /// the user vouches for.
     #[serde(default)]
     pub allow_backing: bool,
+    /// Served by a storage I/O partition instead of opened by QEMU: the
+    /// image (`path`) is the server's, and QEMU reaches it over NBD.
+    #[serde(default)]
+    pub nbd: Option<NbdExport>,
+}
+
+/// An export of a storage I/O partition (`crate::storage`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NbdExport {
+    /// The server's listening unix socket.
+    pub socket: PathBuf,
+    /// The export's name: a random secret, since every client of the
+    /// server could name any export.
+    pub export: String,
 }
 
 impl DiskSpec {
@@ -137,6 +151,7 @@ impl DiskSpec {
             read_only: false,
             overlay: false,
             allow_backing: false,
+            nbd: None,
         }
     }
 
@@ -225,6 +240,18 @@ pub enum NicBackend {
     /// anywhere, and 10.0.2.2 reaches services listening on the host's
     /// 127.0.0.1, broodd's API included. Only for guests you trust.
     UserUnrestricted,
+    /// A port of a switch I/O partition: QEMU listens on a unix stream
+    /// socket the engine binds in the VM's run directory
+    /// ([`switch_socket`]), and the switch connects to it. QEMU's stream
+    /// server listens again when its client goes, so a switch that dies
+    /// and is restarted reconnects with nothing to do on the VM's side.
+    Switch,
+}
+
+/// Where the switch port of NIC `index` of a VM whose run directory is
+/// `run_dir` listens.
+pub fn switch_socket(run_dir: &Path, index: usize) -> PathBuf {
+    run_dir.join(format!("nic{index}.sock"))
 }
 
 /// A virtio-net NIC.

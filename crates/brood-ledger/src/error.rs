@@ -242,6 +242,19 @@ pub enum LedgerError {
         /// What is wrong.
         what: String,
     },
+    /// A network, I/O partition or channel change conflicts with what the
+    /// ledger holds (a name taken, channels still open, no free address).
+    #[error("{what}")]
+    NetworkConflict {
+        /// What conflicts, and with what.
+        what: String,
+    },
+    /// No network or I/O partition of this name.
+    #[error("no network or I/O partition {name:?}")]
+    NoSuchNetwork {
+        /// The name asked for.
+        name: String,
+    },
     /// The ledger's threads have stopped (after `close`, or a panic).
     #[error("ledger is closed")]
     Closed,

@@ -38,6 +38,7 @@ mod error;
 mod json;
 mod ledger;
 mod lineage;
+mod network;
 mod partition;
 mod pool;
 mod read;
@@ -53,6 +54,10 @@ pub use error::LedgerError;
 pub use json::JsonText;
 pub use ledger::{CommitNote, Ledger, LedgerOptions};
 pub use lineage::{ChildLineage, ChildStatus, Lineage, PendingOp, Taken, TemplateLineage};
+pub use network::{
+    ChannelRecord, IoKind, IoRecord, IoState, NETWORK_NAME_MAX_CHARS, NetOp, NetworkRecord, Subnet,
+    switch_name,
+};
 pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
 pub use pool::{
     POOL_MAX_VALUES, POOL_NAME_MAX_CHARS, POOL_VALUE_MAX_BYTES, PoolInfo, PoolItem, PoolKind,

@@ -17,7 +17,19 @@
 //!           PK (pool, value), UNIQUE (pool, seq))                    (v2)
 //! audit(id INTEGER PK AUTOINCREMENT, time, actor, reason, changes JSON)
 //!         append-only: triggers abort UPDATE and DELETE
+//! network(name PK, zone, subnet, gateway, nat, created_at)      (V_NETIO)
+//! io_partition(name PK, kind, zone, run_state, pid, restart_count,
+//!              last_exit, created_at, updated_at)                (V_NETIO)
+//! channel(partition REFERENCES partition, nic, network REFERENCES network,
+//!         io_partition REFERENCES io_partition, address,
+//!         PK (partition, nic), UNIQUE (network, address))        (V_NETIO)
 //! ```
+//!
+//! `V_NETIO` (I/O partitions): networks, the I/O partitions of kind `io`
+//! that serve them (one switch per network zone) and the channels between
+//! a guest's NIC and its switch. The foreign keys keep a partition with
+//! open channels, a network with channels and an I/O partition with
+//! clients from being deleted; `network.rs` checks first to say why.
 //!
 //! `available` always has one holding row per kind; a partition's row is
 //! deleted when its amount reaches zero, so the foreign key keeps a
@@ -40,7 +52,7 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO];
 
 /// Version 1: capacity, partitions, holdings, the audit log.
 pub(crate) const V1: &str = "
@@ -130,6 +142,46 @@ CREATE TABLE pool_item (
 CREATE INDEX pool_item_holder ON pool_item (holder) WHERE holder IS NOT NULL;
 -- The free value with the lowest seq, without walking the held ones.
 CREATE INDEX pool_item_free ON pool_item (pool, seq) WHERE holder IS NULL;
+";
+
+/// I/O partitions: networks, the I/O partitions (kind `io`: switches,
+/// storage servers) and the channels between guests and them.
+const V_NETIO: &str = "
+CREATE TABLE network (
+    name       TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 32
+                   AND name NOT GLOB '*[^a-z0-9_.-]*'),
+    zone       TEXT NOT NULL CHECK (length(zone) BETWEEN 1 AND 32
+                   AND zone NOT GLOB '*[^a-z0-9_.-]*'),
+    subnet     TEXT NOT NULL,
+    gateway    INTEGER NOT NULL CHECK (gateway IN (0, 1)),
+    nat        INTEGER NOT NULL CHECK (nat IN (0, 1)),
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE io_partition (
+    name          TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL CHECK (kind IN ('switch', 'storage')),
+    zone          TEXT NOT NULL,
+    run_state     TEXT NOT NULL CHECK (run_state IN ('stopped', 'starting', 'running',
+                      'crashed')),
+    pid           INTEGER CHECK (pid IS NULL OR pid > 0),
+    restart_count INTEGER NOT NULL CHECK (restart_count >= 0),
+    last_exit     TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    UNIQUE (kind, zone)
+) WITHOUT ROWID;
+
+CREATE TABLE channel (
+    partition    TEXT NOT NULL REFERENCES partition (uuid),
+    nic          INTEGER NOT NULL CHECK (nic >= 0),
+    network      TEXT NOT NULL REFERENCES network (name),
+    io_partition TEXT NOT NULL REFERENCES io_partition (name),
+    address      TEXT NOT NULL,
+    PRIMARY KEY (partition, nic),
+    UNIQUE (network, address)
+) WITHOUT ROWID;
+CREATE INDEX channel_io ON channel (io_partition);
 ";
 
 /// The newest schema version this build knows.

@@ -153,6 +153,8 @@ pub enum Op {
         /// The pool, or `None` for all.
         pool: Option<String>,
     },
+    /// A change to networks, I/O partitions or channels (`network.rs`).
+    Net(crate::network::NetOp),
 }
 
 impl Op {

@@ -82,6 +82,16 @@ pub enum HostMsg {
         /// The frame id of the `Exec` request.
         exec_id: u32,
     },
+    /// Give NIC `nic` (`eth<nic>`) an IPv4 address, bring it up and, with
+    /// a gateway, route through it: what a child's identity does for
+    /// `eth0`, for a VM on a brood network. Answered by [`GuestMsg::Ok`];
+    /// an agent older than this message answers [`ErrorKind::BadRequest`].
+    SetIpv4 {
+        /// The NIC's index among the VM's NICs (at most 31).
+        nic: u32,
+        /// Its address.
+        config: Ipv4Config,
+    },
 }
 
 /// The name of the point at which a guest waits to be forked.

@@ -173,6 +173,8 @@ async fn answer(
         }
         // The fake's commands finish at once; there is nothing left to kill.
         HostMsg::CancelExec { .. } => GuestMsg::Ok,
+        // The fake guest has no interfaces to configure.
+        HostMsg::SetIpv4 { .. } => GuestMsg::Ok,
         HostMsg::SetHostname { hostname } => {
             lock(&model.guest).hostname = hostname;
             GuestMsg::Ok

@@ -77,7 +77,17 @@ pub const MIN_CHARGE_MIB: u64 = 48;
 pub const QEMU_OVERHEAD_MIB: u64 = crate::host::config::QEMU_OVERHEAD_MIB;
 
 /// Checks a whole definition.
+#[cfg(test)]
 pub fn validate_define(req: &api::DefineRequest) -> HostResult<String> {
+    validate_define_on(req, &std::collections::BTreeSet::new())
+}
+
+/// Checks a whole definition on a host whose brood networks are `networks`
+/// (a NIC may name one of them instead of a bridge).
+pub fn validate_define_on(
+    req: &api::DefineRequest,
+    networks: &std::collections::BTreeSet<String>,
+) -> HostResult<String> {
     if !valid_name(&req.name) {
         return Err(HostError::invalid(format!(
             "name {:?} must be 1-64 characters of a-z, 0-9, '_', '.', '-', start with a letter or digit, and not be a uuid",
@@ -96,7 +106,7 @@ pub fn validate_define(req: &api::DefineRequest) -> HostResult<String> {
         )));
     }
     for (cname, c) in &req.configs {
-        validate_config(cname, c)?;
+        validate_config(cname, c, networks)?;
     }
     all_disks(&req.configs)?;
     let active = match &req.active_config {
@@ -134,7 +144,11 @@ fn valid_zone(s: &str) -> bool {
 }
 
 /// Checks one configuration.
-pub fn validate_config(cname: &str, c: &api::PartitionConfig) -> HostResult<()> {
+pub fn validate_config(
+    cname: &str,
+    c: &api::PartitionConfig,
+    networks: &std::collections::BTreeSet<String>,
+) -> HostResult<()> {
     let bad = |m: String| Err(HostError::invalid(format!("configuration {cname:?}: {m}")));
     if cname.is_empty() || cname.len() > 32 || !valid_disk_name(cname) {
         return bad("configuration names are 1-32 characters of a-z, 0-9, '_', '-'".into());
@@ -185,7 +199,8 @@ pub fn validate_config(cname: &str, c: &api::PartitionConfig) -> HostResult<()> 
     for n in &c.nics {
         // The name is checked before it is joined to a path, so a NIC
         // cannot probe host directories (`../../tmp/x`).
-        let user = n.network == "user" || n.network == USER_UNRESTRICTED;
+        let user =
+            n.network == "user" || n.network == USER_UNRESTRICTED || networks.contains(&n.network);
         if !user && !valid_ifname(&n.network) {
             return bad(format!(
                 "network {:?} must be `user`, `{USER_UNRESTRICTED}` or the name of a Linux \

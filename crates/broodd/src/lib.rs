@@ -9,8 +9,10 @@ mod convert;
 mod fork;
 mod host;
 mod identity_pool;
+mod io;
 mod memory;
 mod metrics;
+mod network;
 mod partition;
 mod reconcile;
 mod template;
@@ -71,6 +73,8 @@ impl Broodd {
         plugins.hooks.push(Arc::new(template::points::ForkPoints));
         plugins.feature(Arc::new(template::Templates::default()));
         plugins.feature(Arc::new(api::render::RenderCache::default()));
+        plugins.hooks.push(Arc::new(network::NetworkHooks));
+        plugins.feature(Arc::new(io::IoPartitions::default()));
         let host = Arc::new(Host::new(
             cfg.paths,
             ledger,
@@ -82,6 +86,10 @@ impl Broodd {
         template::freeze::load_all(&host)
             .await
             .context("load the templates")?;
+        // I/O partitions first: the VMs reattached below use them.
+        io::start_all(&host)
+            .await
+            .context("start the I/O partitions")?;
         reconcile::run(&host)
             .await
             .context("reconcile the ledger with running VMs")?;

@@ -54,6 +54,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", p) if p.ends_with("pools") => {
             json!({"name": name, "kind": "identity", "values": ["v"]})
         }
+        ("POST", "/networks") => json!({"name": name, "subnet": "10.98.0.0/24"}),
         _ => return None,
     })
 }
@@ -235,6 +236,21 @@ async fn fixture() -> TestApp {
         .post("/v1/partitions/on/snapshots", json!({"name": "s1"}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A network with a running VM on it: its switch has a client.
+    let (s, v) = app
+        .post(
+            "/v1/networks",
+            json!({"name": "net0", "subnet": "10.99.0.0/24"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app
+        .post(
+            "/v1/partitions",
+            json!({"name": "onnet", "configs": {"d": {"nics": [{"network": "net0"}]}}, "start": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     app
 }
 
@@ -255,6 +271,11 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         ("POST", "/templates/{name}/fork") => {
             return Some(("tpl", Some(json!({"count": 1, "identity_pool": "ids"}))));
         }
+        ("POST", "/networks") => {
+            return Some(("", Some(json!({"name": "net0", "subnet": "10.97.0.0/24"}))));
+        }
+        ("DELETE", "/networks/{name}") => "net0",
+        ("POST", "/io/{name}/stop") => "switch-default",
         ("DELETE", "/templates/{name}") => "tpl",
         ("DELETE", p) if p.ends_with("pools/{name}") => "ids",
         ("DELETE", "/partitions/{name}") => "on",
@@ -507,6 +528,14 @@ const KNOWN: &[&str] = &[
     "POST /v1/identity-pools",
     "GET /v1/identity-pools/{name}",
     "DELETE /v1/identity-pools/{name}",
+    "GET /v1/networks",
+    "POST /v1/networks",
+    "GET /v1/networks/{name}",
+    "DELETE /v1/networks/{name}",
+    "GET /v1/io",
+    "GET /v1/io/{name}",
+    "POST /v1/io/{name}/restart",
+    "POST /v1/io/{name}/stop",
     "GET /v1/ledger",
     "GET /v1/ledger/log",
     "GET /v1/ledger/verify",

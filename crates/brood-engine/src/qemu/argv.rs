@@ -68,13 +68,23 @@ pub struct LaunchDisk {
     pub layers: Vec<LaunchLayer>,
     /// The top layer is opened read-only (backing layers always are).
     pub read_only: bool,
+    /// Served over NBD instead (`layers` empty): the socket as QEMU sees
+    /// it and the export's name.
+    pub nbd: Option<(PathBuf, String)>,
 }
+
+/// How long QEMU's NBD client holds requests while its server is away
+/// (restarted): they are sent again on reconnect, and fail with EIO only
+/// after this (`reconnect-delay`, QEMU 5.0+).
+pub const NBD_RECONNECT_S: u32 = 60;
 
 /// A NIC as QEMU sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchNic {
     /// Tap descriptor number in QEMU, or `None` for user-mode networking.
     pub tap_fd: Option<i32>,
+    /// Descriptor of the listening switch-port socket (a `Switch` NIC).
+    pub stream_fd: Option<i32>,
     /// Guest MAC.
     pub mac: MacAddr,
     /// For user-mode networking: `restrict=on` (no host, no outside).
@@ -244,6 +254,17 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
     for (i, d) in l.disks.iter().enumerate() {
         // Deepest backing file first: a node must exist before another
         // names it as its backing.
+        if let Some((socket, export)) = &d.nbd {
+            let nbd = serde_json::json!({
+                "driver": "nbd",
+                "node-name": format!("disk{i}"),
+                "server": {"type": "unix", "path": socket.display().to_string()},
+                "export": export,
+                "reconnect-delay": NBD_RECONNECT_S,
+                "read-only": d.read_only,
+            });
+            push(&["-blockdev", &nbd.to_string()]);
+        }
         for (j, layer) in d.layers.iter().enumerate().rev() {
             let node = |kind: &str| match j {
                 0 => format!("{kind}{i}"),
@@ -285,12 +306,15 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
         ]);
     }
     for (i, n) in l.nics.iter().enumerate() {
-        let backend = match n.tap_fd {
-            Some(fd) => format!("tap,id=net{i},fd={fd}"),
+        let backend = match (n.tap_fd, n.stream_fd) {
+            (Some(fd), _) => format!("tap,id=net{i},fd={fd}"),
+            // The switch connects; QEMU (net/stream.c, 7.2+) listens again
+            // when it goes, so a restarted switch just connects anew.
+            (None, Some(fd)) => format!("stream,id=net{i},server=on,addr.type=fd,addr.str={fd}"),
             // restrict=on: slirp forwards nothing out, and so nothing to
             // 10.0.2.2, which is the host's loopback.
-            None if n.restrict => format!("user,id=net{i},restrict=on"),
-            None => format!("user,id=net{i}"),
+            (None, None) if n.restrict => format!("user,id=net{i},restrict=on"),
+            (None, None) => format!("user,id=net{i}"),
         };
         push(&[
             "-netdev",
@@ -328,9 +352,11 @@ mod tests {
                     format: DiskFormat::Qcow2,
                 }],
                 read_only: false,
+                nbd: None,
             }],
             nics: vec![LaunchNic {
                 tap_fd: Some(FIRST_TAP_FD),
+                stream_fd: None,
                 mac: "52:54:00:00:00:01".parse().unwrap(),
                 restrict: true,
             }],
@@ -404,7 +430,21 @@ mod tests {
         l.incoming = true;
         l.mem_shared = false;
         l.mem_path = "/template-mem".into();
+        l.nics[0].stream_fd = Some(9);
+        let joined = qemu_argv(&l)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-netdev tap,id=net0,fd=7 "));
         l.nics[0].tap_fd = None;
+        let joined = qemu_argv(&l)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(joined.contains("-netdev stream,id=net0,server=on,addr.type=fd,addr.str=9 "));
+        l.nics[0].stream_fd = None;
         let argv: Vec<String> = qemu_argv(&l)
             .into_iter()
             .map(|s| s.into_string().unwrap())
@@ -451,9 +491,11 @@ mod chain_tests {
                     },
                 ],
                 read_only: false,
+                nbd: None,
             }],
             nics: vec![LaunchNic {
                 tap_fd: None,
+                stream_fd: None,
                 mac: "52:54:00:00:00:02".parse().unwrap(),
                 restrict: false,
             }],

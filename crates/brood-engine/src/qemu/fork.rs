@@ -188,7 +188,9 @@ impl QemuEngine {
     pub fn attach_child_nics(&self, vm: &Vm) -> Result<(), EngineError> {
         let bridges = vm.spec.nics.iter().filter_map(|n| match &n.backend {
             crate::spec::NicBackend::Bridge(b) => Some(b.as_str()),
-            crate::spec::NicBackend::User | crate::spec::NicBackend::UserUnrestricted => None,
+            crate::spec::NicBackend::User
+            | crate::spec::NicBackend::UserUnrestricted
+            | crate::spec::NicBackend::Switch => None,
         });
         for (tap, bridge) in vm.res.taps.iter().zip(bridges) {
             crate::net::attach_tap(&tap.name, bridge)?;

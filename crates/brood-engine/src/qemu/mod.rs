@@ -146,6 +146,11 @@ impl QemuEngine {
         let run = res.run_dir.clone();
         let mut chains = Vec::with_capacity(spec.disks.len());
         for (i, d) in spec.disks.iter().enumerate() {
+            if d.nbd.is_some() {
+                // The storage I/O partition opens the image, not QEMU.
+                chains.push(Vec::new());
+                continue;
+            }
             let mut layers = image::backing_chain(d).await?;
             if d.overlay {
                 let overlay = run.join(format!("disk{i}.qcow2"));
@@ -162,6 +167,7 @@ impl QemuEngine {
         }
 
         let mut nics = Vec::with_capacity(spec.nics.len());
+        let mut switch_ports: Vec<OwnedFd> = Vec::new();
         for n in &spec.nics {
             let mac = match n.mac {
                 Some(m) => m,
@@ -178,18 +184,33 @@ impl QemuEngine {
                     let fd = FIRST_TAP_FD + i32::try_from(res.taps.len() - 1).unwrap_or(0);
                     Some(fd)
                 }
-                NicBackend::User | NicBackend::UserUnrestricted => None,
+                NicBackend::User | NicBackend::UserUnrestricted | NicBackend::Switch => None,
+            };
+            let stream = match n.backend {
+                NicBackend::Switch => {
+                    let path = crate::spec::switch_socket(&run, nics.len());
+                    switch_ports.push(OwnedFd::from(bind(&path)?));
+                    Some(switch_ports.len() - 1)
+                }
+                _ => None,
             };
             let restrict = n.backend == NicBackend::User;
             nics.push(LaunchNic {
                 tap_fd,
+                // Numbered below, after the taps.
+                stream_fd: stream.and_then(|j| i32::try_from(j).ok()),
                 mac,
                 restrict,
             });
         }
-
-        // Disk images follow the taps; brood opens them, QEMU gets descriptors.
+        // Switch ports follow the taps, disk images follow them; brood
+        // opens them all, QEMU gets descriptors.
         let mut next_fd = FIRST_TAP_FD + i32::try_from(res.taps.len()).unwrap_or(0);
+        for n in &mut nics {
+            n.stream_fd = n.stream_fd.map(|j| next_fd + j);
+        }
+        let port_fds: Vec<(&OwnedFd, i32)> = switch_ports.iter().zip(next_fd..).collect();
+        next_fd += i32::try_from(switch_ports.len()).unwrap_or(0);
         let mut disk_files = Vec::new();
         let mut disks = Vec::with_capacity(chains.len());
         for (d, chain) in spec.disks.iter().zip(&chains) {
@@ -210,9 +231,17 @@ impl QemuEngine {
                 });
                 next_fd += 1;
             }
+            let nbd = match &d.nbd {
+                Some(n) => Some((
+                    link_nbd_socket(&run, disks.len(), &n.socket)?,
+                    n.export.clone(),
+                )),
+                None => None,
+            };
             disks.push(LaunchDisk {
                 layers,
                 read_only: d.read_only,
+                nbd,
             });
         }
 
@@ -270,6 +299,7 @@ impl QemuEngine {
                     .map(|fd| (fd, FIRST_TAP_FD + i32::try_from(i).unwrap_or(0))),
             );
         }
+        fds.extend(port_fds.iter().copied());
         fds.extend(disk_files.iter().map(|(fd, n)| (fd, *n)));
         if !spec.limits.is_empty() {
             let leaf = format!("{}-{}", spec.name, nonce()?);
@@ -306,6 +336,8 @@ impl QemuEngine {
             jail,
         )?;
         drop(fds);
+        drop(port_fds);
+        drop(switch_ports);
         drop(disk_files);
         let pid = child.id().unwrap_or(0);
         res.pgid = i32::try_from(pid).ok();
@@ -592,6 +624,28 @@ async fn early_exit(
             format!(": {detail}")
         },
     }
+}
+
+/// Hard-links a storage server's socket into the run directory (QEMU's
+/// root when confined) as `nbd<i>.sock` and returns its path as QEMU sees
+/// it. The server keeps its listening socket across restarts (see
+/// `crate::storage`), so the link stays good.
+fn link_nbd_socket(run: &Path, i: usize, socket: &Path) -> Result<PathBuf, EngineError> {
+    let name = format!("nbd{i}.sock");
+    std::fs::hard_link(socket, run.join(&name)).map_err(|e| {
+        EngineError::host(
+            format!(
+                "link storage socket {} into the run directory (both must be on one file system)",
+                socket.display()
+            ),
+            e,
+        )
+    })?;
+    Ok(if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/").join(name)
+    } else {
+        run.join(name)
+    })
 }
 
 fn bind(path: &Path) -> Result<StdListener, EngineError> {

@@ -133,6 +133,10 @@ impl From<LedgerError> for ApiError {
                 format!("{e}: `brood identity-pool list` shows the identity pools"),
             ),
             LedgerError::InvalidOp { .. } => Self::bad_request(e.to_string()),
+            LedgerError::NetworkConflict { .. } => Self::conflict(e.to_string()),
+            LedgerError::NoSuchNetwork { .. } => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
+            }
             LedgerError::Precondition { .. } => Self::conflict(format!(
                 "{e}: the partition changed while this request ran; retry it"
             )),

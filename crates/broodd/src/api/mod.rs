@@ -6,6 +6,7 @@ mod doc;
 pub mod error;
 mod extract;
 mod ledger;
+mod network;
 mod partitions;
 pub mod render;
 mod snapshots;
@@ -38,6 +39,7 @@ use crate::host::Host;
         (name = "ledger", description = "The resource ledger and its audit log"),
         (name = "host", description = "The host and its event stream"),
         (name = "templates", description = "Templates, forks and identity pools"),
+        (name = "networks", description = "Networks and the I/O partitions that serve them"),
     )
 )]
 struct ApiDoc;
@@ -65,6 +67,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = ledger::routes(r);
     let r = templates::routes(r);
     let r = snapshots::routes(r);
+    let r = network::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

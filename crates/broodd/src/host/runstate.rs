@@ -188,7 +188,14 @@ impl Host {
             pending_op: Some(pending),
             ..Default::default()
         };
-        let ops = Op::reserve(rec.uuid, &active_share(&demand));
+        let mut ops = Op::reserve(rec.uuid, &active_share(&demand));
+        // A NIC on a network gets its channel (and address) with the start.
+        if let Ok(c) = super::config::active_config(rec) {
+            ops.push(Op::Net(brood_ledger::NetOp::OpenChannels {
+                partition: rec.uuid,
+                nics: c.nics.into_iter().map(|n| n.network).collect(),
+            }));
+        }
         self.commit_patch(actor, format!("start {}", rec.name), rec, patch, ops)
             .await
     }
@@ -254,6 +261,9 @@ impl Host {
         } else {
             Vec::new()
         };
+        ops.push(Op::Net(brood_ledger::NetOp::CloseChannels {
+            partition: rec.uuid,
+        }));
         if how.return_pool_values {
             ops.push(Op::ReturnToPool {
                 holder: rec.uuid,
@@ -487,6 +497,9 @@ impl Host {
         let _ = tokio::fs::remove_file(self.paths.console_log(uuid)).await;
         let held = self.ledger.held_by(Owner::Partition(uuid)).await?;
         let mut ops = Op::release(uuid, &held);
+        ops.push(Op::Net(brood_ledger::NetOp::CloseChannels {
+            partition: uuid,
+        }));
         ops.push(Op::ReturnToPool {
             holder: uuid,
             pool: None,

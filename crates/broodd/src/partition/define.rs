@@ -25,7 +25,8 @@ pub async fn define(
     actor: &str,
     req: api::DefineRequest,
 ) -> HostResult<PartitionRecord> {
-    let active = convert::validate_define(&req)?;
+    let networks = crate::network::names(host).await?;
+    let active = convert::validate_define_on(&req, &networks)?;
     crate::host::image::check(&host.paths, &req.configs)?;
     let disks = all_disks(&req.configs)?;
     let config = req.configs.get(&active).cloned().unwrap_or_default();

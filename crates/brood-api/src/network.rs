@@ -1,0 +1,101 @@
+//! Networks and the I/O partitions that serve them, on the wire.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Body of `POST /v1/networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreateRequest {
+    /// Name: 1-15 characters of `[a-z0-9_.-]`, not the name of a host
+    /// interface (a NIC names its network as it would name a bridge).
+    #[schema(min_length = 1, max_length = 15, pattern = "^[a-z0-9_.-]+$")]
+    pub name: String,
+    /// IPv4 subnet, `ADDRESS/PREFIX` with a prefix of 8-30 (`10.0.0.0/24`).
+    pub subnet: String,
+    /// Network zone (default `default`); each zone is served by a switch
+    /// process of its own and zones are isolated from each other.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_.-]+$")]
+    pub zone: Option<String>,
+    /// The host takes the subnet's first address on a tap of the network
+    /// and guests route through it.
+    #[serde(default)]
+    pub gateway: bool,
+    /// The host forwards and masquerades the subnet to its uplink (implies `gateway`).
+    #[serde(default)]
+    pub nat: bool,
+}
+
+/// A guest NIC on a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkMember {
+    /// The partition.
+    pub partition: String,
+    /// Its uuid.
+    pub uuid: Uuid,
+    /// The NIC's index in its configuration.
+    pub nic: u32,
+    /// Its address on the network.
+    pub address: String,
+}
+
+/// A network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    /// Name.
+    pub name: String,
+    /// Network zone.
+    pub zone: String,
+    /// Subnet.
+    pub subnet: String,
+    /// The host's address on it, when it has a gateway.
+    pub gateway: Option<String>,
+    /// Whether the host NATs it to the uplink.
+    pub nat: bool,
+    /// The switch I/O partition serving it.
+    pub io_partition: String,
+    /// The NICs on it (open channels).
+    pub members: Vec<NetworkMember>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// Answer of `GET /v1/networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkList {
+    /// Every network, by name.
+    pub items: Vec<Network>,
+}
+
+/// An I/O partition: a supervised process that owns a host device class
+/// (a network zone's switch) and serves guests over channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IoPartition {
+    /// Name (`switch-ZONE`).
+    pub name: String,
+    /// Always `io`: the partition kind.
+    pub kind: String,
+    /// What it serves: `switch` or `storage`.
+    pub serves: String,
+    /// The zone it serves.
+    pub zone: String,
+    /// `stopped`, `starting`, `running` or `crashed`.
+    pub state: String,
+    /// Its process, while it runs.
+    pub pid: Option<u32>,
+    /// Restarts after failures.
+    pub restart_count: u32,
+    /// How its process last ended.
+    pub last_exit: Option<String>,
+    /// Its clients: open channels.
+    pub clients: Vec<NetworkMember>,
+}
+
+/// Answer of `GET /v1/io`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IoPartitionList {
+    /// Every I/O partition, by name.
+    pub items: Vec<IoPartition>,
+}

@@ -1,0 +1,193 @@
+//! `/v1/networks` and `/v1/io`: networks, and the I/O partitions (switches)
+//! that serve them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use brood_api::{
+    ErrorBody, IoPartition, IoPartitionList, Network, NetworkCreateRequest, NetworkList,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::doc::{Common, JsonBody};
+use super::error::ApiResult;
+use super::extract::ApiJson;
+use crate::host::Host;
+use crate::{io, network};
+
+type D = State<Arc<Host>>;
+
+pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
+    r.routes(routes!(list, create))
+        .routes(routes!(show, delete))
+        .routes(routes!(io_list))
+        .routes(routes!(io_show))
+        .routes(routes!(io_restart))
+        .routes(routes!(io_stop))
+}
+
+/// Lists networks.
+#[utoipa::path(
+    get,
+    path = "/v1/networks",
+    tag = "networks",
+    operation_id = "list_networks",
+    responses(
+        (status = 200, description = "Every network, by name, with the NICs on it", body = NetworkList),
+        Common
+    )
+)]
+async fn list(State(d): D) -> ApiResult<Json<NetworkList>> {
+    Ok(Json(network::list(&d).await?))
+}
+
+/// Creates a network, and its zone's switch I/O partition when it is the
+/// zone's first.
+#[utoipa::path(
+    post,
+    path = "/v1/networks",
+    tag = "networks",
+    operation_id = "create_network",
+    request_body = NetworkCreateRequest,
+    responses(
+        (status = 201, description = "The network", body = Network),
+        (status = 400, description = "malformed JSON, an unknown field, an invalid name, zone or subnet, a host interface's name, or `nat` (not supported yet)", body = ErrorBody),
+        (status = 409, description = "a network of that name exists, or the subnet overlaps another of the zone (`conflict`)", body = ErrorBody),
+        (status = 500, description = "the gateway tap could not be made (`internal`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn create(
+    State(d): D,
+    ApiJson(req): ApiJson<NetworkCreateRequest>,
+) -> ApiResult<(StatusCode, Json<Network>)> {
+    Ok((StatusCode::CREATED, Json(network::create(&d, req).await?)))
+}
+
+/// Shows a network and the NICs on it.
+#[utoipa::path(
+    get,
+    path = "/v1/networks/{name}",
+    tag = "networks",
+    operation_id = "show_network",
+    params(("name" = String, Path, description = "Network name")),
+    responses(
+        (status = 200, description = "The network", body = Network),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no network has that name (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Network>> {
+    Ok(Json(network::show(&d, &name).await?))
+}
+
+/// Deletes a network no running VM uses.
+#[utoipa::path(
+    delete,
+    path = "/v1/networks/{name}",
+    tag = "networks",
+    operation_id = "delete_network",
+    params(("name" = String, Path, description = "Network name")),
+    responses(
+        (status = 204, description = "Deleted (with its zone's switch when it was the zone's last network)"),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no network has that name (`not_found`)", body = ErrorBody),
+        (status = 409, description = "running VMs have NICs on it (`conflict`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn delete(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    network::delete(&d, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists I/O partitions.
+#[utoipa::path(
+    get,
+    path = "/v1/io",
+    tag = "networks",
+    operation_id = "list_io_partitions",
+    responses(
+        (status = 200, description = "Every I/O partition, by name, with its kind, pid, state and clients", body = IoPartitionList),
+        Common
+    )
+)]
+async fn io_list(State(d): D) -> ApiResult<Json<IoPartitionList>> {
+    Ok(Json(io::list(&d).await?))
+}
+
+/// Shows an I/O partition.
+#[utoipa::path(
+    get,
+    path = "/v1/io/{name}",
+    tag = "networks",
+    operation_id = "show_io_partition",
+    params(("name" = String, Path, description = "I/O partition name (`switch-ZONE`)")),
+    responses(
+        (status = 200, description = "The I/O partition", body = IoPartition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no I/O partition has that name (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn io_show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<IoPartition>> {
+    Ok(Json(io::show(&d, &name).await?))
+}
+
+/// Restarts an I/O partition's process (a stopped one is started); its
+/// guests keep their channels and reconnect.
+#[utoipa::path(
+    post,
+    path = "/v1/io/{name}/restart",
+    tag = "networks",
+    operation_id = "restart_io_partition",
+    params(("name" = String, Path, description = "I/O partition name")),
+    responses(
+        (status = 200, description = "The I/O partition", body = IoPartition),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no I/O partition has that name (`not_found`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn io_restart(State(d): D, Path(name): Path<String>) -> ApiResult<Json<IoPartition>> {
+    Ok(Json(io::restart(&d, &name).await?))
+}
+
+/// Stop options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    /// Stop even with clients: their channels are closed (detached) first.
+    force: Option<bool>,
+}
+
+/// Stops an I/O partition; refused while it has clients unless `force`.
+#[utoipa::path(
+    post,
+    path = "/v1/io/{name}/stop",
+    tag = "networks",
+    operation_id = "stop_io_partition",
+    params(("name" = String, Path, description = "I/O partition name"), StopQuery),
+    responses(
+        (status = 200, description = "The I/O partition, stopped", body = IoPartition),
+        (status = 400, description = "an unknown query parameter or a `force` that is not a boolean", body = ErrorBody),
+        (status = 404, description = "no I/O partition has that name (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it has clients and `force` is not set (`conflict`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn io_stop(
+    State(d): D,
+    Path(name): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<Json<IoPartition>> {
+    Ok(Json(io::stop(&d, &name, q.force.unwrap_or(false)).await?))
+}

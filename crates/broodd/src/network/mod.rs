@@ -1,0 +1,376 @@
+//! Networks: subnets in network zones, each zone served by a switch I/O
+//! partition (`crate::io`). A NIC names a network as it would name a
+//! bridge (`--nic NAME`); the ledger opens a channel for it when its
+//! partition starts, with the address the ledger picks, and closes it when
+//! the partition stops. Here: creating and deleting networks (and the
+//! host's gateway tap), the engine backend of a NIC on a network, the
+//! switch's configuration derived from the channels, and the guest's
+//! address, given through its agent once it is up.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brood_api as api;
+use brood_engine::switch::{SwitchConfig, SwitchNetwork};
+use brood_engine::{NicBackend, VmSpec};
+use brood_ledger::{NetOp, NetworkRecord, Op, Subnet, Tx, switch_name};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::host::{Hooks, Host, HostError, HostResult, Running};
+
+/// Longest network name: its gateway tap is `bn-NAME`, and an interface
+/// name has at most 15 characters.
+pub const MAX_NAME: usize = 12;
+/// The zone of a network created without one.
+pub const DEFAULT_ZONE: &str = "default";
+/// How long a guest's agent is waited for before its address is given.
+const AGENT_READY: Duration = Duration::from_secs(180);
+
+/// The host tap of network `name` (its gateway).
+pub fn tap_name(name: &str) -> String {
+    format!("bn-{name}")
+}
+
+fn check_name(name: &str) -> HostResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c));
+    if !ok {
+        return Err(HostError::invalid(format!(
+            "network name {name:?} must be 1-{MAX_NAME} characters of a-z, 0-9, '_', '.', '-'"
+        )));
+    }
+    if name == "user" || name == crate::convert::USER_UNRESTRICTED {
+        return Err(HostError::invalid(format!(
+            "network name {name:?} is QEMU's user network: pick another name"
+        )));
+    }
+    if std::path::Path::new("/sys/class/net").join(name).exists() {
+        return Err(HostError::invalid(format!(
+            "network name {name:?} is a host interface (a NIC naming it would mean that bridge): pick another name"
+        )));
+    }
+    Ok(())
+}
+
+async fn ip(args: &[&str]) -> HostResult<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| HostError::io("run ip (install iproute2)", e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(HostError::io(
+            format!("ip {}", args.join(" ")),
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        ))
+    }
+}
+
+/// Creates the persistent gateway tap of a network, with the gateway address.
+async fn add_gateway(net: &NetworkRecord, subnet: Subnet) -> HostResult<()> {
+    let tap = tap_name(&net.name);
+    let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
+    ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).await?;
+    let rest = async {
+        ip(&["addr", "add", &addr, "dev", &tap]).await?;
+        ip(&["link", "set", &tap, "up"]).await
+    };
+    if let Err(e) = rest.await {
+        let _ = ip(&["link", "del", &tap]).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Creates a network (and its zone's switch, started at once).
+pub async fn create(host: &Arc<Host>, req: api::NetworkCreateRequest) -> HostResult<api::Network> {
+    check_name(&req.name)?;
+    let subnet: Subnet = req.subnet.parse().map_err(HostError::invalid)?;
+    let zone = req.zone.clone().unwrap_or_else(|| DEFAULT_ZONE.into());
+    if req.nat {
+        // TODO(#11): masquerade to the uplink (nftables) and keep zones apart in the host's forwarding.
+        return Err(HostError::invalid(
+            "--nat is not supported yet: create the network with --gateway and route or NAT on the host yourself",
+        ));
+    }
+    host.ledger
+        .commit(Tx::new(
+            "api",
+            format!("create network {} ({subnet}, zone {zone})", req.name),
+            vec![Op::Net(NetOp::CreateNetwork {
+                name: req.name.clone(),
+                zone: zone.clone(),
+                subnet: subnet.to_string(),
+                gateway: req.gateway,
+                nat: false,
+            })],
+        ))
+        .await?;
+    let rec = host.ledger.network(&req.name).await?.ok_or_else(|| {
+        HostError::corrupt(
+            format!("network {}", req.name),
+            "not found right after it was created",
+        )
+    })?;
+    let undo = |e: HostError| async {
+        let _ = host
+            .ledger
+            .commit(Tx::new(
+                "broodd",
+                format!("undo create network {}", req.name),
+                vec![Op::Net(NetOp::DeleteNetwork {
+                    name: req.name.clone(),
+                })],
+            ))
+            .await;
+        e
+    };
+    if rec.gateway
+        && let Err(e) = add_gateway(&rec, subnet).await
+    {
+        return Err(undo(e).await);
+    }
+    if let Err(e) = crate::io::ensure(host, &switch_name(&zone)).await {
+        if rec.gateway {
+            let _ = ip(&["link", "del", &tap_name(&rec.name)]).await;
+        }
+        return Err(undo(e).await);
+    }
+    info!(network = %rec.name, %subnet, zone = %zone, "network created");
+    show(host, &req.name).await
+}
+
+/// Deletes a network; refused while NICs use it.
+pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
+    let rec = find(host, name).await?;
+    host.ledger
+        .commit(Tx::new(
+            "api",
+            format!("delete network {name}"),
+            vec![Op::Net(NetOp::DeleteNetwork { name: name.into() })],
+        ))
+        .await?;
+    if rec.gateway {
+        let _ = ip(&["link", "del", &tap_name(name)]).await;
+    }
+    let switch = switch_name(&rec.zone);
+    if host.ledger.io_partition(&switch).await?.is_none() {
+        crate::io::forget(host, &switch).await;
+    }
+    Ok(())
+}
+
+async fn find(host: &Host, name: &str) -> HostResult<NetworkRecord> {
+    host.ledger.network(name).await?.ok_or_else(|| {
+        HostError::NotFound(format!(
+            "no network named {name:?}: `brood network list` shows the networks"
+        ))
+    })
+}
+
+/// The names of the brood networks (a NIC may name one instead of a bridge).
+pub async fn names(host: &Host) -> HostResult<std::collections::BTreeSet<String>> {
+    Ok(host
+        .ledger
+        .networks()
+        .await?
+        .into_iter()
+        .map(|n| n.name)
+        .collect())
+}
+
+/// Every open channel as (I/O partition, member).
+pub async fn members(host: &Host) -> HostResult<Vec<(String, api::NetworkMember)>> {
+    let mut out = Vec::new();
+    for c in host.ledger.channels().await? {
+        let name = host
+            .ledger
+            .partition_by_uuid(c.partition)
+            .await?
+            .map_or_else(|| c.partition.to_string(), |p| p.name);
+        out.push((
+            c.io_partition.clone(),
+            api::NetworkMember {
+                partition: name,
+                uuid: c.partition,
+                nic: c.nic,
+                address: c.address.to_string(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn render(rec: NetworkRecord, members: Vec<api::NetworkMember>) -> api::Network {
+    let gateway = rec
+        .gateway
+        .then(|| {
+            rec.subnet
+                .parse::<Subnet>()
+                .ok()
+                .map(|s| s.gateway().to_string())
+        })
+        .flatten();
+    api::Network {
+        io_partition: switch_name(&rec.zone),
+        gateway,
+        members,
+        name: rec.name,
+        zone: rec.zone,
+        subnet: rec.subnet,
+        nat: rec.nat,
+        created_at: rec.created_at,
+    }
+}
+
+async fn members_of(host: &Host, network: &str) -> HostResult<Vec<api::NetworkMember>> {
+    let on: Vec<(Uuid, u32)> = host
+        .ledger
+        .channels()
+        .await?
+        .into_iter()
+        .filter(|c| c.network == network)
+        .map(|c| (c.partition, c.nic))
+        .collect();
+    Ok(members(host)
+        .await?
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| on.contains(&(m.uuid, m.nic)))
+        .collect())
+}
+
+/// One network.
+pub async fn show(host: &Host, name: &str) -> HostResult<api::Network> {
+    let rec = find(host, name).await?;
+    let members = members_of(host, name).await?;
+    Ok(render(rec, members))
+}
+
+/// Every network.
+pub async fn list(host: &Host) -> HostResult<api::NetworkList> {
+    let mut items = Vec::new();
+    for rec in host.ledger.networks().await? {
+        let members = members_of(host, &rec.name).await?;
+        items.push(render(rec, members));
+    }
+    Ok(api::NetworkList { items })
+}
+
+/// Where QEMU listens for the switch on NIC `nic` of partition `uuid`.
+fn port_path(host: &Host, uuid: Uuid, nic: u32) -> PathBuf {
+    let run = host.engine.run_root().join(uuid.to_string());
+    brood_engine::switch_socket(&run, usize::try_from(nic).unwrap_or(usize::MAX))
+}
+
+/// Makes the NICs of `spec` that have a channel (a NIC on a network)
+/// switch ports, and makes sure their switches run (one stopped on purpose
+/// is started again: its VMs come after it). The partition is `starting`,
+/// so its channels are open.
+pub async fn use_channels(host: &Arc<Host>, uuid: Uuid, spec: &mut VmSpec) -> HostResult<()> {
+    for c in host.ledger.channels().await? {
+        if c.partition != uuid {
+            continue;
+        }
+        crate::io::ensure(host, &c.io_partition).await?;
+        let i = usize::try_from(c.nic).unwrap_or(usize::MAX);
+        if let Some(n) = spec.nics.get_mut(i) {
+            n.backend = NicBackend::Switch;
+        }
+    }
+    Ok(())
+}
+
+/// The configuration of zone `zone`'s switch: its networks, their gateway
+/// taps and the ports of the running partitions' channels.
+pub async fn switch_config(host: &Host, zone: &str) -> HostResult<SwitchConfig> {
+    let channels = host.ledger.channels().await?;
+    let networks = host
+        .ledger
+        .networks()
+        .await?
+        .into_iter()
+        .filter(|n| n.zone == zone)
+        .map(|n| SwitchNetwork {
+            tap: n.gateway.then(|| tap_name(&n.name)),
+            ports: channels
+                .iter()
+                .filter(|c| c.network == n.name && host.registry.running(c.partition).is_some())
+                .map(|c| port_path(host, c.partition, c.nic))
+                .collect(),
+            name: n.name,
+        })
+        .collect();
+    Ok(SwitchConfig { networks })
+}
+
+/// Gives a guest the addresses of its channels through its agent.
+async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostResult<()> {
+    let channels: Vec<_> = host
+        .ledger
+        .channels()
+        .await?
+        .into_iter()
+        .filter(|c| c.partition == uuid)
+        .collect();
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let agent = vm
+        .vm
+        .agent()
+        .map_err(|e| HostError::engine("reach the guest agent", e))?;
+    agent
+        .wait_ready(AGENT_READY)
+        .await
+        .map_err(|e| HostError::engine("wait for the guest agent", e))?;
+    for c in channels {
+        let net = find(&host, &c.network).await?;
+        let subnet: Subnet = net
+            .subnet
+            .parse()
+            .map_err(|e: String| HostError::corrupt(format!("network {}", net.name), e))?;
+        let config = brood_proto::Ipv4Config {
+            address: c.address.octets(),
+            prefix: subnet.prefix,
+            gateway: net.gateway.then(|| subnet.gateway().octets()),
+        };
+        agent.set_ipv4(c.nic, config).await.map_err(|e| {
+            HostError::engine(format!("give NIC {} address {}", c.nic, c.address), e)
+        })?;
+        debug!(vm = %uuid, nic = c.nic, address = %c.address, "address given");
+    }
+    Ok(())
+}
+
+fn nudge_all(host: &Host) {
+    let io = host.feature::<crate::io::IoPartitions>();
+    io.nudge_all();
+}
+
+/// Keeps switches and guests' addresses in step with VMs starting and ending.
+#[derive(Debug, Default)]
+pub struct NetworkHooks;
+
+impl Hooks for NetworkHooks {
+    fn on_running(&self, host: &Arc<Host>, uuid: Uuid, vm: &Arc<Running>) {
+        nudge_all(host);
+        let (host, vm) = (host.clone(), vm.clone());
+        tokio::spawn(async move {
+            if let Err(e) = give_addresses(host, uuid, vm).await {
+                warn!(vm = %uuid, "give the guest its network addresses: {}", crate::host::chain(&e));
+            }
+        });
+    }
+
+    fn on_exit(&self, host: &Arc<Host>, _uuid: Uuid, _ended_as: brood_ledger::RunState) {
+        nudge_all(host);
+    }
+}
