@@ -43,6 +43,7 @@ pub mod link;
 pub mod net;
 pub mod point;
 pub mod port;
+pub mod pty;
 pub mod serve;
 pub mod service;
 pub mod system;
