@@ -307,6 +307,12 @@ pub fn run(
         return Err(ExecError::Wait(io::Error::other("pid out of range")));
     };
     started(pgid);
+    // The host waits for this before it attaches its user.
+    if let Err(err) = sink(Stream::Stdout, &[]) {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait();
+        return Err(ExecError::Link(err));
+    }
     sessions.insert(
         id,
         Handle {

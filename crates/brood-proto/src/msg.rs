@@ -83,8 +83,10 @@ pub enum HostMsg {
         exec_id: u32,
     },
     /// Run an interactive command (stdin open, optionally on a terminal);
-    /// answered as [`HostMsg::Exec`] is: [`GuestMsg::Output`] chunks and a
-    /// final [`GuestMsg::Exited`]. [`HostMsg::CancelExec`] kills it too.
+    /// answered first by an empty `Stdout` [`GuestMsg::Output`] once it runs
+    /// (or an error when it cannot start), then as [`HostMsg::Exec`] is:
+    /// output chunks and a final [`GuestMsg::Exited`].
+    /// [`HostMsg::CancelExec`] kills it too.
     Session(crate::session::SessionRequest),
     /// Hand `data` to the stdin of the session with frame id `exec_id`
     /// (then close it when `eof`); answered by [`GuestMsg::Ok`] once the
