@@ -7,6 +7,8 @@
 
 mod client;
 mod completions;
+mod console;
+mod cp;
 mod define;
 mod endpoint;
 mod events;

@@ -567,6 +567,13 @@ async fn write_file(
     let (rec, agent) = ready_agent(&d, &name, Duration::from_secs(60)).await?;
     let path = absolute(q.path.as_deref())?;
     let what = format!("write {path} in {}", rec.name);
+    if let Ok(st) = agent.stat_file(path).await
+        && st.kind != FileKind::File
+    {
+        return Err(ApiError::bad_request(format!(
+            "{what}: it is a directory or special file: name the file to write (DIR/NAME)"
+        )));
+    }
     let scratch = format!("{path}.brood-{}", uuid::Uuid::new_v4().simple());
     let copied = copy_in(&agent, &scratch, mode, body).await;
     let finished = match copied {
