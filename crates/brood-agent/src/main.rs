@@ -168,16 +168,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cli::Init => brood_agent::init::run(),
-        Cli::Serve => {
-            brood_agent::pty::spawn_console_shell();
-            match brood_agent::port::run() {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("brood-agent: {}", brood_agent::console::chain(&err));
-                    ExitCode::FAILURE
-                }
+        Cli::Serve => match brood_agent::port::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("brood-agent: {}", brood_agent::console::chain(&err));
+                ExitCode::FAILURE
             }
-        }
+        },
         Cli::Announce {
             name,
             timeout,

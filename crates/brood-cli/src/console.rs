@@ -132,15 +132,13 @@ pub async fn console(client: &Client, name: &str) -> Result<i32> {
     let nl = if raw.is_some() { "\r\n" } else { "\n" };
     eprint!("brood: attached to the console of {name}; detach with Ctrl-]{nl}");
     let (mut rd, mut wr) = tokio::io::split(io);
+    let mut stdin = stdin_chunks(4096);
     let typing = async {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 4096];
         loop {
-            let n = match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => return "stdin ended",
-                Ok(n) => n,
+            let Some(data) = stdin.recv().await else {
+                return "stdin ended";
             };
-            let data = buf.get(..n).unwrap_or_default();
+            let data = data.as_slice();
             let (send, detach) = match data.iter().position(|b| *b == DETACH_KEY) {
                 Some(i) => (data.get(..i).unwrap_or_default(), true),
                 None => (data, false),
@@ -303,22 +301,45 @@ pub async fn exec_attached(
 /// Sends stdin as `STDIN` frames, then `EOF` at its end. Each frame waits
 /// for room in the queue, so a guest that reads slowly slows the reading here.
 async fn feed_stdin(tx: mpsc::Sender<Vec<u8>>) {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(attach::frame(attach::EOF, &[])).await;
-                return;
-            }
-            Ok(n) => {
-                let f = attach::frame(attach::STDIN, buf.get(..n).unwrap_or_default());
-                if tx.send(f).await.is_err() {
-                    return;
-                }
-            }
+    let mut stdin = stdin_chunks(256 * 1024);
+    while let Some(data) = stdin.recv().await {
+        if tx.send(attach::frame(attach::STDIN, &data)).await.is_err() {
+            return;
         }
     }
+    let _ = tx.send(attach::frame(attach::EOF, &[])).await;
+}
+
+/// Reads stdin on a thread of its own, `max` bytes at most per chunk; the
+/// channel ends with stdin. Not tokio's stdin: its read runs on the blocking
+/// pool, which the runtime waits for at the end, so brood would not exit
+/// before the user pressed another key. This thread dies with the process.
+fn stdin_chunks(max: usize) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(4);
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; max];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = buf.get(..n).unwrap_or_default().to_vec();
+                        if tx.blocking_send(chunk).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("read stdin: start a thread: {e}");
+    }
+    rx
 }
 
 /// Forwards window size changes (with a terminal) and, when the terminal
