@@ -225,7 +225,7 @@ fn cp_streams_both_ways_keeps_modes_and_stdin_has_no_cap() {
     // 5 MiB (several agent chunks) of varied bytes, mode 0751.
     let src = dir.path().join("blob");
     let data: Vec<u8> = (0..5u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
         .collect();
     std::fs::write(&src, &data).unwrap();
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o751)).unwrap();
