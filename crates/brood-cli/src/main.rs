@@ -23,6 +23,7 @@ mod render;
 mod run;
 mod template;
 mod trust;
+mod units;
 mod vm;
 
 use std::future::Future;
