@@ -13,6 +13,7 @@ mod memory;
 mod metrics;
 mod partition;
 mod reconcile;
+mod suggest;
 mod template;
 mod verify;
 mod wire;
