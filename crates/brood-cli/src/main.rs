@@ -127,6 +127,12 @@ enum Cmd {
     Events(events::EventsArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
+    /// Names for shell completion, one a line (used by the completion scripts).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// What to list.
+        kind: completions::NameKind,
+    },
 }
 
 /// How to reach broodd, from the global flags (no `Debug`: it holds the token).
@@ -254,6 +260,9 @@ fn main() {
             with_client(&conn, |c| async move { events::run(args, &c, out).await })
         }
         Cmd::Completions(args) => completions::run(&args, &mut Cli::command()),
+        Cmd::Complete { kind } => {
+            with_client(&conn, |c| async move { completions::names(kind, &c).await }).or(Ok(0))
+        }
     };
     match code {
         Ok(c) => std::process::exit(c),
