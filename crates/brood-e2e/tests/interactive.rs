@@ -331,3 +331,97 @@ fn ssh_says_plainly_that_the_default_image_has_no_sshd() {
     assert!(err.contains("no sshd"), "{err}");
     assert!(err.contains("brood vm exec -t ssh1"), "{err}");
 }
+
+/// The lines of the README's "Day one" block, comments cut.
+fn readme_day_one() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("## Day one")
+        .nth(1)
+        .expect("a Day one section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block");
+    block
+        .lines()
+        .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_day_one_readme_example_runs() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "day one\n").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("notes.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let bin_dir = brood_e2e::brood_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |line: &str| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(line)
+            .current_dir(dir.path())
+            .env("BROOD_DATA_DIR", &b.data)
+            .env("PATH", &path)
+            .env_remove("BROOD_HOST")
+            .env_remove("BROOD_TOKEN");
+        c
+    };
+    let lines = readme_day_one();
+    assert!(lines.len() >= 10, "{lines:?}");
+    for line in &lines {
+        if line.contains("exec -t") {
+            let mut t = Pty::spawn(&mut shell(line), 24, 80);
+            t.type_in(b"echo in-the-$((1+1))-tty; exit\n");
+            t.expect("in-the-2-tty");
+            assert_eq!(t.wait(), 0, "{line}: {}", t.text());
+        } else if line.contains("vm console") {
+            let mut t = Pty::spawn(&mut shell(line), 24, 80);
+            t.expect("detach with Ctrl-]");
+            t.type_in(b"\x1d");
+            assert_eq!(t.wait(), 0, "{line}: {}", t.text());
+        } else if line.contains("vm ssh") {
+            let (code, _, err) = run(&mut shell(line));
+            assert_eq!(code, 125, "{line}");
+            assert!(err.contains("no sshd"), "{line}: {err}");
+        } else if line.contains("show wbe") {
+            let (code, _, err) = run(&mut shell(line));
+            assert_eq!(code, 125, "{line}");
+            assert!(err.contains("did you mean \"web\""), "{line}: {err}");
+        } else if line.starts_with("source <(") {
+            // The completion it loads offers the VM's name.
+            let (code, out, err) = run(&mut shell(&format!(
+                "{line}; COMP_WORDS=(brood vm show w); COMP_CWORD=3; _brood_dynamic; \
+                 printf '%s\\n' \"${{COMPREPLY[@]}}\""
+            )));
+            assert_eq!(code, 0, "{line}: {err}");
+            assert!(out.lines().any(|l| l == "web"), "{line}: {out}");
+        } else {
+            let (code, out, err) = run(&mut shell(line));
+            assert_eq!(code, 0, "{line}: {out}{err}");
+            if line.contains("vm list") {
+                assert!(out.contains("512 MiB"), "{line}: {out}");
+            }
+            if line.contains("wc -c") {
+                assert_eq!(out.trim(), "5000000", "{line}");
+            }
+        }
+    }
+    let back = dir.path().join("back.txt");
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "day one\n");
+    let mode = std::fs::metadata(&back).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the mode went in and came back");
+}
