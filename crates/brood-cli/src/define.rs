@@ -63,6 +63,9 @@ pub struct ConfigFlags {
     /// What broodd does when QEMU ends by itself [default: never].
     #[arg(long, value_name = "never|on-failure|always", value_parser = parse_restart)]
     pub restart: Option<RestartPolicy>,
+    /// Start it whenever broodd starts (when it is stopped or crashed then).
+    #[arg(long)]
+    pub autostart: bool,
     /// Extra kernel command-line arguments.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
@@ -144,6 +147,7 @@ pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> Define
     policy.cpu_weight = flags.cpu_weight;
     policy.cpu_cap_pct = flags.cpu_cap;
     policy.memory_limit_mib = flags.memory_limit;
+    policy.autostart = flags.autostart;
     if let Some(p) = flags.priority {
         policy.priority = p;
     }
@@ -262,6 +266,7 @@ mod tests {
             memory_limit: Some(1024),
             priority: Some(-3),
             restart: Some(RestartPolicy::Always),
+            autostart: true,
             cmdline: Some("quiet".into()),
             config: Some("big".into()),
         };
@@ -278,6 +283,7 @@ mod tests {
         assert_eq!(c.policy.memory_limit_mib, Some(1024));
         assert_eq!(c.policy.priority, -3);
         assert_eq!(c.policy.restart, RestartPolicy::Always);
+        assert!(c.policy.autostart);
     }
 
     #[test]

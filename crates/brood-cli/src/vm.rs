@@ -369,13 +369,14 @@ pub fn show(p: &Partition) -> String {
         kv.push((
             "policy",
             format!(
-                "cpu weight {}, cpu cap {}, memory limit {}, priority {}, restart {}",
+                "cpu weight {}, cpu cap {}, memory limit {}, priority {}, restart {}{}",
                 or_dash(pol.cpu_weight),
                 pol.cpu_cap_pct
                     .map_or_else(|| "-".into(), |p| format!("{p}%")),
                 pol.memory_limit_mib.map_or_else(|| "-".into(), mib),
                 pol.priority,
                 wire_name(&pol.restart).replace('_', "-"),
+                if pol.autostart { ", autostart" } else { "" },
             ),
         ));
         if !c.cmdline.is_empty() {

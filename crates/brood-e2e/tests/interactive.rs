@@ -425,3 +425,34 @@ fn every_day_one_readme_example_runs() {
     let mode = std::fs::metadata(&back).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the mode went in and came back");
 }
+
+#[test]
+fn autostart_starts_a_stopped_vm_when_broodd_starts() {
+    let env = TestEnv::new();
+    let mut b = Broodd::start(&env, &["--memory-mib", "1024"]);
+    let (code, out, err) =
+        run(b
+            .brood()
+            .args(["vm", "define", "auto1", "--memory", "256M", "--autostart"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(b
+        .brood()
+        .args(["vm", "define", "plain1", "--memory", "256M"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = run(b.brood().args(["vm", "show", "auto1"]));
+    assert!(out.contains("autostart"), "{out}");
+    b.restart();
+    let state = |name: &str| {
+        let v = b.ok("GET", &format!("/v1/partitions/{name}"), None);
+        v["run_state"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || state("auto1") == "running"),
+        "auto1 is {}; broodd's log:\n{}",
+        state("auto1"),
+        b.log()
+    );
+    assert_eq!(state("plain1"), "stopped");
+    let (code, out, err) = run(b.brood().args(["vm", "delete", "auto1", "--force"]));
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -88,6 +88,7 @@ impl Broodd {
             .context("reconcile the ledger with running VMs")?;
         template::refill_all(&host);
         memory::spawn(host.clone());
+        partition::autostart::spawn(&host);
         Ok(Broodd { host })
     }
 
