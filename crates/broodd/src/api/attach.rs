@@ -567,20 +567,23 @@ async fn write_file(
     let (rec, agent) = ready_agent(&d, &name, Duration::from_secs(60)).await?;
     let path = absolute(q.path.as_deref())?;
     let what = format!("write {path} in {}", rec.name);
+    let mut frames = body.into_data_stream();
     if let Ok(st) = agent.stat_file(path).await
         && st.kind != FileKind::File
     {
+        drain(&mut frames).await;
         return Err(ApiError::bad_request(format!(
             "{what}: it is a directory or special file: name the file to write (DIR/NAME)"
         )));
     }
     let scratch = format!("{path}.brood-{}", uuid::Uuid::new_v4().simple());
-    let copied = copy_in(&agent, &scratch, mode, body).await;
+    let copied = copy_in(&agent, &scratch, mode, &mut frames).await;
     let finished = match copied {
         Ok(()) => rename(&agent, &scratch, path).await,
         Err(e) => Err(e),
     };
     if let Err(e) = finished {
+        drain(&mut frames).await;
         // Best effort: a scratch file that was never created is fine.
         let _ = run_argv(&agent, &["rm", "-f", &scratch]).await;
         return Err(match e {
@@ -598,8 +601,31 @@ enum CopyError {
     Rename(String),
 }
 
-async fn copy_in(agent: &AgentClient, path: &str, mode: u32, body: Body) -> Result<(), CopyError> {
-    let mut frames = body.into_data_stream();
+/// Most of a refused upload read (and dropped) so that its client, still
+/// sending, reads the error instead of a broken pipe.
+const DRAIN_MAX_BYTES: usize = 256 << 20;
+/// The longest a refused upload is drained.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn drain(frames: &mut axum::body::BodyDataStream) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut n = 0usize;
+        while let Some(Ok(b)) = frames.next().await {
+            n = n.saturating_add(b.len());
+            if n > DRAIN_MAX_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+async fn copy_in(
+    agent: &AgentClient,
+    path: &str,
+    mode: u32,
+    frames: &mut axum::body::BodyDataStream,
+) -> Result<(), CopyError> {
     let mut pending: Vec<u8> = Vec::with_capacity(FILE_CHUNK);
     let mut offset = 0u64;
     // Created (empty) first, so an empty body makes an empty file.
