@@ -135,6 +135,16 @@ impl Pty {
     }
 }
 
+impl Drop for Pty {
+    /// A test that failed half-way leaves no brood behind on its terminal.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start_vm(b: &Broodd, name: &str) {
     let (code, out, err) = run(b.brood().args(["vm", "create", name, "--memory", "256"]));
     assert_eq!(code, 0, "{out}{err}");
