@@ -10,7 +10,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use brood_proto::{
-    AgentError, ErrorKind, FileData, MAX_DATA_CHUNK, ReadFileRequest, WriteFileRequest,
+    AgentError, ErrorKind, FileData, FileKind, FileStat, MAX_DATA_CHUNK, ReadFileRequest,
+    WriteFileRequest,
 };
 
 /// Errors of file requests.
@@ -112,6 +113,27 @@ pub fn read(req: &ReadFileRequest) -> Result<FileData, FileError> {
     })
 }
 
+/// Describes the file at `path` (following symbolic links).
+pub fn stat(path: &str) -> Result<FileStat, FileError> {
+    let path = absolute(path)?;
+    let meta = std::fs::metadata(path).map_err(|source| FileError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let kind = if meta.is_file() {
+        FileKind::File
+    } else if meta.is_dir() {
+        FileKind::Dir
+    } else {
+        FileKind::Other
+    };
+    Ok(FileStat {
+        kind,
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o7777,
+    })
+}
+
 /// Writes `data` at `offset`, creating the file with `mode` if it is missing.
 pub fn write(req: &WriteFileRequest) -> Result<u64, FileError> {
     let path = absolute(&req.path)?;
@@ -201,6 +223,23 @@ mod tests {
         assert_eq!((&tail.data[..], tail.eof), (&b"brood"[..], true));
         let past = read(&read_req(&p, 50, 5)).unwrap();
         assert!(past.data.is_empty() && past.eof);
+    }
+
+    #[test]
+    fn stat_reports_kind_size_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write(&write_req(&p, 0, false, b"abc")).unwrap();
+        let st = stat(p.to_str().unwrap()).unwrap();
+        assert_eq!((st.kind, st.size, st.mode), (FileKind::File, 3, 0o640));
+        let d = stat(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(d.kind, FileKind::Dir);
+        assert_eq!(
+            stat("rel").unwrap_err().agent_error().kind,
+            ErrorKind::BadRequest
+        );
+        let gone = stat("/nonexistent/brood").unwrap_err();
+        assert_eq!(gone.agent_error().kind, ErrorKind::NotFound);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod net;
 pub mod point;
 pub mod port;
 pub mod root;
+pub mod pty;
 pub mod serve;
 pub mod service;
 pub mod system;

@@ -109,7 +109,9 @@ pub fn open_port(
 }
 
 /// Finds the agent port, serves on it, and returns only when serving fails.
+/// Keeps a shell on the serial console meanwhile ([`crate::pty`]).
 pub fn run() -> Result<(), PortError> {
+    crate::pty::spawn_console_shell();
     let (file, path) = open_port(
         Path::new(PORTS_DIR),
         Path::new(DEV_DIR),

@@ -89,6 +89,8 @@ struct Agent {
     workers: Arc<crate::workers::Workers>,
     /// The process group of each running exec, by its request's frame id.
     execs: Mutex<HashMap<u32, Pid>>,
+    /// The running interactive sessions.
+    sessions: crate::pty::Sessions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -130,6 +132,7 @@ pub fn serve(
         fork,
         workers: Arc::default(),
         execs: Mutex::default(),
+        sessions: crate::pty::Sessions::default(),
     });
     let ready = GuestMsg::Ready(Ready {
         proto_version: PROTOCOL_VERSION,
@@ -293,6 +296,36 @@ impl Agent {
                 .fork
                 .warm(seq)
                 .map(|()| GuestMsg::Ok)
+                .map_err(|e| e.agent_error()),
+            HostMsg::Session(req) => {
+                let link = &self.link;
+                let result = crate::pty::run(
+                    id,
+                    &req,
+                    &self.sessions,
+                    &mut |stream, data| {
+                        let data = data.to_vec().into();
+                        link.send(id, &GuestMsg::Output { stream, data })
+                    },
+                    &mut |pgid| {
+                        lock(&self.execs).insert(id, pgid);
+                    },
+                );
+                lock(&self.execs).remove(&id);
+                result.map(GuestMsg::Exited).map_err(|e| e.agent_error())
+            }
+            HostMsg::SessionInput { exec_id, data, eof } => self
+                .sessions
+                .input(exec_id, &data, eof)
+                .map(|()| GuestMsg::Ok),
+            HostMsg::SessionResize { exec_id, size } => {
+                self.sessions.resize(exec_id, size).map(|()| GuestMsg::Ok)
+            }
+            HostMsg::SessionSignal { exec_id, signal } => {
+                self.sessions.signal(exec_id, signal).map(|()| GuestMsg::Ok)
+            }
+            HostMsg::StatFile { path } => crate::file::stat(&path)
+                .map(GuestMsg::FileStat)
                 .map_err(|e| e.agent_error()),
         };
         self.finish(id, reply);

@@ -79,6 +79,9 @@ pub struct Policy {
     pub priority: i32,
     /// Restart policy.
     pub restart: RestartPolicy,
+    /// Start it whenever broodd starts, when it is stopped or crashed then
+    /// (libvirt's autostart).
+    pub autostart: bool,
 }
 
 /// A disk of a configuration; broodd creates it as a qcow2 file.

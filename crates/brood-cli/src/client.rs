@@ -215,6 +215,7 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     http: HyperClient<Connector, Full<Bytes>>,
+    tls: Option<tokio_rustls::TlsConnector>,
     endpoint: Endpoint,
     token: String,
     /// What to do when broodd cannot be reached.
@@ -292,6 +293,7 @@ impl Client {
         });
         Self {
             http,
+            tls: None,
             endpoint,
             token,
             hint,
@@ -302,9 +304,13 @@ impl Client {
     fn with_tls(self, tls: tokio_rustls::TlsConnector) -> Self {
         let http = pooled().build(Connector {
             endpoint: self.endpoint.clone(),
-            tls: Some(tls),
+            tls: Some(tls.clone()),
         });
-        Self { http, ..self }
+        Self {
+            http,
+            tls: Some(tls),
+            ..self
+        }
     }
 
     /// `GET path`, decoded.
@@ -451,6 +457,57 @@ impl Client {
                 ClientError::Request { what, source: e }
             }
         })
+    }
+}
+
+impl Client {
+    /// A request to broodd with the token, for [`Client::one_shot`].
+    pub fn builder(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.endpoint.authority()))
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(USER_AGENT, concat!("brood/", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// Sends `req` on a connection of its own (not pooled), which may be
+    /// upgraded (`hyper::upgrade::on`) or carry a streamed body.
+    pub async fn one_shot<B>(
+        &self,
+        req: Request<B>,
+    ) -> Result<hyper::Response<Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let what = format!("{} {}", req.method(), req.uri().path());
+        let mut connector = Connector {
+            endpoint: self.endpoint.clone(),
+            tls: self.tls.clone(),
+        };
+        let connect_err = |source| ClientError::Connect {
+            target: self.endpoint.clone(),
+            hint: self.hint.clone(),
+            source,
+        };
+        let io = tower_service::Service::call(&mut connector, req.uri().clone())
+            .await
+            .map_err(connect_err)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|source| ClientError::Body {
+                    what: what.clone(),
+                    source,
+                })?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| ClientError::Body { what, source })
     }
 }
 

@@ -38,14 +38,15 @@ pub struct DefineArgs {
 #[derive(Debug, Default, Args)]
 #[group(id = "config_flags", multiple = true)]
 pub struct ConfigFlags {
-    /// Guest memory in MiB [default: 256].
-    #[arg(long, value_name = "MIB")]
+    /// Guest memory: 512M, 2G, or a plain number of MiB [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_mib)]
     pub memory: Option<u64>,
     /// Virtual CPUs [default: 1].
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u32>,
-    /// A qcow2 disk broodd creates, NAME:GIB; the first is /dev/vda (repeatable).
-    #[arg(long = "disk", value_name = "NAME:GIB", value_parser = parse_disk)]
+    /// A qcow2 disk broodd creates, NAME:SIZE (4G, 1T, or plain GiB); the
+    /// first is /dev/vda (repeatable).
+    #[arg(long = "disk", value_name = "NAME:SIZE", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// A NIC on a brood network (`brood network list`), a host bridge, or
     /// `user` for QEMU's user network; NETWORK[,mac=MAC] (repeatable).
@@ -57,8 +58,8 @@ pub struct ConfigFlags {
     /// Most CPU time in percent of one CPU (150 = one and a half CPUs).
     #[arg(long, value_name = "PCT")]
     pub cpu_cap: Option<u32>,
-    /// Most memory QEMU may use, guest memory included, in MiB.
-    #[arg(long, value_name = "MIB")]
+    /// Most memory QEMU may use, guest memory included: 1G, or plain MiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_mib)]
     pub memory_limit: Option<u64>,
     /// Scheduling priority of the partition's jobs; higher goes first [default: 0].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -66,6 +67,9 @@ pub struct ConfigFlags {
     /// What broodd does when QEMU ends by itself [default: never].
     #[arg(long, value_name = "never|on-failure|always", value_parser = parse_restart)]
     pub restart: Option<RestartPolicy>,
+    /// Start it whenever broodd starts (when it is stopped or crashed then).
+    #[arg(long)]
+    pub autostart: bool,
     /// Extra kernel command-line arguments.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
@@ -94,17 +98,15 @@ pub const CREATE_EXAMPLES: &str = "Examples:
 
 If the start fails, broodd removes the definition again.";
 
-/// Parses `--disk NAME:GIB`.
+/// Parses `--disk NAME:SIZE` (a plain size is GiB).
 pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let (name, size) = s
         .split_once(':')
-        .ok_or_else(|| format!("{s:?}: use NAME:GIB, e.g. root:10"))?;
+        .ok_or_else(|| format!("{s:?}: use NAME:SIZE, e.g. root:10G (a plain number is GiB)"))?;
     if name.is_empty() {
         return Err(format!("{s:?}: the disk needs a name before ':'"));
     }
-    let size_gib = size
-        .parse::<u64>()
-        .map_err(|e| format!("{s:?}: {size:?} is not a whole number of GiB ({e})"))?;
+    let size_gib = crate::units::parse_gib(size).map_err(|e| format!("--disk {s:?}: {e}"))?;
     Ok(DiskConfig {
         name: name.to_string(),
         size_gib,
@@ -159,6 +161,7 @@ pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> Define
     policy.cpu_weight = flags.cpu_weight;
     policy.cpu_cap_pct = flags.cpu_cap;
     policy.memory_limit_mib = flags.memory_limit;
+    policy.autostart = flags.autostart;
     if let Some(p) = flags.priority {
         policy.priority = p;
     }
@@ -269,7 +272,8 @@ mod tests {
         for bad in ["root", ":10", "root:", "root:ten", "root:-1", "root:1.5"] {
             assert!(parse_disk(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(parse_disk("root").unwrap_err().contains("NAME:GIB"));
+        assert!(parse_disk("root").unwrap_err().contains("NAME:SIZE"));
+        assert_eq!(parse_disk("data:4G").unwrap().size_gib, 4);
     }
 
     #[test]
@@ -314,6 +318,7 @@ mod tests {
             memory_limit: Some(1024),
             priority: Some(-3),
             restart: Some(RestartPolicy::Always),
+            autostart: true,
             cmdline: Some("quiet".into()),
             image: Some("deb".into()),
             config: Some("big".into()),
@@ -332,6 +337,7 @@ mod tests {
         assert_eq!(c.policy.memory_limit_mib, Some(1024));
         assert_eq!(c.policy.priority, -3);
         assert_eq!(c.policy.restart, RestartPolicy::Always);
+        assert!(c.policy.autostart);
     }
 
     #[test]

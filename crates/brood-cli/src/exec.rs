@@ -14,7 +14,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use brood_api::{ExecChunk, ExecRequest, ExecResponse};
 use clap::Args;
 use http_body_util::BodyExt;
-use tokio::io::AsyncReadExt;
 
 use crate::Output;
 use crate::client::{Client, encode};
@@ -24,9 +23,6 @@ use crate::render::{CommandResult, Ending, print_json};
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed beyond the command's and the agent's own timeouts.
 const EXEC_SLACK: Duration = Duration::from_secs(30);
-/// Most stdin sent: base64 grows it by a third and the body must stay
-/// under broodd's limit ([`brood_api::MAX_BODY_BYTES`]), with room for the rest.
-const MAX_STDIN_BYTES: usize = (brood_api::MAX_BODY_BYTES - 16 * 1024) / 4 * 3;
 
 /// Arguments of `brood vm exec`.
 #[derive(Debug, Args)]
@@ -35,6 +31,8 @@ const MAX_STDIN_BYTES: usize = (brood_api::MAX_BODY_BYTES - 16 * 1024) / 4 * 3;
   brood vm exec web 'ls -l /data' --timeout 10
   brood vm exec web 'env' --env MODE=test --env DEBUG=1
   tar c ./site | brood vm exec web 'tar x -C /srv' --stdin
+  brood vm exec -t web              # a shell on a terminal (exit or Ctrl-D ends it)
+  brood vm exec -t web top
 
 Exit status: the command's exit code (128+N when a signal N ended it, 124
 when --timeout killed it); 125 when brood or broodd failed. With -o json
@@ -45,16 +43,20 @@ Without --timeout brood waits as long as the command runs.")]
 pub struct ExecArgs {
     /// Partition name or uuid.
     name: String,
-    /// Shell command, run with /bin/sh -c in the guest.
-    #[arg(value_name = "SHELL COMMAND")]
-    command: String,
+    /// Shell command, run with /bin/sh -c in the guest (with -t: a login shell when left out).
+    #[arg(value_name = "SHELL COMMAND", required_unless_present = "tty")]
+    command: Option<String>,
+    /// Run it on a terminal (a pseudo-terminal in the guest; this terminal
+    /// in raw mode, its size followed), as `ssh -t` or `docker exec -it`.
+    #[arg(short = 't', long)]
+    tty: bool,
     /// Kill the command after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
     /// An environment variable for the command, K=V (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Send brood's stdin to the command (at most about 760 KiB).
+    /// Stream brood's stdin to the command (any size).
     #[arg(long)]
     stdin: bool,
     /// How long broodd waits for the guest agent to be ready [default: 60].
@@ -117,7 +119,7 @@ fn deadline(args: &ExecArgs) -> Option<Duration> {
 
 fn request(args: &ExecArgs, stdin: Option<&[u8]>) -> ExecRequest {
     ExecRequest {
-        command: Some(args.command.clone()),
+        command: args.command.clone(),
         argv: None,
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         stdin_base64: stdin.map(|b| BASE64.encode(b)),
@@ -128,24 +130,20 @@ fn request(args: &ExecArgs, stdin: Option<&[u8]>) -> ExecRequest {
 
 /// Runs `brood vm exec`; returns the command's exit code.
 pub async fn run(args: ExecArgs, client: &Client, out: Output) -> Result<i32> {
-    let stdin = if args.stdin {
-        let mut buf = Vec::new();
-        tokio::io::stdin()
-            .take(u64::try_from(MAX_STDIN_BYTES).unwrap_or(u64::MAX) + 1)
-            .read_to_end(&mut buf)
-            .await
-            .context("read stdin")?;
-        if buf.len() > MAX_STDIN_BYTES {
-            bail!(
-                "stdin is larger than the {MAX_STDIN_BYTES} bytes `brood vm exec --stdin` can send"
-            );
-        }
-        Some(buf)
-    } else {
-        None
-    };
+    if args.tty || args.stdin {
+        let req = brood_api::attach::SessionRequest {
+            command: args.command.clone(),
+            argv: None,
+            env: args.env.iter().cloned().collect(),
+            tty: None,
+            timeout_ms: args.timeout.map(|s| s.saturating_mul(1000)),
+            ready_timeout_ms: args.ready_timeout.map(|s| s.saturating_mul(1000)),
+        };
+        return crate::console::exec_attached(client, &args.name, req, args.tty, out).await;
+    }
     let path = format!("/v1/partitions/{}/exec", encode(&args.name));
-    let req = request(&args, stdin.as_deref());
+    // Stdin goes through the attached path above; this one sends none.
+    let req = request(&args, None);
     if out == Output::Json {
         let resp: ExecResponse = client.post_within(&path, &req, deadline(&args)).await?;
         let result = result_of(&resp)?;
@@ -329,7 +327,8 @@ mod tests {
     fn request_and_deadline() {
         let mut args = ExecArgs {
             name: "web".into(),
-            command: "true".into(),
+            command: Some("true".into()),
+            tty: false,
             timeout: None,
             env: vec![("K".into(), "V".into())],
             stdin: true,

@@ -235,10 +235,10 @@ mod tests {
         };
         assert_eq!(
             holdings(&view),
-            "capacity: 8192 MiB, 16 vCPUs, 100 GiB disk, 32 NICs\n\
-             OWNER        MEMORY  VCPUS    DISK  NICS\n\
-             available  7680 MiB     14  90 GiB    31\n\
-             web         512 MiB      2  10 GiB     1\n"
+            "capacity: 8 GiB, 16 vCPUs, 100 GiB disk, 32 NICs\n\
+             OWNER       MEMORY  VCPUS    DISK  NICS\n\
+             available  7.5 GiB     14  90 GiB    31\n\
+             web        512 MiB      2  10 GiB     1\n"
         );
     }
 

@@ -7,6 +7,8 @@
 
 mod client;
 mod completions;
+mod console;
+mod cp;
 mod define;
 mod endpoint;
 mod events;
@@ -25,6 +27,7 @@ mod run;
 mod snapshot;
 mod template;
 mod trust;
+mod units;
 mod vm;
 
 use std::future::Future;
@@ -148,6 +151,12 @@ enum Cmd {
     Completions(completions::CompletionsArgs),
     /// Write brood's manual pages (one per command) into a directory.
     Man(man::ManArgs),
+    /// Names for shell completion, one a line (used by the completion scripts).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// What to list.
+        kind: completions::NameKind,
+    },
 }
 
 /// How to reach broodd, from the global flags (no `Debug`: it holds the token).
@@ -281,6 +290,9 @@ fn main() {
         }
         Cmd::Completions(args) => completions::run(&args, &mut Cli::command()),
         Cmd::Man(args) => man::run(&args, Cli::command(), cli.output),
+        Cmd::Complete { kind } => {
+            with_client(&conn, |c| async move { completions::names(kind, &c).await }).or(Ok(0))
+        }
     };
     match code {
         Ok(c) => std::process::exit(c),

@@ -101,7 +101,7 @@ pub fn parse_wire<T: serde::de::DeserializeOwned>(s: &str, choices: &str) -> Res
 
 /// `512 MiB`.
 pub fn mib(n: u64) -> String {
-    format!("{n} MiB")
+    crate::units::human_mib(n)
 }
 
 /// An optional value, `-` when absent.

@@ -89,11 +89,19 @@ pub enum VmCmd {
   brood vm console web
   brood vm console web --bytes 4096
   brood vm console web --follow
+  brood vm console web --attach     # type into it; Ctrl-] detaches
 
-With --follow the console is printed as it grows, until the VM ends or Ctrl-C.")]
+With --follow the console is printed as it grows, until the VM ends or Ctrl-C.
+On a terminal (and with --attach anywhere) brood attaches: what you type goes
+to the guest's serial console (the default guest keeps a shell there), until
+Ctrl-] detaches or the VM ends.")]
     Console {
         /// Partition name or uuid.
         name: String,
+        /// Attach: type into the serial console (the default on a terminal
+        /// when neither --bytes nor --follow is given).
+        #[arg(long, short = 'a', conflicts_with_all = ["bytes", "follow"])]
+        attach: bool,
         /// How many bytes of the log's end to print [default: broodd's].
         #[arg(long, value_name = "N")]
         bytes: Option<u64>,
@@ -103,6 +111,25 @@ With --follow the console is printed as it grows, until the VM ends or Ctrl-C.")
     },
     /// Run a shell command in a running partition.
     Exec(ExecArgs),
+    /// Copy a file into or out of a running partition (NAME:/path).
+    Cp(crate::cp::CpArgs),
+    /// Log in with ssh to a running partition whose image has sshd.
+    #[command(after_help = "Examples:
+  brood vm ssh web
+  brood vm ssh web --user admin -- -L 8080:localhost:80
+
+brood finds the guest's IPv4 address through its agent and runs ssh to it.
+The default guest image has no sshd: use `brood vm exec -t NAME` there.")]
+    Ssh {
+        /// Partition name or uuid.
+        name: String,
+        /// The user to log in as.
+        #[arg(long, short = 'u', default_value = "root")]
+        user: String,
+        /// More arguments for ssh (after --).
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
+    },
     /// Choose the configuration used at the next start.
     #[command(after_help = "Examples:\n  brood vm config web big")]
     Config {
@@ -149,6 +176,12 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         VmCmd::Define(args) => crate::define::run(args, false, client, out).await,
         VmCmd::Create(args) => crate::define::run(args, true, client, out).await,
         VmCmd::Exec(args) => crate::exec::run(args, client, out).await,
+        VmCmd::Cp(args) => crate::cp::run(args, client, out).await,
+        VmCmd::Ssh {
+            name,
+            user,
+            ssh_args,
+        } => crate::console::ssh(client, &name, &user, &ssh_args).await,
         VmCmd::List { limit } => list(client, limit, out).await,
         VmCmd::Show(t) => {
             let p: Partition = client.get(&partition_path(&t.name)).await?;
@@ -187,9 +220,15 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         }
         VmCmd::Console {
             name,
+            attach,
             bytes,
             follow,
         } => {
+            use std::io::IsTerminal;
+            let on_terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+            if attach || (on_terminal && bytes.is_none() && !follow && out == Output::Text) {
+                return crate::console::console(client, &name).await;
+            }
             let mut path = format!("{}/console", partition_path(&name));
             if let Some(n) = bytes {
                 path.push_str(&format!("?bytes={n}"));
@@ -337,13 +376,14 @@ pub fn show(p: &Partition) -> String {
         kv.push((
             "policy",
             format!(
-                "cpu weight {}, cpu cap {}, memory limit {}, priority {}, restart {}",
+                "cpu weight {}, cpu cap {}, memory limit {}, priority {}, restart {}{}",
                 or_dash(pol.cpu_weight),
                 pol.cpu_cap_pct
                     .map_or_else(|| "-".into(), |p| format!("{p}%")),
                 pol.memory_limit_mib.map_or_else(|| "-".into(), mib),
                 pol.priority,
                 wire_name(&pol.restart).replace('_', "-"),
+                if pol.autostart { ", autostart" } else { "" },
             ),
         ));
         if !c.cmdline.is_empty() {

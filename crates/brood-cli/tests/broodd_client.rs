@@ -395,7 +395,8 @@ async fn vm_create_sends_a_define_request() {
                     "cpu_cap_pct": 150,
                     "memory_limit_mib": null,
                     "priority": 0,
-                    "restart": "on_failure"
+                    "restart": "on_failure",
+                    "autostart": false
                 },
                 "cmdline": ""
             }},

@@ -42,9 +42,11 @@ use crate::EngineError;
 
 mod exec;
 mod reader;
+mod session;
 
 pub use exec::{ExecEvent, ExecOutput, ExecStream};
 use reader::{LogLimit, Reader, read_loop, write_loop};
+pub use session::SessionControl;
 
 /// Deadline for requests that do not carry their own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

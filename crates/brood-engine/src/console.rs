@@ -65,6 +65,8 @@ pub struct Console {
     chunks: broadcast::Sender<Chunk>,
     done: watch::Receiver<bool>,
     counters: Arc<Counters>,
+    /// The socket's write half: what is written reaches the guest's serial port.
+    input: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +95,7 @@ impl Console {
         let (chunks, _) = broadcast::channel(256);
         let (done_tx, done) = watch::channel(false);
         let counters = Arc::new(Counters::default());
+        let (stream, input) = stream.into_split();
         tokio::spawn(copy_loop(
             stream,
             Copy {
@@ -111,7 +114,16 @@ impl Console {
             chunks,
             done,
             counters,
+            input: Arc::new(tokio::sync::Mutex::new(input)),
         }
+    }
+
+    /// Types `data` into the guest's serial port (`brood vm console`
+    /// attached); writers take turns, each write whole.
+    pub async fn write(&self, data: &[u8]) -> std::io::Result<()> {
+        let mut input = self.input.lock().await;
+        input.write_all(data).await?;
+        input.flush().await
     }
 
     /// Where the log is written.
@@ -245,7 +257,11 @@ struct Copy {
     budget: Budget,
 }
 
-async fn copy_loop(mut stream: UnixStream, mut c: Copy, done: watch::Sender<bool>) {
+async fn copy_loop(
+    mut stream: tokio::net::unix::OwnedReadHalf,
+    mut c: Copy,
+    done: watch::Sender<bool>,
+) {
     let half = (c.limit / 2).max(1);
     let mut file = open_log(&c.path).await;
     let mut written = 0u64;

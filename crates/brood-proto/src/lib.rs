@@ -20,6 +20,7 @@
 pub mod frame;
 pub mod hostname;
 pub mod msg;
+pub mod session;
 
 pub use frame::{
     Decoded, FrameDecoder, FrameFault, HEADER_LEN, MAGIC, MAX_BODY_LEN, MAX_DATA_CHUNK,
@@ -28,6 +29,7 @@ pub use frame::{
 pub use msg::*;
 /// Byte buffers in messages, re-exported so users need no serde_bytes of their own.
 pub use serde_bytes::ByteBuf;
+pub use session::{FileKind, FileStat, SessionRequest, WinSize};
 
 /// Name of the virtio-serial port the agent listens on
 /// (`/sys/class/virtio-ports/*/name` in the guest).

@@ -92,6 +92,45 @@ pub enum HostMsg {
         /// Its address.
         config: Ipv4Config,
     },
+    /// Run an interactive command (stdin open, optionally on a terminal);
+    /// answered first by an empty `Stdout` [`GuestMsg::Output`] once it runs
+    /// (or an error when it cannot start), then as [`HostMsg::Exec`] is:
+    /// output chunks and a final [`GuestMsg::Exited`].
+    /// [`HostMsg::CancelExec`] kills it too.
+    Session(crate::session::SessionRequest),
+    /// Hand `data` to the stdin of the session with frame id `exec_id`
+    /// (then close it when `eof`); answered by [`GuestMsg::Ok`] once the
+    /// command took the bytes. Send the next chunk after that answer.
+    SessionInput {
+        /// The frame id of the `Session` request.
+        exec_id: u32,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        /// Close stdin after them (on a terminal: send end-of-file).
+        eof: bool,
+    },
+    /// Resize the terminal of session `exec_id` (the kernel sends its
+    /// foreground process group SIGWINCH); answered by [`GuestMsg::Ok`].
+    SessionResize {
+        /// The frame id of the `Session` request.
+        exec_id: u32,
+        /// The new size.
+        size: crate::session::WinSize,
+    },
+    /// Send signal `signal` (1-64) to the process group of session
+    /// `exec_id`; answered by [`GuestMsg::Ok`].
+    SessionSignal {
+        /// The frame id of the `Session` request.
+        exec_id: u32,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Describe the file at `path`; answered by [`GuestMsg::FileStat`].
+    StatFile {
+        /// Absolute path in the guest.
+        path: String,
+    },
 }
 
 /// The name of the point at which a guest waits to be forked.
@@ -265,6 +304,8 @@ pub enum GuestMsg {
     },
     /// Final reply to [`HostMsg::CompleteFork`].
     ForkDone(ForkReport),
+    /// A file's metadata (final reply to [`HostMsg::StatFile`]).
+    FileStat(crate::session::FileStat),
 }
 
 impl GuestMsg {
@@ -466,6 +507,29 @@ mod tests {
             },
             HostMsg::WarmFork { seq: 4 },
             HostMsg::CancelExec { exec_id: 9 },
+            HostMsg::Session(crate::session::SessionRequest {
+                command: Command::Shell("sh".into()),
+                env: vec![("TERM".into(), "xterm".into())],
+                cwd: None,
+                tty: Some(crate::session::WinSize { rows: 24, cols: 80 }),
+                timeout_ms: None,
+            }),
+            HostMsg::SessionInput {
+                exec_id: 3,
+                data: b"ls\n".to_vec(),
+                eof: true,
+            },
+            HostMsg::SessionResize {
+                exec_id: 3,
+                size: crate::session::WinSize { rows: 5, cols: 6 },
+            },
+            HostMsg::SessionSignal {
+                exec_id: 3,
+                signal: 2,
+            },
+            HostMsg::StatFile {
+                path: "/etc/hosts".into(),
+            },
             HostMsg::AnswerPoint {
                 seq: 2,
                 message: b"child 1".to_vec(),
@@ -532,6 +596,11 @@ mod tests {
                 services: vec![],
                 failed: Some("20-dns exited 1".into()),
                 uptime_ms: 5,
+            }),
+            GuestMsg::FileStat(crate::session::FileStat {
+                kind: crate::session::FileKind::File,
+                size: 7,
+                mode: 0o755,
             }),
         ];
         for m in msgs {

@@ -175,6 +175,29 @@ async fn answer(
         HostMsg::CancelExec { .. } => GuestMsg::Ok,
         // The fake guest has no interfaces to configure.
         HostMsg::SetIpv4 { .. } => GuestMsg::Ok,
+        // A guest file that cannot be read, as some of /proc cannot.
+        HostMsg::StatFile { path } if path.starts_with("/proc/") => GuestMsg::Error(
+            AgentError::new(ErrorKind::Io, format!("{path}: input/output error")),
+        ),
+        HostMsg::StatFile { path } => match lock(&model.guest).files.get(&path) {
+            None => GuestMsg::Error(AgentError::new(
+                ErrorKind::NotFound,
+                format!("{path}: no such file"),
+            )),
+            Some(data) => GuestMsg::FileStat(brood_proto::FileStat {
+                kind: brood_proto::FileKind::File,
+                size: data.len() as u64,
+                mode: 0o644,
+            }),
+        },
+        // Interactive sessions need a real guest (brood-e2e tests them).
+        HostMsg::Session(_)
+        | HostMsg::SessionInput { .. }
+        | HostMsg::SessionResize { .. }
+        | HostMsg::SessionSignal { .. } => GuestMsg::Error(AgentError::new(
+            ErrorKind::Unsupported,
+            "the fake agent runs no interactive sessions",
+        )),
         HostMsg::SetHostname { hostname } => {
             lock(&model.guest).hostname = hostname;
             GuestMsg::Ok

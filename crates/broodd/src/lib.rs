@@ -15,6 +15,7 @@ mod metrics;
 mod network;
 mod partition;
 mod reconcile;
+mod suggest;
 mod template;
 mod verify;
 mod wire;
@@ -95,6 +96,7 @@ impl Broodd {
             .context("reconcile the ledger with running VMs")?;
         template::refill_all(&host);
         memory::spawn(host.clone());
+        partition::autostart::spawn(&host);
         Ok(Broodd { host })
     }
 

@@ -48,6 +48,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("PUT", p) if p.ends_with("/stage") => json!({"stage": "disabled"}),
         ("PUT", p) if p.ends_with("/config") => json!({"config": "d"}),
         ("POST", p) if p.ends_with("/exec") => json!({"command": "true"}),
+        ("POST", p) if p.ends_with("/session") => json!({"command": "true"}),
         ("POST", "/templates") => json!({"vm": name}),
         ("POST", p) if p.ends_with("/fork") => json!({"count": 1}),
         ("POST", p) if p.ends_with("/snapshots") => json!({"name": "s1"}),
@@ -63,6 +64,11 @@ fn request(method: &Method, uri: &str, token: Option<&str>, body: Option<&Value>
     let mut b = Request::builder().method(method.clone()).uri(uri);
     if let Some(t) = token {
         b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if uri.ends_with("/session") || uri.ends_with("/console/attach") {
+        b = b
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, brood_api::attach::ATTACH_PROTOCOL);
     }
     let body = match body {
         Some(v) => {
@@ -147,7 +153,11 @@ async fn every_route_with_a_body_refuses_bad_json_and_non_json() {
     let before = app.holdings().await;
     let mut seen = 0;
     for (method, path, op) in routes(&app).await {
-        if op.get("requestBody").is_none() {
+        // A file's bytes are not JSON (`PUT .../files`): its own tests.
+        if op["requestBody"]["content"]
+            .get("application/json")
+            .is_none()
+        {
             continue;
         }
         seen += 1;
@@ -291,6 +301,9 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         ("POST", "/partitions/{name}/snapshots") => "tpl",
         ("DELETE", "/partitions/{name}/snapshots/{snapshot}") => "on",
         ("POST", "/partitions/{name}/snapshots/{snapshot}/revert") => "tpl",
+        ("POST", "/partitions/{name}/session") => "off",
+        ("GET", "/partitions/{name}/console/attach") => "off",
+        ("GET" | "PUT", "/partitions/{name}/files") => "off",
         _ => return None,
     };
     Some((name, body_for(method, path, "x")))
@@ -408,9 +421,27 @@ async fn every_route_that_drives_the_engine_maps_its_failure_to_502() {
                 fake.fail_next(Op::Restore, EngineError::Migration("bad state".into()));
                 ("on", None)
             }
+            // The fake agent runs no sessions: starting one fails.
+            ("POST", "/partitions/{name}/session") => ("on", body_for(&method, &path, "")),
+            // The fake agent fails to stat anything under /proc.
+            ("GET", "/partitions/{name}/files") => ("on?path=/proc/x", None),
+            ("PUT", "/partitions/{name}/files") => {
+                fake.on_exec(|_, cmd| {
+                    cmd.starts_with("mv ").then(|| ExecReply {
+                        agent_error: Some("guest I/O error".into()),
+                        ..ExecReply::default()
+                    })
+                });
+                ("on?path=/tmp/f", None)
+            }
             _ => panic!("{method} {path} documents 502: add its engine failure here"),
         };
-        let uri = with_name(&path, name);
+        // A query rides on the name; it goes after the path.
+        let (name, query) = name.split_once('?').map_or((name, ""), |(n, q)| (n, q));
+        let mut uri = with_name(&path, name);
+        if !query.is_empty() {
+            uri = format!("{uri}?{query}");
+        }
         let (s, v) = app
             .send(request(&method, &uri, Some(TOKEN), body.as_ref()))
             .await;
@@ -519,6 +550,10 @@ const KNOWN: &[&str] = &[
     "POST /v1/partitions/{name}/snapshots",
     "DELETE /v1/partitions/{name}/snapshots/{snapshot}",
     "POST /v1/partitions/{name}/snapshots/{snapshot}/revert",
+    "POST /v1/partitions/{name}/session",
+    "GET /v1/partitions/{name}/console/attach",
+    "GET /v1/partitions/{name}/files",
+    "PUT /v1/partitions/{name}/files",
     "GET /v1/templates",
     "POST /v1/templates",
     "GET /v1/templates/{name}",
@@ -554,7 +589,10 @@ async fn every_route_has_a_case() {
         if !KNOWN.contains(&key.as_str()) {
             missing.push(format!("{key}: not in KNOWN"));
         }
-        if op.get("requestBody").is_some() && body_for(&m, &p, "x").is_none() {
+        let json_body = op["requestBody"]["content"]
+            .get("application/json")
+            .is_some();
+        if json_body && body_for(&m, &p, "x").is_none() {
             missing.push(format!("{key}: no valid body in body_for"));
         }
         seen.insert(key);

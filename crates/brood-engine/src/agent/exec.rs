@@ -102,6 +102,27 @@ impl ExecStream {
         None
     }
 
+    /// Waits for the agent's first answer to a `Session`: an empty output
+    /// chunk once the command runs, or the error that kept it from starting.
+    pub(super) async fn started(&mut self, within: Duration) -> Result<(), EngineError> {
+        let first = tokio::time::timeout(within, self.rx.recv()).await;
+        let err = match first {
+            Ok(Some(GuestMsg::Output { .. })) => return Ok(()),
+            Ok(Some(GuestMsg::Error(e))) => EngineError::Agent(e),
+            Ok(Some(other)) => EngineError::AgentChannel(format!(
+                "unexpected first reply to a session: {}",
+                cut(&format!("{other:?}"))
+            )),
+            Ok(None) => self.client.lost_err(self.epoch),
+            Err(_) => EngineError::Timeout {
+                op: "starting a session in the guest (the agent did not answer)",
+                after: within,
+            },
+        };
+        self.cancel();
+        Err(err)
+    }
+
     /// Kills the command in the guest (if it still runs) and stops reading it.
     pub fn cancel(&mut self) {
         if self.done {
@@ -127,8 +148,23 @@ impl Drop for ExecStream {
 impl AgentClient {
     /// Starts a command and returns the stream of its output and end.
     pub async fn exec_stream(&self, req: &ExecRequest) -> Result<ExecStream, EngineError> {
-        let (id, epoch, rx) = self.send(&HostMsg::Exec(req.clone())).await?;
-        let deadline = req.timeout_ms.map(|ms| {
+        self.start_stream(
+            &HostMsg::Exec(req.clone()),
+            req.timeout_ms,
+            req.output_limit,
+        )
+        .await
+    }
+
+    /// Sends a request answered as an exec is (output, then the end).
+    pub(super) async fn start_stream(
+        &self,
+        msg: &HostMsg,
+        timeout_ms: Option<u64>,
+        output_limit: u64,
+    ) -> Result<ExecStream, EngineError> {
+        let (id, epoch, rx) = self.send(msg).await?;
+        let deadline = timeout_ms.map(|ms| {
             let after = Duration::from_millis(ms).saturating_add(EXEC_REPORT_GRACE);
             (until(after), after)
         });
@@ -136,7 +172,7 @@ impl AgentClient {
             id,
             rx,
             client: self.clone(),
-            limit: req.output_limit,
+            limit: output_limit,
             seen: [0, 0],
             deadline,
             epoch,

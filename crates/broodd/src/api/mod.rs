@@ -2,6 +2,7 @@
 //! handlers by utoipa), bearer-token authentication, body limits, and the
 //! rule that every error, whoever produced it, leaves as JSON with a code.
 
+mod attach;
 mod doc;
 pub mod error;
 mod extract;
@@ -68,6 +69,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = templates::routes(r);
     let r = snapshots::routes(r);
     let r = network::routes(r);
+    let r = attach::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

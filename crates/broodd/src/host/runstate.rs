@@ -95,7 +95,17 @@ impl Host {
             Ok(u) => self.ledger.partition_by_uuid(u).await?,
             Err(_) => self.ledger.partition_by_name(key).await?,
         };
-        rec.ok_or_else(|| HostError::no_partition(key))
+        match rec {
+            Some(r) => Ok(r),
+            None => {
+                // A typo gets its name suggested (from the first page of names).
+                let names = self.ledger.partitions(None, 1000).await.unwrap_or_default();
+                let hint = crate::suggest::did_you_mean(key, names.iter().map(|r| r.name.as_str()));
+                Err(HostError::NotFound(format!(
+                    "no partition named {key:?}{hint} (`brood vm list` shows the partitions)"
+                )))
+            }
+        }
     }
 
     /// Reads a partition again.

@@ -1,9 +1,11 @@
 //! Partitions as users define and run them: definition and provisioning
 //! ([`define`]), the life cycle of a partition's VM ([`lifecycle`]), how a
 //! plain partition boots ([`plain`]) and the restart policy applied when a
-//! VM ends on its own ([`restart`]). Every run-state change goes through
+//! VM ends on its own ([`restart`]), and the partitions started with
+//! broodd ([`autostart`]). Every run-state change goes through
 //! the host core's `runstate`.
 
+pub mod autostart;
 pub mod define;
 pub mod lifecycle;
 pub mod plain;
