@@ -46,6 +46,7 @@ pub mod port;
 pub mod serve;
 pub mod service;
 pub mod system;
+pub mod trigger;
 pub mod workers;
 
 /// The agent's version, reported in `Ready` and `Info`.

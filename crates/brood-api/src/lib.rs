@@ -14,6 +14,7 @@ pub mod host;
 pub mod ledger;
 pub mod listen;
 pub mod partition;
+pub mod service;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventKind};

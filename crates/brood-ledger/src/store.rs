@@ -215,6 +215,7 @@ fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, Le
             require_partition(conn, *holder)?;
             pool::give_back(conn, *holder, pool.as_deref())
         }
+        Op::ServicePool { change } => crate::service_pool::apply(conn, i, change, now),
     }
 }
 

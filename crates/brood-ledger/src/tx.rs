@@ -153,6 +153,12 @@ pub enum Op {
         /// The pool, or `None` for all.
         pool: Option<String>,
     },
+    /// A change to service pools, their members and services
+    /// (`service_pool`'s ops, checked and applied there).
+    ServicePool {
+        /// The change.
+        change: crate::service_pool::ServicePoolOp,
+    },
 }
 
 impl Op {

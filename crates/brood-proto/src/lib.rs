@@ -20,6 +20,7 @@
 pub mod frame;
 pub mod hostname;
 pub mod msg;
+pub mod service;
 
 pub use frame::{
     Decoded, FrameDecoder, FrameFault, HEADER_LEN, MAGIC, MAX_BODY_LEN, MAX_DATA_CHUNK,

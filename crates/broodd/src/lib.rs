@@ -12,6 +12,7 @@ mod identity_pool;
 mod memory;
 mod metrics;
 mod partition;
+mod pool;
 mod reconcile;
 mod template;
 mod verify;
@@ -69,6 +70,8 @@ impl Broodd {
             .insert(Kind::Child, Arc::new(fork::child::ChildLauncher));
         plugins.hooks.push(Arc::new(partition::restart::Restarter));
         plugins.hooks.push(Arc::new(template::points::ForkPoints));
+        plugins.hooks.push(Arc::new(pool::MemberExits));
+        plugins.feature(Arc::new(pool::ServicePools::default()));
         plugins.feature(Arc::new(template::Templates::default()));
         plugins.feature(Arc::new(api::render::RenderCache::default()));
         let host = Arc::new(Host::new(
@@ -82,11 +85,15 @@ impl Broodd {
         template::freeze::load_all(&host)
             .await
             .context("load the templates")?;
+        pool::load_claims(&host)
+            .await
+            .context("load the service pools' members")?;
         reconcile::run(&host)
             .await
             .context("reconcile the ledger with running VMs")?;
         template::refill_all(&host);
         memory::spawn(host.clone());
+        pool::refill::spawn(host.clone());
         Ok(Broodd { host })
     }
 

@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod ledger;
 mod partitions;
+mod service_pools;
 pub mod render;
 mod stream;
 mod templates;
@@ -63,6 +64,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = partitions::routes(r);
     let r = ledger::routes(r);
     let r = templates::routes(r);
+    let r = service_pools::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);
