@@ -436,8 +436,7 @@ pub(crate) fn apply(
             record["after"] = json!({"state": "taken"});
         }
         ServicePoolOp::RemoveMember { partition } => {
-            let before =
-                member(conn, *partition)?.ok_or_else(|| not_found("member", partition))?;
+            let before = member(conn, *partition)?.ok_or_else(|| not_found("member", partition))?;
             conn.execute(
                 "DELETE FROM service_member WHERE partition = ?1",
                 [partition.to_string()],
@@ -447,10 +446,11 @@ pub(crate) fn apply(
         }
         ServicePoolOp::InsertService(s) => {
             expect_member(conn, i, s.member, MemberState::Taken)?;
-            let settings = serde_json::to_string(&s.settings).map_err(|source| LedgerError::Json {
-                what: "service settings",
-                source,
-            })?;
+            let settings =
+                serde_json::to_string(&s.settings).map_err(|source| LedgerError::Json {
+                    what: "service settings",
+                    source,
+                })?;
             conn.prepare_cached(
                 "INSERT INTO service (uuid, name, class, pool, member, state, config_path, config_sha256, \
                  domain_pairing, device_pairing, settings, fallback, created_at) \
@@ -526,7 +526,12 @@ pub(crate) fn apply(
     Ok(record)
 }
 
-fn add_guest(conn: &Connection, i: usize, service_id: Uuid, guest: Uuid) -> Result<(), LedgerError> {
+fn add_guest(
+    conn: &Connection,
+    i: usize,
+    service_id: Uuid,
+    guest: Uuid,
+) -> Result<(), LedgerError> {
     let s = service(conn, service_id)?.ok_or_else(|| not_found("service", service_id))?;
     if s.guests.contains(&guest) {
         return Ok(());
@@ -617,7 +622,9 @@ fn pool(conn: &Connection, name: &str) -> Result<Option<ServicePoolRecord>, Ledg
 
 fn pools(conn: &Connection) -> Result<Vec<ServicePoolRecord>, LedgerError> {
     let mut stmt = conn
-        .prepare(&format!("SELECT {POOL_COLS} FROM service_pool ORDER BY name"))
+        .prepare(&format!(
+            "SELECT {POOL_COLS} FROM service_pool ORDER BY name"
+        ))
         .ctx("prepare service pools")?;
     let rows = stmt
         .query_map([], pool_row)
@@ -629,7 +636,16 @@ fn pools(conn: &Connection) -> Result<Vec<ServicePoolRecord>, LedgerError> {
 
 const MEMBER_COLS: &str = "partition, pool, seq, state, point, generation, origin, created_at";
 
-type RawMember = (String, String, i64, String, Option<i64>, i64, String, String);
+type RawMember = (
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    i64,
+    String,
+    String,
+);
 
 fn member_row(r: &Row<'_>) -> rusqlite::Result<RawMember> {
     Ok((
@@ -818,7 +834,8 @@ impl Ledger {
 
     /// Every service, by name.
     pub async fn services(&self) -> Result<Vec<ServiceRecord>, LedgerError> {
-        self.read(|c| services_where(c, "1 = 1 OR ?1 = ''", "")).await
+        self.read(|c| services_where(c, "1 = 1 OR ?1 = ''", ""))
+            .await
     }
 
     /// A service by name or uuid.

@@ -7,8 +7,8 @@ pub mod error;
 mod extract;
 mod ledger;
 mod partitions;
-mod service_pools;
 pub mod render;
+mod service_pools;
 mod stream;
 mod templates;
 

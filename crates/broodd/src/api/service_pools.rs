@@ -104,7 +104,10 @@ async fn request_service(
     State(d): D,
     ApiJson(req): ApiJson<ServiceRequest>,
 ) -> ApiResult<(StatusCode, Json<Service>)> {
-    Ok((StatusCode::CREATED, Json(pool::request::request(&d, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(pool::request::request(&d, req).await?),
+    ))
 }
 
 /// Shows a service.

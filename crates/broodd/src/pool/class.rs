@@ -112,7 +112,10 @@ pub fn parse(
                 in_defaults = true;
                 continue;
             }
-            return Err(format!("line {}: only a [defaults] table is allowed", n + 1));
+            return Err(format!(
+                "line {}: only a [defaults] table is allowed",
+                n + 1
+            ));
         }
         let (k, v) = line
             .split_once('=')
@@ -141,8 +144,9 @@ pub fn parse(
         }
     }
     let num = |k: &str, d: u64| -> Result<u64, String> {
-        top.get(k)
-            .map_or(Ok(d), |v| v.parse().map_err(|_| format!("{k} must be a number")))
+        top.get(k).map_or(Ok(d), |v| {
+            v.parse().map_err(|_| format!("{k} must be a number"))
+        })
     };
     Ok(Class {
         name: name.to_owned(),
@@ -194,10 +198,7 @@ pub async fn load(host: &Host, name: &str) -> HostResult<Class> {
         let start = read_bounded(&dir.join("start.sh")).await?;
         let probe = read_bounded(&dir.join("probe.sh")).await?;
         return parse(name, &toml, start, probe, dir.display().to_string()).map_err(|e| {
-            HostError::invalid(format!(
-                "class {name}: {}/class.toml: {e}",
-                dir.display()
-            ))
+            HostError::invalid(format!("class {name}: {}/class.toml: {e}", dir.display()))
         });
     }
     match BUILTIN.iter().find(|(n, ..)| *n == name) {

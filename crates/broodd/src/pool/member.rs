@@ -84,7 +84,9 @@ async fn make_inner(
         let name = format!("{pool}-m{index}");
         match define::define(host, ACTOR, member_request(name, &spec)).await {
             Ok(p) => break p,
-            Err(HostError::Ledger(LedgerError::NameTaken { .. })) if index < rec.next_index + 64 => {
+            Err(HostError::Ledger(LedgerError::NameTaken { .. }))
+                if index < rec.next_index + 64 =>
+            {
                 index += 1;
             }
             Err(e) => return Err(e),
@@ -146,7 +148,9 @@ async fn boot_to_trigger(host: &Arc<Host>, uuid: Uuid, pause: bool) -> HostResul
         };
         match p {
             Ok(p) if p.name == TRIGGER_POINT => break p.seq,
-            Ok(p) => warn!(member = %uuid, point = ?p.name, "a member announced a point that is not its trigger point"),
+            Ok(p) => {
+                warn!(member = %uuid, point = ?p.name, "a member announced a point that is not its trigger point")
+            }
             Err(e @ EngineError::Timeout { .. }) => {
                 return Err(HostError::engine("wait for the member's trigger point", e));
             }
@@ -183,7 +187,14 @@ async fn delete_partition(host: &Arc<Host>, uuid: Uuid) {
 /// the next start removes). Failures are logged; the supervisor retries.
 pub async fn remove(host: &Arc<Host>, uuid: Uuid, why: &str) {
     delete_partition(host, uuid).await;
-    if host.ledger.partition_by_uuid(uuid).await.ok().flatten().is_some() {
+    if host
+        .ledger
+        .partition_by_uuid(uuid)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
         return;
     }
     let removed = host

@@ -207,7 +207,10 @@ fn available_mib() -> Option<u64> {
 }
 
 /// Creates a pool; members start booting at once.
-pub async fn create(host: &Arc<Host>, req: api::ServicePoolCreateRequest) -> HostResult<api::ServicePool> {
+pub async fn create(
+    host: &Arc<Host>,
+    req: api::ServicePoolCreateRequest,
+) -> HostResult<api::ServicePool> {
     if !class::is_class_name(&req.name) {
         return Err(HostError::invalid(format!(
             "pool name {:?}: want 1-32 of [a-z0-9-], starting with a letter",
@@ -284,8 +287,8 @@ pub async fn create(host: &Arc<Host>, req: api::ServicePoolCreateRequest) -> Hos
         network: req.network.clone(),
         unused: req.unused,
     };
-    let spec_json = serde_json::to_value(&spec)
-        .map_err(|e| HostError::corrupt("encode a pool spec", e))?;
+    let spec_json =
+        serde_json::to_value(&spec).map_err(|e| HostError::corrupt("encode a pool spec", e))?;
     host.ledger
         .commit(Tx::new(
             ACTOR,
@@ -354,8 +357,14 @@ pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
     Ok(())
 }
 
-async fn set_spec(host: &Host, name: &str, spec: &PoolSpec, new_generation: bool) -> HostResult<()> {
-    let spec = serde_json::to_value(spec).map_err(|e| HostError::corrupt("encode a pool spec", e))?;
+async fn set_spec(
+    host: &Host,
+    name: &str,
+    spec: &PoolSpec,
+    new_generation: bool,
+) -> HostResult<()> {
+    let spec =
+        serde_json::to_value(spec).map_err(|e| HostError::corrupt("encode a pool spec", e))?;
     host.ledger
         .commit(Tx::new(
             ACTOR,
@@ -375,9 +384,7 @@ async fn set_spec(host: &Host, name: &str, spec: &PoolSpec, new_generation: bool
 /// A pool's ledger record, or 404.
 pub async fn pool_record(host: &Host, name: &str) -> HostResult<ServicePoolRecord> {
     host.ledger.service_pool(name).await?.ok_or_else(|| {
-        HostError::NotFound(format!(
-            "no service pool {name:?} (see `brood pool list`)"
-        ))
+        HostError::NotFound(format!("no service pool {name:?} (see `brood pool list`)"))
     })
 }
 
@@ -397,7 +404,9 @@ async fn view(host: &Host, rec: &ServicePoolRecord) -> HostResult<api::ServicePo
             ready += 1;
         }
         members.push(api::PoolMember {
-            name: p.as_ref().map_or_else(|| m.partition.to_string(), |p| p.name.clone()),
+            name: p
+                .as_ref()
+                .map_or_else(|| m.partition.to_string(), |p| p.name.clone()),
             uuid: m.partition,
             state: m.state.to_string(),
             origin: m.origin.to_string(),

@@ -106,7 +106,11 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
             }
             let alive = host.registry.running(m.partition).is_some();
             if m.state == MemberState::Ready && (!alive || m.generation != rec.generation) {
-                let why = if alive { "it is of an older image" } else { "its VM is gone" };
+                let why = if alive {
+                    "it is of an older image"
+                } else {
+                    "its VM is gone"
+                };
                 member::remove(host, m.partition, why).await;
                 continue;
             }
@@ -120,17 +124,27 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
             && let Some(oldest) = waiting.first()
         {
             info!(pool = %rec.name, available_mib = avail, "memory below the floor: tearing down an unused member");
-            member::remove(host, oldest.partition, "the host's memory is below the pool's floor").await;
-            pools.set_deferred(&rec.name, Some(format!(
-                "available memory {avail} MiB is below the floor of {} MiB", spec.memory_floor_mib
-            )));
+            member::remove(
+                host,
+                oldest.partition,
+                "the host's memory is below the pool's floor",
+            )
+            .await;
+            pools.set_deferred(
+                &rec.name,
+                Some(format!(
+                    "available memory {avail} MiB is below the floor of {} MiB",
+                    spec.memory_floor_mib
+                )),
+            );
             continue;
         }
         let booting = members
             .iter()
             .filter(|m| m.state == MemberState::Booting)
             .count();
-        let have = u32::try_from(waiting.len() + booting).unwrap_or(u32::MAX)
+        let have = u32::try_from(waiting.len() + booting)
+            .unwrap_or(u32::MAX)
             .max(pools.making(&rec.name));
         let total = u32::try_from(members.len()).unwrap_or(u32::MAX);
         if have >= spec.min || total >= spec.max || pools.making(&rec.name) > 0 {
@@ -142,17 +156,25 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
         if let Some(b) = busy
             && b > spec.cpu_threshold_pct
         {
-            pools.set_deferred(&rec.name, Some(format!(
-                "host CPU at {b}% is above the threshold of {}%", spec.cpu_threshold_pct
-            )));
+            pools.set_deferred(
+                &rec.name,
+                Some(format!(
+                    "host CPU at {b}% is above the threshold of {}%",
+                    spec.cpu_threshold_pct
+                )),
+            );
             continue;
         }
         if let Some(avail) = available
             && avail < spec.memory_floor_mib.saturating_add(spec.memory_mib)
         {
-            pools.set_deferred(&rec.name, Some(format!(
-                "available memory {avail} MiB would fall below the floor of {} MiB", spec.memory_floor_mib
-            )));
+            pools.set_deferred(
+                &rec.name,
+                Some(format!(
+                    "available memory {avail} MiB would fall below the floor of {} MiB",
+                    spec.memory_floor_mib
+                )),
+            );
             continue;
         }
         pools.set_deferred(&rec.name, None);
@@ -203,10 +225,20 @@ pub async fn recover(host: &Arc<Host>) {
         return;
     };
     for m in &members {
-        let part = host.ledger.partition_by_uuid(m.partition).await.ok().flatten();
+        let part = host
+            .ledger
+            .partition_by_uuid(m.partition)
+            .await
+            .ok()
+            .flatten();
         let gone = part.is_none();
         if gone || m.state == MemberState::Booting {
-            member::remove(host, m.partition, "broodd restarted while it was being made").await;
+            member::remove(
+                host,
+                m.partition,
+                "broodd restarted while it was being made",
+            )
+            .await;
         }
         // A ready member whose VM did not survive is removed by the tick.
         let _ = part.map(|p| p.run_state == RunState::Paused);
@@ -230,7 +262,15 @@ pub async fn recover(host: &Arc<Host>) {
         };
         let host = host.clone();
         tokio::spawn(async move {
-            let state = match request::differentiate(&host, &s, point, &wire, Duration::from_secs(60)).await {
+            let state = match request::differentiate(
+                &host,
+                &s,
+                point,
+                &wire,
+                Duration::from_secs(60),
+            )
+            .await
+            {
                 Ok(()) => ServiceState::Ready,
                 Err(e) => {
                     warn!(service = %s.name, "finishing its request after a restart failed: {}", chain(&e));

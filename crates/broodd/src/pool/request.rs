@@ -20,8 +20,8 @@ use brood_engine::EngineError;
 use brood_ledger::{
     LedgerError, MemberOrigin, MemberState, Op, ServicePoolOp, ServiceRecord, ServiceState, Tx,
 };
-use brood_proto::service::{ServiceConfig, encode_config, is_config_key};
 use brood_proto::ExecRequest;
+use brood_proto::service::{ServiceConfig, encode_config, is_config_key};
 use sha2::Digest;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -58,7 +58,12 @@ fn settings_of(class: &Class, req: &api::ServiceRequest) -> HostResult<BTreeMap<
     Ok(s)
 }
 
-fn pairing(settings: &BTreeMap<String, String>, key: &str, default: u32, min: u32) -> HostResult<u32> {
+fn pairing(
+    settings: &BTreeMap<String, String>,
+    key: &str,
+    default: u32,
+    min: u32,
+) -> HostResult<u32> {
     match settings.get(key) {
         None => Ok(default),
         Some(v) => v
@@ -96,7 +101,9 @@ async fn read_script(uri: &str) -> HostResult<String> {
 /// A bounded HTTP/1.0 GET (no TLS): enough for an init script on a local server.
 async fn fetch_http(rest: &str) -> HostResult<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let addr = if authority.contains(':') {
         authority.to_string()
     } else {
@@ -158,7 +165,11 @@ async fn pick_pool(host: &Host, req: &api::ServiceRequest, class: &Class) -> Hos
             Some(_) => {}
         }
     }
-    let pick = if of_class.is_empty() { generic } else { of_class };
+    let pick = if of_class.is_empty() {
+        generic
+    } else {
+        of_class
+    };
     match pick.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(HostError::invalid(format!(
@@ -179,7 +190,9 @@ fn service_name(req: &api::ServiceRequest, uuid: Uuid) -> HostResult<String> {
             if n.is_empty()
                 || n.len() > 48
                 || !n.starts_with(|c: char| c.is_ascii_lowercase())
-                || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
                 return Err(HostError::invalid(format!(
                     "service name {n:?}: want 1-48 of [a-z0-9-], starting with a letter"
@@ -234,7 +247,9 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
     let uuid = Uuid::new_v4();
     let name = service_name(&req, uuid)?;
     if host.ledger.service(&name).await?.is_some() {
-        return Err(HostError::conflict(format!("a service named {name} exists")));
+        return Err(HostError::conflict(format!(
+            "a service named {name} exists"
+        )));
     }
     let mut files = BTreeMap::new();
     files.insert("start.sh".to_string(), class.start.clone());
@@ -287,7 +302,11 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
         }
     };
     host.feature::<ServicePools>().wake.notify_one();
-    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(class.probe_timeout_ms).min(600_000));
+    let timeout = Duration::from_millis(
+        req.timeout_ms
+            .unwrap_or(class.probe_timeout_ms)
+            .min(600_000),
+    );
     if let Err(e) = differentiate(host, &record, point, &wire, timeout).await {
         warn!(service = %name, "service failed to start: {}", chain(&e));
         mark(host, uuid, ServiceState::Failed).await;
@@ -345,7 +364,9 @@ async fn take(
         match commit_take(host, &record, MemberState::Ready).await {
             Ok(()) => return Ok((record, point)),
             // Another request took it first: try the next one.
-            Err(HostError::Ledger(LedgerError::Precondition { op: 0, .. })) if tried < MAX_TAKES => {
+            Err(HostError::Ledger(LedgerError::Precondition { op: 0, .. }))
+                if tried < MAX_TAKES =>
+            {
                 tried += 1;
             }
             Err(e) => return Err(e),
@@ -404,10 +425,9 @@ pub async fn differentiate(
     if rec.run_state == brood_ledger::RunState::Paused {
         lifecycle::pause(host, ACTOR, uuid, false).await?;
     }
-    let running = host
-        .registry
-        .running(uuid)
-        .ok_or_else(|| HostError::conflict(format!("the domain of {} is not running", record.name)))?;
+    let running = host.registry.running(uuid).ok_or_else(|| {
+        HostError::conflict(format!("the domain of {} is not running", record.name))
+    })?;
     let agent = running
         .vm
         .agent()
@@ -417,7 +437,12 @@ pub async fn differentiate(
         Ok(()) => {}
         // Already answered (a restarted broodd finishing a request).
         Err(EngineError::Agent(e)) if e.kind == brood_proto::ErrorKind::NoSuchPoint => {}
-        Err(e) => return Err(HostError::engine("give the service domain its configuration", e)),
+        Err(e) => {
+            return Err(HostError::engine(
+                "give the service domain its configuration",
+                e,
+            ));
+        }
     }
     probe(&agent, &record.name, timeout).await
 }
@@ -445,13 +470,20 @@ async fn probe(agent: &brood_engine::AgentClient, name: &str, timeout: Duration)
                     String::from_utf8_lossy(&out.stdout).trim()
                 )));
             }
-            Ok(out) => String::from_utf8_lossy(&out.stderr).chars().take(500).collect(),
+            Ok(out) => String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(500)
+                .collect(),
             Err(e) => chain(&e),
         };
         if Instant::now() >= deadline {
             return Err(HostError::conflict(format!(
                 "service {name} did not answer its readiness probe within {timeout:?}{}",
-                if last.is_empty() { String::new() } else { format!(" (last: {last})") }
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last: {last})")
+                }
             )));
         }
         tokio::time::sleep(backoff).await;
