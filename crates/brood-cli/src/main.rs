@@ -17,8 +17,10 @@ mod identity_pool;
 mod image;
 mod ledger;
 mod paths;
+mod pool;
 mod render;
 mod run;
+mod service;
 mod template;
 mod trust;
 mod vm;
@@ -108,6 +110,24 @@ enum Cmd {
   brood fork web -n 5 --ip-pool lan --identity-pool hosts"
     )]
     IdentityPool(identity_pool::IdentityPoolCmd),
+    /// Manage pools of service domains waiting at their trigger point.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood pool create svc --image default --min 2
+  brood pool show svc
+  brood service request http --pool svc"
+    )]
+    Pool(pool::PoolCmd),
+    /// Request, list, show and release services from service pools.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood service request http --set ip=10.0.0.2/24
+  brood service list
+  brood service release http-1a2b3c4d"
+    )]
+    Service(service::ServiceCmd),
     /// Inspect broodd's resource ledger.
     #[command(
         subcommand,
@@ -244,6 +264,10 @@ fn main() {
                 &conn,
                 |c| async move { identity_pool::run(cmd, &c, out).await },
             )
+        }
+        Cmd::Pool(cmd) => with_client(&conn, |c| async move { pool::run(cmd, &c, out).await }),
+        Cmd::Service(cmd) => {
+            with_client(&conn, |c| async move { service::run(cmd, &c, out).await })
         }
         Cmd::Ledger(cmd) => with_client(&conn, |c| async move { ledger::run(cmd, &c, out).await }),
         Cmd::Host(cmd) => with_client(&conn, |c| async move { host::run(cmd, &c, out).await }),

@@ -333,7 +333,9 @@ fn a_member_killed_while_paused_is_replaced_not_handed_out() {
     b.ok(
         "POST",
         "/v1/pools",
-        Some(&json!({"name": "k", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100})),
+        Some(
+            &json!({"name": "k", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100}),
+        ),
     );
     let p = wait_ready(&b, "k", 1);
     let first = member_uuids(&p)[0].clone();
@@ -369,7 +371,9 @@ fn kill9_of_broodd_mid_request_hands_nothing_out_twice() {
     b.ok(
         "POST",
         "/v1/pools",
-        Some(&json!({"name": "c", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100})),
+        Some(
+            &json!({"name": "c", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100}),
+        ),
     );
     wait_ready(&b, "c", 1);
     let (sock, token) = (b.socket(), b.token());

@@ -502,6 +502,7 @@ pub async fn view(host: &Host, rec: &ServiceRecord) -> HostResult<api::Service> 
                 .map_or_else(|| g.to_string(), |p| p.name),
         );
     }
+    guests.sort();
     let macs = match host.ledger.partition_by_uuid(rec.member).await? {
         Some(p) => crate::host::config::active_config(&p)
             .map(|c| {
