@@ -47,7 +47,7 @@ CREATE TABLE service_pool (
 
 CREATE TABLE service_member (
     partition  TEXT PRIMARY KEY,
-    pool       TEXT NOT NULL REFERENCES service_pool (name),
+    pool       TEXT NOT NULL,
     seq        INTEGER NOT NULL CHECK (seq >= 0),
     state      TEXT NOT NULL CHECK (state IN ('booting', 'ready', 'taken')),
     point      INTEGER CHECK (point IS NULL OR point >= 0),
@@ -236,7 +236,7 @@ pub enum ServicePoolOp {
         /// Bump the generation.
         new_generation: bool,
     },
-    /// Deletes a pool that has no members.
+    /// Deletes a pool none of whose members waits (services keep theirs).
     DeletePool {
         /// The pool.
         name: String,
@@ -361,7 +361,7 @@ pub(crate) fn apply(
         ServicePoolOp::DeletePool { name } => {
             let members: i64 = conn
                 .query_row(
-                    "SELECT count(*) FROM service_member WHERE pool = ?1",
+                    "SELECT count(*) FROM service_member WHERE pool = ?1 AND state != 'taken'",
                     [name],
                     |r| r.get(0),
                 )
@@ -369,7 +369,7 @@ pub(crate) fn apply(
             if members > 0 {
                 return Err(LedgerError::Precondition {
                     op: i,
-                    what: format!("members of service pool {name:?}"),
+                    what: format!("waiting members of service pool {name:?}"),
                     expected: "0".into(),
                     actual: members.to_string(),
                 });
@@ -761,7 +761,13 @@ fn services_where(
 
 /// The service-pool checks of `verify`.
 pub(crate) fn verify(conn: &Connection, out: &mut Vec<Problem>) -> Result<(), LedgerError> {
-    let checks: [(&str, &'static str, &str); 5] = [
+    let checks: [(&str, &'static str, &str); 6] = [
+        (
+            "SELECT partition FROM service_member m WHERE state != 'taken' \
+             AND NOT EXISTS (SELECT 1 FROM service_pool p WHERE p.name = m.pool)",
+            "member_pool_missing",
+            "is a waiting member of a pool that does not exist",
+        ),
         (
             "SELECT partition FROM service_member m \
              WHERE NOT EXISTS (SELECT 1 FROM partition p WHERE p.uuid = m.partition)",

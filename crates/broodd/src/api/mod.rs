@@ -38,6 +38,7 @@ use crate::host::Host;
         (name = "ledger", description = "The resource ledger and its audit log"),
         (name = "host", description = "The host and its event stream"),
         (name = "templates", description = "Templates, forks and identity pools"),
+        (name = "services", description = "Pools of service domains and the services they become"),
     )
 )]
 struct ApiDoc;

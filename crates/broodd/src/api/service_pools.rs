@@ -67,14 +67,13 @@ async fn show_pool(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Serv
     Ok(Json(pool::show(&d, &name).await?))
 }
 
-/// Deletes a service pool; its waiting members are torn down.
+/// Deletes a service pool; its waiting members are torn down, its services keep running.
 #[utoipa::path(delete, path = "/v1/pools/{name}", tag = "services", operation_id = "delete_service_pool",
     params(("name" = String, Path, description = "Service pool name")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no service pool has that name (`not_found`)", body = ErrorBody),
-        (status = 409, description = "services from it are in use (`conflict`)", body = ErrorBody),
         Common))]
 async fn delete_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
     pool::delete(&d, &name).await?;
@@ -97,7 +96,7 @@ async fn list_services(State(d): D) -> ApiResult<Json<ServiceList>> {
         (status = 201, description = "The service, answering", body = Service),
         (status = 400, description = "malformed JSON, an unknown field, an unknown class or pool, a bad key-value or script, more guests than `domain_pairing`, or a class whose image the pool lacks", body = ErrorBody),
         (status = 404, description = "a guest named in `for` does not exist (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the name is taken, the host lacks capacity, or the service did not start or answer its probe in time", body = ErrorBody),
+        (status = 409, description = "the name is taken, a guest is a template (`invalid_transition`), the host lacks capacity, or the service did not start or answer its probe in time", body = ErrorBody),
         (status = 502, description = "QEMU or the member's agent failed (`engine_failed`)", body = ErrorBody),
         JsonBody, Common))]
 async fn request_service(
@@ -144,7 +143,7 @@ async fn release_service(State(d): D, Path(name): Path<String>) -> ApiResult<Sta
         (status = 200, description = "The service", body = Service),
         (status = 400, description = "malformed JSON or an unknown field", body = ErrorBody),
         (status = 404, description = "no such service or guest (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the service serves as many guests as its `domain_pairing` allows (`conflict`)", body = ErrorBody),
+        (status = 409, description = "the guest is a template (`invalid_transition`), or the service serves as many guests as its `domain_pairing` allows (`conflict`)", body = ErrorBody),
         JsonBody, Common))]
 async fn associate_guest(
     State(d): D,

@@ -311,38 +311,37 @@ pub async fn create(
     show(host, &req.name).await
 }
 
-/// Deletes a pool: its waiting members are torn down; refused while a
-/// service from it is in use.
+/// Deletes a pool: its waiting members are torn down; services made from
+/// it keep running until they are released.
 pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
-    let _ = pool_record(host, name).await?;
-    let in_use: Vec<String> = host
-        .ledger
-        .services()
-        .await?
-        .into_iter()
-        .filter(|s| s.pool == name)
-        .map(|s| s.name)
-        .collect();
-    if !in_use.is_empty() {
-        return Err(HostError::conflict(format!(
-            "pool {name} has services in use ({}): release them first (`brood service release NAME`)",
-            in_use.join(", ")
-        )));
-    }
-    // Stops refills first: the spec says max 0.
     let rec = pool_record(host, name).await?;
+    // Stops refills first: the spec says max 0.
     let mut spec = PoolSpec::of(&rec)?;
     spec.min = 0;
     spec.max = 0;
     set_spec(host, name, &spec, false).await?;
-    for _ in 0..600 {
-        if host.feature::<ServicePools>().making(name) == 0 {
+    let pools = host.feature::<ServicePools>();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let waiting: Vec<_> = host
+            .ledger
+            .pool_members(Some(name))
+            .await?
+            .into_iter()
+            .filter(|m| m.state != MemberState::Taken)
+            .collect();
+        if waiting.is_empty() && pools.making(name) == 0 {
             break;
         }
+        for m in waiting {
+            member::remove(host, m.partition, "its pool is deleted").await;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(HostError::conflict(format!(
+                "pool {name}: members are still being made; retry"
+            )));
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    for m in host.ledger.pool_members(Some(name)).await? {
-        member::remove(host, m.partition, "its pool is deleted").await;
     }
     host.ledger
         .commit(Tx::new(
@@ -353,7 +352,7 @@ pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
             }],
         ))
         .await?;
-    host.feature::<ServicePools>().set_deferred(name, None);
+    pools.set_deferred(name, None);
     Ok(())
 }
 

@@ -235,7 +235,7 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
     }
     let mut guests = Vec::new();
     for g in &req.guests {
-        let rec = host.find(g).await?;
+        let rec = guest(host, g).await?;
         if !guests.contains(&rec.uuid) {
             guests.push(rec.uuid);
         }
@@ -575,10 +575,21 @@ pub async fn release(host: &Arc<Host>, key: &str) -> HostResult<()> {
     Ok(())
 }
 
+/// A guest a service may serve: any partition but a template.
+async fn guest(host: &Host, name: &str) -> HostResult<brood_ledger::PartitionRecord> {
+    let rec = host.find(name).await?;
+    if rec.stage == brood_ledger::Stage::Template {
+        return Err(HostError::transition(format!(
+            "{name} is a template, which never runs: a service serves running partitions"
+        )));
+    }
+    Ok(rec)
+}
+
 /// Associates a guest with a service, within its `domain_pairing`.
-pub async fn associate(host: &Host, key: &str, guest: &str) -> HostResult<api::Service> {
+pub async fn associate(host: &Host, key: &str, guest_name: &str) -> HostResult<api::Service> {
+    let g = guest(host, guest_name).await?;
     let rec = find(host, key).await?;
-    let g = host.find(guest).await?;
     host.ledger
         .commit(Tx::new(
             ACTOR,
