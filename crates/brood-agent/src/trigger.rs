@@ -184,15 +184,15 @@ pub fn differentiate(bytes: &[u8], dir: &Path, machine: &dyn Machine) -> Result<
     for (name, text) in &cfg.files {
         write_private(&dir.join(name), text.as_bytes(), 0o700)?;
     }
-    if !cfg.seed.is_empty() {
-        if let Err(err) = machine.reseed_rng(&cfg.seed) {
-            log!("trigger: reseed the RNG: {}", crate::console::chain(&err));
-        }
+    if !cfg.seed.is_empty()
+        && let Err(err) = machine.reseed_rng(&cfg.seed)
+    {
+        log!("trigger: reseed the RNG: {}", crate::console::chain(&err));
     }
-    if crate::system::validate_hostname(&cfg.name).is_ok() {
-        if let Err(err) = machine.set_hostname(&cfg.name) {
-            log!("trigger: set the hostname: {}", crate::console::chain(&err));
-        }
+    if crate::system::validate_hostname(&cfg.name).is_ok()
+        && let Err(err) = machine.set_hostname(&cfg.name)
+    {
+        log!("trigger: set the hostname: {}", crate::console::chain(&err));
     }
     for script in ["start.sh", "init.sh"] {
         if cfg.files.contains_key(script) {

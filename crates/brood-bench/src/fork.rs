@@ -25,7 +25,7 @@ use crate::api::{Conn, pct, wait_socket};
 use crate::{median, ms};
 
 /// The daemon under test, on throw-away directories.
-struct Daemon {
+pub(crate) struct Daemon {
     sock: PathBuf,
     token: String,
     child: std::process::Child,
@@ -45,7 +45,7 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start(broodd: &Path, image: &Path) -> Result<Self> {
+    pub(crate) fn start(broodd: &Path, image: &Path) -> Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("brood-bench-fork-")
             .tempdir()?;
@@ -78,7 +78,7 @@ impl Daemon {
         })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let body = body.map(Value::to_string);
         let (status, text) =
             Conn::open(&self.sock)?.request(method, path, &self.token, body.as_deref())?;
@@ -120,7 +120,7 @@ impl Daemon {
     }
 }
 
-fn smaps_kib(pid: u64, field: &str) -> f64 {
+pub(crate) fn smaps_kib(pid: u64, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()

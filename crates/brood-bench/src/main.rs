@@ -7,6 +7,7 @@ mod api;
 mod boot;
 mod fork;
 mod ledger;
+mod pool;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,6 +91,25 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
     },
+    /// Service pools: a request from members at the trigger point, against
+    /// a cold boot and a paused generic VM configured after resume.
+    Pool {
+        /// Requests from the pool (p50 and p99 are over these).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Cold boots.
+        #[arg(long, default_value_t = 5)]
+        cold_runs: usize,
+        /// Paused generic VMs.
+        #[arg(long, default_value_t = 5)]
+        generic_runs: usize,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
+        /// Image directory (its agent must have the trigger point).
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -107,6 +127,13 @@ fn main() -> Result<()> {
             broodd,
             image,
         } => fork::fork(runs, pool, &broodd, &image),
+        Cmd::Pool {
+            runs,
+            cold_runs,
+            generic_runs,
+            broodd,
+            image,
+        } => pool::pool(runs, cold_runs, generic_runs, &broodd, &image),
         Cmd::Api {
             partitions,
             clients,

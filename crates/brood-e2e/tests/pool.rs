@@ -422,3 +422,45 @@ fn kill9_of_broodd_mid_request_hands_nothing_out_twice() {
     drop(b);
     env.assert_clean();
 }
+
+/// The README's example of service pools, command by command, through the CLI.
+#[test]
+fn readme_service_pool_example_runs() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("brood pool create svc")
+        .expect("the README example");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let mut ran = 0;
+    for line in block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("brood "))
+    {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        if args.first() == Some(&"service") && args.get(1) == Some(&"request") {
+            wait_ready(&b, "svc", 1);
+        }
+        let out = b.brood().args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if line.contains("request http") {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["name"], "www");
+            assert_eq!(v["state"], "ready");
+            assert!(v["member"].is_string());
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 8);
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}

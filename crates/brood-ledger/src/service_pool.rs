@@ -272,7 +272,7 @@ pub enum ServicePoolOp {
         partition: Uuid,
     },
     /// Records a service; its member must be taken and serve no other.
-    InsertService(ServiceRecord),
+    InsertService(Box<ServiceRecord>),
     /// Changes a service's state.
     SetServiceState {
         /// The service.

@@ -86,7 +86,9 @@ fn take_ops(member: Uuid, name: &str) -> Vec<Op> {
             partition: member,
             expect: MemberState::Ready,
         }),
-        sp(ServicePoolOp::InsertService(service(name, member, 1))),
+        sp(ServicePoolOp::InsertService(Box::new(service(
+            name, member, 1,
+        )))),
     ]
 }
 

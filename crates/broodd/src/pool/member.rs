@@ -175,7 +175,8 @@ async fn boot_to_trigger(host: &Arc<Host>, uuid: Uuid, pause: bool) -> HostResul
     Ok(point)
 }
 
-async fn delete_partition(host: &Arc<Host>, uuid: Uuid) {
+/// Kills and deletes a member's partition (gone already is fine).
+pub async fn delete_partition(host: &Arc<Host>, uuid: Uuid) {
     match lifecycle::delete(host, ACTOR, uuid, true).await {
         Ok(()) | Err(HostError::NotFound(_)) => {}
         Err(e) => warn!(member = %uuid, "delete the member's partition: {}", chain(&e)),

@@ -84,18 +84,18 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
     for rec in host.ledger.service_pools().await? {
         let spec = PoolSpec::of(&rec)?;
         // The image was rebuilt: a new generation; older members are replaced.
-        if spec.max > 0 {
-            if let Ok(dir) = super::resolve_image(host, &spec.image).await {
-                let digest = super::image_digest(&dir).await;
-                if digest != spec.image_digest {
-                    let new = PoolSpec {
-                        image_digest: digest,
-                        ..spec.clone()
-                    };
-                    super::set_spec(host, &rec.name, &new, true).await?;
-                    info!(pool = %rec.name, "its image changed: members of the old one are replaced");
-                    continue;
-                }
+        if spec.max > 0
+            && let Ok(dir) = super::resolve_image(host, &spec.image).await
+        {
+            let digest = super::image_digest(&dir).await;
+            if digest != spec.image_digest {
+                let new = PoolSpec {
+                    image_digest: digest,
+                    ..spec.clone()
+                };
+                super::set_spec(host, &rec.name, &new, true).await?;
+                info!(pool = %rec.name, "its image changed: members of the old one are replaced");
+                continue;
             }
         }
         let members = host.ledger.pool_members(Some(&rec.name)).await?;
@@ -221,10 +221,23 @@ async fn release_orphans(host: &Arc<Host>) -> crate::host::HostResult<()> {
 
 /// Finishes what a killed broodd left half-done (see the module docs).
 pub async fn recover(host: &Arc<Host>) {
+    // A release that deleted the domain but not yet the rows.
+    if let Ok(services) = host.ledger.services().await {
+        for s in services {
+            if let Ok(None) = host.ledger.partition_by_uuid(s.member).await
+                && let Err(e) = request::forget(host, &s).await
+            {
+                warn!(service = %s.name, "forget a service whose domain is gone: {}", chain(&e));
+            }
+        }
+    }
     let Ok(members) = host.ledger.pool_members(None).await else {
         return;
     };
     for m in &members {
+        if m.state == MemberState::Taken {
+            continue;
+        }
         let part = host
             .ledger
             .partition_by_uuid(m.partition)

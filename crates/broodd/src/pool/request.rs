@@ -403,7 +403,7 @@ async fn commit_take(host: &Host, record: &ServiceRecord, expect: MemberState) -
                     },
                 },
                 Op::ServicePool {
-                    change: ServicePoolOp::InsertService(record.clone()),
+                    change: ServicePoolOp::InsertService(Box::new(record.clone())),
                 },
             ],
         ))
@@ -557,19 +557,19 @@ pub async fn list(host: &Host) -> HostResult<api::ServiceList> {
     Ok(api::ServiceList { items })
 }
 
-/// Releases a service: its domain is torn down and its member removed.
+/// Releases a service: its domain is torn down, then the service and its
+/// member leave the ledger together (a crash between the two is finished
+/// by the next start's recovery).
 pub async fn release(host: &Arc<Host>, key: &str) -> HostResult<()> {
     let rec = find(host, key).await?;
-    host.ledger
-        .commit(Tx::new(
-            ACTOR,
-            format!("release {}", rec.name),
-            vec![Op::ServicePool {
-                change: ServicePoolOp::DeleteService { uuid: rec.uuid },
-            }],
-        ))
-        .await?;
-    member::remove(host, rec.member, "its service was released").await;
+    member::delete_partition(host, rec.member).await;
+    if host.ledger.partition_by_uuid(rec.member).await?.is_some() {
+        return Err(HostError::conflict(format!(
+            "the domain of {} could not be deleted; retry",
+            rec.name
+        )));
+    }
+    forget(host, &rec).await?;
     let _ = tokio::fs::remove_file(&rec.config_path).await;
     host.feature::<ServicePools>().wake.notify_one();
     Ok(())
@@ -584,6 +584,25 @@ async fn guest(host: &Host, name: &str) -> HostResult<brood_ledger::PartitionRec
         )));
     }
     Ok(rec)
+}
+
+/// Removes a service and its member from the ledger in one transaction.
+pub async fn forget(host: &Host, rec: &ServiceRecord) -> HostResult<()> {
+    let mut ops = vec![Op::ServicePool {
+        change: ServicePoolOp::DeleteService { uuid: rec.uuid },
+    }];
+    if host.ledger.pool_member(rec.member).await?.is_some() {
+        ops.push(Op::ServicePool {
+            change: ServicePoolOp::RemoveMember {
+                partition: rec.member,
+            },
+        });
+    }
+    host.ledger
+        .commit(Tx::new(ACTOR, format!("release {}", rec.name), ops))
+        .await?;
+    host.feature::<ServicePools>().unclaim(rec.member);
+    Ok(())
 }
 
 /// Associates a guest with a service, within its `domain_pairing`.
