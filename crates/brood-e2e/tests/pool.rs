@@ -464,3 +464,79 @@ fn readme_service_pool_example_runs() {
     drop(b);
     env.assert_clean();
 }
+
+/// `brood vm create --requires http,log`: the guest gets one domain of each
+/// class associated with it, and deleting the guest releases them.
+#[test]
+fn vm_create_requires_gets_its_services_and_delete_releases_them() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "req", "min": 0, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100})),
+    );
+    let out = b
+        .brood()
+        .args([
+            "vm",
+            "create",
+            "guest",
+            "--memory",
+            "128",
+            "--requires",
+            "http,log",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = b.ok("GET", "/v1/services", None);
+    let items = list["items"].as_array().unwrap();
+    let mut classes: Vec<&str> = items.iter().map(|s| s["class"].as_str().unwrap()).collect();
+    classes.sort_unstable();
+    assert_eq!(classes, ["http", "log"], "{list}");
+    assert!(
+        items
+            .iter()
+            .all(|s| s["guests"] == json!(["guest"]) && s["state"] == "ready"),
+        "{list}"
+    );
+    // An unknown class is refused and leaves no VM behind.
+    let out = b
+        .brood()
+        .args([
+            "vm",
+            "create",
+            "other",
+            "--memory",
+            "64",
+            "--requires",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no class"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.call("GET", "/v1/partitions/other", None).0, 404);
+    b.ok("DELETE", "/v1/partitions/guest?force=true", None);
+    let gone = wait_until(Duration::from_secs(60), || {
+        b.ok("GET", "/v1/services", None)["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    assert!(gone, "{}", b.ok("GET", "/v1/services", None));
+    assert_eq!(b.call("DELETE", "/v1/pools/req", None).0, 204);
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}

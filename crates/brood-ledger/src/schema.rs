@@ -18,7 +18,7 @@
 //! audit(id INTEGER PK AUTOINCREMENT, time, actor, reason, changes JSON)
 //! service_pool(name PK, spec JSON, generation, next_index, created_at)
 //!                                              (V_SERVICE_POOLS, issue 10)
-//! service_member(partition PK, pool REFERENCES service_pool, seq,
+//! service_member(partition PK, pool (a service_pool, unless taken), seq,
 //!                state booting|ready|taken, point, generation, origin,
 //!                created_at, UNIQUE (pool, seq))            (V_SERVICE_POOLS)
 //! service(uuid PK, name UNIQUE, class, pool, member UNIQUE, state,

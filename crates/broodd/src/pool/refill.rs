@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brood_api::service::UnusedPolicy;
-use brood_ledger::{MemberOrigin, MemberState, RunState, ServiceState};
+use brood_ledger::{MemberOrigin, MemberState, ServiceState};
 use tracing::{info, warn};
 
 use super::{PoolSpec, ServicePools, member, request};
@@ -254,7 +254,6 @@ pub async fn recover(host: &Arc<Host>) {
             .await;
         }
         // A ready member whose VM did not survive is removed by the tick.
-        let _ = part.map(|p| p.run_state == RunState::Paused);
     }
     let Ok(services) = host.ledger.services().await else {
         return;
