@@ -58,7 +58,10 @@ fn exec(d: &Daemon, vm: &str, cmd: &str) -> Result<i64> {
         &format!("/v1/partitions/{vm}/exec"),
         Some(&json!({"command": cmd})),
     )?;
-    Ok(r["exit_code"].as_i64().unwrap_or(-1))
+    match r["exit_code"].as_i64() {
+        Some(c) => Ok(c),
+        None => bail!("exec in {vm} did not exit: {r}"),
+    }
 }
 
 /// Runs the pool benchmark.
@@ -87,6 +90,12 @@ pub fn pool(
         d.call("DELETE", &format!("/v1/services/b{i}"), None)?;
     }
     eprintln!("{runs} pool requests done");
+    println!(
+        "pool request to answering, {runs} requests: p50 {:.1} ms, p99 {:.1} ms; refill by cold boot p50 {:.0} ms; paused member PSS {pss:.1} MiB",
+        median(wall.clone()),
+        pct(&mut wall.clone(), 0.99),
+        median(refill.clone())
+    );
     d.call("DELETE", "/v1/pools/bench", None)?;
 
     // (a) cold boot: an empty pool falls back to booting a member.
@@ -101,6 +110,11 @@ pub fn pool(
         d.call("DELETE", &format!("/v1/services/c{i}"), None)?;
     }
     eprintln!("{cold_runs} cold boots done");
+    println!(
+        "(a) cold boot, {cold_runs} runs: p50 {:.1} ms, p99 {:.1} ms",
+        median(cold.clone()),
+        pct(&mut cold.clone(), 0.99)
+    );
     d.call("DELETE", "/v1/pools/cold", None)?;
 
     // (b) a booted, paused generic VM configured after resume.
@@ -121,7 +135,11 @@ pub fn pool(
         d.call("POST", &format!("/v1/partitions/{vm}/resume"), None)?;
         let env = "export BROOD_SERVICE_DIR=/run/g BROOD_PORT=80 BROOD_ROOT=/srv/www BROOD_INDEX=x; \
                    printf 'BROOD_PORT=80\\n' > /run/g/env";
-        let code = exec(&d, &vm, &format!("{env}; sh /run/g/start.sh"))?;
+        let code = exec(
+            &d,
+            &vm,
+            &format!("{env}; sh /run/g/start.sh >/run/g/log 2>&1 </dev/null"),
+        )?;
         if code != 0 {
             bail!("generic start failed: {code}");
         }
