@@ -194,6 +194,9 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
         Some(file) => parse_request(&read_input(file).await?, file, &args.name, start)?,
         None => request_from_flags(&args.name, args.flags, start),
     };
+    if start && !args.requires.is_empty() {
+        crate::service::check_classes(client, &args.requires).await?;
+    }
     let p: Partition = client.post("/v1/partitions", &req).await?;
     if start && !args.requires.is_empty() {
         crate::service::request_for(client, &p.name, &args.requires, out).await?;

@@ -79,6 +79,19 @@ pub struct RequestArgs {
     timeout: Option<u64>,
 }
 
+/// Refuses classes broodd does not know, before anything is created.
+pub async fn check_classes(client: &Client, classes: &[String]) -> Result<()> {
+    let l: ServiceClassList = client.get("/v1/service-classes").await?;
+    let known: Vec<&str> = l.items.iter().map(|c| c.name.as_str()).collect();
+    if let Some(bad) = classes.iter().find(|c| !known.contains(&c.as_str())) {
+        anyhow::bail!(
+            "--requires {bad}: no class {bad:?}; known classes are {} (`brood service classes`)",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Requests one service of each class for the new VM `vm` (`brood vm
 /// create --requires`). If one fails, the services made so far are
 /// released and the VM is deleted, so nothing is left half-done.
