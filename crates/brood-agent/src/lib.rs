@@ -44,11 +44,12 @@ pub mod link;
 pub mod net;
 pub mod point;
 pub mod port;
-pub mod root;
 pub mod pty;
+pub mod root;
 pub mod serve;
 pub mod service;
 pub mod system;
+pub mod trigger;
 pub mod workers;
 
 /// The agent's version, reported in `Ready` and `Info`.

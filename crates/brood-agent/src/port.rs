@@ -127,6 +127,8 @@ pub fn run() -> Result<(), PortError> {
         path.display(),
         crate::system::uptime_ms()
     );
+    // A pool member goes to its trigger point once the agent serves.
+    crate::trigger::spawn(Path::new(POINT_SOCKET));
     let config = ServeConfig {
         point_socket: Some(PathBuf::from(POINT_SOCKET)),
         on_eof: OnEof::WaitForHost,

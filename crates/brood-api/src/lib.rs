@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod listen;
 pub mod network;
 pub mod partition;
+pub mod service;
 pub mod snapshot;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

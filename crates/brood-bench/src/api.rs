@@ -218,6 +218,7 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .context("bad status line")?;
         let mut len = 0usize;
+        let mut chunked = false;
         loop {
             line.clear();
             self.r.read_line(&mut line)?;
@@ -225,11 +226,30 @@ impl Conn {
             if l.is_empty() {
                 break;
             }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().context("bad content-length")?;
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().context("bad content-length")?;
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.trim().eq_ignore_ascii_case("chunked");
+                }
             }
+        }
+        if chunked {
+            // An exec answers chunked: read every chunk up to the empty one.
+            let mut buf = Vec::new();
+            loop {
+                line.clear();
+                self.r.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim(), 16).context("bad chunk size")?;
+                let mut chunk = vec![0u8; n + 2];
+                self.r.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                chunk.truncate(n);
+                buf.extend_from_slice(&chunk);
+            }
+            return Ok((status, String::from_utf8_lossy(&buf).into_owned()));
         }
         let mut buf = vec![0u8; len];
         self.r.read_exact(&mut buf)?;

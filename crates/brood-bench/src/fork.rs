@@ -125,7 +125,7 @@ impl Daemon {
     }
 }
 
-fn smaps_kib(pid: u64, field: &str) -> f64 {
+pub(crate) fn smaps_kib(pid: u64, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()

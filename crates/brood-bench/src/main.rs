@@ -11,6 +11,7 @@ mod debian;
 mod fork;
 mod io;
 mod ledger;
+mod pool;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -127,6 +128,25 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
     },
+    /// Service pools: a request from members at the trigger point, against
+    /// a cold boot and a paused generic VM configured after resume.
+    Pool {
+        /// Requests from the pool (p50 and p99 are over these).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Cold boots.
+        #[arg(long, default_value_t = 5)]
+        cold_runs: usize,
+        /// Paused generic VMs.
+        #[arg(long, default_value_t = 5)]
+        generic_runs: usize,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
+        /// Image directory (its agent must have the trigger point).
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -160,6 +180,13 @@ fn main() -> Result<()> {
             broodd,
             image,
         } => fork::fork(runs, pool, &broodd, &image),
+        Cmd::Pool {
+            runs,
+            cold_runs,
+            generic_runs,
+            broodd,
+            image,
+        } => pool::pool(runs, cold_runs, generic_runs, &broodd, &image),
         Cmd::Api {
             partitions,
             clients,

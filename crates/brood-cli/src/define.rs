@@ -32,6 +32,10 @@ pub struct DefineArgs {
     pub from_json: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Configuration")]
     pub flags: ConfigFlags,
+    /// Services the VM needs, requested for it once it runs (`create`
+    /// only): comma-separated classes, e.g. `--requires http,log`.
+    #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
+    pub requires: Vec<String>,
 }
 
 /// The flags that describe one configuration.
@@ -243,7 +247,13 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
         (None, Some(name)) => request_from_flags(name, args.flags, start),
         (None, None) => anyhow::bail!("name the partition (or give --from-json FILE)"),
     };
+    if start && !args.requires.is_empty() {
+        crate::service::check_classes(client, &args.requires).await?;
+    }
     let p: Partition = client.post("/v1/partitions", &req).await?;
+    if start && !args.requires.is_empty() {
+        crate::service::request_for(client, &p.name, &args.requires, out).await?;
+    }
     match out {
         Output::Json => print_json(&p)?,
         Output::Text => {

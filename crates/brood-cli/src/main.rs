@@ -22,8 +22,10 @@ mod ledger;
 mod man;
 mod network;
 mod paths;
+mod pool;
 mod render;
 mod run;
+mod service;
 mod snapshot;
 mod template;
 mod trust;
@@ -133,6 +135,24 @@ enum Cmd {
   brood io stop switch-default --force"
     )]
     Io(io::IoCmd),
+    /// Manage pools of service domains waiting at their trigger point.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood pool create svc --image default --min 2
+  brood pool show svc
+  brood service request http --pool svc"
+    )]
+    Pool(pool::PoolCmd),
+    /// Request, list, show and release services from service pools.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood service request http --set ip=10.0.0.2/24
+  brood service list
+  brood service release http-1a2b3c4d"
+    )]
+    Service(service::ServiceCmd),
     /// Inspect broodd's resource ledger.
     #[command(
         subcommand,
@@ -283,6 +303,10 @@ fn main() {
             with_client(&conn, |c| async move { network::run(cmd, &c, out).await })
         }
         Cmd::Io(cmd) => with_client(&conn, |c| async move { io::run(cmd, &c, out).await }),
+        Cmd::Pool(cmd) => with_client(&conn, |c| async move { pool::run(cmd, &c, out).await }),
+        Cmd::Service(cmd) => {
+            with_client(&conn, |c| async move { service::run(cmd, &c, out).await })
+        }
         Cmd::Ledger(cmd) => with_client(&conn, |c| async move { ledger::run(cmd, &c, out).await }),
         Cmd::Host(cmd) => with_client(&conn, |c| async move { host::run(cmd, &c, out).await }),
         Cmd::Events(args) => {

@@ -44,6 +44,7 @@ mod pool;
 mod read;
 mod resource;
 mod schema;
+mod service_pool;
 mod state;
 mod store;
 mod tx;
@@ -65,6 +66,10 @@ pub use pool::{
 pub use read::AuditEntry;
 pub use resource::{Holding, Owner, ParseNameError, ResourceKind, Resources};
 pub use schema::latest_version as schema_version;
+pub use service_pool::{
+    MemberOrigin, MemberRecord, MemberState, ServicePoolOp, ServicePoolRecord, ServiceRecord,
+    ServiceState,
+};
 pub use state::{RunState, Stage, TransitionError};
 pub use tx::{Committed, Op, Tx, TxId};
 pub use uuid::Uuid;

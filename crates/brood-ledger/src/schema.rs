@@ -16,6 +16,15 @@
 //! pool_item(pool REFERENCES pool, seq, value, holder REFERENCES partition,
 //!           PK (pool, value), UNIQUE (pool, seq))                    (v2)
 //! audit(id INTEGER PK AUTOINCREMENT, time, actor, reason, changes JSON)
+//! service_pool(name PK, spec JSON, generation, next_index, created_at)
+//!                                              (V_SERVICE_POOLS, issue 10)
+//! service_member(partition PK, pool (a service_pool, unless taken), seq,
+//!                state booting|ready|taken, point, generation, origin,
+//!                created_at, UNIQUE (pool, seq))            (V_SERVICE_POOLS)
+//! service(uuid PK, name UNIQUE, class, pool, member UNIQUE, state,
+//!         config_path, config_sha256, domain_pairing, device_pairing,
+//!         settings JSON, fallback, created_at)                (V_SERVICE_POOLS)
+//! service_guest(service REFERENCES service, guest, PK both)   (V_SERVICE_POOLS)
 //!         append-only: triggers abort UPDATE and DELETE
 //! network(name PK, zone, subnet, gateway, nat, created_at)      (V_NETIO)
 //! io_partition(name PK, kind, zone, run_state, pid, restart_count,
@@ -52,7 +61,9 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO];
+const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS];
+
+use crate::service_pool::V_SERVICE_POOLS;
 
 /// Version 1: capacity, partitions, holdings, the audit log.
 pub(crate) const V1: &str = "

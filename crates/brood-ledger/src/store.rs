@@ -216,6 +216,7 @@ fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, Le
             pool::give_back(conn, *holder, pool.as_deref())
         }
         Op::Net(op) => crate::network::apply(conn, i, op, now),
+        Op::ServicePool { change } => crate::service_pool::apply(conn, i, change, now),
     }
 }
 

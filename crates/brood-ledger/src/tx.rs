@@ -155,6 +155,12 @@ pub enum Op {
     },
     /// A change to networks, I/O partitions or channels (`network.rs`).
     Net(crate::network::NetOp),
+    /// A change to service pools, their members and services
+    /// (`service_pool`'s ops, checked and applied there).
+    ServicePool {
+        /// The change.
+        change: crate::service_pool::ServicePoolOp,
+    },
 }
 
 impl Op {

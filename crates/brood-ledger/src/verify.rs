@@ -93,6 +93,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<Vec<Problem>, LedgerError> {
         }
     }
     pool_items(conn, &mut out)?;
+    crate::service_pool::verify(conn, &mut out)?;
     Ok(out)
 }
 

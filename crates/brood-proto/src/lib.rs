@@ -20,6 +20,7 @@
 pub mod frame;
 pub mod hostname;
 pub mod msg;
+pub mod service;
 pub mod session;
 
 pub use frame::{

@@ -14,6 +14,7 @@ mod memory;
 mod metrics;
 mod network;
 mod partition;
+mod pool;
 mod reconcile;
 mod suggest;
 mod template;
@@ -72,6 +73,8 @@ impl Broodd {
             .insert(Kind::Child, Arc::new(fork::child::ChildLauncher));
         plugins.hooks.push(Arc::new(partition::restart::Restarter));
         plugins.hooks.push(Arc::new(template::points::ForkPoints));
+        plugins.hooks.push(Arc::new(pool::MemberExits));
+        plugins.feature(Arc::new(pool::ServicePools::default()));
         plugins.feature(Arc::new(template::Templates::default()));
         plugins.feature(Arc::new(api::render::RenderCache::default()));
         plugins.hooks.push(Arc::new(network::NetworkHooks));
@@ -91,12 +94,16 @@ impl Broodd {
         io::start_all(&host)
             .await
             .context("start the I/O partitions")?;
+        pool::load_claims(&host)
+            .await
+            .context("load the service pools' members")?;
         reconcile::run(&host)
             .await
             .context("reconcile the ledger with running VMs")?;
         template::refill_all(&host);
         memory::spawn(host.clone());
         partition::autostart::spawn(&host);
+        pool::refill::spawn(host.clone());
         Ok(Broodd { host })
     }
 

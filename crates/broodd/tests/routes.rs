@@ -52,6 +52,9 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", "/templates") => json!({"vm": name}),
         ("POST", p) if p.ends_with("/fork") => json!({"count": 1}),
         ("POST", p) if p.ends_with("/snapshots") => json!({"name": "s1"}),
+        ("POST", "/pools") => json!({"name": name, "min": 0, "max": 0}),
+        ("POST", "/services") => json!({"class": "http", "pool": name}),
+        ("POST", p) if p.ends_with("/guests") => json!({"guest": name}),
         ("POST", p) if p.ends_with("pools") => {
             json!({"name": name, "kind": "identity", "values": ["v"]})
         }
@@ -261,6 +264,11 @@ async fn fixture() -> TestApp {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A service pool that keeps no members (its requests cold-boot one).
+    let (s, v) = app
+        .post("/v1/pools", json!({"name": "sp", "min": 0, "max": 0}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     app
 }
 
@@ -272,6 +280,17 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
             return Some(("", Some(json!({"name": "on", "configs": {"d": {}}}))));
         }
         ("POST", "/templates") => return Some(("", Some(json!({"vm": "off"})))),
+        ("POST", "/pools") => return Some(("", Some(json!({"name": "sp"})))),
+        ("DELETE", "/pools/{name}") => return None,
+        ("POST", "/services") => {
+            return Some((
+                "",
+                Some(json!({"class": "http", "pool": "sp", "for": ["tpl"]})),
+            ));
+        }
+        ("POST", "/services/{name}/guests") => {
+            return Some(("x", Some(json!({"guest": "tpl"}))));
+        }
         ("POST", p) if p.ends_with("pools") => {
             return Some((
                 "",
@@ -434,6 +453,11 @@ async fn every_route_that_drives_the_engine_maps_its_failure_to_502() {
                 });
                 ("on?path=/tmp/f", None)
             }
+            ("POST", "/services") => {
+                // The pool is empty: the cold boot of a member fails.
+                fake.fail_next(Op::Boot, EngineError::InvalidSpec("no".into()));
+                ("", Some(json!({"class": "http", "pool": "sp"})))
+            }
             _ => panic!("{method} {path} documents 502: add its engine failure here"),
         };
         // A query rides on the name; it goes after the path.
@@ -577,6 +601,16 @@ const KNOWN: &[&str] = &[
     "GET /v1/host",
     "GET /v1/events",
     "GET /v1/openapi.json",
+    "GET /v1/pools",
+    "POST /v1/pools",
+    "GET /v1/pools/{name}",
+    "DELETE /v1/pools/{name}",
+    "GET /v1/services",
+    "POST /v1/services",
+    "GET /v1/services/{name}",
+    "DELETE /v1/services/{name}",
+    "POST /v1/services/{name}/guests",
+    "GET /v1/service-classes",
 ];
 
 #[tokio::test]

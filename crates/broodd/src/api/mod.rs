@@ -10,6 +10,7 @@ mod ledger;
 mod network;
 mod partitions;
 pub mod render;
+mod service_pools;
 mod snapshots;
 mod stream;
 mod templates;
@@ -41,6 +42,7 @@ use crate::host::Host;
         (name = "host", description = "The host and its event stream"),
         (name = "templates", description = "Templates, forks and identity pools"),
         (name = "networks", description = "Networks and the I/O partitions that serve them"),
+        (name = "services", description = "Pools of service domains and the services they become"),
     )
 )]
 struct ApiDoc;
@@ -70,6 +72,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = snapshots::routes(r);
     let r = network::routes(r);
     let r = attach::routes(r);
+    let r = service_pools::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

@@ -20,6 +20,10 @@ pub struct ForkPoints;
 
 impl Hooks for ForkPoints {
     fn on_running(&self, host: &Arc<Host>, uuid: Uuid, vm: &Arc<Running>) {
+        // A service-pool member's points are its pool's (its trigger point).
+        if crate::pool::claims_points(host, uuid) {
+            return;
+        }
         let Ok(agent) = vm.vm.agent().cloned() else {
             return;
         };

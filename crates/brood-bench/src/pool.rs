@@ -1,0 +1,179 @@
+//! `brood-bench pool`: a service request from a pool of members waiting at
+//! the trigger point, against the other ways to get the same service, on
+//! the same image in one run.
+//!
+//! - brood: `POST /v1/services` (class `http`) from a pool of members
+//!   paused at the trigger point, refilled between requests; latency from
+//!   the call to its return, which is when the class's probe (an HTTP GET
+//!   inside the domain) answered.
+//! - (a) a cold boot of the same image to the same answer: a request to an
+//!   empty pool, whose fallback boots a member and differentiates it;
+//! - (b) a fully booted, paused generic VM configured after resume (what
+//!   Qubes' preloaded disposables do): resume it, run the same start script
+//!   through the agent, then the same probe.
+//!
+//! Also: refill time of one member by cold boot, and a paused member's PSS.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use crate::api::pct;
+use crate::fork::{Daemon, smaps_kib};
+use crate::{median, ms};
+
+const HTTP_START: &str = include_str!("../../../images/classes/http/start.sh");
+const HTTP_PROBE: &str = include_str!("../../../images/classes/http/probe.sh");
+
+fn wait_ready(d: &Daemon, pool: &str, n: u64) -> Result<Duration> {
+    let t0 = Instant::now();
+    while d.call("GET", &format!("/v1/pools/{pool}"), None)?["ready"].as_u64() < Some(n) {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("pool {pool} did not refill to {n}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(t0.elapsed())
+}
+
+fn request(d: &Daemon, pool: &str, name: &str) -> Result<(f64, Value)> {
+    let t0 = Instant::now();
+    let v = d.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "http", "pool": pool, "name": name})),
+    )?;
+    let t = ms(t0.elapsed());
+    if v["state"] != "ready" {
+        bail!("{name}: {v}");
+    }
+    Ok((t, v))
+}
+
+fn exec(d: &Daemon, vm: &str, cmd: &str) -> Result<i64> {
+    let r = d.call(
+        "POST",
+        &format!("/v1/partitions/{vm}/exec"),
+        Some(&json!({"command": cmd})),
+    )?;
+    match r["exit_code"].as_i64() {
+        Some(c) => Ok(c),
+        None => bail!("exec in {vm} did not exit: {r}"),
+    }
+}
+
+/// Runs the pool benchmark.
+pub fn pool(
+    runs: usize,
+    cold_runs: usize,
+    generic_runs: usize,
+    broodd: &Path,
+    image: &Path,
+) -> Result<()> {
+    let d = Daemon::start(broodd, image)?;
+    let spec = |name: &str, min: u32| json!({"name": name, "min": min, "max": min + 2, "memory_mib": 128, "cpu_threshold_pct": 100});
+    d.call("POST", "/v1/pools", Some(&spec("bench", 2)))?;
+    wait_ready(&d, "bench", 2)?;
+    let members = d.call("GET", "/v1/pools/bench", None)?;
+    let pid = members["members"][0]["pid"].as_u64().unwrap_or(0);
+    let pss = smaps_kib(pid, "Pss:") / 1024.0;
+
+    // brood: requests from the pool, refilled between them.
+    let (mut wall, mut refill) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        wait_ready(&d, "bench", 2)?;
+        let (t, _) = request(&d, "bench", &format!("b{i}"))?;
+        wall.push(t);
+        refill.push(ms(wait_ready(&d, "bench", 2)?));
+        d.call("DELETE", &format!("/v1/services/b{i}"), None)?;
+    }
+    eprintln!("{runs} pool requests done");
+    println!(
+        "pool request to answering, {runs} requests: p50 {:.1} ms, p99 {:.1} ms; refill by cold boot p50 {:.0} ms; paused member PSS {pss:.1} MiB",
+        median(wall.clone()),
+        pct(&mut wall.clone(), 0.99),
+        median(refill.clone())
+    );
+    d.call("DELETE", "/v1/pools/bench", None)?;
+
+    // (a) cold boot: an empty pool falls back to booting a member.
+    d.call("POST", "/v1/pools", Some(&spec("cold", 0)))?;
+    let mut cold = Vec::new();
+    for i in 0..cold_runs {
+        let (t, v) = request(&d, "cold", &format!("c{i}"))?;
+        if v["fallback"].is_null() {
+            bail!("the empty pool did not fall back: {v}");
+        }
+        cold.push(t);
+        d.call("DELETE", &format!("/v1/services/c{i}"), None)?;
+    }
+    eprintln!("{cold_runs} cold boots done");
+    println!(
+        "(a) cold boot, {cold_runs} runs: p50 {:.1} ms, p99 {:.1} ms",
+        median(cold.clone()),
+        pct(&mut cold.clone(), 0.99)
+    );
+    d.call("DELETE", "/v1/pools/cold", None)?;
+
+    // (b) a booted, paused generic VM configured after resume.
+    let mut generic = Vec::new();
+    let setup = format!(
+        "mkdir -p /run/g && cat > /run/g/start.sh <<'S'\n{HTTP_START}S\ncat > /run/g/probe.sh <<'P'\n{HTTP_PROBE}P\n"
+    );
+    for i in 0..generic_runs {
+        let vm = format!("g{i}");
+        d.call(
+            "POST",
+            "/v1/partitions",
+            Some(&json!({"name": vm, "configs": {"d": {"memory_mib": 128}}, "start": true})),
+        )?;
+        exec(&d, &vm, &setup)?;
+        d.call("POST", &format!("/v1/partitions/{vm}/pause"), None)?;
+        let t0 = Instant::now();
+        d.call("POST", &format!("/v1/partitions/{vm}/resume"), None)?;
+        let env = "export BROOD_SERVICE_DIR=/run/g BROOD_PORT=80 BROOD_ROOT=/srv/www BROOD_INDEX=x; \
+                   printf 'BROOD_PORT=80\\n' > /run/g/env";
+        let code = exec(
+            &d,
+            &vm,
+            &format!("{env}; sh /run/g/start.sh >/run/g/log 2>&1 </dev/null"),
+        )?;
+        if code != 0 {
+            bail!("generic start failed: {code}");
+        }
+        while exec(&d, &vm, &format!("{env}; sh /run/g/probe.sh"))? != 0 {
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("generic probe never answered");
+            }
+        }
+        generic.push(ms(t0.elapsed()));
+        d.call("DELETE", &format!("/v1/partitions/{vm}?force=true"), None)?;
+    }
+    eprintln!("{generic_runs} generic VMs done");
+
+    let p50 = median(wall.clone());
+    let cold50 = median(cold.clone());
+    let gen50 = median(generic.clone());
+    println!(
+        "pool request to answering, {runs} requests: p50 {p50:.1} ms, p99 {:.1} ms",
+        pct(&mut wall, 0.99)
+    );
+    println!(
+        "(a) cold boot to the same answer, {cold_runs} runs: p50 {cold50:.1} ms, p99 {:.1} ms; pool is {:.1}% below",
+        pct(&mut cold, 0.99),
+        100.0 * (1.0 - p50 / cold50)
+    );
+    println!(
+        "(b) paused generic VM configured after resume, {generic_runs} runs: p50 {gen50:.1} ms, p99 {:.1} ms; ratio {:.2}",
+        pct(&mut generic, 0.99),
+        gen50 / p50
+    );
+    println!(
+        "refill of one member by cold boot: p50 {:.0} ms; by clone: not implemented",
+        median(refill)
+    );
+    println!("paused member PSS: {pss:.1} MiB");
+    Ok(())
+}

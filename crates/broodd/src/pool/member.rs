@@ -1,0 +1,217 @@
+//! Making and removing members. A member is a plain partition named
+//! `<pool>-m<N>` with `brood.trigger` on its kernel command line: its agent
+//! goes to the trigger point once hardware discovery is done, and broodd
+//! pauses it there (QMP `stop`: its vCPUs use no CPU while it waits).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brood_api as api;
+use brood_engine::EngineError;
+use brood_ledger::{LedgerError, MemberOrigin, Op, ServicePoolOp, Tx};
+use brood_proto::service::{TRIGGER_CMDLINE, TRIGGER_POINT};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{ACTOR, PoolSpec, ServicePools};
+use crate::host::{Host, HostError, HostResult, chain};
+use crate::partition::{define, lifecycle};
+
+/// How long a member may take to reach its trigger point.
+const TRIGGER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A member that reached its trigger point.
+#[derive(Debug, Clone, Copy)]
+pub struct AtTrigger {
+    /// Its partition.
+    pub uuid: Uuid,
+    /// The agent's point.
+    pub point: u32,
+}
+
+fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
+    let config = api::PartitionConfig {
+        vcpus: 1,
+        memory_mib: spec.memory_mib,
+        nics: spec
+            .network
+            .iter()
+            .map(|n| api::NicConfig {
+                network: n.clone(),
+                mac: None,
+            })
+            .collect(),
+        cmdline: TRIGGER_CMDLINE.into(),
+        ..Default::default()
+    };
+    api::DefineRequest {
+        name,
+        configs: [("member".to_string(), config)].into(),
+        active_config: None,
+        start: false,
+    }
+}
+
+/// Defines a member of `pool`, records it (booting) and boots it to the
+/// trigger point; with `pause` (a pool refill) it is paused and queued
+/// there, without (a fallback for one request) it is left waiting, running.
+/// On failure nothing of it is left.
+pub async fn make(
+    host: &Arc<Host>,
+    pool: &str,
+    origin: MemberOrigin,
+    pause: bool,
+) -> HostResult<AtTrigger> {
+    let pools = host.feature::<ServicePools>();
+    pools.add_making(pool, 1);
+    let made = make_inner(host, pool, origin, pause).await;
+    pools.add_making(pool, -1);
+    made
+}
+
+async fn make_inner(
+    host: &Arc<Host>,
+    pool: &str,
+    origin: MemberOrigin,
+    pause: bool,
+) -> HostResult<AtTrigger> {
+    let rec = super::pool_record(host, pool).await?;
+    let spec = PoolSpec::of(&rec)?;
+    // Names come from the pool's counter; one taken by someone else's
+    // partition is skipped.
+    let mut index = rec.next_index;
+    let partition = loop {
+        let name = format!("{pool}-m{index}");
+        match define::define(host, ACTOR, member_request(name, &spec)).await {
+            Ok(p) => break p,
+            Err(HostError::Ledger(LedgerError::NameTaken { .. }))
+                if index < rec.next_index + 64 =>
+            {
+                index += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let uuid = partition.uuid;
+    host.feature::<ServicePools>().claim(uuid);
+    let added = host
+        .ledger
+        .commit(Tx::new(
+            ACTOR,
+            format!("add member {} to pool {pool}", partition.name),
+            vec![Op::ServicePool {
+                change: ServicePoolOp::AddMember {
+                    partition: uuid,
+                    pool: pool.into(),
+                    origin,
+                },
+            }],
+        ))
+        .await;
+    if let Err(e) = added {
+        delete_partition(host, uuid).await;
+        host.feature::<ServicePools>().unclaim(uuid);
+        return Err(e.into());
+    }
+    match boot_to_trigger(host, uuid, pause).await {
+        Ok(point) => {
+            info!(pool, member = %partition.name, "member at its trigger point");
+            Ok(AtTrigger { uuid, point })
+        }
+        Err(e) => {
+            warn!(pool, member = %partition.name, "member did not reach its trigger point: {}", chain(&e));
+            remove(host, uuid, "it did not reach its trigger point").await;
+            Err(e)
+        }
+    }
+}
+
+async fn boot_to_trigger(host: &Arc<Host>, uuid: Uuid, pause: bool) -> HostResult<u32> {
+    lifecycle::start(host, ACTOR, uuid).await?;
+    let running = host
+        .registry
+        .running(uuid)
+        .ok_or_else(|| HostError::conflict("the member ended as it started"))?;
+    let agent = running
+        .vm
+        .agent()
+        .map_err(|e| HostError::engine("the member's agent", e))?
+        .clone();
+    let deadline = tokio::time::Instant::now() + TRIGGER_TIMEOUT;
+    let point = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let p = tokio::select! {
+            exit = running.vm.wait_exit() => {
+                return Err(HostError::conflict(format!("the member ended before its trigger point: {exit}")));
+            }
+            p = agent.next_point(left) => p,
+        };
+        match p {
+            Ok(p) if p.name == TRIGGER_POINT => break p.seq,
+            Ok(p) => {
+                warn!(member = %uuid, point = ?p.name, "a member announced a point that is not its trigger point")
+            }
+            Err(e @ EngineError::Timeout { .. }) => {
+                return Err(HostError::engine("wait for the member's trigger point", e));
+            }
+            Err(e) => return Err(HostError::engine("wait for the member's trigger point", e)),
+        }
+    };
+    if pause {
+        lifecycle::pause(host, ACTOR, uuid, true).await?;
+        host.ledger
+            .commit(Tx::new(
+                ACTOR,
+                format!("member {uuid} at its trigger point"),
+                vec![Op::ServicePool {
+                    change: ServicePoolOp::MemberReady {
+                        partition: uuid,
+                        point,
+                    },
+                }],
+            ))
+            .await?;
+    }
+    Ok(point)
+}
+
+/// Kills and deletes a member's partition (gone already is fine).
+pub async fn delete_partition(host: &Arc<Host>, uuid: Uuid) {
+    match lifecycle::delete(host, ACTOR, uuid, true).await {
+        Ok(()) | Err(HostError::NotFound(_)) => {}
+        Err(e) => warn!(member = %uuid, "delete the member's partition: {}", chain(&e)),
+    }
+}
+
+/// Removes a member: its VM is killed, its partition deleted, then its row
+/// (in that order: a crash between leaves a row without partition, which
+/// the next start removes). Failures are logged; the supervisor retries.
+pub async fn remove(host: &Arc<Host>, uuid: Uuid, why: &str) {
+    delete_partition(host, uuid).await;
+    if host
+        .ledger
+        .partition_by_uuid(uuid)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return;
+    }
+    let removed = host
+        .ledger
+        .commit(Tx::new(
+            ACTOR,
+            format!("remove member {uuid}: {why}"),
+            vec![Op::ServicePool {
+                change: ServicePoolOp::RemoveMember { partition: uuid },
+            }],
+        ))
+        .await;
+    match removed {
+        Ok(_) | Err(LedgerError::Precondition { .. }) => {
+            host.feature::<ServicePools>().unclaim(uuid);
+        }
+        Err(e) => warn!(member = %uuid, "remove the member's row: {}", chain(&e)),
+    }
+}
