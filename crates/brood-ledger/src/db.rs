@@ -72,6 +72,11 @@ impl LedgerDb {
         tx.commit().ctx("commit initialization")
     }
 
+    /// The connection, for the tenancy reads (`tenancy`).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -384,7 +389,7 @@ mod tests {
 
         // The initial capacity is ignored: the file has one.
         let mut db = LedgerDb::open(&path, Resources::ZERO).expect("open migrates");
-        assert_eq!(user_version(&path), 2);
+        assert_eq!(user_version(&path), crate::schema::latest_version());
         let cap = Resources {
             memory_mib: 1024,
             vcpus: 4,
@@ -512,7 +517,7 @@ mod tests {
         drop(db);
 
         let db = LedgerDb::open(&path, Resources::ZERO).expect("reopen");
-        assert_eq!(user_version(&path), 2);
+        assert_eq!(user_version(&path), crate::schema::latest_version());
         assert_eq!(db.children_of(uuid).expect("children").len(), 1);
         assert_eq!(db.log(None, 10).expect("log").len(), 3);
         assert_eq!(db.verify().expect("verify"), []);

@@ -200,7 +200,7 @@ impl Ledger {
 
     /// Runs `f` on a reader thread inside one read transaction (a
     /// consistent snapshot).
-    async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
