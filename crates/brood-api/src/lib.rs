@@ -14,6 +14,7 @@ pub mod host;
 pub mod ledger;
 pub mod listen;
 pub mod partition;
+pub mod tenancy;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventKind};
@@ -27,6 +28,7 @@ pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
 };
 pub use partition::*;
+pub use tenancy::*;
 
 /// Default page size of list endpoints.
 pub const DEFAULT_PAGE: usize = 100;

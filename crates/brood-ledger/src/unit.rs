@@ -173,6 +173,8 @@ pub enum UnitOp {
         doc: Value,
     },
     /// Makes a partition a member: its reservations come from the unit.
+    /// It must hold nothing yet; a membership inherited from its parent is
+    /// replaced.
     Join {
         /// The partition (inserted earlier, holding nothing yet).
         partition: Uuid,
@@ -326,12 +328,6 @@ pub(crate) fn apply(
             if read::partition_by_uuid(conn, *partition)?.is_none() {
                 return Err(LedgerError::NoSuchPartition { uuid: *partition });
             }
-            if let Some(other) = unit_of(conn, *partition)? {
-                return Err(invalid(
-                    i,
-                    format!("partition {partition} is already a member of unit {other}"),
-                ));
-            }
             if !read::held_by(conn, Owner::Partition(*partition))?.is_zero() {
                 return Err(invalid(
                     i,
@@ -344,11 +340,16 @@ pub(crate) fn apply(
     }
 }
 
+/// Makes `partition` a member of `unit` (replacing a membership it
+/// inherited from its parent: it holds nothing yet).
 fn insert_member(conn: &Connection, partition: Uuid, unit: Uuid) -> Result<(), LedgerError> {
-    conn.prepare_cached("INSERT INTO unit_member (partition, unit) VALUES (?1, ?2)")
-        .ctx("prepare member insert")?
-        .execute(params![partition.to_string(), unit.to_string()])
-        .ctx("insert unit member")?;
+    conn.prepare_cached(
+        "INSERT INTO unit_member (partition, unit) VALUES (?1, ?2) \
+         ON CONFLICT (partition) DO UPDATE SET unit = excluded.unit",
+    )
+    .ctx("prepare member insert")?
+    .execute(params![partition.to_string(), unit.to_string()])
+    .ctx("insert unit member")?;
     Ok(())
 }
 

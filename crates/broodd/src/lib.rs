@@ -14,6 +14,7 @@ mod metrics;
 mod partition;
 mod reconcile;
 mod template;
+pub mod tenancy;
 mod verify;
 mod wire;
 
