@@ -160,7 +160,7 @@ pub async fn create_token(
     caller: &Caller,
     req: api::TokenCreateRequest,
 ) -> HostResult<api::TokenCreated> {
-    let user = caller.user(host, &req.user, Action::Create).await?;
+    let user = caller.token_owner(host, &req.user).await?;
     let lifetime = req.expires_in_s.map(Duration::from_secs);
     if lifetime.is_some_and(|l| l.is_zero() || l > MAX_TOKEN_LIFETIME) {
         return Err(HostError::invalid(format!(

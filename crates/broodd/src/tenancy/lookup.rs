@@ -210,6 +210,18 @@ impl Caller {
         })
     }
 
+    /// The user a new token is for, checked for creating a token of its
+    /// unit (a user the caller may not see is a 404).
+    pub async fn token_owner(&self, host: &Host, name: &str) -> HostResult<Authorized<UserRecord>> {
+        let rec = host.ledger.user(name).await?.ok_or_else(|| no_user(name))?;
+        self.gate((Action::Create, Kind::Token, rec.unit), || no_user(name))?;
+        Ok(Authorized {
+            unit: rec.unit,
+            obj: rec,
+            action: Action::Create,
+        })
+    }
+
     /// A token by id, checked for `action` (it belongs to its user's unit).
     pub async fn token(
         &self,

@@ -47,17 +47,24 @@ pub async fn register(
 ) -> HostResult<api::Unit> {
     caller.check(Action::Create, Kind::Unit)?;
     let uuid = Uuid::new_v4();
-    host.ledger
-        .commit(Tx::new(
-            caller.actor(),
-            format!("register unit {}", req.name),
-            vec![Op::Unit(UnitOp::Register {
-                uuid,
-                name: req.name.clone(),
-                contact: req.contact,
-            })],
-        ))
-        .await?;
+    let tx = Tx::new(
+        caller.actor(),
+        format!("register unit {}", req.name),
+        vec![Op::Unit(UnitOp::Register {
+            uuid,
+            name: req.name.clone(),
+            contact: req.contact,
+        })],
+    );
+    match host.ledger.commit(tx).await {
+        Ok(_) => {}
+        Err(LedgerError::NameTaken { name }) => {
+            return Err(HostError::Conflict(format!(
+                "a unit named {name:?} exists: pick another name"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let rec = host
         .ledger
         .unit_by_uuid(uuid)
