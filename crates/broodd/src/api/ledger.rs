@@ -72,9 +72,18 @@ async fn show(State(d): D, caller: Auth) -> ApiResult<Json<LedgerView>> {
             holds: resources_out(&holds),
         });
     }
+    // Units: what they were allocated and their VMs do not hold.
+    for unit in d.ledger.units().await? {
+        let holds = by_owner.remove(&Owner::Unit(unit.uuid)).unwrap_or_default();
+        owners.push(OwnerHoldings {
+            owner: format!("{}{}", Owner::UNIT_PREFIX, unit.name),
+            uuid: Some(unit.uuid),
+            holds: resources_out(&holds),
+        });
+    }
     // Holders that are no partition (verify reports them too).
     for (owner, holds) in by_owner {
-        if let Owner::Partition(u) = owner {
+        if let Owner::Partition(u) | Owner::Unit(u) = owner {
             owners.push(OwnerHoldings {
                 owner: u.to_string(),
                 uuid: Some(u),
