@@ -7,6 +7,7 @@ mod api;
 mod boot;
 mod fork;
 mod ledger;
+mod tenancy;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +68,9 @@ enum Cmd {
         /// Runs of each kind; medians are printed.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Business units for the mixed-roles run (0: the single-token run only).
+        #[arg(long, default_value_t = 10)]
+        units: usize,
         /// The broodd binary.
         #[arg(long, default_value = "target/release/broodd")]
         broodd: PathBuf,
@@ -112,9 +116,26 @@ fn main() -> Result<()> {
             clients,
             seconds,
             rounds,
+            units,
             broodd,
             image,
-        } => api::api(partitions, clients, seconds, rounds, &broodd, &image),
+        } => {
+            if units == 0 {
+                api::api(partitions, clients, seconds, rounds, &broodd, &image)
+            } else {
+                tenancy::api_mixed(
+                    &tenancy::Shape {
+                        partitions,
+                        clients,
+                        units,
+                        seconds,
+                        rounds,
+                    },
+                    &broodd,
+                    &image,
+                )
+            }
+        }
     }
 }
 
