@@ -663,3 +663,78 @@ async fn every_route_answers_what_the_golden_table_says_for_every_role() {
     // The other unit's objects were left alone by every refused call.
     shared.app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn a_unit_sees_only_its_exposed_portion_of_the_infrastructure() {
+    let app = TestApp::builder().capacity(big()).build().await;
+    unit(
+        &app,
+        "eng",
+        json!({"vcpus": 2, "memory_mib": 1024, "nics": 1, "networks": ["user"]}),
+    )
+    .await;
+    unit(&app, "ops", json!({"vcpus": 2, "memory_mib": 1024})).await;
+    let alice = user(&app, "alice", "unit-user", Some("eng")).await;
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        None,
+        Some(vm("web", 256, 1, false)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let dc = json!({"name": "dc1", "infrastructures": [{
+        "name": "rack1",
+        "hosts": [{"name": "h1", "capacity": {"memory_mib": 65536, "vcpus": 64, "disk_gib": 200, "nics": 16}}],
+        "storage_zones": ["ssd"],
+        "networks": ["user", "br-ops"],
+        "services": [{"name": "shop", "roles": [
+            {"name": "frontend", "vms": ["web"]},
+            {"name": "db", "vms": ["ops-db"]}
+        ]}]
+    }]});
+    let (s, v) = call(
+        &app,
+        Method::PUT,
+        "/v1/infra",
+        TOKEN,
+        None,
+        Some(dc.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["datacenter"], dc, "the administrator sees it all");
+    let (s, _) = call(&app, Method::PUT, "/v1/infra", &alice, None, Some(dc)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, v) = call(&app, Method::GET, "/v1/infra", &alice, None, None).await;
+    let rack = &v["datacenter"]["infrastructures"][0];
+    assert_eq!(v["unit"], "eng");
+    assert_eq!(rack["networks"], json!(["user"]), "{v}");
+    assert_eq!(rack["hosts"], json!([]), "{v}");
+    assert_eq!(
+        rack["services"][0]["roles"],
+        json!([{"name": "frontend", "vms": ["web"]}])
+    );
+    // A network the allocation does not name is refused for the unit's VMs.
+    let mut body = vm("lan", 256, 1, false);
+    body["configs"]["d"]["nics"] = json!([{"network": "br-ops"}]);
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--network br-ops"),
+        "{v}"
+    );
+}
