@@ -12,6 +12,8 @@ pub enum ErrorCode {
     BadRequest,
     /// No or a wrong bearer token (401).
     Unauthorized,
+    /// The caller's role may see the object but not do this (403).
+    Forbidden,
     /// No such partition or route (404).
     NotFound,
     /// The name is taken, or another operation is in progress (409).

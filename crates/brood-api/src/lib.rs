@@ -18,6 +18,7 @@ pub mod network;
 pub mod partition;
 pub mod service;
 pub mod snapshot;
+pub mod tenancy;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventKind};
@@ -35,6 +36,7 @@ pub use network::{
 };
 pub use partition::*;
 pub use snapshot::{Snapshot, SnapshotCreateRequest, SnapshotList};
+pub use tenancy::*;
 
 /// Default page size of list endpoints.
 pub const DEFAULT_PAGE: usize = 100;

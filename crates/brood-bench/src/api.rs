@@ -17,10 +17,10 @@ use crate::median;
 
 /// Latencies of one load run, in microseconds.
 #[derive(Debug, Default)]
-struct Load {
-    list: Vec<f64>,
-    show: Vec<f64>,
-    seconds: f64,
+pub(crate) struct Load {
+    pub(crate) list: Vec<f64>,
+    pub(crate) show: Vec<f64>,
+    pub(crate) seconds: f64,
 }
 
 pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -125,7 +125,7 @@ fn report(partitions: usize, clients: usize, b: &mut [Load], p: &mut [Load]) {
     }
 }
 
-fn name(i: usize) -> String {
+pub(crate) fn name(i: usize) -> String {
     format!("p{i:05}")
 }
 
@@ -174,7 +174,7 @@ fn define_all(sock: &Path, token: &str, n: usize) -> Result<()> {
     })
 }
 
-fn get(sock: &Path, token: &str, path: &str) -> Result<Vec<u8>> {
+pub(crate) fn get(sock: &Path, token: &str, path: &str) -> Result<Vec<u8>> {
     let (status, body) = Conn::open(sock)?.request("GET", path, token, None)?;
     if status != 200 {
         bail!("GET {path}: {status}");
@@ -257,7 +257,7 @@ impl Conn {
     }
 }
 
-fn load(
+pub(crate) fn load(
     sock: &Path,
     token: &str,
     clients: usize,
@@ -319,14 +319,14 @@ fn load(
 }
 
 /// The peer: answers the same routes with prepared bytes.
-struct Peer {
-    sock: PathBuf,
+pub(crate) struct Peer {
+    pub(crate) sock: PathBuf,
     _dir: tempfile::TempDir,
     _rt: tokio::runtime::Runtime,
 }
 
 impl Peer {
-    fn start(list: Vec<u8>, show: Vec<u8>, token: String) -> Result<Self> {
+    pub(crate) fn start(list: Vec<u8>, show: Vec<u8>, token: String) -> Result<Self> {
         use axum::http::{HeaderMap, StatusCode, header};
         let dir = tempfile::tempdir()?;
         let sock = dir.path().join("peer.sock");

@@ -12,6 +12,7 @@ mod fork;
 mod io;
 mod ledger;
 mod pool;
+mod tenancy;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,6 +96,9 @@ enum Cmd {
         /// Runs of each kind; medians are printed.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Business units for the mixed-roles run (0: the single-token run only).
+        #[arg(long, default_value_t = 10)]
+        units: usize,
         /// The broodd binary.
         #[arg(long, default_value = "target/release/broodd")]
         broodd: PathBuf,
@@ -192,9 +196,26 @@ fn main() -> Result<()> {
             clients,
             seconds,
             rounds,
+            units,
             broodd,
             image,
-        } => api::api(partitions, clients, seconds, rounds, &broodd, &image),
+        } => {
+            if units == 0 {
+                api::api(partitions, clients, seconds, rounds, &broodd, &image)
+            } else {
+                tenancy::api_mixed(
+                    &tenancy::Shape {
+                        partitions,
+                        clients,
+                        units,
+                        seconds,
+                        rounds,
+                    },
+                    &broodd,
+                    &image,
+                )
+            }
+        }
     }
 }
 

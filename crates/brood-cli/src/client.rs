@@ -220,6 +220,8 @@ pub struct Client {
     token: String,
     /// What to do when broodd cannot be reached.
     hint: String,
+    /// The unit to act inside (`--unit`, the `brood-unit` header).
+    unit: Option<String>,
 }
 
 // By hand, so the token never reaches a log.
@@ -297,7 +299,18 @@ impl Client {
             endpoint,
             token,
             hint,
+            unit: None,
         }
+    }
+
+    /// The same client acting inside `unit` (`brood --unit U`).
+    pub fn with_unit(self, unit: Option<String>) -> Self {
+        Self { unit, ..self }
+    }
+
+    /// The unit it acts inside.
+    pub fn unit(&self) -> Option<&str> {
+        self.unit.as_deref()
     }
 
     /// The same client speaking TLS through `tls` (for an https endpoint).
@@ -439,6 +452,9 @@ impl Client {
             .header(USER_AGENT, concat!("brood/", env!("CARGO_PKG_VERSION")));
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(u) = &self.unit {
+            req = req.header(brood_api::UNIT_HEADER, u.as_str());
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

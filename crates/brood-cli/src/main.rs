@@ -5,6 +5,7 @@
 //! commands live in their own module. `run` and `image` work locally; the
 //! other nouns are clients of broodd (`client`).
 
+mod chargeback;
 mod client;
 mod completions;
 mod console;
@@ -17,6 +18,7 @@ mod fork;
 mod host;
 mod identity_pool;
 mod image;
+mod infra;
 mod io;
 mod ledger;
 mod man;
@@ -28,8 +30,11 @@ mod run;
 mod service;
 mod snapshot;
 mod template;
+mod token;
 mod trust;
+mod unit;
 mod units;
+mod user;
 mod vm;
 
 use std::future::Future;
@@ -48,6 +53,17 @@ pub enum Output {
     Json,
 }
 
+/// The `-o` flag: `csv` only for `brood chargeback report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFlag {
+    /// Readable text.
+    Text,
+    /// JSON on stdout.
+    Json,
+    /// CSV (`brood chargeback report`).
+    Csv,
+}
+
 /// brood: VMs that start, fork and scale in milliseconds.
 #[derive(Debug, Parser)]
 #[command(name = "brood", version, about, long_about = None)]
@@ -58,7 +74,12 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, default_value = "text")]
-    output: Output,
+    output: OutputFlag,
+    /// Act inside this business unit (an administrator's view of it; a
+    /// unit's own users may leave it out). Also the unit of `user create`
+    /// and `chargeback report`.
+    #[arg(long, global = true, env = "BROOD_UNIT", value_name = "UNIT")]
+    unit: Option<String>,
     /// broodd to talk to: its unix socket, https://HOST:PORT, or (loopback,
     /// broodd --insecure-tcp) http://HOST:PORT (default: $BROOD_HOST, else
     /// DATA_DIR/broodd.sock).
@@ -167,6 +188,38 @@ enum Cmd {
     Host(host::HostCmd),
     /// Follow broodd's events: partition state changes and ledger commits.
     Events(events::EventsArgs),
+    /// Business units: register, ask for allocations, approve them.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  brood unit register eng --contact eng@example.com
+  brood unit request eng --vcpus 8 --memory 8192 --disk 100
+  brood unit requests --pending
+  brood unit approve 1 --vcpus 4
+  brood unit show eng"
+    )]
+    Unit(unit::UnitCmd),
+    /// Users and their roles.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  brood user create alice --unit eng --role unit-user\n  brood user list"
+    )]
+    User(user::UserCmd),
+    /// API tokens of users.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  brood token create --user alice --expires 30d\n  brood token revoke 0123456789abcdef"
+    )]
+    Token(token::TokenCmd),
+    /// The infrastructure hierarchy.
+    #[command(subcommand, after_help = "Examples:\n  brood infra show")]
+    Infra(infra::InfraCmd),
+    /// Chargeback reports, prices and refunds.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  brood chargeback report --from 2026-01-01 --to 2026-02-01 -o csv"
+    )]
+    Chargeback(chargeback::ChargebackCmd),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
     /// Write brood's manual pages (one per command) into a directory.
@@ -185,6 +238,7 @@ struct Conn {
     token: Option<String>,
     ca_cert: Option<PathBuf>,
     data_dir: PathBuf,
+    unit: Option<String>,
 }
 
 /// Runs a broodd client command on a small runtime of its own.
@@ -198,7 +252,8 @@ where
         conn.token.as_deref(),
         conn.ca_cert.as_deref(),
         &conn.data_dir,
-    )?;
+    )?
+    .with_unit(conn.unit.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -263,21 +318,30 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let data_dir = paths::data_dir(cli.data_dir.as_deref());
-    let out = cli.output;
+    let format = match cli.output {
+        OutputFlag::Text => chargeback::Format::Text,
+        OutputFlag::Json => chargeback::Format::Json,
+        OutputFlag::Csv => chargeback::Format::Csv,
+    };
+    let out = match cli.output {
+        OutputFlag::Json => Output::Json,
+        OutputFlag::Text | OutputFlag::Csv => Output::Text,
+    };
+    if cli.output == OutputFlag::Csv && !matches!(cli.cmd, Cmd::Chargeback(_)) {
+        eprintln!("brood: error: -o csv is for `brood chargeback` only: use -o text or -o json");
+        std::process::exit(125);
+    }
     let json_errors = out == Output::Json || matches!(&cli.cmd, Cmd::Run(a) if a.json());
     let conn = Conn {
         host: cli.host,
         token: cli.token,
         ca_cert: cli.ca_cert,
         data_dir: data_dir.clone(),
+        unit: cli.unit,
     };
     let code = match cli.cmd {
         Cmd::Run(args) => {
-            let out = if args.json() {
-                Output::Json
-            } else {
-                cli.output
-            };
+            let out = if args.json() { Output::Json } else { out };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -287,7 +351,7 @@ fn main() {
                 Err(e) => Err(anyhow::Error::new(e).context("start the async runtime")),
             }
         }
-        Cmd::Image(cmd) => image::run(cmd, &data_dir, cli.output),
+        Cmd::Image(cmd) => image::run(cmd, &data_dir, out),
         Cmd::Vm(cmd) => with_client(&conn, |c| async move { vm::run(cmd, &c, out).await }),
         Cmd::Template(cmd) => {
             with_client(&conn, |c| async move { template::run(cmd, &c, out).await })
@@ -312,8 +376,18 @@ fn main() {
         Cmd::Events(args) => {
             with_client(&conn, |c| async move { events::run(args, &c, out).await })
         }
+        Cmd::Unit(cmd) => with_client(&conn, |c| async move { unit::run(cmd, &c, out).await }),
+        Cmd::User(cmd) => with_client(&conn, |c| async move { user::run(cmd, &c, out).await }),
+        Cmd::Token(cmd) => with_client(&conn, |c| async move { token::run(cmd, &c, out).await }),
+        Cmd::Infra(cmd) => with_client(&conn, |c| async move { infra::run(cmd, &c, out).await }),
+        Cmd::Chargeback(cmd) => {
+            with_client(
+                &conn,
+                |c| async move { chargeback::run(cmd, &c, format).await },
+            )
+        }
         Cmd::Completions(args) => completions::run(&args, &mut Cli::command()),
-        Cmd::Man(args) => man::run(&args, Cli::command(), cli.output),
+        Cmd::Man(args) => man::run(&args, Cli::command(), out),
         Cmd::Complete { kind } => {
             with_client(&conn, |c| async move { completions::names(kind, &c).await }).or(Ok(0))
         }

@@ -72,6 +72,11 @@ impl LedgerDb {
         tx.commit().ctx("commit initialization")
     }
 
+    /// The connection, for the tenancy reads (`tenancy`).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -9,7 +9,10 @@
 //! Partitions carry their life-cycle `Stage` and `RunState`, changed only
 //! through checked transitions, and their lineage: a child forked from a
 //! template names it as `parent`. Pools hand out identities (MACs, IPs) to
-//! partitions, one holder per value.
+//! partitions, one holder per value. Business units (`unit`) hold the
+//! capacity they were allocated and their partitions reserve from it;
+//! users and tokens (`user`) and prices and refunds (`charge`) are ledger
+//! rows too, changed by audited ops.
 //!
 //! - `Ledger`: async, cloneable handle for broodd (a writer thread with
 //!   group commit, reader threads with read-only connections).
@@ -33,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod charge;
 mod db;
 mod error;
 mod json;
@@ -47,9 +51,16 @@ mod schema;
 mod service_pool;
 mod state;
 mod store;
+mod tenancy;
 mod tx;
+mod unit;
+mod user;
 mod verify;
 
+pub use charge::{
+    ChargeLine, ChargeModel, ChargeOp, ChargeReport, REFUND_REASON_MAX_BYTES, UnitCharge,
+    chargeback, price_item, valid_item,
+};
 pub use db::{LEDGER_ACTOR, LedgerDb};
 pub use error::LedgerError;
 pub use json::JsonText;
@@ -72,5 +83,10 @@ pub use service_pool::{
 };
 pub use state::{RunState, Stage, TransitionError};
 pub use tx::{Committed, Op, Tx, TxId};
+pub use unit::{
+    INFRA_MAX_BYTES, RequestState, UNIT_CONTACT_MAX_BYTES, UNIT_MAX_NAMES, UnitOp, UnitRecord,
+    UnitRequest,
+};
+pub use user::{TokenRecord, UserOp, UserRecord, UserRole};
 pub use uuid::Uuid;
 pub use verify::Problem;

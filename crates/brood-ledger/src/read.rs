@@ -136,7 +136,7 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-fn partitions_where(
+pub(crate) fn partitions_where(
     conn: &Connection,
     filter: &str,
     params: impl rusqlite::Params,

@@ -2,8 +2,9 @@
 //! (one amount per kind), `Owner` and `Holding`.
 //!
 //! Every unit of host capacity is held by exactly one owner: the `available`
-//! pseudo-partition or a partition. The ledger stores owners as text,
-//! `available` or the partition's hyphenated uuid, and that is also their
+//! pseudo-partition, a partition or a business unit. The ledger stores
+//! owners as text, `available`, the partition's hyphenated uuid or
+//! `unit:<uuid>`, and that is also their
 //! `Display`, `FromStr` and JSON form. Policy (what a partition should hold)
 //! lives in `partition`, storage in `store`.
 
@@ -193,17 +194,31 @@ pub enum Owner {
     Available,
     /// A partition, by uuid.
     Partition(Uuid),
+    /// A business unit's allocation, by uuid (stored as `unit:<uuid>`):
+    /// what it was granted and its partitions do not hold now.
+    Unit(Uuid),
 }
 
 impl Owner {
     /// The stored form of `Owner::Available`.
     pub const AVAILABLE: &'static str = "available";
 
+    /// The prefix of a unit's stored form.
+    pub const UNIT_PREFIX: &'static str = "unit:";
+
     /// The partition's uuid, if this is a partition.
     pub fn partition(self) -> Option<Uuid> {
         match self {
-            Owner::Available => None,
             Owner::Partition(u) => Some(u),
+            Owner::Available | Owner::Unit(_) => None,
+        }
+    }
+
+    /// The unit's uuid, if this is a unit.
+    pub fn unit(self) -> Option<Uuid> {
+        match self {
+            Owner::Unit(u) => Some(u),
+            Owner::Available | Owner::Partition(_) => None,
         }
     }
 }
@@ -213,6 +228,7 @@ impl fmt::Display for Owner {
         match self {
             Owner::Available => f.write_str(Owner::AVAILABLE),
             Owner::Partition(u) => write!(f, "{}", u.hyphenated()),
+            Owner::Unit(u) => write!(f, "{}{}", Owner::UNIT_PREFIX, u.hyphenated()),
         }
     }
 }
@@ -223,6 +239,14 @@ impl FromStr for Owner {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == Owner::AVAILABLE {
             return Ok(Owner::Available);
+        }
+        if let Some(u) = s.strip_prefix(Owner::UNIT_PREFIX) {
+            return Uuid::parse_str(u)
+                .map(Owner::Unit)
+                .map_err(|_| ParseNameError {
+                    what: "owner",
+                    value: s.to_owned(),
+                });
         }
         Uuid::parse_str(s)
             .map(Owner::Partition)
@@ -330,5 +354,10 @@ mod tests {
         assert_eq!(json, format!("\"{u}\""));
         assert_eq!(serde_json::from_str::<Owner>(&json).ok(), Some(p));
         assert!("nobody".parse::<Owner>().is_err());
+        let unit = Owner::Unit(u);
+        assert_eq!(unit.to_string(), format!("unit:{u}"));
+        assert_eq!(unit.to_string().parse(), Ok(unit));
+        assert_eq!((unit.unit(), unit.partition()), (Some(u), None));
+        assert!("unit:nope".parse::<Owner>().is_err());
     }
 }

@@ -49,6 +49,30 @@
 //!
 //! Version 2 only adds (columns that are NULL on existing rows, new
 //! tables), so a version-1 file migrates in place and keeps every row.
+//!
+//! `V_TENANCY` (business units, US 8,924,964) adds:
+//!
+//! ```text
+//! unit(uuid PK, name UNIQUE [a-z0-9_.-]{1,64}, contact, alloc_{memory_mib,vcpus,
+//!      disk_gib,nics} >= 0, networks JSON, templates JSON, created_at)
+//! unit_member(partition PK REFERENCES partition ON DELETE CASCADE,
+//!             unit REFERENCES unit)            a unit's partitions
+//! unit_request(id PK, unit REFERENCES unit, want_* >= 0, networks JSON,
+//!              templates JSON, state pending|approved|partial|rejected,
+//!              granted JSON, note, created_at, decided_at, decided_by)
+//! app_user(name PK, role, unit REFERENCES unit, created_at)
+//!          a unit role has a unit, admin and auditor have none
+//! token(id PK 16 hex, user REFERENCES app_user ON DELETE CASCADE,
+//!       hash 64 hex (sha256 of the secret), created_at, expires_at, revoked_at)
+//! price(item PK, micros_per_hour >= 0)     memory per GiB, others per unit
+//! refund(id PK, unit REFERENCES unit, micros > 0, reason, created_at)
+//! infra(id PK = 1, doc JSON)               the administrator's hierarchy
+//! ```
+//!
+//! and rebuilds `holding` so that an owner may also be `unit:<uuid>` (a
+//! unit's unused allocation): its generated `partition` column is NULL for
+//! units and a generated `unit` column references `unit`. Every row is
+//! copied, so a version-2 file migrates in place.
 
 use std::path::Path;
 use std::time::Duration;
@@ -61,7 +85,7 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS];
+const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS, V_TENANCY];
 
 use crate::service_pool::V_SERVICE_POOLS;
 
@@ -193,6 +217,105 @@ CREATE TABLE channel (
     UNIQUE (network, address)
 ) WITHOUT ROWID;
 CREATE INDEX channel_io ON channel (io_partition);
+";
+
+/// Business units, their allocations as holdings, users and tokens,
+/// prices and refunds, the infrastructure document (see the module docs).
+///
+/// SQLite cannot change a generated column in place, so `holding` is
+/// rebuilt (<https://sqlite.org/lang_altertable.html#otheralter>); nothing
+/// references it, so dropping the old table is safe with foreign keys on.
+const V_TENANCY: &str = "
+CREATE TABLE unit (
+    uuid             TEXT PRIMARY KEY,
+    name             TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 64
+                         AND name NOT GLOB '*[^a-z0-9_.-]*'),
+    contact          TEXT NOT NULL CHECK (length(contact) BETWEEN 1 AND 256),
+    alloc_memory_mib INTEGER NOT NULL DEFAULT 0 CHECK (alloc_memory_mib >= 0),
+    alloc_vcpus      INTEGER NOT NULL DEFAULT 0 CHECK (alloc_vcpus >= 0),
+    alloc_disk_gib   INTEGER NOT NULL DEFAULT 0 CHECK (alloc_disk_gib >= 0),
+    alloc_nics       INTEGER NOT NULL DEFAULT 0 CHECK (alloc_nics >= 0),
+    networks         TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(networks)),
+    templates        TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(templates)),
+    created_at       TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE unit_member (
+    partition TEXT PRIMARY KEY REFERENCES partition (uuid) ON DELETE CASCADE,
+    unit      TEXT NOT NULL REFERENCES unit (uuid)
+) WITHOUT ROWID;
+CREATE INDEX unit_member_unit ON unit_member (unit, partition);
+
+CREATE TABLE unit_request (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit            TEXT NOT NULL REFERENCES unit (uuid),
+    want_memory_mib INTEGER NOT NULL CHECK (want_memory_mib >= 0),
+    want_vcpus      INTEGER NOT NULL CHECK (want_vcpus >= 0),
+    want_disk_gib   INTEGER NOT NULL CHECK (want_disk_gib >= 0),
+    want_nics       INTEGER NOT NULL CHECK (want_nics >= 0),
+    networks        TEXT NOT NULL CHECK (json_valid(networks)),
+    templates       TEXT NOT NULL CHECK (json_valid(templates)),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'partial', 'rejected')),
+    granted         TEXT CHECK (granted IS NULL OR json_valid(granted)),
+    note            TEXT,
+    created_at      TEXT NOT NULL,
+    decided_at      TEXT,
+    decided_by      TEXT
+);
+CREATE INDEX unit_request_unit ON unit_request (unit, id);
+
+CREATE TABLE app_user (
+    name       TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64
+                   AND name NOT GLOB '*[^a-z0-9_.-]*'),
+    role       TEXT NOT NULL CHECK (role IN ('admin', 'unit-admin', 'unit-user', 'auditor')),
+    unit       TEXT REFERENCES unit (uuid),
+    created_at TEXT NOT NULL,
+    CHECK ((role IN ('unit-admin', 'unit-user')) = (unit IS NOT NULL))
+) WITHOUT ROWID;
+
+CREATE TABLE token (
+    id         TEXT PRIMARY KEY CHECK (length(id) = 16 AND id NOT GLOB '*[^0-9a-f]*'),
+    user       TEXT NOT NULL REFERENCES app_user (name) ON DELETE CASCADE,
+    hash       TEXT NOT NULL CHECK (length(hash) = 64 AND hash NOT GLOB '*[^0-9a-f]*'),
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT
+) WITHOUT ROWID;
+CREATE INDEX token_user ON token (user);
+
+CREATE TABLE price (
+    item            TEXT PRIMARY KEY CHECK (length(item) BETWEEN 1 AND 80),
+    micros_per_hour INTEGER NOT NULL CHECK (micros_per_hour >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE refund (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit       TEXT NOT NULL REFERENCES unit (uuid),
+    micros     INTEGER NOT NULL CHECK (micros > 0),
+    reason     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE infra (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    doc TEXT NOT NULL CHECK (json_valid(doc))
+);
+
+CREATE TABLE holding_new (
+    owner     TEXT NOT NULL,
+    kind      TEXT NOT NULL CHECK (kind IN ('memory_mib', 'vcpus', 'disk_gib', 'nics')),
+    amount    INTEGER NOT NULL CHECK (amount >= 0),
+    partition TEXT GENERATED ALWAYS AS (CASE WHEN owner = 'available' OR owner GLOB 'unit:*'
+                  THEN NULL ELSE owner END) VIRTUAL REFERENCES partition (uuid),
+    unit      TEXT GENERATED ALWAYS AS (CASE WHEN owner GLOB 'unit:*'
+                  THEN substr(owner, 6) END) VIRTUAL REFERENCES unit (uuid),
+    PRIMARY KEY (owner, kind)
+) WITHOUT ROWID;
+INSERT INTO holding_new (owner, kind, amount) SELECT owner, kind, amount FROM holding;
+DROP TABLE holding;
+ALTER TABLE holding_new RENAME TO holding;
+CREATE INDEX holding_partition ON holding (partition);
+CREATE INDEX holding_unit ON holding (unit);
 ";
 
 /// The newest schema version this build knows.
@@ -366,5 +489,55 @@ mod tests {
             [],
         );
         assert!(e.is_err(), "negative amount accepted");
+    }
+
+    #[test]
+    fn a_unit_holding_must_name_a_unit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_writer(&dir.path().join("l.db")).expect("open");
+        let u = uuid::Uuid::from_u128(9).to_string();
+        let e = conn.execute(
+            "INSERT INTO holding (owner, kind, amount) VALUES (?1, 'vcpus', 1)",
+            [format!("unit:{u}")],
+        );
+        assert!(e.is_err(), "holding of a unit that does not exist accepted");
+        conn.execute(
+            "INSERT INTO unit (uuid, name, contact, created_at) VALUES (?1, 'eng', 'x', 't')",
+            [&u],
+        )
+        .expect("unit");
+        conn.execute(
+            "INSERT INTO holding (owner, kind, amount) VALUES (?1, 'vcpus', 1)",
+            [format!("unit:{u}")],
+        )
+        .expect("a unit holds");
+        let e = conn.execute(
+            "INSERT INTO app_user (name, role, created_at) VALUES ('bob', 'unit-user', 't')",
+            [],
+        );
+        assert!(e.is_err(), "a unit user without a unit accepted");
+    }
+
+    #[test]
+    fn a_version_2_file_keeps_its_holdings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.db");
+        let mut conn = Connection::open(&path).expect("open");
+        conn.execute_batch(&format!("{V1}{V2}PRAGMA user_version = 2;"))
+            .expect("v2");
+        conn.execute(
+            "INSERT INTO holding (owner, kind, amount) VALUES ('available', 'vcpus', 7)",
+            [],
+        )
+        .expect("row");
+        migrate(&mut conn).expect("migrate");
+        let n: i64 = conn
+            .query_row(
+                "SELECT amount FROM holding WHERE owner = 'available'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("kept");
+        assert_eq!(n, 7);
     }
 }

@@ -127,7 +127,7 @@ pub(crate) fn apply_tx(conn: &Connection, tx: &Tx) -> Result<Committed, LedgerEr
         .ops
         .iter()
         .enumerate()
-        .map(|(i, op)| apply_op(conn, i, op, &now))
+        .map(|(i, op)| apply_op(conn, i, op, (&now, &tx.actor)))
         .collect::<Result<Vec<_>, _>>()?;
     let taken = changes
         .iter()
@@ -155,7 +155,12 @@ pub(crate) fn apply_tx(conn: &Connection, tx: &Tx) -> Result<Committed, LedgerEr
     })
 }
 
-fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, LedgerError> {
+fn apply_op(
+    conn: &Connection,
+    i: usize,
+    op: &Op,
+    (now, actor): (&str, &str),
+) -> Result<Value, LedgerError> {
     match op {
         Op::Move {
             kind,
@@ -217,6 +222,9 @@ fn apply_op(conn: &Connection, i: usize, op: &Op, now: &str) -> Result<Value, Le
         }
         Op::Net(op) => crate::network::apply(conn, i, op, now),
         Op::ServicePool { change } => crate::service_pool::apply(conn, i, change, now),
+        Op::Unit(op) => crate::unit::apply(conn, i, op, now, actor),
+        Op::User(op) => crate::user::apply(conn, i, op, now),
+        Op::Charge(op) => crate::charge::apply(conn, i, op, now),
     }
 }
 
@@ -270,9 +278,43 @@ fn apply_move(
             what: format!("amount {amount} is larger than {MAX_AMOUNT}"),
         });
     }
+    // A member partition reserves from, and releases to, its unit.
+    let (from, to) = crate::unit::route(conn, from, to)?;
+    move_amount_checked(conn, i, kind, (from, expect_from), (to, expect_to), amount)
+}
+
+/// Moves `amount` of `kind` between two owners as they are (no routing
+/// through a unit), with no before-images: `unit`'s decisions use it.
+pub(crate) fn move_amount(
+    conn: &Connection,
+    i: usize,
+    kind: ResourceKind,
+    from: Owner,
+    to: Owner,
+    amount: u64,
+) -> Result<Value, LedgerError> {
+    move_amount_checked(conn, i, kind, (from, None), (to, None), amount)
+}
+
+fn move_amount_checked(
+    conn: &Connection,
+    i: usize,
+    kind: ResourceKind,
+    (from, expect_from): (Owner, Option<u64>),
+    (to, expect_to): (Owner, Option<u64>),
+    amount: u64,
+) -> Result<Value, LedgerError> {
     for uuid in [from.partition(), to.partition()].into_iter().flatten() {
         if !partition_exists(conn, uuid)? {
             return Err(LedgerError::NoSuchPartition { uuid });
+        }
+    }
+    for uuid in [from.unit(), to.unit()].into_iter().flatten() {
+        if !crate::unit::exists(conn, uuid)? {
+            return Err(LedgerError::InvalidOp {
+                op: i,
+                what: format!("moves {kind} of unit {uuid}, which does not exist"),
+            });
         }
     }
     let have_from = read::amount_held(conn, from, kind)?;
@@ -418,6 +460,7 @@ fn insert_partition(
     now.clone_into(&mut rec.updated_at);
     rec.generation = 1;
     write_partition(conn, &rec, Write::Insert)?;
+    crate::unit::inherit(conn, &rec)?;
     Ok(json!({"op": "insert_partition", "uuid": rec.uuid, "after": to_json(&rec)?}))
 }
 

@@ -161,6 +161,12 @@ pub enum Op {
         /// The change.
         change: crate::service_pool::ServicePoolOp,
     },
+    /// A business-unit op: register, request, decide, join (see `unit`).
+    Unit(crate::unit::UnitOp),
+    /// A user or token op (see `user`).
+    User(crate::user::UserOp),
+    /// A price or refund (see `charge`).
+    Charge(crate::charge::ChargeOp),
 }
 
 impl Op {

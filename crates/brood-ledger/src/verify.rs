@@ -28,7 +28,8 @@ pub struct Problem {
     /// Stable identifier of the check: `integrity`, `capacity_missing`,
     /// `capacity_sum`, `bad_row`, `orphan_holding`, `holding_mismatch`,
     /// `pid_while_inactive`, `active_template`, `missing_parent`,
-    /// `orphan_pool_item`, `pool_holder_missing`, `pool_value_held_twice`.
+    /// `orphan_pool_item`, `pool_holder_missing`, `pool_value_held_twice`,
+    /// `unit_allocation_mismatch`.
     pub code: &'static str,
     /// What is wrong, naming rows and amounts.
     pub message: String,
@@ -94,6 +95,9 @@ pub(crate) fn verify(conn: &Connection) -> Result<Vec<Problem>, LedgerError> {
     }
     pool_items(conn, &mut out)?;
     crate::service_pool::verify(conn, &mut out)?;
+    for (code, message) in crate::unit::verify(conn)? {
+        out.push(Problem::new(code, message));
+    }
     Ok(out)
 }
 

@@ -18,6 +18,7 @@ mod pool;
 mod reconcile;
 mod suggest;
 mod template;
+pub mod tenancy;
 mod verify;
 mod wire;
 

@@ -311,7 +311,7 @@ async fn snapshot(d: &Host) -> HostResult<Snapshot> {
     for h in d.ledger.holdings().await? {
         let to = match h.owner {
             Owner::Available => &mut s.available,
-            Owner::Partition(_) => &mut s.held,
+            Owner::Partition(_) | Owner::Unit(_) => &mut s.held,
         };
         let e = to.entry(h.kind).or_default();
         *e = e.saturating_add(h.amount);

@@ -35,8 +35,17 @@ fn documented(op: &Value) -> BTreeSet<u16> {
         .unwrap_or_default()
 }
 
+/// The path with `name` for `{name}`; `{id}` (a request number or token
+/// id) gets `name` when it is one, else `1`, so the body is what is tested.
 fn with_name(path: &str, name: &str) -> String {
-    path.replace("{name}", name).replace("{snapshot}", "s1")
+    let id = if name.bytes().all(|b| b.is_ascii_hexdigit()) && !name.is_empty() {
+        name
+    } else {
+        "1"
+    };
+    path.replace("{name}", name)
+        .replace("{id}", id)
+        .replace("{snapshot}", "s1")
 }
 
 /// A valid body for the route, naming `name` where the body names something.
@@ -59,6 +68,14 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
             json!({"name": name, "kind": "identity", "values": ["v"]})
         }
         ("POST", "/networks") => json!({"name": name, "subnet": "10.98.0.0/24"}),
+        ("POST", "/units") => json!({"name": name, "contact": "ops@example.com"}),
+        ("POST", "/units/{name}/requests") => json!({"vcpus": 1}),
+        ("POST", p) if p.ends_with("/approve") || p.ends_with("/reject") => json!({}),
+        ("PUT", "/infra") => json!({"name": "dc"}),
+        ("POST", "/users") => json!({"name": name, "role": "auditor"}),
+        ("POST", "/tokens") => json!({"user": name}),
+        ("PUT", "/prices") => json!({"item": "vcpu", "micros_per_hour": 1}),
+        ("POST", "/chargeback/refunds") => json!({"unit": name, "micros": 1, "reason": "r"}),
         _ => return None,
     })
 }
@@ -269,7 +286,32 @@ async fn fixture() -> TestApp {
         .post("/v1/pools", json!({"name": "sp", "min": 0, "max": 0}))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Unit `eng` with request 1 decided, user `bob`, and a revoked token.
+    for (path, body) in [
+        ("/v1/units", json!({"name": "eng", "contact": "c"})),
+        ("/v1/units/eng/requests", json!({"vcpus": 1})),
+        ("/v1/requests/1/approve", json!({})),
+        ("/v1/users", json!({"name": "bob", "role": "auditor"})),
+    ] {
+        let (s, v) = app.post(path, body).await;
+        assert!(s.is_success(), "{path}: {v}");
+    }
+    let (_, t) = app.post("/v1/tokens", json!({"user": "bob"})).await;
+    let id = t["id"].as_str().expect("a token id").to_owned();
+    let (s, v) = app.delete(&format!("/v1/tokens/{id}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     app
+}
+
+/// The token `fixture` revoked, by its id.
+async fn revoked_token(app: &TestApp) -> String {
+    let (_, v) = app.get("/v1/tokens").await;
+    v["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["state"] == "revoked"))
+        .and_then(|t| t["id"].as_str())
+        .expect("the fixture's revoked token")
+        .to_owned()
 }
 
 /// For a route: the name and body that put it in a wrong state, if it has one.
@@ -305,6 +347,10 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         }
         ("DELETE", "/networks/{name}") => "net0",
         ("POST", "/io/{name}/stop") => "switch-default",
+        ("POST", "/units") => return Some(("", body_for(method, path, "eng"))),
+        ("POST", "/users") => return Some(("", body_for(method, path, "bob"))),
+        ("POST", "/requests/{id}/approve") | ("POST", "/requests/{id}/reject") => "1",
+        ("DELETE", "/tokens/{id}") => "{revoked}",
         ("DELETE", "/templates/{name}") => "tpl",
         ("DELETE", p) if p.ends_with("pools/{name}") => "ids",
         ("DELETE", "/partitions/{name}") => "on",
@@ -340,7 +386,11 @@ async fn every_route_refuses_a_wrong_state_with_409() {
             "{method} {path}: a 409 case here exactly when the document lists 409"
         );
         let Some((name, body)) = case else { continue };
-        let uri = with_name(&path, name);
+        let uri = if name == "{revoked}" {
+            path.replace("{id}", &revoked_token(&app).await)
+        } else {
+            with_name(&path, name)
+        };
         let (s, v) = app
             .send(request(&method, &uri, Some(TOKEN), body.as_ref()))
             .await;
@@ -611,6 +661,26 @@ const KNOWN: &[&str] = &[
     "DELETE /v1/services/{name}",
     "POST /v1/services/{name}/guests",
     "GET /v1/service-classes",
+    "GET /v1/units",
+    "POST /v1/units",
+    "GET /v1/units/{name}",
+    "POST /v1/units/{name}/requests",
+    "GET /v1/requests",
+    "GET /v1/requests/{id}",
+    "POST /v1/requests/{id}/approve",
+    "POST /v1/requests/{id}/reject",
+    "GET /v1/infra",
+    "PUT /v1/infra",
+    "GET /v1/users",
+    "POST /v1/users",
+    "DELETE /v1/users/{name}",
+    "GET /v1/tokens",
+    "POST /v1/tokens",
+    "DELETE /v1/tokens/{id}",
+    "GET /v1/prices",
+    "PUT /v1/prices",
+    "GET /v1/chargeback",
+    "POST /v1/chargeback/refunds",
 ];
 
 #[tokio::test]

@@ -33,10 +33,12 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::host::{Host, chain};
+use crate::tenancy::Action;
 
 type D = State<Arc<Host>>;
 
@@ -155,10 +157,12 @@ async fn ready_agent(
 )]
 async fn session(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     upgrade: Upgrade,
     ApiJson(req): ApiJson<SessionRequest>,
 ) -> ApiResult<Response> {
+    caller.partition(&d, &name, Action::Operate).await?;
     let check = brood_api::ExecRequest {
         command: req.command.clone(),
         argv: req.argv.clone(),
@@ -320,9 +324,11 @@ async fn client_frame(
 )]
 async fn console_attach(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     upgrade: Upgrade,
 ) -> ApiResult<Response> {
+    caller.partition(&d, &name, Action::Operate).await?;
     let rec = d.find(&name).await?;
     let console = d
         .registry
@@ -452,9 +458,11 @@ fn guest_err(what: &str, e: &brood_engine::EngineError) -> ApiError {
 )]
 async fn read_file(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<FileQuery>,
 ) -> ApiResult<Response> {
+    caller.partition(&d, &name, Action::Operate).await?;
     let (rec, agent) = ready_agent(&d, &name, Duration::from_secs(60)).await?;
     let path = absolute(q.path.as_deref())?.to_owned();
     let what = format!("read {path} in {}", rec.name);
@@ -538,11 +546,13 @@ async fn read_file(
 )]
 async fn write_file(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<FileQuery>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<StatusCode> {
+    caller.partition(&d, &name, Action::Operate).await?;
     if headers
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() != attach::OCTET_STREAM.as_bytes())

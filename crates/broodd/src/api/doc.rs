@@ -12,9 +12,13 @@ use utoipa::openapi::{RefOr, Required};
 /// What every route under `/v1` can answer besides its own responses.
 #[derive(IntoResponses)]
 pub enum Common {
-    /// No or a wrong bearer token (`unauthorized`).
+    /// No or a wrong, revoked or expired bearer token (`unauthorized`).
     #[response(status = 401)]
     Unauthorized(ErrorBody),
+    /// The caller's role may not do this (`forbidden`); an object the
+    /// caller may not see answers 404 instead, as if it did not exist.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
     /// A bug in broodd or a broken ledger (`internal`); broodd's log has the details.
     #[response(status = 500)]
     Internal(ErrorBody),
@@ -38,7 +42,7 @@ pub enum JsonBody {
 pub struct OptionalBodies;
 
 /// The operation ids of routes that take an `OptionalJson` body.
-const OPTIONAL_BODIES: &[&str] = &["stop_partition"];
+const OPTIONAL_BODIES: &[&str] = &["stop_partition", "approve_request", "reject_request"];
 
 impl utoipa::Modify for OptionalBodies {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

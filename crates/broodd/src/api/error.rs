@@ -82,6 +82,7 @@ impl From<HostError> for ApiError {
         match e {
             HostError::Invalid(m) => Self::bad_request(m),
             HostError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, m),
+            HostError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, m),
             HostError::Transition(m) => Self::transition(m),
             HostError::Conflict(m) => Self::conflict(m),
             HostError::Guest(m) => {
@@ -108,6 +109,21 @@ impl From<HostError> for ApiError {
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
         match &e {
+            LedgerError::Insufficient {
+                owner: brood_ledger::Owner::Unit(_),
+                kind,
+                have,
+                want,
+                ..
+            } => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::CapacityExceeded,
+                format!(
+                    "the unit's allocation has {have} {kind} free, {want} wanted: stop or delete \
+                     other VMs of the unit, or ask for more (`brood unit request UNIT --vcpus N \
+                     --memory MIB --disk GIB`); `brood unit show UNIT` shows its use"
+                ),
+            ),
             LedgerError::Insufficient { .. } => Self::new(
                 StatusCode::CONFLICT,
                 ErrorCode::CapacityExceeded,

@@ -19,9 +19,11 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::{Auth, require};
 use super::doc::Common;
 use super::error::{ApiError, ApiResult};
 use crate::host::Host;
+use crate::tenancy::{Action, Kind};
 use crate::wire::resources_out;
 
 type D = State<Arc<Host>>;
@@ -45,7 +47,8 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         Common
     )
 )]
-async fn show(State(d): D) -> ApiResult<Json<LedgerView>> {
+async fn show(State(d): D, caller: Auth) -> ApiResult<Json<LedgerView>> {
+    require(&caller, Action::Read, Kind::Ledger)?;
     let capacity = d.ledger.capacity().await?;
     let mut by_owner: std::collections::BTreeMap<Owner, Resources> = Default::default();
     for h in d.ledger.holdings().await? {
@@ -69,9 +72,18 @@ async fn show(State(d): D) -> ApiResult<Json<LedgerView>> {
             holds: resources_out(&holds),
         });
     }
+    // Units: what they were allocated and their VMs do not hold.
+    for unit in d.ledger.units().await? {
+        let holds = by_owner.remove(&Owner::Unit(unit.uuid)).unwrap_or_default();
+        owners.push(OwnerHoldings {
+            owner: format!("{}{}", Owner::UNIT_PREFIX, unit.name),
+            uuid: Some(unit.uuid),
+            holds: resources_out(&holds),
+        });
+    }
     // Holders that are no partition (verify reports them too).
     for (owner, holds) in by_owner {
-        if let Owner::Partition(u) = owner {
+        if let Owner::Partition(u) | Owner::Unit(u) = owner {
             owners.push(OwnerHoldings {
                 owner: u.to_string(),
                 uuid: Some(u),
@@ -110,7 +122,8 @@ struct LogQuery {
         Common
     )
 )]
-async fn log(State(d): D, Query(q): Query<LogQuery>) -> ApiResult<Json<AuditLog>> {
+async fn log(State(d): D, caller: Auth, Query(q): Query<LogQuery>) -> ApiResult<Json<AuditLog>> {
+    require(&caller, Action::Read, Kind::Ledger)?;
     let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
     if !(1..=brood_api::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -150,7 +163,8 @@ async fn log(State(d): D, Query(q): Query<LogQuery>) -> ApiResult<Json<AuditLog>
         Common
     )
 )]
-async fn verify(State(d): D) -> ApiResult<Json<VerifyReport>> {
+async fn verify(State(d): D, caller: Auth) -> ApiResult<Json<VerifyReport>> {
+    require(&caller, Action::Read, Kind::Ledger)?;
     Ok(Json(crate::verify::verify(&d).await?))
 }
 
@@ -165,7 +179,8 @@ async fn verify(State(d): D) -> ApiResult<Json<VerifyReport>> {
         Common
     )
 )]
-async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
+async fn host(State(d): D, caller: Auth) -> ApiResult<Json<HostInfo>> {
+    require(&caller, Action::Read, Kind::Host)?;
     let caps = d.engine.caps();
     let capacity = d.ledger.capacity().await?;
     let available = d.ledger.held_by(Owner::Available).await?;
@@ -210,7 +225,12 @@ async fn host(State(d): D) -> ApiResult<Json<HostInfo>> {
         Common
     )
 )]
-async fn events(State(d): D) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+async fn events(
+    State(d): D,
+    caller: Auth,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    // Events name every unit's VMs: readers of the whole ledger only.
+    require(&caller, Action::Read, Kind::Ledger)?;
     let stream = BroadcastStream::new(d.events.subscribe()).filter_map(|e| match e {
         Ok(ev) => SseEvent::default().json_data(ev).ok().map(Ok),
         // A slow reader missed events: tell it, so it can re-read state.
@@ -218,5 +238,5 @@ async fn events(State(d): D) -> Sse<impl Stream<Item = Result<SseEvent, Infallib
             .event("lagged")
             .data("events were dropped; re-read the state"))),
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -2,7 +2,9 @@
 //! handlers by utoipa), bearer-token authentication, body limits, and the
 //! rule that every error, whoever produced it, leaves as JSON with a code.
 
+mod accounts;
 mod attach;
+pub mod auth;
 mod doc;
 pub mod error;
 mod extract;
@@ -14,14 +16,15 @@ mod service_pools;
 mod snapshots;
 mod stream;
 mod templates;
+mod units;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use brood_api::{ErrorBody, ErrorCode};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -43,6 +46,8 @@ use crate::host::Host;
         (name = "templates", description = "Templates, forks and identity pools"),
         (name = "networks", description = "Networks and the I/O partitions that serve them"),
         (name = "services", description = "Pools of service domains and the services they become"),
+        (name = "units", description = "Business units, their allocations and requests, the infrastructure"),
+        (name = "accounts", description = "Users, tokens, prices and chargeback"),
     )
 )]
 struct ApiDoc;
@@ -73,6 +78,8 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = network::routes(r);
     let r = attach::routes(r);
     let r = service_pools::routes(r);
+    let r = units::routes(r);
+    let r = accounts::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);
@@ -104,7 +111,10 @@ pub fn router(d: Arc<Host>) -> Router {
                 "no such route: the API is under /v1 (see /v1/openapi.json)",
             )
         })
-        .layer(middleware::from_fn_with_state(d.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            d.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(brood_api::MAX_BODY_BYTES))
@@ -112,33 +122,19 @@ pub fn router(d: Arc<Host>) -> Router {
 }
 
 /// `GET /metrics`: Prometheus text (README, "Metrics").
-async fn metrics(State(d): State<Arc<Host>>) -> Result<Response, ApiError> {
+async fn metrics(State(d): State<Arc<Host>>, caller: auth::Auth) -> Result<Response, ApiError> {
+    auth::require(
+        &caller,
+        crate::tenancy::Action::Read,
+        crate::tenancy::Kind::Ledger,
+    )?;
     let text = crate::metrics::scrape(&d).await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
-/// Refuses requests without the daemon's bearer token.
-async fn authenticate(State(d): State<Arc<Host>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| bearer_credentials(v.as_bytes()))
-        .unwrap_or(b"");
-    if !constant_time_eq(given, d.token.as_bytes()) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token \
-             from broodd's data directory (brood finds it by itself)",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
 /// The credentials of an `Authorization: Bearer <token>` header. The scheme
 /// is case-insensitive (RFC 9110 section 11.1) and spaces may follow it.
-fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     let scheme = value.get(..6)?;
     let rest = value.get(6..)?;
     if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
@@ -148,7 +144,7 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -172,6 +168,7 @@ async fn json_errors(resp: Response) -> Response {
         .unwrap_or_default();
     let code = match status {
         StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,

@@ -14,10 +14,12 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::ApiResult;
 use super::extract::ApiJson;
 use crate::host::Host;
+use crate::tenancy::{Action, Kind};
 use crate::{io, network};
 
 type D = State<Arc<Host>>;
@@ -42,7 +44,8 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         Common
     )
 )]
-async fn list(State(d): D) -> ApiResult<Json<NetworkList>> {
+async fn list(State(d): D, caller: Auth) -> ApiResult<Json<NetworkList>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(network::list(&d).await?))
 }
 
@@ -65,8 +68,10 @@ async fn list(State(d): D) -> ApiResult<Json<NetworkList>> {
 )]
 async fn create(
     State(d): D,
+    caller: Auth,
     ApiJson(req): ApiJson<NetworkCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Network>)> {
+    caller.check(Action::Configure, Kind::Infra)?;
     Ok((StatusCode::CREATED, Json(network::create(&d, req).await?)))
 }
 
@@ -84,7 +89,8 @@ async fn create(
         Common
     )
 )]
-async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Network>> {
+async fn show(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<Json<Network>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(network::show(&d, &name).await?))
 }
 
@@ -103,7 +109,8 @@ async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Network>>
         Common
     )
 )]
-async fn delete(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    caller.check(Action::Configure, Kind::Infra)?;
     network::delete(&d, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -119,7 +126,8 @@ async fn delete(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> 
         Common
     )
 )]
-async fn io_list(State(d): D) -> ApiResult<Json<IoPartitionList>> {
+async fn io_list(State(d): D, caller: Auth) -> ApiResult<Json<IoPartitionList>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(io::list(&d).await?))
 }
 
@@ -137,7 +145,12 @@ async fn io_list(State(d): D) -> ApiResult<Json<IoPartitionList>> {
         Common
     )
 )]
-async fn io_show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<IoPartition>> {
+async fn io_show(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<IoPartition>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(io::show(&d, &name).await?))
 }
 
@@ -156,7 +169,12 @@ async fn io_show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<IoPart
         Common
     )
 )]
-async fn io_restart(State(d): D, Path(name): Path<String>) -> ApiResult<Json<IoPartition>> {
+async fn io_restart(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<IoPartition>> {
+    caller.check(Action::Configure, Kind::Infra)?;
     Ok(Json(io::restart(&d, &name).await?))
 }
 
@@ -186,8 +204,10 @@ struct StopQuery {
 )]
 async fn io_stop(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> ApiResult<Json<IoPartition>> {
+    caller.check(Action::Configure, Kind::Infra)?;
     Ok(Json(io::stop(&d, &name, q.force.unwrap_or(false)).await?))
 }

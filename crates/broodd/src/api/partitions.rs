@@ -20,6 +20,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson, RawJson};
@@ -27,10 +28,10 @@ use super::render::render;
 use crate::host::Host;
 use crate::host::runstate::EndMode;
 use crate::partition::{define, lifecycle};
+use crate::tenancy::Action;
 use crate::wire;
 
 type D = State<Arc<Host>>;
-const ACTOR: &str = "api";
 
 pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list, define))
@@ -86,7 +87,7 @@ struct ListQuery {
         Common
     )
 )]
-async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
+async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
     let limit = q.limit.unwrap_or(brood_api::DEFAULT_PAGE);
     if !(1..=brood_api::MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -94,7 +95,10 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
             brood_api::MAX_PAGE
         )));
     }
-    let recs = d.ledger.partitions(q.after, limit + 1).await?;
+    let recs = match caller.scope() {
+        Some(unit) => d.ledger.unit_partitions(unit, q.after, limit + 1).await?,
+        None => d.ledger.partitions(q.after, limit + 1).await?,
+    };
     let mut parents = std::collections::HashMap::new();
     for p in recs.iter().filter_map(|r| r.parent) {
         if let std::collections::hash_map::Entry::Vacant(e) = parents.entry(p)
@@ -145,9 +149,12 @@ async fn list(State(d): D, Query(q): Query<ListQuery>) -> ApiResult<RawJson> {
 )]
 async fn define(
     State(d): D,
+    caller: Auth,
     ApiJson(req): ApiJson<DefineRequest>,
 ) -> ApiResult<(StatusCode, RawJson)> {
-    let rec = define::define(&d, ACTOR, req).await?;
+    caller.check(Action::Create, crate::tenancy::Kind::Partition)?;
+    crate::tenancy::units::check_networks(&d, &caller, req.configs.values()).await?;
+    let rec = define::define(&d, caller.actor(), caller.scope(), req).await?;
     Ok((StatusCode::CREATED, out(&d, rec).await?))
 }
 
@@ -165,8 +172,15 @@ async fn define(
         Common
     )
 )]
-async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    out(&d, d.find(&name).await?).await
+async fn show(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    out(
+        &d,
+        caller
+            .partition(&d, &name, Action::Read)
+            .await?
+            .into_inner(),
+    )
+    .await
 }
 
 /// Delete options.
@@ -195,11 +209,12 @@ struct DeleteQuery {
 )]
 async fn delete(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    let rec = d.find(&name).await?;
-    lifecycle::delete(&d, ACTOR, rec.uuid, q.force.unwrap_or(false)).await?;
+    let rec = caller.partition(&d, &name, Action::Delete).await?;
+    lifecycle::delete(&d, caller.actor(), rec.uuid, q.force.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,9 +234,9 @@ async fn delete(
         Common
     )
 )]
-async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
-    out(&d, lifecycle::start(&d, ACTOR, rec.uuid).await?).await
+async fn start(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    out(&d, lifecycle::start(&d, caller.actor(), rec.uuid).await?).await
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
@@ -243,10 +258,11 @@ async fn start(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
 )]
 async fn stop(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     OptionalJson(req): OptionalJson<StopRequest>,
 ) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
     let t = req
         .timeout_s
         .map_or(lifecycle::STOP_TIMEOUT, Duration::from_secs);
@@ -255,7 +271,7 @@ async fn stop(
     }
     out(
         &d,
-        lifecycle::stop(&d, ACTOR, rec.uuid, EndMode::Graceful(t)).await?,
+        lifecycle::stop(&d, caller.actor(), rec.uuid, EndMode::Graceful(t)).await?,
     )
     .await
 }
@@ -275,11 +291,11 @@ async fn stop(
         Common
     )
 )]
-async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
+async fn kill(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
     out(
         &d,
-        lifecycle::stop(&d, ACTOR, rec.uuid, EndMode::Kill).await?,
+        lifecycle::stop(&d, caller.actor(), rec.uuid, EndMode::Kill).await?,
     )
     .await
 }
@@ -300,9 +316,13 @@ async fn kill(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
         Common
     )
 )]
-async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
-    out(&d, lifecycle::pause(&d, ACTOR, rec.uuid, true).await?).await
+async fn pause(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    out(
+        &d,
+        lifecycle::pause(&d, caller.actor(), rec.uuid, true).await?,
+    )
+    .await
 }
 
 /// Resumes a paused partition.
@@ -321,9 +341,13 @@ async fn pause(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
         Common
     )
 )]
-async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
-    out(&d, lifecycle::pause(&d, ACTOR, rec.uuid, false).await?).await
+async fn resume(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    out(
+        &d,
+        lifecycle::pause(&d, caller.actor(), rec.uuid, false).await?,
+    )
+    .await
 }
 
 /// Saves a partition's state to disk and ends its VM; memory and vCPUs go back to `available`.
@@ -342,9 +366,9 @@ async fn resume(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
         Common
     )
 )]
-async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
-    out(&d, lifecycle::save(&d, ACTOR, rec.uuid).await?).await
+async fn save(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    out(&d, lifecycle::save(&d, caller.actor(), rec.uuid).await?).await
 }
 
 /// Starts a saved partition from its saved state.
@@ -363,9 +387,9 @@ async fn save(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
         Common
     )
 )]
-async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
-    out(&d, lifecycle::restore(&d, ACTOR, rec.uuid).await?).await
+async fn restore(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    out(&d, lifecycle::restore(&d, caller.actor(), rec.uuid).await?).await
 }
 
 /// Chooses the configuration used at the next start.
@@ -386,13 +410,14 @@ async fn restore(State(d): D, Path(name): Path<String>) -> ApiResult<RawJson> {
 )]
 async fn set_config(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetConfigRequest>,
 ) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
     out(
         &d,
-        lifecycle::set_config(&d, ACTOR, rec.uuid, &req.config).await?,
+        lifecycle::set_config(&d, caller.actor(), rec.uuid, &req.config).await?,
     )
     .await
 }
@@ -416,13 +441,14 @@ async fn set_config(
 )]
 async fn set_stage(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SetStageRequest>,
 ) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
     out(
         &d,
-        lifecycle::set_stage(&d, ACTOR, rec.uuid, wire::stage_in(req.stage)).await?,
+        lifecycle::set_stage(&d, caller.actor(), rec.uuid, wire::stage_in(req.stage)).await?,
     )
     .await
 }
@@ -459,10 +485,11 @@ struct ConsoleQuery {
 )]
 async fn console(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<ConsoleQuery>,
 ) -> ApiResult<Response> {
-    let rec = d.find(&name).await?;
+    let rec = caller.partition(&d, &name, Action::Read).await?;
     let want = q.bytes.unwrap_or(64 * 1024).min(1 << 20);
     let running = d.registry.running(rec.uuid);
     // Subscribed before the history is read, so the stream misses nothing.
@@ -532,6 +559,7 @@ struct ExecQuery {
 )]
 async fn exec(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<ExecQuery>,
     headers: HeaderMap,
@@ -543,7 +571,7 @@ async fn exec(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains(brood_api::NDJSON));
     crate::convert::validate_exec(&req)?;
-    let rec = d.find(&name).await?;
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
     let command = match (req.command, req.argv) {
         (Some(c), None) => brood_proto::Command::Shell(c),
         (None, Some(a)) if !a.is_empty() => brood_proto::Command::Argv(a),

@@ -16,11 +16,13 @@ use brood_api::service::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::ApiResult;
 use super::extract::ApiJson;
 use crate::host::Host;
 use crate::pool;
+use crate::tenancy::{Action, Kind};
 
 type D = State<Arc<Host>>;
 
@@ -36,7 +38,8 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
 /// Lists service pools.
 #[utoipa::path(get, path = "/v1/pools", tag = "services", operation_id = "list_service_pools",
     responses((status = 200, description = "Every service pool, by name", body = ServicePoolList), Common))]
-async fn list_pools(State(d): D) -> ApiResult<Json<ServicePoolList>> {
+async fn list_pools(State(d): D, caller: Auth) -> ApiResult<Json<ServicePoolList>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(pool::list(&d).await?))
 }
 
@@ -50,8 +53,10 @@ async fn list_pools(State(d): D) -> ApiResult<Json<ServicePoolList>> {
         JsonBody, Common))]
 async fn create_pool(
     State(d): D,
+    caller: Auth,
     ApiJson(req): ApiJson<ServicePoolCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<ServicePool>)> {
+    caller.check(Action::Configure, Kind::Infra)?;
     Ok((StatusCode::CREATED, Json(pool::create(&d, req).await?)))
 }
 
@@ -63,7 +68,12 @@ async fn create_pool(
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no service pool has that name (`not_found`)", body = ErrorBody),
         Common))]
-async fn show_pool(State(d): D, Path(name): Path<String>) -> ApiResult<Json<ServicePool>> {
+async fn show_pool(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ServicePool>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(pool::show(&d, &name).await?))
 }
 
@@ -75,7 +85,8 @@ async fn show_pool(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Serv
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no service pool has that name (`not_found`)", body = ErrorBody),
         Common))]
-async fn delete_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_pool(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    caller.check(Action::Configure, Kind::Infra)?;
     pool::delete(&d, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -83,7 +94,8 @@ async fn delete_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusC
 /// Lists services.
 #[utoipa::path(get, path = "/v1/services", tag = "services", operation_id = "list_services",
     responses((status = 200, description = "Every service, by name", body = ServiceList), Common))]
-async fn list_services(State(d): D) -> ApiResult<Json<ServiceList>> {
+async fn list_services(State(d): D, caller: Auth) -> ApiResult<Json<ServiceList>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(pool::request::list(&d).await?))
 }
 
@@ -101,8 +113,10 @@ async fn list_services(State(d): D) -> ApiResult<Json<ServiceList>> {
         JsonBody, Common))]
 async fn request_service(
     State(d): D,
+    caller: Auth,
     ApiJson(req): ApiJson<ServiceRequest>,
 ) -> ApiResult<(StatusCode, Json<Service>)> {
+    caller.check(Action::Configure, Kind::Infra)?;
     Ok((
         StatusCode::CREATED,
         Json(pool::request::request(&d, req).await?),
@@ -117,7 +131,12 @@ async fn request_service(
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no service has that name (`not_found`)", body = ErrorBody),
         Common))]
-async fn show_service(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Service>> {
+async fn show_service(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Service>> {
+    caller.check(Action::Read, Kind::Infra)?;
     let rec = pool::request::find(&d, &name).await?;
     Ok(Json(pool::request::view(&d, &rec).await?))
 }
@@ -130,7 +149,12 @@ async fn show_service(State(d): D, Path(name): Path<String>) -> ApiResult<Json<S
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no service has that name (`not_found`)", body = ErrorBody),
         Common))]
-async fn release_service(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn release_service(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.check(Action::Configure, Kind::Infra)?;
     pool::request::release(&d, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -147,16 +171,19 @@ async fn release_service(State(d): D, Path(name): Path<String>) -> ApiResult<Sta
         JsonBody, Common))]
 async fn associate_guest(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<AssociateRequest>,
 ) -> ApiResult<Json<Service>> {
+    caller.check(Action::Configure, Kind::Infra)?;
     Ok(Json(pool::request::associate(&d, &name, &req.guest).await?))
 }
 
 /// Lists service classes (built-in and `DATA_DIR/classes/`).
 #[utoipa::path(get, path = "/v1/service-classes", tag = "services", operation_id = "list_service_classes",
     responses((status = 200, description = "Every class, by name", body = ServiceClassList), Common))]
-async fn list_classes(State(d): D) -> ApiResult<Json<ServiceClassList>> {
+async fn list_classes(State(d): D, caller: Auth) -> ApiResult<Json<ServiceClassList>> {
+    caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(ServiceClassList {
         items: pool::class::list(&d).await,
     }))

@@ -10,15 +10,16 @@ use brood_api::{ErrorBody, Partition, Snapshot, SnapshotCreateRequest, SnapshotL
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::ApiResult;
 use super::extract::{ApiJson, RawJson};
 use super::render::render;
 use crate::host::Host;
 use crate::partition::snapshot;
+use crate::tenancy::Action;
 
 type D = State<Arc<Host>>;
-const ACTOR: &str = "api";
 
 pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list, create))
@@ -40,8 +41,12 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         Common
     )
 )]
-async fn list(State(d): D, Path(name): Path<String>) -> ApiResult<Json<SnapshotList>> {
-    let rec = d.find(&name).await?;
+async fn list(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<SnapshotList>> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
     Ok(Json(SnapshotList {
         items: snapshot::list(&d, &rec).await?,
     }))
@@ -68,11 +73,12 @@ async fn list(State(d): D, Path(name): Path<String>) -> ApiResult<Json<SnapshotL
 )]
 async fn create(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SnapshotCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Snapshot>)> {
-    let rec = d.find(&name).await?;
-    let s = snapshot::create(&d, ACTOR, rec.uuid, &req.name).await?;
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    let s = snapshot::create(&d, caller.actor(), rec.uuid, &req.name).await?;
     Ok((StatusCode::CREATED, Json(s)))
 }
 
@@ -94,9 +100,13 @@ async fn create(
         Common
     )
 )]
-async fn delete(State(d): D, Path((name, snap)): Path<(String, String)>) -> ApiResult<StatusCode> {
-    let rec = d.find(&name).await?;
-    snapshot::delete(&d, ACTOR, rec.uuid, &snap).await?;
+async fn delete(
+    State(d): D,
+    caller: Auth,
+    Path((name, snap)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    snapshot::delete(&d, caller.actor(), rec.uuid, &snap).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -120,9 +130,13 @@ async fn delete(State(d): D, Path((name, snap)): Path<(String, String)>) -> ApiR
         Common
     )
 )]
-async fn revert(State(d): D, Path((name, snap)): Path<(String, String)>) -> ApiResult<RawJson> {
-    let rec = d.find(&name).await?;
-    let rec = snapshot::revert(&d, ACTOR, rec.uuid, &snap).await?;
+async fn revert(
+    State(d): D,
+    caller: Auth,
+    Path((name, snap)): Path<(String, String)>,
+) -> ApiResult<RawJson> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    let rec = snapshot::revert(&d, caller.actor(), rec.uuid, &snap).await?;
     let parent = match rec.parent {
         Some(p) => d.ledger.partition_by_uuid(p).await?.map(|r| r.name),
         None => None,

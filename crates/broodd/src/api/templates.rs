@@ -16,15 +16,16 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::host::Host;
 use crate::template::freeze;
+use crate::tenancy::{Action, Caller, Kind};
 use crate::{fork, identity_pool};
 
 type D = State<Arc<Host>>;
-const ACTOR: &str = "api";
 
 pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list, create))
@@ -34,8 +35,13 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(show_identity_pool, delete_identity_pool))
 }
 
-async fn template_rec(d: &Host, name: &str) -> ApiResult<brood_ledger::PartitionRecord> {
-    let rec = d.find(name).await?;
+async fn template_rec(
+    d: &Host,
+    caller: &Caller,
+    name: &str,
+    action: Action,
+) -> ApiResult<crate::tenancy::Authorized<brood_ledger::PartitionRecord>> {
+    let rec = caller.template(d, name, action).await?;
     if rec.stage != Stage::Template {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -59,10 +65,12 @@ async fn template_rec(d: &Host, name: &str) -> ApiResult<brood_ledger::Partition
         Common
     )
 )]
-async fn list(State(d): D) -> ApiResult<Json<TemplateList>> {
+async fn list(State(d): D, caller: Auth) -> ApiResult<Json<TemplateList>> {
     let mut items = Vec::new();
     for rec in d.ledger.all_partitions().await? {
-        if rec.stage == Stage::Template {
+        if rec.stage == Stage::Template
+            && caller.template(&d, &rec.name, Action::Read).await.is_ok()
+        {
             items.push(freeze::view(&d, &rec).await?);
         }
     }
@@ -89,9 +97,13 @@ async fn list(State(d): D) -> ApiResult<Json<TemplateList>> {
 )]
 async fn create(
     State(d): D,
+    caller: Auth,
     ApiJson(req): ApiJson<TemplateCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
-    let rec = freeze::create(&d, ACTOR, &req.vm, req.name, req.warm, req.persist).await?;
+    let vm = caller.partition(&d, &req.vm, Action::Operate).await?;
+    caller.check(Action::Create, Kind::Template)?;
+    let key = vm.uuid.to_string();
+    let rec = freeze::create(&d, caller.actor(), &key, req.name, req.warm, req.persist).await?;
     Ok((StatusCode::CREATED, Json(freeze::view(&d, &rec).await?)))
 }
 
@@ -109,8 +121,8 @@ async fn create(
         Common
     )
 )]
-async fn show(State(d): D, Path(name): Path<String>) -> ApiResult<Json<Template>> {
-    let rec = template_rec(&d, &name).await?;
+async fn show(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<Json<Template>> {
+    let rec = template_rec(&d, &caller, &name, Action::Read).await?;
     Ok(Json(freeze::view(&d, &rec).await?))
 }
 
@@ -140,11 +152,12 @@ struct DeleteQuery {
 )]
 async fn delete(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    let rec = template_rec(&d, &name).await?;
-    freeze::delete(&d, ACTOR, rec.uuid, q.cascade.unwrap_or(false)).await?;
+    let rec = template_rec(&d, &caller, &name, Action::Delete).await?;
+    freeze::delete(&d, caller.actor(), rec.uuid, q.cascade.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -168,11 +181,13 @@ async fn delete(
 )]
 async fn fork_children(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ForkRequest>,
 ) -> ApiResult<(StatusCode, Json<ForkResponse>)> {
-    let rec = template_rec(&d, &name).await?;
-    let children = fork::fork(&d, ACTOR, rec.uuid, req).await?;
+    let rec = template_rec(&d, &caller, &name, Action::Operate).await?;
+    caller.check(Action::Create, Kind::Partition)?;
+    let children = fork::fork(&d, caller.actor(), caller.scope(), rec.uuid, req).await?;
     Ok((StatusCode::CREATED, Json(ForkResponse { children })))
 }
 
@@ -187,7 +202,8 @@ async fn fork_children(
         Common
     )
 )]
-async fn identity_pools(State(d): D) -> ApiResult<Json<IdentityPoolList>> {
+async fn identity_pools(State(d): D, caller: Auth) -> ApiResult<Json<IdentityPoolList>> {
+    caller.check(Action::Read, Kind::IdentityPool)?;
     Ok(Json(identity_pool::list(&d).await?))
 }
 
@@ -208,11 +224,13 @@ async fn identity_pools(State(d): D) -> ApiResult<Json<IdentityPoolList>> {
 )]
 async fn create_identity_pool(
     State(d): D,
+    caller: Auth,
     ApiJson(req): ApiJson<IdentityPoolCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<IdentityPool>)> {
+    caller.check(Action::Configure, Kind::IdentityPool)?;
     Ok((
         StatusCode::CREATED,
-        Json(identity_pool::create(&d, ACTOR, req).await?),
+        Json(identity_pool::create(&d, caller.actor(), req).await?),
     ))
 }
 
@@ -232,8 +250,10 @@ async fn create_identity_pool(
 )]
 async fn show_identity_pool(
     State(d): D,
+    caller: Auth,
     Path(name): Path<String>,
 ) -> ApiResult<Json<IdentityPool>> {
+    caller.check(Action::Read, Kind::IdentityPool)?;
     Ok(Json(identity_pool::show(&d, &name, true).await?))
 }
 
@@ -252,7 +272,12 @@ async fn show_identity_pool(
         Common
     )
 )]
-async fn delete_identity_pool(State(d): D, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    identity_pool::delete(&d, ACTOR, &name).await?;
+async fn delete_identity_pool(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.check(Action::Configure, Kind::IdentityPool)?;
+    identity_pool::delete(&d, caller.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

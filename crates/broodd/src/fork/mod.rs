@@ -100,7 +100,8 @@ struct Recorded {
 /// parallel. With `req.wait` false the answer comes once they are recorded.
 pub async fn fork(
     host: &Arc<Host>,
-    actor: &'static str,
+    actor: &str,
+    unit: Option<Uuid>,
     uuid: Uuid,
     req: api::ForkRequest,
 ) -> HostResult<Vec<api::ForkChild>> {
@@ -121,7 +122,8 @@ pub async fn fork(
     validate(host, &req, rt.tpl.spec.nics.len()).await?;
     crate::convert::child_charge(req.charge_mib, rt.tpl.spec.mem_mib)?;
     let busy = rt.forking();
-    let recorded = record(host, actor, &rt, &req).await?;
+    let recorded = record(host, actor, unit, &rt, &req).await?;
+    let actor: Arc<str> = actor.into();
     let as_recorded: Vec<api::ForkChild> = recorded
         .iter()
         .map(|r| child_view(r.uuid, &r.name, &r.lineage, r.charge))
@@ -131,8 +133,8 @@ pub async fn fork(
         let rt = rt.clone();
         async move {
             let jobs = recorded.into_iter().map(|r| {
-                let (host, rt) = (host.clone(), rt.clone());
-                async move { start_recorded(&host, actor, &rt, r, t0).await }
+                let (host, rt, actor) = (host.clone(), rt.clone(), actor.clone());
+                async move { start_recorded(&host, &actor, &rt, r, t0).await }
             });
             let out: Vec<HostResult<api::ForkChild>> = futures::stream::iter(jobs)
                 .buffered(PARALLEL)
@@ -187,6 +189,7 @@ fn child_view(uuid: Uuid, name: &str, c: &ChildLineage, charge: u64) -> api::For
 async fn record(
     host: &Host,
     actor: &str,
+    unit: Option<Uuid>,
     rt: &TemplateRt,
     req: &api::ForkRequest,
 ) -> HostResult<Vec<Recorded>> {
@@ -247,6 +250,13 @@ async fn record(
             generation: 0,
             parent: Some(tpl.uuid),
             lineage: Some(Lineage::Child(Box::new(lineage.clone()))),
+        }));
+        // A unit's child reserves from the unit, whoever's the template is.
+        ops.extend(unit.map(|unit| {
+            Op::Unit(brood_ledger::UnitOp::Join {
+                partition: uuid,
+                unit,
+            })
         }));
         ops.extend(Op::reserve(uuid, &active_share(&demand)));
         for pool in [&req.identity_pool, &req.ip_pool].into_iter().flatten() {

@@ -15,6 +15,9 @@ pub enum HostError {
     /// The object does not exist (or the caller may not know it does).
     #[error("{0}")]
     NotFound(String),
+    /// The caller's role may see the object but not do this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Not allowed in the object's current state.
     #[error("{0}")]
     Transition(String),

@@ -23,6 +23,7 @@ use crate::wire;
 pub async fn define(
     host: &Arc<Host>,
     actor: &str,
+    unit: Option<Uuid>,
     req: api::DefineRequest,
 ) -> HostResult<PartitionRecord> {
     let networks = crate::network::names(host).await?;
@@ -56,6 +57,13 @@ pub async fn define(
         ..Resources::default()
     };
     let mut ops = vec![Op::InsertPartition(rec.clone())];
+    // A unit's VM reserves from the unit's allocation (the ledger routes it).
+    ops.extend(unit.map(|unit| {
+        Op::Unit(brood_ledger::UnitOp::Join {
+            partition: uuid,
+            unit,
+        })
+    }));
     ops.extend(Op::reserve(uuid, &disk_share));
     host.ledger
         .commit(Tx {

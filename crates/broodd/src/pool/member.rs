@@ -82,7 +82,7 @@ async fn make_inner(
     let mut index = rec.next_index;
     let partition = loop {
         let name = format!("{pool}-m{index}");
-        match define::define(host, ACTOR, member_request(name, &spec)).await {
+        match define::define(host, ACTOR, None, member_request(name, &spec)).await {
             Ok(p) => break p,
             Err(HostError::Ledger(LedgerError::NameTaken { .. }))
                 if index < rec.next_index + 64 =>
