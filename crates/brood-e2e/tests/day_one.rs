@@ -218,7 +218,7 @@ fn brood_events_reconnects_when_broodd_restarts() {
     // Ledger commits are events too, with who made them.
     assert!(
         seen.iter()
-            .any(|l| l.contains("ledger tx") && l.contains("by api")),
+            .any(|l| l.contains("ledger tx") && l.contains("by admin")),
         "{seen:?}"
     );
     assert!(events.try_wait().unwrap().is_none(), "brood events ended");

@@ -185,7 +185,7 @@ async fn every_committed_ledger_transaction_is_an_event() {
     let entries = log["items"].as_array().cloned().unwrap_or_default();
     let e = events.until(|e| e["kind"]["type"] == "ledger").await;
     let tx = e["kind"]["tx"].as_u64().unwrap();
-    assert_eq!(e["kind"]["actor"], "api", "{e}");
+    assert_eq!(e["kind"]["actor"], "admin", "{e}");
     assert!(!e["kind"]["reason"].as_str().unwrap().is_empty(), "{e}");
     // The event is the audit log's entry.
     let entry = entries
