@@ -69,9 +69,12 @@ fn check_name(name: &str) -> HostResult<()> {
     }
 }
 
-/// The partition's disks as brood made them (qcow2 files in its disk directory).
+/// The partition's disks as brood made them (qcow2 files in its disk
+/// directory), never the hard link to its image's root disk: that is the
+/// image itself, shared by every partition of it, and read-only to them.
 async fn disk_files(host: &Host, uuid: Uuid) -> HostResult<Vec<PathBuf>> {
     let dir = host.paths.disk_dir(uuid);
+    let image_base = host.paths.image_base(uuid);
     let mut out = Vec::new();
     let mut rd = match tokio::fs::read_dir(&dir).await {
         Ok(rd) => rd,
@@ -84,7 +87,7 @@ async fn disk_files(host: &Host, uuid: Uuid) -> HostResult<Vec<PathBuf>> {
         .map_err(|e| HostError::io(format!("read {}", dir.display()), e))?
     {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "qcow2") && p.is_file() {
+        if p.extension().is_some_and(|x| x == "qcow2") && p.is_file() && p != image_base {
             out.push(p);
         }
     }
