@@ -257,6 +257,8 @@ impl Conn {
     }
 }
 
+/// `clients` threads, each on its own connection with `token`, list and
+/// show random partitions for `dur`.
 pub(crate) fn load(
     sock: &Path,
     token: &str,
@@ -264,19 +266,40 @@ pub(crate) fn load(
     partitions: usize,
     dur: Duration,
 ) -> Result<Load> {
+    load_with(sock, clients, dur, |_| (token, None), partitions)
+}
+
+/// The load loop itself: client `c` uses the token and the partition
+/// picker `who(c)` gives; `Some((stride, offset))` keeps it to the
+/// partitions `i * stride + offset`, `None` lets it read any of them.
+pub(crate) fn load_with<'a>(
+    sock: &Path,
+    clients: usize,
+    dur: Duration,
+    who: impl Fn(usize) -> (&'a str, Option<(usize, usize)>) + Sync,
+    partitions: usize,
+) -> Result<Load> {
     let t0 = Instant::now();
+    let who = &who;
     let per: Vec<Result<Load>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..clients)
             .map(|c| {
                 s.spawn(move || -> Result<Load> {
                     let mut conn = Conn::open(sock)?;
+                    let (token, only) = who(c);
                     let mut l = Load::default();
                     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ c as u64;
                     while t0.elapsed() < dur {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        let i = usize::try_from(x % partitions as u64).unwrap_or(0);
+                        let r = usize::try_from(x).unwrap_or(0);
+                        let i = match only {
+                            Some((stride, offset)) => {
+                                (r % (partitions / stride).max(1)) * stride + offset
+                            }
+                            None => r % partitions,
+                        };
                         let list = x & 1 == 0;
                         let path = if list {
                             format!("/v1/partitions?limit=100&after={}", name(i))

@@ -167,73 +167,22 @@ fn load_mixed(
     tokens: &[[String; 2]],
     shape: &Shape,
 ) -> Result<Load> {
-    let t0 = Instant::now();
-    let dur = Duration::from_secs_f64(shape.seconds);
     let units = tokens.len();
-    let per: Vec<Result<Load>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..shape.clients)
-            .map(|c| {
-                s.spawn(move || -> Result<Load> {
-                    let mut conn = Conn::open(sock)?;
-                    let unit = c / 4 % units;
-                    let (token, own) = match c % 4 {
-                        0 => (admin, false),
-                        1 => (auditor, false),
-                        2 => (tokens[unit][0].as_str(), true),
-                        _ => (tokens[unit][1].as_str(), true),
-                    };
-                    let mut l = Load::default();
-                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ c as u64;
-                    let per_unit = shape.partitions / units;
-                    while t0.elapsed() < dur {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let r = usize::try_from(x).unwrap_or(0);
-                        let i = if own {
-                            (r % per_unit) * units + unit
-                        } else {
-                            r % shape.partitions
-                        };
-                        let list = x & 1 == 0;
-                        let path = if list {
-                            format!("/v1/partitions?limit=100&after={}", name(i))
-                        } else {
-                            format!("/v1/partitions/{}", name(i))
-                        };
-                        let t = Instant::now();
-                        let (status, _) = conn.request("GET", &path, token, None)?;
-                        let us = t.elapsed().as_secs_f64() * 1e6;
-                        if status != 200 {
-                            bail!("GET {path}: {status}");
-                        }
-                        if list {
-                            l.list.push(us)
-                        } else {
-                            l.show.push(us)
-                        }
-                    }
-                    Ok(l)
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("client panicked")))
-            })
-            .collect()
-    });
-    let mut all = Load {
-        seconds: t0.elapsed().as_secs_f64(),
-        ..Load::default()
-    };
-    for l in per {
-        let l = l?;
-        all.list.extend(l.list);
-        all.show.extend(l.show);
-    }
-    Ok(all)
+    let dur = Duration::from_secs_f64(shape.seconds);
+    super::api::load_with(
+        sock,
+        shape.clients,
+        dur,
+        |c| {
+            let unit = c / 4 % units;
+            match c % 4 {
+                0 => (admin, None),
+                1 => (auditor, None),
+                k => (tokens[unit][k - 2].as_str(), Some((units, unit))),
+            }
+        },
+        shape.partitions,
+    )
 }
 
 /// `count` defines with a 1 GiB disk by `token` over 8 connections: the
