@@ -126,8 +126,14 @@ pub fn run(
     result
 }
 
-fn build(req: &ExecRequest) -> Result<(StdCommand, String), ExecError> {
-    let (mut command, program) = match &req.command {
+/// The command a request names, with its environment and working
+/// directory checked and set: what exec and pty sessions share.
+pub(crate) fn command_for(
+    what: &Command,
+    env: &[(String, String)],
+    cwd: Option<&String>,
+) -> Result<(StdCommand, String), ExecError> {
+    let (mut command, program) = match what {
         Command::Argv(argv) => {
             let (program, args) = argv.split_first().ok_or(ExecError::EmptyCommand)?;
             if program.is_empty() {
@@ -143,7 +149,7 @@ fn build(req: &ExecRequest) -> Result<(StdCommand, String), ExecError> {
             (c, "/bin/sh".to_owned())
         }
     };
-    for (name, value) in &req.env {
+    for (name, value) in env {
         if name.is_empty() || name.contains(['=', '\0']) {
             return Err(ExecError::BadEnv {
                 name: crate::console::cut(name, 64).to_owned(),
@@ -151,7 +157,7 @@ fn build(req: &ExecRequest) -> Result<(StdCommand, String), ExecError> {
         }
         command.env(name, value);
     }
-    if let Some(cwd) = &req.cwd {
+    if let Some(cwd) = cwd {
         // Checked here because a failed chdir in the child is reported as a
         // failure to spawn the program, which misleads.
         let cwd_err = |source| ExecError::Cwd {
@@ -164,6 +170,11 @@ fn build(req: &ExecRequest) -> Result<(StdCommand, String), ExecError> {
         }
         command.current_dir(cwd);
     }
+    Ok((command, program))
+}
+
+fn build(req: &ExecRequest) -> Result<(StdCommand, String), ExecError> {
+    let (mut command, program) = command_for(&req.command, &req.env, req.cwd.as_ref())?;
     command
         .stdin(if req.stdin.is_empty() {
             Stdio::null()

@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use brood_proto::{
-    AgentError, Command, ErrorKind, ExecStatus, OUTPUT_CHUNK, SessionRequest, Stream, WinSize,
+    AgentError, ErrorKind, ExecStatus, OUTPUT_CHUNK, SessionRequest, Stream, WinSize,
 };
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -174,42 +174,7 @@ fn set_size(master: &OwnedFd, size: WinSize) -> nix::Result<()> {
 }
 
 fn build(req: &SessionRequest) -> Result<(StdCommand, String), ExecError> {
-    let (mut command, program) = match &req.command {
-        Command::Argv(argv) => {
-            let (program, args) = argv.split_first().ok_or(ExecError::EmptyCommand)?;
-            if program.is_empty() {
-                return Err(ExecError::EmptyCommand);
-            }
-            let mut c = StdCommand::new(program);
-            c.args(args);
-            (c, program.clone())
-        }
-        Command::Shell(script) => {
-            let mut c = StdCommand::new("/bin/sh");
-            c.arg("-c").arg(script);
-            (c, "/bin/sh".to_owned())
-        }
-    };
-    for (name, value) in &req.env {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(ExecError::BadEnv {
-                name: crate::console::cut(name, 64).to_owned(),
-            });
-        }
-        command.env(name, value);
-    }
-    if let Some(cwd) = &req.cwd {
-        let cwd_err = |source| ExecError::Cwd {
-            cwd: crate::console::cut(cwd, 256).to_owned(),
-            source,
-        };
-        let meta = std::fs::metadata(cwd).map_err(cwd_err)?;
-        if !meta.is_dir() {
-            return Err(cwd_err(io::Error::from(io::ErrorKind::NotADirectory)));
-        }
-        command.current_dir(cwd);
-    }
-    Ok((command, program))
+    crate::exec::command_for(&req.command, &req.env, req.cwd.as_ref())
 }
 
 /// Makes the child a session leader whose controlling terminal is its stdin.
@@ -499,6 +464,7 @@ fn console_shell_once() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brood_proto::Command;
 
     fn collect(req: &SessionRequest, sessions: &Sessions, id: u32) -> (Vec<u8>, ExecStatus) {
         let mut out = Vec::new();
