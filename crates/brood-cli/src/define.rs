@@ -11,9 +11,9 @@ use brood_api::{DefineRequest, DiskConfig, NicConfig, Partition, PartitionConfig
 use clap::Args;
 use tokio::io::AsyncReadExt;
 
+use crate::Output;
 use crate::client::Client;
 use crate::render::{parse_wire, print_json};
-use crate::{Output, vm};
 
 /// The configuration's name when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "default";
@@ -258,7 +258,7 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
         Output::Json => print_json(&p)?,
         Output::Text => {
             let verb = if start { "created" } else { "defined" };
-            println!("{verb} {}", vm::summary(&p));
+            println!("{verb} {}", crate::partition::summary(&p));
         }
     }
     Ok(0)

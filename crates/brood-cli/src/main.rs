@@ -23,6 +23,7 @@ mod io;
 mod ledger;
 mod man;
 mod network;
+mod partition;
 mod paths;
 mod pool;
 mod render;

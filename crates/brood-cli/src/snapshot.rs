@@ -9,8 +9,8 @@ use clap::Subcommand;
 
 use crate::Output;
 use crate::client::{Client, encode};
+use crate::partition::{partition_path, summary};
 use crate::render::{Table, print_json};
-use crate::vm::{partition_path, summary};
 
 /// Taking or reverting a snapshot writes or reads the VM's whole memory.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(600);

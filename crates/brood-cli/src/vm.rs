@@ -15,6 +15,7 @@ use crate::Output;
 use crate::client::{Client, REQUEST_TIMEOUT, encode};
 use crate::define::{CREATE_EXAMPLES, DEFINE_EXAMPLES, DefineArgs};
 use crate::exec::ExecArgs;
+use crate::partition::{partition_path, summary};
 use crate::render::{Table, key_values, mib, or_dash, parse_wire, print_json, wire_name};
 
 /// Commands on partitions (VMs) managed by broodd.
@@ -166,10 +167,6 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
     )
 }
 
-pub fn partition_path(name: &str) -> String {
-    format!("/v1/partitions/{}", encode(name))
-}
-
 /// Runs a `brood vm` command; returns the exit code.
 pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
@@ -275,18 +272,6 @@ fn done(p: &Partition, out: Output) -> Result<i32> {
         Output::Text => println!("{}", summary(p)),
     }
     Ok(0)
-}
-
-/// One line about a partition: `web: operating, running (pid 4242), config default`.
-pub fn summary(p: &Partition) -> String {
-    let pid = p.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
-    format!(
-        "{}: {}, {}{pid}, config {}",
-        p.name,
-        wire_name(&p.stage),
-        wire_name(&p.run_state),
-        p.active_config
-    )
 }
 
 /// Pages through `GET /v1/partitions` until `next` is absent or `limit` is reached.
