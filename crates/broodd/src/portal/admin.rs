@@ -60,10 +60,10 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
         section id="host" aria-labelledby="host-h" {
             h2 id="host-h" { "Host " (host.hostname) }
             p.meta { "brood " (host.version) " · " (host.accel) " · " (host.active) " of " (host.partitions) " partitions active · vCPU overcommit " (host.vcpu_overcommit) }
-            (super::html::bar("memory", "MiB", host.capacity.memory_mib, host.used.memory_mib, host.available.memory_mib))
-            (super::html::bar("vcpus", "vCPUs", host.capacity.vcpus, host.used.vcpus, host.available.vcpus))
-            (super::html::bar("disk", "GiB", host.capacity.disk_gib, host.used.disk_gib, host.available.disk_gib))
-            (super::html::bar("nics", "NICs", host.capacity.nics, host.used.nics, host.available.nics))
+            (super::html::bar_of("memory", "MiB", ["capacity", "available"], host.capacity.memory_mib, host.used.memory_mib, host.available.memory_mib))
+            (super::html::bar_of("vcpus", "vCPUs", ["capacity", "available"], host.capacity.vcpus, host.used.vcpus, host.available.vcpus))
+            (super::html::bar_of("disk", "GiB", ["capacity", "available"], host.capacity.disk_gib, host.used.disk_gib, host.available.disk_gib))
+            (super::html::bar_of("nics", "NICs", ["capacity", "available"], host.capacity.nics, host.used.nics, host.available.nics))
             details { summary { "Who holds what (" (ledger.owners.len()) " owners)" }
                 table { thead { tr { th { "Owner" } th { "Holds" } } }
                     tbody { @for o in &ledger.owners { tr { td { (o.owner) } td { (res(&o.holds)) } } } } }

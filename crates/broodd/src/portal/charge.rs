@@ -116,13 +116,13 @@ fn page(ctx: &Ctx, r: &ChargebackReport) -> Markup {
         @if r.units.is_empty() { p { "No unit was charged in this period." } } @else {
             (bar_chart("Charges per unit", &["reservation", "allocation"], &groups))
             table.chargeback {
-                thead { tr { th { "Unit" } th { "Reservation" } th { "Allocation" } th { "Refunds" } } }
+                thead { tr { th { "Unit" } th.num { "Reservation" } th.num { "Allocation" } th.num { "Refunds" } } }
                 tbody { @for u in &r.units { tr data-unit=(u.unit) {
                     td { (u.unit) } td.num { (money(u.reservation_micros)) } td.num { (money(u.allocation_micros)) } td.num { (money(u.refunds_micros)) }
                 } } }
             }
             details { summary { "Lines" }
-                table { thead { tr { th { "Unit" } th { "Model" } th { "Item" } th { "Hours" } th { "Amount" } } }
+                table { thead { tr { th { "Unit" } th { "Model" } th { "Item" } th.num { "Hours" } th.num { "Amount" } } }
                     tbody { @for u in &r.units { @for l in &u.lines { tr {
                         td { (u.unit) } td { (l.model) } td { (l.item) } td.num { (format!("{:.4}", l.quantity_hours)) } td.num { (money(l.micros)) }
                     } } } } }

@@ -83,6 +83,19 @@ pub fn unit_query(unit: Option<&str>, first: bool) -> String {
 
 /// One resource's bar: used and free out of allocated.
 pub fn bar(label: &str, unit: &str, allocated: u64, used: u64, free: u64) -> Markup {
+    bar_of(label, unit, ["allocated", "free"], allocated, used, free)
+}
+
+/// One resource's bar with its own words for the whole and what is left
+/// (`capacity` and `available` for the host).
+pub fn bar_of(
+    label: &str,
+    unit: &str,
+    words: [&str; 2],
+    allocated: u64,
+    used: u64,
+    free: u64,
+) -> Markup {
     let pct = used
         .saturating_mul(100)
         .checked_div(allocated)
@@ -96,9 +109,9 @@ pub fn bar(label: &str, unit: &str, allocated: u64, used: u64, free: u64) -> Mar
                 div.bar-used style=(format!("width:{pct}%")) {}
             }
             span.bar-figures {
-                span.allocated data-v=(allocated) { (allocated) } " " (unit) " allocated, "
+                span.allocated data-v=(allocated) { (allocated) } " " (unit) " " (words[0]) ", "
                 span.used data-v=(used) { (used) } " used, "
-                span.free data-v=(free) { (free) } " free"
+                span.free data-v=(free) { (free) } " " (words[1])
             }
         }
     }

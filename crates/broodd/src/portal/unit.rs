@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use brood_api::{PartitionList, TemplateList, Unit, UnitList, UnitRequestList};
 use maud::{Markup, html};
 use serde_json::{Value, json};
@@ -28,9 +28,27 @@ pub async fn view(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    let body = match &ctx.unit {
-        Some(u) => unit_page(&ctx, u).await,
-        None => pick_unit(&ctx).await,
+    let body = match (&ctx.unit, q.get("part").map(String::as_str)) {
+        // The pieces portal.js refreshes in place.
+        (Some(u), Some("bars")) => {
+            match ctx.api.get::<Unit>(&format!("/v1/units/{}", enc(u))).await {
+                Ok(u) => return bars(&u).into_response(),
+                Err(e) => Err(e),
+            }
+        }
+        (Some(u), Some("vms")) => match ctx
+            .api
+            .get::<PartitionList>("/v1/partitions?limit=1000")
+            .await
+        {
+            Ok(vms) => {
+                let hidden = ctx.s.who.unit.is_none().then_some(u.as_str());
+                return vm_rows(&ctx, &vms, hidden).into_response();
+            }
+            Err(e) => Err(e),
+        },
+        (Some(u), _) => unit_page(&ctx, u).await,
+        (None, _) => pick_unit(&ctx).await,
     };
     match body {
         Ok(b) => render(&ctx, &title(&ctx), b),
@@ -81,24 +99,15 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
     let here = format!("/ui/unit{uq}");
     let hidden_unit = ctx.s.who.unit.is_none().then_some(name);
     Ok(html! {
-        (bars(&u))
+        div data-refresh=(format!("/ui/unit?part=bars{}", unit_query(hidden_unit, false))) { (bars(&u)) }
         p.meta { "Networks: " (join(&u.networks)) " · templates: " (join(&u.templates))
             " · " a href=(format!("/ui/chargeback{uq}")) { "chargeback" } }
         section aria-labelledby="vms-h" {
             h2 id="vms-h" { "VMs" }
             table.vms id="vms" data-events=(format!("/ui/events{uq}")) data-unit-q=(uq) {
                 thead { tr { th { "Name" } th { "State" } th { "vCPUs" } th { "Memory" } th { "Actions" } } }
-                tbody {
-                    @for vm in &vms.items {
-                        @let cfg = vm.configs.get(&vm.active_config);
-                        tr data-vm=(vm.name) {
-                            td { a href=(format!("/ui/vms/{}{uq}", enc(&vm.name))) { (vm.name) } }
-                            td.state { (serde_plain(&vm.run_state)) }
-                            td { (cfg.map_or(0, |c| c.vcpus)) }
-                            td { (cfg.map_or(0, |c| c.memory_mib)) " MiB" }
-                            td { (vm_actions(ctx, &vm.name, hidden_unit, &here)) }
-                        }
-                    }
+                tbody data-refresh=(format!("/ui/unit?part=vms{}", unit_query(hidden_unit, false))) {
+                    (vm_rows(ctx, &vms, hidden_unit))
                 }
             }
             p.live aria-live="polite" {}
@@ -158,11 +167,25 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
                 div.result aria-live="polite" {}
             }
         }
-        section aria-labelledby="jobs-h" {
-            h2 id="jobs-h" { "Jobs" }
-            p { "Jobs and their progress come with the jobs API (issue 13), which this broodd does not have yet." }
-        }
     })
+}
+
+/// The rows of the VMs table.
+fn vm_rows(ctx: &Ctx, vms: &PartitionList, hidden_unit: Option<&str>) -> Markup {
+    let uq = unit_query(hidden_unit, true);
+    let here = format!("/ui/unit{uq}");
+    html! {
+        @for vm in &vms.items {
+            @let cfg = vm.configs.get(&vm.active_config);
+            tr data-vm=(vm.name) {
+                td { a href=(format!("/ui/vms/{}{uq}", enc(&vm.name))) { (vm.name) } }
+                td.state { (serde_plain(&vm.run_state)) }
+                td { (cfg.map_or(0, |c| c.vcpus)) }
+                td { (cfg.map_or(0, |c| c.memory_mib)) " MiB" }
+                td { (vm_actions(ctx, &vm.name, hidden_unit, &here)) }
+            }
+        }
+    }
 }
 
 /// A table of requests.

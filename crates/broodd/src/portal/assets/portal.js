@@ -78,6 +78,28 @@
     return tr;
   }
 
+  // Regions marked data-refresh are fetched again (a fragment from the
+  // portal) shortly after VM events, so bars and rows follow without a reload.
+  var refreshTimer = null;
+  function refreshSoon() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(function () {
+      refreshTimer = null;
+      var regions = document.querySelectorAll("[data-refresh]");
+      regions.forEach(function (el) {
+        fetch(el.dataset.refresh, { credentials: "same-origin", headers: { "X-Portal-Async": "1" } })
+          .then(function (resp) {
+            if (!resp.ok) return;
+            return resp.text().then(function (text) {
+              var focused = el.contains(document.activeElement);
+              if (!focused) el.innerHTML = text;
+            });
+          })
+          .catch(function () {});
+      });
+    }, 400);
+  }
+
   function follow(table) {
     var src = new EventSource(table.dataset.events);
     var live = document.querySelector(".live");
@@ -90,6 +112,7 @@
       var cell = row.querySelector(".state");
       if (cell) cell.textContent = String(vm.run_state);
       if (live) live.textContent = vm.name + " is " + vm.run_state;
+      refreshSoon();
     };
     src.addEventListener("deleted", function (m) {
       var vm;
@@ -97,7 +120,9 @@
       var row = vm && rowOf(table, vm.name);
       if (row && table.classList.contains("vms")) row.remove();
       else if (row) { var c = row.querySelector(".state"); if (c) c.textContent = "deleted"; }
+      refreshSoon();
     });
+    src.addEventListener("lagged", refreshSoon);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
