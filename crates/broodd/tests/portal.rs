@@ -495,9 +495,202 @@ async fn the_csv_export_is_the_apis_report_and_pages_render_for_the_admin() {
             assert!(rows.contains(&row.as_str()), "{row} not in {}", p.text);
         }
     }
+    // Registration is a form of the administrator's page; a unit's user is refused by the API.
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    let csrf = csrf_of(&page.text);
+    let reg = [
+        ("name", "sales"),
+        ("contact", "s@example.com"),
+        ("back", "/ui/admin"),
+    ];
+    let mut fields = reg.to_vec();
+    fields.push(("csrf", &csrf));
+    let p = post(&app, "/ui/units", Some(&admin), None, &fields).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    api(&app, Method::GET, "/v1/units/sales", TOKEN, None).await;
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    let alice = sign_in(&app, t["token"].as_str().unwrap()).await;
+    let csrf = csrf_of(&get(&app, "/ui/unit", Some(&alice)).await.text);
+    let mut fields = vec![
+        ("name", "rogue"),
+        ("contact", "r@example.com"),
+        ("csrf", &csrf),
+    ];
+    fields.push(("back", "/ui/unit"));
+    let p = post(&app, "/ui/units", Some(&alice), None, &fields).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    assert!(p.text.contains("may not"), "the API's message: {}", p.text);
     // Unknown portal pages are the portal's 404; the API is still the API.
     let p = get(&app, "/ui/nothing-here", Some(&admin)).await;
     assert_eq!(p.status, StatusCode::NOT_FOUND);
     let (s, _) = app.get("/v1/host").await;
     assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_event_stream_names_only_vms_the_caller_may_read() {
+    use futures::StreamExt;
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let req = Request::builder()
+        .uri("/ui/events")
+        .header(header::HOST, "portal")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app
+        .router()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    // The other unit's VM changes first, then alice's own is made.
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "oscar"})),
+    )
+    .await;
+    let oscar = t["token"].as_str().unwrap().to_owned();
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions/ops-db/stop",
+        &oscar,
+        None,
+    )
+    .await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions/ops-db/start",
+        &oscar,
+        None,
+    )
+    .await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        Some(json!({"name": "mine", "configs": {"d": {"memory_mib": 256}}, "start": true})),
+    )
+    .await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !seen.contains(r#""name":"mine""#) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event about alice's VM; the stream so far: {seen}"))
+            .expect("the stream ended")
+            .expect("a chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !seen.contains("ops-db"),
+        "the stream named the other unit's VM: {seen}"
+    );
+    assert!(seen.contains(r#""run_state":"#), "{seen}");
+    // Signing out ends the stream.
+    let csrf = csrf_of(&get(&app, "/ui/unit", Some(&cookie)).await.text);
+    post(&app, "/ui/logout", Some(&cookie), None, &[("csrf", &csrf)]).await;
+    api(&app, Method::POST, "/v1/partitions/mine/stop", &alice, None).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session");
+}
+
+#[tokio::test]
+async fn a_unit_user_forks_children_from_its_units_template() {
+    let (app, alice) = fixture().await;
+    let admin = sign_in(&app, TOKEN).await;
+    let csrf = csrf_of(&get(&app, "/ui/unit?unit=eng", Some(&admin)).await.text);
+    // The administrator, acting inside eng, makes a VM and a template of it.
+    let vm = [
+        ("name", "base"),
+        ("memory_mib", "256"),
+        ("start", "true"),
+        ("unit", "eng"),
+    ];
+    let mut f = vm.to_vec();
+    f.push(("csrf", &csrf));
+    let p = post(&app, "/ui/unit/vms", Some(&admin), None, &f).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let f = [("template", "tpl"), ("unit", "eng"), ("csrf", &csrf)];
+    let p = post(&app, "/ui/vms/base/template", Some(&admin), None, &f).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    // alice sees it in her unit's view and forks two children from it.
+    let cookie = sign_in(&app, &alice).await;
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert!(
+        page.text.contains("/ui/templates/tpl/fork"),
+        "{}",
+        page.text
+    );
+    assert!(
+        !page.text.contains("/ui/unit/requests"),
+        "a unit user is offered requests"
+    );
+    let csrf = csrf_of(&page.text);
+    let f = [("count", "2"), ("csrf", &csrf), ("back", "/ui/unit")];
+    let p = send(
+        &app,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/templates/tpl/fork")
+            .header(header::HOST, "portal")
+            .header(header::COOKIE, &cookie)
+            .header("x-portal-async", "1")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&f)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    assert!(
+        p.text.starts_with("<p class=\"notice\""),
+        "a fragment: {}",
+        p.text
+    );
+    assert!(p.text.contains("forked tpl-"), "{}", p.text);
+    let list = api(&app, Method::GET, "/v1/partitions", &alice, None).await;
+    let children = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["parent"] == "tpl")
+        .count();
+    assert_eq!(children, 2, "{list}");
+    // An error in a fragment is the API's message.
+    let p = send(
+        &app,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/templates/none/fork")
+            .header(header::HOST, "portal")
+            .header(header::COOKIE, &cookie)
+            .header("x-portal-async", "1")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&f)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert!(
+        p.text.contains("class=\"error\"") && p.text.contains("none"),
+        "{}",
+        p.text
+    );
 }

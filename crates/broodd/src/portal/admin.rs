@@ -97,6 +97,13 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
         }
         section id="units" aria-labelledby="units-h" {
             h2 id="units-h" { "Units" }
+            form.register method="post" action="/ui/units" data-async {
+                (csrf(&ctx.s)) input type="hidden" name="back" value="/ui/admin";
+                label { "Name " input name="name" required pattern="[a-z0-9][a-z0-9_.-]*" maxlength="64"; }
+                label { "Contact " input name="contact" required maxlength="256"; }
+                button type="submit" { "Register a unit" }
+                div.result aria-live="polite" {}
+            }
             @if units.items.is_empty() { p { "No unit is registered." } }
             @for u in &units.items {
                 article.unit {
@@ -180,6 +187,27 @@ pub async fn approve(
                 .post(&format!("/v1/requests/{id}/approve"), &Value::Object(body))
                 .await?;
             Ok(format!("request {id} is {}", str_of(&r, "state")))
+        },
+    )
+    .await
+}
+
+/// `POST /ui/units`: registers a unit (`POST /v1/units`).
+pub async fn register(State(p): P, headers: HeaderMap, Form(f): Fields) -> Response {
+    run_post(
+        p,
+        headers,
+        f,
+        async |ctx: &Ctx, f: &BTreeMap<String, String>| {
+            let field = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+            let u = ctx
+                .api
+                .post(
+                    "/v1/units",
+                    &json!({"name": field("name"), "contact": field("contact")}),
+                )
+                .await?;
+            Ok(format!("unit {} is registered", str_of(&u, "name")))
         },
     )
     .await

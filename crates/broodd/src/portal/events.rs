@@ -77,6 +77,10 @@ async fn forward(
             () = tx.closed() => return,
             () = tokio::time::sleep(SESSION_CHECK) => continue,
         };
+        // Signed out or expired while waiting: nothing more is sent.
+        if p.sessions.find(&session).is_err() {
+            return;
+        }
         let ev = match next {
             None => return,
             // Missed events: tell the page to re-read.

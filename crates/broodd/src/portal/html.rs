@@ -30,7 +30,8 @@ pub fn page(title: &str, s: Option<&Session>, body: Markup) -> Markup {
                                 a href="/ui/audit" { "Audit log" }
                             }
                             a href="/ui/unit" { "Unit" }
-                            a href="/ui/chargeback" { "Chargeback" }
+                            // A unit's user may not read chargeback (the API's table).
+                            @if s.who.role != "unit-user" { a href="/ui/chargeback" { "Chargeback" } }
                         }
                         form.signout method="post" action="/ui/logout" {
                             input type="hidden" name="csrf" value=(s.csrf);

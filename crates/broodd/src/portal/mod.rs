@@ -80,6 +80,7 @@ pub fn mount(api: Router, host: Arc<Host>) -> Router {
         .route("/ui/vms/{name}/exec", post(vm::exec))
         .route("/ui/vms/{name}/template", post(vm::make_template))
         .route("/ui/admin", get(admin::view))
+        .route("/ui/units", post(admin::register))
         .route("/ui/requests/{id}/approve", post(admin::approve))
         .route("/ui/requests/{id}/reject", post(admin::reject))
         .route("/ui/audit", get(audit::log))

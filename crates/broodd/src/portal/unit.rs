@@ -98,10 +98,13 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
     let uq = unit_query(ctx.s.who.unit.is_none().then_some(name), true);
     let here = format!("/ui/unit{uq}");
     let hidden_unit = ctx.s.who.unit.is_none().then_some(name);
+    // What a unit's user may not do (requests, chargeback) is not offered;
+    // the API would refuse it anyway.
+    let user_only = ctx.s.who.role == "unit-user";
     Ok(html! {
         div data-refresh=(format!("/ui/unit?part=bars{}", unit_query(hidden_unit, false))) { (bars(&u)) }
         p.meta { "Networks: " (join(&u.networks)) " · templates: " (join(&u.templates))
-            " · " a href=(format!("/ui/chargeback{uq}")) { "chargeback" } }
+            @if !user_only { " · " a href=(format!("/ui/chargeback{uq}")) { "chargeback" } } }
         section aria-labelledby="vms-h" {
             h2 id="vms-h" { "VMs" }
             table.vms id="vms" data-events=(format!("/ui/events{uq}")) data-unit-q=(uq) {
@@ -155,7 +158,7 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
         section aria-labelledby="req-h" {
             h2 id="req-h" { "Allocation requests" }
             (requests_table(&requests))
-            form.request method="post" action="/ui/unit/requests" data-async {
+            @if !user_only { form.request method="post" action="/ui/unit/requests" data-async {
                 (csrf(&ctx.s)) (unit_field(hidden_unit))
                 input type="hidden" name="back" value=(here);
                 p { "Ask for the whole allocation you want (a change grows or shrinks it):" }
@@ -165,7 +168,7 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
                 label { "NICs " input name="nics" type="number" min="0" value=(u.allocated.nics); }
                 button type="submit" { "Request" }
                 div.result aria-live="polite" {}
-            }
+            } }
         }
     })
 }

@@ -86,7 +86,7 @@ async fn page(ctx: &Ctx, name: &str, output: Option<Markup>) -> Result<Markup, A
                 div.result aria-live="polite" { @if let Some(o) = &output { (o) } }
             }
         }
-        section aria-labelledby="tpl-h" {
+        @if ctx.s.who.role != "unit-user" { section aria-labelledby="tpl-h" {
             h2 id="tpl-h" { "Make it a template" }
             p { "The VM stops being a VM and becomes a template children are forked from." }
             form method="post" action=(format!("/ui/vms/{}/template", enc(&vm.name))) data-async {
@@ -95,7 +95,7 @@ async fn page(ctx: &Ctx, name: &str, output: Option<Markup>) -> Result<Markup, A
                 button type="submit" { "Make template" }
                 div.result aria-live="polite" {}
             }
-        }
+        } }
         section aria-labelledby="console-h" {
             h2 id="console-h" { "Console (tail)" }
             @match &console {
