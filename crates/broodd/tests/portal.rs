@@ -495,6 +495,26 @@ async fn the_csv_export_is_the_apis_report_and_pages_render_for_the_admin() {
             assert!(rows.contains(&row.as_str()), "{row} not in {}", p.text);
         }
     }
+    // Utilization over time: ops-db's memory and vCPUs, charted per unit.
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    let at = page
+        .text
+        .find("Utilization over time</h2>")
+        .expect("the utilization section");
+    let section = &page.text[at..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(
+        section.contains("Memory held per unit") && section.contains("vCPUs held per unit"),
+        "{section}"
+    );
+    assert!(
+        section.contains("<path d=\"M"),
+        "no series drawn: {section}"
+    );
+    assert!(
+        section.contains(">ops</span>"),
+        "ops's series has no key: {section}"
+    );
     // Registration is a form of the administrator's page; a unit's user is refused by the API.
     let page = get(&app, "/ui/admin", Some(&admin)).await;
     let csrf = csrf_of(&page.text);
