@@ -38,6 +38,8 @@
           }
           // The portal's own fragment (escaped on the server).
           out.innerHTML = text;
+          // What the post changed shows even if no event reached this page.
+          if (resp.ok) refreshSoon();
         });
       })
       .catch(function (e) {
