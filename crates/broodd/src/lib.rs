@@ -15,6 +15,7 @@ mod metrics;
 mod network;
 mod partition;
 mod pool;
+mod portal;
 mod reconcile;
 mod suggest;
 mod template;

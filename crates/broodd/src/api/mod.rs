@@ -86,8 +86,13 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     (routes, doc)
 }
 
-/// The whole application.
+/// The whole application: the API, and the web portal at `/ui/` beside it.
 pub fn router(d: Arc<Host>) -> Router {
+    crate::portal::mount(api_router(d.clone()), d)
+}
+
+/// The API alone (the portal calls it in process).
+fn api_router(d: Arc<Host>) -> Router {
     let (routes, doc) = openapi_router();
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
     routes

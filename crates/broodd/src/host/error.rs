@@ -68,7 +68,7 @@ impl HostError {
     /// No such partition.
     pub fn no_partition(name: &str) -> Self {
         HostError::NotFound(format!(
-            "no partition named {name:?}: `brood vm list` shows the partitions"
+            "no partition named {name:?} (`brood vm list` shows the partitions)"
         ))
     }
 

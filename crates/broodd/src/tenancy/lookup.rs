@@ -92,7 +92,7 @@ impl Caller {
         key: &str,
         action: Action,
     ) -> HostResult<Authorized<PartitionRecord>> {
-        let rec = host.find(key).await?;
+        let rec = self.find(host, key).await?;
         let kind = if rec.is_template() {
             Kind::Template
         } else {
@@ -110,11 +110,23 @@ impl Caller {
         key: &str,
         action: Action,
     ) -> HostResult<Authorized<PartitionRecord>> {
-        let rec = host.find(key).await?;
+        let rec = self.find(host, key).await?;
         self.checked(host, rec, action, Kind::Template, || {
             HostError::no_partition(key)
         })
         .await
+    }
+
+    /// `Host::find`, whose "did you mean" names come from every unit: a
+    /// unit's caller gets the plain 404 instead, the same as for a
+    /// partition of another unit (so no name leaks through a typo).
+    async fn find(&self, host: &Host, key: &str) -> HostResult<PartitionRecord> {
+        match host.find(key).await {
+            Err(HostError::NotFound(_)) if self.role().is_unit_role() => {
+                Err(HostError::no_partition(key))
+            }
+            other => other,
+        }
     }
 
     async fn checked(

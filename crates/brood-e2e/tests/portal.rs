@@ -1,0 +1,648 @@
+//! The web portal in headless Chromium (issue 14), driven over WebDriver
+//! (Debian's `chromium` and `chromium-driver`, installed by
+//! `scripts/setup`; fantoccini speaks the protocol) against the real
+//! broodd binary on a loopback TCP listener, with real VMs:
+//!
+//! - a unit's user signs in, creates a VM and sees it become running
+//!   without a reload, runs `uname -a` in it and sees the output, stops it
+//!   (again without a reload); another unit's VM is the same 404 page as a
+//!   VM that does not exist; a form without its CSRF token is refused; the
+//!   session cookie is refused once signed out;
+//! - an administrator approves a request and the unit's bars change, and
+//!   the chargeback CSV the browser downloads matches `GET /v1/chargeback`;
+//! - an expired session is refused.
+//!
+//! With `BROOD_PORTAL_SCREENSHOTS=DIR` the tests also save screenshots of
+//! the main pages at desktop and phone widths into DIR (the README's).
+#![allow(clippy::tests_outside_test_module)] // integration tests are their own module
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use brood_e2e::{Broodd, TestEnv, http, wait_until};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// How long a VM may take to boot and its agent to answer (TCG under load).
+const BOOT: Duration = Duration::from_secs(180);
+/// How long the page may take to show what the server sent.
+const SHOWN: Duration = Duration::from_secs(30);
+
+/// chromedriver on a free loopback port; killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver (scripts/setup installs chromium-driver)");
+        let up = wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "chromedriver did not listen on {port}");
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _profile: tempfile::tempdir().expect("a profile dir"),
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", self._profile.path().display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a WebDriver session of headless Chromium")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// broodd's plain-HTTP loopback URL, from its listen record.
+fn portal_url(b: &Broodd) -> String {
+    let text = std::fs::read_to_string(b.data.join("listen.json")).expect("listen.json");
+    let v: Value = serde_json::from_str(&text).expect("listen.json is JSON");
+    v["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["url"].as_str())
+        .find(|u| u.starts_with("http://"))
+        .expect("a TCP endpoint")
+        .to_string()
+}
+
+fn start_broodd(env: &TestEnv, envs: &[(&str, &str)]) -> Broodd {
+    Broodd::start_with_env(
+        env,
+        envs,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-tcp",
+            "--memory-mib",
+            "8192",
+        ],
+    )
+}
+
+/// A call with a user's token.
+fn call_as(b: &Broodd, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|v| v.to_string());
+    let (s, text) = http(
+        &b.socket(),
+        method,
+        path,
+        Some(token),
+        body.as_deref(),
+        None,
+    );
+    (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Units `eng` (user alice) and `ops` (user oscar, a VM `ops-db` defined,
+/// not started); returns alice's token.
+fn tenants(b: &Broodd) -> String {
+    for u in ["eng", "ops"] {
+        b.ok(
+            "POST",
+            "/v1/units",
+            Some(&json!({"name": u, "contact": "x@example.com"})),
+        );
+        let r = b.ok(
+            "POST",
+            &format!("/v1/units/{u}/requests"),
+            Some(&json!({"vcpus": 2, "memory_mib": 1024, "disk_gib": 4})),
+        );
+        let id = r["id"].as_u64().expect("a request id");
+        b.ok(
+            "POST",
+            &format!("/v1/requests/{id}/approve"),
+            Some(&json!({})),
+        );
+    }
+    let mut tokens = Vec::new();
+    for (name, unit) in [("alice", "eng"), ("oscar", "ops")] {
+        b.ok(
+            "POST",
+            "/v1/users",
+            Some(&json!({"name": name, "role": "unit-user", "unit": unit})),
+        );
+        let t = b.ok("POST", "/v1/tokens", Some(&json!({"user": name})));
+        tokens.push(t["token"].as_str().expect("a token").to_owned());
+    }
+    let (s, v) = call_as(
+        b,
+        &tokens[1],
+        "POST",
+        "/v1/partitions",
+        Some(json!({"name": "ops-db", "configs": {"d": {"memory_mib": 256}}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    tokens.swap_remove(0)
+}
+
+async fn sign_in(c: &Client, url: &str, token: &str) {
+    c.goto(&format!("{url}/ui/login"))
+        .await
+        .expect("open the sign-in page");
+    let field = c
+        .find(Locator::Css("#token"))
+        .await
+        .expect("the token field");
+    field.send_keys(token).await.expect("type the token");
+    c.find(Locator::Css("form.signin button"))
+        .await
+        .expect("the sign-in button")
+        .click()
+        .await
+        .expect("sign in");
+    wait_text(c, "h1", |t| t.starts_with("Unit") || t == "Administration").await;
+}
+
+/// Waits until the first element matching `css` has text that passes `ok`; returns it.
+async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    wait_text_for(c, css, SHOWN, ok).await
+}
+
+async fn wait_text_for(
+    c: &Client,
+    css: &str,
+    within: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+        {
+            if ok(t.trim()) {
+                return t.trim().to_owned();
+            }
+            last = t;
+        }
+        if std::time::Instant::now() > deadline {
+            let page = c.source().await.unwrap_or_default();
+            panic!("{css} never passed its check; last text {last:?}; the page:\n{page}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `GET path` over plain HTTP with a `Cookie` header: status and body.
+fn get_with_cookie(url: &str, path: &str, cookie: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").expect("a plain-HTTP URL");
+    let mut s = TcpStream::connect(addr).expect("connect to broodd");
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Marks the document; `still_marked` is false after any reload or navigation.
+async fn mark(c: &Client) {
+    c.execute("window.__brood_mark = 42;", vec![])
+        .await
+        .expect("mark the page");
+}
+
+async fn still_marked(c: &Client) -> bool {
+    c.execute("return window.__brood_mark === 42;", vec![])
+        .await
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// Saves a screenshot of the current page at desktop and phone widths
+/// when `BROOD_PORTAL_SCREENSHOTS` names a directory.
+async fn screenshot(c: &Client, name: &str) {
+    let Some(dir) = std::env::var_os("BROOD_PORTAL_SCREENSHOTS").map(PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).expect("the screenshot dir");
+    for (w, h, tag) in [(1280, 900, "desktop"), (390, 844, "phone")] {
+        c.set_window_size(w, h).await.expect("resize");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let png = c.screenshot().await.expect("a screenshot");
+        std::fs::write(dir.join(format!("{name}-{tag}.png")), png).expect("save it");
+    }
+    c.set_window_size(1280, 900).await.expect("resize back");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn chromium_installed() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "headless Chromium is missing: run scripts/setup (it installs chromium and chromium-driver)"
+    );
+}
+
+#[test]
+fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
+    chromium_installed();
+    let env = TestEnv::new();
+    let b = start_broodd(&env, &[]);
+    let alice = tenants(&b);
+    let url = portal_url(&b);
+    let driver = Driver::start();
+    runtime().block_on(async {
+        let c = driver.browser().await;
+        sign_in(&c, &url, &alice).await;
+        assert_eq!(wait_text(&c, "h1", |t| !t.is_empty()).await, "Unit eng");
+
+        // Create a VM; its row appears and becomes running without a reload.
+        mark(&c).await;
+        let form = c
+            .find(Locator::Css("form.create"))
+            .await
+            .expect("the create form");
+        form.find(Locator::Css("input[name=name]"))
+            .await
+            .unwrap()
+            .send_keys("web")
+            .await
+            .unwrap();
+        form.find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text_for(&c, r#"tr[data-vm="web"] td.state"#, BOOT, |t| {
+            t == "running"
+        })
+        .await;
+        assert!(
+            still_marked(&c).await,
+            "the page reloaded to show the new state"
+        );
+        // The bars follow too: the VM's memory is used now.
+        let deadline = std::time::Instant::now() + SHOWN;
+        loop {
+            let used = c
+                .execute(
+                    r#"const e = document.querySelector('section.allocation [data-resource="memory"] .used');
+                       return e ? Number(e.dataset.v) : -1;"#,
+                    vec![],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_i64())
+                .unwrap_or(-1);
+            if used >= 256 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the bars never showed the VM's memory ({used})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(still_marked(&c).await, "the page reloaded to show the bars");
+        let result = wait_text(&c, "form.create .result", |t| {
+            !t.is_empty() && t != "working…"
+        })
+        .await;
+        assert!(result.contains("web is running"), "{result}");
+        screenshot(&c, "unit").await;
+
+        // Exec in the VM's page.
+        c.find(Locator::Css(r#"tr[data-vm="web"] a"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&c, "h1", |t| t == "VM web").await;
+        let cmd = c
+            .find(Locator::Css("#command"))
+            .await
+            .expect("the command field");
+        cmd.send_keys("uname -a").await.unwrap();
+        c.find(Locator::Css("form.exec button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let out = wait_text_for(&c, ".exec-result pre.stdout", BOOT, |t| !t.is_empty()).await;
+        assert!(out.starts_with("Linux "), "uname -a printed {out:?}");
+        let (code, stdout, _) = b.exec("web", "uname -r");
+        assert_eq!(code, 0);
+        assert!(
+            out.contains(stdout.trim()),
+            "{out:?} lacks the kernel release {stdout:?}"
+        );
+        screenshot(&c, "vm").await;
+
+        // Stop it from the page: the state changes in place.
+        mark(&c).await;
+        c.find(Locator::Css(r#"form.actions button[value="stop"]"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text_for(&c, r#"tr[data-vm="web"] td.state"#, BOOT, |t| {
+            t == "stopped"
+        })
+        .await;
+        assert!(still_marked(&c).await, "the page reloaded to show the stop");
+        assert_eq!(
+            b.ok("GET", "/v1/partitions/web", None)["run_state"],
+            "stopped"
+        );
+
+        // Another unit's VM is the page of a VM that does not exist.
+        c.goto(&format!("{url}/ui/vms/ops-db")).await.unwrap();
+        let theirs = wait_text(&c, "main", |t| !t.is_empty()).await;
+        c.goto(&format!("{url}/ui/vms/no-such-vm")).await.unwrap();
+        let none = wait_text(&c, "main", |t| !t.is_empty()).await;
+        assert!(none.starts_with("Not found"), "{none}");
+        assert_eq!(
+            theirs.replace("ops-db", "NAME"),
+            none.replace("no-such-vm", "NAME")
+        );
+        let (status, _) = http(
+            &b.socket(),
+            "GET",
+            "/v1/partitions/ops-db",
+            Some(&alice),
+            None,
+            None,
+        );
+        assert_eq!(status, 404, "the API hides it too");
+
+        // A form without its CSRF token is refused, and makes nothing.
+        c.goto(&format!("{url}/ui/unit")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Unit eng").await;
+        c.execute(
+            "const f = document.querySelector('form.create');
+             f.removeAttribute('data-async');
+             f.querySelector('input[name=csrf]').remove();
+             f.querySelector('input[name=name]').value = 'forged';
+             f.submit();",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let refused = wait_text(&c, "main", |t| t.starts_with("Refused")).await;
+        assert!(refused.contains("CSRF token is missing"), "{refused}");
+        let (status, _) = b.call("GET", "/v1/partitions/forged", None);
+        assert_eq!(status, 404, "a refused form made a VM");
+
+        // After sign-out the old session cookie is refused.
+        c.goto(&format!("{url}/ui/unit")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Unit eng").await;
+        let old = c
+            .get_named_cookie("brood_session")
+            .await
+            .expect("the session cookie");
+        assert_eq!(old.http_only(), Some(true));
+        assert_eq!(format!("{:?}", old.same_site()), "Some(Strict)");
+        c.find(Locator::Css("form.signout button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&c, "main", |t| t.contains("signed out")).await;
+        // The browser dropped it; whoever kept a copy is refused.
+        let (status, page) =
+            get_with_cookie(&url, "/ui/unit", &format!("brood_session={}", old.value()));
+        assert_eq!(status, 401, "{page}");
+        assert!(page.contains("this session was signed out"), "{page}");
+        c.close().await.expect("end the browser session");
+    });
+    b.ok("DELETE", "/v1/partitions/web", None);
+    b.verify_ok();
+}
+
+/// The number shown in a bar's figure (`[data-resource=R] .CLASS`).
+async fn bar_value(c: &Client, resource: &str, class: &str) -> u64 {
+    let css = format!(r#"section.allocation [data-resource="{resource}"] .{class}"#);
+    c.find(Locator::Css(&css))
+        .await
+        .unwrap_or_else(|_| panic!("no {css}"))
+        .attr("data-v")
+        .await
+        .unwrap()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{css} has no number"))
+}
+
+#[test]
+fn an_administrator_approves_a_request_and_exports_chargeback_csv() {
+    chromium_installed();
+    let env = TestEnv::new();
+    let b = start_broodd(&env, &[]);
+    tenants(&b);
+    b.ok(
+        "PUT",
+        "/v1/prices",
+        Some(&json!({"item": "vcpu", "micros_per_hour": 10000})),
+    );
+    b.ok(
+        "PUT",
+        "/v1/prices",
+        Some(&json!({"item": "memory_gib", "micros_per_hour": 5000})),
+    );
+    // eng asks for more (a unit's admin or the administrator may ask).
+    let r = b.ok(
+        "POST",
+        "/v1/units/eng/requests",
+        Some(&json!({"vcpus": 4, "memory_mib": 2048, "disk_gib": 4})),
+    );
+    let id = r["id"].as_u64().expect("an id");
+    let url = portal_url(&b);
+    let driver = Driver::start();
+    runtime().block_on(async {
+        let c = driver.browser().await;
+        sign_in(&c, &url, &b.token()).await;
+        assert_eq!(wait_text(&c, "h1", |t| !t.is_empty()).await, "Administration");
+        c.goto(&format!("{url}/ui/unit?unit=eng")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Unit eng").await;
+        assert_eq!(bar_value(&c, "vcpus", "allocated").await, 2);
+        assert_eq!(bar_value(&c, "memory", "allocated").await, 1024);
+
+        c.goto(&format!("{url}/ui/admin")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Administration").await;
+        screenshot(&c, "admin").await;
+        let req = format!(r#"div.request[data-request="{id}"]"#);
+        // Approve 3 of the 4 vCPUs asked for, and all the memory.
+        let approve = c
+            .find(Locator::Css(&format!(r#"{req} form[action$="/approve"]"#)))
+            .await
+            .expect("the approve form");
+        approve.find(Locator::Css("input[name=vcpus]")).await.unwrap().send_keys("3").await.unwrap();
+        approve.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+        let done = wait_text(&c, &format!(r#"{req} form[action$="/approve"] .result"#), |t| {
+            !t.is_empty() && t != "working…"
+        })
+        .await;
+        assert!(done.contains(&format!("request {id} is partial")), "{done}");
+
+        c.goto(&format!("{url}/ui/unit?unit=eng")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Unit eng").await;
+        assert_eq!(bar_value(&c, "vcpus", "allocated").await, 3);
+        assert_eq!(bar_value(&c, "memory", "allocated").await, 2048);
+        assert_eq!(b.ok("GET", "/v1/units/eng", None)["allocated"]["vcpus"], 3);
+
+        // Chargeback: the CSV the browser downloads is the API's report.
+        let (from, to) = ("2020-01-01T00:00:00Z", "2100-01-01T00:00:00Z");
+        c.goto(&format!("{url}/ui/chargeback?from={from}&to={to}")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Chargeback").await;
+        let href = c
+            .find(Locator::Css("a.csv"))
+            .await
+            .unwrap()
+            .prop("href")
+            .await
+            .unwrap()
+            .expect("a CSV link");
+        let csv = c
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 fetch(arguments[0], {credentials: 'same-origin'})
+                   .then(r => r.text().then(t => done([r.status, r.headers.get('content-type'), t])))
+                   .catch(e => done([0, '', String(e)]));",
+                vec![json!(href)],
+            )
+            .await
+            .expect("fetch the CSV");
+        assert_eq!(csv[0], 200, "{csv}");
+        assert!(csv[1].as_str().unwrap_or_default().starts_with("text/csv"), "{csv}");
+        let text = csv[2].as_str().unwrap_or_default().to_owned();
+        let report = b.ok("GET", &format!("/v1/chargeback?from={from}&to={to}"), None);
+        let mut rows = text.lines();
+        assert_eq!(rows.next(), Some("unit,model,item,quantity_hours,amount"));
+        let rows: Vec<&str> = rows.collect();
+        let mut want = Vec::new();
+        for u in report["units"].as_array().expect("units") {
+            for l in u["lines"].as_array().expect("lines") {
+                let m = l["micros"].as_u64().expect("micros");
+                want.push(format!(
+                    "{},{},{},{},{}.{:06}",
+                    u["unit"].as_str().unwrap(),
+                    l["model"].as_str().unwrap(),
+                    l["item"].as_str().unwrap(),
+                    l["quantity_hours"].as_f64().unwrap(),
+                    m / 1_000_000,
+                    m % 1_000_000
+                ));
+            }
+        }
+        assert!(!want.is_empty(), "the report has no lines: {report}");
+        // The report runs to now: the hours of a line may grow between the two reads.
+        let key = |r: &str| r.splitn(4, ',').take(3).collect::<Vec<_>>().join(",");
+        assert_eq!(
+            rows.iter().map(|r| key(r)).collect::<Vec<_>>(),
+            want.iter().map(|r| key(r)).collect::<Vec<_>>(),
+            "{text}\n{report}"
+        );
+        // The default period (the last week) for the picture.
+        c.goto(&format!("{url}/ui/chargeback")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Chargeback").await;
+        screenshot(&c, "chargeback").await;
+        // The audit log, filtered to one actor.
+        c.goto(&format!("{url}/ui/audit?actor=admin")).await.unwrap();
+        let meta = wait_text(&c, "main p.meta", |t| t.contains("entries")).await;
+        let shown: u64 = meta.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(shown > 0, "{meta}");
+        let actors = c.find_all(Locator::Css("table.audit tbody tr td:nth-child(3)")).await.unwrap();
+        assert_eq!(actors.len() as u64, shown);
+        for a in actors {
+            assert_eq!(a.text().await.unwrap(), "admin");
+        }
+        c.goto(&format!("{url}/ui/audit?actor=nobody")).await.unwrap();
+        let meta = wait_text(&c, "main p.meta", |t| t.contains("entries")).await;
+        assert!(meta.starts_with("0 of "), "{meta}");
+        c.goto(&format!("{url}/ui/verify")).await.unwrap();
+        wait_text(&c, "main", |t| t.contains("The ledger is consistent")).await;
+        c.close().await.expect("end the browser session");
+    });
+    b.verify_ok();
+}
+
+#[test]
+fn an_expired_session_is_refused() {
+    chromium_installed();
+    let env = TestEnv::new();
+    let b = start_broodd(&env, &[("BROOD_PORTAL_SESSION_TTL_S", "3")]);
+    let url = portal_url(&b);
+    let driver = Driver::start();
+    runtime().block_on(async {
+        let c = driver.browser().await;
+        sign_in(&c, &url, &b.token()).await;
+        let cookie = c
+            .get_named_cookie("brood_session")
+            .await
+            .expect("the session cookie");
+        let cookie = format!("brood_session={}", cookie.value());
+        let (status, page) = get_with_cookie(&url, "/ui/admin", &cookie);
+        assert_eq!(status, 200, "{page}");
+        // The browser forgets the cookie at its Max-Age; the server must
+        // refuse it after that too, to whoever kept a copy.
+        let mut last = String::new();
+        let expired = wait_until(Duration::from_secs(60), || {
+            let (status, page) = get_with_cookie(&url, "/ui/admin", &cookie);
+            last = page;
+            status == 401
+        });
+        assert!(expired, "the session never expired: {last}");
+        assert!(last.contains("your session has expired"), "{last}");
+        c.goto(&format!("{url}/ui/admin")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Sign in").await;
+        c.close().await.expect("end the browser session");
+    });
+}

@@ -1,0 +1,134 @@
+// brood portal: the little JavaScript the pages use. Every page works
+// without it; with it, forms marked data-async post without leaving the
+// page (their answer, a fragment of HTML from the portal, is shown in the
+// form's .result), and tables marked data-events follow /ui/events, so a
+// VM's state changes in place without a reload. No build step, no library.
+"use strict";
+
+(function () {
+  function result(form) {
+    return form.querySelector(".result") || form;
+  }
+
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-async")) return;
+    var button = ev.submitter;
+    if (button && button.dataset.confirm && !window.confirm(button.dataset.confirm)) {
+      ev.preventDefault();
+      return;
+    }
+    ev.preventDefault();
+    var data = new FormData(form);
+    if (button && button.name) data.append(button.name, button.value);
+    var out = result(form);
+    out.textContent = "working…";
+    form.setAttribute("aria-busy", "true");
+    fetch(form.action, {
+      method: "POST",
+      body: new URLSearchParams(data),
+      credentials: "same-origin",
+      headers: { "X-Portal-Async": "1" },
+    })
+      .then(function (resp) {
+        return resp.text().then(function (text) {
+          if (resp.status === 401) {
+            window.location.assign("/ui/login");
+            return;
+          }
+          // The portal's own fragment (escaped on the server).
+          out.innerHTML = text;
+          // What the post changed shows even if no event reached this page.
+          if (resp.ok) refreshSoon();
+        });
+      })
+      .catch(function (e) {
+        out.textContent = "the portal could not be reached: " + e;
+      })
+      .finally(function () {
+        form.removeAttribute("aria-busy");
+      });
+  });
+
+  function rowOf(table, name) {
+    var rows = table.querySelectorAll("tr[data-vm]");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-vm") === name) return rows[i];
+    }
+    return null;
+  }
+
+  function addRow(table, vm) {
+    var body = table.tBodies[0];
+    if (!body || !table.classList.contains("vms")) return null;
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-vm", vm.name);
+    var link = document.createElement("a");
+    link.href = "/ui/vms/" + encodeURIComponent(vm.name) + (table.dataset.unitQ || "");
+    link.textContent = vm.name;
+    var td = document.createElement("td");
+    td.appendChild(link);
+    tr.appendChild(td);
+    var state = document.createElement("td");
+    state.className = "state";
+    tr.appendChild(state);
+    var more = document.createElement("td");
+    more.colSpan = 3;
+    more.textContent = "(reload for details)";
+    tr.appendChild(more);
+    body.appendChild(tr);
+    return tr;
+  }
+
+  // Regions marked data-refresh are fetched again (a fragment from the
+  // portal) shortly after VM events, so bars and rows follow without a reload.
+  var refreshTimer = null;
+  function refreshSoon() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(function () {
+      refreshTimer = null;
+      var regions = document.querySelectorAll("[data-refresh]");
+      regions.forEach(function (el) {
+        fetch(el.dataset.refresh, { credentials: "same-origin", headers: { "X-Portal-Async": "1" } })
+          .then(function (resp) {
+            if (!resp.ok) return;
+            return resp.text().then(function (text) {
+              var focused = el.contains(document.activeElement);
+              if (!focused) el.innerHTML = text;
+            });
+          })
+          .catch(function () {});
+      });
+    }, 400);
+  }
+
+  function follow(table) {
+    var src = new EventSource(table.dataset.events);
+    var live = document.querySelector(".live");
+    src.onmessage = function (m) {
+      var vm;
+      try { vm = JSON.parse(m.data); } catch (e) { return; }
+      if (!vm || typeof vm.name !== "string") return;
+      var row = rowOf(table, vm.name) || addRow(table, vm);
+      if (!row) return;
+      var cell = row.querySelector(".state");
+      if (cell) cell.textContent = String(vm.run_state);
+      if (live) live.textContent = vm.name + " is " + vm.run_state;
+      refreshSoon();
+    };
+    src.addEventListener("deleted", function (m) {
+      var vm;
+      try { vm = JSON.parse(m.data); } catch (e) { return; }
+      var row = vm && rowOf(table, vm.name);
+      if (row && table.classList.contains("vms")) row.remove();
+      else if (row) { var c = row.querySelector(".state"); if (c) c.textContent = "deleted"; }
+      refreshSoon();
+    });
+    src.addEventListener("lagged", refreshSoon);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var tables = document.querySelectorAll("[data-events]");
+    for (var i = 0; i < tables.length; i++) follow(tables[i]);
+  });
+})();

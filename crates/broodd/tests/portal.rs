@@ -1,0 +1,716 @@
+#![allow(clippy::tests_outside_test_module)]
+//! The web portal's sessions and CSRF rules on the fake engine, without a
+//! browser (issue 14): sign-in is a double submit, a session cookie is
+//! HttpOnly and SameSite=Strict, every form post needs the session's CSRF
+//! value and the same origin, sign-out ends the session for good, a
+//! refused (revoked) token ends it too, a unit's user gets the API's 404
+//! for another unit's VM, and the CSV export is the API's report.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use brood_ledger::Resources;
+use brood_testkit::{TOKEN, TestApp};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// An answer: status, `Set-Cookie` values, body text.
+struct Page {
+    status: StatusCode,
+    cookies: Vec<String>,
+    location: Option<String>,
+    text: String,
+}
+
+async fn send(app: &TestApp, req: Request<Body>) -> Page {
+    let resp = app
+        .router()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    let status = resp.status();
+    let cookies = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    Page {
+        status,
+        cookies,
+        location,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> Page {
+    let mut b = Request::builder().uri(path).header(header::HOST, "portal");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    send(app, b.body(Body::empty()).unwrap()).await
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn post(
+    app: &TestApp,
+    path: &str,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+    fields: &[(&str, &str)],
+) -> Page {
+    let mut b = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::HOST, "portal")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    if let Some(o) = origin {
+        b = b.header(header::ORIGIN, o);
+    }
+    send(app, b.body(Body::from(form(fields))).unwrap()).await
+}
+
+/// The value of `name=` in a `Set-Cookie`.
+fn cookie_value(p: &Page, name: &str) -> Option<String> {
+    p.cookies.iter().find_map(|c| {
+        let v = c.strip_prefix(&format!("{name}="))?;
+        Some(v.split(';').next().unwrap_or_default().to_owned())
+    })
+}
+
+/// The first hidden `csrf` field of a page.
+fn csrf_of(text: &str) -> String {
+    let at = text
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no csrf field in {text}"));
+    let rest = &text[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Signs in with `token`; returns the `Cookie` header of the session.
+async fn sign_in(app: &TestApp, token: &str) -> String {
+    let login = get(app, "/ui/login", None).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+    let pre = cookie_value(&login, "brood_login").expect("a double-submit cookie");
+    let csrf = csrf_of(&login.text);
+    let p = post(
+        app,
+        "/ui/login",
+        Some(&format!("brood_login={pre}")),
+        Some("http://portal"),
+        &[("csrf", &csrf), ("token", token)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let set = p
+        .cookies
+        .iter()
+        .find(|c| c.starts_with("brood_session="))
+        .expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age="] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    assert!(
+        !set.contains("Secure"),
+        "plain HTTP gets no Secure cookie: {set}"
+    );
+    format!(
+        "brood_session={}",
+        cookie_value(&p, "brood_session").unwrap()
+    )
+}
+
+async fn api(app: &TestApp, m: Method, uri: &str, token: &str, body: Option<Value>) -> Value {
+    let mut b = Request::builder()
+        .method(m.clone())
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let (s, v) = app.send(b.body(body).unwrap()).await;
+    assert!(s.is_success(), "{m} {uri}: {s} {v}");
+    v
+}
+
+/// Two units, `eng` with user alice and `ops` with a VM of its own.
+async fn fixture() -> (TestApp, String) {
+    let app = TestApp::builder()
+        .capacity(Resources {
+            memory_mib: 65536,
+            vcpus: 64,
+            disk_gib: 200,
+            nics: 16,
+        })
+        .build()
+        .await;
+    for u in ["eng", "ops"] {
+        api(
+            &app,
+            Method::POST,
+            "/v1/units",
+            TOKEN,
+            Some(json!({"name": u, "contact": "x@example.com"})),
+        )
+        .await;
+        let r = api(
+            &app,
+            Method::POST,
+            &format!("/v1/units/{u}/requests"),
+            TOKEN,
+            Some(json!({"vcpus": 4, "memory_mib": 4096, "disk_gib": 10})),
+        )
+        .await;
+        let id = r["id"].as_u64().unwrap();
+        api(
+            &app,
+            Method::POST,
+            &format!("/v1/requests/{id}/approve"),
+            TOKEN,
+            Some(json!({})),
+        )
+        .await;
+    }
+    for (name, unit) in [("alice", "eng"), ("oscar", "ops")] {
+        api(
+            &app,
+            Method::POST,
+            "/v1/users",
+            TOKEN,
+            Some(json!({"name": name, "role": "unit-user", "unit": unit})),
+        )
+        .await;
+    }
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "oscar"})),
+    )
+    .await;
+    let oscar = t["token"].as_str().unwrap().to_owned();
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &oscar,
+        Some(json!({"name": "ops-db", "configs": {"d": {"memory_mib": 256}}, "start": true})),
+    )
+    .await;
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    (app, t["token"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn sign_in_is_a_double_submit_and_a_wrong_token_is_refused() {
+    let (app, _) = fixture().await;
+    let login = get(&app, "/ui/login", None).await;
+    let pre = cookie_value(&login, "brood_login").unwrap();
+    let csrf = csrf_of(&login.text);
+    // Without the cookie, or with another value: refused before the token is looked at.
+    let p = post(
+        &app,
+        "/ui/login",
+        None,
+        None,
+        &[("csrf", &csrf), ("token", TOKEN)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    assert!(p.text.contains("CSRF"), "{}", p.text);
+    let cookie = format!("brood_login={pre}");
+    let p = post(
+        &app,
+        "/ui/login",
+        Some(&cookie),
+        None,
+        &[("csrf", "x"), ("token", TOKEN)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    // From another site: refused whatever it carries.
+    let p = post(
+        &app,
+        "/ui/login",
+        Some(&cookie),
+        Some("https://evil.example"),
+        &[("csrf", &csrf), ("token", TOKEN)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = post(
+        &app,
+        "/ui/login",
+        Some(&cookie),
+        None,
+        &[("csrf", &csrf), ("token", "nope")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    assert!(p.text.contains("unknown, revoked or expired"), "{}", p.text);
+    assert!(cookie_value(&p, "brood_session").is_none());
+    // Pages need a session.
+    let p = get(&app, "/ui/admin", None).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    assert!(p.text.contains("Sign in"), "{}", p.text);
+}
+
+#[tokio::test]
+async fn every_form_post_needs_the_sessions_csrf_value() {
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let unit = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert_eq!(unit.status, StatusCode::OK, "{}", unit.text);
+    assert!(unit.text.contains("Unit eng"), "{}", unit.text);
+    let csrf = csrf_of(&unit.text);
+    let vm = [
+        ("name", "w1"),
+        ("memory_mib", "256"),
+        ("vcpus", "1"),
+        ("start", "true"),
+    ];
+    let p = post(&app, "/ui/unit/vms", Some(&cookie), None, &vm).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    let mut with_bad = vm.to_vec();
+    with_bad.push(("csrf", "0000"));
+    let p = post(&app, "/ui/unit/vms", Some(&cookie), None, &with_bad).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    // Another session's value does not do either.
+    let other = sign_in(&app, &alice).await;
+    let other_csrf = csrf_of(&get(&app, "/ui/unit", Some(&other)).await.text);
+    assert_ne!(other_csrf, csrf);
+    let mut with_other = vm.to_vec();
+    with_other.push(("csrf", &other_csrf));
+    let p = post(&app, "/ui/unit/vms", Some(&cookie), None, &with_other).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let mut good = vm.to_vec();
+    good.push(("csrf", &csrf));
+    good.push(("back", "/ui/unit"));
+    let p = post(
+        &app,
+        "/ui/unit/vms",
+        Some(&cookie),
+        Some("https://evil.example"),
+        &good,
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let (s, _) = app.get("/v1/partitions/w1").await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "no refused post may have made the VM"
+    );
+    let p = post(
+        &app,
+        "/ui/unit/vms",
+        Some(&cookie),
+        Some("http://portal"),
+        &good,
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    assert_eq!(p.location.as_deref(), Some("/ui/unit"));
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert!(page.text.contains(r#"data-vm="w1""#), "{}", page.text);
+    // An API error is shown as its message: a second VM of the same name.
+    let p = post(&app, "/ui/unit/vms", Some(&cookie), None, &good).await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.text);
+    assert!(p.text.contains("w1"), "{}", p.text);
+}
+
+#[tokio::test]
+async fn another_units_vm_is_the_same_404_as_none() {
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let theirs = get(&app, "/ui/vms/ops-db", Some(&cookie)).await;
+    let none = get(&app, "/ui/vms/no-such-vm", Some(&cookie)).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.text);
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        theirs.text.replace("ops-db", "NAME"),
+        none.text.replace("no-such-vm", "NAME"),
+        "another unit's VM must look like one that does not exist"
+    );
+    let unit = get(&app, "/ui/unit?unit=ops", Some(&cookie)).await;
+    assert!(
+        unit.text.contains("Unit eng"),
+        "a unit user's view is its own unit: {}",
+        unit.text
+    );
+    assert!(!unit.text.contains("ops-db"));
+    // The administrator sees it.
+    let admin = sign_in(&app, TOKEN).await;
+    let p = get(&app, "/ui/vms/ops-db?unit=ops", Some(&admin)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+}
+
+#[tokio::test]
+async fn sign_out_and_a_revoked_token_end_the_session() {
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    let csrf = csrf_of(&page.text);
+    // Sign-out is a form too.
+    let p = post(&app, "/ui/logout", Some(&cookie), None, &[]).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = post(&app, "/ui/logout", Some(&cookie), None, &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert!(
+        p.cookies
+            .iter()
+            .any(|c| c.starts_with("brood_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        p.cookies
+    );
+    let p = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+    assert!(p.text.contains("signed out"), "{}", p.text);
+    // A session whose token is revoked ends at its next request.
+    let cookie = sign_in(&app, &alice).await;
+    let tokens = api(&app, Method::GET, "/v1/tokens", TOKEN, None).await;
+    for t in tokens["items"].as_array().unwrap() {
+        if t["user"] == "alice" {
+            let id = t["id"].as_str().unwrap();
+            api(
+                &app,
+                Method::DELETE,
+                &format!("/v1/tokens/{id}"),
+                TOKEN,
+                None,
+            )
+            .await;
+        }
+    }
+    let p = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{}", p.text);
+    assert!(p.text.contains("revoked"), "{}", p.text);
+    let p = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_csv_export_is_the_apis_report_and_pages_render_for_the_admin() {
+    let (app, _) = fixture().await;
+    api(
+        &app,
+        Method::PUT,
+        "/v1/prices",
+        TOKEN,
+        Some(json!({"item": "vcpu", "micros_per_hour": 10000})),
+    )
+    .await;
+    let admin = sign_in(&app, TOKEN).await;
+    for page in [
+        "/ui/admin",
+        "/ui/audit",
+        "/ui/verify",
+        "/ui/chargeback",
+        "/ui/unit",
+        "/ui/unit?unit=eng",
+    ] {
+        let p = get(&app, page, Some(&admin)).await;
+        assert_eq!(p.status, StatusCode::OK, "{page}: {}", p.text);
+    }
+    let from = "2020-01-01T00:00:00Z";
+    let to = "2100-01-01T00:00:00Z";
+    let p = get(
+        &app,
+        &format!("/ui/chargeback.csv?from={from}&to={to}"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let report = api(
+        &app,
+        Method::GET,
+        &format!("/v1/chargeback?from={from}&to={to}"),
+        TOKEN,
+        None,
+    )
+    .await;
+    let mut lines = p.text.lines();
+    assert_eq!(lines.next(), Some("unit,model,item,quantity_hours,amount"));
+    let rows: Vec<&str> = lines.collect();
+    let want: usize = report["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["lines"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(rows.len(), want, "{}\n{report}", p.text);
+    assert!(want > 0, "{report}");
+    for u in report["units"].as_array().unwrap() {
+        for l in u["lines"].as_array().unwrap() {
+            let micros = l["micros"].as_u64().unwrap();
+            let row = format!(
+                "{},{},{},{},{}.{:06}",
+                u["unit"].as_str().unwrap(),
+                l["model"].as_str().unwrap(),
+                l["item"].as_str().unwrap(),
+                l["quantity_hours"].as_f64().unwrap(),
+                micros / 1_000_000,
+                micros % 1_000_000
+            );
+            assert!(rows.contains(&row.as_str()), "{row} not in {}", p.text);
+        }
+    }
+    // Utilization over time: ops-db's memory and vCPUs, charted per unit.
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    let at = page
+        .text
+        .find("Utilization over time</h2>")
+        .expect("the utilization section");
+    let section = &page.text[at..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(
+        section.contains("Memory held per unit") && section.contains("vCPUs held per unit"),
+        "{section}"
+    );
+    assert!(
+        section.contains("<path d=\"M"),
+        "no series drawn: {section}"
+    );
+    assert!(
+        section.contains(">ops</span>"),
+        "ops's series has no key: {section}"
+    );
+    // Registration is a form of the administrator's page; a unit's user is refused by the API.
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    let csrf = csrf_of(&page.text);
+    let reg = [
+        ("name", "sales"),
+        ("contact", "s@example.com"),
+        ("back", "/ui/admin"),
+    ];
+    let mut fields = reg.to_vec();
+    fields.push(("csrf", &csrf));
+    let p = post(&app, "/ui/units", Some(&admin), None, &fields).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    api(&app, Method::GET, "/v1/units/sales", TOKEN, None).await;
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    let alice = sign_in(&app, t["token"].as_str().unwrap()).await;
+    let csrf = csrf_of(&get(&app, "/ui/unit", Some(&alice)).await.text);
+    let mut fields = vec![
+        ("name", "rogue"),
+        ("contact", "r@example.com"),
+        ("csrf", &csrf),
+    ];
+    fields.push(("back", "/ui/unit"));
+    let p = post(&app, "/ui/units", Some(&alice), None, &fields).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    assert!(p.text.contains("may not"), "the API's message: {}", p.text);
+    // Unknown portal pages are the portal's 404; the API is still the API.
+    let p = get(&app, "/ui/nothing-here", Some(&admin)).await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    let (s, _) = app.get("/v1/host").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_event_stream_names_only_vms_the_caller_may_read() {
+    use futures::StreamExt;
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let req = Request::builder()
+        .uri("/ui/events")
+        .header(header::HOST, "portal")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app
+        .router()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    // The other unit's VM changes first, then alice's own is made.
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "oscar"})),
+    )
+    .await;
+    let oscar = t["token"].as_str().unwrap().to_owned();
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions/ops-db/stop",
+        &oscar,
+        None,
+    )
+    .await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions/ops-db/start",
+        &oscar,
+        None,
+    )
+    .await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        Some(json!({"name": "mine", "configs": {"d": {"memory_mib": 256}}, "start": true})),
+    )
+    .await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !seen.contains(r#""name":"mine""#) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event about alice's VM; the stream so far: {seen}"))
+            .expect("the stream ended")
+            .expect("a chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !seen.contains("ops-db"),
+        "the stream named the other unit's VM: {seen}"
+    );
+    assert!(seen.contains(r#""run_state":"#), "{seen}");
+    // Signing out ends the stream.
+    let csrf = csrf_of(&get(&app, "/ui/unit", Some(&cookie)).await.text);
+    post(&app, "/ui/logout", Some(&cookie), None, &[("csrf", &csrf)]).await;
+    api(&app, Method::POST, "/v1/partitions/mine/stop", &alice, None).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its session");
+}
+
+#[tokio::test]
+async fn a_unit_user_forks_children_from_its_units_template() {
+    let (app, alice) = fixture().await;
+    let admin = sign_in(&app, TOKEN).await;
+    let csrf = csrf_of(&get(&app, "/ui/unit?unit=eng", Some(&admin)).await.text);
+    // The administrator, acting inside eng, makes a VM and a template of it.
+    let vm = [
+        ("name", "base"),
+        ("memory_mib", "256"),
+        ("start", "true"),
+        ("unit", "eng"),
+    ];
+    let mut f = vm.to_vec();
+    f.push(("csrf", &csrf));
+    let p = post(&app, "/ui/unit/vms", Some(&admin), None, &f).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let f = [("template", "tpl"), ("unit", "eng"), ("csrf", &csrf)];
+    let p = post(&app, "/ui/vms/base/template", Some(&admin), None, &f).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    // alice sees it in her unit's view and forks two children from it.
+    let cookie = sign_in(&app, &alice).await;
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    assert!(
+        page.text.contains("/ui/templates/tpl/fork"),
+        "{}",
+        page.text
+    );
+    assert!(
+        !page.text.contains("/ui/unit/requests"),
+        "a unit user is offered requests"
+    );
+    let csrf = csrf_of(&page.text);
+    let f = [("count", "2"), ("csrf", &csrf), ("back", "/ui/unit")];
+    let p = send(
+        &app,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/templates/tpl/fork")
+            .header(header::HOST, "portal")
+            .header(header::COOKIE, &cookie)
+            .header("x-portal-async", "1")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&f)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    assert!(
+        p.text.starts_with("<p class=\"notice\""),
+        "a fragment: {}",
+        p.text
+    );
+    assert!(p.text.contains("forked tpl-"), "{}", p.text);
+    let list = api(&app, Method::GET, "/v1/partitions", &alice, None).await;
+    let children = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["parent"] == "tpl")
+        .count();
+    assert_eq!(children, 2, "{list}");
+    // An error in a fragment is the API's message.
+    let p = send(
+        &app,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/templates/none/fork")
+            .header(header::HOST, "portal")
+            .header(header::COOKIE, &cookie)
+            .header("x-portal-async", "1")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&f)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND);
+    assert!(
+        p.text.contains("class=\"error\"") && p.text.contains("none"),
+        "{}",
+        p.text
+    );
+}
