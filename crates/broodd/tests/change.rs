@@ -170,6 +170,17 @@ async fn a_pending_change_survives_a_restart_and_blocks_a_template_until_applied
             .contains("stop and start it"),
         "{v}"
     );
+    // A bad `apply` is a clear 400.
+    let (s, v) = send(
+        &app,
+        Method::DELETE,
+        "/v1/partitions/on/nics/0?apply=later",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
     // A NIC goes by its MAC (any case), another index is not there.
     let (s, v) = send(&app, Method::DELETE, "/v1/partitions/on/nics/3", None, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
@@ -206,5 +217,78 @@ async fn a_pending_change_survives_a_restart_and_blocks_a_template_until_applied
     assert_eq!(app.holdings().await["on"]["vcpus"], 2);
     let (s, v) = app.template("on", Some("tpl"), 0).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_forked_child_changes_only_its_cpu_cap() {
+    let app = TestApp::new().await;
+    app.running("t0").await;
+    let (s, v) = app.template("t0", Some("tpl"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    ok(
+        &app,
+        Method::POST,
+        "/v1/templates/tpl/fork",
+        None,
+        Some(json!({"count": 1})),
+    )
+    .await;
+    let (s, v) = send(
+        &app,
+        Method::PATCH,
+        "/v1/partitions/tpl-0/resources",
+        None,
+        Some(json!({"memory_mib": 512})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("forked child"),
+        "{v}"
+    );
+    let (s, v) = send(
+        &app,
+        Method::POST,
+        "/v1/partitions/tpl-0/disks",
+        None,
+        Some(json!({"name": "x", "size_gib": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let r = ok(
+        &app,
+        Method::PATCH,
+        "/v1/partitions/tpl-0/resources",
+        None,
+        Some(json!({"cpu_cap_pct": 50, "apply": "next-start"})),
+    )
+    .await;
+    assert_eq!(
+        r["partition"]["pending_change"]["summary"], "CPU cap none -> 50%",
+        "{r}"
+    );
+    ok(
+        &app,
+        Method::POST,
+        "/v1/partitions/tpl-0/stop",
+        None,
+        Some(json!({"timeout_s": 1})),
+    )
+    .await;
+    ok(
+        &app,
+        Method::POST,
+        "/v1/partitions/tpl-0/start",
+        None,
+        Some(json!({})),
+    )
+    .await;
+    let (_, p) = app.get("/v1/partitions/tpl-0").await;
+    assert!(p.get("pending_change").is_none(), "{p}");
+    assert_eq!(p["configs"]["default"]["policy"]["cpu_cap_pct"], 50, "{p}");
     app.assert_verified().await;
 }

@@ -824,6 +824,23 @@ async fn settle(host: &Host, actor: &str, rec: PartitionRecord) -> HostResult<Pa
     let Some(running) = changes.running(rec.uuid) else {
         return Ok(rec);
     };
+    // A forked child's only change is its CPU cap: its disks are
+    // overlays of its template's and are left alone.
+    if Kind::of(&rec) != Kind::Plain {
+        let new = host
+            .update(
+                actor,
+                format!("the pending change of {} is applied", rec.name),
+                &rec,
+                PartitionPatch::default(),
+                vec![Op::Change(ChangeOp::Clear {
+                    partition: rec.uuid,
+                })],
+            )
+            .await?;
+        changes.set(rec.uuid, None);
+        return Ok(new);
+    }
     let configs = configs_of(&rec)?;
     let from = BTreeMap::from([(rec.active_config.clone(), running)]);
     files_to(host, rec.uuid, &from, &configs).await?;
@@ -861,9 +878,6 @@ pub async fn before_start(
     actor: &str,
     rec: PartitionRecord,
 ) -> HostResult<PartitionRecord> {
-    if Kind::of(&rec) != Kind::Plain {
-        return Ok(rec);
-    }
     settle(host, actor, rec).await
 }
 
