@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod change;
 pub mod error;
 pub mod event;
 pub mod fork;
@@ -20,6 +21,10 @@ pub mod service;
 pub mod snapshot;
 pub mod tenancy;
 
+pub use change::{
+    Apply, AttachDiskRequest, AttachNicRequest, ChangeResult, DetachQuery, PendingChange,
+    ResizeDiskRequest, RunningNow, SetResourcesRequest,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use event::{Event, EventKind};
 pub use fork::{

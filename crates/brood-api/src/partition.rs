@@ -204,6 +204,20 @@ pub struct DiskInfo {
     pub size_gib: u64,
 }
 
+/// A partition's NIC as it is on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NicInfo {
+    /// The network, bridge or `user` mode it is on.
+    pub network: String,
+    /// Its MAC address: the configured one, or the one broodd derives from
+    /// the partition's uuid (stable across restarts).
+    pub mac: String,
+    /// The guest's IPv4 address on it, when brood gave it one (a network's
+    /// channel, or a forked child's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
 /// A partition as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Partition {
@@ -223,6 +237,13 @@ pub struct Partition {
     pub pid: Option<u32>,
     /// Disks of the active configuration.
     pub disks: Vec<DiskInfo>,
+    /// NICs of the active configuration, with their real MACs.
+    #[serde(default)]
+    pub nics: Vec<NicInfo>,
+    /// A change of its definition that waits for its next start (its VM
+    /// runs what `running` says meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_change: Option<crate::change::PendingChange>,
     /// How QEMU last ended, when it has.
     pub last_exit: Option<String>,
     /// Automatic restarts so far.

@@ -364,6 +364,23 @@ impl Client {
             .await
     }
 
+    /// `PATCH path` with a JSON body, decoded.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = json_body(&format!("PATCH {path}"), body)?;
+        self.call(Method::PATCH, path, Some(body), Some(REQUEST_TIMEOUT))
+            .await
+    }
+
+    /// `DELETE path`, decoding the body it answers with.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None, Some(REQUEST_TIMEOUT))
+            .await
+    }
+
     /// `DELETE path`, expecting no body.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.exchange(Method::DELETE, path, None, Some(REQUEST_TIMEOUT))

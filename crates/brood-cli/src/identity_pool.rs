@@ -29,13 +29,13 @@ pub enum IdentityPoolCmd {
   brood identity-pool show lan
   brood identity-pool show hosts -o json")]
     Show {
-        /// Pool name.
+        /// Identity pool name.
         name: String,
     },
     /// Delete a pool; broodd refuses while a child holds one of its values.
     #[command(after_help = "Examples:\n  brood identity-pool delete lan")]
     Delete {
-        /// Pool name.
+        /// Identity pool name.
         name: String,
     },
 }

@@ -117,6 +117,15 @@ pub async fn addresses(client: &Client, vm: &str) -> Result<String> {
     }
 }
 
+/// Every network, or none from a broodd from before networks.
+pub async fn all_or_none(client: &Client) -> Result<Vec<Network>> {
+    match client.get::<NetworkList>("/v1/networks").await {
+        Ok(l) => Ok(l.items),
+        Err(crate::client::ClientError::Api { status: 404, .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn address_lines(networks: &[Network], vm: &str) -> String {
     let mut found: Vec<(u32, String)> = Vec::new();
     for n in networks {

@@ -131,6 +131,15 @@ The default guest image has no sshd: use `brood vm exec -t NAME` there.")]
         #[arg(last = true)]
         ssh_args: Vec<String>,
     },
+    /// Change memory, vCPUs or CPU cap (live where the machine allows it).
+    #[command(after_help = crate::change::SET_EXAMPLES)]
+    Set(crate::change::SetArgs),
+    /// Attach, detach or grow a partition's disks.
+    #[command(subcommand)]
+    Disk(crate::change::DiskCmd),
+    /// Attach or detach a partition's NICs.
+    #[command(subcommand)]
+    Nic(crate::change::NicCmd),
     /// Choose the configuration used at the next start.
     #[command(after_help = "Examples:\n  brood vm config web big")]
     Config {
@@ -181,7 +190,10 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         } => crate::console::ssh(client, &name, &user, &ssh_args).await,
         VmCmd::List { limit } => list(client, limit, out).await,
         VmCmd::Show(t) => {
-            let p: Partition = client.get(&partition_path(&t.name)).await?;
+            let mut p: Partition = client.get(&partition_path(&t.name)).await?;
+            if !p.nics.is_empty() {
+                fill_addresses(&mut p, &crate::network::all_or_none(client).await?);
+            }
             match out {
                 Output::Json => print_json(&p)?,
                 Output::Text => {
@@ -198,6 +210,9 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         VmCmd::Save(t) => action(client, &t.name, "save", out).await,
         VmCmd::Restore(t) => action(client, &t.name, "restore", out).await,
         VmCmd::Snapshot(cmd) => crate::snapshot::run(cmd, client, out).await,
+        VmCmd::Set(args) => crate::change::set(args, client, out).await,
+        VmCmd::Disk(cmd) => crate::change::disk(cmd, client, out).await,
+        VmCmd::Nic(cmd) => crate::change::nic(cmd, client, out).await,
         VmCmd::Stop { name, timeout } => {
             let path = format!("{}/stop", partition_path(&name));
             // broodd waits up to the guest's timeout (30 s by default) before it kills QEMU.
@@ -303,6 +318,12 @@ async fn list(client: &Client, limit: Option<usize>, out: Output) -> Result<i32>
             _ => break,
         }
     }
+    if all.items.iter().any(|p| !p.nics.is_empty()) {
+        let networks = crate::network::all_or_none(client).await?;
+        for p in &mut all.items {
+            fill_addresses(p, &networks);
+        }
+    }
     match out {
         Output::Json => print_json(&all)?,
         Output::Text => print!("{}", list_table(&all.items)),
@@ -310,21 +331,71 @@ async fn list(client: &Client, limit: Option<usize>, out: Output) -> Result<i32>
     Ok(0)
 }
 
-/// The table of `brood vm list`.
+/// Gives each NIC of `p` on a network the address its channel has there
+/// (the ledger's), when broodd has not named one already.
+pub fn fill_addresses(p: &mut Partition, networks: &[brood_api::Network]) {
+    for n in networks {
+        for m in n.members.iter().filter(|m| m.uuid == p.uuid) {
+            let nic = usize::try_from(m.nic).ok().and_then(|i| p.nics.get_mut(i));
+            if let Some(nic) = nic
+                && nic.address.is_none()
+            {
+                nic.address = Some(m.address.clone());
+            }
+        }
+    }
+}
+
+/// What the VM runs now: its pending change's `running`, else the active
+/// configuration (vCPUs, memory in MiB).
+fn running_now(p: &Partition) -> Option<(u32, u64)> {
+    match &p.pending_change {
+        Some(c) if p.pid.is_some() => Some((c.running.vcpus, c.running.memory_mib)),
+        _ => p
+            .configs
+            .get(&p.active_config)
+            .map(|c| (c.vcpus, c.memory_mib)),
+    }
+}
+
+/// The table of `brood vm list`: what each VM runs now, a `*` after the
+/// name of one whose definition holds a change for its next start, and
+/// the first address of each (or its first NIC's MAC).
 pub fn list_table(items: &[Partition]) -> String {
-    let mut t = Table::new(&["NAME", "STAGE", "STATE", "VCPUS", "MEMORY", "PID"]).right(&[3, 4]);
+    let mut t = Table::new(&[
+        "NAME", "STAGE", "STATE", "VCPUS", "MEMORY", "PID", "ADDRESS",
+    ])
+    .right(&[3, 4]);
+    let mut pending = false;
     for p in items {
-        let cfg = p.configs.get(&p.active_config);
+        let now = running_now(p);
+        let name = match &p.pending_change {
+            Some(_) => {
+                pending = true;
+                format!("{}*", p.name)
+            }
+            None => p.name.clone(),
+        };
+        let address = p
+            .nics
+            .iter()
+            .find_map(|n| n.address.clone())
+            .or_else(|| p.nics.first().map(|n| n.mac.clone()));
         t.row(vec![
-            p.name.clone(),
+            name,
             wire_name(&p.stage),
             wire_name(&p.run_state),
-            or_dash(cfg.map(|c| c.vcpus)),
-            cfg.map_or_else(|| "-".to_string(), |c| mib(c.memory_mib)),
+            or_dash(now.map(|c| c.0)),
+            now.map_or_else(|| "-".to_string(), |c| mib(c.1)),
             or_dash(p.pid),
+            or_dash(address),
         ]);
     }
-    t.render()
+    let mut text = t.render();
+    if pending {
+        text.push_str("* changed: the change waits for the next start (`brood vm show NAME`)\n");
+    }
+    text
 }
 
 /// The key/value listing of `brood vm show`.
@@ -350,11 +421,15 @@ pub fn show(p: &Partition) -> String {
     if let Some(c) = p.configs.get(&p.active_config) {
         kv.push(("vcpus", c.vcpus.to_string()));
         kv.push(("memory", mib(c.memory_mib)));
-        for (i, n) in c.nics.iter().enumerate() {
-            let mac = n.mac.as_deref().unwrap_or("auto");
+        for (i, n) in p.nics.iter().enumerate() {
+            let addr = n
+                .address
+                .as_deref()
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default();
             kv.push((
                 if i == 0 { "nics" } else { "" },
-                format!("{} (mac {mac})", n.network),
+                format!("eth{i} {} (mac {}{addr})", n.network, n.mac),
             ));
         }
         let pol = &c.policy;
@@ -391,6 +466,27 @@ pub fn show(p: &Partition) -> String {
     kv.push(("restarts", p.restart_count.to_string()));
     if let Some(op) = &p.pending_op {
         kv.push(("pending", op.clone()));
+    }
+    if let Some(c) = &p.pending_change {
+        kv.push(("changed", format!("{} (at the next start)", c.summary)));
+        kv.push((
+            "",
+            format!(
+                "runs now: {} vCPUs, {}, disks {}, NICs {}",
+                c.running.vcpus,
+                mib(c.running.memory_mib),
+                if c.running.disks.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.running.disks.join(", ")
+                },
+                if c.running.nics.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.running.nics.join(", ")
+                },
+            ),
+        ));
     }
     kv.push(("created", p.created_at.clone()));
     kv.push(("updated", p.updated_at.clone()));
@@ -487,6 +583,8 @@ mod tests {
                 path: "/data/disks/web-root.qcow2".into(),
                 size_gib: 10,
             }],
+            nics: Vec::new(),
+            pending_change: None,
             last_exit: None,
             restart_count: 0,
             pending_op: None,
@@ -502,9 +600,9 @@ mod tests {
         let items = [partition("web", Some(4242)), partition("db-primary", None)];
         assert_eq!(
             list_table(&items),
-            "NAME        STAGE      STATE    VCPUS   MEMORY  PID\n\
-             web         operating  running      2  512 MiB  4242\n\
-             db-primary  operating  stopped      2  512 MiB  -\n"
+            "NAME        STAGE      STATE    VCPUS   MEMORY  PID   ADDRESS\n\
+             web         operating  running      2  512 MiB  4242  -\n\
+             db-primary  operating  stopped      2  512 MiB  -     -\n"
         );
     }
 

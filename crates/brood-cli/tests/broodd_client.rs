@@ -212,6 +212,8 @@ fn partition(name: &str, pid: Option<u32>) -> Partition {
         configs: BTreeMap::from([("default".to_string(), PartitionConfig::default())]),
         pid,
         disks: Vec::new(),
+        nics: Vec::new(),
+        pending_change: None,
         last_exit: None,
         restart_count: 0,
         pending_op: None,
@@ -413,9 +415,9 @@ async fn vm_list_pages_through_next() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "NAME   STAGE      STATE    VCPUS   MEMORY  PID\n\
-         alpha  operating  running      1  256 MiB  11\n\
-         beta   operating  stopped      1  256 MiB  -\n"
+        "NAME   STAGE      STATE    VCPUS   MEMORY  PID  ADDRESS\n\
+         alpha  operating  running      1  256 MiB  11   -\n\
+         beta   operating  stopped      1  256 MiB  -    -\n"
     );
     let uris: Vec<String> = fake.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Issue 16's "bugs in what exists", on real VMs: a forked child saved and
 //! restored (plain and persistent) with the hints agreeing meanwhile, and
-//! the console free of the PCI line a microvm guest used to print. (The
+//! the console free of the PCI line a microvm guest used to print, and zsh
+//! completing VM names as you type. (The
 //! fork refusals and give-backs need no VM: `crates/broodd/tests/fork.rs`.)
 
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
@@ -224,4 +225,66 @@ fn brood_events_reconnects_when_broodd_restarts() {
     assert!(events.try_wait().unwrap().is_none(), "brood events ended");
     let _ = events.kill();
     let _ = events.wait();
+}
+
+/// Drives an interactive zsh on a pseudo-terminal (zsh's own `zpty`):
+/// loads brood's completion from `fpath_dir`, types `line` and TAB twice,
+/// and prints what the terminal showed once `want` appears (or after 20 s).
+const ZSH_DRIVER: &str = r#"
+zmodload zsh/zpty
+zpty z 'zsh -f -i'
+zpty -w z "fpath=($1 \$fpath); autoload -U compinit; compinit -u -D; PS1='READY> '"
+zpty -r z out '*READY> *'
+zpty -w -n z "$2"$'\t\t'
+local all=""
+for i in {1..200}; do
+  if zpty -r -t z chunk; then all+=$chunk; fi
+  [[ $all == *$3* ]] && break
+  sleep 0.1
+done
+print -r -- "$all"
+zpty -d z
+"#;
+
+#[test]
+fn zsh_completes_vm_names_as_you_type() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    for name in ["web", "webby", "db"] {
+        let out = brood(&b, &["vm", "define", name, "--memory", "64M"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let fpath = tempfile::tempdir().unwrap();
+    let script = brood(&b, &["completions", "zsh"]);
+    assert!(script.status.success());
+    std::fs::write(fpath.path().join("_brood"), &script.stdout).unwrap();
+    let bin_dir = brood_e2e::brood_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let data = b.socket().parent().unwrap().to_path_buf();
+    let complete = |line: &str, want: &str| {
+        let out = std::process::Command::new("zsh")
+            .args(["-f", "-c", ZSH_DRIVER, "zsh"])
+            .arg(fpath.path())
+            .args([line, want])
+            .env("PATH", &path)
+            .env("BROOD_DATA_DIR", &data)
+            .env_remove("BROOD_HOST")
+            .env_remove("BROOD_TOKEN")
+            .output()
+            .expect("run zsh (apt-get install zsh)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // "we" is the start of two VMs: zsh completes to their common part
+    // and lists both, and not db.
+    let shown = complete("brood vm show we", "webby");
+    assert!(shown.contains("webby"), "{shown:?}");
+    assert!(shown.contains("brood vm show web"), "{shown:?}");
+    assert!(!shown.contains("db"), "{shown:?}");
+    // A unique start completes in full, for every command taking a VM.
+    let shown = complete("brood vm set d", "brood vm set db");
+    assert!(shown.contains("brood vm set db"), "{shown:?}");
 }

@@ -249,6 +249,25 @@ impl Cgroup {
         }
     }
 
+    /// Changes the CPU cap of a live VM (percent of one CPU; `None` lifts it).
+    pub fn set_cpu_cap(&self, pct: Option<u32>) -> Result<(), EngineError> {
+        let quota = pct.map(quota_us).transpose()?;
+        for d in &self.dirs {
+            if d.join("cpu.max").exists() {
+                let q = quota.map_or_else(|| "max".to_string(), |q| q.to_string());
+                return write(&d.join("cpu.max"), &format!("{q} {CFS_PERIOD_US}"));
+            }
+            if d.join("cpu.cfs_quota_us").exists() {
+                write(&d.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                let q = quota.map_or_else(|| "-1".to_string(), |q| q.to_string());
+                return write(&d.join("cpu.cfs_quota_us"), &q);
+            }
+        }
+        Err(EngineError::InvalidSpec(
+            "this VM has no cpu cgroup whose cap could change".into(),
+        ))
+    }
+
     /// The memory limit in MiB (`None` without a memory group or limit).
     pub fn memory_limit_mib(&self) -> Option<u64> {
         let (d, v) = self.memory_dir()?;

@@ -59,6 +59,18 @@ pub trait VmHandle: Send + Sync + std::fmt::Debug + 'static {
             op: "change the memory limit of a VM",
         })
     }
+    /// Resizes disk `index` of the live VM to `bytes`.
+    async fn resize_disk(&self, _index: usize, _bytes: u64) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "resize a disk of a live VM",
+        })
+    }
+    /// Changes the CPU cap of the live VM (percent of one CPU; `None` lifts it).
+    fn set_cpu_cap(&self, _pct: Option<u32>) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "change the CPU cap of a VM",
+        })
+    }
     /// Whether dropping the handle kills the VM.
     fn set_kill_on_drop(&mut self, kill: bool);
     /// The concrete handle, for the engine that made it.
@@ -131,6 +143,12 @@ impl VmHandle for Vm {
     }
     fn set_kill_on_drop(&mut self, kill: bool) {
         Vm::set_kill_on_drop(self, kill);
+    }
+    async fn resize_disk(&self, index: usize, bytes: u64) -> Result<(), EngineError> {
+        Vm::block_resize(self, index, bytes).await
+    }
+    fn set_cpu_cap(&self, pct: Option<u32>) -> Result<(), EngineError> {
+        Vm::set_cpu_cap(self, pct)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod change;
 mod charge;
 mod db;
 mod error;
@@ -57,6 +58,7 @@ mod unit;
 mod user;
 mod verify;
 
+pub use change::{CHANGE_SUMMARY_MAX_BYTES, ChangeOp, ChangeRecord};
 pub use charge::{
     ChargeLine, ChargeModel, ChargeOp, ChargeReport, REFUND_REASON_MAX_BYTES, UnitCharge,
     chargeback, price_item, valid_item,

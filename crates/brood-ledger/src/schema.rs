@@ -73,6 +73,16 @@
 //! unit's unused allocation): its generated `partition` column is NULL for
 //! units and a generated `unit` column references `unit`. Every row is
 //! copied, so a version-2 file migrates in place.
+//!
+//! `V_CHANGE` (issue 16 item 9, changing a VM after it is defined) adds:
+//!
+//! ```text
+//! pending_change(partition PK REFERENCES partition ON DELETE CASCADE,
+//!                running JSON, summary, since)
+//! ```
+//!
+//! the configuration a running partition's VM runs while its definition
+//! already holds a change for the next start (`change.rs`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -85,7 +95,9 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS, V_TENANCY];
+const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS, V_TENANCY, V_CHANGE];
+
+use crate::change::V_CHANGE;
 
 use crate::service_pool::V_SERVICE_POOLS;
 

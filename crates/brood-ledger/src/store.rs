@@ -225,6 +225,7 @@ fn apply_op(
         Op::Unit(op) => crate::unit::apply(conn, i, op, now, actor),
         Op::User(op) => crate::user::apply(conn, i, op, now),
         Op::Charge(op) => crate::charge::apply(conn, i, op, now),
+        Op::Change(op) => crate::change::apply(conn, i, op, now),
     }
 }
 

@@ -167,6 +167,8 @@ pub enum Op {
     User(crate::user::UserOp),
     /// A price or refund (see `charge`).
     Charge(crate::charge::ChargeOp),
+    /// A pending definition change of a running partition (see `change`).
+    Change(crate::change::ChangeOp),
 }
 
 impl Op {

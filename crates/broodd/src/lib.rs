@@ -79,6 +79,7 @@ impl Broodd {
         plugins.feature(Arc::new(pool::ServicePools::default()));
         plugins.feature(Arc::new(template::Templates::default()));
         plugins.feature(Arc::new(api::render::RenderCache::default()));
+        plugins.feature(Arc::new(partition::change::Changes::default()));
         plugins.hooks.push(Arc::new(network::NetworkHooks));
         plugins.feature(Arc::new(io::IoPartitions::default()));
         let host = Arc::new(Host::new(
@@ -89,6 +90,9 @@ impl Broodd {
             cfg.vcpu_overcommit,
             plugins,
         ));
+        partition::change::load(&host)
+            .await
+            .context("load the pending changes")?;
         template::freeze::load_all(&host)
             .await
             .context("load the templates")?;

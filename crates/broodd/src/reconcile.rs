@@ -154,7 +154,10 @@ async fn reconcile_one(
         .await?;
         return Ok(None);
     }
-    let attached = match vm_spec(&rec, &host.paths) {
+    let attached = match vm_spec(
+        &crate::partition::change::as_running(host, &rec),
+        &host.paths,
+    ) {
         Ok(spec) => host.engine.attach(&spec).await.map_err(|e| e.to_string()),
         Err(e) => Err(chain(&e)),
     };

@@ -46,6 +46,8 @@ fn with_name(path: &str, name: &str) -> String {
     path.replace("{name}", name)
         .replace("{id}", id)
         .replace("{snapshot}", "s1")
+        .replace("{disk}", "d0")
+        .replace("{nic}", "0")
 }
 
 /// A valid body for the route, naming `name` where the body names something.
@@ -61,6 +63,10 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", "/templates") => json!({"vm": name}),
         ("POST", p) if p.ends_with("/fork") => json!({"count": 1}),
         ("POST", p) if p.ends_with("/snapshots") => json!({"name": "s1"}),
+        ("PATCH", p) if p.ends_with("/resources") => json!({"memory_mib": 512}),
+        ("POST", p) if p.ends_with("/disks") => json!({"name": "d9", "size_gib": 1}),
+        ("PUT", p) if p.ends_with("/disks/{disk}") => json!({"size_gib": 2}),
+        ("POST", p) if p.ends_with("/nics") => json!({"network": "user"}),
         ("POST", "/pools") => json!({"name": name, "min": 0, "max": 0}),
         ("POST", "/services") => json!({"class": "http", "pool": name}),
         ("POST", p) if p.ends_with("/guests") => json!({"guest": name}),
@@ -369,6 +375,11 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         ("POST", "/partitions/{name}/session") => "off",
         ("GET", "/partitions/{name}/console/attach") => "off",
         ("GET" | "PUT", "/partitions/{name}/files") => "off",
+        // A template never changes.
+        ("PATCH", "/partitions/{name}/resources")
+        | ("POST", "/partitions/{name}/disks" | "/partitions/{name}/nics")
+        | ("PUT" | "DELETE", "/partitions/{name}/disks/{disk}")
+        | ("DELETE", "/partitions/{name}/nics/{nic}") => "tpl",
         _ => return None,
     };
     Some((name, body_for(method, path, "x")))
@@ -503,6 +514,19 @@ async fn every_route_that_drives_the_engine_maps_its_failure_to_502() {
                 });
                 ("on?path=/tmp/f", None)
             }
+            // The fake VM has no cgroup whose CPU cap could change live.
+            ("PATCH", "/partitions/{name}/resources") => ("on", Some(json!({"cpu_cap_pct": 50}))),
+            // Nor does it grow disks: a running VM with a disk `d0`.
+            ("PUT", "/partitions/{name}/disks/{disk}") => {
+                let (s, v) = app
+                    .post(
+                        "/v1/partitions",
+                        json!({"name": "ond", "configs": {"d": {"disks": [{"name": "d0", "size_gib": 1}]}}, "start": true}),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::CREATED, "{v}");
+                ("ond", Some(json!({"size_gib": 2})))
+            }
             ("POST", "/services") => {
                 // The pool is empty: the cold boot of a member fails.
                 fake.fail_next(Op::Boot, EngineError::InvalidSpec("no".into()));
@@ -624,6 +648,12 @@ const KNOWN: &[&str] = &[
     "POST /v1/partitions/{name}/snapshots",
     "DELETE /v1/partitions/{name}/snapshots/{snapshot}",
     "POST /v1/partitions/{name}/snapshots/{snapshot}/revert",
+    "PATCH /v1/partitions/{name}/resources",
+    "POST /v1/partitions/{name}/disks",
+    "PUT /v1/partitions/{name}/disks/{disk}",
+    "DELETE /v1/partitions/{name}/disks/{disk}",
+    "POST /v1/partitions/{name}/nics",
+    "DELETE /v1/partitions/{name}/nics/{nic}",
     "POST /v1/partitions/{name}/session",
     "GET /v1/partitions/{name}/console/attach",
     "GET /v1/partitions/{name}/files",

@@ -11,6 +11,7 @@ mod engine;
 mod exit;
 mod fdpass;
 pub mod fork;
+pub mod hotplug;
 mod image;
 pub mod jail;
 pub mod process;

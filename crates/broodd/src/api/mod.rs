@@ -5,6 +5,7 @@
 mod accounts;
 mod attach;
 pub mod auth;
+mod change;
 mod doc;
 pub mod error;
 mod extract;
@@ -75,6 +76,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = ledger::routes(r);
     let r = templates::routes(r);
     let r = snapshots::routes(r);
+    let r = change::routes(r);
     let r = network::routes(r);
     let r = attach::routes(r);
     let r = service_pools::routes(r);

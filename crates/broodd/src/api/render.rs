@@ -22,6 +22,7 @@ const MAX_CACHED: usize = 100_000;
 struct Rendered {
     generation: u64,
     parent: Option<String>,
+    change: Option<api::PendingChange>,
     json: Arc<[u8]>,
 }
 
@@ -35,6 +36,7 @@ pub struct RenderCache {
 pub fn render(host: &Host, rec: PartitionRecord, parent: Option<String>) -> ApiResult<Arc<[u8]>> {
     let (uuid, generation) = (rec.uuid, rec.generation);
     let c = host.feature::<RenderCache>();
+    let change = host.feature::<crate::partition::change::Changes>().of(uuid);
     if let Some(r) = c
         .by_uuid
         .lock()
@@ -42,10 +44,12 @@ pub fn render(host: &Host, rec: PartitionRecord, parent: Option<String>) -> ApiR
         .get(&uuid)
         && r.generation == generation
         && r.parent == parent
+        && r.change == change
     {
         return Ok(r.json.clone());
     }
-    let p = partition_out(rec, &host.paths, parent.clone())?;
+    let mut p = partition_out(rec, &host.paths, parent.clone())?;
+    p.pending_change = change.clone();
     let json: Arc<[u8]> = serde_json::to_vec(&p)
         .map_err(|e| ApiError::internal("encode a partition", &e))?
         .into();
@@ -58,6 +62,7 @@ pub fn render(host: &Host, rec: PartitionRecord, parent: Option<String>) -> ApiR
         Rendered {
             generation,
             parent,
+            change,
             json: json.clone(),
         },
     );
@@ -89,6 +94,7 @@ pub fn partition_out(
                 .collect()
         })
         .unwrap_or_default();
+    let nics = nics_out(&rec, active);
     Ok(api::Partition {
         name: rec.name,
         uuid: rec.uuid,
@@ -98,6 +104,8 @@ pub fn partition_out(
         configs,
         pid: rec.pid,
         disks,
+        nics,
+        pending_change: None,
         last_exit: rec.last_exit,
         restart_count: rec.restart_count,
         pending_op: rec.pending_op.map(|p| p.as_str().to_string()),
@@ -106,4 +114,32 @@ pub fn partition_out(
         created_at: rec.created_at,
         updated_at: rec.updated_at,
     })
+}
+
+/// The NICs of the active configuration with their real MACs (configured,
+/// or derived from the uuid as the engine gets them) and, for a forked
+/// child, the address its identity gave its first NIC.
+fn nics_out(rec: &PartitionRecord, active: Option<&api::PartitionConfig>) -> Vec<api::NicInfo> {
+    let child_ip = match &rec.lineage {
+        Some(Lineage::Child(c)) => c.ipv4.clone(),
+        _ => None,
+    };
+    active
+        .map(|c| {
+            c.nics
+                .iter()
+                .enumerate()
+                .map(|(i, n)| api::NicInfo {
+                    network: n.network.clone(),
+                    mac: n
+                        .mac
+                        .as_deref()
+                        .and_then(|m| m.parse::<brood_engine::MacAddr>().ok())
+                        .unwrap_or_else(|| crate::host::config::stable_mac(rec.uuid, i))
+                        .to_string(),
+                    address: if i == 0 { child_ip.clone() } else { None },
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -41,6 +41,7 @@ pub async fn start(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Part
                 )));
             }
         }
+        let rec = super::change::before_start(host, actor, rec).await?;
         let launcher = host.launcher(Kind::of(&rec))?;
         let demand = launcher.demand(&rec)?;
         // A define with `start` stays marked until its VM runs.
@@ -232,7 +233,7 @@ pub async fn restore(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Pa
     let rec = host
         .begin_start(actor, &rec, rec.demand, Some(PendingOp::Restore))
         .await?;
-    let vm = match vm_spec(&rec, &host.paths) {
+    let vm = match vm_spec(&super::change::as_running(host, &rec), &host.paths) {
         Ok(spec) => host
             .engine
             .restore(&spec, &state)

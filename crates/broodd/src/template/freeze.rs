@@ -59,6 +59,17 @@ pub async fn create(
             rec.name, rec.stage, rec.run_state
         )));
     }
+    if host
+        .feature::<crate::partition::change::Changes>()
+        .of(rec.uuid)
+        .is_some()
+    {
+        return Err(HostError::transition(format!(
+            "{} runs other devices than its definition says (a change waits for its next \
+             start): stop and start it first, so its children get what it runs",
+            rec.name
+        )));
+    }
     let running = host
         .registry
         .running(rec.uuid)

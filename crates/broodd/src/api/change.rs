@@ -1,0 +1,231 @@
+//! Changing a partition after it is defined: `PATCH
+//! /v1/partitions/{name}/resources`, `/v1/partitions/{name}/disks` (attach,
+//! resize, detach) and `/v1/partitions/{name}/nics` (attach, detach). The
+//! work is `partition::change`'s; these handlers check the caller and
+//! shape the answer.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use brood_api::{
+    AttachDiskRequest, AttachNicRequest, ChangeResult, DetachQuery, ErrorBody, ResizeDiskRequest,
+    SetResourcesRequest,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Auth;
+use super::doc::{Common, JsonBody};
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use super::render::render;
+use crate::host::Host;
+use crate::partition::change::{self, Change};
+use crate::tenancy::Action;
+
+type D = State<Arc<Host>>;
+
+pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
+    r.routes(routes!(set_resources))
+        .routes(routes!(attach_disk))
+        .routes(routes!(resize_disk, detach_disk))
+        .routes(routes!(attach_nic))
+        .routes(routes!(detach_nic))
+}
+
+async fn run(d: &Arc<Host>, caller: &Auth, name: &str, c: Change) -> ApiResult<Json<ChangeResult>> {
+    let rec = caller.partition(d, name, Action::Operate).await?;
+    let out = change::change(d, caller.actor(), rec.uuid, c).await?;
+    let parent = match out.rec.parent {
+        Some(p) => d.ledger.partition_by_uuid(p).await?.map(|r| r.name),
+        None => None,
+    };
+    let json = render(d, out.rec, parent)?;
+    let partition = serde_json::from_slice(&json)
+        .map_err(|e| ApiError::internal("decode a rendered partition", &e))?;
+    Ok(Json(ChangeResult {
+        partition,
+        applied_now: out.applied_now,
+        next_start: out.next_start,
+    }))
+}
+
+/// Changes a partition's memory, vCPUs or CPU cap. A stopped partition
+/// takes it as its definition; a running one takes live what its machine
+/// allows (the CPU cap) and the rest at its next start, marked pending.
+#[utoipa::path(
+    patch,
+    path = "/v1/partitions/{name}/resources",
+    tag = "partitions",
+    operation_id = "set_partition_resources",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    request_body = SetResourcesRequest,
+    responses(
+        (status = 200, description = "Changed: what took effect now and what waits for the next start", body = ChangeResult),
+        (status = 400, description = "malformed JSON, an unknown field, nothing to change, or a value out of range (memory, vCPUs, a CPU cap over 100% per vCPU)", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child (only its CPU cap changes), saved or starting; `apply: now` for what its machine cannot take live; more than its unit's allocation or the host's capacity; or another operation holds it", body = ErrorBody),
+        (status = 502, description = "the running VM refused a live change (`engine_failed`); the definition is as it was", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn set_resources(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetResourcesRequest>,
+) -> ApiResult<Json<ChangeResult>> {
+    run(&d, &caller, &name, Change::Resources(req)).await
+}
+
+/// Attaches a new empty disk (a qcow2 file brood creates). A running
+/// microvm gets it at its next start: virtio-mmio has no hotplug.
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/disks",
+    tag = "partitions",
+    operation_id = "attach_partition_disk",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    request_body = AttachDiskRequest,
+    responses(
+        (status = 200, description = "Attached, now or at the next start", body = ChangeResult),
+        (status = 400, description = "malformed JSON, an unknown field, a disk name or size that is not valid, or more devices than the machine has slots for", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the name is taken; it is a template, a forked child, saved or starting; `apply: now` on a running VM; the unit or host lacks the disk space (`capacity_exceeded`, `quota_exceeded`); or another operation holds it", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn attach_disk(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AttachDiskRequest>,
+) -> ApiResult<Json<ChangeResult>> {
+    run(&d, &caller, &name, Change::AttachDisk(req)).await
+}
+
+/// Grows a disk: live on a running VM (QMP `block_resize`; the guest sees
+/// the new size at once), with `qemu-img resize` on a stopped one.
+#[utoipa::path(
+    put,
+    path = "/v1/partitions/{name}/disks/{disk}",
+    tag = "partitions",
+    operation_id = "resize_partition_disk",
+    params(
+        ("name" = String, Path, description = "Partition name or uuid"),
+        ("disk" = String, Path, description = "The disk's name in the configuration"),
+    ),
+    request_body = ResizeDiskRequest,
+    responses(
+        (status = 200, description = "Grown, now or at the next start", body = ChangeResult),
+        (status = 400, description = "malformed JSON, an unknown field, or a size not larger than today's (a disk only grows) or over 65536 GiB", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid, or no such disk (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child, saved or starting; the disk is attached only from the next start and `apply` is `now`; the unit or host lacks the space; or another operation holds it", body = ErrorBody),
+        (status = 502, description = "QEMU refused to grow it (`engine_failed`); the definition is as it was", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn resize_disk(
+    State(d): D,
+    caller: Auth,
+    Path((name, disk)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ResizeDiskRequest>,
+) -> ApiResult<Json<ChangeResult>> {
+    run(&d, &caller, &name, Change::ResizeDisk { disk, req }).await
+}
+
+/// Detaches a disk and deletes its file (of a running VM: at its next
+/// start, when its space goes back too).
+#[utoipa::path(
+    delete,
+    path = "/v1/partitions/{name}/disks/{disk}",
+    tag = "partitions",
+    operation_id = "detach_partition_disk",
+    params(
+        ("name" = String, Path, description = "Partition name or uuid"),
+        ("disk" = String, Path, description = "The disk's name in the configuration"),
+        DetachQuery,
+    ),
+    responses(
+        (status = 200, description = "Detached, now or at the next start", body = ChangeResult),
+        (status = 400, description = "a path segment that is not valid UTF-8, or an `apply` that is not auto, now or next-start", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid, or no such disk (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child, saved or starting; `apply: now` on a running VM; or another operation holds it", body = ErrorBody),
+        Common
+    )
+)]
+async fn detach_disk(
+    State(d): D,
+    caller: Auth,
+    Path((name, disk)): Path<(String, String)>,
+    Query(q): Query<DetachQuery>,
+) -> ApiResult<Json<ChangeResult>> {
+    let c = Change::DetachDisk {
+        disk,
+        apply: q.apply,
+    };
+    run(&d, &caller, &name, c).await
+}
+
+/// Attaches a NIC (its MAC chosen and kept when not given). A running
+/// microvm gets it at its next start.
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/nics",
+    tag = "partitions",
+    operation_id = "attach_partition_nic",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    request_body = AttachNicRequest,
+    responses(
+        (status = 200, description = "Attached, now or at the next start", body = ChangeResult),
+        (status = 400, description = "malformed JSON, an unknown field, a network that is not valid, a MAC that is not valid or taken, or more devices than the machine has slots for", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child, saved or starting; `apply: now` on a running VM; more NICs than its unit's allocation or the host's capacity; or another operation holds it", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn attach_nic(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<AttachNicRequest>,
+) -> ApiResult<Json<ChangeResult>> {
+    run(&d, &caller, &name, Change::AttachNic(req)).await
+}
+
+/// Detaches a NIC, named by its MAC or its index (0 is the guest's eth0).
+#[utoipa::path(
+    delete,
+    path = "/v1/partitions/{name}/nics/{nic}",
+    tag = "partitions",
+    operation_id = "detach_partition_nic",
+    params(
+        ("name" = String, Path, description = "Partition name or uuid"),
+        ("nic" = String, Path, description = "The NIC's MAC address, or its index"),
+        DetachQuery,
+    ),
+    responses(
+        (status = 200, description = "Detached, now or at the next start", body = ChangeResult),
+        (status = 400, description = "a path segment that is not valid UTF-8, or an `apply` that is not auto, now or next-start", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid, or no such NIC (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child, saved or starting; `apply: now` on a running VM; or another operation holds it", body = ErrorBody),
+        Common
+    )
+)]
+async fn detach_nic(
+    State(d): D,
+    caller: Auth,
+    Path((name, nic)): Path<(String, String)>,
+    Query(q): Query<DetachQuery>,
+) -> ApiResult<Json<ChangeResult>> {
+    let c = Change::DetachNic {
+        nic,
+        apply: q.apply,
+    };
+    run(&d, &caller, &name, c).await
+}
