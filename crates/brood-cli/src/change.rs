@@ -14,7 +14,7 @@ use crate::Output;
 use crate::client::{Client, encode};
 use crate::render::print_json;
 use crate::units::{parse_gib, parse_mib};
-use crate::vm::partition_path;
+use crate::partition::partition_path;
 
 /// When a running VM takes a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
