@@ -194,6 +194,14 @@ pub fn validate_config(
                 d.name, d.size_gib
             ));
         }
+        if let Some(z) = &d.io_zone
+            && (z.len() > 32 || !valid_zone(z))
+        {
+            return bad(format!(
+                "disk {:?}: storage zone {z:?} must be 1-32 characters of a-z, 0-9, '_', '.', '-'",
+                d.name
+            ));
+        }
     }
     let mut macs = std::collections::BTreeSet::new();
     for n in &c.nics {
@@ -474,6 +482,7 @@ mod tests {
         let d = api::DiskConfig {
             name: "data".into(),
             size_gib: 1,
+            io_zone: None,
         };
         r.configs.get_mut("default").unwrap().disks = vec![d.clone(), d];
         assert!(
@@ -545,6 +554,7 @@ mod tests {
                 .map(|i| api::DiskConfig {
                     name: format!("d{i}"),
                     size_gib: 1,
+                    io_zone: None,
                 })
                 .collect::<Vec<_>>()
         };
@@ -608,6 +618,7 @@ mod tests {
             c.disks.push(api::DiskConfig {
                 name: "d".into(),
                 size_gib: u64::MAX,
+                io_zone: None,
             })
         });
         assert!(e.contains("size_gib"), "{e}");

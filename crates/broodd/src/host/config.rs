@@ -188,6 +188,7 @@ mod tests {
         a.disks.push(api::DiskConfig {
             name: "d".into(),
             size_gib: 1,
+            io_zone: None,
         });
         let mut b = a.clone();
         configs.insert("a".into(), a.clone());

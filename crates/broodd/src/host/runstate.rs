@@ -206,6 +206,8 @@ impl Host {
                 nics: c.nics.into_iter().map(|n| n.network).collect(),
             }));
         }
+        // So does a disk served by a storage I/O partition.
+        ops.extend(crate::io::storage::open_op(self, rec)?);
         self.commit_patch(actor, format!("start {}", rec.name), rec, patch, ops)
             .await
     }
