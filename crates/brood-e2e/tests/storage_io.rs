@@ -245,3 +245,64 @@ fn a_disk_on_the_storage_partition_survives_its_kill_9_and_a_broodd_crash() {
     );
     b.verify_ok();
 }
+
+#[test]
+fn a_forked_childs_disk_is_served_by_the_storage_partition() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    let parent = json!({
+        "name": "p",
+        "configs": {"default": {"memory_mib": 256,
+            "disks": [{"name": "data", "size_gib": 1, "io_zone": "default"}]}},
+        "start": true
+    });
+    b.ok("POST", "/v1/partitions", Some(&parent));
+    let mut guard = Daemon(io(&b)["pid"].as_u64().and_then(|p| u32::try_from(p).ok()));
+    let small = "yes brood-template-disk | head -c 4194304";
+    let want = sha256_of_shell(small);
+    let (code, out, _) = b.exec(
+        "p",
+        &format!("{small} | dd of=/dev/vda bs=64k conv=fsync 2>&1"),
+    );
+    assert_eq!(code, 0, "{out}");
+    b.ok(
+        "POST",
+        "/v1/templates",
+        Some(&json!({"vm": "p", "warm": 0})),
+    );
+    // The template's VM is gone, and so is its channel.
+    assert!(
+        io(&b)["disk_clients"].as_array().unwrap().is_empty(),
+        "{}",
+        io(&b)
+    );
+    let r = b.ok("POST", "/v1/templates/p/fork", Some(&json!({"count": 1})));
+    let child = r["children"][0]["name"].as_str().unwrap().to_string();
+    let p = io(&b);
+    guard.0 = p["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+    let clients = p["disk_clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "{p}");
+    assert_eq!(clients[0]["partition"], child.as_str());
+    assert_eq!(clients[0]["transport"], "nbd");
+    // The child reads its template's data and writes its own through the
+    // server, across a restart of the server.
+    let read = "echo 3 > /proc/sys/vm/drop_caches; head -c 4194304 /dev/vda | sha256sum";
+    let (_, got, _) = b.exec(&child, read);
+    assert!(got.starts_with(&want), "the child read {got}, wants {want}");
+    let o = brood(&b, &["io", "restart", IO]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, out, _) = b.exec(
+        &child,
+        "echo child > /tmp/x; dd if=/tmp/x of=/dev/vda bs=512 seek=20000 count=1 conv=fsync 2>&1; \
+         echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=20000 count=1 2>/dev/null | head -c 5",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("child"), "{out}");
+    guard.0 = io(&b)["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+    b.ok("DELETE", "/v1/templates/p?cascade=true", None);
+    assert!(io(&b)["disk_clients"].as_array().unwrap().is_empty());
+    let o = brood(&b, &["io", "stop", IO]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    guard.0 = None;
+    b.verify_ok();
+}

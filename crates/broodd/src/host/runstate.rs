@@ -460,6 +460,11 @@ impl Host {
             ));
         }
         demand.memory_mib = memory_mib.max(demand.memory_mib);
+        // Its VM is gone: its channels close (its disks' server lets the
+        // images go, so its children can open them as backing files).
+        ops.push(Op::Net(brood_ledger::NetOp::CloseChannels {
+            partition: rec.uuid,
+        }));
         let patch = PartitionPatch {
             stage: Some(Stage::Template),
             run_state: Some(RunState::Stopped),

@@ -89,6 +89,46 @@ pub fn open_op(host: &Host, rec: &PartitionRecord) -> HostResult<Option<Op>> {
     })))
 }
 
+/// The op that opens the disk channels of forked child `uuid` of a
+/// template whose configuration `c` serves disks from storage I/O
+/// partitions: the child's overlays (named as `template::child_disks`
+/// makes them, over the template's disks `tpl_disks`) are served by the
+/// same zones, over NBD. None when no disk asks for one.
+pub fn child_open_op(
+    host: &Host,
+    uuid: Uuid,
+    c: &api::PartitionConfig,
+    tpl_disks: &[brood_engine::DiskSpec],
+) -> HostResult<Option<Op>> {
+    if c.disks.iter().all(|d| d.io_zone.is_none()) {
+        return Ok(None);
+    }
+    let first = tpl_disks.len().saturating_sub(c.disks.len());
+    let mut disks = Vec::new();
+    for (j, d) in c.disks.iter().enumerate() {
+        let Some(zone) = &d.io_zone else { continue };
+        let disk = first + j;
+        let file = tpl_disks
+            .get(disk)
+            .and_then(|b| b.path.file_name())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("disk.qcow2"));
+        disks.push(DiskChannelSpec {
+            disk: u32::try_from(disk).unwrap_or(u32::MAX),
+            zone: zone.clone(),
+            export: engine_storage::export_name()
+                .map_err(|e| HostError::engine("make an export name", e))?,
+            image: host.paths.disk_dir(uuid).join(file).display().to_string(),
+            format: DiskFormat::Qcow2.as_str().into(),
+            transport: Transport::Nbd,
+        });
+    }
+    Ok(Some(Op::Net(NetOp::OpenDiskChannels {
+        partition: uuid,
+        disks,
+    })))
+}
+
 /// Points the disks of `spec` that have a channel at their storage I/O
 /// partition, starting it if needed and waiting (bounded) until its
 /// daemon serves them.
