@@ -247,6 +247,7 @@ pub async fn prepare(
     // A recorded child with disk channels reaches its disks through its
     // storage I/O partitions (a warm child, not recorded yet, has none).
     crate::io::storage::use_disks(host, uuid, &mut spec).await?;
+    crate::network::use_channels(host, uuid, &mut spec).await?;
     // Until a fork claims it (and `memory::fit` lowers its limit to its
     // charge), a warm child is broodd's, bounded by its template's whole
     // charge: a template saved before every VM had a limit gets one here.
