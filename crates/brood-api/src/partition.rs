@@ -100,6 +100,15 @@ pub struct DiskConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_.-]+$")]
     pub io_zone: Option<String>,
+    /// Cap on the guest's requests to it, per second (reads and writes
+    /// together), 1-1000000. Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub iops: Option<u32>,
+    /// Cap on its bandwidth in MiB per second, 1-100000. Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub mbps: Option<u32>,
 }
 
 /// A NIC of a configuration.

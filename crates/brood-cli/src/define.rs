@@ -50,8 +50,9 @@ pub struct ConfigFlags {
     pub vcpus: Option<u32>,
     /// A qcow2 disk broodd creates, NAME:SIZE (4G, 1T, or plain GiB); the
     /// first is /dev/vda (repeatable). `,via=io[:ZONE]`: served by the
-    /// storage I/O partition of ZONE (`default`), which survives restarts.
-    #[arg(long = "disk", value_name = "NAME:SIZE[,via=io[:ZONE]]", value_parser = parse_disk)]
+    /// storage I/O partition of ZONE (`default`), which survives restarts;
+    /// `,iops=N`, `,mbps=M`: caps on the guest's requests to it.
+    #[arg(long = "disk", value_name = "NAME:SIZE[,via=io[:ZONE]][,iops=N][,mbps=M]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// A NIC on a brood network (`brood network list`), a host bridge, or
     /// `user` for QEMU's user network; NETWORK[,mac=MAC] (repeatable).
@@ -116,15 +117,24 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     }
     let size_gib = crate::units::parse_gib(size).map_err(|e| format!("--disk {s:?}: {e}"))?;
     let mut io_zone = None;
+    let (mut iops, mut mbps) = (None, None);
     for opt in opts.split(',').filter(|o| !o.is_empty()) {
+        let cap = |v: &str, what: &str| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("--disk {s:?}: {what}={v:?} must be a whole number above 0"))
+        };
         match opt.split_once('=') {
             Some(("via", "io")) => io_zone = Some("default".to_string()),
             Some(("via", v)) if v.starts_with("io:") && v.len() > 3 => {
                 io_zone = Some(v["io:".len()..].to_string());
             }
+            Some(("iops", v)) => iops = Some(cap(v, "iops")?),
+            Some(("mbps", v)) => mbps = Some(cap(v, "mbps")?),
             _ => {
                 return Err(format!(
-                    "--disk {s:?}: unknown option {opt:?}: the only option is via=io or via=io:ZONE (served by a storage I/O partition)"
+                    "--disk {s:?}: unknown option {opt:?}: use via=io or via=io:ZONE (served by a storage I/O partition), iops=N, mbps=M (caps)"
                 ));
             }
         }
@@ -133,6 +143,8 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         name: name.to_string(),
         size_gib,
         io_zone,
+        iops,
+        mbps,
     })
 }
 
@@ -297,6 +309,8 @@ mod tests {
                 name: "root".into(),
                 size_gib: 10,
                 io_zone: None,
+                iops: None,
+                mbps: None,
             }
         );
         for bad in ["root", ":10", "root:", "root:ten", "root:-1", "root:1.5"] {
@@ -312,9 +326,12 @@ mod tests {
             parse_disk("data:4,via=io:fast").unwrap().io_zone.as_deref(),
             Some("fast")
         );
-        for bad in ["data:4,via=nfs", "data:4,via=io:", "data:4,iops=3"] {
+        for bad in ["data:4,via=nfs", "data:4,via=io:", "data:4,rate=3"] {
             assert!(parse_disk(bad).unwrap_err().contains("via=io"), "{bad}");
         }
+        let d = parse_disk("data:4,iops=50,mbps=8,via=io").unwrap();
+        assert_eq!((d.iops, d.mbps), (Some(50), Some(8)));
+        assert!(parse_disk("data:4,iops=0").unwrap_err().contains("above 0"));
     }
 
     #[test]

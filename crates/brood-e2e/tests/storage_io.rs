@@ -306,3 +306,68 @@ fn a_forked_childs_disk_is_served_by_the_storage_partition() {
     guard.0 = None;
     b.verify_ok();
 }
+
+/// Requests per second of `dd` writing `count` 4 KiB blocks with O_DIRECT
+/// to `dev` in `vm`, timed by the guest's own clock (`/proc/uptime`, in
+/// hundredths; the guest's busybox dd reports no duration).
+fn direct_write_iops(b: &Broodd, vm: &str, dev: &str, count: u32) -> f64 {
+    let (code, out, err) = b.exec(
+        vm,
+        &format!(
+            "read t0 _ < /proc/uptime; dd if=/dev/zero of={dev} bs=4096 count={count} oflag=direct 2>&1 || echo FAIL; read t1 _ < /proc/uptime; echo $t0 $t1"
+        ),
+    );
+    assert!(code == 0 && !out.contains("FAIL"), "dd: {out} {err}");
+    let last = out.lines().last().unwrap_or_default();
+    let t: Vec<f64> = last
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(t.len(), 2, "no times in {out:?}");
+    // At least one tick: a very fast run reads as 100 Hz.
+    let secs = (t[1] - t[0]).max(0.01);
+    f64::from(count) / secs
+}
+
+#[test]
+fn a_disks_iops_cap_is_enforced_whatever_serves_it() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    let o = brood(&b, &["vm", "define", "bad", "--disk", "d:1,iops=0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("above 0"));
+    const CAP: u32 = 40;
+    let cap = format!("capped:1,iops={CAP}");
+    let served = format!("served:1,via=io,iops={CAP}");
+    let o = brood(
+        &b,
+        &[
+            "vm", "create", "q", "--memory", "256", "--disk", "free:1", "--disk", &cap, "--disk",
+            &served,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut guard = Daemon(io(&b)["pid"].as_u64().and_then(|p| u32::try_from(p).ok()));
+    let free = direct_write_iops(&b, "q", "/dev/vda", 400);
+    let capped = direct_write_iops(&b, "q", "/dev/vdb", 4 * CAP);
+    let served = direct_write_iops(&b, "q", "/dev/vdc", 4 * CAP);
+    eprintln!("iops: uncapped {free:.1}, capped {capped:.1}, capped via io {served:.1}");
+    // Wide margins: a cap's bucket lets a short burst through, and the
+    // guest's clock under TCG is coarse; what must hold is the order.
+    let most = f64::from(CAP) * 1.5;
+    assert!(capped < most, "capped at {CAP}, measured {capped:.1} iops");
+    assert!(
+        served < most,
+        "capped at {CAP} via io, measured {served:.1} iops"
+    );
+    assert!(
+        free > capped * 2.0,
+        "the uncapped disk ({free:.1} iops) is not faster than the capped one ({capped:.1})"
+    );
+    let o = brood(&b, &["vm", "stop", "q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = brood(&b, &["io", "stop", IO]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    guard.0 = None;
+    b.verify_ok();
+}

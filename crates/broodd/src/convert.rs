@@ -194,6 +194,14 @@ pub fn validate_config(
                 d.name, d.size_gib
             ));
         }
+        if d.iops.is_some_and(|n| n == 0 || n > 1_000_000)
+            || d.mbps.is_some_and(|n| n == 0 || n > 100_000)
+        {
+            return bad(format!(
+                "disk {:?}: iops must be 1-1000000 and mbps 1-100000 (leave one out for no cap)",
+                d.name
+            ));
+        }
         if let Some(z) = &d.io_zone
             && (z.len() > 32 || !valid_zone(z))
         {
@@ -483,6 +491,8 @@ mod tests {
             name: "data".into(),
             size_gib: 1,
             io_zone: None,
+            iops: None,
+            mbps: None,
         };
         r.configs.get_mut("default").unwrap().disks = vec![d.clone(), d];
         assert!(
@@ -555,6 +565,8 @@ mod tests {
                     name: format!("d{i}"),
                     size_gib: 1,
                     io_zone: None,
+                    iops: None,
+                    mbps: None,
                 })
                 .collect::<Vec<_>>()
         };
@@ -619,6 +631,8 @@ mod tests {
                 name: "d".into(),
                 size_gib: u64::MAX,
                 io_zone: None,
+                iops: None,
+                mbps: None,
             })
         });
         assert!(e.contains("size_gib"), "{e}");

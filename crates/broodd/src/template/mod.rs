@@ -226,7 +226,11 @@ pub async fn child_disks(
             let _ = tokio::fs::remove_file(&overlay).await;
             disk::overlay(&base.path, &overlay).await?;
         }
-        disks.push(DiskSpec::own_qcow2(overlay));
+        // A child keeps its template's caps on each disk.
+        disks.push(DiskSpec {
+            throttle: base.throttle,
+            ..DiskSpec::own_qcow2(overlay)
+        });
     }
     Ok(disks)
 }
