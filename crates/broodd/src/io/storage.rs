@@ -333,8 +333,16 @@ pub(super) async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
             Ok(w) => w,
             Err(e) => {
                 warn!(io = %sup.name, "read the disk channels: {}", crate::host::chain(&e));
-                tokio::time::sleep(supervise::SYNC_EVERY).await;
-                continue;
+                tokio::select! {
+                    () = tokio::time::sleep(supervise::SYNC_EVERY) => continue,
+                    () = sup.stop.notified() => {
+                        if let Some(mut p) = proc.take() {
+                            p.end().await;
+                        }
+                        sup.served.send_replace(Vec::new());
+                        return;
+                    }
+                }
             }
         };
         let mut p = match proc.take() {
