@@ -37,7 +37,8 @@ pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
 };
 pub use network::{
-    IoPartition, IoPartitionList, Network, NetworkCreateRequest, NetworkList, NetworkMember,
+    DiskClient, IoPartition, IoPartitionList, Network, NetworkCreateRequest, NetworkList,
+    NetworkMember,
 };
 pub use partition::*;
 pub use snapshot::{Snapshot, SnapshotCreateRequest, SnapshotList};

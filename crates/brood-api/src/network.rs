@@ -89,8 +89,26 @@ pub struct IoPartition {
     pub restart_count: u32,
     /// How its process last ended.
     pub last_exit: Option<String>,
-    /// Its clients: open channels.
+    /// Its clients: open channels of NICs (a switch).
     pub clients: Vec<NetworkMember>,
+    /// Its clients: open channels of disks (a storage partition).
+    #[serde(default)]
+    pub disk_clients: Vec<DiskClient>,
+}
+
+/// A disk served by a storage I/O partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskClient {
+    /// The partition.
+    pub partition: String,
+    /// Its uuid.
+    pub uuid: Uuid,
+    /// The disk's index in the guest (0 is `vda`).
+    pub disk: u32,
+    /// The image the server opens.
+    pub image: String,
+    /// How the guest reaches it: `nbd` or `vhost-user-blk`.
+    pub transport: String,
 }
 
 /// Answer of `GET /v1/io`.

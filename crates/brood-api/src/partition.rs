@@ -94,6 +94,21 @@ pub struct DiskConfig {
     /// Size in GiB, 1-65536.
     #[schema(minimum = 1, maximum = 65536)]
     pub size_gib: u64,
+    /// Served by the storage I/O partition of this storage zone
+    /// (`storage-ZONE`) instead of opened by the guest's QEMU: 1-32
+    /// characters of `[a-z0-9_.-]`. Absent: QEMU opens the image itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_.-]+$")]
+    pub io_zone: Option<String>,
+    /// Cap on the guest's requests to it, per second (reads and writes
+    /// together), 1-1000000. Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub iops: Option<u32>,
+    /// Cap on its bandwidth in MiB per second, 1-100000. Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub mbps: Option<u32>,
 }
 
 /// A NIC of a configuration.

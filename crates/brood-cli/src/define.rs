@@ -49,8 +49,10 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u32>,
     /// A qcow2 disk broodd creates, NAME:SIZE (4G, 1T, or plain GiB); the
-    /// first is /dev/vda (repeatable).
-    #[arg(long = "disk", value_name = "NAME:SIZE", value_parser = parse_disk)]
+    /// first is /dev/vda (repeatable). `,via=io[:ZONE]`: served by the
+    /// storage I/O partition of ZONE (`default`), which survives restarts;
+    /// `,iops=N`, `,mbps=M`: caps on the guest's requests to it.
+    #[arg(long = "disk", value_name = "NAME:SIZE[,via=io[:ZONE]][,iops=N][,mbps=M]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// A NIC on a brood network (`brood network list`), a host bridge, or
     /// `user` for QEMU's user network; NETWORK[,mac=MAC] (repeatable).
@@ -102,18 +104,47 @@ pub const CREATE_EXAMPLES: &str = "Examples:
 
 If the start fails, broodd removes the definition again.";
 
-/// Parses `--disk NAME:SIZE` (a plain size is GiB).
+/// Parses `--disk NAME:SIZE[,via=io[:ZONE]]` (a plain size is GiB;
+/// `via=io` serves it from the storage I/O partition of ZONE, `default`
+/// unless named).
 pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
-    let (name, size) = s
+    let (main, opts) = s.split_once(',').unwrap_or((s, ""));
+    let (name, size) = main
         .split_once(':')
         .ok_or_else(|| format!("{s:?}: use NAME:SIZE, e.g. root:10G (a plain number is GiB)"))?;
     if name.is_empty() {
         return Err(format!("{s:?}: the disk needs a name before ':'"));
     }
     let size_gib = crate::units::parse_gib(size).map_err(|e| format!("--disk {s:?}: {e}"))?;
+    let mut io_zone = None;
+    let (mut iops, mut mbps) = (None, None);
+    for opt in opts.split(',').filter(|o| !o.is_empty()) {
+        let cap = |v: &str, what: &str| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("--disk {s:?}: {what}={v:?} must be a whole number above 0"))
+        };
+        match opt.split_once('=') {
+            Some(("via", "io")) => io_zone = Some("default".to_string()),
+            Some(("via", v)) if v.starts_with("io:") && v.len() > 3 => {
+                io_zone = Some(v["io:".len()..].to_string());
+            }
+            Some(("iops", v)) => iops = Some(cap(v, "iops")?),
+            Some(("mbps", v)) => mbps = Some(cap(v, "mbps")?),
+            _ => {
+                return Err(format!(
+                    "--disk {s:?}: unknown option {opt:?}: use via=io or via=io:ZONE (served by a storage I/O partition), iops=N, mbps=M (caps)"
+                ));
+            }
+        }
+    }
     Ok(DiskConfig {
         name: name.to_string(),
         size_gib,
+        io_zone,
+        iops,
+        mbps,
     })
 }
 
@@ -276,7 +307,10 @@ mod tests {
             parse_disk("root:10").unwrap(),
             DiskConfig {
                 name: "root".into(),
-                size_gib: 10
+                size_gib: 10,
+                io_zone: None,
+                iops: None,
+                mbps: None,
             }
         );
         for bad in ["root", ":10", "root:", "root:ten", "root:-1", "root:1.5"] {
@@ -284,6 +318,20 @@ mod tests {
         }
         assert!(parse_disk("root").unwrap_err().contains("NAME:SIZE"));
         assert_eq!(parse_disk("data:4G").unwrap().size_gib, 4);
+        assert_eq!(
+            parse_disk("data:4G,via=io").unwrap().io_zone.as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            parse_disk("data:4,via=io:fast").unwrap().io_zone.as_deref(),
+            Some("fast")
+        );
+        for bad in ["data:4,via=nfs", "data:4,via=io:", "data:4,rate=3"] {
+            assert!(parse_disk(bad).unwrap_err().contains("via=io"), "{bad}");
+        }
+        let d = parse_disk("data:4,iops=50,mbps=8,via=io").unwrap();
+        assert_eq!((d.iops, d.mbps), (Some(50), Some(8)));
+        assert!(parse_disk("data:4,iops=0").unwrap_err().contains("above 0"));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn list_table(items: &[IoPartition]) -> String {
             p.state.clone(),
             or_dash(p.pid),
             p.restart_count.to_string(),
-            p.clients.len().to_string(),
+            (p.clients.len() + p.disk_clients.len()).to_string(),
         ]);
     }
     t.render()
@@ -108,6 +108,18 @@ pub fn show(p: &IoPartition) -> String {
         ("restarts", p.restart_count.to_string()),
         ("last exit", or_dash(p.last_exit.as_deref())),
     ];
+    if p.serves == "storage" {
+        let mut t = Table::new(&["VM", "DISK", "TRANSPORT", "IMAGE"]).right(&[1]);
+        for d in &p.disk_clients {
+            t.row(vec![
+                d.partition.clone(),
+                d.disk.to_string(),
+                d.transport.clone(),
+                d.image.clone(),
+            ]);
+        }
+        return format!("{}\n{}", key_values(&kv), t.render());
+    }
     let mut t = Table::new(&["VM", "NIC", "ADDRESS"]).right(&[1]);
     for m in &p.clients {
         t.row(vec![

@@ -332,3 +332,51 @@ fn the_switch_survives_kill_9_stop_refusal_and_a_broodd_crash() {
     );
     b.verify_ok();
 }
+
+#[test]
+fn forked_children_on_a_network_get_their_own_addresses_and_macs() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    let o = brood(
+        &b,
+        &["network", "create", "kids", "--subnet", "10.81.0.0/24"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    create_vm(&b, "t", "kids");
+    let ip_t = member_address(&b, "kids", "t");
+    wait_address(&b, "t", &ip_t);
+    b.ok(
+        "POST",
+        "/v1/templates",
+        Some(&json!({"vm": "t", "warm": 1})),
+    );
+    // A template runs no VM: its channel (and address) is given back.
+    let n = b.ok("GET", "/v1/networks/kids", None);
+    assert!(n["members"].as_array().unwrap().is_empty(), "{n}");
+    // One child comes from the warm queue, one is forked cold.
+    let r = b.ok("POST", "/v1/templates/t/fork", Some(&json!({"count": 2})));
+    let kids: Vec<String> = r["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kids.len(), 2, "{r}");
+    let ips: Vec<String> = kids.iter().map(|k| member_address(&b, "kids", k)).collect();
+    assert_ne!(ips[0], ips[1]);
+    let mut macs = Vec::new();
+    for (k, ip) in kids.iter().zip(&ips) {
+        wait_address(&b, k, ip);
+        let (_, mac, _) = b.exec(k, "cat /sys/class/net/eth0/address");
+        macs.push(mac.trim().to_string());
+    }
+    assert_ne!(macs[0], macs[1], "the children share a MAC");
+    let (code, out, _) = b.exec(&kids[0], &format!("ping -c 2 -W 5 {}", ips[1]));
+    assert_eq!(code, 0, "{} cannot reach {}: {out}", kids[0], kids[1]);
+    let (code, out, _) = b.exec(&kids[1], &format!("ping -c 2 -W 5 {}", ips[0]));
+    assert_eq!(code, 0, "{out}");
+    b.ok("DELETE", "/v1/templates/t?cascade=true", None);
+    let o = brood(&b, &["network", "delete", "kids"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    b.verify_ok();
+}

@@ -38,8 +38,8 @@ pub use host::Accel;
 pub use qemu::snapshot::DiskSnapshotOp;
 pub use qemu::{QemuConfig, QemuEngine};
 pub use spec::{
-    AccelChoice, DiskFormat, DiskSpec, MacAddr, Machine, NbdExport, NicBackend, NicSpec, VmSpec,
-    switch_socket,
+    AccelChoice, DiskFormat, DiskSpec, MacAddr, Machine, NbdExport, NicBackend, NicSpec, Throttle,
+    VmSpec, switch_socket,
 };
 pub use template::Template;
 pub use vm::{ExitKind, Vm, VmExit, VmStatus};

@@ -130,6 +130,20 @@ pub struct DiskSpec {
     /// image (`path`) is the server's, and QEMU reaches it over NBD.
     #[serde(default)]
     pub nbd: Option<NbdExport>,
+    /// Caps on the guest's requests to it (a QEMU throttle group of its
+    /// own), whatever serves it.
+    #[serde(default)]
+    pub throttle: Option<Throttle>,
+}
+
+/// Caps on a disk's requests: QEMU's `throttle-group` limits, over reads
+/// and writes together. A cap of `None` is no cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Throttle {
+    /// Requests per second.
+    pub iops: Option<u32>,
+    /// MiB per second.
+    pub mbps: Option<u32>,
 }
 
 /// An export of a storage I/O partition (`crate::storage`).
@@ -152,6 +166,7 @@ impl DiskSpec {
             overlay: false,
             allow_backing: false,
             nbd: None,
+            throttle: None,
         }
     }
 

@@ -79,37 +79,37 @@ impl StorageServer {
         self.child.as_ref().and_then(tokio::process::Child::id)
     }
 
+    /// A server on a listening socket made earlier (taken back from a
+    /// running daemon with [`take_listener`]).
+    pub fn from_listener(socket: &Path, listener: OwnedFd) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+            listener,
+            child: None,
+        }
+    }
+
+    /// Gives up the server, keeping its listening socket.
+    pub fn into_listener(mut self) -> OwnedFd {
+        // A daemon it started would be killed on drop; there is none here
+        // for the callers that want the socket alone.
+        self.child = None;
+        self.listener
+    }
+
+    /// The listening socket's descriptor (a daemon gets a copy).
+    pub fn listener(&self) -> &OwnedFd {
+        &self.listener
+    }
+
     /// Starts a daemon serving `exports` on the socket (a running one is
     /// killed first).
     pub async fn start(&mut self, exports: &[StorageExport]) -> Result<(), EngineError> {
         self.kill().await;
-        let mut cmd = tokio::process::Command::new(
-            std::env::var_os("BROOD_STORAGE_DAEMON")
-                .unwrap_or_else(|| "qemu-storage-daemon".into()),
-        );
-        cmd.args(daemon_args(exports));
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .process_group(0)
+        let mut cmd = daemon_command(&self.listener, exports, &[]);
+        cmd.stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
-        let fd = self.listener.as_raw_fd();
-        // SAFETY: between fork and exec only dup2(2), an async-signal-safe
-        // call, runs; it clears close-on-exec on the copy at LISTEN_FD.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, LISTEN_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| {
-            EngineError::host(
-                "start qemu-storage-daemon (install qemu-system-x86, or set BROOD_STORAGE_DAEMON)",
-                e,
-            )
-        })?;
+        let child = cmd.spawn().map_err(spawn_error)?;
         self.child = Some(child);
         Ok(())
     }
@@ -128,6 +128,90 @@ impl StorageServer {
         self.child = None;
         s
     }
+}
+
+/// The program: `BROOD_STORAGE_DAEMON`, or `qemu-storage-daemon`.
+pub fn daemon_program() -> std::ffi::OsString {
+    std::env::var_os("BROOD_STORAGE_DAEMON").unwrap_or_else(|| "qemu-storage-daemon".into())
+}
+
+/// The error of a daemon that did not start.
+pub fn spawn_error(e: std::io::Error) -> EngineError {
+    EngineError::host(
+        "start qemu-storage-daemon (install qemu-system-x86, or set BROOD_STORAGE_DAEMON)",
+        e,
+    )
+}
+
+/// A command that runs a daemon serving `exports` on `listener` (given as
+/// descriptor [`LISTEN_FD`]), in a process group of its own, with `extra`
+/// arguments first. Stdin and stdout are null; stderr is the caller's.
+pub fn daemon_command(
+    listener: &OwnedFd,
+    exports: &[StorageExport],
+    extra: &[String],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(daemon_program());
+    cmd.args(extra).args(daemon_args(exports));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .process_group(0);
+    let fd = listener.as_raw_fd();
+    // SAFETY: between fork and exec only dup2(2), an async-signal-safe
+    // call, runs; it clears close-on-exec on the copy at LISTEN_FD.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Takes a copy of the listening socket of the running daemon behind
+/// `pidfd` (pidfd_getfd(2), Linux 5.6+; needs ptrace rights over it, which
+/// its owner has): a broodd that was killed gets its server's socket back,
+/// so the links in the VMs' run directories stay good.
+pub fn take_listener(pidfd: &OwnedFd) -> Result<OwnedFd, EngineError> {
+    // SAFETY: pidfd_getfd(2) takes a pidfd, a descriptor number and flags
+    // and returns a new descriptor or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), LISTEN_FD, 0) };
+    let fd = i32::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| {
+            EngineError::host(
+                "take the storage daemon's listening socket",
+                std::io::Error::last_os_error(),
+            )
+        })?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: fcntl on a descriptor we own; sets close-on-exec, which a
+    // descriptor from pidfd_getfd has already (the man page), to be sure.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
+
+/// The export names a daemon serves, read back from its arguments (as
+/// `/proc/PID/cmdline` has them): the `name=` of each `--export`.
+pub fn served_exports<'a>(args: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a != "--export" {
+            continue;
+        }
+        let Some(spec) = it.next() else { break };
+        out.extend(
+            spec.split(',')
+                .filter_map(|kv| kv.strip_prefix("name="))
+                .map(str::to_owned),
+        );
+    }
+    out
 }
 
 /// The daemon's command line for `exports` on the socket at [`LISTEN_FD`].
@@ -188,6 +272,7 @@ mod tests {
         );
         assert!(j.contains(r#""driver":"qcow2""#), "{j}");
         assert!(j.contains("name=abc,writable=on,writethrough=on"), "{j}");
+        assert_eq!(served_exports(a.iter().map(String::as_str)), ["abc"]);
         let n = export_name().unwrap();
         assert_eq!(n.len(), 32);
         assert_ne!(n, export_name().unwrap());

@@ -51,6 +51,7 @@ mod resource;
 mod schema;
 mod service_pool;
 mod state;
+mod storage_io;
 mod store;
 mod tenancy;
 mod tx;
@@ -84,6 +85,7 @@ pub use service_pool::{
     ServiceState,
 };
 pub use state::{RunState, Stage, TransitionError};
+pub use storage_io::{DiskChannelRecord, DiskChannelSpec, Transport, storage_name};
 pub use tx::{Committed, Op, Tx, TxId};
 pub use unit::{
     INFRA_MAX_BYTES, RequestState, UNIT_CONTACT_MAX_BYTES, UNIT_MAX_NAMES, UnitOp, UnitRecord,

@@ -260,7 +260,16 @@ pub enum NetOp {
         /// The network name of each NIC, in order.
         nics: Vec<String>,
     },
-    /// Close every channel of `partition` (none is not an error).
+    /// Open a storage channel for each of `disks` not open yet, creating
+    /// the zone's storage I/O partition (stopped) if it has none.
+    OpenDiskChannels {
+        /// The guest.
+        partition: Uuid,
+        /// Its disks served by storage I/O partitions.
+        disks: Vec<crate::storage_io::DiskChannelSpec>,
+    },
+    /// Close every channel of `partition`, NICs' and disks' (none is not
+    /// an error).
     CloseChannels {
         /// The guest.
         partition: Uuid,
@@ -278,7 +287,8 @@ pub enum NetOp {
         /// How it last ended, if that changes.
         last_exit: Option<String>,
     },
-    /// Close every channel of an I/O partition (`--force` stop).
+    /// Close every channel, NICs' and disks', of an I/O partition
+    /// (`--force` stop).
     DetachIo {
         /// The I/O partition.
         name: String,
@@ -289,7 +299,7 @@ fn conflict(what: String) -> LedgerError {
     LedgerError::NetworkConflict { what }
 }
 
-fn check_name(op: usize, what: &str, name: &str) -> Result<(), LedgerError> {
+pub(crate) fn check_name(op: usize, what: &str, name: &str) -> Result<(), LedgerError> {
     let ok = !name.is_empty()
         && name.chars().count() <= NETWORK_NAME_MAX_CHARS
         && name
@@ -392,6 +402,9 @@ pub(crate) fn apply(
             Ok(json!({"op": "delete_network", "before": before, "switch_deleted": switch_gone}))
         }
         NetOp::OpenChannels { partition, nics } => open_channels(conn, *partition, nics),
+        NetOp::OpenDiskChannels { partition, disks } => {
+            crate::storage_io::open_disk_channels(conn, i, *partition, disks, now)
+        }
         NetOp::CloseChannels { partition } => {
             let before: Vec<ChannelRecord> = channels(conn)?
                 .into_iter()
@@ -401,7 +414,11 @@ pub(crate) fn apply(
                 .ctx("prepare channel delete")?
                 .execute([partition.to_string()])
                 .ctx("close channels")?;
-            Ok(json!({"op": "close_channels", "partition": partition, "before": before}))
+            let disks = crate::storage_io::close_for_partition(conn, *partition)?;
+            Ok(
+                json!({"op": "close_channels", "partition": partition, "before": before,
+                "disks_before": disks}),
+            )
         }
         NetOp::SetIoState {
             name,
@@ -451,7 +468,8 @@ pub(crate) fn apply(
                 .ctx("prepare channel delete")?
                 .execute([name])
                 .ctx("detach io partition")?;
-            Ok(json!({"op": "detach_io", "name": name, "before": before}))
+            let disks = crate::storage_io::close_for_io(conn, name)?;
+            Ok(json!({"op": "detach_io", "name": name, "before": before, "disks_before": disks}))
         }
     }
 }

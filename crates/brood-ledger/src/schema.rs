@@ -83,6 +83,18 @@
 //!
 //! the configuration a running partition's VM runs while its definition
 //! already holds a change for the next start (`change.rs`).
+//!
+//! `V_STORAGE_IO` (storage I/O partitions, issue 11) adds:
+//!
+//! ```text
+//! disk_channel(partition REFERENCES partition, disk >= 0,
+//!              io_partition REFERENCES io_partition, export UNIQUE 32 hex,
+//!              image, format raw|qcow2, transport nbd|vhost-user-blk,
+//!              PK (partition, disk))
+//! ```
+//!
+//! a guest's disk served by its storage zone's I/O partition; see
+//! `storage_io.rs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -95,11 +107,20 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS, V_TENANCY, V_CHANGE];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2,
+    V_NETIO,
+    V_SERVICE_POOLS,
+    V_TENANCY,
+    V_CHANGE,
+    V_STORAGE_IO,
+];
 
 use crate::change::V_CHANGE;
 
 use crate::service_pool::V_SERVICE_POOLS;
+use crate::storage_io::V_STORAGE_IO;
 
 /// Version 1: capacity, partitions, holdings, the audit log.
 pub(crate) const V1: &str = "

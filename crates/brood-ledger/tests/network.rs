@@ -158,3 +158,76 @@ async fn zones_keep_their_subnets_apart_and_names_are_checked() {
         (IoState::Running, Some(42), 1)
     );
 }
+
+#[tokio::test]
+async fn disk_channels_make_their_storage_partition_and_hold_their_guest() {
+    use brood_ledger::{DiskChannelSpec, Transport, storage_name};
+    let (_d, l) = ledger().await;
+    let p = partition("p", Resources::ZERO);
+    l.commit(create_tx(&p)).await.unwrap();
+    let spec = |disk: u32, zone: &str, export: &str| DiskChannelSpec {
+        disk,
+        zone: zone.into(),
+        export: export.into(),
+        image: format!("/d/{disk}.qcow2"),
+        format: "qcow2".into(),
+        transport: Transport::Nbd,
+    };
+    let open = |disks| {
+        tx(vec![Op::Net(NetOp::OpenDiskChannels {
+            partition: p.uuid,
+            disks,
+        })])
+    };
+    // A bad zone name or export name is refused, and nothing is made.
+    for bad in [spec(0, "No", &"a".repeat(32)), spec(0, "z", "short")] {
+        assert!(l.commit(open(vec![bad])).await.is_err());
+    }
+    assert!(l.io_partitions().await.unwrap().is_empty());
+    l.commit(open(vec![spec(0, "z", &"a".repeat(32))]))
+        .await
+        .unwrap();
+    // Opening again keeps what is open (a second export name is not used).
+    l.commit(open(vec![
+        spec(0, "z", &"b".repeat(32)),
+        spec(1, "z", &"c".repeat(32)),
+    ]))
+    .await
+    .unwrap();
+    let io = l.io_partitions().await.unwrap();
+    assert_eq!(
+        (io[0].name.as_str(), io[0].kind, io[0].run_state),
+        (
+            storage_name("z").as_str(),
+            IoKind::Storage,
+            IoState::Stopped
+        )
+    );
+    let ch = l.disk_channels().await.unwrap();
+    assert_eq!(ch.len(), 2);
+    assert_eq!(ch[0].export, "a".repeat(32));
+    assert_eq!(ch[1].transport, Transport::Nbd);
+    // The guest cannot go while its disks are served.
+    let del = Op::DeletePartition {
+        uuid: p.uuid,
+        expect: PartitionExpect::default(),
+    };
+    assert!(l.commit(tx(vec![del.clone()])).await.is_err());
+    l.commit(tx(vec![Op::Net(NetOp::DetachIo {
+        name: storage_name("z"),
+    })]))
+    .await
+    .unwrap();
+    assert!(l.disk_channels().await.unwrap().is_empty());
+    l.commit(open(vec![spec(0, "z", &"d".repeat(32))]))
+        .await
+        .unwrap();
+    l.commit(tx(vec![
+        Op::Net(NetOp::CloseChannels { partition: p.uuid }),
+        del,
+    ]))
+    .await
+    .unwrap();
+    assert!(l.disk_channels().await.unwrap().is_empty());
+    assert_eq!(l.verify().await.unwrap(), []);
+}

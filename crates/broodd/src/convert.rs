@@ -194,6 +194,22 @@ pub fn validate_config(
                 d.name, d.size_gib
             ));
         }
+        if d.iops.is_some_and(|n| n == 0 || n > 1_000_000)
+            || d.mbps.is_some_and(|n| n == 0 || n > 100_000)
+        {
+            return bad(format!(
+                "disk {:?}: iops must be 1-1000000 and mbps 1-100000 (leave one out for no cap)",
+                d.name
+            ));
+        }
+        if let Some(z) = &d.io_zone
+            && (z.len() > 32 || !valid_zone(z))
+        {
+            return bad(format!(
+                "disk {:?}: storage zone {z:?} must be 1-32 characters of a-z, 0-9, '_', '.', '-'",
+                d.name
+            ));
+        }
     }
     let mut macs = std::collections::BTreeSet::new();
     for n in &c.nics {
@@ -474,6 +490,9 @@ mod tests {
         let d = api::DiskConfig {
             name: "data".into(),
             size_gib: 1,
+            io_zone: None,
+            iops: None,
+            mbps: None,
         };
         r.configs.get_mut("default").unwrap().disks = vec![d.clone(), d];
         assert!(
@@ -545,6 +564,9 @@ mod tests {
                 .map(|i| api::DiskConfig {
                     name: format!("d{i}"),
                     size_gib: 1,
+                    io_zone: None,
+                    iops: None,
+                    mbps: None,
                 })
                 .collect::<Vec<_>>()
         };
@@ -608,6 +630,9 @@ mod tests {
             c.disks.push(api::DiskConfig {
                 name: "d".into(),
                 size_gib: u64::MAX,
+                io_zone: None,
+                iops: None,
+                mbps: None,
             })
         });
         assert!(e.contains("size_gib"), "{e}");

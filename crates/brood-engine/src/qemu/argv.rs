@@ -71,6 +71,8 @@ pub struct LaunchDisk {
     /// Served over NBD instead (`layers` empty): the socket as QEMU sees
     /// it and the export's name.
     pub nbd: Option<(PathBuf, String)>,
+    /// Caps on the guest's requests (a throttle filter over the disk).
+    pub throttle: Option<crate::spec::Throttle>,
 }
 
 /// How long QEMU's NBD client holds requests while its server is away
@@ -300,9 +302,29 @@ pub fn qemu_argv(l: &Launch<'_>) -> Vec<OsString> {
                 &fmt.to_string(),
             ]);
         }
+        let mut drive = format!("disk{i}");
+        if let Some(t) = d.throttle.filter(|t| t.iops.is_some() || t.mbps.is_some()) {
+            // One group per disk: its caps are its own (QEMU 2.11+
+            // throttle filter driver; x- names are the group's limits).
+            let mut group = format!("throttle-group,id=tg{i}");
+            if let Some(n) = t.iops {
+                group.push_str(&format!(",x-iops-total={n}"));
+            }
+            if let Some(m) = t.mbps {
+                group.push_str(&format!(",x-bps-total={}", u64::from(m) << 20));
+            }
+            let filter = serde_json::json!({
+                "driver": "throttle",
+                "node-name": format!("thr{i}"),
+                "throttle-group": format!("tg{i}"),
+                "file": drive,
+            });
+            push(&["-object", &group, "-blockdev", &filter.to_string()]);
+            drive = format!("thr{i}");
+        }
         push(&[
             "-device",
-            &format!("virtio-blk-{dev},drive=disk{i},id=vd{i}"),
+            &format!("virtio-blk-{dev},drive={drive},id=vd{i}"),
         ]);
     }
     for (i, n) in l.nics.iter().enumerate() {
@@ -353,6 +375,7 @@ mod tests {
                 }],
                 read_only: false,
                 nbd: None,
+                throttle: None,
             }],
             nics: vec![LaunchNic {
                 tap_fd: Some(FIRST_TAP_FD),
@@ -417,6 +440,42 @@ mod tests {
             })
             .collect();
         assert_eq!(argv, expected);
+    }
+
+    #[test]
+    fn a_throttled_disk_sits_behind_its_own_throttle_group() {
+        let s = spec();
+        let mut l = launch(&s);
+        l.disks[0].throttle = Some(crate::spec::Throttle {
+            iops: Some(50),
+            mbps: Some(2),
+        });
+        let text = |l: &Launch<'_>| {
+            qemu_argv(l)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let j = text(&l);
+        assert!(
+            j.contains("-object throttle-group,id=tg0,x-iops-total=50,x-bps-total=2097152"),
+            "{j}"
+        );
+        assert!(
+            j.contains(
+                r#""driver":"throttle","file":"disk0","node-name":"thr0","throttle-group":"tg0""#
+            ) || j.contains(r#""throttle-group":"tg0""#),
+            "{j}"
+        );
+        assert!(j.contains("drive=thr0,id=vd0"), "{j}");
+        // No caps, no filter.
+        l.disks[0].throttle = Some(crate::spec::Throttle::default());
+        let j = text(&l);
+        assert!(
+            !j.contains("throttle") && j.contains("drive=disk0,id=vd0"),
+            "{j}"
+        );
     }
 
     #[test]
@@ -492,6 +551,7 @@ mod chain_tests {
                 ],
                 read_only: false,
                 nbd: None,
+                throttle: None,
             }],
             nics: vec![LaunchNic {
                 tap_fd: None,

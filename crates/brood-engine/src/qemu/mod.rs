@@ -243,6 +243,7 @@ impl QemuEngine {
                 layers,
                 read_only: d.read_only,
                 nbd,
+                throttle: d.throttle,
             });
         }
 

@@ -112,8 +112,14 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     let root = image.root_disk.map(|_| paths.image_root(rec.uuid));
     spec.disks = root
         .into_iter()
-        .chain(c.disks.iter().map(|d| paths.disk(rec.uuid, &d.name)))
         .map(DiskSpec::own_qcow2)
+        .chain(c.disks.iter().map(|d| DiskSpec {
+            throttle: (d.iops.is_some() || d.mbps.is_some()).then_some(brood_engine::Throttle {
+                iops: d.iops,
+                mbps: d.mbps,
+            }),
+            ..DiskSpec::own_qcow2(paths.disk(rec.uuid, &d.name))
+        }))
         .collect();
     spec.nics = c
         .nics
@@ -188,6 +194,9 @@ mod tests {
         a.disks.push(api::DiskConfig {
             name: "d".into(),
             size_gib: 1,
+            io_zone: None,
+            iops: None,
+            mbps: None,
         });
         let mut b = a.clone();
         configs.insert("a".into(), a.clone());

@@ -206,6 +206,8 @@ impl Host {
                 nics: c.nics.into_iter().map(|n| n.network).collect(),
             }));
         }
+        // So does a disk served by a storage I/O partition.
+        ops.extend(crate::io::storage::open_op(self, rec)?);
         self.commit_patch(actor, format!("start {}", rec.name), rec, patch, ops)
             .await
     }
@@ -458,6 +460,11 @@ impl Host {
             ));
         }
         demand.memory_mib = memory_mib.max(demand.memory_mib);
+        // Its VM is gone: its channels close (its disks' server lets the
+        // images go, so its children can open them as backing files).
+        ops.push(Op::Net(brood_ledger::NetOp::CloseChannels {
+            partition: rec.uuid,
+        }));
         let patch = PartitionPatch {
             stage: Some(Stage::Template),
             run_state: Some(RunState::Stopped),

@@ -18,6 +18,7 @@
 //! What the switch serves (its configuration file) is kept in step with the
 //! ledger's channels by [`crate::network`].
 
+pub mod storage;
 pub mod supervise;
 
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ pub struct IoPartitions {
 }
 
 impl IoPartitions {
-    fn get(&self, name: &str) -> Option<Arc<supervise::Supervisor>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<supervise::Supervisor>> {
         lock(&self.running).get(name).cloned()
     }
 
@@ -89,6 +90,8 @@ pub async fn ensure(host: &Arc<Host>, name: &str) -> HostResult<()> {
         stop: Notify::new(),
         restart: Notify::new(),
         done: std::sync::atomic::AtomicBool::new(false),
+        kind: rec.kind,
+        served: tokio::sync::watch::Sender::new(Vec::new()),
     });
     map.insert(rec.name.clone(), sup.clone());
     drop(map);
@@ -108,24 +111,26 @@ async fn find(host: &Host, name: &str) -> HostResult<IoRecord> {
 pub async fn show(host: &Host, name: &str) -> HostResult<api::IoPartition> {
     let rec = find(host, name).await?;
     let members = crate::network::members(host).await?;
-    Ok(render(rec, &members))
+    let disks = storage::clients(host, &rec.name).await?;
+    Ok(render(rec, &members, disks))
 }
 
 /// Every I/O partition.
 pub async fn list(host: &Host) -> HostResult<api::IoPartitionList> {
     let members = crate::network::members(host).await?;
-    Ok(api::IoPartitionList {
-        items: host
-            .ledger
-            .io_partitions()
-            .await?
-            .into_iter()
-            .map(|r| render(r, &members))
-            .collect(),
-    })
+    let mut items = Vec::new();
+    for r in host.ledger.io_partitions().await? {
+        let disks = storage::clients(host, &r.name).await?;
+        items.push(render(r, &members, disks));
+    }
+    Ok(api::IoPartitionList { items })
 }
 
-fn render(r: IoRecord, members: &[(String, api::NetworkMember)]) -> api::IoPartition {
+fn render(
+    r: IoRecord,
+    members: &[(String, api::NetworkMember)],
+    disk_clients: Vec<api::DiskClient>,
+) -> api::IoPartition {
     api::IoPartition {
         kind: "io".into(),
         serves: r.kind.as_str().into(),
@@ -134,6 +139,7 @@ fn render(r: IoRecord, members: &[(String, api::NetworkMember)]) -> api::IoParti
             .filter(|(io, _)| *io == r.name)
             .map(|(_, m)| m.clone())
             .collect(),
+        disk_clients,
         state: r.run_state.as_str().into(),
         pid: r.pid,
         restart_count: r.restart_count,
@@ -162,10 +168,11 @@ pub async fn stop(host: &Arc<Host>, name: &str, force: bool) -> HostResult<api::
         .await?
         .into_iter()
         .filter(|(io, _)| *io == rec.name)
-        .count();
+        .count()
+        + storage::clients(host, &rec.name).await?.len();
     if clients > 0 && !force {
         return Err(HostError::conflict(format!(
-            "I/O partition {name:?} has {clients} clients: stop the VMs on its networks first, or stop it with --force to detach them"
+            "I/O partition {name:?} has {clients} clients: stop the VMs it serves first, or stop it with --force to detach them"
         )));
     }
     let mut ops = Vec::new();

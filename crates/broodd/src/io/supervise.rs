@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use brood_engine::switch::SwitchConfig;
-use brood_ledger::{IoState, NetOp, Op, Tx};
+use brood_ledger::{IoKind, IoState, NetOp, Op, Tx};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -20,9 +20,9 @@ use crate::host::Host;
 /// Longest wait before restarting a process that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A process that ran this long before failing starts a fresh backoff.
-const STABLE: Duration = Duration::from_secs(10);
+pub(crate) const STABLE: Duration = Duration::from_secs(10);
 /// How often the configuration is compared with the ledger without a nudge.
-const SYNC_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How long a process is given to end after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// The ledger's actor for supervision.
@@ -43,6 +43,11 @@ pub struct Supervisor {
     pub restart: Notify,
     /// The supervisor has ended.
     pub done: AtomicBool,
+    /// What it serves.
+    pub kind: IoKind,
+    /// A storage partition's exports its daemon serves now (empty while
+    /// none runs).
+    pub served: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Supervisor {
@@ -79,8 +84,15 @@ pub fn dir(host: &Host, name: &str) -> PathBuf {
     host.paths.data.join("io").join(name)
 }
 
+/// The wait before restarting a process that failed `failures` times in a row.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(6))
+        .min(MAX_BACKOFF)
+}
+
 /// A running process of an I/O partition.
-enum Proc {
+pub(crate) enum Proc {
     /// Started by this broodd.
     Child(tokio::process::Child),
     /// Started by an earlier broodd: watched through a pidfd.
@@ -88,7 +100,15 @@ enum Proc {
 }
 
 impl Proc {
-    fn pid(&self) -> u32 {
+    /// Its pidfd, when adopted.
+    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
+        match self {
+            Proc::Child(_) => None,
+            Proc::Adopted { fd, .. } => Some(fd.get_ref()),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
         match self {
             Proc::Child(c) => c.id().unwrap_or(0),
             Proc::Adopted { pid, .. } => *pid,
@@ -96,7 +116,7 @@ impl Proc {
     }
 
     /// Waits until it ends and says how.
-    async fn wait(&mut self) -> String {
+    pub(crate) async fn wait(&mut self) -> String {
         match self {
             Proc::Child(c) => match c.wait().await {
                 Ok(s) => s.to_string(),
@@ -110,7 +130,7 @@ impl Proc {
         }
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         if let Ok(pid) = i32::try_from(self.pid())
             && pid > 0
         {
@@ -119,7 +139,7 @@ impl Proc {
     }
 
     /// Ends it: SIGTERM, then SIGKILL after a grace period.
-    async fn end(&mut self) -> String {
+    pub(crate) async fn end(&mut self) -> String {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         match tokio::time::timeout(TERM_GRACE, self.wait()).await {
             Ok(how) => how,
@@ -141,6 +161,11 @@ fn adopt(pid: u32, config: &Path) -> Option<Proc> {
     if !ours {
         return None;
     }
+    adopt_pid(pid)
+}
+
+/// Watches process `pid` (checked to be ours by the caller) through a pidfd.
+pub(crate) fn adopt_pid(pid: u32) -> Option<Proc> {
     let raw = i32::try_from(pid).ok()?;
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new
     // descriptor or -1; nothing is borrowed.
@@ -173,7 +198,7 @@ fn spawn(config: &Path, log: &Path) -> std::io::Result<Proc> {
     Ok(Proc::Child(child))
 }
 
-async fn record(
+pub(crate) async fn record(
     host: &Host,
     name: &str,
     state: IoState,
@@ -208,7 +233,10 @@ async fn sync(host: &Host, sup: &Supervisor, path: &Path, last: &mut Option<Swit
 
 /// The supervisor task.
 pub async fn run(host: Arc<Host>, sup: Arc<Supervisor>) {
-    supervise(&host, &sup).await;
+    match sup.kind {
+        IoKind::Switch => supervise(&host, &sup).await,
+        IoKind::Storage => super::storage::supervise(&host, &sup).await,
+    }
     sup.done.store(true, Ordering::SeqCst);
 }
 
@@ -235,11 +263,8 @@ async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
             Some(p) => p,
             None => {
                 if failures > 1 {
-                    let wait = Duration::from_millis(100)
-                        .saturating_mul(1 << failures.min(6))
-                        .min(MAX_BACKOFF);
                     tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
+                        () = tokio::time::sleep(backoff(failures)) => {}
                         () = sup.stop.notified() => return,
                     }
                 }

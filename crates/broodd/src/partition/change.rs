@@ -255,6 +255,9 @@ fn edit(
             c.disks.push(api::DiskConfig {
                 name: r.name.clone(),
                 size_gib: r.size_gib,
+                io_zone: None,
+                iops: None,
+                mbps: None,
             });
             parts.push((Part::Devices, None));
         }
@@ -906,6 +909,9 @@ mod tests {
         c.disks.push(api::DiskConfig {
             name: "data".into(),
             size_gib: 1,
+            io_zone: None,
+            iops: None,
+            mbps: None,
         });
         BTreeMap::from([("default".to_string(), c)])
     }

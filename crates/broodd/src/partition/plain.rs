@@ -23,6 +23,7 @@ impl Launcher for PlainLauncher {
     async fn launch(&self, host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<BoxedVm> {
         let mut spec = vm_spec(rec, &host.paths)?;
         crate::network::use_channels(host, rec.uuid, &mut spec).await?;
+        crate::io::storage::use_disks(host, rec.uuid, &mut spec).await?;
         crate::metrics::boot(host.engine.boot(&spec))
             .await
             .map_err(|e| HostError::engine(format!("start {}", rec.name), e))

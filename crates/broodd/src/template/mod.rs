@@ -226,19 +226,32 @@ pub async fn child_disks(
             let _ = tokio::fs::remove_file(&overlay).await;
             disk::overlay(&base.path, &overlay).await?;
         }
-        disks.push(DiskSpec::own_qcow2(overlay));
+        // A child keeps its template's caps on each disk.
+        disks.push(DiskSpec {
+            throttle: base.throttle,
+            ..DiskSpec::own_qcow2(overlay)
+        });
     }
     Ok(disks)
 }
 
 /// Makes a child VM of `t` that will be partition `uuid`: overlays, the
 /// engine's fork, the identity step rehearsed, paused.
-pub async fn prepare(host: &Host, t: &TemplateRt, uuid: Uuid, fresh: bool) -> HostResult<Warm> {
+pub async fn prepare(
+    host: &Arc<Host>,
+    t: &TemplateRt,
+    uuid: Uuid,
+    fresh: bool,
+) -> HostResult<Warm> {
     let disks = child_disks(host, &t.tpl, uuid, fresh).await?;
     let mut spec = t
         .tpl
         .child_spec(&uuid.to_string(), disks)
         .map_err(|e| HostError::engine("make a child spec", e))?;
+    // A recorded child with disk channels reaches its disks through its
+    // storage I/O partitions (a warm child, not recorded yet, has none).
+    crate::io::storage::use_disks(host, uuid, &mut spec).await?;
+    crate::network::use_channels(host, uuid, &mut spec).await?;
     // Until a fork claims it (and `memory::fit` lowers its limit to its
     // charge), a warm child is broodd's, bounded by its template's whole
     // charge: a template saved before every VM had a limit gets one here.
