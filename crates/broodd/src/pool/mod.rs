@@ -81,6 +81,7 @@ pub struct ServicePools {
     claims: Mutex<HashSet<Uuid>>,
     deferred: Mutex<HashMap<String, String>>,
     making: Mutex<HashMap<String, u32>>,
+    serving: std::sync::atomic::AtomicU32,
     /// Wakes the supervisor (a member left the queue, a pool changed).
     pub wake: tokio::sync::Notify,
 }
@@ -117,6 +118,19 @@ impl ServicePools {
         guard(&self.deferred).get(pool).cloned()
     }
 
+    /// Counts a request in flight until the guard drops: refills wait
+    /// meanwhile (on a small host a member booting beside it would take the
+    /// CPU the request's domain needs to start its service).
+    pub fn serving(&self) -> Serving<'_> {
+        self.serving
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Serving(self)
+    }
+
+    fn is_serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
     fn making(&self, pool: &str) -> u32 {
         guard(&self.making).get(pool).copied().unwrap_or(0)
     }
@@ -125,6 +139,19 @@ impl ServicePools {
         let mut m = guard(&self.making);
         let n = m.entry(pool.to_owned()).or_default();
         *n = n.saturating_add_signed(delta);
+    }
+}
+
+/// A request in flight (see [`ServicePools::serving`]).
+#[derive(Debug)]
+pub struct Serving<'a>(&'a ServicePools);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0
+            .serving
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.wake.notify_one();
     }
 }
 

@@ -153,6 +153,11 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
             }
             continue;
         }
+        // A request is being served from this host's members: the refill
+        // waits for it to finish (it is woken then), unless the pool is empty.
+        if pools.is_serving() && !waiting.is_empty() {
+            continue;
+        }
         if let Some(b) = busy
             && b > spec.cpu_threshold_pct
         {
