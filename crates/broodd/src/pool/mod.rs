@@ -4,6 +4,8 @@
 //! that service.
 //!
 //! - [`class`]: service classes as data (recipes on disk and built-ins).
+//! - [`clone`]: refill by clone: the pool's template, saved at the trigger
+//!   point from its first member, and members forked from it.
 //! - [`member`]: making a member (a partition booted with `brood.trigger`,
 //!   paused once its agent announces the trigger point) and removing one.
 //! - [`request`]: a request takes the next member off the pool's queue in
@@ -21,6 +23,7 @@
 //! their points alone) and why a refill was last deferred.
 
 pub mod class;
+pub mod clone;
 pub mod member;
 pub mod refill;
 pub mod request;
@@ -65,6 +68,12 @@ pub struct PoolSpec {
     pub network: Option<String>,
     /// Policy for unused domains.
     pub unused: api::UnusedPolicy,
+    /// How members after the first are made.
+    #[serde(default)]
+    pub refill: api::RefillMode,
+    /// The template members are forked from, once made.
+    #[serde(default)]
+    pub template: Option<clone::PoolTemplate>,
 }
 
 impl PoolSpec {
@@ -317,6 +326,8 @@ pub async fn create(
         memory_mib,
         network: req.network.clone(),
         unused: req.unused,
+        refill: req.refill,
+        template: None,
     };
     let spec_json =
         serde_json::to_value(&spec).map_err(|e| HostError::corrupt("encode a pool spec", e))?;
@@ -373,6 +384,9 @@ pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if let Some(t) = spec.template {
+        clone::retire(host, t.uuid).await;
     }
     host.ledger
         .commit(Tx::new(
@@ -456,6 +470,16 @@ async fn view(host: &Host, rec: &ServicePoolRecord) -> HostResult<api::ServicePo
         memory_mib: spec.memory_mib,
         network: spec.network,
         unused: spec.unused,
+        refill: spec.refill,
+        template: match spec.template {
+            Some(t) => host
+                .ledger
+                .partition_by_uuid(t.uuid)
+                .await?
+                .filter(|p| p.stage == brood_ledger::Stage::Template)
+                .map(|p| p.name),
+            None => None,
+        },
         generation: rec.generation,
         ready,
         deferred: host.feature::<ServicePools>().deferred(&rec.name),
@@ -478,6 +502,11 @@ pub async fn load_claims(host: &Host) -> HostResult<()> {
     let pools = host.feature::<ServicePools>();
     for m in host.ledger.pool_members(None).await? {
         pools.claim(m.partition);
+    }
+    for rec in host.ledger.service_pools().await? {
+        if let Some(t) = PoolSpec::of(&rec)?.template {
+            pools.claim(t.uuid);
+        }
     }
     Ok(())
 }

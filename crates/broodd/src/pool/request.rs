@@ -470,7 +470,7 @@ pub async fn differentiate(
 /// still ends.
 async fn probe(agent: &brood_engine::AgentClient, name: &str, timeout: Duration) -> HostResult<()> {
     /// How long to wait for the point before looking at the status.
-    const LOOK_AFTER: Duration = Duration::from_millis(250);
+    const LOOK_AFTER: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
