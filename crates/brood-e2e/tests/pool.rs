@@ -616,3 +616,65 @@ fn refill_by_clone_forks_members_at_the_trigger_point() {
     drop(b);
     env.assert_clean();
 }
+
+/// The refill policy's thresholds, set low for the test, against the host's
+/// real CPU use and memory: a pool whose CPU threshold the host is above
+/// (a thread of this test keeps a core busy) and a pool whose memory floor
+/// is above the host's memory make no member, and say why.
+#[test]
+fn refills_are_deferred_above_the_cpu_threshold_and_below_the_memory_floor() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spin = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        })
+    };
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(
+            &json!({"name": "hot", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 1}),
+        ),
+    );
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "tight", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100, "memory_floor_mib": 1u64 << 40})),
+    );
+    let said = wait_until(Duration::from_secs(30), || {
+        let (h, t) = (pool(&b, "hot"), pool(&b, "tight"));
+        h["deferred"]
+            .as_str()
+            .is_some_and(|d| d.contains("above the threshold of 1%"))
+            && t["deferred"]
+                .as_str()
+                .is_some_and(|d| d.contains("below the floor"))
+    });
+    assert!(
+        said,
+        "{}\n{}\n{}",
+        pool(&b, "hot"),
+        pool(&b, "tight"),
+        b.log()
+    );
+    // Deferred, not just slow: still no member a few ticks later.
+    std::thread::sleep(Duration::from_secs(3));
+    for p in ["hot", "tight"] {
+        let v = pool(&b, p);
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(0), "{v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spin.join().unwrap();
+    for p in ["hot", "tight"] {
+        assert_eq!(b.call("DELETE", &format!("/v1/pools/{p}"), None).0, 204);
+    }
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
