@@ -46,6 +46,8 @@ fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
         // jiffies, and then every sleep in the guest, the agent's polls of
         // the class's start included, rounds up to a timer tick.
         cmdline: format!("{TRIGGER_CMDLINE} tsc=reliable"),
+        // A named image (the Debian `service` image) brings its root disk.
+        image: (spec.image != "default").then(|| spec.image.clone()),
         ..Default::default()
     };
     api::DefineRequest {

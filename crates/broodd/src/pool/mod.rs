@@ -213,23 +213,17 @@ async fn resolve_image(host: &Host, image: &str) -> HostResult<std::path::PathBu
         )));
     }
     let dir = host.paths.data.join("images").join(image);
-    let same = match (
-        tokio::fs::canonicalize(&dir).await,
-        tokio::fs::canonicalize(&host.paths.image).await,
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
+    if tokio::fs::metadata(dir.join("manifest.json")).await.is_ok() {
         Ok(dir)
     } else {
         Err(HostError::invalid(format!(
-            "image {image:?}: broodd boots partitions from its --image ({}), and {} is not it; \
-             build it (`brood image build{}`) and start broodd with --image {}, or use --image default",
-            host.paths.image.display(),
+            "image {image:?}: there is no image {} ; build it (`brood image build{}`) or use --image default",
             dir.display(),
-            if image == "service" { " --service" } else { "" },
-            dir.display()
+            if image == "service" {
+                " --service".to_string()
+            } else {
+                format!(" --name {image}")
+            },
         )))
     }
 }

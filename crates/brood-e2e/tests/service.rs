@@ -1,0 +1,71 @@
+//! Service classes of the Debian `service` image (`brood image build
+//! --service`, built once per run into `BROOD_DATA_DIR`) on real VMs: a pool
+//! of that image refills by clone, and a `dns` domain (dnsmasq) answers for
+//! the names brood registered with it.
+
+#![allow(clippy::tests_outside_test_module)] // integration tests are their own module
+
+use std::time::Duration;
+
+use brood_e2e::{Broodd, TestEnv, wait_until};
+use serde_json::json;
+
+#[test]
+fn a_dns_domain_of_the_service_image_answers_for_registered_names() {
+    let image = brood_e2e::service_image();
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    // The pool's image is looked up in broodd's own data directory.
+    std::fs::create_dir_all(b.data.join("images")).unwrap();
+    std::os::unix::fs::symlink(&image, b.data.join("images/service")).unwrap();
+    let (s, p) = b.call(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "svc", "image": "service", "min": 1, "max": 2, "memory_mib": 256, "cpu_threshold_pct": 100})),
+    );
+    assert_eq!(s, 201, "{p}");
+    let ready = wait_until(Duration::from_secs(300), || {
+        b.ok("GET", "/v1/pools/svc", None)["ready"] == 1
+    });
+    assert!(ready, "{}\n{}", b.ok("GET", "/v1/pools/svc", None), b.log());
+    let v = b.ok(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "dns", "pool": "svc", "name": "ns1",
+                     "set": {"hosts": "web=10.0.0.5,db=10.0.0.6"}})),
+    );
+    assert_eq!(v["state"], "ready", "{v}");
+    let member = v["member"].as_str().unwrap();
+    let (code, out, err) = b.exec(
+        member,
+        "dig +short @127.0.0.1 web.brood.internal; dig +short @127.0.0.1 db.brood.internal; \
+         dig +short @127.0.0.1 nope.brood.internal",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "10.0.0.5\n10.0.0.6\n", "{out}");
+    // A class that needs this image is refused by a pool of the busybox one.
+    let (s, _) = b.call(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "bb", "min": 0, "max": 0})),
+    );
+    assert_eq!(s, 201);
+    let (s, e) = b.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "dns", "pool": "bb"})),
+    );
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e.to_string().contains("needs the \\\"service\\\" image"),
+        "{e}"
+    );
+    b.verify_ok();
+    assert_eq!(b.call("DELETE", "/v1/services/ns1", None).0, 204);
+    for p in ["svc", "bb"] {
+        assert_eq!(b.call("DELETE", &format!("/v1/pools/{p}"), None).0, 204);
+    }
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
