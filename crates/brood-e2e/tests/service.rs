@@ -1,7 +1,8 @@
 //! Service classes of the Debian `service` image (`brood image build
 //! --service`, built once per run into `BROOD_DATA_DIR`) on real VMs: a pool
 //! of that image refills by clone, and a `dns` domain (dnsmasq) answers for
-//! the names brood registered with it.
+//! the names brood registered with it and forwards the rest (to a stub
+//! upstream: a second dnsmasq the request's init script starts).
 
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
@@ -11,7 +12,7 @@ use brood_e2e::{Broodd, TestEnv, wait_until};
 use serde_json::json;
 
 #[test]
-fn a_dns_domain_of_the_service_image_answers_for_registered_names() {
+fn a_dns_domain_of_the_service_image_answers_for_registered_names_and_forwards_the_rest() {
     let image = brood_e2e::service_image();
     let env = TestEnv::new();
     let b = Broodd::start(&env, &[]);
@@ -28,21 +29,32 @@ fn a_dns_domain_of_the_service_image_answers_for_registered_names() {
         b.ok("GET", "/v1/pools/svc", None)["ready"] == 1
     });
     assert!(ready, "{}\n{}", b.ok("GET", "/v1/pools/svc", None), b.log());
+    // The stub upstream knows one name outside brood's domain.
+    let script = env.run_root().join("upstream.sh");
+    std::fs::write(
+        &script,
+        "dnsmasq --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
+         --bind-interfaces --address=/ext.example/192.0.2.7 --pid-file=/run/upstream.pid\n",
+    )
+    .unwrap();
     let v = b.ok(
         "POST",
         "/v1/services",
         Some(&json!({"class": "dns", "pool": "svc", "name": "ns1",
-                     "set": {"hosts": "web=10.0.0.5,db=10.0.0.6"}})),
+                     "set": {"hosts": "web=10.0.0.5,db=10.0.0.6", "upstream": "127.0.0.1#5353"},
+                     "script": script.display().to_string()})),
     );
     assert_eq!(v["state"], "ready", "{v}");
     let member = v["member"].as_str().unwrap();
     let (code, out, err) = b.exec(
         member,
         "dig +short @127.0.0.1 web.brood.internal; dig +short @127.0.0.1 db.brood.internal; \
-         dig +short @127.0.0.1 nope.brood.internal",
+         dig +short @127.0.0.1 nope.brood.internal; dig +short @127.0.0.1 ext.example",
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "10.0.0.5\n10.0.0.6\n", "{out}");
+    // Registered names answered, an unknown one of the domain not
+    // forwarded (the domain is local), the rest forwarded upstream.
+    assert_eq!(out, "10.0.0.5\n10.0.0.6\n192.0.2.7\n", "{out}");
     // A class that needs this image is refused by a pool of the busybox one.
     let (s, _) = b.call(
         "POST",
