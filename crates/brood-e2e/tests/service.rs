@@ -2,7 +2,8 @@
 //! --service`, built once per run into `BROOD_DATA_DIR`) on real VMs: a pool
 //! of that image refills by clone, and a `dns` domain (dnsmasq) answers for
 //! the names brood registered with it and forwards the rest (to a stub
-//! upstream: a second dnsmasq the request's init script starts).
+//! upstream: a second dnsmasq the request's init script starts), and an
+//! `nfs` domain exports a directory that an NFS mount reads.
 
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
@@ -77,6 +78,47 @@ fn a_dns_domain_of_the_service_image_answers_for_registered_names_and_forwards_t
     for p in ["svc", "bb"] {
         assert_eq!(b.call("DELETE", &format!("/v1/pools/{p}"), None).0, 204);
     }
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
+
+/// An `nfs` domain of the service image exports its directory: the export
+/// is listed, and an NFS mount of it (over the domain's loopback: the guest
+/// kernel's NFS client and server modules both load) reads a file the
+/// server wrote.
+#[test]
+fn an_nfs_domain_exports_a_directory_that_mounts_and_reads() {
+    let image = brood_e2e::service_image();
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    std::fs::create_dir_all(b.data.join("images")).unwrap();
+    std::os::unix::fs::symlink(&image, b.data.join("images/service")).unwrap();
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "nfs", "image": "service", "min": 1, "max": 2, "memory_mib": 256, "cpu_threshold_pct": 100})),
+    );
+    let ready = wait_until(Duration::from_secs(300), || {
+        b.ok("GET", "/v1/pools/nfs", None)["ready"] == 1
+    });
+    assert!(ready, "{}\n{}", b.ok("GET", "/v1/pools/nfs", None), b.log());
+    let (s, v) = b.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "nfs", "pool": "nfs", "name": "files"})),
+    );
+    assert_eq!(s, 201, "{v}\n{}", b.log());
+    let member = v["member"].as_str().unwrap();
+    let (code, out, err) = b.exec(
+        member,
+        "echo brood-nfs > /srv/nfs/hello && mkdir -p /mnt/n && \
+         mount -t nfs -o vers=4,proto=tcp 127.0.0.1:/srv/nfs /mnt/n && cat /mnt/n/hello && umount /mnt/n",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "brood-nfs\n", "{out}");
+    assert_eq!(b.call("DELETE", "/v1/services/files", None).0, 204);
+    assert_eq!(b.call("DELETE", "/v1/pools/nfs", None).0, 204);
     b.verify_ok();
     drop(b);
     env.assert_clean();
