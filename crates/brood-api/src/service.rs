@@ -19,6 +19,19 @@ pub enum UnusedPolicy {
     Keep,
 }
 
+/// How a pool makes members after its first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefillMode {
+    /// The first member is cold-booted to the trigger point and saved
+    /// there as the pool's template; every later one is a fork of it, at
+    /// the trigger point again, with an identity of its own (claim 5).
+    #[default]
+    Clone,
+    /// Every member is cold-booted.
+    Cold,
+}
+
 /// Body of `POST /v1/pools`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +75,9 @@ pub struct ServicePoolCreateRequest {
     /// What happens to an unused service domain.
     #[serde(default)]
     pub unused: UnusedPolicy,
+    /// How members after the first are made (default `clone`).
+    #[serde(default)]
+    pub refill: RefillMode,
 }
 
 /// A member of a service pool.
@@ -106,6 +122,10 @@ pub struct ServicePool {
     pub network: Option<String>,
     /// Policy for unused service domains.
     pub unused: UnusedPolicy,
+    /// How members after the first are made.
+    pub refill: RefillMode,
+    /// The template members are forked from (`refill: clone`), once made.
+    pub template: Option<String>,
     /// Current generation (members of older ones are replaced).
     pub generation: u64,
     /// Members ready in the queue.

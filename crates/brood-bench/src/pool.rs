@@ -12,7 +12,10 @@
 //!   Qubes' preloaded disposables do): resume it, run the same start script
 //!   through the agent, then the same probe.
 //!
-//! Also: refill time of one member by cold boot, and a paused member's PSS.
+//! Also: refill time of one member by clone (a fork of the pool's template
+//! saved at the trigger point) and by cold boot (a pool with `refill:
+//! cold`, whose requests are timed too: members booted rather than
+//! forked), and a paused member's PSS.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -73,14 +76,14 @@ pub fn pool(
     image: &Path,
 ) -> Result<()> {
     let d = Daemon::start(broodd, image)?;
-    let spec = |name: &str, min: u32| json!({"name": name, "min": min, "max": min + 2, "memory_mib": 128, "cpu_threshold_pct": 100});
-    d.call("POST", "/v1/pools", Some(&spec("bench", 2)))?;
+    let spec = |name: &str, min: u32, refill: &str| json!({"name": name, "min": min, "max": min + 2, "memory_mib": 128, "cpu_threshold_pct": 100, "refill": refill});
+    d.call("POST", "/v1/pools", Some(&spec("bench", 2, "clone")))?;
     wait_ready(&d, "bench", 2)?;
     let members = d.call("GET", "/v1/pools/bench", None)?;
     let pid = members["members"][0]["pid"].as_u64().unwrap_or(0);
     let pss = smaps_kib(pid, "Pss:") / 1024.0;
 
-    // brood: requests from the pool, refilled between them.
+    // brood: requests from the pool, refilled (by clone) between them.
     let (mut wall, mut refill) = (Vec::new(), Vec::new());
     for i in 0..runs {
         wait_ready(&d, "bench", 2)?;
@@ -91,15 +94,29 @@ pub fn pool(
     }
     eprintln!("{runs} pool requests done");
     println!(
-        "pool request to answering, {runs} requests: p50 {:.1} ms, p99 {:.1} ms; refill by cold boot p50 {:.0} ms; paused member PSS {pss:.1} MiB",
+        "pool request to answering, {runs} requests: p50 {:.1} ms, p99 {:.1} ms; refill by clone p50 {:.0} ms; paused member PSS {pss:.1} MiB",
         median(wall.clone()),
         pct(&mut wall.clone(), 0.99),
         median(refill.clone())
     );
     d.call("DELETE", "/v1/pools/bench", None)?;
 
+    // The same from a pool refilled by cold boots.
+    d.call("POST", "/v1/pools", Some(&spec("coldfill", 1, "cold")))?;
+    let (mut cold_wall, mut cold_refill) = (Vec::new(), Vec::new());
+    wait_ready(&d, "coldfill", 1)?;
+    for i in 0..cold_runs {
+        wait_ready(&d, "coldfill", 1)?;
+        let (t, _) = request(&d, "coldfill", &format!("f{i}"))?;
+        cold_wall.push(t);
+        cold_refill.push(ms(wait_ready(&d, "coldfill", 1)?));
+        d.call("DELETE", &format!("/v1/services/f{i}"), None)?;
+    }
+    eprintln!("{cold_runs} requests from a cold-refilled pool done");
+    d.call("DELETE", "/v1/pools/coldfill", None)?;
+
     // (a) cold boot: an empty pool falls back to booting a member.
-    d.call("POST", "/v1/pools", Some(&spec("cold", 0)))?;
+    d.call("POST", "/v1/pools", Some(&spec("cold", 0, "cold")))?;
     let mut cold = Vec::new();
     for i in 0..cold_runs {
         let (t, v) = request(&d, "cold", &format!("c{i}"))?;
@@ -171,8 +188,14 @@ pub fn pool(
         gen50 / p50
     );
     println!(
-        "refill of one member by cold boot: p50 {:.0} ms; by clone: not implemented",
-        median(refill)
+        "request from a pool refilled by cold boot, {cold_runs} requests: p50 {:.1} ms, p99 {:.1} ms",
+        median(cold_wall.clone()),
+        pct(&mut cold_wall, 0.99)
+    );
+    let (by_clone, by_boot) = (median(refill), median(cold_refill));
+    println!(
+        "refill of one member: by clone p50 {by_clone:.0} ms, by cold boot p50 {by_boot:.0} ms; clone is {:.1}% below",
+        100.0 * (1.0 - by_clone / by_boot)
     );
     println!("paused member PSS: {pss:.1} MiB");
     Ok(())

@@ -31,6 +31,7 @@ pub enum ImageCmd {
     ///   brood image build --out /tmp/img --independent-service ./10-sshd
     ///   brood image build --name deb --rootfs debian --package dnsmasq --package curl
     ///   brood image build --name web --rootfs debian --suite trixie --package nginx --size 4
+    ///   brood image build --service
     #[command(verbatim_doc_comment)]
     Build(BuildArgs),
     /// List the images in the data directory.
@@ -76,6 +77,11 @@ pub struct BuildArgs {
     /// What the image's root file system is.
     #[arg(long, value_enum, default_value = "busybox")]
     rootfs: Rootfs,
+    /// Build the service image: a Debian image named `service` with the
+    /// packages of the shipped service classes (dnsmasq, rsyslog,
+    /// nfs-kernel-server, nftables, busybox...), plus any --package.
+    #[arg(long, conflicts_with_all = ["name", "out"])]
+    service: bool,
     /// Debian suite (with --rootfs debian).
     #[arg(long, value_name = "SUITE")]
     suite: Option<String>,
@@ -144,8 +150,18 @@ pub fn run(cmd: ImageCmd, data_dir: &Path, out: Output) -> Result<i32> {
     }
 }
 
-fn build(args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
+fn build(mut args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
     let agent = paths::agent_binary(args.agent.as_deref())?;
+    if args.service {
+        args.rootfs = Rootfs::Debian;
+        args.name = Some(brood_image::SERVICE_IMAGE.to_string());
+        let mut packages: Vec<String> = brood_image::SERVICE_PACKAGES
+            .iter()
+            .map(|p| (*p).to_string())
+            .collect();
+        packages.append(&mut args.packages);
+        args.packages = packages;
+    }
     if args.rootfs == Rootfs::Busybox {
         if args.suite.is_some()
             || !args.packages.is_empty()

@@ -2,7 +2,9 @@
 //! trigger point. Not the identity pools of `brood identity-pool`.
 
 use anyhow::Result;
-use brood_api::service::{ServicePool, ServicePoolCreateRequest, ServicePoolList, UnusedPolicy};
+use brood_api::service::{
+    RefillMode, ServicePool, ServicePoolCreateRequest, ServicePoolList, UnusedPolicy,
+};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::Output;
@@ -36,6 +38,15 @@ pub enum PoolCmd {
 enum Unused {
     Teardown,
     Keep,
+}
+
+/// How members after the first are made.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Refill {
+    /// Fork the pool's template (the first member, saved at the trigger point).
+    Clone,
+    /// Cold-boot every member.
+    Cold,
 }
 
 /// Arguments of `brood pool create`.
@@ -74,6 +85,10 @@ pub struct CreateArgs {
     /// What happens to an unused service domain.
     #[arg(long, value_enum, default_value = "teardown")]
     unused: Unused,
+    /// How members after the first are made: forks of the pool's template
+    /// at the trigger point, or cold boots.
+    #[arg(long, value_enum, default_value = "clone")]
+    refill: Refill,
 }
 
 fn path(name: &str) -> String {
@@ -113,6 +128,10 @@ pub async fn run(cmd: PoolCmd, client: &Client, out: Output) -> Result<i32> {
                 unused: match a.unused {
                     Unused::Teardown => UnusedPolicy::Teardown,
                     Unused::Keep => UnusedPolicy::Keep,
+                },
+                refill: match a.refill {
+                    Refill::Clone => RefillMode::Clone,
+                    Refill::Cold => RefillMode::Cold,
                 },
             };
             let p: ServicePool = client.post("/v1/pools", &req).await?;
@@ -161,6 +180,14 @@ pub async fn run(cmd: PoolCmd, client: &Client, out: Output) -> Result<i32> {
                             ("cpu threshold", format!("{}%", p.cpu_threshold_pct)),
                             ("memory floor", format!("{} MiB", p.memory_floor_mib)),
                             ("generation", p.generation.to_string()),
+                            (
+                                "refill",
+                                match p.refill {
+                                    RefillMode::Clone => "clone".to_string(),
+                                    RefillMode::Cold => "cold".to_string(),
+                                },
+                            ),
+                            ("template", or_dash(p.template.clone())),
                             ("ready", p.ready.to_string()),
                             ("deferred", or_dash(p.deferred.clone())),
                         ])

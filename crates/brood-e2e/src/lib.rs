@@ -578,3 +578,19 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// The Debian service image (`brood image build --service`) in
+/// [`data_dir`], built at most once per test binary run (the build itself
+/// is skipped when the image is up to date with its inputs). Returns its
+/// directory.
+pub fn service_image() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            run(Command::new(brood_bin())
+                .env("BROOD_DATA_DIR", data_dir())
+                .args(["image", "build", "--service"]));
+            data_dir().join("images/service")
+        })
+        .clone()
+}

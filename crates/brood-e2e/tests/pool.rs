@@ -2,8 +2,9 @@
 //! paused at their trigger point using no CPU, concurrent requests get
 //! distinct members, an http domain serves the host and a log sink stores
 //! a line, pairing limits refuse, an empty pool falls back and says so, a
-//! member killed while paused is replaced and never handed out, and kill -9
-//! of broodd in the middle of a request leaves a clean ledger.
+//! member killed while paused is replaced and never handed out, kill -9
+//! of broodd in the middle of a request leaves a clean ledger, and a pool
+//! refills by forking its template saved at the trigger point.
 //!
 //! The guest image must have an agent with the trigger point: run with
 //! `BROOD_DATA_DIR` pointing at a data directory whose default image was
@@ -123,9 +124,12 @@ fn members_wait_paused_and_concurrent_requests_get_distinct_members() {
     );
     let list = b.ok("GET", "/v1/services", None);
     assert_eq!(list["items"].as_array().unwrap().len(), 4, "{list}");
-    // The ledger shows the members as partitions, and stays consistent.
+    // The ledger shows the members as partitions (the first member, saved
+    // at its trigger point, is the pool's template `web-t0`; the others are
+    // its clones), and stays consistent.
     let ledger = b.ok("GET", "/v1/ledger", None);
-    assert!(ledger.to_string().contains("web-m0"), "{ledger}");
+    assert!(ledger.to_string().contains("\"web-t0\""), "{ledger}");
+    assert!(ledger.to_string().contains("\"web-t0-0\""), "{ledger}");
     b.verify_ok();
     for i in 0..4 {
         let (s, _) = b.call("DELETE", &format!("/v1/services/web{i}"), None);
@@ -536,6 +540,140 @@ fn vm_create_requires_gets_its_services_and_delete_releases_them() {
     });
     assert!(gone, "{}", b.ok("GET", "/v1/services", None));
     assert_eq!(b.call("DELETE", "/v1/pools/req", None).0, 204);
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
+
+/// Refill by clone (claim 5): the pool's first member is cold-booted and
+/// saved at the trigger point as the pool's template; every member after it
+/// is a fork of that template, again at the trigger point, with an identity
+/// of its own; clones serve requests like any member, and deleting the
+/// pool deletes its template.
+#[test]
+fn refill_by_clone_forks_members_at_the_trigger_point() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    let p = b.ok(
+        "POST",
+        "/v1/pools",
+        Some(
+            &json!({"name": "cl", "min": 2, "max": 4, "memory_mib": 128, "cpu_threshold_pct": 100}),
+        ),
+    );
+    assert_eq!(p["refill"], "clone", "{p}");
+    let p = wait_ready(&b, "cl", 2);
+    assert_eq!(p["template"], "cl-t0", "{p}");
+    for m in p["members"].as_array().unwrap() {
+        assert_eq!(m["origin"], "clone", "{p}");
+        let part = b.ok(
+            "GET",
+            &format!("/v1/partitions/{}", m["name"].as_str().unwrap()),
+            None,
+        );
+        assert_eq!(part["run_state"], "paused", "{part}");
+    }
+    let tpl = b.ok("GET", "/v1/templates/cl-t0", None);
+    assert!(tpl.to_string().contains("cl-t0"), "{tpl}");
+
+    // Two clones become two services, each with its own identity.
+    let mut ids = Vec::new();
+    for n in ["c1", "c2"] {
+        let v = b.ok(
+            "POST",
+            "/v1/services",
+            Some(&json!({"class": "http", "pool": "cl", "name": n})),
+        );
+        assert_eq!(v["state"], "ready", "{v}");
+        assert!(v["fallback"].is_null(), "{v}");
+        let member = v["member"].as_str().unwrap().to_string();
+        let (code, out, err) = b.exec(&member, "hostname; cat /etc/machine-id");
+        assert_eq!(code, 0, "{err}");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(n), "{out}");
+        ids.push(lines.next().unwrap_or_default().to_string());
+    }
+    assert_eq!(ids.len(), 2);
+    assert!(!ids[0].is_empty() && ids[0] != ids[1], "{ids:?}");
+    // Refilled by clones again.
+    let p = wait_ready(&b, "cl", 2);
+    assert!(
+        p["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["origin"] == "clone" || m["state"] == "taken"),
+        "{p}"
+    );
+    b.verify_ok();
+    for n in ["c1", "c2"] {
+        assert_eq!(b.call("DELETE", &format!("/v1/services/{n}"), None).0, 204);
+    }
+    assert_eq!(b.call("DELETE", "/v1/pools/cl", None).0, 204);
+    let (s, _) = b.call("GET", "/v1/templates/cl-t0", None);
+    assert_eq!(s, 404, "the pool's template outlived it");
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
+
+/// The refill policy's thresholds, set low for the test, against the host's
+/// real CPU use and memory: a pool whose CPU threshold the host is above
+/// (a thread of this test keeps a core busy) and a pool whose memory floor
+/// is above the host's memory make no member, and say why.
+#[test]
+fn refills_are_deferred_above_the_cpu_threshold_and_below_the_memory_floor() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spin = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        })
+    };
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(
+            &json!({"name": "hot", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 1}),
+        ),
+    );
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "tight", "min": 1, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100, "memory_floor_mib": 1u64 << 40})),
+    );
+    let said = wait_until(Duration::from_secs(30), || {
+        let (h, t) = (pool(&b, "hot"), pool(&b, "tight"));
+        h["deferred"]
+            .as_str()
+            .is_some_and(|d| d.contains("above the threshold of 1%"))
+            && t["deferred"]
+                .as_str()
+                .is_some_and(|d| d.contains("below the floor"))
+    });
+    assert!(
+        said,
+        "{}\n{}\n{}",
+        pool(&b, "hot"),
+        pool(&b, "tight"),
+        b.log()
+    );
+    // Deferred, not just slow: still no member a few ticks later.
+    std::thread::sleep(Duration::from_secs(3));
+    for p in ["hot", "tight"] {
+        let v = pool(&b, p);
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(0), "{v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spin.join().unwrap();
+    for p in ["hot", "tight"] {
+        assert_eq!(b.call("DELETE", &format!("/v1/pools/{p}"), None).0, 204);
+    }
     b.verify_ok();
     drop(b);
     env.assert_clean();

@@ -57,6 +57,24 @@ pub const VARIANT: &str = "minbase";
 /// Packages every Debian image gets besides the requested ones: `kmod`
 /// for `modprobe`, which services such as nftables and nfsd need.
 pub const BASE_PACKAGES: &[&str] = &["kmod"];
+/// The name of the service image (`brood image build --service`): the
+/// Debian image service-pool members of the `service` classes boot.
+pub const SERVICE_IMAGE: &str = "service";
+/// The packages of the service image: the programs of the shipped service
+/// classes (`images/classes/`: dnsmasq for `dns` and `dhcp`, rsyslog for a
+/// log sink, the NFS server, nftables and iproute2 for `switch`, busybox
+/// for `http`) and the tools their scripts and probes use (`dig`, `ss`,
+/// `sysctl`, `showmount`).
+pub const SERVICE_PACKAGES: &[&str] = &[
+    "dnsmasq",
+    "rsyslog",
+    "nfs-kernel-server",
+    "nftables",
+    "iproute2",
+    "busybox",
+    "bind9-dnsutils",
+    "procps",
+];
 /// The most `--package` arguments.
 const MAX_PACKAGES: usize = 512;
 /// SOURCE_DATE_EPOCH of every build (2024-01-01T00:00:00Z): timestamps in

@@ -45,7 +45,7 @@ mod store;
 pub use build::{BuildOptions, Progress, build, default_modules};
 pub use debian::{
     BASE_PACKAGES, DEFAULT_SIZE_GIB, DEFAULT_SUITE, DebianOptions, DebianProgress, MAX_SIZE_GIB,
-    ROOT_DEVICE, VARIANT, build_debian,
+    ROOT_DEVICE, SERVICE_IMAGE, SERVICE_PACKAGES, VARIANT, build_debian,
 };
 pub use error::ImageError;
 pub use manifest::{

@@ -16,6 +16,14 @@ use serde::{Deserialize, Serialize};
 
 /// The name of the point a pool member waits at.
 pub const TRIGGER_POINT: &str = "trigger";
+/// The point a differentiated member announces once its class's probe
+/// passed in the guest: the service answers.
+pub const READY_POINT: &str = "trigger.ready";
+/// The point a differentiated member announces when its start script or
+/// its probe failed (`status` in the service directory says why).
+pub const FAILED_POINT: &str = "trigger.failed";
+/// The key-value that tells the member how long its probe may take (ms).
+pub const PROBE_TIMEOUT_KEY: &str = "probe_timeout_ms";
 /// The kernel command-line word that makes the agent go to the trigger point.
 pub const TRIGGER_CMDLINE: &str = "brood.trigger";
 /// Most key-values in a configuration.

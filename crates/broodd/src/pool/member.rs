@@ -41,7 +41,13 @@ fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
                 mac: None,
             })
             .collect(),
-        cmdline: TRIGGER_CMDLINE.into(),
+        // Under TCG on a loaded host the guest's clocksource watchdog takes
+        // the (host-derived, steady) TSC for unstable and falls back to
+        // jiffies, and then every sleep in the guest, the agent's polls of
+        // the class's start included, rounds up to a timer tick.
+        cmdline: format!("{TRIGGER_CMDLINE} tsc=reliable"),
+        // A named image (the Debian `service` image) brings its root disk.
+        image: (spec.image != "default").then(|| spec.image.clone()),
         ..Default::default()
     };
     api::DefineRequest {

@@ -4,6 +4,8 @@
 //! that service.
 //!
 //! - [`class`]: service classes as data (recipes on disk and built-ins).
+//! - [`clone`]: refill by clone: the pool's template, saved at the trigger
+//!   point from its first member, and members forked from it.
 //! - [`member`]: making a member (a partition booted with `brood.trigger`,
 //!   paused once its agent announces the trigger point) and removing one.
 //! - [`request`]: a request takes the next member off the pool's queue in
@@ -21,6 +23,7 @@
 //! their points alone) and why a refill was last deferred.
 
 pub mod class;
+pub mod clone;
 pub mod member;
 pub mod refill;
 pub mod request;
@@ -65,6 +68,12 @@ pub struct PoolSpec {
     pub network: Option<String>,
     /// Policy for unused domains.
     pub unused: api::UnusedPolicy,
+    /// How members after the first are made.
+    #[serde(default)]
+    pub refill: api::RefillMode,
+    /// The template members are forked from, once made.
+    #[serde(default)]
+    pub template: Option<clone::PoolTemplate>,
 }
 
 impl PoolSpec {
@@ -81,6 +90,7 @@ pub struct ServicePools {
     claims: Mutex<HashSet<Uuid>>,
     deferred: Mutex<HashMap<String, String>>,
     making: Mutex<HashMap<String, u32>>,
+    serving: std::sync::atomic::AtomicU32,
     /// Wakes the supervisor (a member left the queue, a pool changed).
     pub wake: tokio::sync::Notify,
 }
@@ -117,6 +127,19 @@ impl ServicePools {
         guard(&self.deferred).get(pool).cloned()
     }
 
+    /// Counts a request in flight until the guard drops: refills wait
+    /// meanwhile (on a small host a member booting beside it would take the
+    /// CPU the request's domain needs to start its service).
+    pub fn serving(&self) -> Serving<'_> {
+        self.serving
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Serving(self)
+    }
+
+    fn is_serving(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
     fn making(&self, pool: &str) -> u32 {
         guard(&self.making).get(pool).copied().unwrap_or(0)
     }
@@ -125,6 +148,19 @@ impl ServicePools {
         let mut m = guard(&self.making);
         let n = m.entry(pool.to_owned()).or_default();
         *n = n.saturating_add_signed(delta);
+    }
+}
+
+/// A request in flight (see [`ServicePools::serving`]).
+#[derive(Debug)]
+pub struct Serving<'a>(&'a ServicePools);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0
+            .serving
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.wake.notify_one();
     }
 }
 
@@ -177,23 +213,17 @@ async fn resolve_image(host: &Host, image: &str) -> HostResult<std::path::PathBu
         )));
     }
     let dir = host.paths.data.join("images").join(image);
-    let same = match (
-        tokio::fs::canonicalize(&dir).await,
-        tokio::fs::canonicalize(&host.paths.image).await,
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
+    if tokio::fs::metadata(dir.join("manifest.json")).await.is_ok() {
         Ok(dir)
     } else {
         Err(HostError::invalid(format!(
-            "image {image:?}: broodd boots partitions from its --image ({}), and {} is not it; \
-             build it (`brood image build{}`) and start broodd with --image {}, or use --image default",
-            host.paths.image.display(),
+            "image {image:?}: there is no image {} ; build it (`brood image build{}`) or use --image default",
             dir.display(),
-            if image == "service" { " --service" } else { "" },
-            dir.display()
+            if image == "service" {
+                " --service".to_string()
+            } else {
+                format!(" --name {image}")
+            },
         )))
     }
 }
@@ -290,6 +320,8 @@ pub async fn create(
         memory_mib,
         network: req.network.clone(),
         unused: req.unused,
+        refill: req.refill,
+        template: None,
     };
     let spec_json =
         serde_json::to_value(&spec).map_err(|e| HostError::corrupt("encode a pool spec", e))?;
@@ -346,6 +378,9 @@ pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if let Some(t) = spec.template {
+        clone::retire(host, t.uuid).await;
     }
     host.ledger
         .commit(Tx::new(
@@ -429,6 +464,16 @@ async fn view(host: &Host, rec: &ServicePoolRecord) -> HostResult<api::ServicePo
         memory_mib: spec.memory_mib,
         network: spec.network,
         unused: spec.unused,
+        refill: spec.refill,
+        template: match spec.template {
+            Some(t) => host
+                .ledger
+                .partition_by_uuid(t.uuid)
+                .await?
+                .filter(|p| p.stage == brood_ledger::Stage::Template)
+                .map(|p| p.name),
+            None => None,
+        },
         generation: rec.generation,
         ready,
         deferred: host.feature::<ServicePools>().deferred(&rec.name),
@@ -451,6 +496,11 @@ pub async fn load_claims(host: &Host) -> HostResult<()> {
     let pools = host.feature::<ServicePools>();
     for m in host.ledger.pool_members(None).await? {
         pools.claim(m.partition);
+    }
+    for rec in host.ledger.service_pools().await? {
+        if let Some(t) = PoolSpec::of(&rec)?.template {
+            pools.claim(t.uuid);
+        }
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brood_api::service::UnusedPolicy;
-use brood_ledger::{MemberOrigin, MemberState, ServiceState};
+use brood_ledger::{MemberState, ServiceState};
 use tracing::{info, warn};
 
 use super::{PoolSpec, ServicePools, member, request};
@@ -153,6 +153,11 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
             }
             continue;
         }
+        // A request is being served from this host's members: the refill
+        // waits for it to finish (it is woken then), unless the pool is empty.
+        if pools.is_serving() && !waiting.is_empty() {
+            continue;
+        }
         if let Some(b) = busy
             && b > spec.cpu_threshold_pct
         {
@@ -181,7 +186,7 @@ async fn tick(host: &Arc<Host>, busy: Option<u32>) -> crate::host::HostResult<()
         let (host2, name) = (host.clone(), rec.name.clone());
         pools.add_making(&name, 1);
         tokio::spawn(async move {
-            let made = member::make(&host2, &name, MemberOrigin::Cold, true).await;
+            let made = super::clone::refill_one(&host2, &name).await;
             host2.feature::<ServicePools>().add_making(&name, -1);
             if let Err(e) = made {
                 warn!(pool = %name, "refill failed: {}", chain(&e));
@@ -221,6 +226,9 @@ async fn release_orphans(host: &Arc<Host>) -> crate::host::HostResult<()> {
 
 /// Finishes what a killed broodd left half-done (see the module docs).
 pub async fn recover(host: &Arc<Host>) {
+    if let Err(e) = super::clone::recover(host).await {
+        warn!("service pools: recover the pools' templates: {}", chain(&e));
+    }
     // A release that deleted the domain but not yet the rows.
     if let Ok(services) = host.ledger.services().await {
         for s in services {

@@ -21,9 +21,11 @@ use brood_ledger::{
     LedgerError, MemberOrigin, MemberState, Op, ServicePoolOp, ServiceRecord, ServiceState, Tx,
 };
 use brood_proto::ExecRequest;
-use brood_proto::service::{ServiceConfig, encode_config, is_config_key};
+use brood_proto::service::{
+    FAILED_POINT, PROBE_TIMEOUT_KEY, READY_POINT, ServiceConfig, encode_config, is_config_key,
+};
 use sha2::Digest;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::class::{self, Class};
@@ -207,6 +209,8 @@ fn service_name(req: &api::ServiceRequest, uuid: Uuid) -> HostResult<String> {
 /// Serves a request: returns once the service's probe answers.
 pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<api::Service> {
     let started = Instant::now();
+    let pools = host.feature::<ServicePools>();
+    let _serving = pools.serving();
     let class = class::load(host, &req.class).await?;
     let pool = pick_pool(host, &req, &class).await?;
     let pool_rec = super::pool_record(host, &pool).await?;
@@ -257,7 +261,18 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
     if let Some(s) = script {
         files.insert("init.sh".to_string(), s);
     }
+    let timeout = Duration::from_millis(
+        req.timeout_ms
+            .unwrap_or(class.probe_timeout_ms)
+            .min(600_000),
+    );
     let mut values = settings.clone();
+    values.insert(
+        PROBE_TIMEOUT_KEY.into(),
+        u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .to_string(),
+    );
     values.insert("domain_pairing".into(), domain_pairing.to_string());
     values.insert("device_pairing".into(), device_pairing.to_string());
     let cfg = ServiceConfig {
@@ -293,6 +308,7 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
         created_at: wire::now(),
         guests,
     };
+    debug!(service = %name, ms = started.elapsed().as_millis(), "configuration written");
     let taken = take(host, &pool, pool_rec.generation, record).await;
     let (record, point) = match taken {
         Ok(t) => t,
@@ -301,12 +317,8 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
             return Err(e);
         }
     };
+    debug!(service = %name, ms = started.elapsed().as_millis(), "member taken");
     host.feature::<ServicePools>().wake.notify_one();
-    let timeout = Duration::from_millis(
-        req.timeout_ms
-            .unwrap_or(class.probe_timeout_ms)
-            .min(600_000),
-    );
     if let Err(e) = differentiate(host, &record, point, &wire, timeout).await {
         warn!(service = %name, "service failed to start: {}", chain(&e));
         mark(host, uuid, ServiceState::Failed).await;
@@ -420,11 +432,13 @@ pub async fn differentiate(
     wire: &[u8],
     timeout: Duration,
 ) -> HostResult<()> {
+    let t0 = Instant::now();
     let uuid = record.member;
     let rec = host.reload(uuid).await?;
     if rec.run_state == brood_ledger::RunState::Paused {
         lifecycle::pause(host, ACTOR, uuid, false).await?;
     }
+    debug!(service = %record.name, ms = t0.elapsed().as_millis(), "member resumed");
     let running = host.registry.running(uuid).ok_or_else(|| {
         HostError::conflict(format!("the domain of {} is not running", record.name))
     })?;
@@ -444,38 +458,48 @@ pub async fn differentiate(
             ));
         }
     }
+    debug!(service = %record.name, ms = t0.elapsed().as_millis(), "trigger point answered");
     probe(&agent, &record.name, timeout).await
 }
 
-/// Runs the status check and the class's probe in the domain until it
-/// answers, the start failed, or `timeout` passes.
+/// Waits for the domain's word that its probe passed (the point
+/// [`READY_POINT`], announced by the agent once `probe.sh` passed in the
+/// guest) or failed ([`FAILED_POINT`]). Between points it looks at the
+/// status itself (the class's probe run through the agent), so a request
+/// finished by a restarted broodd, whose agent announced to the dead one,
+/// still ends.
 async fn probe(agent: &brood_engine::AgentClient, name: &str, timeout: Duration) -> HostResult<()> {
-    const CHECK: &str = "d=/run/brood/service; st=$(cat $d/status 2>/dev/null); \
-        case \"$st\" in ok) . $d/env; export $(sed -n 's/=.*//p' $d/env); exec sh $d/probe.sh ;; \
-        failed*) echo \"$st\"; tail -c 2000 $d/start.sh.log $d/init.sh.log 2>/dev/null; exit 97 ;; \
-        *) exit 98 ;; esac";
+    /// How long to wait for the point before looking at the status.
+    const LOOK_AFTER: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + timeout;
-    let mut backoff = Duration::from_millis(2);
+    let mut last = String::new();
     loop {
-        let req = ExecRequest {
-            timeout_ms: Some(5000),
-            output_limit: 8192,
-            ..ExecRequest::shell(CHECK)
-        };
-        let last = match agent.exec(&req).await {
-            Ok(out) if out.status.code == Some(0) => return Ok(()),
-            Ok(out) if out.status.code == Some(97) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match agent.next_point(left.min(LOOK_AFTER)).await {
+            Ok(p) if p.name == READY_POINT || p.name == FAILED_POINT => {
+                debug!(service = %name, point = %p.name, "the domain announced its outcome");
+                if let Err(e) = agent.answer_point(p.seq, &[]).await {
+                    debug!(service = %name, "answer its {} point: {}", p.name, chain(&e));
+                }
+                if p.name == READY_POINT {
+                    return Ok(());
+                }
+                // The status and the logs say why.
+                check(agent, name).await?;
                 return Err(HostError::conflict(format!(
-                    "service {name} did not start: {}",
-                    String::from_utf8_lossy(&out.stdout).trim()
+                    "service {name} did not start (its domain said so; see /run/brood/service in it)"
                 )));
             }
-            Ok(out) => String::from_utf8_lossy(&out.stderr)
-                .chars()
-                .take(500)
-                .collect(),
-            Err(e) => chain(&e),
-        };
+            Ok(p) => {
+                warn!(service = %name, point = ?p.name, "a service domain announced an unknown point");
+            }
+            Err(EngineError::Timeout { .. }) => match check(agent, name).await? {
+                Check::Ready => return Ok(()),
+                Check::Starting => {}
+                Check::NotRun(why) => last = why,
+            },
+            Err(e) => last = chain(&e),
+        }
         if Instant::now() >= deadline {
             return Err(HostError::conflict(format!(
                 "service {name} did not answer its readiness probe within {timeout:?}{}",
@@ -486,8 +510,50 @@ async fn probe(agent: &brood_engine::AgentClient, name: &str, timeout: Duration)
                 }
             )));
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// What one look at a service domain's status found.
+#[derive(Debug)]
+enum Check {
+    /// The probe passed.
+    Ready,
+    /// Still starting (or the probe did not pass yet).
+    Starting,
+    /// The check itself could not run: why.
+    NotRun(String),
+}
+
+/// Runs the status check and the class's probe in the domain once; a start
+/// that failed is an error saying why.
+async fn check(agent: &brood_engine::AgentClient, name: &str) -> HostResult<Check> {
+    const CHECK: &str = "d=/run/brood/service; st=$(cat $d/status 2>/dev/null); \
+        case \"$st\" in ok) . $d/env; export $(sed -n 's/=.*//p' $d/env); exec sh $d/probe.sh ;; \
+        failed*) echo \"$st\"; tail -c 2000 $d/start.sh.log $d/init.sh.log $d/probe.sh.log 2>/dev/null; exit 97 ;; \
+        *) exit 98 ;; esac";
+    let req = ExecRequest {
+        timeout_ms: Some(5000),
+        output_limit: 8192,
+        ..ExecRequest::shell(CHECK)
+    };
+    match agent.exec(&req).await {
+        Ok(out) if out.status.code == Some(0) => Ok(Check::Ready),
+        Ok(out) if out.status.code == Some(97) => Err(HostError::conflict(format!(
+            "service {name} did not start: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ))),
+        Ok(out) => {
+            let err: String = String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(500)
+                .collect();
+            if err.trim().is_empty() {
+                Ok(Check::Starting)
+            } else {
+                Ok(Check::NotRun(err.trim().to_string()))
+            }
+        }
+        Err(e) => Ok(Check::NotRun(chain(&e))),
     }
 }
 

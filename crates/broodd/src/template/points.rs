@@ -29,6 +29,10 @@ impl Hooks for ForkPoints {
         };
         let (host, running) = (host.clone(), vm.clone());
         tokio::spawn(async move {
+            // A clone of a service pool's template: its points are its pool's.
+            if crate::pool::clone::is_pool_clone(&host, uuid).await {
+                return;
+            }
             loop {
                 let point = tokio::select! {
                     _ = running.vm.wait_exit() => return,
