@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod cluster;
 pub mod error;
 pub mod event;
 pub mod fork;
