@@ -3,10 +3,12 @@
 //! QEMU), `ledger` (durable transactions against one SQLite connection) and
 //! `api` (broodd's list and show latency against a bare HTTP server),
 //! `debian` (a Debian image against the default one and raw QEMU), `io`
-//! (I/O partitions against a VM's own qcow2 and a Linux bridge).
+//! (I/O partitions against a VM's own qcow2 and a Linux bridge), `cluster`
+//! (placement decisions per second against a first-fit scan).
 
 mod api;
 mod boot;
+mod cluster;
 mod debian;
 mod fork;
 mod io;
@@ -29,6 +31,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Placement decisions per second over a snapshot of HOSTS hosts and
+    /// PARTITIONS placed partitions, against a first-fit scan.
+    Cluster {
+        /// Hosts in the snapshot.
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Partitions already placed.
+        #[arg(long, default_value_t = 100_000)]
+        partitions: usize,
+        /// Decisions per round.
+        #[arg(long, default_value_t = 2000)]
+        decisions: usize,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// `brood run --exec true` against raw QEMU booting to the agent's Ready.
     Boot {
         /// Boots of each kind.
@@ -155,6 +173,12 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Cluster {
+            hosts,
+            partitions,
+            decisions,
+            rounds,
+        } => cluster::cluster(hosts, partitions, decisions, rounds),
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
         Cmd::Debian {
             image,

@@ -478,3 +478,67 @@ fn a_single_host_needs_no_catalog_and_says_so() {
     assert!(out.status.success(), "{}", stderr(&out));
     b.verify_ok();
 }
+
+/// The shell lines of README.md's "A cluster of hosts" section.
+fn readme_lines() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let start = text.find("\n## A cluster of hosts\n").expect("the section");
+    let rest = &text[start + 1..];
+    let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
+    let mut lines = Vec::new();
+    let mut in_sh = false;
+    for l in section.lines() {
+        match (in_sh, l.trim()) {
+            (false, "```sh") => in_sh = true,
+            (true, "```") => in_sh = false,
+            (true, l) if !l.is_empty() => lines.push(l.to_owned()),
+            _ => {}
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_readme_cluster_examples_run() {
+    let lines = readme_lines();
+    assert!(lines.len() >= 8, "{lines:?}");
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let env = TestEnv::new();
+    // The first line starts broodd: the test's own, with the line's flags.
+    let first = lines[0].strip_suffix('&').expect("broodd ... &").trim();
+    let flags: Vec<String> = first
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.replace("\"$CATALOG\"", &pg.url()))
+        .collect();
+    assert!(first.starts_with("broodd "), "{first}");
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(["--memory-mib", "2048"]);
+    let b = brood_e2e::Broodd::start(&env, &extra);
+    let bin = brood_bin();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for line in &lines[1..] {
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .env("PATH", &path)
+            .env("BROOD_DATA_DIR", &b.data)
+            .env("CATALOG", pg.url())
+            .env_remove("BROOD_HOST")
+            .env_remove("BROOD_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README line {line:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out),
+            tail(&b.log())
+        );
+    }
+    b.verify_ok();
+}
