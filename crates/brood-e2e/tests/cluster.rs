@@ -542,3 +542,59 @@ fn the_readme_cluster_examples_run() {
     }
     b.verify_ok();
 }
+
+async fn guest_sh(vm: &brood_engine::Vm, cmd: &str) -> String {
+    let out = vm
+        .agent()
+        .unwrap()
+        .exec(&brood_proto::ExecRequest::shell(cmd))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code, Some(0), "{cmd}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_live_migrates_a_vm_over_tcp_and_a_failed_one_runs_on() {
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let t = Duration::from_secs(120);
+    let src = engine.boot(&env.spec("migsrc")).await.unwrap();
+    src.wait_ready(Duration::from_secs(60)).await.unwrap();
+    guest_sh(&src, "echo before > /tmp/mark").await;
+
+    // Nobody listening: the migration fails and the source runs on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let e = engine
+        .migrate_out(&src, nowhere, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&nowhere.to_string()), "{e}");
+    assert_eq!(guest_sh(&src, "cat /tmp/mark").await, "before\n");
+
+    // A real one: the target waits with its memory reserved, the source
+    // pre-copies over TCP, the target resumes with the guest's memory.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut inc = engine.prepare_incoming(&env.spec("migdst")).await.unwrap();
+    let (accepted, sent) = tokio::join!(
+        engine.accept_incoming(&mut inc, &listener, t),
+        engine.migrate_out(&src, addr, t)
+    );
+    accepted.unwrap();
+    let stats = sent.unwrap();
+    let dst = engine.finish_incoming(inc, t).await.unwrap();
+    src.kill().await.unwrap();
+    drop(src);
+    assert_eq!(guest_sh(&dst, "cat /tmp/mark").await, "before\n");
+    assert!(
+        stats.total_ms > 0 && stats.downtime_ms <= stats.total_ms,
+        "{stats:?}"
+    );
+    println!("live migration: {stats:?}");
+    dst.kill().await.unwrap();
+    drop(dst);
+    env.assert_clean();
+}

@@ -13,6 +13,7 @@ mod fdpass;
 pub mod fork;
 mod image;
 pub mod jail;
+pub mod migrate;
 pub mod process;
 pub mod snapshot;
 
