@@ -598,3 +598,80 @@ async fn the_engine_live_migrates_a_vm_over_tcp_and_a_failed_one_runs_on() {
     drop(dst);
     env.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_live_migrates_a_forked_child_whole() {
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let t = Duration::from_secs(120);
+    let parent = engine.boot(&env.spec("migparent")).await.unwrap();
+    parent.wait_ready(Duration::from_secs(60)).await.unwrap();
+    guest_sh(&parent, "echo from-the-template > /tmp/inherited").await;
+    let (seq, _) = parent
+        .agent()
+        .unwrap()
+        .prepare_fork(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let tpl = engine
+        .save_template(&parent, &env.run_root().join("tpl"))
+        .await
+        .unwrap();
+    drop(parent);
+    let spec = tpl.child_spec("migchild", Vec::new()).unwrap();
+    let inc = engine.prepare_child(&tpl, &spec).await.unwrap();
+    let child = engine.start_child(&tpl, inc).await.unwrap();
+    let config = brood_proto::ChildConfig {
+        index: 0,
+        hostname: "child-0".into(),
+        macs: vec![],
+        ipv4: None,
+        identity: None,
+        entropy: vec![7; 64],
+        machine_id: format!("{:032x}", 1),
+        values: vec![],
+        time_unix_ns: 0,
+    };
+    let report = child
+        .agent()
+        .unwrap()
+        .complete_fork(seq, config, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(report.failed, None, "{report:?}");
+    guest_sh(&child, "echo private > /tmp/mine").await;
+
+    // The child's pages are partly the template's (mapped private) and
+    // partly its own; x-ignore-shared is off for the stream, so both travel
+    // and the target has plain memory of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target_spec = tpl.child_spec("migchild2", Vec::new()).unwrap();
+    let mut inc = engine.prepare_incoming(&target_spec).await.unwrap();
+    let (accepted, sent) = tokio::join!(
+        engine.accept_incoming(&mut inc, &listener, t),
+        engine.migrate_out(&child, addr, t)
+    );
+    accepted.unwrap();
+    sent.unwrap();
+    let moved = engine.finish_incoming(inc, t).await.unwrap();
+    child.kill().await.unwrap();
+    drop(child);
+    assert_eq!(
+        guest_sh(&moved, "cat /tmp/inherited").await,
+        "from-the-template\n"
+    );
+    assert_eq!(guest_sh(&moved, "cat /tmp/mine").await, "private\n");
+    assert_eq!(guest_sh(&moved, "hostname").await, "child-0\n");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", moved.pid())).unwrap();
+    let tpl_mem = tpl.mem_path();
+    assert!(
+        !maps.contains(&*tpl_mem.to_string_lossy()),
+        "the migrated child still maps {}",
+        tpl_mem.display()
+    );
+    moved.kill().await.unwrap();
+    drop(moved);
+    drop(tpl);
+    env.assert_clean();
+}
