@@ -31,6 +31,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Live migration of a 256 MiB VM, idle and busy: brood's engine
+    /// against QEMU's own migration driven by hand.
+    Migrate {
+        /// Migrations of each kind.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Image directory.
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
+    },
     /// Placement decisions per second over a snapshot of HOSTS hosts and
     /// PARTITIONS placed partitions, against a first-fit scan.
     Cluster {
@@ -179,6 +189,7 @@ fn main() -> Result<()> {
             decisions,
             rounds,
         } => cluster::cluster(hosts, partitions, decisions, rounds),
+        Cmd::Migrate { runs, image } => cluster::migrate(runs, &image),
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
         Cmd::Debian {
             image,
