@@ -479,8 +479,22 @@ impl Catalog {
                 requires: def.requires.clone(),
                 avoid: None,
             };
-            let decision =
-                place::place(&snap, &req).map_err(|r| ClusterError::Refused(r.reason))?;
+            let decision = match place::place(&snap, &req) {
+                Ok(d) => d,
+                Err(refusal) => {
+                    // A refused partition leaves no definition behind.
+                    retry!(self, "forget a refused definition", |c| async {
+                        c.execute(
+                            "DELETE FROM partition_def d WHERE d.id = $1
+                             AND NOT EXISTS (SELECT 1 FROM placement p WHERE p.partition = d.id)",
+                            &[&def.id],
+                        )
+                        .await
+                        .map_err(ClusterError::from)
+                    })?;
+                    return Err(ClusterError::Refused(refusal.reason));
+                }
+            };
             let expected = current.as_ref().map_or(0, |p| p.generation);
             match self
                 .commit_placement(def.id, &decision.host, expected)
@@ -629,11 +643,13 @@ async fn sync<C: GenericClient>(
     locals: &[LocalPartition],
 ) -> Result<SyncReport, ClusterError> {
     let mut report = SyncReport::default();
+    // Definitions without a placement (generation 0) are listed too: a
+    // local partition of that name adopts them.
     let rows = tx
         .query(
-            "SELECT d.id, d.name, d.domain, p.host, p.generation, p.held, p.local_id,
-                    d.memory_mib, d.vcpus, d.disk_gib
-             FROM partition_def d JOIN placement p ON p.partition = d.id",
+            "SELECT d.id, d.name, d.domain, p.host, coalesce(p.generation, 0),
+                    coalesce(p.held, false), p.local_id, d.memory_mib, d.vcpus, d.disk_gib
+             FROM partition_def d LEFT JOIN placement p ON p.partition = d.id",
             &[],
         )
         .await?;
@@ -665,7 +681,15 @@ async fn sync<C: GenericClient>(
             continue;
         }
         if let Some(p) = by_name.get(l.name.as_str()) {
-            if p.host.as_deref() == Some(host) && !p.held {
+            if p.generation == 0 {
+                tx.execute(
+                    "INSERT INTO placement (partition, host, generation, held, local_id)
+                     VALUES ($1, $2, 1, true, $3)",
+                    &[&p.partition, &host, &l.id],
+                )
+                .await?;
+                report.adopted.push(l.name.clone());
+            } else if p.host.as_deref() == Some(host) && !p.held {
                 tx.execute(
                     "UPDATE placement SET held = true, local_id = $2, updated_at = now()
                      WHERE partition = $1",

@@ -155,6 +155,22 @@ async fn placement_by_zone_and_domain_and_refusal_with_reason() {
         panic!("{e:?}")
     };
     assert!(why.contains("storage:nowhere"), "{why}");
+    // Refused: nothing of it stays in the catalog, so a host's VM of that
+    // name is later placed where it runs.
+    assert!(
+        cat.placements(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.name != "db")
+    );
+    let db = LocalPartition {
+        id: Uuid::new_v4(),
+        name: "db".into(),
+        demand: Capacity::ZERO,
+    };
+    let r = cat.sync_host("a", &[db]).await.unwrap();
+    assert_eq!(r.added, vec!["db"]);
     cat.put_domain(
         "dev",
         &DomainPolicy {
@@ -172,7 +188,7 @@ async fn placement_by_zone_and_domain_and_refusal_with_reason() {
         Some("a")
     );
     let hosts = cat.hosts(live).await.unwrap();
-    assert_eq!(hosts[0].partitions, 1);
+    assert_eq!(hosts[0].partitions, 2); // scratch and db
     assert_eq!(hosts[1].used.memory_mib, 512);
     // A host with partitions placed on it is not removed.
     let e = cat.remove_host("b").await.unwrap_err();
