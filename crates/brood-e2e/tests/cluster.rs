@@ -16,6 +16,10 @@ use brood_cluster::testing::TempPostgres;
 use brood_e2e::{TestEnv, brood_bin, data_dir, run, wait_until};
 use serde_json::Value;
 
+/// Each test here that boots VMs runs two at once; this keeps it at two
+/// for the file (the machine has 2 cores), not a fixed path or order.
+static TWO_VMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The namespaces, veths and bridge of one test; deleted on drop, even
 /// when the test fails.
 struct Net {
@@ -270,6 +274,7 @@ fn verify_all(hosts: &[&Host]) {
 
 #[test]
 fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_host_fail() {
+    let _two = TWO_VMS.blocking_lock();
     let net = Net::new(3);
     let pg = TempPostgres::start_on(&net.gateway).expect("start PostgreSQL");
     let url = pg.url();
@@ -556,6 +561,7 @@ async fn guest_sh(vm: &brood_engine::Vm, cmd: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_live_migrates_a_vm_over_tcp_and_a_failed_one_runs_on() {
+    let _two = TWO_VMS.lock().await;
     let env = TestEnv::new();
     let engine = env.engine();
     let t = Duration::from_secs(120);
@@ -601,6 +607,7 @@ async fn the_engine_live_migrates_a_vm_over_tcp_and_a_failed_one_runs_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_live_migrates_a_forked_child_whole() {
+    let _two = TWO_VMS.lock().await;
     let env = TestEnv::new();
     let engine = env.engine();
     let t = Duration::from_secs(120);
