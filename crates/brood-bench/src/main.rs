@@ -4,7 +4,7 @@
 //! `api` (broodd's list and show latency against a bare HTTP server),
 //! `debian` (a Debian image against the default one and raw QEMU), `io`
 //! (I/O partitions against a VM's own qcow2 and a Linux bridge), `cluster`
-//! (placement decisions per second against a first-fit scan).
+//! (placement decisions per second against a least-loaded scan).
 
 mod api;
 mod boot;
@@ -42,7 +42,7 @@ enum Cmd {
         image: PathBuf,
     },
     /// Placement decisions per second over a snapshot of HOSTS hosts and
-    /// PARTITIONS placed partitions, against a first-fit scan.
+    /// PARTITIONS placed partitions, against a least-loaded scan.
     Cluster {
         /// Hosts in the snapshot.
         #[arg(long, default_value_t = 1000)]

@@ -196,13 +196,21 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// Which requirement a host does not meet: one by its index, or a kind
+/// where one zone of all those listed would do.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Miss {
+    Req(usize),
+    Kind(ZoneKind),
+}
+
 /// Why one host was passed over (for the refusal's summary).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Skip {
     State(HostState),
     Avoided,
     Domain,
-    Zone(String),
+    Zone(Miss),
     Limit,
     Room,
 }
@@ -218,6 +226,20 @@ pub fn place(snap: &Snapshot, req: &Request) -> Result<Decision, Refusal> {
             ),
         });
     };
+    let kinds = match req
+        .requires
+        .iter()
+        .map(Requirement::zone_kind)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(k) => k,
+        Err(e) => {
+            return Err(Refusal {
+                kind: RefusalKind::NoSuchZone,
+                reason: e.to_string(),
+            });
+        }
+    };
     if let Some(missing) = zone_nobody_provides(snap, req) {
         return Err(Refusal {
             kind: RefusalKind::NoSuchZone,
@@ -230,7 +252,7 @@ pub fn place(snap: &Snapshot, req: &Request) -> Result<Decision, Refusal> {
     let mut skips: BTreeMap<Skip, usize> = BTreeMap::new();
     let mut displaceable: Vec<&HostView> = Vec::new();
     for h in &snap.hosts {
-        let zone_penalty = match eligible(h, policy, req) {
+        let zone_penalty = match eligible(h, policy, req, &kinds) {
             Ok(p) => p,
             Err(s) => {
                 *skips.entry(s).or_default() += 1;
@@ -281,7 +303,7 @@ pub fn place(snap: &Snapshot, req: &Request) -> Result<Decision, Refusal> {
             displaced_importance: Some(top),
             displaced: evict.len(),
             preferred_rank: preferred_rank(policy, &h.name),
-            zone_penalty: eligible(h, policy, req).unwrap_or(0),
+            zone_penalty: eligible(h, policy, req, &kinds).unwrap_or(0),
             load_permille: load_permille(h.used.minus(freed).plus(req.demand), h.capacity),
             host: h.name.clone(),
         };
@@ -335,7 +357,12 @@ fn zone_nobody_provides(snap: &Snapshot, req: &Request) -> Option<String> {
 }
 
 /// Whether `h` may take `req` apart from capacity; the zone penalty if so.
-fn eligible(h: &HostView, policy: &DomainPolicy, req: &Request) -> Result<usize, Skip> {
+fn eligible(
+    h: &HostView,
+    policy: &DomainPolicy,
+    req: &Request,
+    kinds: &[ZoneKind],
+) -> Result<usize, Skip> {
     if !h.state.takes_partitions() {
         return Err(Skip::State(h.state));
     }
@@ -345,56 +372,49 @@ fn eligible(h: &HostView, policy: &DomainPolicy, req: &Request) -> Result<usize,
     if !policy.allows(&h.name) {
         return Err(Skip::Domain);
     }
-    zone_penalty(h, &req.requires).map_err(Skip::Zone)
+    zone_penalty(h, &req.requires, kinds).map_err(Skip::Zone)
 }
 
-/// The zone ranking penalty of `h` for `requires`, or the requirement it
-/// does not meet.
-fn zone_penalty(h: &HostView, requires: &[Requirement]) -> Result<usize, String> {
+/// The zone ranking penalty of `h` for `requires` (whose kinds, parsed
+/// once per request, are `kinds`), or the requirement it does not meet.
+fn zone_penalty(h: &HostView, requires: &[Requirement], kinds: &[ZoneKind]) -> Result<usize, Miss> {
     let mut penalty = 0usize;
-    // Kinds where one zone suffices: all their (required) names pooled.
-    let mut pooled: BTreeMap<ZoneKind, (Vec<String>, bool)> = BTreeMap::new();
     let optional_count = requires.iter().filter(|r| r.optional).count();
     let mut optional_seen = 0usize;
-    for r in requires {
-        let Ok(kind) = r.zone_kind() else {
-            return Err(r.to_string());
-        };
+    for (i, (r, kind)) in requires.iter().zip(kinds).enumerate() {
         if r.optional {
             // Earlier optional zones rank higher: missing the first costs most.
             let weight = (optional_count - optional_seen) * 100;
             optional_seen += 1;
-            match h.provides(&kind, &r.zones) {
-                Some(rank) => penalty += rank,
-                None => penalty += weight,
-            }
+            penalty += h.provides(kind, &r.zones).unwrap_or(weight);
             continue;
         }
         if kind.one_suffices() {
-            let e = pooled.entry(kind).or_default();
-            if r.zones.is_empty() {
-                e.1 = true;
-            }
-            e.0.extend(r.zones.iter().cloned());
             continue;
         }
-        match h.provides(&kind, &r.zones) {
+        match h.provides(kind, &r.zones) {
             Some(rank) => penalty += rank,
-            None => return Err(r.to_string()),
+            None => return Err(Miss::Req(i)),
         }
     }
-    for (kind, (names, any)) in pooled {
-        let names = if any { Vec::new() } else { names };
-        match h.provides(&kind, &names) {
-            Some(rank) => penalty += rank,
-            None => {
-                let shown = if names.is_empty() {
-                    "*".to_owned()
-                } else {
-                    names.join("|")
-                };
-                return Err(format!("{kind}:{shown}"));
+    // Power, processor, memory: one matching zone of all those the
+    // required ones of the kind list suffices.
+    for kind in [ZoneKind::Power, ZoneKind::Processor, ZoneKind::Memory] {
+        let mut listed = false;
+        let mut best: Option<usize> = None;
+        for (r, k) in requires.iter().zip(kinds) {
+            if r.optional || *k != kind {
+                continue;
             }
+            listed = true;
+            if let Some(rank) = h.provides(k, &r.zones) {
+                best = Some(best.map_or(rank, |b: usize| b.min(rank)));
+            }
+        }
+        match (listed, best) {
+            (false, _) => {}
+            (true, Some(rank)) => penalty += rank,
+            (true, None) => return Err(Miss::Kind(kind)),
         }
     }
     Ok(penalty)
@@ -464,6 +484,31 @@ fn displacement(
     (req.demand.fits_in(free) && !evict.is_empty()).then_some((evict, top))
 }
 
+/// The requirement a [`Miss`] names, as written (`storage:s1`, `processor:a|b`).
+fn miss_text(req: &Request, m: &Miss) -> String {
+    match m {
+        Miss::Req(i) => req
+            .requires
+            .get(*i)
+            .map_or_else(String::new, ToString::to_string),
+        Miss::Kind(kind) => {
+            let names: Vec<String> = req
+                .requires
+                .iter()
+                .filter(|r| !r.optional && r.kind == kind.as_str())
+                .map(|r| {
+                    if r.zones.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        r.zones.join("|")
+                    }
+                })
+                .collect();
+            format!("{kind}:{}", names.join("|"))
+        }
+    }
+}
+
 fn refusal(req: &Request, skips: &BTreeMap<Skip, usize>) -> Refusal {
     let parts: Vec<String> = skips
         .iter()
@@ -472,7 +517,7 @@ fn refusal(req: &Request, skips: &BTreeMap<Skip, usize>) -> Refusal {
                 Skip::State(st) => st.as_str().to_owned(),
                 Skip::Avoided => "the host it leaves".to_owned(),
                 Skip::Domain => format!("not available to domain {}", req.domain),
-                Skip::Zone(z) => format!("without a zone for {z}"),
+                Skip::Zone(m) => format!("without a zone for {}", miss_text(req, m)),
                 Skip::Limit => format!("at domain {}'s limit per host", req.domain),
                 Skip::Room => format!("without {} free", req.demand),
             };
