@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod change;
+pub mod cluster;
 pub mod error;
 pub mod event;
 pub mod fork;

@@ -88,7 +88,7 @@ pub(crate) fn run_brood(brood: &Path, args: &[&str]) -> Result<Sample> {
     })
 }
 
-fn tsc_khz() -> String {
+pub(crate) fn tsc_khz() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mhz: f64 = cpuinfo
         .lines()

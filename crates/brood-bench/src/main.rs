@@ -3,10 +3,12 @@
 //! QEMU), `ledger` (durable transactions against one SQLite connection) and
 //! `api` (broodd's list and show latency against a bare HTTP server),
 //! `debian` (a Debian image against the default one and raw QEMU), `io`
-//! (I/O partitions against a VM's own qcow2 and a Linux bridge).
+//! (I/O partitions against a VM's own qcow2 and a Linux bridge), `cluster`
+//! (placement decisions per second against a least-loaded scan).
 
 mod api;
 mod boot;
+mod cluster;
 mod debian;
 mod fork;
 mod io;
@@ -29,6 +31,32 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Live migration of a 256 MiB VM, idle and busy: brood's engine
+    /// against QEMU's own migration driven by hand.
+    Migrate {
+        /// Migrations of each kind.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Image directory.
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
+    },
+    /// Placement decisions per second over a snapshot of HOSTS hosts and
+    /// PARTITIONS placed partitions, against a least-loaded scan.
+    Cluster {
+        /// Hosts in the snapshot.
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Partitions already placed.
+        #[arg(long, default_value_t = 100_000)]
+        partitions: usize,
+        /// Decisions per round.
+        #[arg(long, default_value_t = 2000)]
+        decisions: usize,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// `brood run --exec true` against raw QEMU booting to the agent's Ready.
     Boot {
         /// Boots of each kind.
@@ -155,6 +183,13 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Cluster {
+            hosts,
+            partitions,
+            decisions,
+            rounds,
+        } => cluster::cluster(hosts, partitions, decisions, rounds),
+        Cmd::Migrate { runs, image } => cluster::migrate(runs, &image),
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
         Cmd::Debian {
             image,

@@ -1,36 +1,428 @@
-//! `brood host show`: the host broodd runs on, as `GET /v1/host` describes it.
+//! `brood host ...`: the host broodd runs on (`GET /v1/host`), and, when
+//! broodd is in a cluster (`--catalog`), the catalog's hosts, zones,
+//! domains and placements (`/v1/cluster/...`).
 
 use anyhow::Result;
 use brood_api::HostInfo;
-use clap::Subcommand;
+use brood_api::cluster::{
+    ClusterCapacity, ClusterDomain, ClusterDomainList, ClusterDomainPolicy, ClusterHost,
+    ClusterHostAddRequest, ClusterHostList, ClusterPlaceRequest, ClusterPlacement,
+    ClusterPlacementList, ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
+};
+use clap::{Args, Subcommand};
 
 use crate::Output;
-use crate::client::Client;
-use crate::render::{key_values, print_json, resources};
+use crate::client::{Client, encode};
+use crate::render::{Table, key_values, or_dash, print_json, resources};
+use crate::units::{human_mib, parse_gib, parse_mib};
 
-/// Commands on the host.
+/// Commands on hosts.
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
-    /// Show the host: capacity, use, accelerator, broodd's version and directories.
+    /// Show this host (capacity, use, accelerator, directories), or NAME of the cluster.
     #[command(after_help = "Examples:
   brood host show
   brood host show -o json
+  brood host show h2            # a host of the cluster's catalog
   brood --host http://10.0.0.5:7070 host show")]
-    Show,
+    Show {
+        /// A host of the cluster (default: the host broodd runs on).
+        name: Option<String>,
+    },
+    /// List the cluster's hosts with their state, use and zones.
+    #[command(after_help = "Examples:\n  brood host list\n  brood host list -o json")]
+    List,
+    /// Add a host to the cluster ahead of its broodd (pending until it registers).
+    Add(AddArgs),
+    /// Drain a host: no new partitions go there (--undo takes it back).
+    #[command(after_help = "Examples:\n  brood host drain h2\n  brood host drain h2 --undo")]
+    Drain {
+        /// Host name.
+        name: String,
+        /// Undrain: the host takes partitions again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Remove a host with no partitions placed on it.
+    #[command(after_help = "Examples:\n  brood host remove h2")]
+    Remove {
+        /// Host name.
+        name: String,
+    },
+    /// Zones of the cluster: `zone list`, `zone add KIND:NAME`.
+    #[command(subcommand)]
+    Zone(ZoneCmd),
+    /// Domains of the cluster: `domain list`, `domain set NAME ...`.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Place a partition: the catalog picks its host by zones, domain and load.
+    Place(PlaceArgs),
+    /// List the cluster's placements.
+    #[command(after_help = "Examples:\n  brood host placements\n  brood host placements -o json")]
+    Placements,
+}
+
+/// Arguments of `brood host add`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  brood host add h2 --address 10.0.0.12:7070 --zone storage:shared --zone network:front
+  brood host add h3 --memory 64G --vcpus 32 --disk 2T
+
+The host's broodd replaces address, capacity and zones when it registers
+(broodd --catalog postgres://... --cluster-host h2 --zone ...).")]
+pub struct AddArgs {
+    /// Host name: 1-63 of [a-z0-9._-].
+    name: String,
+    /// Where its broodd listens, HOST:PORT.
+    #[arg(long, default_value = "")]
+    address: String,
+    /// Memory (512M, 64G; a plain number is MiB).
+    #[arg(long, value_parser = parse_mib, default_value = "0")]
+    memory: u64,
+    /// vCPUs.
+    #[arg(long, default_value_t = 0)]
+    vcpus: u64,
+    /// Disk (a plain number is GiB; 2T).
+    #[arg(long, value_parser = parse_gib, default_value = "0")]
+    disk: u64,
+    /// A zone it provides, KIND:NAME (repeatable).
+    #[arg(long = "zone", value_name = "KIND:NAME")]
+    zones: Vec<String>,
+}
+
+/// Commands on zones.
+#[derive(Debug, Subcommand)]
+pub enum ZoneCmd {
+    /// List zones and the hosts providing them.
+    #[command(after_help = "Examples:\n  brood host zone list\n  brood host zone list -o json")]
+    List,
+    /// Add a zone; a kind other than network, storage, console, firmware,
+    /// monitor, power, processor or memory is administrator-defined.
+    #[command(
+        after_help = "Examples:\n  brood host zone add storage:shared\n  brood host zone add gpu:a100"
+    )]
+    Add {
+        /// KIND:NAME.
+        zone: String,
+    },
+}
+
+/// Commands on domains.
+#[derive(Debug, Subcommand)]
+pub enum DomainCmd {
+    /// List domains and their policies.
+    #[command(after_help = "Examples:\n  brood host domain list\n  brood host domain list -o json")]
+    List,
+    /// Create a domain or replace its policy.
+    Set(DomainArgs),
+}
+
+/// Arguments of `brood host domain set`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  brood host domain set db --importance mission-critical --preferred h1 --available h1,h2
+  brood host domain set lab --importance development --limit-memory 8G")]
+pub struct DomainArgs {
+    /// Domain name.
+    name: String,
+    /// mission-critical, production, test or development.
+    #[arg(long, default_value = "production")]
+    importance: String,
+    /// Hosts it may use (comma-separated; none: any host).
+    #[arg(long, value_delimiter = ',')]
+    available: Vec<String>,
+    /// Hosts it prefers, in order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    preferred: Vec<String>,
+    /// Memory kept free for it on every host it may use.
+    #[arg(long, value_parser = parse_mib, default_value = "0")]
+    guarantee_memory: u64,
+    /// vCPUs kept free for it on every host it may use.
+    #[arg(long, default_value_t = 0)]
+    guarantee_vcpus: u64,
+    /// At most this much memory of one host (0: no limit).
+    #[arg(long, value_parser = parse_mib, default_value = "0")]
+    limit_memory: u64,
+    /// At most this many vCPUs of one host (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    limit_vcpus: u64,
+}
+
+/// Arguments of `brood host place`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  brood host place web --memory 512M --vcpus 1 --require storage:shared
+  brood host place db --domain db --memory 4G --require 'processor:x86-v3|x86-v4' --require '?console:serial'
+
+Requirements: KIND:NAME[|NAME...] (names ranked, first preferred), KIND:*
+(any zone of the kind), ?KIND:... (optional). Placing the same name again
+answers the same placement. Create the VM on the host it names.")]
+pub struct PlaceArgs {
+    /// Partition name (unique in the cluster).
+    name: String,
+    /// Its domain.
+    #[arg(long, default_value = "default")]
+    domain: String,
+    /// Memory (a plain number is MiB).
+    #[arg(long, value_parser = parse_mib)]
+    memory: u64,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u64,
+    /// Disk (a plain number is GiB).
+    #[arg(long, value_parser = parse_gib, default_value = "0")]
+    disk: u64,
+    /// A required zone (repeatable).
+    #[arg(long = "require", value_name = "REQ")]
+    requires: Vec<String>,
+}
+
+fn host_path(name: &str) -> String {
+    format!("/v1/cluster/hosts/{}", encode(name))
+}
+
+fn emit<T: serde::Serialize>(out: Output, v: &T, text: impl FnOnce(&T) -> String) -> Result<i32> {
+    match out {
+        Output::Json => print_json(v)?,
+        Output::Text => print!("{}", text(v)),
+    }
+    Ok(0)
 }
 
 /// Runs a `brood host` command; returns the exit code.
 pub async fn run(cmd: HostCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
-        HostCmd::Show => {
+        HostCmd::Show { name: None } => {
             let info: HostInfo = client.get("/v1/host").await?;
+            emit(out, &info, show)
+        }
+        HostCmd::Show { name: Some(n) } => {
+            let h: ClusterHost = client.get(&host_path(&n)).await?;
+            emit(out, &h, cluster_host)
+        }
+        HostCmd::List => {
+            let l: ClusterHostList = client.get("/v1/cluster/hosts").await?;
+            emit(out, &l, |l| host_table(&l.hosts))
+        }
+        HostCmd::Add(a) => {
+            let req = ClusterHostAddRequest {
+                name: a.name,
+                address: a.address,
+                capacity: ClusterCapacity {
+                    memory_mib: a.memory,
+                    vcpus: a.vcpus,
+                    disk_gib: a.disk,
+                },
+                zones: a.zones,
+            };
+            let h: ClusterHost = client.post("/v1/cluster/hosts", &req).await?;
+            emit(out, &h, |h| {
+                format!("added host {} ({})\n", h.name, h.state)
+            })
+        }
+        HostCmd::Drain { name, undo } => {
+            let verb = if undo { "undrain" } else { "drain" };
+            let path = format!("{}/{verb}", host_path(&name));
+            let h: ClusterHost = client.post(&path, &serde_json::json!({})).await?;
+            emit(out, &h, |h| format!("host {} is {}\n", h.name, h.state))
+        }
+        HostCmd::Remove { name } => {
+            client.delete(&host_path(&name)).await?;
             match out {
-                Output::Json => print_json(&info)?,
-                Output::Text => print!("{}", show(&info)),
+                Output::Json => print_json(&serde_json::json!({"removed": name}))?,
+                Output::Text => println!("removed host {name}"),
             }
             Ok(0)
         }
+        HostCmd::Zone(ZoneCmd::List) => {
+            let l: ClusterZoneList = client.get("/v1/cluster/zones").await?;
+            emit(out, &l, |l| zone_table(&l.zones))
+        }
+        HostCmd::Zone(ZoneCmd::Add { zone }) => {
+            let z: ClusterZone = client
+                .post("/v1/cluster/zones", &ClusterZoneAddRequest { zone })
+                .await?;
+            emit(out, &z, |z| format!("zone {} added\n", z.zone))
+        }
+        HostCmd::Domain(DomainCmd::List) => {
+            let l: ClusterDomainList = client.get("/v1/cluster/domains").await?;
+            emit(out, &l, |l| domain_table(&l.domains))
+        }
+        HostCmd::Domain(DomainCmd::Set(a)) => {
+            let req = ClusterDomain {
+                name: a.name,
+                policy: ClusterDomainPolicy {
+                    importance: Some(a.importance),
+                    available: a.available,
+                    preferred: a.preferred,
+                    guarantee: ClusterCapacity {
+                        memory_mib: a.guarantee_memory,
+                        vcpus: a.guarantee_vcpus,
+                        disk_gib: 0,
+                    },
+                    limit: ClusterCapacity {
+                        memory_mib: a.limit_memory,
+                        vcpus: a.limit_vcpus,
+                        disk_gib: 0,
+                    },
+                },
+            };
+            let d: ClusterDomain = client.post("/v1/cluster/domains", &req).await?;
+            emit(out, &d, |d| format!("domain {} set\n", d.name))
+        }
+        HostCmd::Place(a) => {
+            let req = ClusterPlaceRequest {
+                name: a.name,
+                domain: Some(a.domain),
+                demand: ClusterCapacity {
+                    memory_mib: a.memory,
+                    vcpus: a.vcpus,
+                    disk_gib: a.disk,
+                },
+                requires: a.requires,
+            };
+            let p: ClusterPlacement = client.post("/v1/cluster/placements", &req).await?;
+            emit(out, &p, |p| {
+                let mut s = format!(
+                    "{} placed on {} (generation {})\n",
+                    p.name,
+                    or_dash(p.host.as_deref()),
+                    p.generation
+                );
+                if !p.evict.is_empty() {
+                    s.push_str(&format!(
+                        "to make room, move away first: {}\n",
+                        p.evict
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                s
+            })
+        }
+        HostCmd::Placements => {
+            let l: ClusterPlacementList = client.get("/v1/cluster/placements").await?;
+            emit(out, &l, |l| placement_table(&l.placements))
+        }
     }
+}
+
+fn capacity(c: &ClusterCapacity) -> String {
+    format!(
+        "{}, {} vCPUs, {} GiB disk",
+        human_mib(c.memory_mib),
+        c.vcpus,
+        c.disk_gib
+    )
+}
+
+/// The table of `brood host list`.
+pub fn host_table(hosts: &[ClusterHost]) -> String {
+    let mut t =
+        Table::new(&["NAME", "STATE", "MEMORY", "VCPUS", "PARTITIONS", "ZONES"]).right(&[4]);
+    for h in hosts {
+        t.row(vec![
+            h.name.clone(),
+            h.state.clone(),
+            format!(
+                "{}/{}",
+                human_mib(h.used.memory_mib),
+                human_mib(h.capacity.memory_mib)
+            ),
+            format!("{}/{}", h.used.vcpus, h.capacity.vcpus),
+            h.partitions.to_string(),
+            if h.zones.is_empty() {
+                "-".to_owned()
+            } else {
+                h.zones.join(",")
+            },
+        ]);
+    }
+    t.render()
+}
+
+/// The key/value listing of `brood host show NAME`.
+pub fn cluster_host(h: &ClusterHost) -> String {
+    key_values(&[
+        ("name", h.name.clone()),
+        ("state", h.state.clone()),
+        (
+            "address",
+            or_dash((!h.address.is_empty()).then_some(&h.address)),
+        ),
+        ("capacity", capacity(&h.capacity)),
+        ("used", capacity(&h.used)),
+        ("partitions", h.partitions.to_string()),
+        (
+            "zones",
+            or_dash((!h.zones.is_empty()).then(|| h.zones.join(", "))),
+        ),
+        (
+            "heartbeat",
+            h.silent_ms
+                .map_or("never".to_owned(), |ms| format!("{ms} ms ago")),
+        ),
+        (
+            "version",
+            or_dash((!h.broodd_version.is_empty()).then_some(&h.broodd_version)),
+        ),
+    ])
+}
+
+fn zone_table(zones: &[ClusterZone]) -> String {
+    let mut t = Table::new(&["ZONE", "HOSTS"]);
+    for z in zones {
+        t.row(vec![
+            z.zone.clone(),
+            if z.hosts.is_empty() {
+                "-".to_owned()
+            } else {
+                z.hosts.join(",")
+            },
+        ]);
+    }
+    t.render()
+}
+
+fn domain_table(domains: &[ClusterDomain]) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "any".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    let mut t = Table::new(&["NAME", "IMPORTANCE", "AVAILABLE", "PREFERRED"]);
+    for d in domains {
+        t.row(vec![
+            d.name.clone(),
+            or_dash(d.policy.importance.as_deref()),
+            list(&d.policy.available),
+            if d.policy.preferred.is_empty() {
+                "-".to_owned()
+            } else {
+                d.policy.preferred.join(",")
+            },
+        ]);
+    }
+    t.render()
+}
+
+fn placement_table(ps: &[ClusterPlacement]) -> String {
+    let mut t = Table::new(&["NAME", "HOST", "GEN", "HELD", "DOMAIN", "MEMORY"]).right(&[2]);
+    for p in ps {
+        t.row(vec![
+            p.name.clone(),
+            or_dash(p.host.as_deref()),
+            p.generation.to_string(),
+            if p.held { "yes" } else { "no" }.to_owned(),
+            p.domain.clone(),
+            human_mib(p.demand.memory_mib),
+        ]);
+    }
+    t.render()
 }
 
 /// The key/value listing of `brood host show`.

@@ -185,8 +185,11 @@ enum Cmd {
   brood ledger verify"
     )]
     Ledger(ledger::LedgerCmd),
-    /// Show the host broodd runs on.
-    #[command(subcommand, after_help = "Examples:\n  brood host show")]
+    /// Show the host broodd runs on; in a cluster, its hosts, zones, domains and placements.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  brood host show\n  brood host list\n  brood host place web --memory 512M --require storage:shared"
+    )]
     Host(host::HostCmd),
     /// Follow broodd's events: partition state changes and ledger commits.
     Events(events::EventsArgs),

@@ -5,6 +5,7 @@
 //! (`brood-testkit`).
 
 pub mod api;
+pub mod cluster;
 mod convert;
 mod fork;
 mod host;
@@ -57,6 +58,15 @@ pub struct Broodd {
 impl Broodd {
     /// Opens the ledger, loads templates, reconciles, starts refilling.
     pub async fn start(cfg: Config, engine: Arc<dyn Engine>) -> anyhow::Result<Broodd> {
+        Broodd::start_with(cfg, engine, None).await
+    }
+
+    /// [`Broodd::start`], then joins the cluster when `cluster` is given.
+    pub async fn start_with(
+        cfg: Config,
+        engine: Arc<dyn Engine>,
+        cluster: Option<cluster::ClusterConfig>,
+    ) -> anyhow::Result<Broodd> {
         let ledger = Ledger::open(&cfg.paths.ledger(), cfg.capacity)
             .await
             .context("open the ledger")?;
@@ -82,6 +92,7 @@ impl Broodd {
         plugins.feature(Arc::new(partition::change::Changes::default()));
         plugins.hooks.push(Arc::new(network::NetworkHooks));
         plugins.feature(Arc::new(io::IoPartitions::default()));
+        plugins.feature(Arc::new(cluster::Cluster::default()));
         let host = Arc::new(Host::new(
             cfg.paths,
             ledger,
@@ -110,6 +121,9 @@ impl Broodd {
         memory::spawn(host.clone());
         partition::autostart::spawn(&host);
         pool::refill::spawn(host.clone());
+        if let Some(c) = cluster {
+            cluster::join(&host, c).await.context("join the cluster")?;
+        }
         Ok(Broodd { host })
     }
 

@@ -44,6 +44,8 @@ struct Args {
     data_dir: PathBuf,
     #[command(flatten)]
     listen: listen::ListenArgs,
+    #[command(flatten)]
+    cluster: broodd::cluster::ClusterArgs,
     /// Where VM run directories (memory files, sockets) go; a tmpfs
     /// (default /dev/shm/broodd-<hash of the data dir>).
     #[arg(long)]
@@ -132,12 +134,13 @@ async fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let cluster = args.cluster.config()?;
     let token = listen::token(&paths.token())?;
     let bound = listen::Bound::bind(&args.listen, &data, paths.socket()).await?;
     let capacity = capacity(&args, &data);
     let mut cfg = QemuConfig::detect();
     cfg.run_root = run;
-    let broodd = Broodd::start(
+    let broodd = Broodd::start_with(
         Config {
             paths: paths.clone(),
             capacity,
@@ -146,6 +149,7 @@ async fn run(args: Args) -> Result<()> {
             token,
         },
         Arc::new(QemuEngine::new(cfg)),
+        cluster,
     )
     .await?;
     let app = broodd.router();

@@ -490,6 +490,11 @@ fn route_action(method: &Method, path: &str) -> Option<(&'static str, &'static s
             ("read", "ledger", false)
         }
         ("GET", "/host") => ("read", "host", false),
+        // The cluster's catalog (hosts, zones, domains, placements) is
+        // infrastructure of kind host: every role reads it, the
+        // administrator changes it.
+        ("GET", p) if p.starts_with("/cluster") => ("read", "host", false),
+        (_, p) if p.starts_with("/cluster") => ("configure", "host", false),
         ("GET", "/units") => ("read", "unit", false),
         ("POST", "/units") => ("create", "unit", false),
         ("GET", "/units/{name}") => ("read", "unit", true),
@@ -624,6 +629,12 @@ fn concrete(
         ("POST", "/tokens") => Some(json!({"user": format!("{u}-extra")})),
         ("PUT", "/prices") => Some(json!({"item": "vcpu", "micros_per_hour": 1})),
         ("POST", "/chargeback/refunds") => Some(json!({"unit": "a", "micros": 1, "reason": "r"})),
+        ("POST", "/cluster/hosts") => Some(json!({"name": format!("h{n}")})),
+        ("POST", "/cluster/zones") => Some(json!({"zone": format!("storage:z{n}")})),
+        ("POST", "/cluster/domains") => Some(json!({"name": format!("d{n}"), "policy": {}})),
+        ("POST", "/cluster/placements") => {
+            Some(json!({"name": format!("c{n}"), "demand": {"memory_mib": 64}}))
+        }
         _ => None,
     };
     (uri, body)

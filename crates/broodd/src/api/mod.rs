@@ -6,6 +6,7 @@ mod accounts;
 mod attach;
 pub mod auth;
 mod change;
+mod cluster;
 mod doc;
 pub mod error;
 mod extract;
@@ -49,6 +50,7 @@ use crate::host::Host;
         (name = "services", description = "Pools of service domains and the services they become"),
         (name = "units", description = "Business units, their allocations and requests, the infrastructure"),
         (name = "accounts", description = "Users, tokens, prices and chargeback"),
+        (name = "cluster", description = "The cluster's catalog: hosts, zones, domains, placements"),
     )
 )]
 struct ApiDoc;
@@ -82,6 +84,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = service_pools::routes(r);
     let r = units::routes(r);
     let r = accounts::routes(r);
+    let r = cluster::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

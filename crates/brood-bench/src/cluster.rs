@@ -1,0 +1,456 @@
+//! `brood-bench cluster`: placement decisions per second over a catalog
+//! snapshot of 1,000 hosts and 100,000 placed partitions (placement alone:
+//! no PostgreSQL), against a plain least-loaded scan of the same hosts as
+//! the peer (zones and room only: no domains, guarantees or ranking).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use brood_cluster::model::{Capacity, DomainPolicy, HostState, Importance, Requirement, Zone};
+use brood_cluster::place::{HostView, Request, Resident, Snapshot, place};
+use uuid::Uuid;
+
+/// A deterministic generator (xorshift64*), so every run sees the same catalog.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn zone(s: &str) -> Zone {
+    s.parse().expect("a valid zone")
+}
+
+fn snapshot(hosts: usize, partitions: usize, rng: &mut Rng) -> Snapshot {
+    let mut domains = BTreeMap::new();
+    let imps = [
+        Importance::MissionCritical,
+        Importance::Production,
+        Importance::Test,
+        Importance::Development,
+    ];
+    for (i, imp) in imps.iter().enumerate() {
+        domains.insert(
+            format!("d{i}"),
+            DomainPolicy {
+                importance: *imp,
+                preferred: (0..5).map(|k| format!("h{}", k * 97 + i)).collect(),
+                ..DomainPolicy::default()
+            },
+        );
+    }
+    let mut views: Vec<HostView> = (0..hosts)
+        .map(|i| {
+            let zones = vec![
+                zone(&format!("storage:s{}", i % 10)),
+                zone(&format!("network:n{}", i % 20)),
+                zone(&format!("processor:p{}", i % 4)),
+                zone(&format!("power:w{}", i % 2)),
+            ];
+            HostView::new(
+                &format!("h{i}"),
+                HostState::Active,
+                Capacity {
+                    memory_mib: 512 * 1024,
+                    vcpus: 512,
+                    disk_gib: 20_000,
+                },
+                zones,
+                Vec::new(),
+            )
+        })
+        .collect();
+    for _ in 0..partitions {
+        let h = usize::try_from(rng.below(hosts as u64)).unwrap_or(0);
+        let d = rng.below(4);
+        views[h].add(Resident {
+            partition: Uuid::from_u64_pair(rng.next(), rng.next()),
+            domain: format!("d{d}"),
+            importance: imps[usize::try_from(d).unwrap_or(0)],
+            demand: Capacity {
+                memory_mib: 1024 + rng.below(4) * 1024,
+                vcpus: 1 + rng.below(4),
+                disk_gib: 10,
+            },
+        });
+    }
+    Snapshot {
+        hosts: views,
+        domains,
+    }
+}
+
+fn request(rng: &mut Rng) -> Request {
+    // Zones some host has together: those of host j (50 hosts match).
+    let j = rng.below(1000);
+    let mut requires = vec![
+        Requirement::parse(&format!("storage:s{}", j % 10)).expect("req"),
+        Requirement::parse(&format!("network:n{}", j % 20)).expect("req"),
+    ];
+    if rng.below(2) == 0 {
+        requires.push(
+            Requirement::parse(&format!("processor:p{}|p{}", j % 4, (j + 1) % 4)).expect("req"),
+        );
+    }
+    Request {
+        partition: Uuid::from_u64_pair(rng.next(), rng.next()),
+        domain: format!("d{}", rng.below(4)),
+        demand: Capacity {
+            memory_mib: 2048,
+            vcpus: 2,
+            disk_gib: 10,
+        },
+        requires,
+        avoid: None,
+    }
+}
+
+/// The peer: a plain least-loaded scan, the host with every required zone,
+/// room and the least memory used (no domains, guarantees, ranking or
+/// displacement, no total order beyond the scan's).
+fn least_loaded(s: &Snapshot, r: &Request) -> Option<usize> {
+    s.hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            r.requires.iter().all(|q| {
+                h.zones.iter().any(|z| {
+                    z.kind.as_str() == q.kind && (q.zones.is_empty() || q.zones.contains(&z.name))
+                })
+            }) && r.demand.fits_in(h.capacity.minus(h.used()))
+        })
+        .min_by_key(|(_, h)| h.used().memory_mib)
+        .map(|(i, _)| i)
+}
+
+/// Runs the benchmark and prints decisions per second, medians of `rounds`.
+pub fn cluster(hosts: usize, partitions: usize, decisions: usize, rounds: usize) -> Result<()> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let t = Instant::now();
+    let snap = snapshot(hosts, partitions, &mut rng);
+    println!(
+        "catalog snapshot: {hosts} hosts, {partitions} partitions, built in {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let reqs: Vec<Request> = (0..decisions).map(|_| request(&mut rng)).collect();
+    let (mut brood, mut peer) = (Vec::new(), Vec::new());
+    let mut placed = 0usize;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for r in &reqs {
+            if place(&snap, r).is_ok() {
+                placed += 1;
+            }
+        }
+        brood.push(reqs.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut found = 0usize;
+        for r in &reqs {
+            if least_loaded(&snap, r).is_some() {
+                found += 1;
+            }
+        }
+        std::hint::black_box(found);
+        peer.push(reqs.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    let (b, p) = (crate::median(brood), crate::median(peer));
+    println!("placed {placed} of {} requests", reqs.len() * rounds);
+    println!("| | decisions/s (median of {rounds} rounds of {decisions}) |");
+    println!("|---|---|");
+    println!("| brood place (scored, domains, guarantees) | {b:.0} |");
+    println!("| least-loaded scan (peer) | {p:.0} |");
+    println!("| ratio brood / peer | {:.2} |", b / p);
+    Ok(())
+}
+
+/// Live migration of a 256 MiB VM, idle and busy (a guest loop dirtying
+/// 16 MiB of random bytes at a time), through brood's engine (`QemuEngine::migrate_out`:
+/// confined QEMUs, brood-opened TCP stream) against QEMU's own migration
+/// driven by hand (`-incoming tcp:`, QMP `migrate`) with the same kernel
+/// and initramfs over the same loopback link. Reports median total time
+/// and downtime as each source QEMU's `query-migrate` reports them.
+pub fn migrate(runs: usize, image: &std::path::Path) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for busy in [false, true] {
+        let (mut bt, mut bd, mut rt_, mut rd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            let (t, d) = rt.block_on(brood_migration(image, busy, i))?;
+            bt.push(t);
+            bd.push(d);
+            let (t2, d2) = raw::migration(image, busy)?;
+            rt_.push(t2);
+            rd.push(d2);
+            eprintln!(
+                "{} run {}: brood {t:.0}/{d:.0} ms | raw {t2:.0}/{d2:.0} ms (total/downtime)",
+                if busy { "busy" } else { "idle" },
+                i + 1,
+            );
+        }
+        rows.push((
+            busy,
+            crate::median(bt),
+            crate::median(bd),
+            crate::median(rt_),
+            crate::median(rd),
+        ));
+    }
+    println!(
+        "| 256 MiB VM, median of {runs} | brood total | brood downtime | QEMU by hand total | QEMU by hand downtime | ratio total |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (busy, bt, bd, rt_, rd) in rows {
+        println!(
+            "| {} | {bt:.0} ms | {bd:.0} ms | {rt_:.0} ms | {rd:.0} ms | {:.2} |",
+            if busy { "busy" } else { "idle" },
+            bt / rt_
+        );
+    }
+    Ok(())
+}
+
+const DIRTY: &str = "nohup sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/dirty bs=1M count=16 2>/dev/null; done' >/dev/null 2>&1 &";
+
+async fn brood_migration(image: &std::path::Path, busy: bool, i: usize) -> Result<(f64, f64)> {
+    use brood_engine::{QemuConfig, QemuEngine, VmSpec};
+    let root = tempfile::Builder::new()
+        .prefix("brood-bench-mig-")
+        .tempdir_in("/dev/shm")?;
+    let mut cfg = QemuConfig::detect();
+    cfg.run_root = root.path().to_path_buf();
+    let engine = QemuEngine::new(cfg);
+    let mut spec = VmSpec::new(format!("src{i}"), image.join("vmlinuz"));
+    spec.initrd = Some(image.join("initrd.img"));
+    spec.mem_mib = 256;
+    let src = engine.boot(&spec).await?;
+    src.wait_ready(Duration::from_secs(60)).await?;
+    if busy {
+        src.agent()?
+            .exec(&brood_proto::ExecRequest::shell(DIRTY))
+            .await?;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut target = spec.clone();
+    target.name = format!("dst{i}");
+    let mut inc = engine.prepare_incoming(&target).await?;
+    let t = Duration::from_secs(300);
+    let (a, s) = tokio::join!(
+        engine.accept_incoming(&mut inc, &listener, t),
+        engine.migrate_out(&src, addr, t)
+    );
+    a?;
+    let stats = s?;
+    let dst = engine.finish_incoming(inc, t).await?;
+    src.kill().await?;
+    dst.kill().await?;
+    #[allow(clippy::cast_precision_loss)]
+    Ok((stats.total_ms as f64, stats.downtime_ms as f64))
+}
+
+mod raw {
+    //! QEMU's own migration by hand: two unconfined QEMUs with a hand-written
+    //! command line, QMP over a unix socket, one JSON line at a time.
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result, bail};
+    use brood_proto::{Decoded, ExecRequest, FrameDecoder, GuestMsg, HostMsg, encode_frame};
+    use serde_json::{Value, json};
+
+    struct Kill(Child);
+
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn qemu(dir: &Path, image: &Path, incoming: Option<u16>) -> Result<Kill> {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-machine", "microvm,acpi=on,rtc=on,memory-backend=mem"])
+            .args(["-accel", "tcg,tb-size=64", "-cpu", "qemu64,+arat"])
+            .args(["-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config"])
+            .args([
+                "-display",
+                "none",
+                "-no-reboot",
+                "-bios",
+                "/usr/share/qemu/qboot.rom",
+            ])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=mem,size=256M,mem-path={},share=on",
+                dir.join("mem").display()
+            ))
+            .arg("-kernel")
+            .arg(image.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(image.join("initrd.img"))
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet tsc_early_khz={}",
+                crate::boot::tsc_khz()
+            ))
+            .args(["-serial", "null"])
+            .args([
+                "-device",
+                "virtio-serial-device,id=vser0,max_ports=2",
+                "-chardev",
+            ])
+            .arg(format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                dir.join("agent.sock").display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,bus=vser0.0,chardev=agent,name=org.brood.agent.0",
+            ])
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("qmp.sock").display()
+            ));
+        if let Some(port) = incoming {
+            c.args(["-incoming", &format!("tcp:127.0.0.1:{port}")]);
+        }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start qemu-system-x86_64")?;
+        Ok(Kill(child))
+    }
+
+    fn connect(p: &Path) -> Result<UnixStream> {
+        let t0 = Instant::now();
+        loop {
+            match UnixStream::connect(p) {
+                Ok(s) => return Ok(s),
+                Err(_) if t0.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e).with_context(|| format!("connect {}", p.display())),
+            }
+        }
+    }
+
+    struct Qmp(BufReader<UnixStream>);
+
+    impl Qmp {
+        fn open(p: &Path) -> Result<Qmp> {
+            let s = connect(p)?;
+            let mut q = Qmp(BufReader::new(s));
+            q.line()?; // greeting
+            q.call("qmp_capabilities", json!({}))?;
+            Ok(q)
+        }
+
+        fn line(&mut self) -> Result<Value> {
+            let mut l = String::new();
+            self.0.read_line(&mut l)?;
+            Ok(serde_json::from_str(&l)?)
+        }
+
+        fn call(&mut self, cmd: &str, args: Value) -> Result<Value> {
+            let msg = json!({"execute": cmd, "arguments": args});
+            writeln!(self.0.get_mut(), "{msg}")?;
+            loop {
+                let v = self.line()?;
+                if let Some(r) = v.get("return") {
+                    return Ok(r.clone());
+                }
+                if let Some(e) = v.get("error") {
+                    bail!("{cmd}: {e}");
+                }
+            }
+        }
+    }
+
+    fn agent_exec(dir: &Path, cmd: Option<&str>) -> Result<()> {
+        let mut s = connect(&dir.join("agent.sock"))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut dec = FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        let mut want_ready = true;
+        if let Some(c) = cmd {
+            s.write_all(&encode_frame(1, &HostMsg::Exec(ExecRequest::shell(c)))?)?;
+        }
+        loop {
+            let n = std::io::Read::read(&mut s, &mut buf)?;
+            if n == 0 {
+                bail!("the agent closed its socket");
+            }
+            dec.push(&buf[..n]);
+            while let Some(d) = dec.next_frame() {
+                if let Decoded::Frame(f) = d {
+                    match f.decode::<GuestMsg>()? {
+                        GuestMsg::Ready(_) if f.id == 0 => want_ready = false,
+                        GuestMsg::Exited(_) if f.id == 1 => return Ok(()),
+                        _ => {}
+                    }
+                    if !want_ready && cmd.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One migration by hand: (total ms, downtime ms).
+    pub fn migration(image: &Path, busy: bool) -> Result<(f64, f64)> {
+        let src_dir = tempfile::Builder::new()
+            .prefix("raw-mig-src-")
+            .tempdir_in("/dev/shm")?;
+        let dst_dir = tempfile::Builder::new()
+            .prefix("raw-mig-dst-")
+            .tempdir_in("/dev/shm")?;
+        let _src = qemu(src_dir.path(), image, None)?;
+        agent_exec(src_dir.path(), None)?;
+        if busy {
+            agent_exec(src_dir.path(), Some(super::DIRTY))?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let _dst = qemu(dst_dir.path(), image, Some(port))?;
+        let mut dq = Qmp::open(&dst_dir.path().join("qmp.sock"))?;
+        let mut sq = Qmp::open(&src_dir.path().join("qmp.sock"))?;
+        sq.call("migrate", json!({"uri": format!("tcp:127.0.0.1:{port}")}))?;
+        let t0 = Instant::now();
+        loop {
+            let r = sq.call("query-migrate", json!({}))?;
+            match r["status"].as_str() {
+                Some("completed") => {
+                    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+                    let _ = dq.call("cont", json!({}));
+                    return Ok((f("total-time"), f("downtime")));
+                }
+                Some("failed" | "cancelled") => bail!("raw migration failed: {r}"),
+                _ if t0.elapsed() > Duration::from_secs(300) => {
+                    bail!("raw migration took over 5 min")
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The catalog's schema, as versioned migrations applied in order under a
+//! transaction-scoped advisory lock, so several broodds starting at once
+//! against a new database apply each exactly once.
+//!
+//! - V1: zone types and zones; hosts (capacity, address, drain flag, last
+//!   heartbeat, a row version) and the zones they provide; domains and
+//!   their policy (with the `default` domain); partition definitions
+//!   (name, domain, demand, required zones); placement (host, generation,
+//!   whether the host's ledger holds it, its id there).
+
+use tokio_postgres::Client;
+
+use crate::error::ClusterError;
+
+/// Advisory lock key taken while migrating ("brood" in ASCII).
+const MIGRATE_LOCK: i64 = 0x62_726f_6f64;
+
+const V1: &str = r"
+CREATE TABLE zone_type (
+    name text PRIMARY KEY,
+    builtin boolean NOT NULL
+);
+INSERT INTO zone_type (name, builtin) VALUES
+    ('network', true), ('storage', true), ('console', true), ('firmware', true),
+    ('monitor', true), ('power', true), ('processor', true), ('memory', true);
+CREATE TABLE zone (
+    kind text NOT NULL REFERENCES zone_type (name),
+    name text NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE host (
+    name text PRIMARY KEY,
+    address text NOT NULL DEFAULT '',
+    memory_mib bigint NOT NULL DEFAULT 0 CHECK (memory_mib >= 0),
+    vcpus bigint NOT NULL DEFAULT 0 CHECK (vcpus >= 0),
+    disk_gib bigint NOT NULL DEFAULT 0 CHECK (disk_gib >= 0),
+    draining boolean NOT NULL DEFAULT false,
+    last_heartbeat timestamptz,
+    broodd_version text NOT NULL DEFAULT '',
+    version bigint NOT NULL DEFAULT 1,
+    added_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE host_zone (
+    host text NOT NULL REFERENCES host (name) ON DELETE CASCADE,
+    kind text NOT NULL,
+    name text NOT NULL,
+    PRIMARY KEY (host, kind, name),
+    FOREIGN KEY (kind, name) REFERENCES zone (kind, name)
+);
+CREATE TABLE domain (
+    name text PRIMARY KEY,
+    policy jsonb NOT NULL,
+    version bigint NOT NULL DEFAULT 1
+);
+INSERT INTO domain (name, policy) VALUES ('default', '{}');
+CREATE TABLE partition_def (
+    id uuid PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    domain text NOT NULL REFERENCES domain (name),
+    memory_mib bigint NOT NULL CHECK (memory_mib >= 0),
+    vcpus bigint NOT NULL CHECK (vcpus >= 0),
+    disk_gib bigint NOT NULL CHECK (disk_gib >= 0),
+    requires jsonb NOT NULL DEFAULT '[]',
+    version bigint NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE placement (
+    partition uuid PRIMARY KEY REFERENCES partition_def (id) ON DELETE CASCADE,
+    host text REFERENCES host (name),
+    generation bigint NOT NULL CHECK (generation > 0),
+    held boolean NOT NULL DEFAULT false,
+    local_id uuid UNIQUE,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX placement_host ON placement (host);
+";
+
+/// Every migration, in order: (version, what it adds, SQL).
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "hosts, zones, domains, partition definitions, placement",
+    V1,
+)];
+
+/// The schema version this build knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Applies the migrations the catalog lacks; returns its version.
+pub(crate) async fn migrate(c: &mut Client) -> Result<i32, ClusterError> {
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS catalog_migration (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM catalog_migration",
+            &[],
+        )
+        .await?;
+    let have: i32 = row.get(0);
+    let latest = latest_version();
+    if have > latest {
+        return Err(ClusterError::Conflict(format!(
+            "the catalog's schema is version {have}, newer than this broodd knows ({latest}): upgrade broodd"
+        )));
+    }
+    for (v, name, sql) in MIGRATIONS {
+        if *v <= have {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO catalog_migration (version, name) VALUES ($1, $2)",
+            &[v, name],
+        )
+        .await?;
+        tracing::info!(version = v, "catalog migrated: {name}");
+    }
+    tx.commit().await?;
+    Ok(latest)
+}

@@ -1,0 +1,530 @@
+//! `/v1/cluster/...`: the catalog's hosts, zones, domains and placements,
+//! answered by a broodd in cluster mode (`--catalog`); a single host
+//! answers 409 on every one. Hosts, zones and domains are infrastructure of
+//! kind `host`: every role reads them, the administrator changes them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use brood_api::cluster::{
+    ClusterCapacity, ClusterDomain, ClusterDomainList, ClusterDomainPolicy, ClusterHost,
+    ClusterHostAddRequest, ClusterHostList, ClusterInfo, ClusterPlaceRequest, ClusterPlacement,
+    ClusterPlacementList, ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
+};
+use brood_api::{ErrorBody, ErrorCode};
+use brood_cluster::{
+    Capacity, ClusterError, DomainPolicy, HostRecord, HostSpec, Importance, PartitionDef,
+    Placement, Requirement, Zone,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Auth;
+use super::doc::{Common, JsonBody};
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use crate::cluster::{Cluster, Member};
+use crate::host::Host;
+use crate::tenancy::{Action, Kind};
+
+type D = State<Arc<Host>>;
+
+pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
+    r.routes(routes!(info))
+        .routes(routes!(host_list, host_add))
+        .routes(routes!(host_show, host_remove))
+        .routes(routes!(host_drain))
+        .routes(routes!(host_undrain))
+        .routes(routes!(zone_list, zone_add))
+        .routes(routes!(domain_list, domain_put))
+        .routes(routes!(placement_list, placement_add))
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Invalid(m) | ClusterError::Url(m) => ApiError::bad_request(m),
+            e @ ClusterError::NotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!("{e}: `brood host list` shows the hosts"),
+            ),
+            ClusterError::Conflict(m) => ApiError::conflict(m),
+            e @ ClusterError::Refused(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::CapacityExceeded,
+                e.to_string(),
+            ),
+            e @ (ClusterError::Unavailable { .. } | ClusterError::Pool(_)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!("{e}: is PostgreSQL up? try again"),
+            ),
+            e @ ClusterError::Db(_) => ApiError::internal("a catalog statement", &e),
+        }
+    }
+}
+
+/// The membership, or 409 on a single host.
+fn member(d: &Host) -> Result<Arc<Member>, ApiError> {
+    d.feature::<Cluster>().member().ok_or_else(|| {
+        ApiError::conflict(
+            "this broodd is a single host, not in a cluster: start it with --catalog postgres://USER@HOST:PORT/DB",
+        )
+    })
+}
+
+fn cap_out(c: Capacity) -> ClusterCapacity {
+    ClusterCapacity {
+        memory_mib: c.memory_mib,
+        vcpus: c.vcpus,
+        disk_gib: c.disk_gib,
+    }
+}
+
+fn cap_in(c: ClusterCapacity) -> Capacity {
+    Capacity {
+        memory_mib: c.memory_mib,
+        vcpus: c.vcpus,
+        disk_gib: c.disk_gib,
+    }
+}
+
+fn host_out(h: HostRecord) -> ClusterHost {
+    ClusterHost {
+        name: h.name,
+        address: h.address,
+        state: h.state.as_str().to_owned(),
+        capacity: cap_out(h.capacity),
+        used: cap_out(h.used),
+        partitions: h.partitions,
+        zones: h.zones,
+        silent_ms: h.silent_ms,
+        broodd_version: h.broodd_version,
+    }
+}
+
+fn placement_out(p: Placement) -> ClusterPlacement {
+    ClusterPlacement {
+        partition: p.partition,
+        name: p.name,
+        domain: p.domain,
+        host: p.host,
+        generation: p.generation,
+        held: p.held,
+        demand: cap_out(p.demand),
+        evict: p.evict,
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Shows this broodd's membership.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    operation_id = "show_cluster",
+    responses(
+        (status = 200, description = "This host's name, the catalog's schema version, the heartbeat thresholds", body = ClusterInfo),
+        (status = 409, description = "broodd is a single host (no `--catalog`) (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer within the retry deadline (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn info(State(d): D, caller: Auth) -> ApiResult<Json<ClusterInfo>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    Ok(Json(ClusterInfo {
+        host: m.cfg.name.clone(),
+        schema_version: m.catalog.schema_version().await?,
+        heartbeat_ms: ms(m.cfg.heartbeat),
+        suspect_after_ms: m.cfg.liveness.suspect_after_ms,
+        failed_after_ms: m.cfg.liveness.failed_after_ms,
+    }))
+}
+
+/// Lists the hosts of the catalog.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/hosts",
+    tag = "cluster",
+    operation_id = "list_cluster_hosts",
+    responses(
+        (status = 200, description = "Every host, by name, with its state, capacity, use and zones", body = ClusterHostList),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn host_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterHostList>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    let hosts = m.catalog.hosts(m.cfg.liveness).await?;
+    Ok(Json(ClusterHostList {
+        hosts: hosts.into_iter().map(host_out).collect(),
+    }))
+}
+
+/// Adds a host ahead of its broodd (it is `pending` until that registers).
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/hosts",
+    tag = "cluster",
+    operation_id = "add_cluster_host",
+    request_body = ClusterHostAddRequest,
+    responses(
+        (status = 201, description = "The host", body = ClusterHost),
+        (status = 400, description = "malformed JSON, an unknown field, an invalid name or zone (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "a host of that name exists, or broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn host_add(
+    State(d): D,
+    caller: Auth,
+    ApiJson(req): ApiJson<ClusterHostAddRequest>,
+) -> ApiResult<(StatusCode, Json<ClusterHost>)> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    let zones = brood_cluster::parse_zones(&req.zones)?;
+    m.catalog
+        .add_host(&HostSpec {
+            name: req.name.clone(),
+            address: req.address,
+            capacity: cap_in(req.capacity),
+            zones,
+        })
+        .await?;
+    let h = m.catalog.host(&req.name, m.cfg.liveness).await?;
+    Ok((StatusCode::CREATED, Json(host_out(h))))
+}
+
+/// Shows one host.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/hosts/{name}",
+    tag = "cluster",
+    operation_id = "show_cluster_host",
+    params(("name" = String, Path, description = "Host name")),
+    responses(
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 200, description = "The host", body = ClusterHost),
+        (status = 404, description = "no host of that name in the catalog (`not_found`)", body = ErrorBody),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn host_show(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ClusterHost>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    Ok(Json(host_out(m.catalog.host(&name, m.cfg.liveness).await?)))
+}
+
+/// Removes a host with no partitions placed on it.
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/hosts/{name}",
+    tag = "cluster",
+    operation_id = "remove_cluster_host",
+    params(("name" = String, Path, description = "Host name")),
+    responses(
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 204, description = "Removed"),
+        (status = 404, description = "no host of that name in the catalog (`not_found`)", body = ErrorBody),
+        (status = 409, description = "partitions are placed on it, or broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn host_remove(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    m.catalog.remove_host(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drains a host: placement puts no new partitions there.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/hosts/{name}/drain",
+    tag = "cluster",
+    operation_id = "drain_cluster_host",
+    params(("name" = String, Path, description = "Host name")),
+    responses(
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 200, description = "The host, draining", body = ClusterHost),
+        (status = 404, description = "no host of that name in the catalog (`not_found`)", body = ErrorBody),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn host_drain(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ClusterHost>> {
+    set_draining(&d, &caller, &name, true).await
+}
+
+/// Undrains a host: it takes partitions again.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/hosts/{name}/undrain",
+    tag = "cluster",
+    operation_id = "undrain_cluster_host",
+    params(("name" = String, Path, description = "Host name")),
+    responses(
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 200, description = "The host", body = ClusterHost),
+        (status = 404, description = "no host of that name in the catalog (`not_found`)", body = ErrorBody),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn host_undrain(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ClusterHost>> {
+    set_draining(&d, &caller, &name, false).await
+}
+
+async fn set_draining(
+    d: &Host,
+    caller: &Auth,
+    name: &str,
+    draining: bool,
+) -> ApiResult<Json<ClusterHost>> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(d)?;
+    m.catalog.set_draining(name, draining).await?;
+    Ok(Json(host_out(m.catalog.host(name, m.cfg.liveness).await?)))
+}
+
+/// Lists zones and the hosts providing them.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/zones",
+    tag = "cluster",
+    operation_id = "list_cluster_zones",
+    responses(
+        (status = 200, description = "Every zone, by kind then name", body = ClusterZoneList),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn zone_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterZoneList>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    let zones = m.catalog.zones().await?;
+    Ok(Json(ClusterZoneList {
+        zones: zones
+            .into_iter()
+            .map(|(z, hosts)| ClusterZone {
+                zone: z.to_string(),
+                hosts,
+            })
+            .collect(),
+    }))
+}
+
+/// Adds a zone (an administrator-defined kind is added with it).
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/zones",
+    tag = "cluster",
+    operation_id = "add_cluster_zone",
+    request_body = ClusterZoneAddRequest,
+    responses(
+        (status = 201, description = "The zone (idempotent)", body = ClusterZone),
+        (status = 400, description = "malformed JSON or a zone that is not KIND:NAME (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn zone_add(
+    State(d): D,
+    caller: Auth,
+    ApiJson(req): ApiJson<ClusterZoneAddRequest>,
+) -> ApiResult<(StatusCode, Json<ClusterZone>)> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    let zone: Zone = req.zone.parse()?;
+    m.catalog.add_zone(&zone).await?;
+    let hosts = m
+        .catalog
+        .zones()
+        .await?
+        .into_iter()
+        .find(|(z, _)| *z == zone)
+        .map(|(_, h)| h)
+        .unwrap_or_default();
+    Ok((
+        StatusCode::CREATED,
+        Json(ClusterZone {
+            zone: zone.to_string(),
+            hosts,
+        }),
+    ))
+}
+
+/// Lists domains and their policies.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/domains",
+    tag = "cluster",
+    operation_id = "list_cluster_domains",
+    responses(
+        (status = 200, description = "Every domain, by name", body = ClusterDomainList),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn domain_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterDomainList>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    let domains = m.catalog.domains().await?;
+    Ok(Json(ClusterDomainList {
+        domains: domains
+            .into_iter()
+            .map(|(name, p)| ClusterDomain {
+                name,
+                policy: ClusterDomainPolicy {
+                    importance: Some(p.importance.as_str().to_owned()),
+                    available: p.available,
+                    preferred: p.preferred,
+                    guarantee: cap_out(p.guarantee),
+                    limit: cap_out(p.limit),
+                },
+            })
+            .collect(),
+    }))
+}
+
+/// Creates a domain, or replaces its policy.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/domains",
+    tag = "cluster",
+    operation_id = "put_cluster_domain",
+    request_body = ClusterDomain,
+    responses(
+        (status = 200, description = "The domain", body = ClusterDomain),
+        (status = 400, description = "malformed JSON, an invalid name, importance or host name (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn domain_put(
+    State(d): D,
+    caller: Auth,
+    ApiJson(ClusterDomain { name, policy: req }): ApiJson<ClusterDomain>,
+) -> ApiResult<Json<ClusterDomain>> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    let importance: Importance = match &req.importance {
+        Some(i) => i.parse()?,
+        None => Importance::default(),
+    };
+    for h in req.available.iter().chain(&req.preferred) {
+        brood_cluster::model::check_name("host", h)?;
+    }
+    let policy = DomainPolicy {
+        importance,
+        available: req.available.clone(),
+        preferred: req.preferred.clone(),
+        guarantee: cap_in(req.guarantee),
+        limit: cap_in(req.limit),
+    };
+    m.catalog.put_domain(&name, &policy).await?;
+    Ok(Json(ClusterDomain {
+        name,
+        policy: ClusterDomainPolicy {
+            importance: Some(importance.as_str().to_owned()),
+            ..req
+        },
+    }))
+}
+
+/// Lists placements.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/placements",
+    tag = "cluster",
+    operation_id = "list_cluster_placements",
+    responses(
+        (status = 200, description = "Every placement, by partition name", body = ClusterPlacementList),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn placement_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterPlacementList>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    let all = m.catalog.placements(None).await?;
+    Ok(Json(ClusterPlacementList {
+        placements: all.into_iter().map(placement_out).collect(),
+    }))
+}
+
+/// Defines a partition in the catalog and places it: the host is chosen
+/// by zones, domain and load, and committed by a conditional write. The
+/// same request again answers the same placement.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/placements",
+    tag = "cluster",
+    operation_id = "place_cluster_partition",
+    request_body = ClusterPlaceRequest,
+    responses(
+        (status = 201, description = "The placement", body = ClusterPlacement),
+        (status = 400, description = "malformed JSON, an invalid name or requirement (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "no host can take it, with the reason (`capacity_exceeded`); a partition of that name is defined differently, or broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn placement_add(
+    State(d): D,
+    caller: Auth,
+    ApiJson(req): ApiJson<ClusterPlaceRequest>,
+) -> ApiResult<(StatusCode, Json<ClusterPlacement>)> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    let requires = req
+        .requires
+        .iter()
+        .map(|r| Requirement::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let def = PartitionDef {
+        id: uuid::Uuid::new_v4(),
+        name: req.name,
+        domain: req.domain.unwrap_or_else(|| "default".to_owned()),
+        demand: cap_in(req.demand),
+        requires,
+    };
+    let p = m.catalog.place(&def, m.cfg.liveness).await?;
+    Ok((StatusCode::CREATED, Json(placement_out(p))))
+}
