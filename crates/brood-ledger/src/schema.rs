@@ -73,6 +73,10 @@
 //! unit's unused allocation): its generated `partition` column is NULL for
 //! units and a generated `unit` column references `unit`. Every row is
 //! copied, so a version-2 file migrates in place.
+//!
+//! `V_JOBS` (jobs and workflows, issue 13) adds `job`, its append-only
+//! `job_event` log and the versioned `workflow` definitions (see `job`);
+//! new tables only, so an older file migrates in place.
 
 use std::path::Path;
 use std::time::Duration;
@@ -85,8 +89,9 @@ use crate::error::{DbContext, LedgerError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order; entry `i` takes `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS, V_TENANCY];
+const MIGRATIONS: &[&str] = &[V1, V2, V_NETIO, V_SERVICE_POOLS, V_TENANCY, V_JOBS];
 
+use crate::job::V_JOBS;
 use crate::service_pool::V_SERVICE_POOLS;
 
 /// Version 1: capacity, partitions, holdings, the audit log.
