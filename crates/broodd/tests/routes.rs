@@ -76,6 +76,10 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", "/tokens") => json!({"user": name}),
         ("PUT", "/prices") => json!({"item": "vcpu", "micros_per_hour": 1}),
         ("POST", "/chargeback/refunds") => json!({"unit": name, "micros": 1, "reason": "r"}),
+        ("POST", "/workflows") => json!({
+            "definition": format!("name: {name}\ntasks: [{{id: a, step: stop, params: {{vm: off}}}}]")
+        }),
+        ("POST", p) if p.ends_with("/run") => json!({}),
         _ => return None,
     })
 }
@@ -300,6 +304,14 @@ async fn fixture() -> TestApp {
     let id = t["id"].as_str().expect("a token id").to_owned();
     let (s, v) = app.delete(&format!("/v1/tokens/{id}")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // A workflow whose only task fails: `off` is stopped already.
+    let (s, v) = app
+        .post(
+            "/v1/workflows",
+            body_for(&Method::POST, "/v1/workflows", "stop-off").unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     app
 }
 
@@ -369,6 +381,9 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         ("POST", "/partitions/{name}/session") => "off",
         ("GET", "/partitions/{name}/console/attach") => "off",
         ("GET" | "PUT", "/partitions/{name}/files") => "off",
+        // Job 1 (the fixture's first define) has ended.
+        ("POST", "/jobs/{id}/cancel") => "1",
+        ("POST", "/workflows/{name}/run") => "stop-off",
         _ => return None,
     };
     Some((name, body_for(method, path, "x")))
@@ -681,6 +696,15 @@ const KNOWN: &[&str] = &[
     "PUT /v1/prices",
     "GET /v1/chargeback",
     "POST /v1/chargeback/refunds",
+    "GET /v1/jobs",
+    "GET /v1/jobs/{id}",
+    "POST /v1/jobs/{id}/cancel",
+    "GET /v1/jobs/{id}/wait",
+    "GET /v1/workflows",
+    "POST /v1/workflows",
+    "GET /v1/workflows/{name}",
+    "DELETE /v1/workflows/{name}",
+    "POST /v1/workflows/{name}/run",
 ];
 
 #[tokio::test]

@@ -8,6 +8,7 @@ pub mod auth;
 mod doc;
 pub mod error;
 mod extract;
+pub mod jobs;
 mod ledger;
 mod network;
 mod partitions;
@@ -48,6 +49,7 @@ use crate::host::Host;
         (name = "services", description = "Pools of service domains and the services they become"),
         (name = "units", description = "Business units, their allocations and requests, the infrastructure"),
         (name = "accounts", description = "Users, tokens, prices and chargeback"),
+        (name = "jobs", description = "Jobs (every unit action, queued and run) and workflows"),
     )
 )]
 struct ApiDoc;
@@ -80,6 +82,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = service_pools::routes(r);
     let r = units::routes(r);
     let r = accounts::routes(r);
+    let r = jobs::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);
