@@ -273,6 +273,10 @@ impl Runner for HostRunner {
             Step::Create => self.create(params).await,
             Step::Start => {
                 let rec = self.vm(params, Action::Operate).await?;
+                if rec.run_state == brood_ledger::RunState::Running {
+                    // Started already (a step run again): done.
+                    return Ok(named(&rec.name));
+                }
                 lifecycle::start(&self.host, self.caller.actor(), rec.uuid)
                     .await
                     .map_err(err)?;
@@ -280,6 +284,10 @@ impl Runner for HostRunner {
             }
             Step::Stop => {
                 let rec = self.vm(params, Action::Operate).await?;
+                if rec.run_state == brood_ledger::RunState::Stopped {
+                    // Stopped already (a step run again): done.
+                    return Ok(named(&rec.name));
+                }
                 let t = Duration::from_secs(number(params, "timeout_s", 30)?.min(3600));
                 lifecycle::stop(
                     &self.host,
