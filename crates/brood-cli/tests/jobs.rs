@@ -110,3 +110,60 @@ async fn workflows_are_stored_run_and_deleted() {
     let o = brood(&s, &["workflow", "show", "hello"]).await;
     assert_ne!(o.status.code(), Some(0));
 }
+
+/// The README's jobs example: its YAML block as `web.yaml`, then each
+/// `brood` line of its sh block, in order.
+#[tokio::test]
+async fn the_readme_example_runs() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("<!-- jobs-example")
+        .expect("the example's marker");
+    let block = &readme[start..];
+    let yaml = &block[block.find("```yaml").expect("a yaml block") + 7..];
+    let yaml = &yaml[..yaml.find("```").expect("the block's end")];
+    let sh = &block[block.find("```sh").expect("a sh block") + 5..];
+    let sh = &sh[..sh.find("```").expect("the block's end")];
+    let app = TestApp::new().await;
+    let s = app.serve_unix().await;
+    let file = app.dir().join("web.yaml");
+    std::fs::write(&file, yaml).expect("write web.yaml");
+    let lines: Vec<Vec<String>> = sh
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or_default().trim())
+        .filter(|l| l.starts_with("brood "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(|w| {
+                    if w == "web.yaml" {
+                        file.to_string_lossy().into_owned()
+                    } else {
+                        w.to_owned()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    assert!(lines.len() >= 8, "{lines:?}");
+    for args in &lines {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = brood(&s, &a).await;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "brood {a:?}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if a.starts_with(&["workflow", "run"]) {
+            assert!(out.contains("hello from web-1"), "{out}");
+            assert!(!out.contains("s3cret"), "{out}");
+        }
+        if a.starts_with(&["job", "show"]) {
+            assert!(!out.contains("s3cret"), "{out}");
+            assert!(out.contains("***"), "{out}");
+        }
+    }
+}
