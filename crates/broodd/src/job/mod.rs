@@ -686,3 +686,82 @@ where
     )
     .await
 }
+
+/// The job checks of `brood ledger verify` that need broodd: every job the
+/// ledger says runs is run by this broodd (`job_without_broodd`), and no
+/// define that failed or was cancelled left its partition (`orphan_of_failed_job`).
+pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::host::HostResult<()> {
+    let jobs = host.feature::<Jobs>();
+    let running = host
+        .ledger
+        .jobs(brood_ledger::JobFilter {
+            state: Some(JobState::Running),
+            limit: usize::MAX >> 1,
+            ..brood_ledger::JobFilter::default()
+        })
+        .await?;
+    let runs_here = |id: u64| jobs.lock().running.contains_key(&id);
+    for j in running {
+        let ours = j.runner.as_deref() == Some(jobs.runner());
+        // A job of this run that just ended may be gone from memory: re-read it.
+        let lost = ours
+            && !runs_here(j.id)
+            && host
+                .ledger
+                .job(j.id)
+                .await?
+                .is_some_and(|now| now.state == JobState::Running)
+            && !runs_here(j.id);
+        if !ours || lost {
+            out.push(brood_api::Problem {
+                code: "job_without_broodd".into(),
+                message: format!(
+                    "job {} ({} {}) is recorded running, but this broodd does not run it",
+                    j.id, j.kind, j.target
+                ),
+            });
+        }
+    }
+    for state in [JobState::Failed, JobState::Cancelled] {
+        let ended = host
+            .ledger
+            .jobs(brood_ledger::JobFilter {
+                state: Some(state),
+                limit: 10_000,
+                ..brood_ledger::JobFilter::default()
+            })
+            .await?;
+        for j in ended
+            .iter()
+            .filter(|j| j.kind.starts_with("partition.define"))
+        {
+            // The partition of that name, if it was made by this job: created
+            // between the job's submission and its end.
+            let Some(p) = host.ledger.partition_by_name(&j.target).await? else {
+                continue;
+            };
+            let t = |s: &str| humantime::parse_rfc3339(s).ok();
+            let made = match (
+                t(&p.created_at),
+                t(&j.created_at),
+                j.finished_at.as_deref().and_then(t),
+            ) {
+                (Some(made), Some(from), Some(to)) => from <= made && made <= to,
+                _ => false,
+            };
+            if made {
+                out.push(brood_api::Problem {
+                    code: "orphan_of_failed_job".into(),
+                    message: format!(
+                        "job {} ({}) {} but partition {} it made is still there",
+                        j.id,
+                        j.kind,
+                        j.state.as_str(),
+                        p.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
