@@ -576,6 +576,8 @@ async fn a_restart_fails_single_jobs_it_cut_and_cancels_queued_ones() {
     assert_eq!(a["state"], "failed", "{a}");
     assert_eq!(b["state"], "cancelled", "{b}");
     assert!(b["error"].as_str().unwrap().contains("submit it again"));
+    let (s, _) = app.get("/v1/partitions/a").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the cut define left no partition");
     let (_, l) = app
         .request(Method::GET, "/v1/jobs?state=running", None)
         .await;

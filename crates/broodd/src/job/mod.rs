@@ -740,16 +740,7 @@ pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::ho
             let Some(p) = host.ledger.partition_by_name(&j.target).await? else {
                 continue;
             };
-            let t = |s: &str| humantime::parse_rfc3339(s).ok();
-            let made = match (
-                t(&p.created_at),
-                t(&j.created_at),
-                j.finished_at.as_deref().and_then(t),
-            ) {
-                (Some(made), Some(from), Some(to)) => from <= made && made <= to,
-                _ => false,
-            };
-            if made {
+            if made_by(j, &p) {
                 out.push(brood_api::Problem {
                     code: "orphan_of_failed_job".into(),
                     message: format!(
@@ -764,4 +755,18 @@ pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::ho
         }
     }
     Ok(())
+}
+
+/// Whether partition `p` was made by job `j` (a define): created between
+/// the job's submission and its end (or now, if it has not ended).
+pub fn made_by(j: &JobRecord, p: &PartitionRecord) -> bool {
+    let t = |s: &str| humantime::parse_rfc3339(s).ok();
+    let to = match j.finished_at.as_deref() {
+        Some(f) => t(f),
+        None => Some(std::time::SystemTime::now()),
+    };
+    match (t(&p.created_at), t(&j.created_at), to) {
+        (Some(made), Some(from), Some(to)) => from <= made && made <= to,
+        _ => false,
+    }
 }

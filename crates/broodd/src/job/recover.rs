@@ -7,7 +7,9 @@
 //!   unwinds (`brood_workflow::run`);
 //! - any other job that was running is failed: its work (one host
 //!   operation) lived in the dead broodd's memory; what it did to its
-//!   partition is what `reconcile` found and settled;
+//!   partition is what `reconcile` found and settled, and a define that
+//!   was to start its partition removes the partition it made unless it
+//!   runs (a failed start leaves no definition);
 //! - any other job still queued is cancelled with the reason (its work was
 //!   never started; submit it again).
 
@@ -81,6 +83,20 @@ pub async fn run(host: &Arc<Host>) -> anyhow::Result<()> {
                 "broodd stopped before the job ran: submit it again",
             ),
         };
+        // A define that was to start it promised to leave nothing if the
+        // start failed: a partition it made and that does not run goes.
+        if j.state == JobState::Running
+            && j.kind == "partition.define.start"
+            && let Some(p) = host.ledger.partition_by_name(&j.target).await?
+            && super::made_by(&j, &p)
+            && !p.run_state.is_active()
+        {
+            crate::partition::lifecycle::delete(host, &j.actor, p.uuid, true).await?;
+            info!(
+                job = j.id,
+                "removed {}, which the cut define had made", p.name
+            );
+        }
         let mut c = JobChange::new(j.id, &[j.state], to);
         c.error = Some(why.into());
         let rec = host.ledger.set_job_state(c).await?;
