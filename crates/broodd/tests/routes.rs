@@ -304,12 +304,10 @@ async fn fixture() -> TestApp {
     let id = t["id"].as_str().expect("a token id").to_owned();
     let (s, v) = app.delete(&format!("/v1/tokens/{id}")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // A workflow whose only task fails: `off` is stopped already.
+    // A workflow whose only task fails: `off` runs no guest to exec in.
+    let def = "name: stop-off\ntasks: [{id: a, step: exec, params: {vm: off, command: 'true'}}]";
     let (s, v) = app
-        .post(
-            "/v1/workflows",
-            body_for(&Method::POST, "/v1/workflows", "stop-off").unwrap(),
-        )
+        .post("/v1/workflows", json!({ "definition": def }))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     app
