@@ -11,7 +11,9 @@
 //!    route, `runs` times; each time the job's record says when its work
 //!    (the start itself, the same code a direct start runs) began and
 //!    ended, so the latency the queue adds is the request's total less the
-//!    work's span, measured on the same start. Medians are printed.
+//!    work's span, measured on the same start (that remainder includes the
+//!    HTTP request and its authentication, which a start had before jobs
+//!    too: an upper bound of what the queue adds). Medians are printed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -171,7 +173,9 @@ fn real(runs: usize, broodd: &Path, image: &Path) -> Result<()> {
     }
     println!(
         "brood vm start on real VMs, median of {runs}: {:.1} ms the request, {:.1} ms the \
-         start itself (the job's work), {:.2} ms added by the job queue ({:.1}% of the request)",
+         start itself (the job's work, what a direct start runs), {:.2} ms outside it \
+         (admission, queue, three durable job-state transactions, and the HTTP request \
+         itself; {:.1}% of the request)",
         median(total.clone()),
         median(work),
         median(added.clone()),
