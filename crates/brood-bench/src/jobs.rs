@@ -136,11 +136,11 @@ fn at(v: &serde_json::Value, key: &str) -> Result<SystemTime> {
 fn real(runs: usize, broodd: &Path, image: &Path) -> Result<()> {
     let d = crate::fork::Daemon::start(broodd, image)?;
     let (sock, token) = (d.sock(), d.token());
-    let mut c = Conn::open(sock)?;
-    let (s, v) = c.request(
+    // One connection per request: broodd may close an idle keep-alive one.
+    let call = |m: &str, p: &str, b: Option<&str>| Conn::open(sock)?.request(m, p, token, b);
+    let (s, v) = call(
         "POST",
         "/v1/partitions",
-        token,
         Some(r#"{"name":"jb","configs":{"default":{"memory_mib":256}}}"#),
     )?;
     if s != 201 {
@@ -149,12 +149,12 @@ fn real(runs: usize, broodd: &Path, image: &Path) -> Result<()> {
     let (mut total, mut work, mut added) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let t = Instant::now();
-        let (s, v) = c.request("POST", "/v1/partitions/jb/start", token, Some("{}"))?;
+        let (s, v) = call("POST", "/v1/partitions/jb/start", Some("{}"))?;
         let took = t.elapsed();
         if s != 200 {
             bail!("start #{i}: {s} {v}");
         }
-        let (_, l) = c.request("GET", "/v1/jobs?target=jb&limit=1", token, None)?;
+        let (_, l) = call("GET", "/v1/jobs?target=jb&limit=1", None)?;
         let l: serde_json::Value = serde_json::from_str(&l)?;
         let job = &l["items"][0];
         if job["kind"] != "partition.start" {
@@ -166,7 +166,7 @@ fn real(runs: usize, broodd: &Path, image: &Path) -> Result<()> {
         total.push(ms(took));
         work.push(ms(span));
         added.push(ms(took.saturating_sub(span)));
-        let (s, v) = c.request("POST", "/v1/partitions/jb/kill", token, Some("{}"))?;
+        let (s, v) = call("POST", "/v1/partitions/jb/kill", Some("{}"))?;
         if s != 200 {
             bail!("kill #{i}: {s} {v}");
         }
