@@ -41,6 +41,20 @@ pub enum EventKind {
         /// Its uuid.
         uuid: Uuid,
     },
+    /// A job changed state (`GET /v1/jobs/{id}` has the rest).
+    Job {
+        /// Its number.
+        id: u64,
+        /// What it does.
+        kind: String,
+        /// What it acts on.
+        target: String,
+        /// Its state now.
+        state: crate::job::JobState,
+        /// The unit it acts for.
+        #[serde(default)]
+        unit: Option<Uuid>,
+    },
     /// A ledger transaction committed (one event per transaction; the
     /// audit log, `GET /v1/ledger/log`, has its changes).
     Ledger {

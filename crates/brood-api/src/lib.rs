@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod fork;
 pub mod host;
+pub mod job;
 pub mod ledger;
 pub mod listen;
 pub mod network;
@@ -34,6 +35,10 @@ pub use fork::{
     TemplateList,
 };
 pub use host::{EngineInfo, HostInfo};
+pub use job::{
+    Job, JobEvent, JobList, JobQueue, JobState, WorkflowCreateRequest, WorkflowInfo, WorkflowList,
+    WorkflowRunRequest,
+};
 pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
 };

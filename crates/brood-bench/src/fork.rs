@@ -45,6 +45,16 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Its socket.
+    pub(crate) fn sock(&self) -> &std::path::Path {
+        &self.sock
+    }
+
+    /// Its token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub(crate) fn start(broodd: &Path, image: &Path) -> Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("brood-bench-fork-")

@@ -4,7 +4,9 @@
 //! `api` (broodd's list and show latency against a bare HTTP server),
 //! `debian` (a Debian image against the default one and raw QEMU), `io`
 //! (I/O partitions against a VM's own qcow2 and a Linux bridge), `cluster`
-//! (placement decisions per second against a least-loaded scan).
+//! (placement decisions per second against a least-loaded scan), `jobs`
+//! (light jobs per second on the fake engine, and the latency the job
+//! queue adds to a real VM's start).
 
 mod api;
 mod boot;
@@ -12,6 +14,7 @@ mod cluster;
 mod debian;
 mod fork;
 mod io;
+mod jobs;
 mod ledger;
 mod pool;
 mod tenancy;
@@ -91,6 +94,28 @@ enum Cmd {
         /// The broodd binary.
         #[arg(long, default_value = "target/release/broodd")]
         broodd: PathBuf,
+    },
+    /// Light jobs per second on the fake engine against a route that is no
+    /// job, and the latency the job queue adds to `brood vm start` on real VMs.
+    Jobs {
+        /// Concurrent clients on the fake engine.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds per fake-engine run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds of the fake-engine runs; medians are printed.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Starts on real VMs (0: skip them).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
+        /// Image directory.
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
     },
     /// Durable ledger transactions per second: brood's group commit against
     /// one connection behind a mutex.
@@ -207,6 +232,23 @@ fn main() -> Result<()> {
             broodd: &broodd,
         }),
         Cmd::Io { runs, image } => io::io(runs, image),
+        Cmd::Jobs {
+            clients,
+            seconds,
+            rounds,
+            runs,
+            broodd,
+            image,
+        } => jobs::jobs(
+            jobs::JobsBench {
+                clients,
+                seconds,
+                rounds,
+                runs,
+            },
+            &broodd,
+            &image,
+        ),
         Cmd::Ledger {
             committers,
             seconds,

@@ -12,9 +12,9 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::Output;
 use crate::client::{Client, encode};
+use crate::partition::partition_path;
 use crate::render::print_json;
 use crate::units::{parse_gib, parse_mib};
-use crate::partition::partition_path;
 
 /// When a running VM takes a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]

@@ -332,6 +332,21 @@ impl Client {
             .await
     }
 
+    /// `GET path` with a deadline, decoded.
+    pub async fn get_within<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        deadline: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None, deadline).await
+    }
+
+    /// `DELETE path` that answers a JSON body (`?wait=false`: the job), decoded.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None, Some(REQUEST_TIMEOUT))
+            .await
+    }
+
     /// `POST path` with a JSON body, decoded.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -372,12 +387,6 @@ impl Client {
     ) -> Result<T, ClientError> {
         let body = json_body(&format!("PATCH {path}"), body)?;
         self.call(Method::PATCH, path, Some(body), Some(REQUEST_TIMEOUT))
-            .await
-    }
-
-    /// `DELETE path`, decoding the body it answers with.
-    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::DELETE, path, None, Some(REQUEST_TIMEOUT))
             .await
     }
 

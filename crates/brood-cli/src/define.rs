@@ -36,6 +36,9 @@ pub struct DefineArgs {
     /// only): comma-separated classes, e.g. `--requires http,log`.
     #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
     pub requires: Vec<String>,
+    /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
+    #[arg(long, conflicts_with = "requires")]
+    pub no_wait: bool,
 }
 
 /// The flags that describe one configuration.
@@ -280,6 +283,10 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
     };
     if start && !args.requires.is_empty() {
         crate::service::check_classes(client, &args.requires).await?;
+    }
+    if args.no_wait {
+        let j: brood_api::Job = client.post("/v1/partitions?wait=false", &req).await?;
+        return crate::job::queued(&j, out);
     }
     let p: Partition = client.post("/v1/partitions", &req).await?;
     if start && !args.requires.is_empty() {

@@ -111,6 +111,13 @@ pub fn line(e: &Event) -> String {
             format!("ledger tx {tx} by {actor}: {reason}")
         }
         EventKind::Ledger { tx, reason, .. } => format!("ledger tx {tx}: {reason}"),
+        EventKind::Job {
+            id,
+            kind,
+            target,
+            state,
+            ..
+        } => format!("job {id} {kind} {target}: {}", state.as_str()),
     };
     format!("{}  #{}  {what}", e.time, e.seq)
 }

@@ -21,6 +21,7 @@ mod identity_pool;
 mod image;
 mod infra;
 mod io;
+mod job;
 mod ledger;
 mod man;
 mod network;
@@ -38,6 +39,7 @@ mod unit;
 mod units;
 mod user;
 mod vm;
+mod workflow;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -225,6 +227,18 @@ enum Cmd {
         after_help = "Examples:\n  brood chargeback report --from 2026-01-01 --to 2026-02-01 -o csv"
     )]
     Chargeback(chargeback::ChargebackCmd),
+    /// Jobs: every VM action, queued and run (list, show, wait, cancel).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  brood job list --state running\n  brood job wait 12"
+    )]
+    Job(job::JobCmd),
+    /// Workflows: task graphs stored by broodd and run as jobs.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  brood workflow create --file web.yaml\n  brood workflow run web --set name=web-1"
+    )]
+    Workflow(workflow::WorkflowCmd),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
     /// Write brood's manual pages (one per command) into a directory.
@@ -390,6 +404,10 @@ fn main() {
                 &conn,
                 |c| async move { chargeback::run(cmd, &c, format).await },
             )
+        }
+        Cmd::Job(cmd) => with_client(&conn, |c| async move { job::run(cmd, &c, out).await }),
+        Cmd::Workflow(cmd) => {
+            with_client(&conn, |c| async move { workflow::run(cmd, &c, out).await })
         }
         Cmd::Completions(args) => completions::run(&args, &mut Cli::command()),
         Cmd::Man(args) => man::run(&args, Cli::command(), out),

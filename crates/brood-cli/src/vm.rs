@@ -43,8 +43,8 @@ pub enum VmCmd {
   brood vm show 5f0c...-uuid -o json")]
     Show(Target),
     /// Start a stopped, saved or crashed partition.
-    #[command(after_help = "Examples:\n  brood vm start web")]
-    Start(Target),
+    #[command(after_help = "Examples:\n  brood vm start web\n  brood vm start web --no-wait")]
+    Start(ActTarget),
     /// Ask the guest to power off; kill it after --timeout.
     #[command(after_help = "Examples:
   brood vm stop web
@@ -55,22 +55,25 @@ pub enum VmCmd {
         /// Seconds to wait for the guest to power off before killing it [default: 30].
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// Answer at once with the job instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Kill a partition's QEMU at once.
     #[command(after_help = "Examples:\n  brood vm kill web")]
-    Kill(Target),
+    Kill(ActTarget),
     /// Stop a partition's vCPUs; its memory stays held.
     #[command(after_help = "Examples:\n  brood vm pause web")]
-    Pause(Target),
+    Pause(ActTarget),
     /// Run a paused partition's vCPUs again.
     #[command(after_help = "Examples:\n  brood vm resume web")]
-    Resume(Target),
+    Resume(ActTarget),
     /// Save a partition's state to disk and return its memory and vCPUs.
     #[command(after_help = "Examples:\n  brood vm save web")]
-    Save(Target),
+    Save(ActTarget),
     /// Run a saved partition again from its saved state.
     #[command(after_help = "Examples:\n  brood vm restore web")]
-    Restore(Target),
+    Restore(ActTarget),
     /// Named snapshots of a partition's disks and memory.
     #[command(subcommand)]
     Snapshot(crate::snapshot::SnapshotCmd),
@@ -84,6 +87,9 @@ pub enum VmCmd {
         /// Delete it even while it runs or is paused.
         #[arg(long)]
         force: bool,
+        /// Answer at once with the job instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Print the tail of a partition's console log.
     #[command(after_help = "Examples:
@@ -169,6 +175,16 @@ pub struct Target {
     name: String,
 }
 
+/// A partition an action (a job) acts on.
+#[derive(Debug, Args)]
+pub struct ActTarget {
+    /// Partition name or uuid.
+    name: String,
+    /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
+    #[arg(long)]
+    no_wait: bool,
+}
+
 fn parse_stage(s: &str) -> Result<Stage, String> {
     parse_wire(
         s,
@@ -203,18 +219,31 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
             }
             Ok(0)
         }
-        VmCmd::Start(t) => action(client, &t.name, "start", out).await,
-        VmCmd::Kill(t) => action(client, &t.name, "kill", out).await,
-        VmCmd::Pause(t) => action(client, &t.name, "pause", out).await,
-        VmCmd::Resume(t) => action(client, &t.name, "resume", out).await,
-        VmCmd::Save(t) => action(client, &t.name, "save", out).await,
-        VmCmd::Restore(t) => action(client, &t.name, "restore", out).await,
+        VmCmd::Start(t) => action(client, &t, "start", out).await,
+        VmCmd::Kill(t) => action(client, &t, "kill", out).await,
+        VmCmd::Pause(t) => action(client, &t, "pause", out).await,
+        VmCmd::Resume(t) => action(client, &t, "resume", out).await,
+        VmCmd::Save(t) => action(client, &t, "save", out).await,
+        VmCmd::Restore(t) => action(client, &t, "restore", out).await,
         VmCmd::Snapshot(cmd) => crate::snapshot::run(cmd, client, out).await,
         VmCmd::Set(args) => crate::change::set(args, client, out).await,
         VmCmd::Disk(cmd) => crate::change::disk(cmd, client, out).await,
         VmCmd::Nic(cmd) => crate::change::nic(cmd, client, out).await,
-        VmCmd::Stop { name, timeout } => {
+        VmCmd::Stop {
+            name,
+            timeout,
+            no_wait,
+        } => {
             let path = format!("{}/stop", partition_path(&name));
+            if no_wait {
+                let j: brood_api::Job = client
+                    .post(
+                        &format!("{path}?wait=false"),
+                        &StopRequest { timeout_s: timeout },
+                    )
+                    .await?;
+                return crate::job::queued(&j, out);
+            }
             // broodd waits up to the guest's timeout (30 s by default) before it kills QEMU.
             let wait = Duration::from_secs(timeout.unwrap_or(30)) + REQUEST_TIMEOUT;
             let p = client
@@ -222,8 +251,16 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
                 .await?;
             done(&p, out)
         }
-        VmCmd::Delete { name, force } => {
+        VmCmd::Delete {
+            name,
+            force,
+            no_wait,
+        } => {
             let path = format!("{}?force={force}", partition_path(&name));
+            if no_wait {
+                let j: brood_api::Job = client.delete_json(&format!("{path}&wait=false")).await?;
+                return crate::job::queued(&j, out);
+            }
             client.delete(&path).await?;
             if out == Output::Text {
                 println!("deleted {name}");
@@ -275,8 +312,14 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
 }
 
 /// `POST /v1/partitions/{name}/{verb}` with an empty object.
-async fn action(client: &Client, name: &str, verb: &str, out: Output) -> Result<i32> {
-    let path = format!("{}/{verb}", partition_path(name));
+async fn action(client: &Client, t: &ActTarget, verb: &str, out: Output) -> Result<i32> {
+    let path = format!("{}/{verb}", partition_path(&t.name));
+    if t.no_wait {
+        let j: brood_api::Job = client
+            .post(&format!("{path}?wait=false"), &serde_json::json!({}))
+            .await?;
+        return crate::job::queued(&j, out);
+    }
     let p: Partition = client.post(&path, &serde_json::json!({})).await?;
     done(&p, out)
 }

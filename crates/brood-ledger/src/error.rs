@@ -255,6 +255,13 @@ pub enum LedgerError {
         /// The name asked for.
         name: String,
     },
+    /// A job store change that does not fit the job's row (no such job, a
+    /// state it is not in).
+    #[error("{what}")]
+    Job {
+        /// What is wrong.
+        what: String,
+    },
     /// The ledger's threads have stopped (after `close`, or a panic).
     #[error("ledger is closed")]
     Closed,

@@ -73,7 +73,11 @@ enum WriteJob {
         reply: oneshot::Sender<Result<Committed, LedgerError>>,
     },
     Close(oneshot::Sender<()>),
+    /// A write of the job store (`job`): its own transaction, after the batch.
+    Run(WriteFn),
 }
+
+type WriteFn = Box<dyn FnOnce(&Connection) + Send>;
 
 type ReadFn = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -248,6 +252,33 @@ impl Ledger {
         answer.await.map_err(|_| LedgerError::Closed)?
     }
 
+    /// Runs `f` on the writer thread inside its own transaction, committed
+    /// (durably) when `f` returns `Ok`, rolled back otherwise. For the job
+    /// store's rows, which are not resource transactions.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: WriteFn = Box::new(move |conn| {
+            let result = conn
+                .unchecked_transaction()
+                .ctx("begin write")
+                .and_then(|tx| {
+                    let v = f(&tx)?;
+                    tx.commit().ctx("commit write")?;
+                    Ok(v)
+                });
+            let _ = reply.send(result);
+        });
+        self.shared
+            .writer
+            .send(WriteJob::Run(job))
+            .map_err(|_| LedgerError::Closed)?;
+        answer.await.map_err(|_| LedgerError::Closed)?
+    }
+
     /// The host capacity.
     pub async fn capacity(&self) -> Result<Resources, LedgerError> {
         self.read(read::capacity).await
@@ -368,6 +399,7 @@ fn write_loop(
     let mut replies = Vec::new();
     while let Ok(first) = jobs.recv() {
         let mut close = None;
+        let mut run = None;
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
@@ -377,6 +409,10 @@ fn write_loop(
                 }
                 WriteJob::Close(done) => {
                     close = Some(done);
+                    break;
+                }
+                WriteJob::Run(f) => {
+                    run = Some(f);
                     break;
                 }
             }
@@ -401,6 +437,9 @@ fn write_loop(
                 let _ = reply.send(result);
             }
             txs.clear();
+        }
+        if let Some(f) = run {
+            f(db.conn());
         }
         if let Some(done) = close {
             drop(db);

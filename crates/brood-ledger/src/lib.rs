@@ -40,6 +40,7 @@ mod change;
 mod charge;
 mod db;
 mod error;
+mod job;
 mod json;
 mod ledger;
 mod lineage;
@@ -66,6 +67,10 @@ pub use charge::{
 };
 pub use db::{LEDGER_ACTOR, LedgerDb};
 pub use error::LedgerError;
+pub use job::{
+    AdmitLimits, JobChange, JobEvent, JobFilter, JobQueue, JobRecord, JobState, JobStore,
+    MAX_JOB_EVENTS, NewJob, WorkflowRecord, async_trait_free::JobStoreFuture,
+};
 pub use json::JsonText;
 pub use ledger::{CommitNote, Ledger, LedgerOptions};
 pub use lineage::{ChildLineage, ChildStatus, Lineage, PendingOp, Taken, TemplateLineage};

@@ -95,6 +95,10 @@
 //!
 //! a guest's disk served by its storage zone's I/O partition; see
 //! `storage_io.rs`.
+//!
+//! `V_JOBS` (jobs and workflows, issue 13) adds `job`, its append-only
+//! `job_event` log and the versioned `workflow` definitions (see `job`);
+//! new tables only, so an older file migrates in place.
 
 use std::path::Path;
 use std::time::Duration;
@@ -115,10 +119,12 @@ const MIGRATIONS: &[&str] = &[
     V_TENANCY,
     V_CHANGE,
     V_STORAGE_IO,
+    V_JOBS,
 ];
 
 use crate::change::V_CHANGE;
 
+use crate::job::V_JOBS;
 use crate::service_pool::V_SERVICE_POOLS;
 use crate::storage_io::V_STORAGE_IO;
 

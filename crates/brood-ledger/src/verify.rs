@@ -29,14 +29,14 @@ pub struct Problem {
     /// `capacity_sum`, `bad_row`, `orphan_holding`, `holding_mismatch`,
     /// `pid_while_inactive`, `active_template`, `missing_parent`,
     /// `orphan_pool_item`, `pool_holder_missing`, `pool_value_held_twice`,
-    /// `unit_allocation_mismatch`.
+    /// `unit_allocation_mismatch`, `job_without_runner`.
     pub code: &'static str,
     /// What is wrong, naming rows and amounts.
     pub message: String,
 }
 
 impl Problem {
-    fn new(code: &'static str, message: String) -> Problem {
+    pub(crate) fn new(code: &'static str, message: String) -> Problem {
         Problem { code, message }
     }
 }
@@ -46,6 +46,7 @@ impl Problem {
 pub(crate) fn verify(conn: &Connection) -> Result<Vec<Problem>, LedgerError> {
     let mut out = Vec::new();
     integrity(conn, &mut out)?;
+    crate::job::verify(conn, &mut out)?;
     let capacity = capacity_rows(conn, &mut out)?;
     let holdings = holding_rows(conn, &mut out)?;
     let partitions = partition_rows(conn, &mut out)?;

@@ -67,6 +67,7 @@ async fn send_to(router: Router, req: Request<Body>) -> Reply {
 pub struct TestAppBuilder {
     capacity: Resources,
     mode: Mode,
+    jobs: broodd::job::JobConfig,
 }
 
 impl Default for TestAppBuilder {
@@ -79,6 +80,7 @@ impl Default for TestAppBuilder {
                 nics: 4,
             },
             mode: Mode::Auto,
+            jobs: broodd::job::JobConfig::default(),
         }
     }
 }
@@ -93,6 +95,12 @@ impl TestAppBuilder {
     /// The fake engine's mode.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The job engine's limits.
+    pub fn jobs(mut self, jobs: broodd::job::JobConfig) -> Self {
+        self.jobs = jobs;
         self
     }
 
@@ -118,6 +126,7 @@ impl TestAppBuilder {
             set_capacity: false,
             vcpu_overcommit: 4.0,
             token: TOKEN.into(),
+            jobs: self.jobs,
         };
         let fake = FakeEngine::new(run, self.mode);
         let broodd = Broodd::start(cfg.clone(), Arc::new(fake.clone()))

@@ -19,4 +19,4 @@ mod run;
 pub use bind::{Binding, Scope, Secrets};
 pub use def::{Input, Step, Task, Workflow};
 pub use error::{DefError, RunError};
-pub use run::{Event, Journal, Outcome, Runner, TaskResult, run};
+pub use run::{CANCELLED, Event, Journal, Outcome, Runner, TaskResult, run};

@@ -41,7 +41,15 @@ pub trait Runner: Send + Sync {
     /// empty, and there may be nothing to undo). Idempotent; a step with
     /// nothing to undo returns `Ok`.
     async fn undo(&self, task: &Task, params: &Value, done: &TaskResult) -> Result<(), String>;
+    /// Whether the job was cancelled: checked before each task; a cancelled
+    /// job fails at the next task and unwinds.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
+
+/// The reason a cancelled job's next task fails with.
+pub const CANCELLED: &str = "the job was cancelled";
 
 /// One entry of a job's journal. Secrets never reach it: outputs and
 /// messages are redacted first.
@@ -321,6 +329,16 @@ pub async fn run(
                 continue;
             }
             Some(Past::Started(_)) | None => {}
+        }
+        if runner.cancelled() {
+            log.append(Event::Failed {
+                task: task.id.clone(),
+                reason: CANCELLED.into(),
+                fatal: true,
+            })
+            .await?;
+            failure = Some((task.id.clone(), CANCELLED.into()));
+            continue;
         }
         if !task.enabled {
             log.append(Event::Skipped {

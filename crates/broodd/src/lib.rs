@@ -11,6 +11,7 @@ mod fork;
 mod host;
 mod identity_pool;
 mod io;
+pub mod job;
 mod memory;
 mod metrics;
 mod network;
@@ -46,6 +47,8 @@ pub struct Config {
     pub vcpu_overcommit: f64,
     /// The API's bearer token.
     pub token: String,
+    /// The job engine's limits.
+    pub jobs: job::JobConfig,
 }
 
 /// A started broodd: the ledger open, templates loaded, the ledger
@@ -93,6 +96,7 @@ impl Broodd {
         plugins.hooks.push(Arc::new(network::NetworkHooks));
         plugins.feature(Arc::new(io::IoPartitions::default()));
         plugins.feature(Arc::new(cluster::Cluster::default()));
+        plugins.feature(Arc::new(job::Jobs::new(cfg.jobs)));
         let host = Arc::new(Host::new(
             cfg.paths,
             ledger,
@@ -117,6 +121,9 @@ impl Broodd {
         reconcile::run(&host)
             .await
             .context("reconcile the ledger with running VMs")?;
+        job::recover::run(&host)
+            .await
+            .context("settle the jobs a previous broodd left")?;
         template::refill_all(&host);
         memory::spawn(host.clone());
         partition::autostart::spawn(&host);
@@ -136,6 +143,7 @@ impl Broodd {
     /// (broodd's cache, not anyone's VMs) are killed. Partitions' VMs keep
     /// running; the next start attaches to them again.
     pub async fn shutdown(&self) {
+        self.host.feature::<job::Jobs>().abort_all();
         self.host.stop();
         template::drain_all(&self.host).await;
     }

@@ -65,6 +65,18 @@ struct Args {
     /// NIC capacity.
     #[arg(long, default_value_t = 64)]
     nics: u64,
+    /// Most heavy jobs (define, delete, fork, service requests) running at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_heavy_jobs: u64,
+    /// Most workflows running at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_workflows: u64,
+    /// Most jobs waiting in one queue; past it a job is refused (HTTP 503).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    job_queue_bound: u64,
+    /// Most VMs on this host (default: as many as capacity allows).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_vms: Option<u64>,
     /// Print broodd's manual page (roff, section 8) and exit.
     #[arg(long, hide = true)]
     man_page: bool,
@@ -147,6 +159,12 @@ async fn run(args: Args) -> Result<()> {
             set_capacity: args.memory_mib.is_some() || args.disk_gib.is_some(),
             vcpu_overcommit: args.vcpu_overcommit,
             token,
+            jobs: broodd::job::JobConfig {
+                max_heavy: usize::try_from(args.max_heavy_jobs).unwrap_or(usize::MAX),
+                max_workflows: usize::try_from(args.max_workflows).unwrap_or(usize::MAX),
+                queue_bound: args.job_queue_bound,
+                max_vms: args.max_vms,
+            },
         },
         Arc::new(QemuEngine::new(cfg)),
         cluster,

@@ -2,7 +2,9 @@
 //! capacity, nothing held twice, holdings match run states) plus the ones
 //! only broodd can check: every active partition has a live QEMU with the
 //! pid the ledger records, and every QEMU under broodd's run root belongs to
-//! an active partition. Each partition is checked under its lock, so an
+//! an active partition; no job runs without this broodd running it, and no
+//! failed or cancelled create left its partition behind (`job::verify`).
+//! Each partition is checked under its lock, so an
 //! operation in flight is never reported as a broken invariant.
 
 use std::collections::BTreeMap;
@@ -38,6 +40,7 @@ pub async fn verify(d: &Host) -> HostResult<VerifyReport> {
             message: p.message,
         });
     }
+    crate::job::verify(d, &mut problems).await?;
     checked.insert("ledger".into(), 1);
     // Re-read under the locks.
     let records = d.ledger.all_partitions().await?;

@@ -86,6 +86,10 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", "/cluster/zones") => json!({"zone": format!("storage:{name}")}),
         ("POST", "/cluster/domains") => json!({"name": name, "policy": {}}),
         ("POST", "/cluster/placements") => json!({"name": name, "demand": {"memory_mib": 64}}),
+        ("POST", "/workflows") => json!({
+            "definition": format!("name: {name}\ntasks: [{{id: a, step: stop, params: {{vm: off}}}}]")
+        }),
+        ("POST", p) if p.ends_with("/run") => json!({}),
         _ => return None,
     })
 }
@@ -312,6 +316,12 @@ async fn fixture() -> TestApp {
     let id = t["id"].as_str().expect("a token id").to_owned();
     let (s, v) = app.delete(&format!("/v1/tokens/{id}")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // A workflow whose only task fails: `off` runs no guest to exec in.
+    let def = "name: stop-off\ntasks: [{id: a, step: exec, params: {vm: off, command: 'true'}}]";
+    let (s, v) = app
+        .post("/v1/workflows", json!({ "definition": def }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     app
 }
 
@@ -388,6 +398,9 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         | ("DELETE", "/partitions/{name}/nics/{nic}") => "tpl",
         // Not in a cluster (no --catalog): every cluster route is refused.
         (_, p) if p.starts_with("/cluster") => "x",
+        // Job 1 (the fixture's first define) has ended.
+        ("POST", "/jobs/{id}/cancel") => "1",
+        ("POST", "/workflows/{name}/run") => "stop-off",
         _ => return None,
     };
     Some((name, body_for(method, path, "x")))
@@ -732,6 +745,15 @@ const KNOWN: &[&str] = &[
     "POST /v1/cluster/domains",
     "GET /v1/cluster/placements",
     "POST /v1/cluster/placements",
+    "GET /v1/jobs",
+    "GET /v1/jobs/{id}",
+    "POST /v1/jobs/{id}/cancel",
+    "GET /v1/jobs/{id}/wait",
+    "GET /v1/workflows",
+    "POST /v1/workflows",
+    "GET /v1/workflows/{name}",
+    "DELETE /v1/workflows/{name}",
+    "POST /v1/workflows/{name}/run",
 ];
 
 #[tokio::test]

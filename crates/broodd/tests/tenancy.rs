@@ -391,6 +391,8 @@ struct Fixture {
     tokens: BTreeMap<&'static str, String>,
     requests: [u64; 2],
     token_ids: [String; 2],
+    /// A job of each unit (its first VM's define).
+    jobs: [u64; 2],
 }
 
 async fn fixture() -> Fixture {
@@ -448,6 +450,18 @@ async fn fixture() -> Fixture {
         token_ids[i] = t["id"].as_str().expect("id").to_owned();
     }
     app.identity_pool("ids", &["v1", "v2"]).await;
+    let mut jobs = [0; 2];
+    for (i, u) in ["a", "b"].into_iter().enumerate() {
+        let (_, l) = app.get(&format!("/v1/jobs?unit={u}&limit=1")).await;
+        jobs[i] = l["items"][0]["id"].as_u64().expect("a job of the unit");
+    }
+    admin(
+        &app,
+        Method::POST,
+        "/v1/workflows",
+        json!({"definition": "name: wf\ntasks: [{id: s, step: stop, params: {vm: a1}}]"}),
+    )
+    .await;
     let mut tokens = BTreeMap::new();
     tokens.insert("admin", TOKEN.to_owned());
     tokens.insert(
@@ -464,6 +478,7 @@ async fn fixture() -> Fixture {
         tokens,
         requests,
         token_ids,
+        jobs,
     }
 }
 
@@ -514,6 +529,13 @@ fn route_action(method: &Method, path: &str) -> Option<(&'static str, &'static s
         ("PUT", "/prices") => ("configure", "price", false),
         ("GET", "/chargeback") => ("read", "chargeback", true),
         ("POST", "/chargeback/refunds") => ("configure", "chargeback", false),
+        ("GET", "/jobs") => ("read", "job", false),
+        ("GET", "/jobs/{id}" | "/jobs/{id}/wait") => ("read", "job", true),
+        ("POST", "/jobs/{id}/cancel") => ("operate", "job", true),
+        ("GET", "/workflows" | "/workflows/{name}") => ("read", "workflow", false),
+        ("POST", "/workflows") => ("create", "workflow", false),
+        ("DELETE", "/workflows/{name}") => ("delete", "workflow", false),
+        ("POST", "/workflows/{name}/run") => ("operate", "workflow", false),
         // Networks, I/O partitions and service pools are the host's
         // infrastructure: every role reads them, the administrator changes them.
         ("GET", p)
@@ -579,10 +601,13 @@ fn concrete(
         _ if p.starts_with("/units/") => u.to_owned(),
         _ if p.starts_with("/users/") => format!("{u}-extra"),
         _ if p.starts_with("/identity-pools/") => "ids".to_owned(),
+        _ if p.starts_with("/workflows/") => "wf".to_owned(),
         _ => format!("{u}1"),
     };
     let id = if p.starts_with("/tokens/") {
         fx.token_ids[i].clone()
+    } else if p.starts_with("/jobs/") {
+        fx.jobs[i].to_string()
     } else {
         fx.requests[i].to_string()
     };
@@ -635,6 +660,9 @@ fn concrete(
         ("POST", "/cluster/placements") => {
             Some(json!({"name": format!("c{n}"), "demand": {"memory_mib": 64}}))
         }
+        ("POST", "/workflows") => Some(json!({
+            "definition": format!("name: w{n}\ntasks: [{{id: s, step: stop, params: {{vm: a1}}}}]")
+        })),
         _ => None,
     };
     (uri, body)

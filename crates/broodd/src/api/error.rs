@@ -149,7 +149,9 @@ impl From<LedgerError> for ApiError {
                 format!("{e}: `brood identity-pool list` shows the identity pools"),
             ),
             LedgerError::InvalidOp { .. } => Self::bad_request(e.to_string()),
-            LedgerError::NetworkConflict { .. } => Self::conflict(e.to_string()),
+            LedgerError::NetworkConflict { .. } | LedgerError::Job { .. } => {
+                Self::conflict(e.to_string())
+            }
             LedgerError::NoSuchNetwork { .. } => {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
             }

@@ -10,6 +10,7 @@ mod cluster;
 mod doc;
 pub mod error;
 mod extract;
+pub mod jobs;
 mod ledger;
 mod network;
 mod partitions;
@@ -51,6 +52,7 @@ use crate::host::Host;
         (name = "units", description = "Business units, their allocations and requests, the infrastructure"),
         (name = "accounts", description = "Users, tokens, prices and chargeback"),
         (name = "cluster", description = "The cluster's catalog: hosts, zones, domains, placements"),
+        (name = "jobs", description = "Jobs (every unit action, queued and run) and workflows"),
     )
 )]
 struct ApiDoc;
@@ -85,6 +87,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = units::routes(r);
     let r = accounts::routes(r);
     let r = cluster::routes(r);
+    let r = jobs::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

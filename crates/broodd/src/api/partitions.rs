@@ -24,9 +24,11 @@ use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson, RawJson};
+use super::jobs::WaitQuery;
 use super::render::render;
 use crate::host::Host;
 use crate::host::runstate::EndMode;
+use crate::job::{self, Done};
 use crate::partition::{define, lifecycle};
 use crate::tenancy::Action;
 use crate::wire;
@@ -138,11 +140,14 @@ async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResul
     tag = "partitions",
     operation_id = "define_partition",
     request_body = DefineRequest,
+    params(WaitQuery),
     responses(
         (status = 201, description = "Defined (and started, with `start: true`)", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or an invalid value: the message names it", body = ErrorBody),
         (status = 409, description = "the name is taken (`conflict`), or with `start: true` the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
         (status = 502, description = "with `start: true`, QEMU failed to start; the definition is removed again (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -150,12 +155,39 @@ async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResul
 async fn define(
     State(d): D,
     caller: Auth,
+    Query(w): Query<WaitQuery>,
     ApiJson(req): ApiJson<DefineRequest>,
-) -> ApiResult<(StatusCode, RawJson)> {
+) -> ApiResult<Response> {
     caller.check(Action::Create, crate::tenancy::Kind::Partition)?;
     crate::tenancy::units::check_networks(&d, &caller, req.configs.values()).await?;
-    let rec = define::define(&d, caller.actor(), caller.scope(), req).await?;
-    Ok((StatusCode::CREATED, out(&d, rec).await?))
+    let s = job::Submit {
+        kind: if req.start {
+            "partition.define.start"
+        } else {
+            "partition.define"
+        }
+        .into(),
+        target: req.name.clone(),
+        unit: caller.scope(),
+        priority: req
+            .configs
+            .values()
+            .next()
+            .map_or(0, |c| i64::from(c.policy.priority)),
+        params: serde_json::json!({"partition": req.name, "start": req.start}),
+    };
+    let unit = caller.scope();
+    job::on_host(
+        &d,
+        caller.actor(),
+        s,
+        w.wait(),
+        move |d, actor| async move {
+            let rec = define::define(&d, &actor, unit, req).await?;
+            Ok(Done::with(StatusCode::CREATED, out(&d, rec).await?.0))
+        },
+    )
+    .await
 }
 
 /// Shows a partition (by name or uuid).
@@ -190,6 +222,8 @@ async fn show(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<
 struct DeleteQuery {
     /// Kill the VM first if it runs.
     force: Option<bool>,
+    /// Wait for the job (default); `false` answers 202 with the job.
+    wait: Option<bool>,
 }
 
 /// Deletes a partition, its disks and saved state.
@@ -201,9 +235,11 @@ struct DeleteQuery {
     params(("name" = String, Path, description = "Partition name or uuid"), DeleteQuery),
     responses(
         (status = 204, description = "Deleted, with its disks and saved state"),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "an unknown query parameter or a `force` that is not a boolean", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "its VM runs and `force` is not set, it is a template, or another operation holds it", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
@@ -212,10 +248,21 @@ async fn delete(
     caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Delete).await?;
-    lifecycle::delete(&d, caller.actor(), rec.uuid, q.force.unwrap_or(false)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let (uuid, force) = (rec.uuid, q.force.unwrap_or(false));
+    job::on_partition(
+        &d,
+        caller.actor(),
+        "partition.delete",
+        &rec,
+        q.wait.unwrap_or(true),
+        move |d, actor| async move {
+            lifecycle::delete(&d, &actor, uuid, force).await?;
+            Ok(Done::empty())
+        },
+    )
+    .await
 }
 
 /// Starts a stopped or crashed partition with its active configuration.
@@ -224,19 +271,39 @@ async fn delete(
     path = "/v1/partitions/{name}/start",
     tag = "partitions",
     operation_id = "start_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Started: the partition, running", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8, or its disks cannot be made as defined", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "not stopped or crashed, not startable in its stage, another operation holds it, or the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
         (status = 502, description = "QEMU failed to start (`engine_failed`); its resources are returned", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn start(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+async fn start(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(&d, lifecycle::start(&d, caller.actor(), rec.uuid).await?).await
+    let uuid = rec.uuid;
+    job::on_partition(
+        &d,
+        caller.actor(),
+        "partition.start",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            Ok(Done::ok(
+                out(&d, lifecycle::start(&d, &actor, uuid).await?).await?.0,
+            ))
+        },
+    )
+    .await
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
@@ -246,12 +313,14 @@ async fn start(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult
     tag = "partitions",
     operation_id = "stop_partition",
     request_body(content = StopRequest, description = "Optional: an empty body means the defaults"),
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Stopped: the partition", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or `timeout_s` over 3600", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "the partition is in a stage or run state that does not allow it (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -260,8 +329,9 @@ async fn stop(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
     OptionalJson(req): OptionalJson<StopRequest>,
-) -> ApiResult<RawJson> {
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
     let t = req
         .timeout_s
@@ -269,9 +339,21 @@ async fn stop(
     if t > Duration::from_secs(3600) {
         return Err(ApiError::bad_request("timeout_s must be at most 3600"));
     }
-    out(
+    let uuid = rec.uuid;
+    job::on_partition(
         &d,
-        lifecycle::stop(&d, caller.actor(), rec.uuid, EndMode::Graceful(t)).await?,
+        caller.actor(),
+        "partition.stop",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            let end = EndMode::Graceful(t);
+            Ok(Done::ok(
+                out(&d, lifecycle::stop(&d, &actor, uuid, end).await?)
+                    .await?
+                    .0,
+            ))
+        },
     )
     .await
 }
@@ -282,20 +364,38 @@ async fn stop(
     path = "/v1/partitions/{name}/kill",
     tag = "partitions",
     operation_id = "kill_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Killed: the partition, stopped", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "the partition is in a stage or run state that does not allow it (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn kill(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+async fn kill(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(
+    let uuid = rec.uuid;
+    job::on_partition(
         &d,
-        lifecycle::stop(&d, caller.actor(), rec.uuid, EndMode::Kill).await?,
+        caller.actor(),
+        "partition.kill",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            Ok(Done::ok(
+                out(&d, lifecycle::stop(&d, &actor, uuid, EndMode::Kill).await?)
+                    .await?
+                    .0,
+            ))
+        },
     )
     .await
 }
@@ -306,21 +406,39 @@ async fn kill(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<
     path = "/v1/partitions/{name}/pause",
     tag = "partitions",
     operation_id = "pause_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Paused: the partition", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "not running (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
         (status = 502, description = "QEMU did not pause (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn pause(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+async fn pause(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(
+    let uuid = rec.uuid;
+    job::on_partition(
         &d,
-        lifecycle::pause(&d, caller.actor(), rec.uuid, true).await?,
+        caller.actor(),
+        "partition.pause",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            Ok(Done::ok(
+                out(&d, lifecycle::pause(&d, &actor, uuid, true).await?)
+                    .await?
+                    .0,
+            ))
+        },
     )
     .await
 }
@@ -331,21 +449,39 @@ async fn pause(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult
     path = "/v1/partitions/{name}/resume",
     tag = "partitions",
     operation_id = "resume_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Resumed: the partition, running", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "not paused (`invalid_transition`), or another operation holds it (`conflict`)", body = ErrorBody),
         (status = 502, description = "QEMU did not resume (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn resume(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+async fn resume(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(
+    let uuid = rec.uuid;
+    job::on_partition(
         &d,
-        lifecycle::pause(&d, caller.actor(), rec.uuid, false).await?,
+        caller.actor(),
+        "partition.resume",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            Ok(Done::ok(
+                out(&d, lifecycle::pause(&d, &actor, uuid, false).await?)
+                    .await?
+                    .0,
+            ))
+        },
     )
     .await
 }
@@ -356,19 +492,39 @@ async fn resume(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResul
     path = "/v1/partitions/{name}/save",
     tag = "partitions",
     operation_id = "save_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Saved: the partition, its VM ended", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "not running or paused, a child or template, or another operation holds it", body = ErrorBody),
         (status = 502, description = "QEMU failed to save its state (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn save(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+async fn save(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(&d, lifecycle::save(&d, caller.actor(), rec.uuid).await?).await
+    let uuid = rec.uuid;
+    job::on_partition(
+        &d,
+        caller.actor(),
+        "partition.save",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            Ok(Done::ok(
+                out(&d, lifecycle::save(&d, &actor, uuid).await?).await?.0,
+            ))
+        },
+    )
+    .await
 }
 
 /// Starts a saved partition from its saved state.
@@ -377,19 +533,41 @@ async fn save(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<
     path = "/v1/partitions/{name}/restore",
     tag = "partitions",
     operation_id = "restore_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "Restored: the partition, running", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "not saved, another operation holds it, or the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
         (status = 502, description = "QEMU failed to start from the saved state (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn restore(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<RawJson> {
+async fn restore(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
     let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(&d, lifecycle::restore(&d, caller.actor(), rec.uuid).await?).await
+    let uuid = rec.uuid;
+    job::on_partition(
+        &d,
+        caller.actor(),
+        "partition.restore",
+        &rec,
+        w.wait(),
+        move |d, actor| async move {
+            Ok(Done::ok(
+                out(&d, lifecycle::restore(&d, &actor, uuid).await?)
+                    .await?
+                    .0,
+            ))
+        },
+    )
+    .await
 }
 
 /// Chooses the configuration used at the next start.

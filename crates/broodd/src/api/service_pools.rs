@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use brood_api::ErrorBody;
 use brood_api::service::{
@@ -104,8 +104,11 @@ async fn list_services(State(d): D, caller: Auth) -> ApiResult<Json<ServiceList>
 /// cold boot, said in `fallback`).
 #[utoipa::path(post, path = "/v1/services", tag = "services", operation_id = "request_service",
     request_body = ServiceRequest,
+    params(super::jobs::WaitQuery),
     responses(
         (status = 201, description = "The service, answering", body = Service),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         (status = 400, description = "malformed JSON, an unknown field, an unknown class or pool, a bad key-value or script, more guests than `domain_pairing`, or a class whose image the pool lacks", body = ErrorBody),
         (status = 404, description = "a guest named in `for` does not exist (`not_found`)", body = ErrorBody),
         (status = 409, description = "the name is taken, a guest is a template (`invalid_transition`), the host lacks capacity, or the service did not start or answer its probe in time", body = ErrorBody),
@@ -114,13 +117,30 @@ async fn list_services(State(d): D, caller: Auth) -> ApiResult<Json<ServiceList>
 async fn request_service(
     State(d): D,
     caller: Auth,
+    Query(w): Query<super::jobs::WaitQuery>,
     ApiJson(req): ApiJson<ServiceRequest>,
-) -> ApiResult<(StatusCode, Json<Service>)> {
+) -> ApiResult<axum::response::Response> {
     caller.check(Action::Configure, Kind::Infra)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(pool::request::request(&d, req).await?),
-    ))
+    let s = crate::job::Submit {
+        kind: "service.request".into(),
+        target: req.class.clone(),
+        unit: caller.scope(),
+        priority: 0,
+        params: serde_json::json!({"class": req.class, "name": req.name, "for": req.guests}),
+    };
+    crate::job::on_host(
+        &d,
+        caller.actor(),
+        s,
+        w.wait(),
+        move |d, _actor| async move {
+            let svc = pool::request::request(&d, req).await?;
+            let body = serde_json::to_vec(&svc)
+                .map_err(|e| super::error::ApiError::internal("encode the service", &e))?;
+            Ok(crate::job::Done::with(StatusCode::CREATED, body))
+        },
+    )
+    .await
 }
 
 /// Shows a service.

@@ -21,6 +21,7 @@ use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::host::Host;
+use crate::job::{self, Done};
 use crate::template::freeze;
 use crate::tenancy::{Action, Caller, Kind};
 use crate::{fork, identity_pool};
@@ -168,13 +169,15 @@ async fn delete(
     tag = "templates",
     operation_id = "fork_template",
     request_body = ForkRequest,
-    params(("name" = String, Path, description = "Template name or uuid")),
+    params(("name" = String, Path, description = "Template name or uuid"), super::jobs::WaitQuery),
     responses(
         (status = 201, description = "The children, in order", body = ForkResponse),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or an invalid value (`count` outside 1-256, a bad key-value, a pool of the wrong kind)", body = ErrorBody),
         (status = 404, description = "no template, identity pool or IPv4 pool of that name (`not_found`)", body = ErrorBody),
         (status = 409, description = "the host lacks capacity or a pool has too few free values (`capacity_exceeded`), or another operation holds the template", body = ErrorBody),
         (status = 502, description = "a child QEMU failed to start or load the state (`engine_failed`); no child is left half-made", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -183,12 +186,27 @@ async fn fork_children(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
+    Query(w): Query<super::jobs::WaitQuery>,
     ApiJson(req): ApiJson<ForkRequest>,
-) -> ApiResult<(StatusCode, Json<ForkResponse>)> {
+) -> ApiResult<axum::response::Response> {
     let rec = template_rec(&d, &caller, &name, Action::Operate).await?;
     caller.check(Action::Create, Kind::Partition)?;
-    let children = fork::fork(&d, caller.actor(), caller.scope(), rec.uuid, req).await?;
-    Ok((StatusCode::CREATED, Json(ForkResponse { children })))
+    let (uuid, unit) = (rec.uuid, caller.scope());
+    let mut s = job::Submit::partition("template.fork", &rec, unit);
+    s.params["count"] = serde_json::json!(req.count);
+    job::on_host(
+        &d,
+        caller.actor(),
+        s,
+        w.wait(),
+        move |d, actor| async move {
+            let children = fork::fork(&d, &actor, unit, uuid, req).await?;
+            let body = serde_json::to_vec(&ForkResponse { children })
+                .map_err(|e| ApiError::internal("encode the children", &e))?;
+            Ok(Done::with(StatusCode::CREATED, body))
+        },
+    )
+    .await
 }
 
 /// Lists identity pools.

@@ -95,7 +95,7 @@ async fn forward(
                     ),
                     _ => None,
                 },
-                EventKind::Ledger { .. } => None,
+                EventKind::Ledger { .. } | EventKind::Job { .. } => None,
             },
         };
         if let Some(ev) = ev

@@ -79,11 +79,15 @@ pub enum Kind {
     Price,
     /// Chargeback reports and refunds.
     Chargeback,
+    /// A job (a unit's action, queued and run; issue 13).
+    Job,
+    /// A stored workflow definition (host-wide).
+    Workflow,
 }
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Partition,
         Kind::Template,
         Kind::IdentityPool,
@@ -96,6 +100,8 @@ impl Kind {
         Kind::Infra,
         Kind::Price,
         Kind::Chargeback,
+        Kind::Job,
+        Kind::Workflow,
     ];
 
     /// Its name in the table.
@@ -113,6 +119,8 @@ impl Kind {
             Kind::Infra => "infra",
             Kind::Price => "price",
             Kind::Chargeback => "chargeback",
+            Kind::Job => "job",
+            Kind::Workflow => "workflow",
         }
     }
 
@@ -127,6 +135,7 @@ impl Kind {
                 | Kind::User
                 | Kind::Token
                 | Kind::Chargeback
+                | Kind::Job
         )
     }
 }
@@ -178,6 +187,10 @@ pub fn policy(role: UserRole, action: Action, kind: Kind, own: bool) -> Verdict 
                 (K::Request, A::Create) => allow_if(admin),
                 (K::User | K::Token, A::Read | A::Create | A::Delete) => allow_if(admin),
                 (K::Chargeback, A::Read) => allow_if(admin),
+                // A unit's jobs: seen and cancelled by its users.
+                (K::Job, A::Read | A::Operate) => Allow,
+                // Workflows: read and run by units, written by administrators.
+                (K::Workflow, A::Read | A::Operate) => Allow,
                 (K::IdentityPool | K::Host | K::Infra | K::Price, A::Read) => Allow,
                 _ => Forbid,
             }

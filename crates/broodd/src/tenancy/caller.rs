@@ -82,6 +82,21 @@ impl Caller {
         Caller::of_user(host, &user).await.map(Ok)
     }
 
+    /// The caller a job acts as after a restart of broodd: its actor, by
+    /// name (the bootstrap administrator, or a user). A user deleted since
+    /// the job was submitted is refused.
+    pub async fn of_actor(host: &Host, actor: &str) -> HostResult<Caller> {
+        if actor == BOOTSTRAP_ACTOR {
+            return Ok(Caller::bootstrap());
+        }
+        let user = host.ledger.user(actor).await?.ok_or_else(|| {
+            HostError::Forbidden(format!(
+                "user {actor:?}, who submitted the job, no longer exists"
+            ))
+        })?;
+        Caller::of_user(host, &user).await
+    }
+
     async fn of_user(host: &Host, user: &UserRecord) -> HostResult<Caller> {
         let unit = match user.unit {
             Some(u) => {

@@ -186,6 +186,27 @@ impl Caller {
         })
     }
 
+    /// A job by number, checked for `action`.
+    pub async fn job(
+        &self,
+        host: &Host,
+        id: u64,
+        action: Action,
+    ) -> HostResult<Authorized<brood_ledger::JobRecord>> {
+        let hidden = || {
+            HostError::NotFound(format!(
+                "no job {id}: `brood job list` shows the jobs you can see"
+            ))
+        };
+        let rec = host.ledger.job(id).await?.ok_or_else(hidden)?;
+        self.gate((action, Kind::Job, rec.unit), hidden)?;
+        Ok(Authorized {
+            unit: rec.unit,
+            obj: rec,
+            action,
+        })
+    }
+
     /// A request by number, checked for `action`.
     pub async fn request(
         &self,

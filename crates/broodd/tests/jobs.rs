@@ -1,0 +1,586 @@
+#![allow(clippy::tests_outside_test_module)]
+//! Jobs on the fake engine: priority queues (a stop submitted after 100
+//! creates finishes first), priority within a queue, refusal past the
+//! queue bound, the max-VMs limit, `?wait=false`, cancel, and workflows:
+//! bindings, a failure injected at each task in turn (nothing is left
+//! half-done), steps run twice, and a restart of broodd in the middle.
+
+use axum::http::{Method, StatusCode};
+use brood_engine::EngineError;
+use brood_ledger::Resources;
+use brood_testkit::{ExecReply, Op, TestApp};
+use broodd::job::JobConfig;
+use serde_json::{Value, json};
+
+fn big() -> Resources {
+    Resources {
+        memory_mib: 65536,
+        vcpus: 256,
+        disk_gib: 200,
+        nics: 64,
+    }
+}
+
+async fn app(jobs: JobConfig) -> TestApp {
+    TestApp::builder().capacity(big()).jobs(jobs).build().await
+}
+
+fn vm(name: &str, start: bool, priority: i64) -> Value {
+    json!({"name": name, "configs": {"d": {"memory_mib": 64, "vcpus": 1,
+        "policy": {"priority": priority}}}, "start": start})
+}
+
+async fn job(app: &TestApp, id: u64) -> Value {
+    let (s, v) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+async fn wait_job(app: &TestApp, id: u64) -> Value {
+    let (s, v) = app.get(&format!("/v1/jobs/{id}/wait?timeout_s=60")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_ne!(v["state"], "queued", "{v}");
+    assert_ne!(v["state"], "running", "{v}");
+    v
+}
+
+fn id_of(v: &Value) -> u64 {
+    v["id"].as_u64().unwrap_or_else(|| panic!("a job: {v}"))
+}
+
+#[tokio::test]
+async fn a_stop_submitted_after_100_creates_finishes_first() {
+    let app = app(JobConfig {
+        max_heavy: 1,
+        ..JobConfig::default()
+    })
+    .await;
+    app.running("on").await;
+    // The first create holds the only heavy slot; the other 99 wait.
+    app.fake().hold(Op::Boot);
+    let mut creates = Vec::new();
+    for i in 0..100 {
+        let (s, v) = app
+            .post("/v1/partitions?wait=false", vm(&format!("c{i}"), true, 0))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        assert_eq!(v["queue"], "normal");
+        creates.push(id_of(&v));
+    }
+    let (s, v) = app.post_empty("/v1/partitions/on/stop").await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "the stop does not wait behind the creates: {v}"
+    );
+    assert_eq!(v["run_state"], "stopped");
+    let (_, l) = app.get("/v1/jobs?state=succeeded&limit=1000").await;
+    let done: Vec<u64> = l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .filter(|id| creates.contains(id))
+        .collect();
+    assert!(
+        done.is_empty(),
+        "no create finished before the stop: {done:?}"
+    );
+    let (_, stop) = app.get("/v1/jobs?target=on&limit=1").await;
+    assert_eq!(stop["items"][0]["kind"], "partition.stop");
+    assert_eq!(stop["items"][0]["queue"], "high");
+    app.fake().release(Op::Boot);
+    for id in creates {
+        assert_eq!(wait_job(&app, id).await["state"], "succeeded");
+    }
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn within_a_queue_a_higher_priority_goes_first() {
+    let app = app(JobConfig {
+        max_heavy: 1,
+        ..JobConfig::default()
+    })
+    .await;
+    app.fake().hold(Op::Boot);
+    let (_, a) = app
+        .post("/v1/partitions?wait=false", vm("a", true, 0))
+        .await;
+    let (_, b) = app
+        .post("/v1/partitions?wait=false", vm("b", true, 0))
+        .await;
+    let (_, c) = app
+        .post("/v1/partitions?wait=false", vm("c", true, 500))
+        .await;
+    assert_eq!(c["priority"], 500);
+    app.wait_until("a runs", || async {
+        job(&app, id_of(&a)).await["state"] == "running"
+    })
+    .await;
+    assert_eq!(job(&app, id_of(&b)).await["state"], "queued");
+    app.fake().release(Op::Boot);
+    for j in [&a, &b, &c] {
+        wait_job(&app, id_of(j)).await;
+    }
+    let started = |v: &Value| {
+        humantime::parse_rfc3339(v["started_at"].as_str().expect("started")).expect("a time")
+    };
+    let (b, c) = (job(&app, id_of(&b)).await, job(&app, id_of(&c)).await);
+    assert!(
+        started(&c) <= started(&b),
+        "c (priority 500) started before b (priority 0), though submitted after it"
+    );
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn past_the_queue_bound_a_job_is_refused_with_the_reason_and_recorded() {
+    let app = app(JobConfig {
+        max_heavy: 1,
+        queue_bound: 2,
+        ..JobConfig::default()
+    })
+    .await;
+    app.fake().hold(Op::Boot);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        // One runs (held), two wait: the queue is full.
+        let (s, v) = app
+            .post("/v1/partitions?wait=false", vm(&format!("q{i}"), true, 0))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        ids.push(id_of(&v));
+        if i == 0 {
+            app.wait_until("q0 runs", || async {
+                job(&app, ids[0]).await["state"] == "running"
+            })
+            .await;
+        }
+    }
+    let (s, v) = app.post("/v1/partitions", vm("q3", true, 0)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "unavailable");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("normal queue already holds 2"), "{msg}");
+    assert!(
+        msg.contains("job-queue-bound"),
+        "says what to change: {msg}"
+    );
+    let (_, l) = app.get("/v1/jobs?state=refused").await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l["items"][0]["target"], "q3");
+    // A light job still gets in: its queue is another.
+    let (s, _) = app.get("/v1/partitions/q3").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused job did nothing");
+    app.fake().release(Op::Boot);
+    for id in ids {
+        assert_eq!(wait_job(&app, id).await["state"], "succeeded");
+    }
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn the_max_vms_limit_is_enforced_at_admission() {
+    let app = app(JobConfig {
+        max_vms: Some(2),
+        ..JobConfig::default()
+    })
+    .await;
+    app.running("a").await;
+    app.running("b").await;
+    app.define("c", 64, 1, false).await;
+    let (s, v) = app.post_empty("/v1/partitions/c/start").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "capacity_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 VMs"),
+        "{v}"
+    );
+    let (s, v) = app.post("/v1/partitions", vm("d", true, 0)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(app.run_state("c").await, "stopped");
+    let (s, _) = app.get("/v1/partitions/d").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A define that does not start adds no VM.
+    let (s, v) = app.post("/v1/partitions", vm("e", false, 0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Room again once one stops.
+    let (s, _) = app.post_empty("/v1/partitions/a/stop").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = app.post_empty("/v1/partitions/c/start").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_job_records_its_result_and_a_queued_one_can_be_cancelled() {
+    let app = app(JobConfig {
+        max_heavy: 1,
+        ..JobConfig::default()
+    })
+    .await;
+    let (s, v) = app
+        .post("/v1/partitions?wait=false", vm("r", true, 0))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let done = wait_job(&app, id_of(&v)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["name"], "r",
+        "the route's body is the result"
+    );
+    assert_eq!(done["result"]["run_state"], "running");
+    let states: Vec<&str> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["body"]["state"].as_str())
+        .collect();
+    assert_eq!(states, ["queued", "running", "succeeded"]);
+    // A failed job says why.
+    let (s, v) = app.post_empty("/v1/partitions/r/start?wait=false").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let failed = wait_job(&app, id_of(&v)).await;
+    assert_eq!(failed["state"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("running"),
+        "{failed}"
+    );
+    // Queued behind a held create: cancelled before it runs.
+    app.fake().hold(Op::Boot);
+    let (_, first) = app
+        .post("/v1/partitions?wait=false", vm("s1", true, 0))
+        .await;
+    let (_, second) = app
+        .post("/v1/partitions?wait=false", vm("s2", true, 0))
+        .await;
+    let (s, v) = app
+        .post_empty(&format!("/v1/jobs/{}/cancel", id_of(&second)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "cancelled");
+    // The running one is a single action: it cannot be cut half-way.
+    app.wait_until("s1 runs", || async {
+        job(&app, id_of(&first)).await["state"] == "running"
+    })
+    .await;
+    let (s, v) = app
+        .post_empty(&format!("/v1/jobs/{}/cancel", id_of(&first)))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    app.fake().release(Op::Boot);
+    assert_eq!(wait_job(&app, id_of(&first)).await["state"], "succeeded");
+    let (s, _) = app.get("/v1/partitions/s2").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a cancelled create made nothing");
+    app.assert_verified().await;
+}
+
+async fn workflow(app: &TestApp, yaml: &str) -> Value {
+    let (s, v) = app.post("/v1/workflows", json!({"definition": yaml})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v
+}
+
+const CREATE_EXEC: &str = "
+name: web
+inputs:
+  name: {}
+  password: {secret: true}
+tasks:
+  - id: make
+    step: create
+    params: {name: '${data.name}', memory_mib: 64}
+  - id: agent
+    step: wait_agent
+    idempotent: true
+    params: {vm: '${make.name}'}
+  - id: hello
+    step: exec
+    params: {vm: '${make.name}', command: 'echo ${make.name} ${data.password}'}
+  - id: check
+    step: exec
+    success_codes: [0]
+    params: {vm: '${make.name}', command: 'exit 0'}
+";
+
+#[tokio::test]
+async fn a_workflow_binds_outputs_and_redacts_its_secrets() {
+    let app = app(JobConfig::default()).await;
+    let v = workflow(&app, CREATE_EXEC).await;
+    assert_eq!(v["version"], 1);
+    let v = workflow(&app, CREATE_EXEC).await;
+    assert_eq!(v["version"], 2, "storing it again is a new version");
+    let (s, out) = app
+        .post(
+            "/v1/workflows/web/run",
+            json!({"data": {"name": "w1", "password": "hunter2-s3cret"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    // The second task used the first's output; the secret is not shown.
+    assert_eq!(out["outputs"]["hello"]["stdout"], "w1 ***\n", "{out}");
+    assert_eq!(app.run_state("w1").await, "running");
+    let (_, l) = app.get("/v1/jobs?target=web").await;
+    let j = job(&app, id_of(&l["items"][0])).await;
+    assert_eq!(j["state"], "succeeded");
+    assert_eq!(j["params"]["data"]["password"], "***");
+    let (_, log) = app.get("/v1/ledger/log?limit=1000").await;
+    for text in [j.to_string(), log.to_string()] {
+        assert!(!text.contains("hunter2-s3cret"), "a secret leaked: {text}");
+    }
+    // Bad data is refused before a job exists.
+    let (s, v) = app
+        .post("/v1/workflows/web/run", json!({"data": {"nope": 1}}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_failure_at_each_task_in_turn_leaves_nothing_half_done() {
+    let app = app(JobConfig::default()).await;
+    workflow(&app, CREATE_EXEC).await;
+    // Fail each task in turn: the create (the engine), the exec (the
+    // agent), the last exec (a code outside its success codes).
+    for (i, fail) in ["make", "hello", "check"].into_iter().enumerate() {
+        let name = format!("f{i}");
+        app.fake().clear_failures();
+        app.fake().on_exec(|_, _| None);
+        match fail {
+            "make" => app
+                .fake()
+                .fail_next(Op::Boot, EngineError::InvalidSpec("no".into())),
+            "hello" => app.fake().on_exec(|_, cmd| {
+                cmd.starts_with("echo").then(|| ExecReply {
+                    agent_error: Some("guest I/O error".into()),
+                    ..ExecReply::default()
+                })
+            }),
+            _ => app.fake().on_exec(|_, cmd| {
+                (cmd == "exit 0").then(|| ExecReply {
+                    code: 3,
+                    ..ExecReply::default()
+                })
+            }),
+        }
+        let (s, v) = app
+            .post(
+                "/v1/workflows/web/run",
+                json!({"data": {"name": name, "password": "p"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{fail}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("task {fail} failed")), "{msg}");
+        assert!(msg.contains("make"), "the create was undone: {msg}");
+        let (s, _) = app.get(&format!("/v1/partitions/{name}")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{fail}: nothing is left");
+        app.assert_verified().await;
+    }
+}
+
+#[tokio::test]
+async fn task_properties_disabled_timeout_continue_on_error() {
+    let app = app(JobConfig::default()).await;
+    // An HTTP server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            held.push(c);
+        }
+    });
+    app.running("t").await;
+    app.fake().on_exec(|_, cmd| {
+        (cmd == "exit 7").then(|| ExecReply {
+            code: 7,
+            ..ExecReply::default()
+        })
+    });
+    workflow(
+        &app,
+        &"
+name: props
+tasks:
+  - id: off
+    step: stop
+    enabled: false
+    params: {vm: t}
+  - id: seven
+    step: exec
+    success_codes: [0, 7]
+    params: {vm: t, command: 'exit 7'}
+  - id: slow
+    step: http
+    timeout_s: 1
+    continue_on_error: true
+    params: {url: 'URL'}
+  - id: last
+    step: exec
+    params: {vm: t, command: 'echo done'}
+"
+        .replace("URL", &url),
+    )
+    .await;
+    let (s, v) = app.post("/v1/workflows/props/run", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["outputs"]["last"]["stdout"], "done\n");
+    assert_eq!(
+        app.run_state("t").await,
+        "running",
+        "the disabled stop was skipped"
+    );
+    let (_, l) = app.get("/v1/jobs?target=props").await;
+    let j = job(&app, id_of(&l["items"][0])).await;
+    let ev: Vec<&Value> = j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "task")
+        .map(|e| &e["body"])
+        .collect();
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "skipped" && e["task"] == "off")
+    );
+    assert!(ev.iter().any(|e| e["event"] == "failed"
+        && e["task"] == "slow"
+        && e["fatal"] == false
+        && e["reason"].as_str().unwrap_or("").contains("timed out")));
+    // Without continue_on_error the timeout fails the job.
+    workflow(
+        &app,
+        &"
+name: strict
+tasks:
+  - id: slow
+    step: http
+    timeout_s: 1
+    params: {url: 'URL'}
+"
+        .replace("URL", &url),
+    )
+    .await;
+    let (s, v) = app.post("/v1/workflows/strict/run", json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out")
+    );
+}
+
+#[tokio::test]
+async fn a_restart_mid_workflow_fails_and_undoes_a_task_that_is_not_idempotent() {
+    let mut app = app(JobConfig::default()).await;
+    workflow(&app, CREATE_EXEC).await;
+    app.fake().hold(Op::Boot);
+    let (s, v) = app
+        .post(
+            "/v1/workflows/web/run?wait=false",
+            json!({"data": {"name": "k1", "password": "p"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = id_of(&v);
+    app.wait_until("the create reaches the engine", || async {
+        app.fake().count(Op::Boot) > 0
+    })
+    .await;
+    // broodd dies in the middle of the create.
+    app.stop().await;
+    app.fake().release(Op::Boot);
+    app.start().await;
+    let j = wait_job(&app, id).await;
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("make"), "{j}");
+    let (s, _) = app.get("/v1/partitions/k1").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the create was undone");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_workflow_reruns_an_idempotent_task_and_finishes() {
+    let mut app = app(JobConfig::default()).await;
+    app.running("i").await;
+    workflow(
+        &app,
+        "
+name: twice
+tasks:
+  - id: agent
+    step: wait_agent
+    idempotent: true
+    params: {vm: i}
+  - id: stop
+    step: stop
+    idempotent: true
+    params: {vm: i}
+",
+    )
+    .await;
+    app.fake().hold(Op::Shutdown);
+    let (s, v) = app
+        .post("/v1/workflows/twice/run?wait=false", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = id_of(&v);
+    app.wait_until("the stop reaches the engine", || async {
+        app.fake().count(Op::Shutdown) > 0
+    })
+    .await;
+    app.stop().await;
+    app.fake().release(Op::Shutdown);
+    app.start().await;
+    let j = wait_job(&app, id).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let started = j["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["body"]["event"] == "started" && e["body"]["task"] == "stop")
+        .count();
+    assert_eq!(started, 2, "the idempotent stop ran again: {j}");
+    assert_eq!(app.run_state("i").await, "stopped");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_restart_fails_single_jobs_it_cut_and_cancels_queued_ones() {
+    let mut app = app(JobConfig {
+        max_heavy: 1,
+        ..JobConfig::default()
+    })
+    .await;
+    app.fake().hold(Op::Boot);
+    let (_, a) = app
+        .post("/v1/partitions?wait=false", vm("a", true, 0))
+        .await;
+    let (_, b) = app
+        .post("/v1/partitions?wait=false", vm("b", true, 0))
+        .await;
+    app.wait_until("a runs", || async {
+        job(&app, id_of(&a)).await["state"] == "running"
+    })
+    .await;
+    app.stop().await;
+    app.fake().release(Op::Boot);
+    app.start().await;
+    let (a, b) = (job(&app, id_of(&a)).await, job(&app, id_of(&b)).await);
+    assert_eq!(a["state"], "failed", "{a}");
+    assert_eq!(b["state"], "cancelled", "{b}");
+    assert!(b["error"].as_str().unwrap().contains("submit it again"));
+    let (s, _) = app.get("/v1/partitions/a").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the cut define left no partition");
+    let (_, l) = app
+        .request(Method::GET, "/v1/jobs?state=running", None)
+        .await;
+    assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
+    app.assert_verified().await;
+}
