@@ -464,7 +464,15 @@ impl Catalog {
         let def = retry!(self, "define partition", |c| async {
             define(&c, def).await
         })?;
-        for attempt in 0..PLACE_ATTEMPTS {
+        // Hosts whose heartbeats stopped may only have been cut off from
+        // the catalog (PostgreSQL restarting silences every host at once):
+        // a refusal while some host is suspect or failed is decided again
+        // until that host is back or could have been (the failure window
+        // and one suspect window more).
+        let silent_until = Instant::now()
+            + Duration::from_millis((live.failed_after_ms + live.suspect_after_ms).min(60_000));
+        let mut attempt = 0;
+        while attempt < PLACE_ATTEMPTS {
             let current = retry!(self, "read placement", |c| async {
                 read_placement(&c, def.id).await
             })?;
@@ -481,6 +489,21 @@ impl Catalog {
             };
             let decision = match place::place(&snap, &req) {
                 Ok(d) => d,
+                Err(_)
+                    if Instant::now() < silent_until
+                        && snap
+                            .hosts
+                            .iter()
+                            .any(|h| matches!(h.state, HostState::Suspect | HostState::Failed)) =>
+                {
+                    let pause = Duration::from_millis((live.suspect_after_ms / 4).clamp(50, 1000));
+                    debug!(
+                        "placement of {} refused with hosts silent: deciding again in {pause:?}",
+                        def.name
+                    );
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
                 Err(refusal) => {
                     // A refused partition leaves no definition behind.
                     retry!(self, "forget a refused definition", |c| async {
@@ -506,6 +529,7 @@ impl Catalog {
                 }
                 Err(ClusterError::Conflict(why)) => {
                     debug!(attempt, "placement of {} lost a race: {why}", def.name);
+                    attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
