@@ -4,7 +4,11 @@
 //! HttpOnly and SameSite=Strict, every form post needs the session's CSRF
 //! value and the same origin, sign-out ends the session for good, a
 //! refused (revoked) token ends it too, a unit's user gets the API's 404
-//! for another unit's VM, and the CSV export is the API's report.
+//! for another unit's VM, and the CSV export is the API's report. The
+//! jobs view: a unit's jobs on its page and `/ui/jobs`, a job's page with
+//! its log, another unit's job the same 404 as none, cancel of a queued job
+//! only with the CSRF token, job events on `/ui/events` only for the
+//! caller's jobs, and a workflow run with `k=v` inputs.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
