@@ -4,7 +4,8 @@
 //! broodd binary on a loopback TCP listener, with real VMs:
 //!
 //! - a unit's user signs in, creates a VM and sees it become running
-//!   without a reload, runs `uname -a` in it and sees the output, stops it
+//!   without a reload, sees its job succeed on the jobs view (and its
+//!   page with the event log), runs `uname -a` in it and sees the output, stops it
 //!   (again without a reload); another unit's VM is the same 404 page as a
 //!   VM that does not exist; a form without its CSRF token is refused; the
 //!   session cookie is refused once signed out;
@@ -241,6 +242,28 @@ fn get_with_cookie(url: &str, path: &str, cookie: &str) -> (u16, String) {
     (status, text)
 }
 
+/// The state and number of web's create job in the page's jobs table
+/// (empty while it has no row).
+async fn web_job(c: &Client) -> (String, u64) {
+    let v = c
+        .execute(
+            r#"for (const tr of document.querySelectorAll('table.jobs tr[data-job]')) {
+                 const td = tr.querySelectorAll('td');
+                 if (td.length > 3 && td[3].textContent === 'web'
+                     && td[2].textContent.startsWith('partition.define'))
+                   return [tr.querySelector('[data-f="state"]').textContent, Number(tr.dataset.job)];
+               }
+               return ['', 0];"#,
+            vec![],
+        )
+        .await
+        .unwrap_or_default();
+    (
+        v[0].as_str().unwrap_or_default().to_owned(),
+        v[1].as_u64().unwrap_or_default(),
+    )
+}
+
 /// Marks the document; `still_marked` is false after any reload or navigation.
 async fn mark(c: &Client) {
     c.execute("window.__brood_mark = 42;", vec![])
@@ -354,6 +377,24 @@ fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
         })
         .await;
         assert!(result.contains("web is running"), "{result}");
+        // Its job shows on the unit's jobs view as succeeded, without a reload.
+        let deadline = std::time::Instant::now() + SHOWN;
+        let job = loop {
+            let (state, id) = web_job(&c).await;
+            if state == "succeeded" {
+                break id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the jobs view never showed web's job succeeded ({state:?}); the page:\n{}",
+                c.source().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(still_marked(&c).await, "the page reloaded to show the job");
+        let api_job = b.ok("GET", &format!("/v1/jobs/{job}"), None);
+        assert_eq!(api_job["state"], "succeeded", "{api_job}");
+        assert_eq!(api_job["target"], "web", "{api_job}");
         screenshot(&c, "unit").await;
 
         // Exec in the VM's page.
@@ -402,6 +443,21 @@ fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
             b.ok("GET", "/v1/partitions/web", None)["run_state"],
             "stopped"
         );
+
+        // The job's page, from the jobs view: its state and its event log.
+        c.goto(&format!("{url}/ui/jobs")).await.unwrap();
+        wait_text(&c, "h1", |t| t == "Jobs").await;
+        c.find(Locator::Css(&format!(r#"tr[data-job="{job}"] a"#)))
+            .await
+            .expect("web's job on the jobs view")
+            .click()
+            .await
+            .unwrap();
+        wait_text(&c, "h1", |t| t == format!("Job {job}")).await;
+        wait_text(&c, r#"dl.job [data-f="state"]"#, |t| t == "succeeded").await;
+        let log = wait_text(&c, "table.events", |t| !t.is_empty()).await;
+        assert!(log.contains(r#""state":"succeeded""#), "{log}");
+        screenshot(&c, "job").await;
 
         // Another unit's VM is the page of a VM that does not exist.
         c.goto(&format!("{url}/ui/vms/ops-db")).await.unwrap();

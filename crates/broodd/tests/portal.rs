@@ -4,7 +4,11 @@
 //! HttpOnly and SameSite=Strict, every form post needs the session's CSRF
 //! value and the same origin, sign-out ends the session for good, a
 //! refused (revoked) token ends it too, a unit's user gets the API's 404
-//! for another unit's VM, and the CSV export is the API's report.
+//! for another unit's VM, and the CSV export is the API's report. The
+//! jobs view: a unit's jobs on its page and `/ui/jobs`, a job's page with
+//! its log, another unit's job the same 404 as none, cancel of a queued job
+//! only with the CSRF token, job events on `/ui/events` only for the
+//! caller's jobs, and a workflow run with `k=v` inputs.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -713,4 +717,322 @@ async fn a_unit_user_forks_children_from_its_units_template() {
         "{}",
         p.text
     );
+}
+
+/// The jobs alice's unit made, newest first, as the API lists them to her.
+async fn jobs_of(app: &TestApp, token: &str) -> Vec<Value> {
+    let v = api(app, Method::GET, "/v1/jobs", token, None).await;
+    v["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn the_jobs_view_lists_the_units_jobs_and_hides_another_units() {
+    let (app, alice) = fixture().await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        Some(json!({"name": "mine", "configs": {"d": {"memory_mib": 256}}, "start": true})),
+    )
+    .await;
+    let mine = jobs_of(&app, &alice).await;
+    let define = mine
+        .iter()
+        .find(|j| {
+            j["kind"].as_str().unwrap().starts_with("partition.define") && j["target"] == "mine"
+        })
+        .unwrap_or_else(|| panic!("no define job of mine: {mine:?}"))
+        .clone();
+    let id = define["id"].as_u64().unwrap();
+    let cookie = sign_in(&app, &alice).await;
+    // The unit's page and the jobs page list it with its state and times.
+    for path in ["/ui/unit", "/ui/jobs"] {
+        let page = get(&app, path, Some(&cookie)).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
+        let row = format!(r#"<tr data-job="{id}">"#);
+        let at = page
+            .text
+            .find(&row)
+            .unwrap_or_else(|| panic!("{path} lacks job {id}: {}", page.text));
+        let cells = &page.text[at..at + page.text[at..].find("</tr>").unwrap()];
+        for want in ["succeeded", "partition.define", "mine"] {
+            assert!(cells.contains(want), "{path}: {want} not in {cells}");
+        }
+        assert!(
+            !page.text.contains("ops-db"),
+            "{path} names the other unit's job"
+        );
+    }
+    // A job's page shows its event log.
+    let page = get(&app, &format!("/ui/jobs/{id}"), Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains("Event log"), "{}", page.text);
+    for ev in define["events"].as_array().into_iter().flatten() {
+        let kind = ev["kind"].as_str().unwrap();
+        assert!(page.text.contains(kind), "no {kind} in {}", page.text);
+    }
+    let shown = api(&app, Method::GET, &format!("/v1/jobs/{id}"), &alice, None).await;
+    assert!(!shown["events"].as_array().unwrap().is_empty(), "{shown}");
+    // The other unit's job is the same 404 as a job that does not exist.
+    let theirs = api(&app, Method::GET, "/v1/jobs?unit=ops", TOKEN, None).await;
+    let other = theirs["items"][0]["id"].as_u64().expect("ops has a job");
+    let none = 999_999;
+    let a = get(&app, &format!("/ui/jobs/{other}"), Some(&cookie)).await;
+    let b = get(&app, &format!("/ui/jobs/{none}"), Some(&cookie)).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    assert_eq!(b.status, StatusCode::NOT_FOUND, "{}", b.text);
+    let error_of = |text: &str, id: u64| {
+        let at = text.find(r#"class="error""#).expect("an error box");
+        let end = at + text[at..].find("</p>").unwrap();
+        text[at..end].replace(&format!("job {id}"), "job N")
+    };
+    assert_eq!(
+        error_of(&a.text, other),
+        error_of(&b.text, none),
+        "another unit's job differs from none"
+    );
+    assert!(!a.text.contains("ops"), "{}", a.text);
+    // Not a number: the API's 400, shown as its message.
+    let c = get(&app, "/ui/jobs/x", Some(&cookie)).await;
+    assert_eq!(c.status, StatusCode::BAD_REQUEST, "{}", c.text);
+    // The administrator's page lists recent jobs of all units, by name.
+    let admin = sign_in(&app, TOKEN).await;
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    for want in [
+        format!(r#"<tr data-job="{id}">"#),
+        format!(r#"<tr data-job="{other}">"#),
+        "<td>ops</td>".to_owned(),
+        "<td>eng</td>".to_owned(),
+    ] {
+        assert!(page.text.contains(&want), "admin page lacks {want}");
+    }
+    // The rows portal.js refreshes are the same rows.
+    let rows = get(&app, "/ui/jobs?part=rows", Some(&cookie)).await;
+    assert_eq!(rows.status, StatusCode::OK);
+    assert!(rows.text.starts_with("<tr data-job="), "{}", rows.text);
+    assert!(!rows.text.contains("ops-db"), "{}", rows.text);
+}
+
+#[tokio::test]
+async fn a_queued_job_is_cancelled_from_its_page_with_the_csrf_token_only() {
+    let (app, alice) = fixture().await;
+    // Two creates hold both heavy slots; the third waits in the queue.
+    app.fake().hold(brood_testkit::Op::Boot);
+    let mut ids = Vec::new();
+    for n in ["q1", "q2", "q3"] {
+        let j = api(
+            &app,
+            Method::POST,
+            "/v1/partitions?wait=false",
+            &alice,
+            Some(json!({"name": n, "configs": {"d": {"memory_mib": 256}}, "start": true})),
+        )
+        .await;
+        ids.push(j["id"].as_u64().unwrap());
+    }
+    let queued = ids[2];
+    let state = |id: u64| {
+        let app = &app;
+        let alice = &alice;
+        async move {
+            api(app, Method::GET, &format!("/v1/jobs/{id}"), alice, None).await["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(state(queued).await, "queued");
+    let cookie = sign_in(&app, &alice).await;
+    let page = get(&app, &format!("/ui/jobs/{queued}"), Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let action = format!("/ui/jobs/{queued}/cancel");
+    assert!(page.text.contains(&action), "no cancel form: {}", page.text);
+    let csrf = csrf_of(&page.text);
+    // Without the token, or with a wrong one: refused, the job still waits.
+    for fields in [vec![], vec![("csrf", "0000")]] {
+        let p = post(&app, &action, Some(&cookie), None, &fields).await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+        assert!(p.text.contains("CSRF"), "{}", p.text);
+        assert_eq!(state(queued).await, "queued");
+    }
+    // With it: cancelled, and its page then offers no cancel.
+    let back = format!("/ui/jobs/{queued}");
+    let p = post(
+        &app,
+        &action,
+        Some(&cookie),
+        None,
+        &[("csrf", &csrf), ("back", &back)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    assert_eq!(p.location.as_deref(), Some(back.as_str()));
+    assert_eq!(state(queued).await, "cancelled");
+    let page = get(&app, &back, Some(&cookie)).await;
+    assert!(page.text.contains("cancelled"), "{}", page.text);
+    assert!(!page.text.contains(&action), "{}", page.text);
+    // A job that has ended: the API's 409, as its message.
+    let p = post(&app, &action, Some(&cookie), None, &[("csrf", &csrf)]).await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.text);
+    app.fake().release(brood_testkit::Op::Boot);
+    for id in &ids[..2] {
+        let j = api(
+            &app,
+            Method::GET,
+            &format!("/v1/jobs/{id}/wait?timeout_s=60"),
+            &alice,
+            None,
+        )
+        .await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_forwards_only_the_callers_jobs() {
+    use futures::StreamExt;
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let req = Request::builder()
+        .uri("/ui/events")
+        .header(header::HOST, "portal")
+        .header(header::COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app
+        .router()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    // The other unit's jobs run first, then alice's own.
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "oscar"})),
+    )
+    .await;
+    let oscar = t["token"].as_str().unwrap().to_owned();
+    for op in ["stop", "start"] {
+        let uri = format!("/v1/partitions/ops-db/{op}");
+        api(&app, Method::POST, &uri, &oscar, None).await;
+    }
+    let theirs: Vec<u64> = jobs_of(&app, &oscar)
+        .await
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        Some(json!({"name": "mine", "configs": {"d": {"memory_mib": 256}}})),
+    )
+    .await;
+    let want = r#""state":"succeeded""#;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !seen
+        .split("\n\n")
+        .any(|e| e.contains("event: job") && e.contains(r#""target":"mine""#) && e.contains(want))
+    {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no job event of alice's VM; the stream so far: {seen}"))
+            .expect("the stream ended")
+            .expect("a chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !seen.contains("ops-db"),
+        "the stream named the other unit's job: {seen}"
+    );
+    for id in theirs {
+        assert!(
+            !seen.contains(&format!(r#""id":{id},"#)),
+            "the stream sent job {id} of the other unit: {seen}"
+        );
+    }
+    assert!(seen.contains(r#""kind":"partition.define"#), "{seen}");
+}
+
+#[tokio::test]
+async fn a_unit_user_runs_a_workflow_with_inputs_and_sees_its_job() {
+    let (app, alice) = fixture().await;
+    let def = "
+name: make
+inputs:
+  name: {}
+tasks:
+  - id: vm
+    step: create
+    params: {name: '${data.name}', memory_mib: 64}
+";
+    api(
+        &app,
+        Method::POST,
+        "/v1/workflows",
+        TOKEN,
+        Some(json!({"definition": def})),
+    )
+    .await;
+    let cookie = sign_in(&app, &alice).await;
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    let action = "/ui/workflows/make/run";
+    assert!(page.text.contains(action), "no run form: {}", page.text);
+    let csrf = csrf_of(&page.text);
+    // Bad inputs: a clear message, no job.
+    let before = jobs_of(&app, &alice).await.len();
+    for (inputs, says) in [
+        ("novalue", "is not k=v"),
+        ("other=1", "has no input"),
+        ("name=a\nname=b", "given twice"),
+    ] {
+        let f = [("csrf", csrf.as_str()), ("inputs", inputs)];
+        let p = post(&app, action, Some(&cookie), None, &f).await;
+        assert_eq!(p.status, StatusCode::BAD_REQUEST, "{inputs}: {}", p.text);
+        assert!(p.text.contains(says), "{inputs}: {}", p.text);
+    }
+    assert_eq!(jobs_of(&app, &alice).await.len(), before, "a job was made");
+    // Without the CSRF token: refused.
+    let p = post(
+        &app,
+        action,
+        Some(&cookie),
+        None,
+        &[("inputs", "name=wf-1")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.text);
+    // Good inputs: the job's page.
+    let f = [("csrf", csrf.as_str()), ("inputs", "name=wf-1\n")];
+    let p = post(&app, action, Some(&cookie), None, &f).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let to = p.location.expect("a redirect to the job");
+    let id: u64 = to
+        .strip_prefix("/ui/jobs/")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a job page: {to}"));
+    let done = api(
+        &app,
+        Method::GET,
+        &format!("/v1/jobs/{id}/wait?timeout_s=60"),
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["kind"], "workflow.run", "{done}");
+    let page = get(&app, &to, Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    for want in ["workflow.run", "succeeded", "wf-1"] {
+        assert!(page.text.contains(want), "{want} not in {}", page.text);
+    }
+    api(&app, Method::GET, "/v1/partitions/wf-1", &alice, None).await;
 }

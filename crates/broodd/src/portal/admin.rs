@@ -45,6 +45,15 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
     let pools: ServicePoolList = ctx.api.get("/v1/pools").await?;
     let templates: TemplateList = ctx.api.get("/v1/templates").await?;
     let utilization = super::audit::utilization(ctx).await?;
+    let jobs: brood_api::JobList = ctx
+        .api
+        .get(&format!("/v1/jobs?limit={}", super::jobs::RECENT))
+        .await?;
+    let unit_names: BTreeMap<String, String> = units
+        .items
+        .iter()
+        .map(|u| (u.uuid.to_string(), u.name.clone()))
+        .collect();
     let pending: Vec<_> = requests
         .items
         .iter()
@@ -52,7 +61,7 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
         .collect();
     Ok(html! {
         nav.quick aria-label="Sections" {
-            a href="#host" { "Host" } a href="#requests" { "Requests" } a href="#units" { "Units" }
+            a href="#host" { "Host" } a href="#requests" { "Requests" } a href="#units" { "Units" } a href="#jobs" { "Jobs" }
             a href="#use" { "Utilization" } a href="#infra" { "Infrastructure" } a href="#users" { "Users" }
             a href="#pools" { "Pools and templates" } a href="/ui/chargeback" { "Chargeback" }
             a href="/ui/audit" { "Audit log" } a href="/ui/verify" { "Verify" }
@@ -111,6 +120,11 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
                     (bars(u))
                 }
             }
+        }
+        section id="jobs" aria-labelledby="jobs-h" data-events="/ui/events" {
+            h2 id="jobs-h" { "Recent jobs" }
+            (super::jobs::table(&jobs, Some(&unit_names), "", true))
+            p { a href="/ui/jobs" { "All jobs" } }
         }
         section id="use" aria-labelledby="use-h" {
             h2 id="use-h" { "Utilization over time" }

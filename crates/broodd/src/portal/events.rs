@@ -8,10 +8,13 @@
 //! for each partition event it asks the API, with the session's token,
 //! for that partition (`GET /v1/partitions/{uuid}`) and forwards only what
 //! the API answered. A partition the API hides (404) is never mentioned,
-//! and the answer is remembered per stream. The stream ends when the
-//! session does (signed out, expired, or its token refused).
+//! and the answer is remembered per stream. Job events are the same: a
+//! job event is forwarded (`event: job`, the job's state, progress and
+//! outcome) only after `GET /v1/jobs/{id}` answered for the caller's
+//! token; a hidden job is remembered and never asked for again. The stream
+//! ends when the session does (signed out, expired, or its token refused).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +23,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use brood_api::{EventKind, Partition};
+use brood_api::{EventKind, Job, Partition};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_stream::wrappers::BroadcastStream;
@@ -68,6 +71,8 @@ async fn forward(
     let mut bus = BroadcastStream::new(p.host.events.subscribe());
     // uuid -> the name the API showed (None: hidden from this caller).
     let mut seen: HashMap<Uuid, Option<String>> = HashMap::new();
+    // Jobs the API hid from this caller (a job's unit never changes).
+    let mut hidden_jobs: HashSet<u64> = HashSet::new();
     loop {
         if p.sessions.find(&session).is_err() {
             return;
@@ -95,7 +100,8 @@ async fn forward(
                     ),
                     _ => None,
                 },
-                EventKind::Ledger { .. } | EventKind::Job { .. } => None,
+                EventKind::Job { id, .. } => job_shown(&api, &mut hidden_jobs, id).await,
+                EventKind::Ledger { .. } => None,
             },
         };
         if let Some(ev) = ev
@@ -135,6 +141,28 @@ async fn shown(
             // Hidden, or already gone: a VM the caller could read that is
             // gone comes as `deleted`.
             seen.entry(uuid).or_insert(None);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The event for job `id` as this caller may see it, or nothing.
+async fn job_shown(api: &Api, hidden: &mut HashSet<u64>, id: u64) -> Option<SseEvent> {
+    if hidden.contains(&id) {
+        return None;
+    }
+    if hidden.len() >= MAX_REMEMBERED {
+        hidden.clear();
+    }
+    match api.get::<Job>(&format!("/v1/jobs/{id}")).await {
+        Ok(j) => Some(
+            SseEvent::default()
+                .event("job")
+                .data(super::jobs::event_data(&j).to_string()),
+        ),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            hidden.insert(id);
             None
         }
         Err(_) => None,

@@ -30,6 +30,7 @@ pub fn page(title: &str, s: Option<&Session>, body: Markup) -> Markup {
                                 a href="/ui/audit" { "Audit log" }
                             }
                             a href="/ui/unit" { "Unit" }
+                            a href="/ui/jobs" { "Jobs" }
                             // A unit's user may not read chargeback (the API's table).
                             @if s.who.role != "unit-user" { a href="/ui/chargeback" { "Chargeback" } }
                         }

@@ -11,9 +11,8 @@
 //! CSRF rules are in `session`; they are kept in memory (a restart of
 //! broodd signs everyone out). The pages are `unit` (a unit's view), `vm`
 //! (one VM), `admin` (the administrator's view), `audit` (the audit log,
-//! verify, utilization) and `charge` (chargeback and its CSV).
-//!
-//! Not here yet: the jobs view (issue 13's `/v1/jobs` is not merged).
+//! verify, utilization), `charge` (chargeback and its CSV) and `jobs`
+//! (jobs, a job's log and cancel, running workflows).
 
 mod admin;
 mod audit;
@@ -21,6 +20,7 @@ mod charge;
 pub mod client;
 mod events;
 mod html;
+mod jobs;
 pub mod session;
 mod unit;
 mod vm;
@@ -79,6 +79,10 @@ pub fn mount(api: Router, host: Arc<Host>) -> Router {
         .route("/ui/vms/{name}/action", post(vm::action))
         .route("/ui/vms/{name}/exec", post(vm::exec))
         .route("/ui/vms/{name}/template", post(vm::make_template))
+        .route("/ui/jobs", get(jobs::list))
+        .route("/ui/jobs/{id}", get(jobs::view))
+        .route("/ui/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/ui/workflows/{name}/run", post(jobs::run_workflow))
         .route("/ui/admin", get(admin::view))
         .route("/ui/units", post(admin::register))
         .route("/ui/requests/{id}/approve", post(admin::approve))

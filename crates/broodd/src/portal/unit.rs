@@ -95,6 +95,11 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
     let templates: TemplateList = ctx.api.get("/v1/templates").await?;
     let services: Value = ctx.api.get("/v1/services").await.unwrap_or(Value::Null);
     let requests: UnitRequestList = ctx.api.get("/v1/requests").await?;
+    let jobs: brood_api::JobList = ctx
+        .api
+        .get(&format!("/v1/jobs?limit={}", super::jobs::RECENT))
+        .await?;
+    let workflows: brood_api::WorkflowList = ctx.api.get("/v1/workflows").await?;
     let uq = unit_query(ctx.s.who.unit.is_none().then_some(name), true);
     let here = format!("/ui/unit{uq}");
     let hidden_unit = ctx.s.who.unit.is_none().then_some(name);
@@ -128,6 +133,12 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
                 div.result aria-live="polite" {}
             }
         }
+        section aria-labelledby="jobs-h" {
+            h2 id="jobs-h" { "Jobs" }
+            (super::jobs::table(&jobs, None, &uq, true))
+            p { a href=(format!("/ui/jobs{uq}")) { "All of the unit's jobs" } }
+        }
+        (super::jobs::workflows_section(ctx, &workflows, hidden_unit))
         section aria-labelledby="tpl-h" {
             h2 id="tpl-h" { "Templates" }
             @if templates.items.is_empty() { p { "No template this unit may fork from." } }

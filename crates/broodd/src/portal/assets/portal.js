@@ -1,8 +1,9 @@
 // brood portal: the little JavaScript the pages use. Every page works
 // without it; with it, forms marked data-async post without leaving the
 // page (their answer, a fragment of HTML from the portal, is shown in the
-// form's .result), and tables marked data-events follow /ui/events, so a
-// VM's state changes in place without a reload. No build step, no library.
+// form's .result), and elements marked data-events follow /ui/events, so a
+// VM's state and a job's state, progress and outcome change in place
+// without a reload. No build step, no library.
 "use strict";
 
 (function () {
@@ -59,6 +60,7 @@
   }
 
   function addRow(table, vm) {
+    if (!table.tBodies) return null;
     var body = table.tBodies[0];
     if (!body || !table.classList.contains("vms")) return null;
     var tr = document.createElement("tr");
@@ -102,6 +104,32 @@
     }, 400);
   }
 
+  // A job event (`event: job`): the rows and fields of that job change in
+  // place; a job no table shows yet brings the tables' rows again.
+  var JOB_FIELDS = ["state", "progress", "outcome", "started_at", "finished_at"];
+  function applyJob(data) {
+    var j;
+    try { j = JSON.parse(data); } catch (e) { return; }
+    if (!j || typeof j.id !== "number") return;
+    var els = document.querySelectorAll('[data-job="' + j.id + '"]');
+    if (els.length === 0) {
+      if (document.querySelector("table.jobs tbody[data-refresh]")) refreshSoon();
+      return;
+    }
+    els.forEach(function (el) {
+      JOB_FIELDS.forEach(function (f) {
+        var cell = el.querySelector('[data-f="' + f + '"]');
+        if (cell && typeof j[f] === "string") cell.textContent = j[f];
+      });
+    });
+    if (!j.cancellable) {
+      document.querySelectorAll('form.cancel[action="/ui/jobs/' + j.id + '/cancel"]')
+        .forEach(function (f) { f.remove(); });
+    }
+    var live = document.querySelector(".live");
+    if (live) live.textContent = "job " + j.id + " is " + j.state;
+  }
+
   function follow(table) {
     var src = new EventSource(table.dataset.events);
     var live = document.querySelector(".live");
@@ -124,6 +152,7 @@
       else if (row) { var c = row.querySelector(".state"); if (c) c.textContent = "deleted"; }
       refreshSoon();
     });
+    src.addEventListener("job", function (m) { applyJob(m.data); });
     src.addEventListener("lagged", refreshSoon);
   }
 
