@@ -3,7 +3,10 @@
 //! creates finishes first), priority within a queue, refusal past the
 //! queue bound, the max-VMs limit, `?wait=false`, cancel, and workflows:
 //! bindings, a failure injected at each task in turn (nothing is left
-//! half-done), steps run twice, and a restart of broodd in the middle.
+//! half-done), steps run twice, and a restart of broodd in the middle; the
+//! replay harness (`JobConfig::replay_steps`): a workflow of every built-in
+//! step, run with each step and undo executed twice, ends as one run does,
+//! and with a failure injected at each step in turn leaves nothing.
 
 use axum::http::{Method, StatusCode};
 use brood_engine::EngineError;
@@ -583,4 +586,173 @@ async fn a_restart_fails_single_jobs_it_cut_and_cancels_queued_ones() {
         .await;
     assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
     app.assert_verified().await;
+}
+
+/// A workflow with every built-in step that a fake host can serve: each
+/// step that changes state, with its undo, and the steps between them.
+const EVERY_STEP: &str = "
+name: every
+inputs:
+  name: {}
+tasks:
+  - id: make
+    step: create
+    params: {name: '${data.name}', memory_mib: 64}
+  - id: agent
+    step: wait_agent
+    params: {vm: '${make.name}'}
+  - id: hello
+    step: exec
+    params: {vm: '${make.name}', command: 'echo hi'}
+  - id: halt
+    step: stop
+    params: {vm: '${make.name}', timeout_s: 5}
+  - id: boot
+    step: start
+    params: {vm: '${make.name}'}
+  - id: kids
+    step: fork
+    params: {template: tpl, count: 2}
+  - id: drop
+    step: delete
+    params: {vm: '${kids.name}'}
+";
+
+/// The tasks of [`EVERY_STEP`], in order.
+const EVERY_TASK: [&str; 7] = ["make", "agent", "hello", "halt", "boot", "kids", "drop"];
+
+/// A host with the template `tpl` and the workflow [`EVERY_STEP`], with
+/// every step run twice when `replay`.
+async fn every_step_app(replay: bool) -> TestApp {
+    let app = app(JobConfig {
+        replay_steps: replay,
+        ..JobConfig::default()
+    })
+    .await;
+    app.running("src").await;
+    let (s, v) = app.template("src", Some("tpl"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    workflow(&app, EVERY_STEP).await;
+    app
+}
+
+/// What a run leaves: each partition's name, stage and run state, the
+/// holdings of the ledger, and the fake engine's live processes.
+async fn end_state(app: &TestApp) -> Value {
+    let (s, l) = app.get("/v1/partitions").await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    let list = l
+        .as_array()
+        .or_else(|| l["items"].as_array())
+        .unwrap_or_else(|| panic!("a list: {l}"));
+    let mut vms: Vec<Value> = list
+        .iter()
+        .map(|p| json!([p["name"], p["stage"], p["run_state"]]))
+        .collect();
+    vms.sort_by_key(Value::to_string);
+    json!({
+        "vms": vms,
+        "holdings": app.holdings().await,
+        "live": app.fake().live().len(),
+    })
+}
+
+#[tokio::test]
+async fn every_step_run_twice_ends_as_one_run_does() {
+    let once = every_step_app(false).await;
+    let twice = every_step_app(true).await;
+    let mut ends = Vec::new();
+    for app in [&once, &twice] {
+        let (s, out) = app
+            .post("/v1/workflows/every/run", json!({"data": {"name": "e"}}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{out}");
+        app.assert_verified().await;
+        let mut out = out;
+        // Uuids are random: the same VM is the same name.
+        out["outputs"]["make"]
+            .as_object_mut()
+            .and_then(|m| m.remove("uuid"))
+            .unwrap_or_else(|| panic!("the create's uuid: {out}"));
+        ends.push((out, end_state(app).await));
+    }
+    let (one, two) = (&ends[0], &ends[1]);
+    assert_eq!(one.0, two.0, "a step run twice gives the same outputs");
+    assert_eq!(one.1, two.1, "a step run twice leaves the same host");
+    assert_eq!(
+        one.1["vms"].as_array().map(Vec::len),
+        Some(3),
+        "the template, e and one child: {}",
+        one.1
+    );
+    // The second runs did happen: each step started its engine work again
+    // or found it done.
+    assert!(
+        twice.fake().count(Op::Fork) == once.fake().count(Op::Fork),
+        "a fork run again forks no more children"
+    );
+}
+
+/// Makes task `task` of [`EVERY_STEP`] fail on the fake host.
+fn fail_at(app: &TestApp, task: &str) {
+    let f = app.fake();
+    f.clear_failures();
+    f.on_exec(|_, _| None);
+    let no = || EngineError::InvalidSpec("injected".into());
+    match task {
+        // The create's boot.
+        "make" => f.fail_next(Op::Boot, no()),
+        // The agent answers the exec with an error.
+        "hello" => f.on_exec(|_, cmd| {
+            (cmd == "echo hi").then(|| ExecReply {
+                agent_error: Some("guest I/O error".into()),
+                ..ExecReply::default()
+            })
+        }),
+        // The start's boot (the create's boot is done by then).
+        "boot" => f.fail_when({
+            let boots = std::sync::atomic::AtomicUsize::new(0);
+            move |c| {
+                (c.op == Op::Boot && boots.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1)
+                    .then(no)
+            }
+        }),
+        "kids" => f.fail_next(Op::Fork, no()),
+        other => panic!("no failure for task {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing() {
+    let app = every_step_app(true).await;
+    let before = end_state(&app).await;
+    // Three steps have no failure the fake host can inject: wait_agent (its
+    // agent is ready once booted; the exec after it fails instead), stop
+    // and delete (a graceful stop that fails falls back to a kill, and a
+    // stop or delete whose kill fails still answers success).
+    for (i, task) in EVERY_TASK
+        .into_iter()
+        .filter(|t| !matches!(*t, "agent" | "halt" | "drop"))
+        .enumerate()
+    {
+        fail_at(&app, task);
+        let name = format!("f{i}");
+        let (s, v) = app
+            .post("/v1/workflows/every/run", json!({"data": {"name": name}}))
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{task}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("task {task} failed")),
+            "{task}: {msg}"
+        );
+        assert!(!msg.contains("could not be undone"), "{task}: {msg}");
+        app.fake().clear_failures();
+        app.assert_verified().await;
+        assert_eq!(
+            end_state(&app).await,
+            before,
+            "a failure at {task} leaves nothing: no partition, holding or process"
+        );
+    }
 }
