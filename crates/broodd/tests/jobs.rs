@@ -756,3 +756,143 @@ async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing(
         );
     }
 }
+
+const MKWEB: &str = "
+name: mkweb
+inputs:
+  template: {}
+  greeting: {}
+tasks:
+  - id: kids
+    step: fork
+    params: {template: '${data.template}', count: 1}
+  - id: hello
+    step: exec
+    params: {vm: '${kids.name}', command: 'echo ${data.greeting}'}
+";
+
+#[tokio::test]
+async fn an_action_bound_to_a_template_forks_from_it_and_undoes_on_failure() {
+    let app = app(JobConfig::default()).await;
+    app.running("src").await;
+    let (s, v) = app.template("src", Some("web"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    workflow(&app, MKWEB).await;
+    workflow(
+        &app,
+        "name: plain\ntasks:\n  - {id: a, step: http, params: {url: 'http://127.0.0.1:1/'}}\n",
+    )
+    .await;
+    // Bad bindings are refused with what to do.
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/serve",
+            json!({"workflow": "plain"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input \"template\""),
+        "{v}"
+    );
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/Bad%20Name",
+            json!({"workflow": "mkweb"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/serve",
+            json!({"workflow": "nope"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = app
+        .put(
+            "/v1/templates/nope/actions/serve",
+            json!({"workflow": "mkweb"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Bound, listed.
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/serve",
+            json!({"workflow": "mkweb"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["workflow"], "mkweb");
+    let (s, l) = app.get("/v1/templates/web/actions").await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    assert_eq!(l["items"][0]["action"], "serve", "{l}");
+    // Run: the workflow forks a child of its template.
+    let (s, out) = app
+        .post(
+            "/v1/templates/web/actions/serve/run",
+            json!({"data": {"greeting": "hi"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    let child = out["outputs"]["kids"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(out["outputs"]["hello"]["stdout"], "hi\n", "{out}");
+    assert_eq!(app.run_state(&child).await, "running");
+    app.assert_verified().await;
+    // A failure after the fork undoes it.
+    app.fake().on_exec(|_, cmd| {
+        (cmd == "echo bye").then(|| ExecReply {
+            agent_error: Some("guest I/O error".into()),
+            ..ExecReply::default()
+        })
+    });
+    let before = end_state(&app).await;
+    let (s, v) = app
+        .post(
+            "/v1/templates/web/actions/serve/run",
+            json!({"data": {"greeting": "bye"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("undone: hello, kids"),
+        "{v}"
+    );
+    assert_eq!(
+        end_state(&app).await,
+        before,
+        "the failed action left nothing"
+    );
+    app.assert_verified().await;
+    // The template is the action's to set.
+    let (s, v) = app
+        .post(
+            "/v1/templates/web/actions/serve/run",
+            json!({"data": {"greeting": "x", "template": "other"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Unbound: gone.
+    let (s, _) = app.delete("/v1/templates/web/actions/serve").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = app.delete("/v1/templates/web/actions/serve").await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "unbinding is idempotent: {v}");
+    let (s, v) = app
+        .post("/v1/templates/web/actions/serve/run", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("brood workflow actions"),
+        "{v}"
+    );
+}
