@@ -6,7 +6,9 @@
 //! half-done), steps run twice, and a restart of broodd in the middle; the
 //! replay harness (`JobConfig::replay_steps`): a workflow of every built-in
 //! step, run with each step and undo executed twice, ends as one run does,
-//! and with a failure injected at each step in turn leaves nothing.
+//! and with a failure injected at each step in turn leaves nothing; every
+//! single action submitted twice ends as once; an action bound to a
+//! template forks from it and undoes on failure.
 
 use axum::http::{Method, StatusCode};
 use brood_engine::EngineError;
@@ -895,4 +897,63 @@ async fn an_action_bound_to_a_template_forks_from_it_and_undoes_on_failure() {
             .contains("brood workflow actions"),
         "{v}"
     );
+}
+
+/// A VM's state as a test compares it: its run state and stage.
+async fn vm_state(app: &TestApp, name: &str) -> Value {
+    let (s, v) = app.get(&format!("/v1/partitions/{name}")).await;
+    if s == StatusCode::NOT_FOUND {
+        return json!("gone");
+    }
+    assert_eq!(s, StatusCode::OK, "{v}");
+    json!([v["stage"], v["run_state"]])
+}
+
+#[tokio::test]
+async fn every_single_action_submitted_twice_ends_as_once_and_verifies() {
+    // Each action of a unit, as a client that retries submits it: the
+    // second job either finds the work done (2xx) or is refused by the
+    // state the first reached (409); never a 5xx, and the host ends as
+    // after one submission.
+    let once = app(JobConfig::default()).await;
+    let twice = app(JobConfig::default()).await;
+    let steps: [(Method, &str, Option<Value>); 10] = [
+        (Method::POST, "/v1/partitions", Some(vm("v", false, 0))),
+        (Method::POST, "/v1/partitions/v/start", None),
+        (Method::POST, "/v1/partitions/v/pause", None),
+        (Method::POST, "/v1/partitions/v/resume", None),
+        (Method::POST, "/v1/partitions/v/save", None),
+        (Method::POST, "/v1/partitions/v/restore", None),
+        (Method::POST, "/v1/partitions/v/stop", Some(json!({}))),
+        (Method::POST, "/v1/partitions/v/start", None),
+        (Method::POST, "/v1/partitions/v/kill", None),
+        (Method::DELETE, "/v1/partitions/v", None),
+    ];
+    for (m, path, body) in &steps {
+        let (s, v) = once.request(m.clone(), path, body.clone()).await;
+        assert!(s.is_success(), "{m} {path}: {v}");
+        let (s, v) = twice.request(m.clone(), path, body.clone()).await;
+        assert!(s.is_success(), "{m} {path}: {v}");
+        let (s, v) = twice.request(m.clone(), path, body.clone()).await;
+        eprintln!("{m} {path} again: {s}");
+        assert!(
+            s.is_success() || s == StatusCode::CONFLICT || s == StatusCode::NOT_FOUND,
+            "{m} {path} again: {s} {v}"
+        );
+        assert_eq!(
+            vm_state(&once, "v").await,
+            vm_state(&twice, "v").await,
+            "{m} {path} twice ends as once"
+        );
+        assert_eq!(once.holdings().await, twice.holdings().await, "{m} {path}");
+        assert_eq!(
+            once.fake().live().len(),
+            twice.fake().live().len(),
+            "{m} {path}: the same processes"
+        );
+        twice.assert_verified().await;
+    }
+    // The refusals were recorded as failed jobs, not left running.
+    let (_, l) = twice.get("/v1/jobs?state=running").await;
+    assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
 }
