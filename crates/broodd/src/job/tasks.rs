@@ -18,7 +18,8 @@
 //! steps that change state are idempotent too, keyed by the job and its
 //! task, so a step run again (after a crash, or by the harness that runs
 //! each twice, `JobConfig::replay_steps`) finds what its first run did:
-//! a create finds the VM of that name the job made; a fork marks its
+//! a create finds the VM of that name made since the task first started
+//! (its journal's first `started` event) within the job; a fork marks its
 //! children with the values `brood.job` and `brood.task` and finds them
 //! again; a delete of what is gone is done; start and stop see the state
 //! they were to reach. Every
@@ -136,18 +137,36 @@ impl HostRunner {
             .map_err(err)
     }
 
-    async fn create(&self, params: &Value) -> Result<TaskResult, String> {
+    /// When task `task` of this job first started (its journal's first
+    /// `started` event), if it has.
+    async fn first_started(&self, task: &str) -> Result<Option<std::time::SystemTime>, String> {
+        let events = self
+            .host
+            .ledger
+            .job_events(self.job.id)
+            .await
+            .map_err(|e| chain(&e))?;
+        Ok(events
+            .iter()
+            .find(|e| e.kind == "task" && e.body["event"] == "started" && e.body["task"] == task)
+            .and_then(|e| humantime::parse_rfc3339(&e.time).ok()))
+    }
+
+    async fn create(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
         self.caller
             .check(Action::Create, Kind::Partition)
             .map_err(err)?;
         let name = text(params, "name")?;
-        // Run again: the VM of that name this job made is its result.
+        // Run again: the VM of that name made since this task first
+        // started, within this job, is its result.
         if let Ok(rec) = self
             .caller
             .partition(&self.host, &name, Action::Read)
             .await
             .map(|a| a.into_inner())
             && super::made_by(&self.job, &rec)
+            && let Some(since) = self.first_started(&task.id).await?
+            && humantime::parse_rfc3339(&rec.created_at).is_ok_and(|made| made >= since)
         {
             let mut r = named(&rec.name);
             r.outputs
@@ -351,7 +370,7 @@ impl HostRunner {
 impl Runner for HostRunner {
     async fn run(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
         match task.step {
-            Step::Create => self.create(params).await,
+            Step::Create => self.create(task, params).await,
             Step::Start => {
                 let rec = self.vm(params, Action::Operate).await?;
                 if rec.run_state == brood_ledger::RunState::Running {
