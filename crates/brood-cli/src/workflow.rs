@@ -122,6 +122,56 @@ to the template's name (use ${data.template} in its tasks).")]
     },
 }
 
+/// `brood template action`: a template's actions, seen from the template.
+#[derive(Debug, Subcommand)]
+pub enum ActionCmd {
+    /// Run one of the template's actions (as `brood workflow run-action`).
+    #[command(after_help = "Examples:
+  brood template action run web create-web-server --set greeting=hi")]
+    Run {
+        /// Template name.
+        template: String,
+        /// Action name.
+        action: String,
+        /// A data item, KEY=VALUE (repeat); `template` is set by the action.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run this version of its workflow instead of the newest.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Answer at once with the job instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List the template's actions (as `brood workflow actions`).
+    #[command(after_help = "Examples:\n  brood template action list web")]
+    List {
+        /// Template name.
+        template: String,
+    },
+}
+
+/// Runs a `brood template action` command; returns the exit code.
+pub async fn run_action(cmd: ActionCmd, client: &Client, out: Output) -> Result<i32> {
+    let cmd = match cmd {
+        ActionCmd::Run {
+            template,
+            action,
+            set,
+            version,
+            no_wait,
+        } => WorkflowCmd::RunAction {
+            template,
+            action,
+            set,
+            version,
+            no_wait,
+        },
+        ActionCmd::List { template } => WorkflowCmd::Actions { template },
+    };
+    run(cmd, client, out).await
+}
+
 /// Posts a run (of a workflow or an action) at `path` and prints its outcome.
 async fn run_at(
     client: &Client,

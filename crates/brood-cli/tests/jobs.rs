@@ -175,6 +175,42 @@ async fn the_readme_actions_example_runs() {
     }
     let l = json(&s, &["workflow", "actions", "--template", "web"]).await;
     assert_eq!(l["items"], serde_json::json!([]), "unbound: {l}");
+    // The same, seen from the template.
+    json(
+        &s,
+        &[
+            "workflow",
+            "bind",
+            "mkweb",
+            "--template",
+            "web",
+            "--action",
+            "again",
+        ],
+    )
+    .await;
+    let l = json(&s, &["template", "action", "list", "web"]).await;
+    assert_eq!(l["items"][0]["action"], "again", "{l}");
+    let out = json(
+        &s,
+        &[
+            "template",
+            "action",
+            "run",
+            "web",
+            "again",
+            "--set",
+            "greeting=hey",
+        ],
+    )
+    .await;
+    assert!(
+        out["outputs"]["hello"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("hey from web-"),
+        "{out}"
+    );
     // A bad action name is refused with what to do.
     let o = brood(
         &s,
