@@ -168,3 +168,36 @@ pub struct WorkflowRunRequest {
     #[serde(default)]
     pub version: Option<u64>,
 }
+
+/// An action bound to a template: the workflow that `POST
+/// /v1/templates/{name}/actions/{action}/run` runs, with `data.template` set
+/// to the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateAction {
+    /// The template's name.
+    pub template: String,
+    /// The action's name (1-64 of `a-z`, `0-9`, `_`, `.`, `-`).
+    pub action: String,
+    /// The workflow it runs (its newest version when run).
+    pub workflow: String,
+    /// Who bound it.
+    pub created_by: String,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// A template's actions, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateActionList {
+    /// The actions.
+    pub items: Vec<TemplateAction>,
+}
+
+/// `PUT /v1/templates/{name}/actions/{action}`: the workflow to bind (it
+/// must declare an input `template`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBindRequest {
+    /// The stored workflow's name.
+    pub workflow: String,
+}

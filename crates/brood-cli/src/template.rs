@@ -64,6 +64,9 @@ derived templates.")]
         #[arg(long)]
         cascade: bool,
     },
+    /// The template's actions: workflows bound to it (`brood workflow bind`).
+    #[command(subcommand)]
+    Action(crate::workflow::ActionCmd),
 }
 
 fn template_path(name: &str) -> String {
@@ -73,6 +76,7 @@ fn template_path(name: &str) -> String {
 /// Runs a `brood template` command; returns the exit code.
 pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
+        TemplateCmd::Action(cmd) => crate::workflow::run_action(cmd, client, out).await,
         TemplateCmd::Create {
             vm,
             name,

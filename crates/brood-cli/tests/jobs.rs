@@ -1,7 +1,8 @@
 #![allow(clippy::tests_outside_test_module)]
 //! `brood job` and `brood workflow` against a real broodd on the fake
 //! engine: `--no-wait` answers with a job, `job wait` exits by its outcome,
-//! workflows are stored, versioned, run with `--set` and deleted.
+//! workflows are stored, versioned, run with `--set` and deleted, and the
+//! README's examples (a workflow; an action bound to a template) run.
 
 use std::process::Output;
 
@@ -109,6 +110,126 @@ async fn workflows_are_stored_run_and_deleted() {
     assert_eq!(o.status.code(), Some(0));
     let o = brood(&s, &["workflow", "show", "hello"]).await;
     assert_ne!(o.status.code(), Some(0));
+}
+
+/// The YAML block and the `brood` lines of the sh block after `marker`
+/// in the README, the lines split into words with `file` for `name`.
+fn readme_example(marker: &str, name: &str, file: &std::path::Path) -> (String, Vec<Vec<String>>) {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let start = readme.find(marker).expect("the example's marker");
+    let block = &readme[start..];
+    let yaml = &block[block.find("```yaml").expect("a yaml block") + 7..];
+    let yaml = &yaml[..yaml.find("```").expect("the block's end")];
+    let sh = &block[block.find("```sh").expect("a sh block") + 5..];
+    let sh = &sh[..sh.find("```").expect("the block's end")];
+    let lines = sh
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or_default().trim())
+        .filter(|l| l.starts_with("brood "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(|w| {
+                    if w == name {
+                        file.to_string_lossy().into_owned()
+                    } else {
+                        w.to_owned()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (yaml.to_owned(), lines)
+}
+
+/// The README's actions example: its YAML block as `mkweb.yaml`, then
+/// each `brood` line of its sh block, in order.
+#[tokio::test]
+async fn the_readme_actions_example_runs() {
+    let app = TestApp::new().await;
+    let s = app.serve_unix().await;
+    let file = app.dir().join("mkweb.yaml");
+    let (yaml, lines) = readme_example("<!-- actions-example", "mkweb.yaml", &file);
+    std::fs::write(&file, yaml).expect("write mkweb.yaml");
+    assert!(lines.len() >= 7, "{lines:?}");
+    for args in &lines {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = brood(&s, &a).await;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "brood {a:?}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if a.starts_with(&["workflow", "actions"]) {
+            assert!(
+                out.contains("create-web-server") && out.contains("mkweb"),
+                "{out}"
+            );
+        }
+        if a.starts_with(&["workflow", "run-action"]) {
+            assert!(out.contains("hello from web-0"), "{out}");
+        }
+    }
+    let l = json(&s, &["workflow", "actions", "--template", "web"]).await;
+    assert_eq!(l["items"], serde_json::json!([]), "unbound: {l}");
+    // The same, seen from the template.
+    json(
+        &s,
+        &[
+            "workflow",
+            "bind",
+            "mkweb",
+            "--template",
+            "web",
+            "--action",
+            "again",
+        ],
+    )
+    .await;
+    let l = json(&s, &["template", "action", "list", "web"]).await;
+    assert_eq!(l["items"][0]["action"], "again", "{l}");
+    let out = json(
+        &s,
+        &[
+            "template",
+            "action",
+            "run",
+            "web",
+            "again",
+            "--set",
+            "greeting=hey",
+        ],
+    )
+    .await;
+    assert!(
+        out["outputs"]["hello"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("hey from web-"),
+        "{out}"
+    );
+    // A bad action name is refused with what to do.
+    let o = brood(
+        &s,
+        &[
+            "workflow",
+            "bind",
+            "mkweb",
+            "--template",
+            "web",
+            "--action",
+            "Web Server",
+        ],
+    )
+    .await;
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("a-z, 0-9"),
+        "{o:?}"
+    );
 }
 
 /// The README's jobs example: its YAML block as `web.yaml`, then each

@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod action;
 mod change;
 mod charge;
 mod db;
@@ -60,6 +61,7 @@ mod unit;
 mod user;
 mod verify;
 
+pub use action::ActionRecord;
 pub use change::{CHANGE_SUMMARY_MAX_BYTES, ChangeOp, ChangeRecord};
 pub use charge::{
     ChargeLine, ChargeModel, ChargeOp, ChargeReport, REFUND_REASON_MAX_BYTES, UnitCharge,

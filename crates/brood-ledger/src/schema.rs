@@ -99,6 +99,10 @@
 //! `V_JOBS` (jobs and workflows, issue 13) adds `job`, its append-only
 //! `job_event` log and the versioned `workflow` definitions (see `job`);
 //! new tables only, so an older file migrates in place.
+//!
+//! `V_ACTIONS` (actions bound to templates, issue 13) adds
+//! `template_action`, a workflow bound to a template under an action name
+//! (see `action`); a new table only.
 
 use std::path::Path;
 use std::time::Duration;
@@ -120,10 +124,12 @@ const MIGRATIONS: &[&str] = &[
     V_CHANGE,
     V_STORAGE_IO,
     V_JOBS,
+    V_ACTIONS,
 ];
 
 use crate::change::V_CHANGE;
 
+use crate::action::V_ACTIONS;
 use crate::job::V_JOBS;
 use crate::service_pool::V_SERVICE_POOLS;
 use crate::storage_io::V_STORAGE_IO;

@@ -164,6 +164,7 @@ async fn run(args: Args) -> Result<()> {
                 max_workflows: usize::try_from(args.max_workflows).unwrap_or(usize::MAX),
                 queue_bound: args.job_queue_bound,
                 max_vms: args.max_vms,
+                replay_steps: false,
             },
         },
         Arc::new(QemuEngine::new(cfg)),

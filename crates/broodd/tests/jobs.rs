@@ -3,7 +3,12 @@
 //! creates finishes first), priority within a queue, refusal past the
 //! queue bound, the max-VMs limit, `?wait=false`, cancel, and workflows:
 //! bindings, a failure injected at each task in turn (nothing is left
-//! half-done), steps run twice, and a restart of broodd in the middle.
+//! half-done), steps run twice, and a restart of broodd in the middle; the
+//! replay harness (`JobConfig::replay_steps`): a workflow of every built-in
+//! step, run with each step and undo executed twice, ends as one run does,
+//! and with a failure injected at each step in turn leaves nothing; every
+//! single action submitted twice ends as once; an action bound to a
+//! template forks from it and undoes on failure.
 
 use axum::http::{Method, StatusCode};
 use brood_engine::EngineError;
@@ -583,4 +588,372 @@ async fn a_restart_fails_single_jobs_it_cut_and_cancels_queued_ones() {
         .await;
     assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
     app.assert_verified().await;
+}
+
+/// A workflow with every built-in step that a fake host can serve: each
+/// step that changes state, with its undo, and the steps between them.
+const EVERY_STEP: &str = "
+name: every
+inputs:
+  name: {}
+tasks:
+  - id: make
+    step: create
+    params: {name: '${data.name}', memory_mib: 64}
+  - id: agent
+    step: wait_agent
+    params: {vm: '${make.name}'}
+  - id: hello
+    step: exec
+    params: {vm: '${make.name}', command: 'echo hi'}
+  - id: halt
+    step: stop
+    params: {vm: '${make.name}', timeout_s: 5}
+  - id: boot
+    step: start
+    params: {vm: '${make.name}'}
+  - id: kids
+    step: fork
+    params: {template: tpl, count: 2}
+  - id: drop
+    step: delete
+    params: {vm: '${kids.name}'}
+";
+
+/// The tasks of [`EVERY_STEP`], in order.
+const EVERY_TASK: [&str; 7] = ["make", "agent", "hello", "halt", "boot", "kids", "drop"];
+
+/// A host with the template `tpl` and the workflow [`EVERY_STEP`], with
+/// every step run twice when `replay`.
+async fn every_step_app(replay: bool) -> TestApp {
+    let app = app(JobConfig {
+        replay_steps: replay,
+        ..JobConfig::default()
+    })
+    .await;
+    app.running("src").await;
+    let (s, v) = app.template("src", Some("tpl"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    workflow(&app, EVERY_STEP).await;
+    app
+}
+
+/// What a run leaves: each partition's name, stage and run state, the
+/// holdings of the ledger, and the fake engine's live processes.
+async fn end_state(app: &TestApp) -> Value {
+    let (s, l) = app.get("/v1/partitions").await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    let list = l
+        .as_array()
+        .or_else(|| l["items"].as_array())
+        .unwrap_or_else(|| panic!("a list: {l}"));
+    let mut vms: Vec<Value> = list
+        .iter()
+        .map(|p| json!([p["name"], p["stage"], p["run_state"]]))
+        .collect();
+    vms.sort_by_key(Value::to_string);
+    json!({
+        "vms": vms,
+        "holdings": app.holdings().await,
+        "live": app.fake().live().len(),
+    })
+}
+
+#[tokio::test]
+async fn every_step_run_twice_ends_as_one_run_does() {
+    let once = every_step_app(false).await;
+    let twice = every_step_app(true).await;
+    let mut ends = Vec::new();
+    for app in [&once, &twice] {
+        let (s, out) = app
+            .post("/v1/workflows/every/run", json!({"data": {"name": "e"}}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{out}");
+        app.assert_verified().await;
+        let mut out = out;
+        // Uuids are random: the same VM is the same name.
+        out["outputs"]["make"]
+            .as_object_mut()
+            .and_then(|m| m.remove("uuid"))
+            .unwrap_or_else(|| panic!("the create's uuid: {out}"));
+        ends.push((out, end_state(app).await));
+    }
+    let (one, two) = (&ends[0], &ends[1]);
+    assert_eq!(one.0, two.0, "a step run twice gives the same outputs");
+    assert_eq!(one.1, two.1, "a step run twice leaves the same host");
+    assert_eq!(
+        one.1["vms"].as_array().map(Vec::len),
+        Some(3),
+        "the template, e and one child: {}",
+        one.1
+    );
+    // The second runs did happen: each step started its engine work again
+    // or found it done.
+    assert!(
+        twice.fake().count(Op::Fork) == once.fake().count(Op::Fork),
+        "a fork run again forks no more children"
+    );
+}
+
+/// Makes task `task` of [`EVERY_STEP`] fail on the fake host.
+fn fail_at(app: &TestApp, task: &str) {
+    let f = app.fake();
+    f.clear_failures();
+    f.on_exec(|_, _| None);
+    let no = || EngineError::InvalidSpec("injected".into());
+    match task {
+        // The create's boot.
+        "make" => f.fail_next(Op::Boot, no()),
+        // The agent answers the exec with an error.
+        "hello" => f.on_exec(|_, cmd| {
+            (cmd == "echo hi").then(|| ExecReply {
+                agent_error: Some("guest I/O error".into()),
+                ..ExecReply::default()
+            })
+        }),
+        // The start's boot (the create's boot is done by then).
+        "boot" => f.fail_when({
+            let boots = std::sync::atomic::AtomicUsize::new(0);
+            move |c| {
+                (c.op == Op::Boot && boots.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1)
+                    .then(no)
+            }
+        }),
+        "kids" => f.fail_next(Op::Fork, no()),
+        other => panic!("no failure for task {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing() {
+    let app = every_step_app(true).await;
+    let before = end_state(&app).await;
+    // Three steps have no failure the fake host can inject: wait_agent (its
+    // agent is ready once booted; the exec after it fails instead), stop
+    // and delete (a graceful stop that fails falls back to a kill, and a
+    // stop or delete whose kill fails still answers success).
+    for (i, task) in EVERY_TASK
+        .into_iter()
+        .filter(|t| !matches!(*t, "agent" | "halt" | "drop"))
+        .enumerate()
+    {
+        fail_at(&app, task);
+        let name = format!("f{i}");
+        let (s, v) = app
+            .post("/v1/workflows/every/run", json!({"data": {"name": name}}))
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{task}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("task {task} failed")),
+            "{task}: {msg}"
+        );
+        assert!(!msg.contains("could not be undone"), "{task}: {msg}");
+        app.fake().clear_failures();
+        app.assert_verified().await;
+        assert_eq!(
+            end_state(&app).await,
+            before,
+            "a failure at {task} leaves nothing: no partition, holding or process"
+        );
+    }
+}
+
+const MKWEB: &str = "
+name: mkweb
+inputs:
+  template: {}
+  greeting: {}
+tasks:
+  - id: kids
+    step: fork
+    params: {template: '${data.template}', count: 1}
+  - id: hello
+    step: exec
+    params: {vm: '${kids.name}', command: 'echo ${data.greeting}'}
+";
+
+#[tokio::test]
+async fn an_action_bound_to_a_template_forks_from_it_and_undoes_on_failure() {
+    let app = app(JobConfig::default()).await;
+    app.running("src").await;
+    let (s, v) = app.template("src", Some("web"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    workflow(&app, MKWEB).await;
+    workflow(
+        &app,
+        "name: plain\ntasks:\n  - {id: a, step: http, params: {url: 'http://127.0.0.1:1/'}}\n",
+    )
+    .await;
+    // Bad bindings are refused with what to do.
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/serve",
+            json!({"workflow": "plain"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input \"template\""),
+        "{v}"
+    );
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/Bad%20Name",
+            json!({"workflow": "mkweb"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/serve",
+            json!({"workflow": "nope"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = app
+        .put(
+            "/v1/templates/nope/actions/serve",
+            json!({"workflow": "mkweb"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Bound, listed.
+    let (s, v) = app
+        .put(
+            "/v1/templates/web/actions/serve",
+            json!({"workflow": "mkweb"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["workflow"], "mkweb");
+    let (s, l) = app.get("/v1/templates/web/actions").await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    assert_eq!(l["items"][0]["action"], "serve", "{l}");
+    // Run: the workflow forks a child of its template.
+    let (s, out) = app
+        .post(
+            "/v1/templates/web/actions/serve/run",
+            json!({"data": {"greeting": "hi"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    let child = out["outputs"]["kids"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(out["outputs"]["hello"]["stdout"], "hi\n", "{out}");
+    assert_eq!(app.run_state(&child).await, "running");
+    app.assert_verified().await;
+    // A failure after the fork undoes it.
+    app.fake().on_exec(|_, cmd| {
+        (cmd == "echo bye").then(|| ExecReply {
+            agent_error: Some("guest I/O error".into()),
+            ..ExecReply::default()
+        })
+    });
+    let before = end_state(&app).await;
+    let (s, v) = app
+        .post(
+            "/v1/templates/web/actions/serve/run",
+            json!({"data": {"greeting": "bye"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("undone: hello, kids"),
+        "{v}"
+    );
+    assert_eq!(
+        end_state(&app).await,
+        before,
+        "the failed action left nothing"
+    );
+    app.assert_verified().await;
+    // The template is the action's to set.
+    let (s, v) = app
+        .post(
+            "/v1/templates/web/actions/serve/run",
+            json!({"data": {"greeting": "x", "template": "other"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Unbound: gone.
+    let (s, _) = app.delete("/v1/templates/web/actions/serve").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = app.delete("/v1/templates/web/actions/serve").await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "unbinding is idempotent: {v}");
+    let (s, v) = app
+        .post("/v1/templates/web/actions/serve/run", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("brood workflow actions"),
+        "{v}"
+    );
+}
+
+/// A VM's state as a test compares it: its run state and stage.
+async fn vm_state(app: &TestApp, name: &str) -> Value {
+    let (s, v) = app.get(&format!("/v1/partitions/{name}")).await;
+    if s == StatusCode::NOT_FOUND {
+        return json!("gone");
+    }
+    assert_eq!(s, StatusCode::OK, "{v}");
+    json!([v["stage"], v["run_state"]])
+}
+
+#[tokio::test]
+async fn every_single_action_submitted_twice_ends_as_once_and_verifies() {
+    // Each action of a unit, as a client that retries submits it: the
+    // second job either finds the work done (2xx) or is refused by the
+    // state the first reached (409); never a 5xx, and the host ends as
+    // after one submission.
+    let once = app(JobConfig::default()).await;
+    let twice = app(JobConfig::default()).await;
+    let steps: [(Method, &str, Option<Value>); 10] = [
+        (Method::POST, "/v1/partitions", Some(vm("v", false, 0))),
+        (Method::POST, "/v1/partitions/v/start", None),
+        (Method::POST, "/v1/partitions/v/pause", None),
+        (Method::POST, "/v1/partitions/v/resume", None),
+        (Method::POST, "/v1/partitions/v/save", None),
+        (Method::POST, "/v1/partitions/v/restore", None),
+        (Method::POST, "/v1/partitions/v/stop", Some(json!({}))),
+        (Method::POST, "/v1/partitions/v/start", None),
+        (Method::POST, "/v1/partitions/v/kill", None),
+        (Method::DELETE, "/v1/partitions/v", None),
+    ];
+    for (m, path, body) in &steps {
+        let (s, v) = once.request(m.clone(), path, body.clone()).await;
+        assert!(s.is_success(), "{m} {path}: {v}");
+        let (s, v) = twice.request(m.clone(), path, body.clone()).await;
+        assert!(s.is_success(), "{m} {path}: {v}");
+        let (s, v) = twice.request(m.clone(), path, body.clone()).await;
+        eprintln!("{m} {path} again: {s}");
+        assert!(
+            s.is_success() || s == StatusCode::CONFLICT || s == StatusCode::NOT_FOUND,
+            "{m} {path} again: {s} {v}"
+        );
+        assert_eq!(
+            vm_state(&once, "v").await,
+            vm_state(&twice, "v").await,
+            "{m} {path} twice ends as once"
+        );
+        assert_eq!(once.holdings().await, twice.holdings().await, "{m} {path}");
+        assert_eq!(
+            once.fake().live().len(),
+            twice.fake().live().len(),
+            "{m} {path}: the same processes"
+        );
+        twice.assert_verified().await;
+    }
+    // The refusals were recorded as failed jobs, not left running.
+    let (_, l) = twice.get("/v1/jobs?state=running").await;
+    assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
 }

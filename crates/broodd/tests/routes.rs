@@ -48,6 +48,7 @@ fn with_name(path: &str, name: &str) -> String {
         .replace("{snapshot}", "s1")
         .replace("{disk}", "d0")
         .replace("{nic}", "0")
+        .replace("{action}", "act")
 }
 
 /// A valid body for the route, naming `name` where the body names something.
@@ -90,6 +91,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
             "definition": format!("name: {name}\ntasks: [{{id: a, step: stop, params: {{vm: off}}}}]")
         }),
         ("POST", p) if p.ends_with("/run") => json!({}),
+        ("PUT", p) if p.ends_with("/actions/{action}") => json!({"workflow": name}),
         _ => return None,
     })
 }
@@ -322,6 +324,20 @@ async fn fixture() -> TestApp {
         .post("/v1/workflows", json!({ "definition": def }))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Template `tpl`'s action `act`: a workflow whose only task fails.
+    let def = "name: act-off\ninputs: {template: {}}\n\
+               tasks: [{id: a, step: exec, params: {vm: off, command: 'true'}}]";
+    let (s, v) = app
+        .post("/v1/workflows", json!({ "definition": def }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app
+        .put(
+            "/v1/templates/tpl/actions/act",
+            json!({"workflow": "act-off"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     app
 }
 
@@ -401,6 +417,7 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         // Job 1 (the fixture's first define) has ended.
         ("POST", "/jobs/{id}/cancel") => "1",
         ("POST", "/workflows/{name}/run") => "stop-off",
+        ("POST", "/templates/{name}/actions/{action}/run") => "tpl",
         _ => return None,
     };
     Some((name, body_for(method, path, "x")))
@@ -754,6 +771,10 @@ const KNOWN: &[&str] = &[
     "GET /v1/workflows/{name}",
     "DELETE /v1/workflows/{name}",
     "POST /v1/workflows/{name}/run",
+    "GET /v1/templates/{name}/actions",
+    "PUT /v1/templates/{name}/actions/{action}",
+    "DELETE /v1/templates/{name}/actions/{action}",
+    "POST /v1/templates/{name}/actions/{action}/run",
 ];
 
 #[tokio::test]

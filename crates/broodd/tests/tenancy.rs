@@ -462,6 +462,25 @@ async fn fixture() -> Fixture {
         json!({"definition": "name: wf\ntasks: [{id: s, step: stop, params: {vm: a1}}]"}),
     )
     .await;
+    // Action `act` of templates ta and tb: a workflow whose one task fails
+    // (nothing listens on port 1) without touching anything.
+    admin(
+        &app,
+        Method::POST,
+        "/v1/workflows",
+        json!({"definition": "name: act-wf\ninputs: {template: {}}\n\
+            tasks: [{id: h, step: http, params: {url: 'http://127.0.0.1:1/'}}]"}),
+    )
+    .await;
+    for t in ["ta", "tb"] {
+        admin(
+            &app,
+            Method::PUT,
+            &format!("/v1/templates/{t}/actions/act"),
+            json!({"workflow": "act-wf"}),
+        )
+        .await;
+    }
     let mut tokens = BTreeMap::new();
     tokens.insert("admin", TOKEN.to_owned());
     tokens.insert(
@@ -497,6 +516,9 @@ fn route_action(method: &Method, path: &str) -> Option<(&'static str, &'static s
         ("GET", "/templates/{name}") => ("read", "template", true),
         ("DELETE", "/templates/{name}") => ("delete", "template", true),
         ("POST", "/templates/{name}/fork") => ("operate", "template", true),
+        ("GET", "/templates/{name}/actions") => ("read", "template", true),
+        ("PUT" | "DELETE", "/templates/{name}/actions/{action}") => ("manage", "template", true),
+        ("POST", "/templates/{name}/actions/{action}/run") => ("operate", "template", true),
         ("GET", "/identity-pools" | "/identity-pools/{name}") => ("read", "identity-pool", false),
         ("POST", "/identity-pools") | ("DELETE", "/identity-pools/{name}") => {
             ("configure", "identity-pool", false)
@@ -615,7 +637,8 @@ fn concrete(
         .replace("{name}", &name)
         .replace("{id}", &id)
         .replace("{disk}", "d0")
-        .replace("{nic}", "0");
+        .replace("{nic}", "0")
+        .replace("{action}", "act");
     if p == "/chargeback" {
         uri = format!("{uri}?from=2020-01-01T00:00:00Z&to=2030-01-01T00:00:00Z&unit={u}");
     }
@@ -641,6 +664,8 @@ fn concrete(
         ("POST", p) if p.ends_with("/guests") => Some(json!({"guest": format!("{u}1")})),
         ("POST", "/templates") => Some(json!({"vm": format!("{u}1")})),
         ("POST", p) if p.ends_with("/fork") => Some(json!({"count": 1})),
+        ("PUT", p) if p.ends_with("/actions/{action}") => Some(json!({"workflow": "act-wf"})),
+        ("POST", p) if p.ends_with("/actions/{action}/run") => Some(json!({})),
         ("POST", "/identity-pools") => {
             Some(json!({"name": format!("p{n}"), "kind": "identity", "values": ["v"]}))
         }

@@ -293,7 +293,7 @@ struct VersionQuery {
     version: Option<u64>,
 }
 
-fn no_workflow(name: &str) -> ApiError {
+pub(super) fn no_workflow(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         brood_api::ErrorCode::NotFound,
@@ -411,7 +411,10 @@ async fn run_workflow(
     .await
 }
 
-fn check_data(wf: &Workflow, data: &BTreeMap<String, serde_json::Value>) -> ApiResult<()> {
+pub(super) fn check_data(
+    wf: &Workflow,
+    data: &BTreeMap<String, serde_json::Value>,
+) -> ApiResult<()> {
     if let Some(k) = data.keys().find(|k| !wf.inputs.contains_key(*k)) {
         return Err(ApiError::bad_request(format!(
             "workflow {} has no input {k:?}; its inputs: {}",

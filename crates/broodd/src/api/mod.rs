@@ -3,6 +3,7 @@
 //! rule that every error, whoever produced it, leaves as JSON with a code.
 
 mod accounts;
+mod action;
 mod attach;
 pub mod auth;
 mod change;
@@ -88,6 +89,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = accounts::routes(r);
     let r = cluster::routes(r);
     let r = jobs::routes(r);
+    let r = action::routes(r);
     let (routes, mut doc) = r.split_for_parts();
     doc::OptionalBodies.modify(&mut doc);
     doc::ServedDocument.modify(&mut doc);

@@ -36,7 +36,7 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(show_identity_pool, delete_identity_pool))
 }
 
-async fn template_rec(
+pub(super) async fn template_rec(
     d: &Host,
     caller: &Caller,
     name: &str,

@@ -67,6 +67,11 @@ pub struct JobConfig {
     pub queue_bound: u64,
     /// Most VMs on the host (none: only capacity limits them).
     pub max_vms: Option<u64>,
+    /// A test hook (issue 13's harness): every workflow step that succeeds
+    /// runs a second time, and every undo twice, as a job resumed after a
+    /// crash may run them; the second run's result is the step's. Off in
+    /// broodd itself.
+    pub replay_steps: bool,
 }
 
 impl Default for JobConfig {
@@ -76,6 +81,7 @@ impl Default for JobConfig {
             max_workflows: 4,
             queue_bound: 1000,
             max_vms: None,
+            replay_steps: false,
         }
     }
 }

@@ -14,7 +14,15 @@
 //! | request_service | requests a service of `class` `for` guests | name | release it |
 //! | host_script | runs `script` on the host in a sandbox | code, stdout, stderr | nothing |
 //!
-//! Every undo is idempotent: what is already gone counts as undone. Every
+//! Every undo is idempotent: what is already gone counts as undone. The
+//! steps that change state are idempotent too, keyed by the job and its
+//! task, so a step run again (after a crash, or by the harness that runs
+//! each twice, `JobConfig::replay_steps`) finds what its first run did:
+//! a create finds the VM of that name made since the task first started
+//! (its journal's first `started` event) within the job; a fork marks its
+//! children with the values `brood.job` and `brood.task` and finds them
+//! again; a delete of what is gone is done; start and stop see the state
+//! they were to reach. Every
 //! step acts as the job's caller, through the checked lookups, so a
 //! workflow reaches only what its submitter may reach.
 //!
@@ -52,18 +60,30 @@ pub struct HostRunner {
     host: Arc<Host>,
     caller: Caller,
     cancelled: Arc<AtomicBool>,
+    job: brood_ledger::JobRecord,
 }
 
 impl HostRunner {
-    /// The steps of a job run by `caller`.
-    pub fn new(host: Arc<Host>, caller: Caller, cancelled: Arc<AtomicBool>) -> HostRunner {
+    /// The steps of `job`, run by `caller`.
+    pub fn new(
+        host: Arc<Host>,
+        caller: Caller,
+        cancelled: Arc<AtomicBool>,
+        job: brood_ledger::JobRecord,
+    ) -> HostRunner {
         HostRunner {
             host,
             caller,
             cancelled,
+            job,
         }
     }
 }
+
+/// The fork value naming the job that made a child.
+pub const JOB_VALUE: &str = "brood.job";
+/// The fork value naming the task that made a child.
+pub const TASK_VALUE: &str = "brood.task";
 
 fn text(params: &Value, key: &str) -> Result<String, String> {
     match params.get(key) {
@@ -117,11 +137,42 @@ impl HostRunner {
             .map_err(err)
     }
 
-    async fn create(&self, params: &Value) -> Result<TaskResult, String> {
+    /// When task `task` of this job first started (its journal's first
+    /// `started` event), if it has.
+    async fn first_started(&self, task: &str) -> Result<Option<std::time::SystemTime>, String> {
+        let events = self
+            .host
+            .ledger
+            .job_events(self.job.id)
+            .await
+            .map_err(|e| chain(&e))?;
+        Ok(events
+            .iter()
+            .find(|e| e.kind == "task" && e.body["event"] == "started" && e.body["task"] == task)
+            .and_then(|e| humantime::parse_rfc3339(&e.time).ok()))
+    }
+
+    async fn create(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
         self.caller
             .check(Action::Create, Kind::Partition)
             .map_err(err)?;
         let name = text(params, "name")?;
+        // Run again: the VM of that name made since this task first
+        // started, within this job, is its result.
+        if let Ok(rec) = self
+            .caller
+            .partition(&self.host, &name, Action::Read)
+            .await
+            .map(|a| a.into_inner())
+            && super::made_by(&self.job, &rec)
+            && let Some(since) = self.first_started(&task.id).await?
+            && humantime::parse_rfc3339(&rec.created_at).is_ok_and(|made| made >= since)
+        {
+            let mut r = named(&rec.name);
+            r.outputs
+                .insert("uuid".into(), Value::from(rec.uuid.to_string()));
+            return Ok(r);
+        }
         let config = match params.get("config") {
             Some(c) => c.clone(),
             None => json!({
@@ -205,7 +256,36 @@ impl HostRunner {
         })
     }
 
-    async fn fork(&self, params: &Value) -> Result<TaskResult, String> {
+    /// The children a fork task of this job made already (a task run
+    /// again), in their order.
+    async fn forked(
+        &self,
+        template: uuid::Uuid,
+        task: &str,
+    ) -> Result<Vec<brood_ledger::PartitionRecord>, String> {
+        let job = self.job.id.to_string();
+        let mut mine: Vec<_> = self
+            .host
+            .ledger
+            .children_of(template)
+            .await
+            .map_err(|e| chain(&e))?
+            .into_iter()
+            .filter_map(|c| match &c.lineage {
+                Some(brood_ledger::Lineage::Child(l))
+                    if l.values.get(JOB_VALUE) == Some(&job)
+                        && l.values.get(TASK_VALUE).map(String::as_str) == Some(task) =>
+                {
+                    Some((l.index, c))
+                }
+                _ => None,
+            })
+            .collect();
+        mine.sort_by_key(|(i, _)| *i);
+        Ok(mine.into_iter().map(|(_, c)| c).collect())
+    }
+
+    async fn fork(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
         let template = text(params, "template")?;
         let tpl = self
             .caller
@@ -217,21 +297,41 @@ impl HostRunner {
             .map_err(err)?;
         let req: brood_api::ForkRequest = serde_json::from_value(json!({
             "count": number(params, "count", 1)?,
+            "values": {JOB_VALUE: self.job.id.to_string(), TASK_VALUE: task.id},
         }))
         .map_err(|e| format!("the fork is not valid: {e}"))?;
-        let children = crate::fork::fork(
-            &self.host,
-            self.caller.actor(),
-            self.caller.scope(),
-            tpl.uuid,
-            req,
-        )
-        .await
-        .map_err(err)?;
-        let names: Vec<Value> = children
-            .iter()
-            .map(|c| Value::from(c.name.clone()))
-            .collect();
+        let count = req.count;
+        let before = self.forked(tpl.uuid, &task.id).await?;
+        let names: Vec<String> = if before.is_empty() {
+            crate::fork::fork(
+                &self.host,
+                self.caller.actor(),
+                self.caller.scope(),
+                tpl.uuid,
+                req,
+            )
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+        } else {
+            // Run again: what the first run forked is the result.
+            before.into_iter().map(|c| c.name).collect()
+        };
+        if names.len() < usize::try_from(count).unwrap_or(usize::MAX) {
+            // A fork of many where some children failed: the step fails
+            // whole, and gives back the ones it made.
+            for n in &names {
+                self.delete_if_there(n).await?;
+            }
+            return Err(format!(
+                "forked only {} of {count} children of {template}: the others failed \
+                 (see broodd's log); the ones made were deleted",
+                names.len()
+            ));
+        }
+        let names: Vec<Value> = names.into_iter().map(Value::from).collect();
         let first = names.first().cloned().unwrap_or(Value::Null);
         Ok(TaskResult {
             code: None,
@@ -270,7 +370,7 @@ impl HostRunner {
 impl Runner for HostRunner {
     async fn run(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
         match task.step {
-            Step::Create => self.create(params).await,
+            Step::Create => self.create(task, params).await,
             Step::Start => {
                 let rec = self.vm(params, Action::Operate).await?;
                 if rec.run_state == brood_ledger::RunState::Running {
@@ -300,13 +400,23 @@ impl Runner for HostRunner {
                 Ok(named(&rec.name))
             }
             Step::Delete => {
-                let rec = self.vm(params, Action::Delete).await?;
-                lifecycle::delete(&self.host, self.caller.actor(), rec.uuid, true)
+                let name = text(params, "vm")?;
+                let rec = match self
+                    .caller
+                    .partition(&self.host, &name, Action::Delete)
                     .await
-                    .map_err(err)?;
-                Ok(named(&rec.name))
+                {
+                    Ok(rec) => rec,
+                    // Deleted already (a step run again): done.
+                    Err(HostError::NotFound(_)) => return Ok(named(&name)),
+                    Err(e) => return Err(err(e)),
+                };
+                match lifecycle::delete(&self.host, self.caller.actor(), rec.uuid, true).await {
+                    Ok(()) | Err(HostError::NotFound(_)) => Ok(named(&rec.name)),
+                    Err(e) => Err(err(e)),
+                }
             }
-            Step::Fork => self.fork(params).await,
+            Step::Fork => self.fork(task, params).await,
             Step::WaitAgent => {
                 let rec = self.vm(params, Action::Operate).await?;
                 let running = self
@@ -358,7 +468,7 @@ impl Runner for HostRunner {
                 self.delete_if_there(&name).await
             }
             Step::Fork => {
-                let names: Vec<String> = done
+                let mut names: Vec<String> = done
                     .outputs
                     .get("names")
                     .and_then(Value::as_array)
@@ -368,6 +478,21 @@ impl Runner for HostRunner {
                             .collect()
                     })
                     .unwrap_or_default();
+                // A fork cut off half-way has no outputs: its children
+                // carry the job and the task in their values.
+                if let Ok(t) = text(params, "template") {
+                    match self.caller.template(&self.host, &t, Action::Operate).await {
+                        Ok(tpl) => {
+                            for c in self.forked(tpl.uuid, &task.id).await? {
+                                if !names.contains(&c.name) {
+                                    names.push(c.name);
+                                }
+                            }
+                        }
+                        Err(HostError::NotFound(_)) => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
                 for n in names {
                     self.delete_if_there(&n).await?;
                 }

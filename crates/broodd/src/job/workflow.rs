@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use axum::http::StatusCode;
 use brood_api::ErrorCode;
 use brood_ledger::JobStore;
-use brood_workflow::{Event, Journal, Outcome, Secrets, Workflow};
+use brood_workflow::{Event, Journal, Outcome, Runner, Secrets, Task, TaskResult, Workflow};
 use serde_json::Value;
 
 use super::tasks::HostRunner;
@@ -43,6 +43,36 @@ impl Journal for LedgerJournal {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The replay hook (`JobConfig::replay_steps`): each step that succeeds is
+/// run again and each undo twice, so a step that is not idempotent shows
+/// (the second run fails, or leaves more behind than one run).
+struct Twice<'a> {
+    inner: &'a HostRunner,
+}
+
+#[async_trait]
+impl Runner for Twice<'_> {
+    async fn run(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
+        self.inner.run(task, params).await?;
+        self.inner
+            .run(task, params)
+            .await
+            .map_err(|e| format!("{e} (when run a second time)"))
+    }
+
+    async fn undo(&self, task: &Task, params: &Value, done: &TaskResult) -> Result<(), String> {
+        self.inner.undo(task, params, done).await?;
+        self.inner
+            .undo(task, params, done)
+            .await
+            .map_err(|e| format!("{e} (when undone a second time)"))
+    }
+
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
     }
 }
 
@@ -127,8 +157,19 @@ pub async fn run(ctx: JobCtx, data: Option<BTreeMap<String, Value>>) -> ApiResul
             past.push(e);
         }
     }
-    let runner = HostRunner::new(ctx.host.clone(), caller, ctx.cancelled.clone());
-    let outcome = brood_workflow::run(&wf, data, &runner, &mut journal, &past)
+    let runner = HostRunner::new(
+        ctx.host.clone(),
+        caller,
+        ctx.cancelled.clone(),
+        ctx.job.clone(),
+    );
+    let twice = Twice { inner: &runner };
+    let runner: &dyn Runner = if ctx.host.feature::<super::Jobs>().config().replay_steps {
+        &twice
+    } else {
+        &runner
+    };
+    let outcome = brood_workflow::run(&wf, data, runner, &mut journal, &past)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     match outcome {
