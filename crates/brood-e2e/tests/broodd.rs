@@ -628,7 +628,13 @@ fn kill_9_of_broodd_at_twenty_moments_loses_nothing() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         worker.join().expect("worker");
         b.restart();
-        let v = b.ok("GET", "/v1/ledger/verify", None);
+        let (status, v) = b.call("GET", "/v1/ledger/verify", None);
+        assert_eq!(
+            status,
+            200,
+            "round {round}: verify -> {status}: {v}\n{}",
+            b.log()
+        );
         assert_eq!(v["ok"], true, "round {round}: {v}\n{}", b.log());
     }
     // Clean up whatever the last round left.

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use brood_ledger::{JobChange, JobFilter, JobRecord, JobState, JobStore};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Class, Jobs, Key, Pending, publish};
 use crate::host::Host;
@@ -85,24 +85,36 @@ pub async fn run(host: &Arc<Host>) -> anyhow::Result<()> {
         };
         // A define that was to start it promised to leave nothing if the
         // start failed: a partition it made and that does not run goes.
-        if j.state == JobState::Running
-            && j.kind == "partition.define.start"
-            && let Some(p) = host.ledger.partition_by_name(&j.target).await?
-            && super::made_by(&j, &p)
-            && !p.run_state.is_active()
-        {
-            crate::partition::lifecycle::delete(host, &j.actor, p.uuid, true).await?;
-            info!(
-                job = j.id,
-                "removed {}, which the cut define had made", p.name
-            );
+        // One job that cannot be settled must not keep broodd from
+        // starting (every later start would fail the same way): it is
+        // logged, and `brood ledger verify` names what it left.
+        if let Err(e) = settle(host, &j, to, why).await {
+            warn!(job = j.id, kind = %j.kind, "could not settle the job: {e:#}");
         }
-        let mut c = JobChange::new(j.id, &[j.state], to);
-        c.error = Some(why.into());
-        let rec = host.ledger.set_job_state(c).await?;
-        info!(job = rec.id, kind = %rec.kind, "{}: {why}", rec.state.as_str());
-        publish(host, &rec);
     }
     Jobs::pump(host);
+    Ok(())
+}
+
+/// Fails or cancels job `j` (state `to`, reason `why`); a cut define that
+/// was to start its partition first removes the partition it made.
+async fn settle(host: &Arc<Host>, j: &JobRecord, to: JobState, why: &str) -> anyhow::Result<()> {
+    if j.state == JobState::Running
+        && j.kind == "partition.define.start"
+        && let Some(p) = host.ledger.partition_by_name(&j.target).await?
+        && super::made_by(j, &p)
+        && !p.run_state.is_active()
+    {
+        crate::partition::lifecycle::delete(host, &j.actor, p.uuid, true).await?;
+        info!(
+            job = j.id,
+            "removed {}, which the cut define had made", p.name
+        );
+    }
+    let mut c = JobChange::new(j.id, &[j.state], to);
+    c.error = Some(why.into());
+    let rec = host.ledger.set_job_state(c).await?;
+    info!(job = rec.id, kind = %rec.kind, "{}: {why}", rec.state.as_str());
+    publish(host, &rec);
     Ok(())
 }
