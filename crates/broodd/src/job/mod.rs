@@ -728,7 +728,9 @@ pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::ho
             });
         }
     }
-    for state in [JobState::Failed, JobState::Cancelled] {
+    // A cancelled job never ran, so it made nothing: only failed ones count
+    // (a partition of the same name made by a later job is not an orphan).
+    for state in [JobState::Failed] {
         let ended = host
             .ledger
             .jobs(brood_ledger::JobFilter {

@@ -7,9 +7,9 @@
 //!   unwinds (`brood_workflow::run`);
 //! - any other job that was running is failed: its work (one host
 //!   operation) lived in the dead broodd's memory; what it did to its
-//!   partition is what `reconcile` found and settled, and a define that
-//!   was to start its partition removes the partition it made unless it
-//!   runs (a failed start leaves no definition);
+//!   partition is what `reconcile` found and settled, and a cut define
+//!   removes the partition it made unless it runs (a failed define leaves
+//!   no definition);
 //! - any other job still queued is cancelled with the reason (its work was
 //!   never started; submit it again).
 
@@ -96,11 +96,12 @@ pub async fn run(host: &Arc<Host>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails or cancels job `j` (state `to`, reason `why`); a cut define that
-/// was to start its partition first removes the partition it made.
+/// Fails or cancels job `j` (state `to`, reason `why`); a cut define
+/// first removes the partition it made (a failed define leaves nothing,
+/// whether or not it was to start it).
 async fn settle(host: &Arc<Host>, j: &JobRecord, to: JobState, why: &str) -> anyhow::Result<()> {
     if j.state == JobState::Running
-        && j.kind == "partition.define.start"
+        && j.kind.starts_with("partition.define")
         && let Some(p) = host.ledger.partition_by_name(&j.target).await?
         && super::made_by(j, &p)
         && !p.run_state.is_active()
