@@ -27,10 +27,21 @@ use crate::host::{Host, chain};
 const TICK: Duration = Duration::from_millis(500);
 
 /// Host CPU use between two samples of /proc/stat, percent.
+///
+/// A wake-up can come a few milliseconds after the last tick, when
+/// /proc/stat (counted in clock ticks of 10 ms) has barely moved: such an
+/// interval is not a measurement. The meter then keeps its last reading and
+/// its older sample, and before it has any reading it waits out the
+/// shortest interval it trusts, so a pool made just after broodd starts is
+/// never refilled on "no reading" while the host is busy.
 #[derive(Debug, Default)]
 struct CpuMeter {
-    last: Option<(u64, u64)>,
+    last: Option<(u64, u64, tokio::time::Instant)>,
+    pct: Option<u32>,
 }
+
+/// The shortest interval between two samples that counts as a reading.
+const CPU_SPAN: Duration = Duration::from_millis(200);
 
 impl CpuMeter {
     fn sample() -> Option<(u64, u64)> {
@@ -46,15 +57,28 @@ impl CpuMeter {
         Some((total, idle))
     }
 
-    fn busy_pct(&mut self) -> Option<u32> {
-        let now = Self::sample()?;
-        let prev = self.last.replace(now)?;
-        let total = now.0.saturating_sub(prev.0);
-        let idle = now.1.saturating_sub(prev.1);
-        if total == 0 {
+    async fn busy_pct(&mut self) -> Option<u32> {
+        let Some((t0, i0, at)) = self.last else {
+            let (t, i) = Self::sample()?;
+            self.last = Some((t, i, tokio::time::Instant::now()));
             return None;
+        };
+        let age = at.elapsed();
+        if age < CPU_SPAN {
+            if self.pct.is_some() {
+                return self.pct;
+            }
+            tokio::time::sleep(CPU_SPAN.saturating_sub(age)).await;
         }
-        u32::try_from(100 * total.saturating_sub(idle) / total).ok()
+        let (t, i) = Self::sample()?;
+        let total = t.saturating_sub(t0);
+        let idle = i.saturating_sub(i0);
+        if total == 0 {
+            return self.pct;
+        }
+        self.last = Some((t, i, tokio::time::Instant::now()));
+        self.pct = u32::try_from(100 * total.saturating_sub(idle) / total).ok();
+        self.pct
     }
 }
 
@@ -63,14 +87,14 @@ pub fn spawn(host: Arc<Host>) {
     tokio::spawn(async move {
         recover(&host).await;
         let mut cpu = CpuMeter::default();
-        let _ = cpu.busy_pct();
+        let _ = cpu.busy_pct().await;
         let pools = host.feature::<ServicePools>();
         while !host.is_stopping() {
             tokio::select! {
                 () = pools.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
             }
-            let busy = cpu.busy_pct();
+            let busy = cpu.busy_pct().await;
             if let Err(e) = tick(&host, busy).await {
                 warn!("service pools: {}", chain(&e));
             }
