@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use brood_engine::{QemuConfig, QemuEngine, VmSpec};
 
+pub mod cluster;
+
 /// Kernel and initrd of the default guest image.
 #[derive(Debug, Clone)]
 pub struct Image {
