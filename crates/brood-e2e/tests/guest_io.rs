@@ -400,10 +400,14 @@ fn garbage_on_the_agent_port_logs_one_line() {
     let b = Broodd::start(&env, &[]);
     boot(&b, "junk");
     // Kill the agent and take its port before init restarts it (1 s later),
-    // then write 6.5 MB of random bytes to the host.
+    // then write 6.5 MB of random bytes to the host. The writer waits for
+    // the agent to be gone and retries the open while the port is still
+    // busy, rather than sleeping a fixed time that a loaded host overruns.
     let script = "for p in /sys/class/virtio-ports/*; do \
         [ \"$(cat $p/name)\" = org.brood.agent.0 ] && dev=/dev/${p##*/}; done; \
-        (sleep 0.2; head -c 6500000 /dev/urandom > $dev) </dev/null >/dev/null 2>&1 & \
+        (while kill -0 $PPID 2>/dev/null; do sleep 0.01; done; i=0; \
+         until head -c 6500000 /dev/urandom 2>/dev/null > $dev || [ $i -ge 200 ]; do \
+         i=$((i+1)); sleep 0.005; done) </dev/null >/dev/null 2>&1 & \
         kill -9 $PPID";
     let call = exec_call(&b, "junk", json!({"command": script}));
     let (status, body) = within(Duration::from_secs(60), "exec that kills its agent", call);
