@@ -56,6 +56,9 @@ pub struct ClusterHost {
     pub silent_ms: Option<u64>,
     /// broodd's version there.
     pub broodd_version: String,
+    /// The operations instance that watches it (absent: none holds its lease).
+    #[serde(default)]
+    pub ops: Option<String>,
 }
 
 /// Body of `GET /v1/cluster/hosts`.
@@ -193,4 +196,49 @@ pub struct ClusterPlacement {
 pub struct ClusterPlacementList {
     /// Every placement, by partition name.
     pub placements: Vec<ClusterPlacement>,
+}
+
+/// An operations instance (`broodd ops`) authorized in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterOps {
+    /// Its name.
+    pub name: String,
+    /// Milliseconds since it last renewed its leases (absent: it never ran).
+    pub silent_ms: Option<u64>,
+    /// The hosts it watches (unexpired leases).
+    pub hosts: Vec<String>,
+}
+
+/// Body of `GET /v1/cluster/ops`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterOpsList {
+    /// Every authorized instance, by name.
+    pub ops: Vec<ClusterOps>,
+}
+
+/// Body of `POST /v1/cluster/ops`: authorize a new operations instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterOpsAddRequest {
+    /// Its name: 1-63 of `[a-z0-9._-]`.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9._-]*$")]
+    pub name: String,
+}
+
+/// Answer of `POST /v1/cluster/ops`: the instance's token, shown once (the
+/// catalog keeps only its SHA-256).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterOpsAdded {
+    /// Its name.
+    pub name: String,
+    /// Its token: give it to `broodd ops --token-file`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for ClusterOpsAdded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOpsAdded")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }

@@ -44,6 +44,22 @@ enum Cmd {
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
     },
+    /// Time from a host failure (kill -9 of broodd and QEMU) to its VM
+    /// running on another host: two broodds, one catalog, one `broodd ops`.
+    Failover {
+        /// Failures.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Image directory.
+        #[arg(long, default_value = "/var/lib/brood/images/default")]
+        image: PathBuf,
+        /// The brood CLI.
+        #[arg(long, default_value = "target/debug/brood")]
+        brood: PathBuf,
+        /// broodd.
+        #[arg(long, default_value = "target/debug/broodd")]
+        broodd: PathBuf,
+    },
     /// Placement decisions per second over a snapshot of HOSTS hosts and
     /// PARTITIONS placed partitions, against a least-loaded scan.
     Cluster {
@@ -215,6 +231,12 @@ fn main() -> Result<()> {
             rounds,
         } => cluster::cluster(hosts, partitions, decisions, rounds),
         Cmd::Migrate { runs, image } => cluster::migrate(runs, &image),
+        Cmd::Failover {
+            runs,
+            image,
+            brood,
+            broodd,
+        } => cluster::failover(runs, &image, &brood, &broodd),
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
         Cmd::Debian {
             image,

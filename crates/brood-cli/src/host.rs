@@ -6,8 +6,9 @@ use anyhow::Result;
 use brood_api::HostInfo;
 use brood_api::cluster::{
     ClusterCapacity, ClusterDomain, ClusterDomainList, ClusterDomainPolicy, ClusterHost,
-    ClusterHostAddRequest, ClusterHostList, ClusterPlaceRequest, ClusterPlacement,
-    ClusterPlacementList, ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
+    ClusterHostAddRequest, ClusterHostList, ClusterOps, ClusterOpsAddRequest, ClusterOpsAdded,
+    ClusterOpsList, ClusterPlaceRequest, ClusterPlacement, ClusterPlacementList, ClusterZone,
+    ClusterZoneAddRequest, ClusterZoneList,
 };
 use clap::{Args, Subcommand};
 
@@ -60,6 +61,35 @@ pub enum HostCmd {
     /// List the cluster's placements.
     #[command(after_help = "Examples:\n  brood host placements\n  brood host placements -o json")]
     Placements,
+    /// Operations services (`broodd ops`): `ops add NAME`, `ops list`, `ops remove NAME`.
+    #[command(subcommand)]
+    Ops(OpsCmd),
+}
+
+/// Commands on operations instances.
+#[derive(Debug, Subcommand)]
+pub enum OpsCmd {
+    /// Authorize an operations instance: makes its token (shown once; the
+    /// catalog keeps its SHA-256).
+    #[command(after_help = "Examples:
+  brood host ops add ops1 --token-file /etc/brood/ops1.token
+  broodd ops --catalog postgres://brood@pg/brood --name ops1 --token-file /etc/brood/ops1.token")]
+    Add {
+        /// Its name: 1-63 of [a-z0-9._-].
+        name: String,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+    },
+    /// List the operations instances and the hosts each watches.
+    #[command(after_help = "Examples:\n  brood host ops list\n  brood host ops list -o json")]
+    List,
+    /// Withdraw an instance's authorization (its leases go too).
+    #[command(after_help = "Examples:\n  brood host ops remove ops1")]
+    Remove {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Arguments of `brood host add`.
@@ -306,7 +336,90 @@ pub async fn run(cmd: HostCmd, client: &Client, out: Output) -> Result<i32> {
             let l: ClusterPlacementList = client.get("/v1/cluster/placements").await?;
             emit(out, &l, |l| placement_table(&l.placements))
         }
+        HostCmd::Ops(cmd) => ops(cmd, client, out).await,
     }
+}
+
+async fn ops(cmd: OpsCmd, client: &Client, out: Output) -> Result<i32> {
+    match cmd {
+        OpsCmd::Add { name, token_file } => {
+            if let Some(f) = &token_file
+                && f.exists()
+            {
+                anyhow::bail!(
+                    "{} exists: give a new file for the token (it is written once)",
+                    f.display()
+                );
+            }
+            let a: ClusterOpsAdded = client
+                .post("/v1/cluster/ops", &ClusterOpsAddRequest { name })
+                .await?;
+            let Some(f) = token_file else {
+                return emit(out, &a, |a| {
+                    format!(
+                        "operations instance {} added; its token:\n{}\n",
+                        a.name, a.token
+                    )
+                });
+            };
+            write_private(&f, &format!("{}\n", a.token))?;
+            let shown = serde_json::json!({"name": a.name, "token_file": f.display().to_string()});
+            emit(out, &shown, |_| {
+                format!(
+                    "operations instance {} added; its token is in {}\n",
+                    a.name,
+                    f.display()
+                )
+            })
+        }
+        OpsCmd::List => {
+            let l: ClusterOpsList = client.get("/v1/cluster/ops").await?;
+            emit(out, &l, |l| ops_table(&l.ops))
+        }
+        OpsCmd::Remove { name } => {
+            client
+                .delete(&format!("/v1/cluster/ops/{}", encode(&name)))
+                .await?;
+            match out {
+                Output::Json => print_json(&serde_json::json!({"removed": name}))?,
+                Output::Text => println!("removed operations instance {name}"),
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Writes a secret to a new file only its owner may read.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("create {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The table of `brood host ops list`.
+pub fn ops_table(ops: &[ClusterOps]) -> String {
+    let mut t = Table::new(&["NAME", "SILENT", "HOSTS"]);
+    for o in ops {
+        t.row(vec![
+            o.name.clone(),
+            o.silent_ms
+                .map_or_else(|| "never ran".to_owned(), |ms| format!("{ms} ms")),
+            if o.hosts.is_empty() {
+                "-".to_owned()
+            } else {
+                o.hosts.join(",")
+            },
+        ]);
+    }
+    t.render()
 }
 
 fn capacity(c: &ClusterCapacity) -> String {
@@ -320,8 +433,16 @@ fn capacity(c: &ClusterCapacity) -> String {
 
 /// The table of `brood host list`.
 pub fn host_table(hosts: &[ClusterHost]) -> String {
-    let mut t =
-        Table::new(&["NAME", "STATE", "MEMORY", "VCPUS", "PARTITIONS", "ZONES"]).right(&[4]);
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "MEMORY",
+        "VCPUS",
+        "PARTITIONS",
+        "ZONES",
+        "OPS",
+    ])
+    .right(&[4]);
     for h in hosts {
         t.row(vec![
             h.name.clone(),
@@ -338,6 +459,7 @@ pub fn host_table(hosts: &[ClusterHost]) -> String {
             } else {
                 h.zones.join(",")
             },
+            or_dash(h.ops.as_deref()),
         ]);
     }
     t.render()

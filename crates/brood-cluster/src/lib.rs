@@ -11,6 +11,7 @@
 
 mod catalog;
 mod error;
+mod lease;
 mod migrate;
 pub mod model;
 pub mod place;
@@ -20,6 +21,7 @@ pub use catalog::{
     Catalog, HostRecord, HostSpec, LocalPartition, PartitionDef, Placement, SyncReport, parse_zones,
 };
 pub use error::ClusterError;
+pub use lease::{OpsCredential, OpsRecord, Stranded};
 pub use migrate::latest_version;
 pub use model::{
     Capacity, DomainPolicy, HostState, Importance, Liveness, Requirement, Zone, ZoneKind,

@@ -7,6 +7,9 @@
 //!   their policy (with the `default` domain); partition definitions
 //!   (name, domain, demand, required zones); placement (host, generation,
 //!   whether the host's ledger holds it, its id there).
+//! - V2 (`lease.rs`): operations instances with the SHA-256 of their
+//!   token, host leases (holder, expiry), and the definition a host
+//!   publishes for each partition it holds (`partition_def.spec`).
 
 use tokio_postgres::Client;
 
@@ -76,11 +79,18 @@ CREATE INDEX placement_host ON placement (host);
 ";
 
 /// Every migration, in order: (version, what it adds, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "hosts, zones, domains, partition definitions, placement",
-    V1,
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "hosts, zones, domains, partition definitions, placement",
+        V1,
+    ),
+    (
+        2,
+        "operations instances, host leases, published definitions",
+        crate::lease::V_LEASES,
+    ),
+];
 
 /// The schema version this build knows.
 pub fn latest_version() -> i32 {

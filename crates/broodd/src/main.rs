@@ -86,6 +86,10 @@ fn main() -> Result<()> {
     // Everything broodd makes (ledger, disks, state, run directories) is
     // private to root; the engine sets explicit modes where it matters.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // `broodd ops ...`: an operations service (cluster/ops.rs), not a host.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ops") {
+        return broodd::cluster::ops::main(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     if args.man_page {
         use clap::CommandFactory;

@@ -87,6 +87,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", "/cluster/zones") => json!({"zone": format!("storage:{name}")}),
         ("POST", "/cluster/domains") => json!({"name": name, "policy": {}}),
         ("POST", "/cluster/placements") => json!({"name": name, "demand": {"memory_mib": 64}}),
+        ("POST", "/cluster/ops") => json!({"name": name}),
         ("POST", "/workflows") => json!({
             "definition": format!("name: {name}\ntasks: [{{id: a, step: stop, params: {{vm: off}}}}]")
         }),
@@ -762,6 +763,9 @@ const KNOWN: &[&str] = &[
     "POST /v1/cluster/domains",
     "GET /v1/cluster/placements",
     "POST /v1/cluster/placements",
+    "GET /v1/cluster/ops",
+    "POST /v1/cluster/ops",
+    "DELETE /v1/cluster/ops/{name}",
     "GET /v1/jobs",
     "GET /v1/jobs/{id}",
     "POST /v1/jobs/{id}/cancel",

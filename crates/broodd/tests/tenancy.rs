@@ -685,6 +685,7 @@ fn concrete(
         ("POST", "/cluster/placements") => {
             Some(json!({"name": format!("c{n}"), "demand": {"memory_mib": 64}}))
         }
+        ("POST", "/cluster/ops") => Some(json!({"name": format!("o{n}")})),
         ("POST", "/workflows") => Some(json!({
             "definition": format!("name: w{n}\ntasks: [{{id: s, step: stop, params: {{vm: a1}}}}]")
         })),

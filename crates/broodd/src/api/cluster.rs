@@ -10,8 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use brood_api::cluster::{
     ClusterCapacity, ClusterDomain, ClusterDomainList, ClusterDomainPolicy, ClusterHost,
-    ClusterHostAddRequest, ClusterHostList, ClusterInfo, ClusterPlaceRequest, ClusterPlacement,
-    ClusterPlacementList, ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
+    ClusterHostAddRequest, ClusterHostList, ClusterInfo, ClusterOps, ClusterOpsAddRequest,
+    ClusterOpsAdded, ClusterOpsList, ClusterPlaceRequest, ClusterPlacement, ClusterPlacementList,
+    ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
 };
 use brood_api::{ErrorBody, ErrorCode};
 use brood_cluster::{
@@ -40,6 +41,8 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(zone_list, zone_add))
         .routes(routes!(domain_list, domain_put))
         .routes(routes!(placement_list, placement_add))
+        .routes(routes!(ops_list, ops_add))
+        .routes(routes!(ops_remove))
 }
 
 impl From<ClusterError> for ApiError {
@@ -103,6 +106,7 @@ fn host_out(h: HostRecord) -> ClusterHost {
         zones: h.zones,
         silent_ms: h.silent_ms,
         broodd_version: h.broodd_version,
+        ops: None,
     }
 }
 
@@ -165,8 +169,15 @@ async fn host_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterHostList>
     caller.check(Action::Read, Kind::Host)?;
     let m = member(&d)?;
     let hosts = m.catalog.hosts(m.cfg.liveness).await?;
+    let watchers = m.catalog.watchers().await?;
     Ok(Json(ClusterHostList {
-        hosts: hosts.into_iter().map(host_out).collect(),
+        hosts: hosts
+            .into_iter()
+            .map(|h| {
+                let ops = watchers.get(&h.name).cloned();
+                ClusterHost { ops, ..host_out(h) }
+            })
+            .collect(),
     }))
 }
 
@@ -527,4 +538,93 @@ async fn placement_add(
     };
     let p = m.catalog.place(&def, m.cfg.liveness).await?;
     Ok((StatusCode::CREATED, Json(placement_out(p))))
+}
+
+/// Lists the operations instances and the hosts each watches.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/ops",
+    tag = "cluster",
+    operation_id = "list_cluster_ops",
+    responses(
+        (status = 200, description = "Every authorized operations instance, by name, with its hosts", body = ClusterOpsList),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn ops_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterOpsList>> {
+    caller.check(Action::Read, Kind::Host)?;
+    let m = member(&d)?;
+    let ops = m.catalog.ops_instances().await?;
+    Ok(Json(ClusterOpsList {
+        ops: ops
+            .into_iter()
+            .map(|o| ClusterOps {
+                name: o.name,
+                silent_ms: o.silent_ms,
+                hosts: o.hosts,
+            })
+            .collect(),
+    }))
+}
+
+/// Authorizes a new operations instance: makes its token (answered once)
+/// and keeps the token's SHA-256 in the catalog.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/ops",
+    tag = "cluster",
+    operation_id = "add_cluster_ops",
+    request_body = ClusterOpsAddRequest,
+    responses(
+        (status = 201, description = "The instance and its token (shown once)", body = ClusterOpsAdded),
+        (status = 400, description = "malformed JSON, an unknown field or an invalid name (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "an instance of that name exists, or broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn ops_add(
+    State(d): D,
+    caller: Auth,
+    ApiJson(req): ApiJson<ClusterOpsAddRequest>,
+) -> ApiResult<(StatusCode, Json<ClusterOpsAdded>)> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    let (_, token, _) = crate::tenancy::token::mint()?;
+    m.catalog
+        .add_ops(&req.name, &crate::cluster::ops::token_hash(&token))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ClusterOpsAdded {
+            name: req.name,
+            token,
+        }),
+    ))
+}
+
+/// Withdraws an operations instance's authorization (its leases go too).
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/ops/{name}",
+    tag = "cluster",
+    operation_id = "remove_cluster_ops",
+    params(("name" = String, Path, description = "The instance's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no instance of that name (`not_found`)", body = ErrorBody),
+        (status = 409, description = "broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        Common
+    )
+)]
+async fn ops_remove(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    caller.check(Action::Configure, Kind::Host)?;
+    let m = member(&d)?;
+    m.catalog.remove_ops(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

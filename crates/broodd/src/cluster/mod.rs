@@ -9,6 +9,17 @@
 //! `api/cluster.rs`. The host's ledger stays the truth of what it holds:
 //! the catalog is told, never obeyed about local holdings (a partition the
 //! catalog places elsewhere is reported, not touched).
+//!
+//! Host failure (issue 15, second half): `fence.rs` checks every partition
+//! job against the placement generation and removes copies that moved away;
+//! `failover.rs` publishes this host's definitions and starts what an
+//! operations service moved here; `ops.rs` is the operations service
+//! (`broodd ops`), which watches hosts under leases and moves the
+//! partitions of a failed one.
+
+pub mod failover;
+pub mod fence;
+pub mod ops;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -125,6 +136,8 @@ pub struct Member {
     pub catalog: Catalog,
     /// The settings.
     pub cfg: ClusterConfig,
+    /// The placement generation this host was given per partition.
+    pub given: fence::Given,
 }
 
 /// The feature's state: the membership once joined (never, on a single host).
@@ -146,10 +159,26 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
     let catalog = Catalog::connect(&cfg.url, cfg.retry_for)
         .await
         .context("connect to the catalog (--catalog)")?;
-    let member = Arc::new(Member { catalog, cfg });
+    let member = Arc::new(Member {
+        catalog,
+        cfg,
+        given: fence::Given::default(),
+    });
     register(host, &member)
         .await
         .context("register this host in the catalog")?;
+    // Before anything else acts: what moved away while this host was down
+    // is stopped and removed here.
+    let fenced = fence::sweep(host, &member)
+        .await
+        .context("fence the partitions that moved to other hosts")?;
+    if !fenced.is_empty() {
+        warn!(
+            "fenced {} partition(s) the catalog placed on other hosts while this one was away: {}",
+            fenced.len(),
+            fenced.join(", ")
+        );
+    }
     let report = sync(host, &member)
         .await
         .context("reconcile the catalog with this host's ledger")?;
@@ -164,6 +193,7 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
         .set(member.clone())
         .map_err(|_| anyhow::anyhow!("broodd joined the cluster twice"))?;
     spawn_heartbeat(host.clone(), member.clone());
+    failover::spawn(host.clone(), member.clone());
     spawn_sync(host.clone(), member);
     Ok(())
 }

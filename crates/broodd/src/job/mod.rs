@@ -324,12 +324,18 @@ async fn run_one(host: Arc<Host>, p: Pending, cancelled: Arc<AtomicBool>) {
     let result = match host.ledger.set_job_state(change).await {
         Ok(rec) => {
             publish(&host, &rec);
-            let ctx = JobCtx {
-                host: host.clone(),
-                job: rec,
-                cancelled,
-            };
-            work(ctx).await
+            // The one fencing check of a clustered host (cluster/fence.rs).
+            match crate::cluster::fence::admit(&host, &rec).await {
+                Ok(()) => {
+                    let ctx = JobCtx {
+                        host: host.clone(),
+                        job: rec,
+                        cancelled,
+                    };
+                    work(ctx).await
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(ApiError::from(e)),
     };
