@@ -56,6 +56,31 @@ impl WaitQuery {
     }
 }
 
+/// The one wrapper of the routes that act on one partition: checks that
+/// the caller may `action` it (404 if it may not read it), submits `kind`
+/// on it and runs `f(host, actor, uuid)` as the job's work; answers as the
+/// work does, or 202 with the job when `wait` is false.
+pub(super) async fn partition_job<F, Fut>(
+    d: &Arc<Host>,
+    caller: &Auth,
+    name: &str,
+    action: Action,
+    kind: &str,
+    wait: bool,
+    f: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Arc<Host>, String, uuid::Uuid) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ApiResult<job::Done>> + Send + 'static,
+{
+    let rec = caller.partition(d, name, action).await?;
+    let uuid = rec.uuid;
+    job::on_partition(d, caller.actor(), kind, &rec, wait, move |d, actor| {
+        f(d, actor, uuid)
+    })
+    .await
+}
+
 /// Which jobs.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
