@@ -605,7 +605,7 @@ tasks:
     params: {name: '${data.name}', memory_mib: 64}
   - id: agent
     step: wait_agent
-    params: {vm: '${make.name}'}
+    params: {vm: '${make.name}', timeout_ms: 5000}
   - id: hello
     step: exec
     params: {vm: '${make.name}', command: 'echo hi'}
@@ -703,10 +703,28 @@ fn fail_at(app: &TestApp, task: &str) {
     let f = app.fake();
     f.clear_failures();
     f.on_exec(|_, _| None);
+    f.set_boot_delay(std::time::Duration::from_millis(5));
     let no = || EngineError::InvalidSpec("injected".into());
+    // The first `n` calls of `op` fail.
+    let first = |op: Op, n: usize| {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        move |c: &brood_testkit::Call| {
+            (c.op == op && calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n)
+                .then(|| EngineError::InvalidSpec("injected".into()))
+        }
+    };
     match task {
         // The create's boot.
         "make" => f.fail_next(Op::Boot, no()),
+        // Its agent is not ready within the task's 5 s.
+        "agent" => f.set_boot_delay(std::time::Duration::from_secs(3600)),
+        // Both the guest shutdown and the kill after it fail.
+        "halt" => {
+            f.fail_when(first(Op::Shutdown, 1));
+            f.fail_when(first(Op::Kill, 1));
+        }
+        // The delete's kill fails, and so does the kill after it.
+        "drop" => f.fail_when(first(Op::Kill, 2)),
         // The agent answers the exec with an error.
         "hello" => f.on_exec(|_, cmd| {
             (cmd == "echo hi").then(|| ExecReply {
@@ -731,15 +749,7 @@ fn fail_at(app: &TestApp, task: &str) {
 async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing() {
     let app = every_step_app(true).await;
     let before = end_state(&app).await;
-    // Three steps have no failure the fake host can inject: wait_agent (its
-    // agent is ready once booted; the exec after it fails instead), stop
-    // and delete (a graceful stop that fails falls back to a kill, and a
-    // stop or delete whose kill fails still answers success).
-    for (i, task) in EVERY_TASK
-        .into_iter()
-        .filter(|t| !matches!(*t, "agent" | "halt" | "drop"))
-        .enumerate()
-    {
+    for (i, task) in EVERY_TASK.into_iter().enumerate() {
         fail_at(&app, task);
         let name = format!("f{i}");
         let (s, v) = app
@@ -753,6 +763,8 @@ async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing(
         );
         assert!(!msg.contains("could not be undone"), "{task}: {msg}");
         app.fake().clear_failures();
+        app.fake()
+            .set_boot_delay(std::time::Duration::from_millis(5));
         app.assert_verified().await;
         assert_eq!(
             end_state(&app).await,
