@@ -188,7 +188,9 @@ async fn with_events(d: &Host, rec: brood_ledger::JobRecord) -> ApiResult<Job> {
 }
 
 /// Cancels a job: a queued one at once; a running workflow before its next
-/// task (it then undoes what it did). A single action that has begun runs to its end.
+/// task, and a running create, start, restore or fork at its next safe
+/// point (each then undoes what it did). Other single actions that have
+/// begun run to their end.
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/cancel",
@@ -196,10 +198,10 @@ async fn with_events(d: &Host, rec: brood_ledger::JobRecord) -> ApiResult<Job> {
     operation_id = "cancel_job",
     params(("id" = u64, Path, description = "Job number", minimum = 1)),
     responses(
-        (status = 200, description = "The job: cancelled, or (a running workflow) to be cancelled before its next task", body = Job),
+        (status = 200, description = "The job: cancelled, or (a running workflow, create, start, restore or fork) to be cancelled at its next safe point", body = Job),
         (status = 400, description = "the id is not a number", body = ErrorBody),
         (status = 404, description = "no job of that number that the caller may see (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the job has ended, or it is one action that has begun (`conflict`)", body = ErrorBody),
+        (status = 409, description = "the job has ended, or it is a single action that has begun and cannot be cut (`conflict`)", body = ErrorBody),
         Common
     )
 )]
