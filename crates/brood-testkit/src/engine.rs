@@ -457,11 +457,17 @@ impl Engine for FakeEngine {
         self.refuse_duplicate(spec)?;
         let m = self.new_model(spec, Phase::Running, false);
         let h = self.handle(m.clone())?;
+        // A service member boots to its trigger point, where the real
+        // agent announces it (brood-proto `service`).
+        let trigger = spec.cmdline.contains(brood_proto::service::TRIGGER_CMDLINE);
         if self.shared.mode == Mode::Auto {
             let delay = *lock(&self.shared.boot_delay);
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 m.become_ready();
+                if trigger {
+                    m.announce_point(brood_proto::service::TRIGGER_POINT);
+                }
             });
         }
         Ok(h)

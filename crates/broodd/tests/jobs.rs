@@ -1242,3 +1242,43 @@ async fn a_running_create_start_or_fork_cancelled_unwinds_what_it_did() {
     app.fake().release(Op::Pause);
     assert_eq!(wait_job(&app, id).await["state"], "succeeded");
 }
+
+const SERVICE: &str = "
+name: svc
+tasks:
+  - id: web
+    step: request_service
+    params: {class: http, pool: sp}
+";
+
+#[tokio::test]
+async fn a_service_request_run_twice_ends_as_once() {
+    // The replay harness: the request step run twice (as a job retried
+    // after a cut runs it) takes one member and makes one service.
+    let mut ends = Vec::new();
+    for replay in [false, true] {
+        let app = app(JobConfig {
+            replay_steps: replay,
+            ..JobConfig::default()
+        })
+        .await;
+        let (s, v) = app
+            .post("/v1/pools", json!({"name": "sp", "min": 0, "max": 0}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        workflow(&app, SERVICE).await;
+        let (s, out) = app.post("/v1/workflows/svc/run", json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{out}");
+        let (s, l) = app.get("/v1/services").await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        let items = l["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "one service: {l}");
+        assert_eq!(items[0]["name"], out["outputs"]["web"]["name"], "{l}");
+        app.assert_verified().await;
+        ends.push((end_state(&app).await, app.fake().count(Op::Boot)));
+    }
+    assert_eq!(
+        ends[0], ends[1],
+        "run twice, it ends as once: one member taken"
+    );
+}
