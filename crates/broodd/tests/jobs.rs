@@ -6,9 +6,13 @@
 //! half-done), steps run twice, and a restart of broodd in the middle; the
 //! replay harness (`JobConfig::replay_steps`): a workflow of every built-in
 //! step, run with each step and undo executed twice, ends as one run does,
-//! and with a failure injected at each step in turn leaves nothing; every
-//! single action submitted twice ends as once; an action bound to a
-//! template forks from it and undoes on failure.
+//! and with a failure injected at each step in turn leaves nothing; a
+//! service request run twice ends as once; every single action submitted
+//! twice ends as once; an action bound to a template forks from it and
+//! undoes on failure; every remaining unit action is a job (202 with
+//! `?wait=false`); a running create, start or fork cancelled unwinds; a
+//! stop whose shutdown and kill fail is an error naming both; a
+//! template's actions go with it.
 
 use axum::http::{Method, StatusCode};
 use brood_engine::EngineError;
