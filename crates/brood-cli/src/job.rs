@@ -43,7 +43,9 @@ pub enum JobCmd {
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         timeout: u64,
     },
-    /// Cancel a job: a queued one at once, a running workflow before its next task.
+    /// Cancel a job: a queued one at once, a running workflow before its next
+    /// task, a running create, start, restore or fork at its next safe point
+    /// (each undoes what it did).
     #[command(after_help = "Examples:\n  brood job cancel 12")]
     Cancel {
         /// Job number.

@@ -114,12 +114,35 @@ pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> 
         }
         TemplateCmd::Delete { name, cascade } => {
             let path = format!("{}?cascade={cascade}", template_path(&name));
+            // Its actions are deleted with it (in the same ledger
+            // transaction): read them first to say which.
+            let actions = client
+                .get::<brood_api::job::TemplateActionList>(&format!(
+                    "{}/actions",
+                    template_path(&name)
+                ))
+                .await
+                .map(|l| l.items.into_iter().map(|a| a.action).collect::<Vec<_>>())
+                .unwrap_or_default();
             client.delete(&path).await?;
             if out == Output::Text {
-                println!("deleted template {name}");
+                println!("{}", deleted(&name, &actions));
             }
             Ok(0)
         }
+    }
+}
+
+/// The line `brood template delete` prints: the template, and the actions
+/// that went with it.
+pub fn deleted(name: &str, actions: &[String]) -> String {
+    if actions.is_empty() {
+        format!("deleted template {name}")
+    } else {
+        format!(
+            "deleted template {name} and its actions: {}",
+            actions.join(", ")
+        )
     }
 }
 
@@ -190,6 +213,15 @@ fn push_list<'a>(kv: &mut Vec<(&'a str, String)>, key: &'a str, items: &[String]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_says_which_actions_went_with_the_template() {
+        assert_eq!(deleted("web", &[]), "deleted template web");
+        assert_eq!(
+            deleted("web", &["serve".into(), "db".into()]),
+            "deleted template web and its actions: serve, db"
+        );
+    }
 
     fn template(name: &str, parent: Option<&str>, children: &[&str]) -> Template {
         Template {

@@ -4,7 +4,8 @@
 //! skipped, a host script in its sandbox, secrets absent from broodd's log,
 //! the job and the audit log; and kill -9 of broodd in the middle of a
 //! workflow, after which the job is failed and undone and the ledger
-//! verifies. At most one VM per test (two at once).
+//! verifies; a start of a real VM cancelled while it runs ends with the VM
+//! stopped. At most one VM per test (two at once).
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
 use std::time::Duration;
@@ -188,6 +189,58 @@ tasks:
     assert!(running["items"].as_array().unwrap().is_empty(), "{running}");
     let o = b.brood().args(["ledger", "verify"]).output().unwrap();
     assert!(o.status.success(), "{o:?}");
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
+
+#[test]
+fn a_start_cancelled_while_it_runs_ends_with_the_vm_stopped() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    b.ok(
+        "POST",
+        "/v1/partitions",
+        Some(&json!({"name": "cs", "configs": {"d": {"memory_mib": 256}}})),
+    );
+    // The cancel must land while the start's QEMU comes up: a start that
+    // ended first is stopped and tried again (a few times at most).
+    let mut cancelled = None;
+    for _ in 0..8 {
+        let (s, j) = b.call("POST", "/v1/partitions/cs/start?wait=false", None);
+        assert_eq!(s, 202, "{j}");
+        let id = j["id"].as_u64().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                b.ok("GET", &format!("/v1/jobs/{id}"), None)["state"] != "queued"
+            }),
+            "the start ran"
+        );
+        let (s, c) = b.call("POST", &format!("/v1/jobs/{id}/cancel"), None);
+        let j = b.ok("GET", &format!("/v1/jobs/{id}/wait?timeout_s=120"), None);
+        if s == 200 {
+            cancelled = Some(j);
+            break;
+        }
+        // Too late: the start had ended (409 names it); stop and try again.
+        assert_eq!(s, 409, "{c}");
+        assert_eq!(j["state"], "succeeded", "{j}");
+        b.ok("POST", "/v1/partitions/cs/kill", None);
+    }
+    let j = cancelled.expect("a cancel landed while a start ran");
+    assert_eq!(j["state"], "cancelled", "{j}");
+    assert!(
+        j["error"].as_str().unwrap_or_default().contains("undone"),
+        "{j}"
+    );
+    let p = b.ok("GET", "/v1/partitions/cs", None);
+    assert_eq!(
+        p["run_state"], "stopped",
+        "the cancelled start left it stopped: {p}"
+    );
+    let o = b.brood().args(["ledger", "verify"]).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    b.ok("DELETE", "/v1/partitions/cs", None);
     b.verify_ok();
     drop(b);
     env.assert_clean();

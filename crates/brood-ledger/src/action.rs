@@ -6,7 +6,8 @@
 //!
 //! template_action(template uuid, action, workflow, created_by, created_at):
 //! one row per binding, keyed by the template's uuid (so a template's name
-//! may be reused by another later without inheriting its actions).
+//! may be reused by another later without inheriting its actions). The
+//! transaction that deletes a template deletes its rows ([`remove_all`]).
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,29 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// Removes every action bound to `template` (inside the transaction that
+/// deletes the template); returns their names.
+pub(crate) fn remove_all(
+    conn: &rusqlite::Connection,
+    template: Uuid,
+) -> Result<Vec<String>, LedgerError> {
+    let key = template.to_string();
+    let names = conn
+        .prepare_cached("SELECT action FROM template_action WHERE template = ?1 ORDER BY action")
+        .ctx("list a template's actions")?
+        .query_map([&key], |r| r.get::<_, String>(0))
+        .ctx("list a template's actions")?
+        .collect::<Result<Vec<_>, _>>()
+        .ctx("list a template's actions")?;
+    if !names.is_empty() {
+        conn.prepare_cached("DELETE FROM template_action WHERE template = ?1")
+            .ctx("prepare action delete")?
+            .execute([&key])
+            .ctx("delete a template's actions")?;
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

@@ -252,11 +252,18 @@ fn delete_partition(
     if count > 0 {
         return Err(LedgerError::HasDescendants { uuid, count });
     }
+    // A template's actions go with it, in this transaction: no binding
+    // outlives its template.
+    let actions = crate::action::remove_all(conn, uuid)?;
     conn.prepare_cached("DELETE FROM partition WHERE uuid = ?1")
         .ctx("prepare partition delete")?
         .execute([uuid.to_string()])
         .ctx("delete partition")?;
-    Ok(json!({"op": "delete_partition", "uuid": uuid, "before": to_json(&rec)?}))
+    let mut out = json!({"op": "delete_partition", "uuid": uuid, "before": to_json(&rec)?});
+    if !actions.is_empty() {
+        out["actions_deleted"] = json!(actions);
+    }
+    Ok(out)
 }
 
 fn apply_move(

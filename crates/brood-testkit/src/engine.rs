@@ -138,7 +138,7 @@ pub(crate) struct Shared {
     pub(crate) identity: Mutex<Identity>,
     pub(crate) exec_rule: Mutex<Option<ExecRule>>,
     pub(crate) prepare_failure: Mutex<Option<String>>,
-    pub(crate) boot_delay: Duration,
+    pub(crate) boot_delay: Mutex<Duration>,
     /// How long a QMP command of a hung VM waits before it fails, as the
     /// real client's command timeout (30 s) would, shortened for tests.
     qmp_timeout: Mutex<Duration>,
@@ -192,7 +192,7 @@ impl FakeEngine {
                 identity: Mutex::new(Identity::Apply),
                 exec_rule: Mutex::new(None),
                 prepare_failure: Mutex::new(None),
-                boot_delay: Duration::from_millis(5),
+                boot_delay: Mutex::new(Duration::from_millis(5)),
                 qmp_timeout: Mutex::new(Duration::from_millis(200)),
                 held: watch::Sender::new(std::collections::HashSet::new()),
                 disk_snapshots: Mutex::default(),
@@ -213,6 +213,13 @@ impl FakeEngine {
     /// Every call for which `rule` returns an error fails with it.
     pub fn fail_when(&self, rule: impl Fn(&Call) -> Option<EngineError> + Send + Sync + 'static) {
         lock(&self.shared.faults).rules.push(Box::new(rule));
+    }
+
+    /// How long a booted VM's agent takes to become ready in
+    /// [`Mode::Auto`] from now on (5 ms unless set): a test can make a wait
+    /// for the agent time out.
+    pub fn set_boot_delay(&self, delay: Duration) {
+        *lock(&self.shared.boot_delay) = delay;
     }
 
     /// How long a call to a hung VM waits before it fails with a timeout
@@ -450,11 +457,17 @@ impl Engine for FakeEngine {
         self.refuse_duplicate(spec)?;
         let m = self.new_model(spec, Phase::Running, false);
         let h = self.handle(m.clone())?;
+        // A service member boots to its trigger point, where the real
+        // agent announces it (brood-proto `service`).
+        let trigger = spec.cmdline.contains(brood_proto::service::TRIGGER_CMDLINE);
         if self.shared.mode == Mode::Auto {
-            let delay = self.shared.boot_delay;
+            let delay = *lock(&self.shared.boot_delay);
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 m.become_ready();
+                if trigger {
+                    m.announce_point(brood_proto::service::TRIGGER_POINT);
+                }
             });
         }
         Ok(h)

@@ -178,6 +178,24 @@ impl VmModel {
     }
 
     /// The agent comes up and says `Ready` to the connections open now.
+    /// Its agent announces the point `name` (a new seq).
+    pub(crate) fn announce_point(&self, name: &str) -> u32 {
+        let seq = {
+            let mut g = lock(&self.guest);
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            seq
+        };
+        let point = brood_proto::GuestMsg::Point(brood_proto::Point {
+            seq,
+            name: name.into(),
+        });
+        if let Ok(f) = brood_proto::encode_frame(0, &point) {
+            self.announce(&f);
+        }
+        seq
+    }
+
     pub(crate) fn become_ready(&self) {
         if self.exit_status().is_some() {
             return;

@@ -6,9 +6,13 @@
 //! half-done), steps run twice, and a restart of broodd in the middle; the
 //! replay harness (`JobConfig::replay_steps`): a workflow of every built-in
 //! step, run with each step and undo executed twice, ends as one run does,
-//! and with a failure injected at each step in turn leaves nothing; every
-//! single action submitted twice ends as once; an action bound to a
-//! template forks from it and undoes on failure.
+//! and with a failure injected at each step in turn leaves nothing; a
+//! service request run twice ends as once; every single action submitted
+//! twice ends as once; an action bound to a template forks from it and
+//! undoes on failure; every remaining unit action is a job (202 with
+//! `?wait=false`); a running create, start or fork cancelled unwinds; a
+//! stop whose shutdown and kill fail is an error naming both; a
+//! template's actions go with it.
 
 use axum::http::{Method, StatusCode};
 use brood_engine::EngineError;
@@ -268,7 +272,8 @@ async fn a_job_records_its_result_and_a_queued_one_can_be_cancelled() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "cancelled");
-    // The running one is a single action: it cannot be cut half-way.
+    // The running one is cancelled at its next safe point and undone
+    // (`a_running_create_start_or_fork_cancelled_unwinds_what_it_did`).
     app.wait_until("s1 runs", || async {
         job(&app, id_of(&first)).await["state"] == "running"
     })
@@ -276,11 +281,13 @@ async fn a_job_records_its_result_and_a_queued_one_can_be_cancelled() {
     let (s, v) = app
         .post_empty(&format!("/v1/jobs/{}/cancel", id_of(&first)))
         .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(s, StatusCode::OK, "{v}");
     app.fake().release(Op::Boot);
-    assert_eq!(wait_job(&app, id_of(&first)).await["state"], "succeeded");
-    let (s, _) = app.get("/v1/partitions/s2").await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "a cancelled create made nothing");
+    assert_eq!(wait_job(&app, id_of(&first)).await["state"], "cancelled");
+    for name in ["s1", "s2"] {
+        let (s, _) = app.get(&format!("/v1/partitions/{name}")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "a cancelled create made nothing");
+    }
     app.assert_verified().await;
 }
 
@@ -602,7 +609,7 @@ tasks:
     params: {name: '${data.name}', memory_mib: 64}
   - id: agent
     step: wait_agent
-    params: {vm: '${make.name}'}
+    params: {vm: '${make.name}', timeout_ms: 5000}
   - id: hello
     step: exec
     params: {vm: '${make.name}', command: 'echo hi'}
@@ -700,10 +707,28 @@ fn fail_at(app: &TestApp, task: &str) {
     let f = app.fake();
     f.clear_failures();
     f.on_exec(|_, _| None);
+    f.set_boot_delay(std::time::Duration::from_millis(5));
     let no = || EngineError::InvalidSpec("injected".into());
+    // The first `n` calls of `op` fail.
+    let first = |op: Op, n: usize| {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        move |c: &brood_testkit::Call| {
+            (c.op == op && calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n)
+                .then(|| EngineError::InvalidSpec("injected".into()))
+        }
+    };
     match task {
         // The create's boot.
         "make" => f.fail_next(Op::Boot, no()),
+        // Its agent is not ready within the task's 5 s.
+        "agent" => f.set_boot_delay(std::time::Duration::from_secs(3600)),
+        // Both the guest shutdown and the kill after it fail.
+        "halt" => {
+            f.fail_when(first(Op::Shutdown, 1));
+            f.fail_when(first(Op::Kill, 1));
+        }
+        // The delete's kill fails, and so does the kill after it.
+        "drop" => f.fail_when(first(Op::Kill, 2)),
         // The agent answers the exec with an error.
         "hello" => f.on_exec(|_, cmd| {
             (cmd == "echo hi").then(|| ExecReply {
@@ -728,15 +753,7 @@ fn fail_at(app: &TestApp, task: &str) {
 async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing() {
     let app = every_step_app(true).await;
     let before = end_state(&app).await;
-    // Three steps have no failure the fake host can inject: wait_agent (its
-    // agent is ready once booted; the exec after it fails instead), stop
-    // and delete (a graceful stop that fails falls back to a kill, and a
-    // stop or delete whose kill fails still answers success).
-    for (i, task) in EVERY_TASK
-        .into_iter()
-        .filter(|t| !matches!(*t, "agent" | "halt" | "drop"))
-        .enumerate()
-    {
+    for (i, task) in EVERY_TASK.into_iter().enumerate() {
         fail_at(&app, task);
         let name = format!("f{i}");
         let (s, v) = app
@@ -750,6 +767,8 @@ async fn a_failure_at_each_step_in_turn_with_each_step_run_twice_leaves_nothing(
         );
         assert!(!msg.contains("could not be undone"), "{task}: {msg}");
         app.fake().clear_failures();
+        app.fake()
+            .set_boot_delay(std::time::Duration::from_millis(5));
         app.assert_verified().await;
         assert_eq!(
             end_state(&app).await,
@@ -956,4 +975,314 @@ async fn every_single_action_submitted_twice_ends_as_once_and_verifies() {
     // The refusals were recorded as failed jobs, not left running.
     let (_, l) = twice.get("/v1/jobs?state=running").await;
     assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
+}
+
+/// Submits `path` with `?wait=false` (202, the job), waits for the job and
+/// returns it ended.
+async fn no_wait(app: &TestApp, m: Method, path: &str, body: Option<Value>) -> Value {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (s, v) = app
+        .request(m.clone(), &format!("{path}{sep}wait=false"), body)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{m} {path}: {v}");
+    assert_eq!(v["state"], "queued", "{m} {path}: {v}");
+    wait_job(app, id_of(&v)).await
+}
+
+#[tokio::test]
+async fn every_remaining_action_of_a_unit_is_a_job() {
+    let app = app(JobConfig::default()).await;
+    let v = json!({"name": "v", "start": true, "configs": {"d": {"memory_mib": 64,
+        "disks": [{"name": "data", "size_gib": 1}]}}});
+    let (s, out) = app.post("/v1/partitions", v).await;
+    assert_eq!(s, StatusCode::CREATED, "{out}");
+    app.running("w").await;
+    app.running("x").await;
+    // Each is recorded, queued and run; with `?wait=false` it answers 202.
+    let steps: [(Method, &str, Option<Value>, &str); 10] = [
+        (
+            Method::PUT,
+            "/v1/partitions/v/config",
+            Some(json!({"config": "d"})),
+            "partition.config",
+        ),
+        (
+            Method::PATCH,
+            "/v1/partitions/v/resources",
+            Some(json!({"memory_mib": 128, "apply": "next-start"})),
+            "partition.resources",
+        ),
+        (
+            Method::POST,
+            "/v1/partitions/v/disks",
+            Some(json!({"name": "extra", "size_gib": 1, "apply": "next-start"})),
+            "partition.disk.attach",
+        ),
+        (
+            Method::DELETE,
+            "/v1/partitions/v/disks/extra?apply=next-start",
+            None,
+            "partition.disk.detach",
+        ),
+        (
+            Method::POST,
+            "/v1/partitions/w/snapshots",
+            Some(json!({"name": "s1"})),
+            "partition.snapshot.create",
+        ),
+        (
+            Method::POST,
+            "/v1/partitions/w/snapshots/s1/revert",
+            None,
+            "partition.snapshot.revert",
+        ),
+        (
+            Method::POST,
+            "/v1/templates",
+            Some(json!({"vm": "w", "name": "t"})),
+            "template.create",
+        ),
+        (Method::DELETE, "/v1/templates/t", None, "template.delete"),
+        (Method::POST, "/v1/partitions/x/stop", None, ""),
+        (
+            Method::PUT,
+            "/v1/partitions/x/stage",
+            Some(json!({"stage": "disabled"})),
+            "partition.stage",
+        ),
+    ];
+    for (m, path, body, kind) in steps {
+        if kind.is_empty() {
+            // Set-up between the steps: x, stopped.
+            let (s, v) = app.request(m, path, Some(json!({}))).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            continue;
+        }
+        let j = no_wait(&app, m.clone(), path, body).await;
+        assert_eq!(j["state"], "succeeded", "{m} {path}: {j}");
+        assert_eq!(j["kind"], kind, "{m} {path}: {j}");
+        let (s, l) = app
+            .get(&format!(
+                "/v1/jobs?target={}",
+                j["target"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        assert!(
+            l["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == j["id"]),
+            "{kind} is listed: {l}"
+        );
+    }
+    // The wait form answers as before: the snapshot route's 201 and body.
+    let (s, v) = app
+        .post("/v1/partitions/x/snapshots", json!({"name": "s2"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "s2", "{v}");
+    let (s, _) = app.delete("/v1/partitions/x/snapshots/s2").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // A refused change fails its job with the reason, and the route answers it.
+    let (s, v) = app
+        .put("/v1/partitions/x/config", json!({"config": "nope"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, l) = app.get("/v1/jobs?state=failed").await;
+    assert_eq!(l["items"][0]["kind"], "partition.config", "{l}");
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_stop_whose_shutdown_and_kill_both_fail_is_an_error_naming_both() {
+    let app = app(JobConfig::default()).await;
+    app.running("v").await;
+    let f = app.fake();
+    f.fail_next(
+        Op::Shutdown,
+        EngineError::InvalidSpec("shutdown refused".into()),
+    );
+    f.fail_next(Op::Kill, EngineError::InvalidSpec("kill refused".into()));
+    let (s, v) = app.post("/v1/partitions/v/stop", json!({})).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("shutdown refused") && msg.contains("kill refused"),
+        "the error names both causes: {msg}"
+    );
+    // The VM still runs, and says so; its job failed.
+    assert_eq!(app.run_state("v").await, "running");
+    assert_eq!(app.fake().live().len(), 1);
+    let (_, l) = app.get("/v1/jobs?state=failed").await;
+    assert_eq!(l["items"][0]["kind"], "partition.stop", "{l}");
+    app.assert_verified().await;
+    // A kill that fails alone is an error too.
+    f.fail_next(Op::Kill, EngineError::InvalidSpec("kill refused".into()));
+    f.fail_next(
+        Op::Kill,
+        EngineError::InvalidSpec("kill refused again".into()),
+    );
+    let (s, v) = app.post_empty("/v1/partitions/v/kill").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(app.run_state("v").await, "running");
+    // Once the engine answers again, the stop works.
+    let (s, v) = app.post("/v1/partitions/v/stop", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(app.run_state("v").await, "stopped");
+    assert!(app.fake().live().is_empty());
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_templates_actions_are_deleted_with_it() {
+    let app = app(JobConfig::default()).await;
+    app.running("src").await;
+    let (s, v) = app.template("src", Some("web"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    workflow(&app, MKWEB).await;
+    for a in ["serve", "again"] {
+        let (s, v) = app
+            .put(
+                &format!("/v1/templates/web/actions/{a}"),
+                json!({"workflow": "mkweb"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let uuid: uuid::Uuid = app.uuid_of("web").await.parse().unwrap();
+    let (s, v) = app.delete("/v1/templates/web").await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    // No row outlives the template: read the ledger itself.
+    let ledger = brood_ledger::Ledger::open(app.paths().ledger(), big())
+        .await
+        .unwrap();
+    assert!(ledger.actions(uuid).await.unwrap().is_empty());
+    // The deletion's audit row names them.
+    let (s, a) = app.get("/v1/ledger/log?limit=20").await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert!(a.to_string().contains("actions_deleted"), "{a}");
+    // A new template of that name has no actions.
+    app.running("src2").await;
+    let (s, v) = app.template("src2", Some("web"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, l) = app.get("/v1/templates/web/actions").await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    assert!(l["items"].as_array().unwrap().is_empty(), "{l}");
+    app.assert_verified().await;
+}
+
+/// Submits `path` without waiting, holds `op` until the job's engine call
+/// is under way, cancels the job there and lets the call finish; returns
+/// the job as it ended.
+async fn cancel_during(app: &TestApp, op: Op, path: &str, body: Value) -> Value {
+    let f = app.fake();
+    let before = f.count(op);
+    f.hold(op);
+    let (s, v) = app.post(&format!("{path}?wait=false"), body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{path}: {v}");
+    let id = id_of(&v);
+    app.wait_until(&format!("{path} reaches its engine call"), || async {
+        f.count(op) > before
+    })
+    .await;
+    let (s, c) = app.post_empty(&format!("/v1/jobs/{id}/cancel")).await;
+    assert_eq!(s, StatusCode::OK, "a running {path} can be cancelled: {c}");
+    f.release(op);
+    let j = wait_job(app, id).await;
+    assert_eq!(j["state"], "cancelled", "{path}: {j}");
+    assert!(
+        j["error"].as_str().unwrap_or_default().contains("undone"),
+        "{j}"
+    );
+    j
+}
+
+#[tokio::test]
+async fn a_running_create_start_or_fork_cancelled_unwinds_what_it_did() {
+    let app = app(JobConfig::default()).await;
+    app.running("src").await;
+    let (s, v) = app.template("src", Some("tpl"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let before = end_state(&app).await;
+    // A create (define and start): its partition goes again.
+    cancel_during(&app, Op::Boot, "/v1/partitions", vm("c", true, 0)).await;
+    assert_eq!(vm_state(&app, "c").await, json!("gone"));
+    assert_eq!(end_state(&app).await, before, "the create left nothing");
+    app.assert_verified().await;
+    // A start: the VM ends stopped.
+    let (s, v) = app
+        .request(Method::POST, "/v1/partitions", Some(vm("s", false, 0)))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    cancel_during(&app, Op::Boot, "/v1/partitions/s/start", json!({})).await;
+    assert_eq!(app.run_state("s").await, "stopped");
+    assert!(app.fake().live().iter().all(|m| m.name() != "s"));
+    let (s, _) = app.delete("/v1/partitions/s").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // A fork: the children made so far are deleted.
+    cancel_during(
+        &app,
+        Op::Fork,
+        "/v1/templates/tpl/fork",
+        json!({"count": 2}),
+    )
+    .await;
+    assert_eq!(end_state(&app).await, before, "the fork left no child");
+    app.assert_verified().await;
+    // A single action that is not cancellable still says so.
+    app.running("p").await;
+    app.fake().hold(Op::Pause);
+    let (s, v) = app.post_empty("/v1/partitions/p/pause?wait=false").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = id_of(&v);
+    app.wait_until("the pause runs", || async {
+        app.fake().count(Op::Pause) > 0
+    })
+    .await;
+    let (s, c) = app.post_empty(&format!("/v1/jobs/{id}/cancel")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{c}");
+    app.fake().release(Op::Pause);
+    assert_eq!(wait_job(&app, id).await["state"], "succeeded");
+}
+
+const SERVICE: &str = "
+name: svc
+tasks:
+  - id: web
+    step: request_service
+    params: {class: http, pool: sp}
+";
+
+#[tokio::test]
+async fn a_service_request_run_twice_ends_as_once() {
+    // The replay harness: the request step run twice (as a job retried
+    // after a cut runs it) takes one member and makes one service.
+    let mut ends = Vec::new();
+    for replay in [false, true] {
+        let app = app(JobConfig {
+            replay_steps: replay,
+            ..JobConfig::default()
+        })
+        .await;
+        let (s, v) = app
+            .post("/v1/pools", json!({"name": "sp", "min": 0, "max": 0}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        workflow(&app, SERVICE).await;
+        let (s, out) = app.post("/v1/workflows/svc/run", json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{out}");
+        let (s, l) = app.get("/v1/services").await;
+        assert_eq!(s, StatusCode::OK, "{l}");
+        let items = l["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "one service: {l}");
+        assert_eq!(items[0]["name"], out["outputs"]["web"]["name"], "{l}");
+        app.assert_verified().await;
+        ends.push((end_state(&app).await, app.fake().count(Op::Boot)));
+    }
+    assert_eq!(
+        ends[0], ends[1],
+        "run twice, it ends as once: one member taken"
+    );
 }

@@ -56,6 +56,31 @@ impl WaitQuery {
     }
 }
 
+/// The one wrapper of the routes that act on one partition: checks that
+/// the caller may `action` it (404 if it may not read it), submits `kind`
+/// on it and runs `f(host, actor, uuid)` as the job's work; answers as the
+/// work does, or 202 with the job when `wait` is false.
+pub(super) async fn partition_job<F, Fut>(
+    d: &Arc<Host>,
+    caller: &Auth,
+    name: &str,
+    action: Action,
+    kind: &str,
+    wait: bool,
+    f: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Arc<Host>, String, uuid::Uuid) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ApiResult<job::Done>> + Send + 'static,
+{
+    let rec = caller.partition(d, name, action).await?;
+    let uuid = rec.uuid;
+    job::on_partition(d, caller.actor(), kind, &rec, wait, move |d, actor| {
+        f(d, actor, uuid)
+    })
+    .await
+}
+
 /// Which jobs.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -163,7 +188,9 @@ async fn with_events(d: &Host, rec: brood_ledger::JobRecord) -> ApiResult<Job> {
 }
 
 /// Cancels a job: a queued one at once; a running workflow before its next
-/// task (it then undoes what it did). A single action that has begun runs to its end.
+/// task, and a running create, start, restore or fork at its next safe
+/// point (each then undoes what it did). Other single actions that have
+/// begun run to their end.
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/cancel",
@@ -171,10 +198,10 @@ async fn with_events(d: &Host, rec: brood_ledger::JobRecord) -> ApiResult<Job> {
     operation_id = "cancel_job",
     params(("id" = u64, Path, description = "Job number", minimum = 1)),
     responses(
-        (status = 200, description = "The job: cancelled, or (a running workflow) to be cancelled before its next task", body = Job),
+        (status = 200, description = "The job: cancelled, or (a running workflow, create, start, restore or fork) to be cancelled at its next safe point", body = Job),
         (status = 400, description = "the id is not a number", body = ErrorBody),
         (status = 404, description = "no job of that number that the caller may see (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the job has ended, or it is one action that has begun (`conflict`)", body = ErrorBody),
+        (status = 409, description = "the job has ended, or it is a single action that has begun and cannot be cut (`conflict`)", body = ErrorBody),
         Common
     )
 )]

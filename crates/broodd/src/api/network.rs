@@ -57,11 +57,14 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<NetworkList>> {
     tag = "networks",
     operation_id = "create_network",
     request_body = NetworkCreateRequest,
+    params(super::jobs::WaitQuery),
     responses(
         (status = 201, description = "The network", body = Network),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, an invalid name, zone or subnet, a host interface's name, or `nat` (not supported yet)", body = ErrorBody),
         (status = 409, description = "a network of that name exists, or the subnet overlaps another of the zone (`conflict`)", body = ErrorBody),
         (status = 500, description = "the gateway tap could not be made (`internal`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -69,10 +72,17 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<NetworkList>> {
 async fn create(
     State(d): D,
     caller: Auth,
+    Query(w): Query<super::jobs::WaitQuery>,
     ApiJson(req): ApiJson<NetworkCreateRequest>,
-) -> ApiResult<(StatusCode, Json<Network>)> {
+) -> ApiResult<axum::response::Response> {
     caller.check(Action::Configure, Kind::Infra)?;
-    Ok((StatusCode::CREATED, Json(network::create(&d, req).await?)))
+    let s = crate::job::Submit::named("network.create", &req.name, caller.scope());
+    crate::job::on_host(&d, caller.actor(), s, w.wait(), move |d, _| async move {
+        let body = serde_json::to_vec(&network::create(&d, req).await?)
+            .map_err(|e| super::error::ApiError::internal("encode the network", &e))?;
+        Ok(crate::job::Done::with(StatusCode::CREATED, body))
+    })
+    .await
 }
 
 /// Shows a network and the NICs on it.
@@ -100,19 +110,30 @@ async fn show(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<
     path = "/v1/networks/{name}",
     tag = "networks",
     operation_id = "delete_network",
-    params(("name" = String, Path, description = "Network name")),
+    params(("name" = String, Path, description = "Network name"), super::jobs::WaitQuery),
     responses(
         (status = 204, description = "Deleted (with its zone's switch when it was the zone's last network)"),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no network has that name (`not_found`)", body = ErrorBody),
         (status = 409, description = "running VMs have NICs on it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
-async fn delete(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    Query(w): Query<super::jobs::WaitQuery>,
+) -> ApiResult<axum::response::Response> {
     caller.check(Action::Configure, Kind::Infra)?;
-    network::delete(&d, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let s = crate::job::Submit::named("network.delete", &name, caller.scope());
+    crate::job::on_host(&d, caller.actor(), s, w.wait(), move |d, _| async move {
+        network::delete(&d, &name).await?;
+        Ok(crate::job::Done::empty())
+    })
+    .await
 }
 
 /// Lists I/O partitions.

@@ -1,6 +1,7 @@
 //! `/v1/partitions`: define, list, show, delete, and the operations on a
 //! partition's VM. Handlers parse and check the request, then call `ops`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +16,21 @@ use brood_api::{
     ConsoleLog, DefineRequest, ErrorBody, ExecChunk, ExecRequest, ExecResponse, Partition,
     PartitionList, SetConfigRequest, SetStageRequest, StopRequest,
 };
+use brood_ledger::PartitionRecord;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson, RawJson};
-use super::jobs::WaitQuery;
+use super::jobs::{WaitQuery, partition_job};
 use super::render::render;
-use crate::host::Host;
 use crate::host::runstate::EndMode;
+use crate::host::{Host, HostResult};
 use crate::job::{self, Done};
 use crate::partition::{define, lifecycle};
 use crate::tenancy::Action;
@@ -52,8 +55,42 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
 }
 
 async fn out(d: &Host, rec: brood_ledger::PartitionRecord) -> ApiResult<RawJson> {
+    Ok(RawJson(partition_json(d, rec).await?))
+}
+
+/// A partition as the API renders it (with its template's name): what the
+/// partition, change and snapshot routes answer with.
+pub(super) async fn partition_json(d: &Host, rec: PartitionRecord) -> ApiResult<Vec<u8>> {
     let parent = parent_name(d, &rec).await?;
-    Ok(RawJson(render(d, rec, parent)?.to_vec()))
+    Ok(render(d, rec, parent)?.to_vec())
+}
+
+/// The undo of a start that was cancelled: the VM is killed (stopped).
+async fn stopped(d: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<()> {
+    lifecycle::stop(d, actor, uuid, EndMode::Kill)
+        .await
+        .map(drop)
+}
+
+/// A partition operation as a job of `kind` ([`partition_job`], with
+/// `operate`): answers 200 with the partition `f` leaves.
+async fn op<F, Fut>(
+    d: &Arc<Host>,
+    caller: &Auth,
+    name: &str,
+    kind: &str,
+    wait: bool,
+    f: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Arc<Host>, String, Uuid) -> Fut + Send + 'static,
+    Fut: Future<Output = HostResult<PartitionRecord>> + Send + 'static,
+{
+    let run = move |d: Arc<Host>, actor, uuid| async move {
+        let rec = f(d.clone(), actor, uuid).await?;
+        Ok(Done::ok(partition_json(&d, rec).await?))
+    };
+    partition_job(d, caller, name, Action::Operate, kind, wait, run).await
 }
 
 /// The name of the template a child was forked from.
@@ -183,8 +220,17 @@ async fn define(
         s,
         w.wait(),
         move |d, actor| async move {
-            let rec = define::define(&d, &actor, unit, req).await?;
-            Ok(Done::with(StatusCode::CREATED, out(&d, rec).await?.0))
+            let made = define::define(&d, &actor, unit, req);
+            // Cancelled while it ran: the partition it made goes again.
+            let (d2, a2) = (d.clone(), actor.clone());
+            let undo = |rec: PartitionRecord| async move {
+                lifecycle::delete(&d2, &a2, rec.uuid, true).await
+            };
+            let rec = job::cancellable(made, undo).await?;
+            Ok(Done::with(
+                StatusCode::CREATED,
+                partition_json(&d, rec).await?,
+            ))
         },
     )
     .await
@@ -249,18 +295,20 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Delete).await?;
-    let (uuid, force) = (rec.uuid, q.force.unwrap_or(false));
-    job::on_partition(
+    let force = q.force.unwrap_or(false);
+    let run = move |d: Arc<Host>, actor: String, uuid| async move {
+        lifecycle::delete(&d, &actor, uuid, force).await?;
+        Ok(Done::empty())
+    };
+    let wait = q.wait.unwrap_or(true);
+    partition_job(
         &d,
-        caller.actor(),
+        &caller,
+        &name,
+        Action::Delete,
         "partition.delete",
-        &rec,
-        q.wait.unwrap_or(true),
-        move |d, actor| async move {
-            lifecycle::delete(&d, &actor, uuid, force).await?;
-            Ok(Done::empty())
-        },
+        wait,
+        run,
     )
     .await
 }
@@ -289,21 +337,13 @@ async fn start(
     Path(name): Path<String>,
     Query(w): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let uuid = rec.uuid;
-    job::on_partition(
-        &d,
-        caller.actor(),
-        "partition.start",
-        &rec,
-        w.wait(),
-        move |d, actor| async move {
-            Ok(Done::ok(
-                out(&d, lifecycle::start(&d, &actor, uuid).await?).await?.0,
-            ))
-        },
-    )
-    .await
+    let run = |d: Arc<Host>, a: String, u| async move {
+        let act = lifecycle::start(&d, &a, u);
+        let rec = job::cancellable(act, |_| stopped(&d, &a, u)).await?;
+        Ok(Done::ok(partition_json(&d, rec).await?))
+    };
+    let kind = "partition.start";
+    partition_job(&d, &caller, &name, Action::Operate, kind, w.wait(), run).await
 }
 
 /// Powers a partition off (killing it after the timeout); discards a saved state; acknowledges a crash.
@@ -332,28 +372,19 @@ async fn stop(
     Query(w): Query<WaitQuery>,
     OptionalJson(req): OptionalJson<StopRequest>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
     let t = req
         .timeout_s
         .map_or(lifecycle::STOP_TIMEOUT, Duration::from_secs);
     if t > Duration::from_secs(3600) {
         return Err(ApiError::bad_request("timeout_s must be at most 3600"));
     }
-    let uuid = rec.uuid;
-    job::on_partition(
+    op(
         &d,
-        caller.actor(),
+        &caller,
+        &name,
         "partition.stop",
-        &rec,
         w.wait(),
-        move |d, actor| async move {
-            let end = EndMode::Graceful(t);
-            Ok(Done::ok(
-                out(&d, lifecycle::stop(&d, &actor, uuid, end).await?)
-                    .await?
-                    .0,
-            ))
-        },
+        move |d, a, u| async move { lifecycle::stop(&d, &a, u, EndMode::Graceful(t)).await },
     )
     .await
 }
@@ -381,21 +412,13 @@ async fn kill(
     Path(name): Path<String>,
     Query(w): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let uuid = rec.uuid;
-    job::on_partition(
+    op(
         &d,
-        caller.actor(),
+        &caller,
+        &name,
         "partition.kill",
-        &rec,
         w.wait(),
-        move |d, actor| async move {
-            Ok(Done::ok(
-                out(&d, lifecycle::stop(&d, &actor, uuid, EndMode::Kill).await?)
-                    .await?
-                    .0,
-            ))
-        },
+        |d, a, u| async move { lifecycle::stop(&d, &a, u, EndMode::Kill).await },
     )
     .await
 }
@@ -424,21 +447,13 @@ async fn pause(
     Path(name): Path<String>,
     Query(w): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let uuid = rec.uuid;
-    job::on_partition(
+    op(
         &d,
-        caller.actor(),
+        &caller,
+        &name,
         "partition.pause",
-        &rec,
         w.wait(),
-        move |d, actor| async move {
-            Ok(Done::ok(
-                out(&d, lifecycle::pause(&d, &actor, uuid, true).await?)
-                    .await?
-                    .0,
-            ))
-        },
+        |d, a, u| async move { lifecycle::pause(&d, &a, u, true).await },
     )
     .await
 }
@@ -467,21 +482,13 @@ async fn resume(
     Path(name): Path<String>,
     Query(w): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let uuid = rec.uuid;
-    job::on_partition(
+    op(
         &d,
-        caller.actor(),
+        &caller,
+        &name,
         "partition.resume",
-        &rec,
         w.wait(),
-        move |d, actor| async move {
-            Ok(Done::ok(
-                out(&d, lifecycle::pause(&d, &actor, uuid, false).await?)
-                    .await?
-                    .0,
-            ))
-        },
+        |d, a, u| async move { lifecycle::pause(&d, &a, u, false).await },
     )
     .await
 }
@@ -510,19 +517,13 @@ async fn save(
     Path(name): Path<String>,
     Query(w): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let uuid = rec.uuid;
-    job::on_partition(
+    op(
         &d,
-        caller.actor(),
+        &caller,
+        &name,
         "partition.save",
-        &rec,
         w.wait(),
-        move |d, actor| async move {
-            Ok(Done::ok(
-                out(&d, lifecycle::save(&d, &actor, uuid).await?).await?.0,
-            ))
-        },
+        |d, a, u| async move { lifecycle::save(&d, &a, u).await },
     )
     .await
 }
@@ -551,23 +552,13 @@ async fn restore(
     Path(name): Path<String>,
     Query(w): Query<WaitQuery>,
 ) -> ApiResult<Response> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let uuid = rec.uuid;
-    job::on_partition(
-        &d,
-        caller.actor(),
-        "partition.restore",
-        &rec,
-        w.wait(),
-        move |d, actor| async move {
-            Ok(Done::ok(
-                out(&d, lifecycle::restore(&d, &actor, uuid).await?)
-                    .await?
-                    .0,
-            ))
-        },
-    )
-    .await
+    let run = |d: Arc<Host>, a: String, u| async move {
+        let act = lifecycle::restore(&d, &a, u);
+        let rec = job::cancellable(act, |_| stopped(&d, &a, u)).await?;
+        Ok(Done::ok(partition_json(&d, rec).await?))
+    };
+    let kind = "partition.restore";
+    partition_job(&d, &caller, &name, Action::Operate, kind, w.wait(), run).await
 }
 
 /// Chooses the configuration used at the next start.
@@ -577,11 +568,13 @@ async fn restore(
     tag = "partitions",
     operation_id = "set_partition_config",
     request_body = SetConfigRequest,
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "The partition, with its new active configuration", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or no configuration of that name", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -590,12 +583,16 @@ async fn set_config(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
     ApiJson(req): ApiJson<SetConfigRequest>,
-) -> ApiResult<RawJson> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(
+) -> ApiResult<Response> {
+    op(
         &d,
-        lifecycle::set_config(&d, caller.actor(), rec.uuid, &req.config).await?,
+        &caller,
+        &name,
+        "partition.config",
+        w.wait(),
+        |d, a, u| async move { lifecycle::set_config(&d, &a, u, &req.config).await },
     )
     .await
 }
@@ -607,12 +604,14 @@ async fn set_config(
     tag = "partitions",
     operation_id = "set_partition_stage",
     request_body = SetStageRequest,
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     responses(
         (status = 200, description = "The partition, in its new stage", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field or stage, or a stage it cannot be moved to by hand", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "the move is not allowed from its stage or run state, or another operation holds it", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -621,12 +620,17 @@ async fn set_stage(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
     ApiJson(req): ApiJson<SetStageRequest>,
-) -> ApiResult<RawJson> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    out(
+) -> ApiResult<Response> {
+    let to = wire::stage_in(req.stage);
+    op(
         &d,
-        lifecycle::set_stage(&d, caller.actor(), rec.uuid, wire::stage_in(req.stage)).await?,
+        &caller,
+        &name,
+        "partition.stage",
+        w.wait(),
+        move |d, a, u| async move { lifecycle::set_stage(&d, &a, u, to).await },
     )
     .await
 }

@@ -163,20 +163,27 @@ async fn show_service(
 
 /// Releases a service: its domain is torn down.
 #[utoipa::path(delete, path = "/v1/services/{name}", tag = "services", operation_id = "release_service",
-    params(("name" = String, Path, description = "Service name or uuid")),
+    params(("name" = String, Path, description = "Service name or uuid"), super::jobs::WaitQuery),
     responses(
         (status = 204, description = "Released"),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no service has that name (`not_found`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common))]
 async fn release_service(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+    Query(w): Query<super::jobs::WaitQuery>,
+) -> ApiResult<axum::response::Response> {
     caller.check(Action::Configure, Kind::Infra)?;
-    pool::request::release(&d, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let s = crate::job::Submit::named("service.release", &name, caller.scope());
+    crate::job::on_host(&d, caller.actor(), s, w.wait(), move |d, _| async move {
+        pool::request::release(&d, &name).await?;
+        Ok(crate::job::Done::empty())
+    })
+    .await
 }
 
 /// Associates a guest with a service, within its `domain_pairing`.

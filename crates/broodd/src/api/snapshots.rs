@@ -4,18 +4,21 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use brood_api::{ErrorBody, Partition, Snapshot, SnapshotCreateRequest, SnapshotList};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Auth;
 use super::doc::{Common, JsonBody};
-use super::error::ApiResult;
-use super::extract::{ApiJson, RawJson};
-use super::render::render;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use super::jobs::{WaitQuery, partition_job};
+use super::partitions::partition_json;
 use crate::host::Host;
+use crate::job::Done;
 use crate::partition::snapshot;
 use crate::tenancy::Action;
 
@@ -59,14 +62,16 @@ async fn list(
     path = "/v1/partitions/{name}/snapshots",
     tag = "partitions",
     operation_id = "create_snapshot",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     request_body = SnapshotCreateRequest,
     responses(
         (status = 201, description = "Taken", body = Snapshot),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or a snapshot name that is not valid", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "the name is taken, it holds the most snapshots it may, it is a template or saved, or another operation holds it", body = ErrorBody),
         (status = 502, description = "QEMU or qemu-img failed to take it (`engine_failed`); nothing of it is left", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -75,11 +80,17 @@ async fn create(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
     ApiJson(req): ApiJson<SnapshotCreateRequest>,
-) -> ApiResult<(StatusCode, Json<Snapshot>)> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let s = snapshot::create(&d, caller.actor(), rec.uuid, &req.name).await?;
-    Ok((StatusCode::CREATED, Json(s)))
+) -> ApiResult<Response> {
+    let work = move |d: Arc<Host>, actor: String, uuid| async move {
+        let s = snapshot::create(&d, &actor, uuid, &req.name).await?;
+        let body =
+            serde_json::to_vec(&s).map_err(|e| ApiError::internal("encode the snapshot", &e))?;
+        Ok(Done::with(StatusCode::CREATED, body))
+    };
+    let kind = "partition.snapshot.create";
+    partition_job(&d, &caller, &name, Action::Operate, kind, w.wait(), work).await
 }
 
 /// Deletes a snapshot of a partition that is not running.
@@ -91,12 +102,15 @@ async fn create(
     params(
         ("name" = String, Path, description = "Partition name or uuid"),
         ("snapshot" = String, Path, description = "Snapshot name"),
+        WaitQuery,
     ),
     responses(
         (status = 204, description = "Deleted from its disks and the data directory"),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "a path segment that is not valid UTF-8, or a snapshot name that is not valid", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid, or it has no such snapshot (`not_found`)", body = ErrorBody),
         (status = 409, description = "its VM runs (its disks are open), a disk could not drop the snapshot (nothing else is removed), or another operation holds it", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
@@ -104,10 +118,14 @@ async fn delete(
     State(d): D,
     caller: Auth,
     Path((name, snap)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    snapshot::delete(&d, caller.actor(), rec.uuid, &snap).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    let work = move |d: Arc<Host>, actor: String, uuid| async move {
+        snapshot::delete(&d, &actor, uuid, &snap).await?;
+        Ok(Done::empty())
+    };
+    let kind = "partition.snapshot.delete";
+    partition_job(&d, &caller, &name, Action::Operate, kind, w.wait(), work).await
 }
 
 /// Puts a partition back to a snapshot: its VM (if any) is killed, its
@@ -120,13 +138,16 @@ async fn delete(
     params(
         ("name" = String, Path, description = "Partition name or uuid"),
         ("snapshot" = String, Path, description = "Snapshot name"),
+        WaitQuery,
     ),
     responses(
         (status = 200, description = "Reverted: the partition, running or paused as it was (or stopped, for a disk-only snapshot)", body = Partition),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "a path segment that is not valid UTF-8, or a snapshot name that is not valid", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid, or it has no such snapshot (`not_found`)", body = ErrorBody),
         (status = 409, description = "it is a template, its configuration changed since, a disk lost the snapshot, another operation holds it, or the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
         (status = 502, description = "qemu-img or QEMU failed (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
@@ -134,12 +155,12 @@ async fn revert(
     State(d): D,
     caller: Auth,
     Path((name, snap)): Path<(String, String)>,
-) -> ApiResult<RawJson> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let rec = snapshot::revert(&d, caller.actor(), rec.uuid, &snap).await?;
-    let parent = match rec.parent {
-        Some(p) => d.ledger.partition_by_uuid(p).await?.map(|r| r.name),
-        None => None,
+    Query(w): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    let work = move |d: Arc<Host>, actor: String, uuid| async move {
+        let rec = snapshot::revert(&d, &actor, uuid, &snap).await?;
+        Ok(Done::ok(partition_json(&d, rec).await?))
     };
-    Ok(RawJson(render(&d, rec, parent)?.to_vec()))
+    let kind = "partition.snapshot.revert";
+    partition_job(&d, &caller, &name, Action::Operate, kind, w.wait(), work).await
 }

@@ -86,12 +86,15 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<TemplateList>> {
     tag = "templates",
     operation_id = "create_template",
     request_body = TemplateCreateRequest,
+    params(super::jobs::WaitQuery),
     responses(
         (status = 201, description = "The template", body = Template),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, an invalid name, or `pool_size` over 64", body = ErrorBody),
         (status = 404, description = "no partition has the name or uuid in `vm` (`not_found`)", body = ErrorBody),
         (status = 409, description = "the VM is not running, is a child that cannot be frozen, the name is taken, or another operation holds it", body = ErrorBody),
         (status = 502, description = "the agent did not reach its fork point or QEMU failed to save the state (`engine_failed`)", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -99,13 +102,26 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<TemplateList>> {
 async fn create(
     State(d): D,
     caller: Auth,
+    Query(w): Query<super::jobs::WaitQuery>,
     ApiJson(req): ApiJson<TemplateCreateRequest>,
-) -> ApiResult<(StatusCode, Json<Template>)> {
+) -> ApiResult<axum::response::Response> {
     let vm = caller.partition(&d, &req.vm, Action::Operate).await?;
     caller.check(Action::Create, Kind::Template)?;
     let key = vm.uuid.to_string();
-    let rec = freeze::create(&d, caller.actor(), &key, req.name, req.warm, req.persist).await?;
-    Ok((StatusCode::CREATED, Json(freeze::view(&d, &rec).await?)))
+    job::on_partition(
+        &d,
+        caller.actor(),
+        "template.create",
+        &vm,
+        w.wait(),
+        move |d, actor| async move {
+            let rec = freeze::create(&d, &actor, &key, req.name, req.warm, req.persist).await?;
+            let body = serde_json::to_vec(&freeze::view(&d, &rec).await?)
+                .map_err(|e| ApiError::internal("encode the template", &e))?;
+            Ok(Done::with(StatusCode::CREATED, body))
+        },
+    )
+    .await
 }
 
 /// Shows a template.
@@ -134,6 +150,8 @@ async fn show(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiResult<
 struct DeleteQuery {
     /// Delete its children and derived templates too.
     cascade: Option<bool>,
+    /// Wait for the job (default); `false` answers 202 with the job.
+    wait: Option<bool>,
 }
 
 /// Deletes a template (refused while it has children or derived templates, unless `cascade`).
@@ -145,9 +163,11 @@ struct DeleteQuery {
     params(("name" = String, Path, description = "Template name or uuid"), DeleteQuery),
     responses(
         (status = 204, description = "Deleted (with its children and derived templates, with `cascade`)"),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "an unknown query parameter or a `cascade` that is not a boolean", body = ErrorBody),
         (status = 404, description = "no template has that name or uuid (`not_found`)", body = ErrorBody),
         (status = 409, description = "it has children or derived templates and `cascade` is not set, or another operation holds it", body = ErrorBody),
+        (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )
 )]
@@ -156,10 +176,22 @@ async fn delete(
     caller: Auth,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
     let rec = template_rec(&d, &caller, &name, Action::Delete).await?;
-    freeze::delete(&d, caller.actor(), rec.uuid, q.cascade.unwrap_or(false)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let (uuid, cascade) = (rec.uuid, q.cascade.unwrap_or(false));
+    let wait = q.wait.unwrap_or(true);
+    job::on_partition(
+        &d,
+        caller.actor(),
+        "template.delete",
+        &rec,
+        wait,
+        move |d, actor| async move {
+            freeze::delete(&d, &actor, uuid, cascade).await?;
+            Ok(Done::empty())
+        },
+    )
+    .await
 }
 
 /// Forks running children from a template, each with its own identity.
@@ -200,7 +232,16 @@ async fn fork_children(
         s,
         w.wait(),
         move |d, actor| async move {
-            let children = fork::fork(&d, &actor, unit, uuid, req).await?;
+            let forked = fork::fork(&d, &actor, unit, uuid, req);
+            // Cancelled while it ran: the children made so far go again.
+            let (d2, a2) = (d.clone(), actor.clone());
+            let undo = |children: Vec<brood_api::ForkChild>| async move {
+                for c in children {
+                    crate::partition::lifecycle::delete(&d2, &a2, c.uuid, true).await?;
+                }
+                Ok(())
+            };
+            let children = job::cancellable(forked, undo).await?;
             let body = serde_json::to_vec(&ForkResponse { children })
                 .map_err(|e| ApiError::internal("encode the children", &e))?;
             Ok(Done::with(StatusCode::CREATED, body))

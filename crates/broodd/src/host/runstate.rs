@@ -364,6 +364,55 @@ impl Host {
         }
     }
 
+    /// Ends a partition's VM as [`Host::end_vm`] does, but fails when it
+    /// could not: when both the first attempt (the guest shutdown, or the
+    /// kill) and the kill after it fail, the error names both causes and the
+    /// VM stays registered, since its process may still run.
+    pub async fn end_vm_checked(&self, uuid: Uuid, mode: EndMode) -> HostResult<Option<VmExit>> {
+        let Some(running) = self.registry.running(uuid) else {
+            return Ok(None);
+        };
+        running.expect_exit();
+        if mode != EndMode::Kill
+            && running
+                .vm
+                .status()
+                .await
+                .is_ok_and(|s| s == VmStatus::Paused)
+        {
+            let _ = running.vm.resume().await;
+        }
+        let first = match mode {
+            EndMode::Graceful(t) => running.vm.shutdown(t).await,
+            EndMode::Kill => running.vm.kill().await,
+        };
+        let exit = match first {
+            Ok(e) => e,
+            Err(first) => match running.vm.kill().await {
+                Ok(e) => {
+                    warn!(partition = %uuid, "ending its VM: {}; killed it instead", chain(&first));
+                    e
+                }
+                Err(kill) => {
+                    let how = match mode {
+                        EndMode::Graceful(_) => "the guest shutdown",
+                        EndMode::Kill => "the kill",
+                    };
+                    return Err(HostError::engine(
+                        format!(
+                            "could not end the VM: {how} failed ({}), and then the kill",
+                            chain(&first)
+                        ),
+                        kill,
+                    ));
+                }
+            },
+        };
+        self.preserve_console(uuid, &running).await;
+        self.registry.remove(uuid);
+        Ok(Some(exit))
+    }
+
     /// Kills a partition's VM now, without waiting for the partition's lock
     /// (an operation stuck on the guest or on a hung VMM holds it); the
     /// operation that held it then fails, and the caller records the end

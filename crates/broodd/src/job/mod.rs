@@ -103,9 +103,19 @@ pub fn class_of(kind: &str) -> (JobQueue, Class, bool) {
         "partition.start" | "partition.restore" => (JobQueue::High, Class::Light, true),
         "partition.stop" | "partition.kill" | "partition.save" | "partition.pause"
         | "partition.resume" => (JobQueue::High, Class::Light, false),
+        // Changes of a definition (and of a running VM's devices): quick,
+        // and serialized by the VM's own lock.
+        "partition.config" | "partition.stage" | "partition.resources" => {
+            (JobQueue::High, Class::Light, false)
+        }
+        k if k.starts_with("partition.disk.") || k.starts_with("partition.nic.") => {
+            (JobQueue::High, Class::Light, false)
+        }
         "partition.define.start" | "template.fork" => (JobQueue::Normal, Class::Heavy, true),
         "workflow.run" => (JobQueue::Normal, Class::Workflow, false),
-        // partition.define, partition.delete, service.request, ...
+        // partition.define, partition.delete, partition.snapshot.*,
+        // template.create|delete, service.request|release, network.create|delete
+        // (heavy: they copy state or build a host's devices).
         _ => (JobQueue::Normal, Class::Heavy, false),
     }
 }
@@ -169,6 +179,76 @@ pub struct JobCtx {
     /// Set when someone cancels the job while it runs (workflows check it
     /// between tasks).
     pub cancelled: Arc<AtomicBool>,
+}
+
+tokio::task_local! {
+    /// The job the current task runs for (its id and cancel flag), so that
+    /// a single action can find its safe points without a parameter.
+    static CURRENT: (u64, Arc<AtomicBool>);
+}
+
+/// The kinds of single action that can be cancelled while they run: they
+/// stop at the next safe point and undo what they did (`cancellable`).
+pub const CANCELLABLE: [&str; 5] = [
+    "partition.define",
+    "partition.define.start",
+    "partition.start",
+    "partition.restore",
+    "template.fork",
+];
+
+/// Whether the job the current task runs for was cancelled (false outside
+/// a job).
+pub fn cancel_requested() -> bool {
+    CURRENT
+        .try_with(|(_, f)| f.load(Ordering::SeqCst))
+        .unwrap_or(false)
+}
+
+/// The error a job cancelled while it ran ends with (its state is then
+/// `cancelled`).
+fn cancelled_error() -> ApiError {
+    let id = CURRENT.try_with(|(id, _)| *id).unwrap_or(0);
+    ApiError::conflict(format!(
+        "job {id} was cancelled while it ran: what it had done is undone"
+    ))
+}
+
+/// Runs a single action that may be cancelled while it runs. Its safe
+/// points are before it begins (then nothing runs) and where it ends: when
+/// the job was cancelled meanwhile, `undo` takes back what it made (a
+/// create deletes its partition, a start stops the VM, a fork deletes its
+/// children) and the job ends `cancelled`. An undo that fails fails the
+/// job with its cause.
+pub async fn cancellable<T, E, Fut, U, UFut>(act: Fut, undo: U) -> ApiResult<T>
+where
+    Fut: Future<Output = Result<T, E>>,
+    ApiError: From<E>,
+    U: FnOnce(T) -> UFut,
+    UFut: Future<Output = crate::host::HostResult<()>>,
+{
+    if cancel_requested() {
+        return Err(cancelled_error());
+    }
+    let out = act.await?;
+    if !cancel_requested() {
+        return Ok(out);
+    }
+    match undo(out).await {
+        Ok(()) => Err(cancelled_error()),
+        Err(e) => {
+            let id = CURRENT.try_with(|(id, _)| *id).unwrap_or(0);
+            let e = <ApiError as From<crate::host::HostError>>::from(e);
+            Err(ApiError::new(
+                e.status,
+                e.code,
+                format!(
+                    "job {id} was asked to cancel, but undoing what it did failed: {}",
+                    e.message
+                ),
+            ))
+        }
+    }
 }
 
 struct Pending {
@@ -327,12 +407,13 @@ async fn run_one(host: Arc<Host>, p: Pending, cancelled: Arc<AtomicBool>) {
             // The one fencing check of a clustered host (cluster/fence.rs).
             match crate::cluster::fence::admit(&host, &rec).await {
                 Ok(()) => {
+                    let current = (rec.id, cancelled.clone());
                     let ctx = JobCtx {
                         host: host.clone(),
                         job: rec,
                         cancelled,
                     };
-                    work(ctx).await
+                    CURRENT.scope(current, work(ctx)).await
                 }
                 Err(e) => Err(e),
             }
@@ -485,6 +566,21 @@ impl Submit {
     }
 }
 
+impl Submit {
+    /// A job on something that is not a partition (a network, a service,
+    /// a template being made), at priority 0, named `target` in its
+    /// parameters.
+    pub fn named(kind: &str, target: &str, unit: Option<Uuid>) -> Submit {
+        Submit {
+            kind: kind.to_owned(),
+            target: target.to_owned(),
+            unit,
+            priority: 0,
+            params: serde_json::json!({"target": target}),
+        }
+    }
+}
+
 /// A partition's job priority: `policy.priority` of its active configuration.
 pub fn priority_of(rec: &PartitionRecord) -> i64 {
     rec.configs
@@ -580,7 +676,9 @@ pub async fn submit(
 }
 
 /// Cancels a job: a waiting one at once; a running workflow between two
-/// tasks (then it unwinds). A running single action cannot be cancelled.
+/// tasks (then it unwinds); a running create, start, restore or fork at
+/// its next safe point ([`cancellable`]: it then undoes what it did).
+/// Other single actions that have begun run to their end.
 pub async fn cancel(host: &Arc<Host>, rec: &JobRecord) -> ApiResult<JobRecord> {
     let jobs = host.feature::<Jobs>();
     let key = Key {
@@ -612,7 +710,9 @@ pub async fn cancel(host: &Arc<Host>, rec: &JobRecord) -> ApiResult<JobRecord> {
             rec.id,
             s.as_str()
         ))),
-        (_, Some(flag)) if rec.kind == "workflow.run" => {
+        (_, Some(flag))
+            if rec.kind == "workflow.run" || CANCELLABLE.contains(&rec.kind.as_str()) =>
+        {
             flag.store(true, Ordering::SeqCst);
             Ok(host
                 .ledger

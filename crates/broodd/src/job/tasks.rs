@@ -11,7 +11,7 @@
 //! | wait_agent | waits for `vm`'s agent (`timeout_ms`) | name | nothing |
 //! | exec, guest_script | runs `command` / `script` in `vm` | code, stdout, stderr | nothing |
 //! | http | `method` `url` (`http://` only) with `body` | code, body | nothing |
-//! | request_service | requests a service of `class` `for` guests | name | release it |
+//! | request_service | requests a service of `class` (`pool`, `name`) `for` guests | name | release it |
 //! | host_script | runs `script` on the host in a sandbox | code, stdout, stderr | nothing |
 //!
 //! Every undo is idempotent: what is already gone counts as undone. The
@@ -21,8 +21,10 @@
 //! a create finds the VM of that name made since the task first started
 //! (its journal's first `started` event) within the job; a fork marks its
 //! children with the values `brood.job` and `brood.task` and finds them
-//! again; a delete of what is gone is done; start and stop see the state
-//! they were to reach. Every
+//! again; a service request is named for its job and task unless it names
+//! itself, and the service of that name made since the task first started
+//! is its result (one service, one member taken); a delete of what is gone
+//! is done; start and stop see the state they were to reach. Every
 //! step acts as the job's caller, through the checked lookups, so a
 //! workflow reaches only what its submitter may reach.
 //!
@@ -343,19 +345,39 @@ impl HostRunner {
         })
     }
 
-    async fn request_service(&self, params: &Value) -> Result<TaskResult, String> {
+    async fn request_service(&self, task: &Task, params: &Value) -> Result<TaskResult, String> {
         self.caller
             .check(Action::Configure, Kind::Infra)
             .map_err(err)?;
-        let mut req = json!({"class": text(params, "class")?});
+        let class = text(params, "class")?;
+        // Keyed by the job and its task: a request without a name gets one
+        // of its own, so that a run again finds what the first run made.
+        let name = match params.get("name") {
+            Some(_) => text(params, "name")?,
+            None => service_key(&class, self.job.id, &task.id),
+        };
+        // Run again: the service of that name made since this task first
+        // started is its result (no second member is taken).
+        if let Some(svc) = self
+            .host
+            .ledger
+            .service(&name)
+            .await
+            .map_err(|e| err(e.into()))?
+            && let Some(since) = self.first_started(&task.id).await?
+            && humantime::parse_rfc3339(&svc.created_at).is_ok_and(|made| made >= since)
+        {
+            return Ok(named(&svc.name));
+        }
+        let mut req = json!({"class": class, "name": name});
         if let Some(f) = params.get("for") {
             req["for"] = match f {
                 Value::String(s) => json!([s]),
                 other => other.clone(),
             };
         }
-        if let Some(n) = params.get("name") {
-            req["name"] = n.clone();
+        if let Some(p) = params.get("pool") {
+            req["pool"] = p.clone();
         }
         let req: brood_api::service::ServiceRequest = serde_json::from_value(req)
             .map_err(|e| format!("the service request is not valid: {e}"))?;
@@ -445,7 +467,7 @@ impl Runner for HostRunner {
                 .await
             }
             Step::Http => http(params).await,
-            Step::RequestService => self.request_service(params).await,
+            Step::RequestService => self.request_service(task, params).await,
             Step::HostScript => {
                 self.caller
                     .check(Action::Configure, Kind::Infra)
@@ -545,6 +567,27 @@ impl Runner for HostRunner {
     fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
+}
+
+/// The name of the service a `request_service` task without one asks for:
+/// its class, job and task (1-48 of `[a-z0-9-]`, starting with a letter).
+fn service_key(class: &str, job: u64, task: &str) -> String {
+    let raw = format!("{class}-j{job}-{task}").to_ascii_lowercase();
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        name.replace_range(..1, "s");
+    }
+    name
 }
 
 /// An HTTP/1.1 request to an `http://` URL; the status is the task's code.
@@ -728,5 +771,21 @@ struct Cleanup(std::path::PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_key;
+
+    #[test]
+    fn a_service_request_without_a_name_is_named_for_its_job_and_task() {
+        assert_eq!(service_key("http", 7, "web"), "http-j7-web");
+        assert_eq!(service_key("http", 7, "Web_1"), "http-j7-web-1");
+        // Always a valid service name: starts with a letter, at most 48.
+        assert_eq!(service_key("", 7, "x"), "sj7-x");
+        let long = service_key("http", u64::MAX, &"t".repeat(100));
+        assert_eq!(long.len(), 48);
+        assert!(long.starts_with("http-j18446744073709551615-t"));
     }
 }

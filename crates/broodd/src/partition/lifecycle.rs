@@ -141,7 +141,20 @@ pub async fn stop(
     let rec = host
         .set_pending(actor, &rec, Some(op), format!("{op} {}", rec.name))
         .await?;
-    let exit = host.end_vm(uuid, mode).await;
+    let exit = match host.end_vm_checked(uuid, mode).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            // The VM may still run: it stays as it was, with no operation on it.
+            host.set_pending(actor, &rec, None, format!("{op} of {} failed", rec.name))
+                .await?;
+            return Err(match e {
+                HostError::Engine { what, source } => {
+                    HostError::engine(format!("{op} {}: {what}", rec.name), source)
+                }
+                other => other,
+            });
+        }
+    };
     let how = Settle {
         to: RunState::Stopped,
         last_exit: exit.map(|e| e.to_string()),
