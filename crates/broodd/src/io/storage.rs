@@ -278,6 +278,7 @@ fn spawn(
         .open(log)?;
     let extra = ["--pidfile".to_string(), pidfile.display().to_string()];
     let mut cmd = engine_storage::daemon_command(listener, exports, &extra);
+    super::confine::confine(&mut cmd, super::confine::STORAGE_CAPS);
     // It outlives a broodd that is killed: its guests keep their disks.
     cmd.stderr(out).kill_on_drop(false);
     Ok(Proc::Child(cmd.spawn()?))
@@ -451,6 +452,8 @@ pub(super) async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
         };
         sup.served.send_replace(served.clone());
         let started = Instant::now();
+        let mut pinned = None;
+        supervise::keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
         loop {
             tokio::select! {
                 how = p.wait() => {
@@ -480,12 +483,14 @@ pub(super) async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
                         proc = Some(p);
                         break;
                     }
+                    supervise::keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
                 }
                 () = tokio::time::sleep(supervise::SYNC_EVERY) => {
                     if host.is_stopping() {
                         // broodd stops; the daemon keeps serving its guests.
                         return;
                     }
+                    supervise::keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
                     if changed(host, sup, &served).await {
                         proc = Some(p);
                         break;
