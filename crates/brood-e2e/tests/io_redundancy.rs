@@ -5,8 +5,10 @@
 //! pings its gateway and reads what it wrote before, and `verify` is clean.
 //! Its second NIC is capped (`--nic NET,mbps=3`): what it sends to the
 //! host stays under the cap, what its uncapped NIC sends does not, and the
-//! restarted switch keeps the cap. Then CPUs are dedicated to the storage partition (`brood io set --cpus`),
-//! read back from every thread's `/proc/PID/task/TID/status`.
+//! restarted switch keeps the cap. Both daemons run confined
+//! (`no_new_privs`, only the capabilities they need), before and after the
+//! restart. Then CPUs are dedicated to the storage partition (`brood io set
+//! --cpus`), read back from every thread's `/proc/PID/task/TID/status`.
 
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
