@@ -94,6 +94,23 @@ pub struct IoPartition {
     /// Its clients: open channels of disks (a storage partition).
     #[serde(default)]
     pub disk_clients: Vec<DiskClient>,
+    /// How many host CPUs are dedicated to its process (`None`: any CPU).
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// The host CPUs its process may run on, as Linux lists them
+    /// (`Cpus_allowed_list`, e.g. `1` or `0-3`), while it runs.
+    #[serde(default)]
+    pub cpu_list: Option<String>,
+}
+
+/// Body of `PATCH /v1/io/{name}`: what to change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IoPartitionPatch {
+    /// Host CPUs to dedicate to its process, 1-1024 and fewer than the
+    /// host's (the last ones broodd may use); `null` gives it every CPU again.
+    #[schema(minimum = 1, maximum = 1024)]
+    pub cpus: Option<u32>,
 }
 
 /// A disk served by a storage I/O partition.

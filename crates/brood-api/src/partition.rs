@@ -124,6 +124,11 @@ pub struct NicConfig {
     /// MAC address (unicast, unique in the configuration); chosen by broodd when absent.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Bandwidth cap in Mbit/s, 1-100000, each direction; only for a NIC
+    /// on a brood network, whose switch enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub mbps: Option<u32>,
 }
 
 /// One named configuration of a partition.

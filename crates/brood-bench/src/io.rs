@@ -247,6 +247,7 @@ async fn net(b: &Bench, runs: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
             name: "bench".into(),
             tap: None,
             ports: ports.to_vec(),
+            caps: Default::default(),
         }],
     }
     .store(&cfg_path)?;

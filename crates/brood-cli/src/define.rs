@@ -58,8 +58,10 @@ pub struct ConfigFlags {
     #[arg(long = "disk", value_name = "NAME:SIZE[,via=io[:ZONE]][,iops=N][,mbps=M]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// A NIC on a brood network (`brood network list`), a host bridge, or
-    /// `user` for QEMU's user network; NETWORK[,mac=MAC] (repeatable).
-    #[arg(long = "nic", value_name = "NETWORK", value_parser = parse_nic)]
+    /// `user` for QEMU's user network; NETWORK[,mac=MAC][,mbps=M]
+    /// (repeatable). `,mbps=M`: a cap in Mbit/s each way, enforced by the
+    /// switch of a brood network.
+    #[arg(long = "nic", value_name = "NETWORK[,mac=MAC][,mbps=M]", value_parser = parse_nic)]
     pub nics: Vec<NicConfig>,
     /// Relative CPU weight, 1-10000 (100 is the default share).
     #[arg(long, value_name = "N")]
@@ -151,7 +153,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
-/// Parses `--nic NETWORK[,mac=MAC]` (`network=NAME` is NAME).
+/// Parses `--nic NETWORK[,mac=MAC][,mbps=M]` (`network=NAME` is NAME).
 pub fn parse_nic(s: &str) -> Result<NicConfig, String> {
     let mut parts = s.split(',');
     let network = parts.next().unwrap_or_default();
@@ -161,16 +163,30 @@ pub fn parse_nic(s: &str) -> Result<NicConfig, String> {
     if network.is_empty() {
         return Err(format!("{s:?}: name a bridge or `user`"));
     }
-    let mut mac = None;
+    let (mut mac, mut mbps) = (None, None);
     for opt in parts {
+        if let Some(m) = opt.strip_prefix("mbps=") {
+            let n = m
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| format!("{s:?}: mbps={m:?} must be 1-100000 (Mbit/s)"))?;
+            mbps = Some(n);
+            continue;
+        }
         match opt.strip_prefix("mac=") {
             Some(m) if !m.is_empty() => mac = Some(m.to_string()),
-            _ => return Err(format!("{s:?}: unknown option {opt:?} (use mac=MAC)")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown option {opt:?} (use mac=MAC or mbps=M)"
+                ));
+            }
         }
     }
     Ok(NicConfig {
         network: network.to_string(),
         mac,
+        mbps,
     })
 }
 
@@ -347,7 +363,8 @@ mod tests {
             parse_nic("br0").unwrap(),
             NicConfig {
                 network: "br0".into(),
-                mac: None
+                mac: None,
+                mbps: None,
             }
         );
         assert_eq!(
@@ -357,7 +374,16 @@ mod tests {
                 .as_deref(),
             Some("52:54:00:00:00:01")
         );
-        for bad in ["", ",mac=x", "br0,mac=", "br0,vlan=3"] {
+        assert_eq!(parse_nic("lan,mbps=20").unwrap().mbps, Some(20));
+        for bad in [
+            "",
+            ",mac=x",
+            "br0,mac=",
+            "br0,vlan=3",
+            "lan,mbps=0",
+            "lan,mbps=x",
+            "lan,mbps=100001",
+        ] {
             assert!(parse_nic(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -27,6 +27,20 @@ pub enum IoCmd {
         /// I/O partition name.
         name: String,
     },
+    /// Dedicate host CPUs to its process (the last N broodd may use).
+    #[command(
+        after_help = "Examples:\n  brood io set storage-default --cpus 1\n  brood io set storage-default --any-cpu   # every CPU again"
+    )]
+    Set {
+        /// I/O partition name.
+        name: String,
+        /// How many CPUs to dedicate (1 to one less than the host's).
+        #[arg(long, required_unless_present = "any_cpu", conflicts_with = "any_cpu")]
+        cpus: Option<u32>,
+        /// Dedicate none: it runs on any CPU again.
+        #[arg(long)]
+        any_cpu: bool,
+    },
     /// Stop it; refused while it has clients unless --force.
     #[command(
         after_help = "Examples:\n  brood io stop switch-edge\n  brood io stop switch-edge --force   # detaches its clients"
@@ -59,6 +73,11 @@ pub async fn run(cmd: IoCmd, client: &Client, out: Output) -> Result<i32> {
         IoCmd::Restart { name } => {
             client
                 .post(&format!("{}/restart", path(&name)), &serde_json::json!({}))
+                .await?
+        }
+        IoCmd::Set { name, cpus, .. } => {
+            client
+                .patch(&path(&name), &brood_api::IoPartitionPatch { cpus })
                 .await?
         }
         IoCmd::Stop { name, force } => {
@@ -107,6 +126,11 @@ pub fn show(p: &IoPartition) -> String {
         ("pid", or_dash(p.pid)),
         ("restarts", p.restart_count.to_string()),
         ("last exit", or_dash(p.last_exit.as_deref())),
+        (
+            "cpus",
+            p.cpus.map_or_else(|| "any".to_owned(), |n| n.to_string()),
+        ),
+        ("cpu list", or_dash(p.cpu_list.as_deref())),
     ];
     if p.serves == "storage" {
         let mut t = Table::new(&["VM", "DISK", "TRANSPORT", "IMAGE"]).right(&[1]);

@@ -23,16 +23,21 @@
 //! way round for this (QEMU must reconnect to it) and is not packaged with
 //! the stream protocol QEMU 10 speaks.
 //!
+//! A port may be capped (`caps`, Mbit/s): a token bucket per direction in
+//! the switch itself, not `tc` on a tap, because a guest's NIC here is a
+//! socket and no tap: the bucket paces the port's reader (from the guest)
+//! and writer (to the guest).
+//!
 //! The configuration is a JSON file ([`SwitchConfig`]) broodd rewrites
 //! (atomically); the switch reads it again every 200 ms and on SIGHUP. Everything read from a port
 //! is guest input: a frame longer than [`MAX_FRAME`] closes the port.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -71,6 +76,60 @@ pub struct SwitchNetwork {
     /// The port sockets of its guests' NICs.
     #[serde(default)]
     pub ports: Vec<PathBuf>,
+    /// Bandwidth caps in Mbit/s, by port socket: each direction of a
+    /// capped port is a token bucket of its own (see [`Bucket`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caps: BTreeMap<PathBuf, u32>,
+}
+
+/// A token bucket: `rate` bytes a second, at most `burst` bytes ahead.
+/// A frame always passes (a bucket may go into debt), and the caller waits
+/// until the debt is paid: the port's reader stops reading its socket, so
+/// the guest's queue fills and its TCP slows down, instead of frames being
+/// dropped inside the switch.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// A bucket for `mbps` Mbit/s with a burst of 10 ms of traffic (at
+    /// least two of the largest frames).
+    pub fn new(mbps: u32) -> Self {
+        let rate = f64::from(mbps.max(1)) * 125_000.0;
+        let burst = (rate / 100.0).max(2.0 * MAX_FRAME as f64);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes at `now`; returns how long to wait before the next.
+    pub fn take(&mut self, n: usize, now: Instant) -> Duration {
+        let since = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + since * self.rate).min(self.burst) - n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// Waits as long as the port's bucket (if capped) says after `n` bytes.
+async fn pace(bucket: &mut Option<Bucket>, n: usize) {
+    if let Some(b) = bucket {
+        let wait = b.take(n, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 impl SwitchConfig {
@@ -254,7 +313,8 @@ fn connect_missing(fabric: &Shared, cfg: &SwitchConfig) {
             };
             let (tx, rx) = mpsc::channel(PORT_QUEUE);
             let id = lock(fabric).add(key.clone(), &net.name, tx);
-            tokio::spawn(serve_stream(fabric.clone(), id, key, stream, rx));
+            let cap = net.caps.get(path).copied();
+            tokio::spawn(serve_stream(fabric.clone(), id, key, stream, rx, cap));
         }
         if let Some(tap) = &net.tap {
             let key = format!("tap:{tap}");
@@ -279,8 +339,10 @@ async fn serve_stream(
     key: String,
     stream: UnixStream,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    cap_mbps: Option<u32>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
+    let (mut from_guest, mut to_guest) = (cap_mbps.map(Bucket::new), cap_mbps.map(Bucket::new));
     let reader = async {
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
@@ -295,10 +357,12 @@ async fn serve_stream(
             };
             rd.read_exact(frame).await?;
             lock(&fabric).forward(id, frame);
+            pace(&mut from_guest, n).await;
         }
     };
     let writer = async {
         while let Some(frame) = rx.recv().await {
+            pace(&mut to_guest, frame.len()).await;
             let len = u32::try_from(frame.len()).unwrap_or(u32::MAX).to_be_bytes();
             wr.write_all(&len).await?;
             wr.write_all(&frame).await?;
@@ -414,6 +478,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_paces_to_its_rate_after_its_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(8); // 1 MB/s, burst 139,264 bytes (two frames)
+        assert_eq!(b.take(100_000, t0), Duration::ZERO);
+        // 100 KB past the rest of the burst: about 61 ms of debt.
+        let wait = b.take(100_000, t0);
+        assert!((60..=62).contains(&wait.as_millis()), "{wait:?}");
+        // After a second the bucket is full again, never fuller.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.take(139_264, t1), Duration::ZERO);
+        assert!(b.take(1, t1) > Duration::ZERO);
+        // Over a long run the bytes sent match the rate.
+        let (mut now, mut sent) = (t1, 0usize);
+        while now < t1 + Duration::from_secs(10) {
+            now += b.take(1500, now);
+            sent += 1500;
+        }
+        let rate = sent as f64 / 10.0;
+        assert!((0.99e6..1.03e6).contains(&rate), "{rate}");
+    }
+
+    #[test]
     fn config_round_trips_and_refuses_unknown_fields() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("switch.json");
@@ -422,6 +508,7 @@ mod tests {
                 name: "n".into(),
                 tap: Some("bn0".into()),
                 ports: vec!["/x/nic0.sock".into()],
+                caps: [("/x/nic0.sock".into(), 20)].into(),
             }],
         };
         c.store(&p).unwrap();

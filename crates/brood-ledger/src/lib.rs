@@ -38,6 +38,7 @@
 
 mod action;
 mod change;
+mod channel;
 mod charge;
 mod db;
 mod error;
@@ -77,8 +78,8 @@ pub use json::JsonText;
 pub use ledger::{CommitNote, Ledger, LedgerOptions};
 pub use lineage::{ChildLineage, ChildStatus, Lineage, PendingOp, Taken, TemplateLineage};
 pub use network::{
-    ChannelRecord, IoKind, IoRecord, IoState, NETWORK_NAME_MAX_CHARS, NetOp, NetworkRecord, Subnet,
-    switch_name,
+    ChannelRecord, IO_CPUS_MAX, IoKind, IoRecord, IoState, NETWORK_NAME_MAX_CHARS, NIC_MBPS_MAX,
+    NetOp, NetworkRecord, Subnet, switch_name,
 };
 pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
 pub use pool::{

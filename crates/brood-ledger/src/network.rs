@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::Ledger;
+use crate::channel::{Channels, End, close, ensure_io_partition};
 use crate::error::{DbContext, LedgerError};
 
 /// Longest network or zone name.
@@ -205,7 +206,24 @@ pub struct IoRecord {
     pub created_at: String,
     /// When it last changed.
     pub updated_at: String,
+    /// How many host CPUs are dedicated to its process (`None`: it runs on
+    /// any CPU broodd may use).
+    pub cpus: Option<u32>,
 }
+
+/// Most CPUs an I/O partition may be given.
+pub const IO_CPUS_MAX: u32 = 1024;
+
+/// `V_IO_REDUNDANCY` (issue 11, the second half): the CPUs dedicated to an
+/// I/O partition, and a NIC channel's bandwidth cap. Columns that are NULL
+/// on existing rows, so an older file migrates in place.
+pub(crate) const V_IO_REDUNDANCY: &str = "
+ALTER TABLE io_partition ADD COLUMN cpus INTEGER CHECK (cpus IS NULL OR cpus BETWEEN 1 AND 1024);
+ALTER TABLE channel ADD COLUMN mbps INTEGER CHECK (mbps IS NULL OR mbps BETWEEN 1 AND 100000);
+";
+
+/// Highest bandwidth cap of a NIC's channel, in Mbit/s.
+pub const NIC_MBPS_MAX: u32 = 100_000;
 
 /// The name of the switch I/O partition of `zone`.
 pub fn switch_name(zone: &str) -> String {
@@ -225,6 +243,8 @@ pub struct ChannelRecord {
     pub io_partition: String,
     /// The guest's address on the network.
     pub address: Ipv4Addr,
+    /// Its bandwidth cap in Mbit/s (each direction), enforced by the switch.
+    pub mbps: Option<u32>,
 }
 
 /// A change to networks, I/O partitions or channels; carried by
@@ -259,6 +279,10 @@ pub enum NetOp {
         partition: Uuid,
         /// The network name of each NIC, in order.
         nics: Vec<String>,
+        /// The bandwidth cap of each NIC in Mbit/s, in order (missing
+        /// entries: none), 1-[`NIC_MBPS_MAX`].
+        #[serde(default)]
+        mbps: Vec<Option<u32>>,
     },
     /// Open a storage channel for each of `disks` not open yet, creating
     /// the zone's storage I/O partition (stopped) if it has none.
@@ -292,6 +316,14 @@ pub enum NetOp {
     DetachIo {
         /// The I/O partition.
         name: String,
+    },
+    /// Dedicate `cpus` host CPUs to an I/O partition's process (`None`:
+    /// none, it runs anywhere).
+    SetIoCpus {
+        /// The I/O partition.
+        name: String,
+        /// How many CPUs, 1-[`IO_CPUS_MAX`].
+        cpus: Option<u32>,
     },
 }
 
@@ -358,19 +390,11 @@ pub(crate) fn apply(
             .execute(params![name, zone, net.to_string(), gateway, nat, now])
             .ctx("insert network")?;
             let switch = switch_name(zone);
-            let made = conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO io_partition (name, kind, zone, run_state, pid,
-                         restart_count, last_exit, created_at, updated_at)
-                     VALUES (?1, 'switch', ?2, 'stopped', NULL, 0, NULL, ?3, ?3)",
-                )
-                .ctx("prepare io partition insert")?
-                .execute(params![switch, zone, now])
-                .ctx("insert io partition")?;
+            let made = ensure_io_partition(conn, &switch, IoKind::Switch, zone, now)?;
             Ok(json!({"op": "create_network", "after": {
                 "name": name, "zone": zone, "subnet": net.to_string(),
                 "gateway": gateway, "nat": nat,
-                "io_partition": switch, "io_partition_created": made > 0,
+                "io_partition": switch, "io_partition_created": made,
             }}))
         }
         NetOp::DeleteNetwork { name } => {
@@ -401,7 +425,11 @@ pub(crate) fn apply(
             }
             Ok(json!({"op": "delete_network", "before": before, "switch_deleted": switch_gone}))
         }
-        NetOp::OpenChannels { partition, nics } => open_channels(conn, *partition, nics),
+        NetOp::OpenChannels {
+            partition,
+            nics,
+            mbps,
+        } => open_channels(conn, i, *partition, nics, mbps),
         NetOp::OpenDiskChannels { partition, disks } => {
             crate::storage_io::open_disk_channels(conn, i, *partition, disks, now)
         }
@@ -410,10 +438,7 @@ pub(crate) fn apply(
                 .into_iter()
                 .filter(|c| c.partition == *partition)
                 .collect();
-            conn.prepare_cached("DELETE FROM channel WHERE partition = ?1")
-                .ctx("prepare channel delete")?
-                .execute([partition.to_string()])
-                .ctx("close channels")?;
+            close(conn, Channels::Nic, End::Guest, &partition.to_string())?;
             let disks = crate::storage_io::close_for_partition(conn, *partition)?;
             Ok(
                 json!({"op": "close_channels", "partition": partition, "before": before,
@@ -464,21 +489,48 @@ pub(crate) fn apply(
                 .into_iter()
                 .filter(|c| c.io_partition == *name)
                 .collect();
-            conn.prepare_cached("DELETE FROM channel WHERE io_partition = ?1")
-                .ctx("prepare channel delete")?
-                .execute([name])
-                .ctx("detach io partition")?;
+            close(conn, Channels::Nic, End::Io, name)?;
             let disks = crate::storage_io::close_for_io(conn, name)?;
             Ok(json!({"op": "detach_io", "name": name, "before": before, "disks_before": disks}))
+        }
+        NetOp::SetIoCpus { name, cpus } => {
+            if cpus.is_some_and(|n| !(1..=IO_CPUS_MAX).contains(&n)) {
+                return Err(LedgerError::InvalidOp {
+                    op: i,
+                    what: format!("an I/O partition's CPUs must be 1-{IO_CPUS_MAX}"),
+                });
+            }
+            let before = io_partition(conn, name)?
+                .ok_or_else(|| LedgerError::NoSuchNetwork { name: name.clone() })?;
+            conn.prepare_cached(
+                "UPDATE io_partition SET cpus = ?2, updated_at = ?3 WHERE name = ?1",
+            )
+            .ctx("prepare io partition cpus")?
+            .execute(params![name, cpus, now])
+            .ctx("set io partition cpus")?;
+            Ok(json!({"op": "set_io_cpus", "name": name,
+                "before": {"cpus": before.cpus}, "after": {"cpus": cpus}}))
         }
     }
 }
 
 fn open_channels(
     conn: &Connection,
+    op: usize,
     partition: Uuid,
     nics: &[String],
+    caps: &[Option<u32>],
 ) -> Result<Value, LedgerError> {
+    if caps
+        .iter()
+        .flatten()
+        .any(|m| !(1..=NIC_MBPS_MAX).contains(m))
+    {
+        return Err(LedgerError::InvalidOp {
+            op,
+            what: format!("a NIC's mbps must be 1-{NIC_MBPS_MAX}"),
+        });
+    }
     let all = networks(conn)?;
     let open = channels(conn)?;
     let mut opened = Vec::new();
@@ -520,10 +572,14 @@ fn open_channels(
             network: net.name.clone(),
             io_partition: switch_name(&net.zone),
             address,
+            mbps: caps
+                .get(usize::try_from(nic).unwrap_or(usize::MAX))
+                .copied()
+                .flatten(),
         };
         conn.prepare_cached(
-            "INSERT INTO channel (partition, nic, network, io_partition, address)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO channel (partition, nic, network, io_partition, address, mbps)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .ctx("prepare channel insert")?
         .execute(params![
@@ -531,7 +587,8 @@ fn open_channels(
             nic,
             ch.network,
             ch.io_partition,
-            address.to_string()
+            address.to_string(),
+            ch.mbps
         ])
         .ctx("open channel")?;
         opened.push(ch);
@@ -578,6 +635,7 @@ type RawIo = (
     Option<String>,
     String,
     String,
+    Option<u32>,
 );
 
 fn decode_io(r: RawIo) -> Result<IoRecord, LedgerError> {
@@ -595,12 +653,13 @@ fn decode_io(r: RawIo) -> Result<IoRecord, LedgerError> {
         last_exit: r.6.clone(),
         created_at: r.7.clone(),
         updated_at: r.8.clone(),
+        cpus: r.9,
         name: r.0,
     })
 }
 
 const IO_COLS: &str = "SELECT name, kind, zone, run_state, pid, restart_count, last_exit,
-    created_at, updated_at FROM io_partition";
+    created_at, updated_at, cpus FROM io_partition";
 
 fn io_row(r: &Row<'_>) -> rusqlite::Result<RawIo> {
     Ok((
@@ -613,6 +672,7 @@ fn io_row(r: &Row<'_>) -> rusqlite::Result<RawIo> {
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
+        r.get(9)?,
     ))
 }
 
@@ -641,7 +701,7 @@ pub(crate) fn io_partition(conn: &Connection, name: &str) -> Result<Option<IoRec
 pub(crate) fn channels(conn: &Connection) -> Result<Vec<ChannelRecord>, LedgerError> {
     let mut st = conn
         .prepare_cached(
-            "SELECT partition, nic, network, io_partition, address FROM channel
+            "SELECT partition, nic, network, io_partition, address, mbps FROM channel
              ORDER BY partition, nic",
         )
         .ctx("prepare channels")?;
@@ -653,13 +713,14 @@ pub(crate) fn channels(conn: &Connection) -> Result<Vec<ChannelRecord>, LedgerEr
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
+                r.get::<_, Option<u32>>(5)?,
             ))
         })
         .ctx("read channels")?
         .collect::<Result<Vec<_>, _>>()
         .ctx("read channels")?;
     rows.into_iter()
-        .map(|(p, nic, network, io_partition, a)| {
+        .map(|(p, nic, network, io_partition, a, mbps)| {
             let bad = |what: String| LedgerError::BadRow {
                 table: "channel",
                 key: format!("{p}/{nic}"),
@@ -673,6 +734,7 @@ pub(crate) fn channels(conn: &Connection) -> Result<Vec<ChannelRecord>, LedgerEr
                 address: a
                     .parse()
                     .map_err(|e: std::net::AddrParseError| bad(e.to_string()))?,
+                mbps,
             })
         })
         .collect()

@@ -103,6 +103,11 @@
 //! `V_ACTIONS` (actions bound to templates, issue 13) adds
 //! `template_action`, a workflow bound to a template under an action name
 //! (see `action`); a new table only.
+//!
+//! `V_IO_REDUNDANCY` (I/O partitions, issue 11) adds
+//! `io_partition.cpus`, the host CPUs dedicated to its process, and
+//! `channel.mbps`, a NIC's bandwidth cap (see `network`); columns NULL on
+//! existing rows.
 
 use std::path::Path;
 use std::time::Duration;
@@ -125,12 +130,14 @@ const MIGRATIONS: &[&str] = &[
     V_STORAGE_IO,
     V_JOBS,
     V_ACTIONS,
+    V_IO_REDUNDANCY,
 ];
 
 use crate::change::V_CHANGE;
 
 use crate::action::V_ACTIONS;
 use crate::job::V_JOBS;
+use crate::network::V_IO_REDUNDANCY;
 use crate::service_pool::V_SERVICE_POOLS;
 use crate::storage_io::V_STORAGE_IO;
 

@@ -21,7 +21,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::Ledger;
+use crate::channel::{Channels, End, close, ensure_io_partition};
 use crate::error::{DbContext, LedgerError};
+use crate::network::IoKind;
 
 /// Storage channels: a guest's disk served by a storage I/O partition.
 pub(crate) const V_STORAGE_IO: &str = "
@@ -130,15 +132,7 @@ pub(crate) fn open_disk_channels(
         }
         crate::network::check_name(op, "storage zone", &d.zone)?;
         let io = storage_name(&d.zone);
-        let made = conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO io_partition (name, kind, zone, run_state, pid,
-                     restart_count, last_exit, created_at, updated_at)
-                 VALUES (?1, 'storage', ?2, 'stopped', NULL, 0, NULL, ?3, ?3)",
-            )
-            .ctx("prepare storage io partition insert")?
-            .execute(params![io, d.zone, now])
-            .ctx("insert storage io partition")?;
+        let made = ensure_io_partition(conn, &io, IoKind::Storage, &d.zone, now)?;
         conn.prepare_cached(
             "INSERT INTO disk_channel (partition, disk, io_partition, export, image, format,
                  transport) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -155,7 +149,7 @@ pub(crate) fn open_disk_channels(
         ])
         .ctx("open disk channel")?;
         opened.push(json!({"disk": d.disk, "io_partition": io, "image": d.image,
-            "transport": d.transport, "io_partition_created": made > 0}));
+            "transport": d.transport, "io_partition_created": made}));
     }
     Ok(json!({"op": "open_disk_channels", "partition": partition, "after": opened}))
 }
@@ -169,10 +163,7 @@ pub(crate) fn close_for_partition(
         .into_iter()
         .filter(|c| c.partition == partition)
         .collect();
-    conn.prepare_cached("DELETE FROM disk_channel WHERE partition = ?1")
-        .ctx("prepare disk channel delete")?
-        .execute([partition.to_string()])
-        .ctx("close disk channels")?;
+    close(conn, Channels::Disk, End::Guest, &partition.to_string())?;
     Ok(before)
 }
 
@@ -185,10 +176,7 @@ pub(crate) fn close_for_io(
         .into_iter()
         .filter(|c| c.io_partition == name)
         .collect();
-    conn.prepare_cached("DELETE FROM disk_channel WHERE io_partition = ?1")
-        .ctx("prepare disk channel delete")?
-        .execute([name])
-        .ctx("detach disk channels")?;
+    close(conn, Channels::Disk, End::Io, name)?;
     Ok(before)
 }
 

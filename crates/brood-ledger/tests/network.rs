@@ -48,6 +48,7 @@ async fn channels_get_addresses_and_hold_their_network_and_partition() {
     l.commit(tx(vec![Op::Net(NetOp::OpenChannels {
         partition: p.uuid,
         nics: nics.clone(),
+        mbps: vec![None, Some(20)],
     })]))
     .await
     .unwrap();
@@ -55,6 +56,7 @@ async fn channels_get_addresses_and_hold_their_network_and_partition() {
     l.commit(tx(vec![Op::Net(NetOp::OpenChannels {
         partition: p.uuid,
         nics,
+        mbps: Vec::new(),
     })]))
     .await
     .unwrap();
@@ -65,11 +67,14 @@ async fn channels_get_addresses_and_hold_their_network_and_partition() {
     assert_eq!(ch[0].address, Ipv4Addr::new(10, 9, 0, 2));
     assert_eq!(ch[1].address, Ipv4Addr::new(10, 9, 0, 3));
     assert_eq!(ch[0].io_partition, switch_name("z1"));
+    // The cap is recorded with its channel; a missing entry is no cap.
+    assert_eq!((ch[0].mbps, ch[1].mbps), (Some(20), None));
 
     // A /29 has six hosts: the gateway, p's two, and three more.
     l.commit(tx(vec![Op::Net(NetOp::OpenChannels {
         partition: q.uuid,
         nics: vec!["a".into(); 3],
+        mbps: Vec::new(),
     })]))
     .await
     .unwrap();
@@ -77,6 +82,7 @@ async fn channels_get_addresses_and_hold_their_network_and_partition() {
         .commit(tx(vec![Op::Net(NetOp::OpenChannels {
             partition: q.uuid,
             nics: vec!["a".into(); 4],
+            mbps: Vec::new(),
         })]))
         .await
         .unwrap_err();
@@ -84,6 +90,16 @@ async fn channels_get_addresses_and_hold_their_network_and_partition() {
         matches!(&e, LedgerError::NetworkConflict { what } if what.contains("no free address")),
         "{e}"
     );
+    // A cap out of range is refused before anything opens.
+    let e = l
+        .commit(tx(vec![Op::Net(NetOp::OpenChannels {
+            partition: q.uuid,
+            nics: vec!["a".into()],
+            mbps: vec![Some(0)],
+        })]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LedgerError::InvalidOp { .. }), "{e}");
 
     let e = l
         .commit(tx(vec![Op::Net(NetOp::DeleteNetwork { name: "a".into() })]))
@@ -157,6 +173,24 @@ async fn zones_keep_their_subnets_apart_and_names_are_checked() {
         (s.run_state, s.pid, s.restart_count),
         (IoState::Running, Some(42), 1)
     );
+    // Dedicated CPUs: recorded, out of range refused, cleared again.
+    assert_eq!(s.cpus, None);
+    let cpus = |cpus| {
+        tx(vec![Op::Net(NetOp::SetIoCpus {
+            name: switch_name("z1"),
+            cpus,
+        })])
+    };
+    l.commit(cpus(Some(1))).await.unwrap();
+    let io = l.io_partition(&switch_name("z1")).await.unwrap().unwrap();
+    assert_eq!(io.cpus, Some(1));
+    for bad in [0, brood_ledger::IO_CPUS_MAX + 1] {
+        let e = l.commit(cpus(Some(bad))).await.unwrap_err();
+        assert!(matches!(e, LedgerError::InvalidOp { .. }), "{e}");
+    }
+    l.commit(cpus(None)).await.unwrap();
+    let io = l.io_partition(&switch_name("z1")).await.unwrap().unwrap();
+    assert_eq!(io.cpus, None);
 }
 
 #[tokio::test]

@@ -235,6 +235,20 @@ pub fn validate_config(
                 n.network, n.network
             ));
         }
+        if let Some(m) = n.mbps {
+            if !networks.contains(&n.network) {
+                return bad(format!(
+                    "mbps={m} caps a NIC on a brood network (its switch enforces it); {:?} is not one (`brood network list`)",
+                    n.network
+                ));
+            }
+            if !(1..=brood_ledger::NIC_MBPS_MAX).contains(&m) {
+                return bad(format!(
+                    "mbps={m}: a NIC's cap must be 1-{} Mbit/s",
+                    brood_ledger::NIC_MBPS_MAX
+                ));
+            }
+        }
         if let Some(mac) = &n.mac {
             let m = match mac.parse::<MacAddr>() {
                 Ok(m) => m,
@@ -479,6 +493,7 @@ mod tests {
             .push(api::NicConfig {
                 network: "nobr0x".into(),
                 mac: None,
+                mbps: None,
             });
         assert!(
             validate_define(&r)
@@ -579,6 +594,7 @@ mod tests {
             c.nics.push(api::NicConfig {
                 network: "user".into(),
                 mac: None,
+                mbps: None,
             });
         });
         assert!(e.contains("22 disks and 1 NICs"), "{e}");
@@ -604,6 +620,7 @@ mod tests {
                 c.nics.push(api::NicConfig {
                     network: n.into(),
                     mac: None,
+                    mbps: None,
                 })
             });
             assert!(e.contains("1-15 printable"), "{n:?}: {e}");
@@ -613,6 +630,7 @@ mod tests {
             c.nics.push(api::NicConfig {
                 network: "nobr0x".into(),
                 mac: None,
+                mbps: None,
             })
         });
         assert!(e.contains("neither `user` nor a Linux bridge"), "{e}");
@@ -651,6 +669,7 @@ mod tests {
                 c.nics.push(api::NicConfig {
                     network: "user".into(),
                     mac: Some("52:54:00:00:00:01".into()),
+                    mbps: None,
                 });
             }
         });

@@ -655,6 +655,7 @@ fn concrete(
         }
         ("POST", p) if p.ends_with("/snapshots") => Some(json!({"name": format!("s{n}")})),
         ("PATCH", p) if p.ends_with("/resources") => Some(json!({"memory_mib": 512})),
+        ("PATCH", "/io/{name}") => Some(json!({"cpus": null})),
         ("POST", p) if p.ends_with("/disks") => Some(json!({"name": "d9", "size_gib": 1})),
         ("PUT", p) if p.ends_with("/disks/{disk}") => Some(json!({"size_gib": 2})),
         ("POST", p) if p.ends_with("/nics") => Some(json!({"network": "user"})),

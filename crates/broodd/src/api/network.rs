@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use brood_api::{
-    ErrorBody, IoPartition, IoPartitionList, Network, NetworkCreateRequest, NetworkList,
+    ErrorBody, IoPartition, IoPartitionList, IoPartitionPatch, Network, NetworkCreateRequest,
+    NetworkList,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -28,7 +29,7 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list, create))
         .routes(routes!(show, delete))
         .routes(routes!(io_list))
-        .routes(routes!(io_show))
+        .routes(routes!(io_show, io_set))
         .routes(routes!(io_restart))
         .routes(routes!(io_stop))
 }
@@ -231,4 +232,30 @@ async fn io_stop(
 ) -> ApiResult<Json<IoPartition>> {
     caller.check(Action::Configure, Kind::Infra)?;
     Ok(Json(io::stop(&d, &name, q.force.unwrap_or(false)).await?))
+}
+
+/// Changes an I/O partition: the host CPUs dedicated to its process.
+#[utoipa::path(
+    patch,
+    path = "/v1/io/{name}",
+    tag = "networks",
+    operation_id = "set_io_partition",
+    params(("name" = String, Path, description = "I/O partition name")),
+    request_body = IoPartitionPatch,
+    responses(
+        (status = 200, description = "The I/O partition, with the CPUs it runs on", body = IoPartition),
+        (status = 400, description = "malformed JSON, an unknown field, or `cpus` not below the number of CPUs broodd may use (`invalid`)", body = ErrorBody),
+        (status = 404, description = "no I/O partition has that name (`not_found`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn io_set(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<IoPartitionPatch>,
+) -> ApiResult<Json<IoPartition>> {
+    caller.check(Action::Configure, Kind::Infra)?;
+    Ok(Json(io::set(&d, &name, req).await?))
 }

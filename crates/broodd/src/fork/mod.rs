@@ -261,10 +261,7 @@ async fn record(
         ops.extend(Op::reserve(uuid, &active_share(&demand)));
         // A NIC on a brood network gets its own channel and address (the
         // switch connects to the child's port once it runs).
-        ops.push(Op::Net(brood_ledger::NetOp::OpenChannels {
-            partition: uuid,
-            nics: config.nics.iter().map(|n| n.network.clone()).collect(),
-        }));
+        ops.push(crate::network::open_op(uuid, &config.nics));
         // A child started cold has its disks served where its template's
         // were (a warm one's QEMU opened its overlays already).
         if warm.is_none() {

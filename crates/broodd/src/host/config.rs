@@ -159,6 +159,7 @@ mod tests {
             c.nics.push(api::NicConfig {
                 network: net.into(),
                 mac: None,
+                mbps: None,
             });
         }
         let mut rec = PartitionRecord::new("n");

@@ -201,10 +201,7 @@ impl Host {
         let mut ops = Op::reserve(rec.uuid, &active_share(&demand));
         // A NIC on a network gets its channel (and address) with the start.
         if let Ok(c) = super::config::active_config(rec) {
-            ops.push(Op::Net(brood_ledger::NetOp::OpenChannels {
-                partition: rec.uuid,
-                nics: c.nics.into_iter().map(|n| n.network).collect(),
-            }));
+            ops.push(crate::network::open_op(rec.uuid, &c.nics));
         }
         // So does a disk served by a storage I/O partition.
         ops.extend(crate::io::storage::open_op(self, rec)?);

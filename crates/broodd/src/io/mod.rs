@@ -15,11 +15,18 @@
 //!   them first; `restart` ends the process and the supervisor starts it
 //!   again (not counted as a failure).
 //!
+//! - Dedicated CPUs (`set`): the ledger records how many; the supervisor
+//!   pins every thread of the process to the last that many CPUs broodd
+//!   may use (`sched_setaffinity`), after each start or adoption and when
+//!   the number changes.
+//!
 //! What the switch serves (its configuration file) is kept in step with the
-//! ledger's channels by [`crate::network`].
+//! ledger's channels ([`switch::switch_config`]).
 
+pub mod confine;
 pub mod storage;
 pub mod supervise;
+pub mod switch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,14 +117,14 @@ async fn find(host: &Host, name: &str) -> HostResult<IoRecord> {
 /// The API's view of an I/O partition.
 pub async fn show(host: &Host, name: &str) -> HostResult<api::IoPartition> {
     let rec = find(host, name).await?;
-    let members = crate::network::members(host).await?;
+    let members = switch::members(host).await?;
     let disks = storage::clients(host, &rec.name).await?;
     Ok(render(rec, &members, disks))
 }
 
 /// Every I/O partition.
 pub async fn list(host: &Host) -> HostResult<api::IoPartitionList> {
-    let members = crate::network::members(host).await?;
+    let members = switch::members(host).await?;
     let mut items = Vec::new();
     for r in host.ledger.io_partitions().await? {
         let disks = storage::clients(host, &r.name).await?;
@@ -141,6 +148,8 @@ fn render(
             .collect(),
         disk_clients,
         state: r.run_state.as_str().into(),
+        cpu_list: r.pid.and_then(supervise::cpu_list),
+        cpus: r.cpus,
         pid: r.pid,
         restart_count: r.restart_count,
         last_exit: r.last_exit,
@@ -164,7 +173,7 @@ pub async fn restart(host: &Arc<Host>, name: &str) -> HostResult<api::IoPartitio
 /// `force`, which closes their channels first (their NICs lose the network).
 pub async fn stop(host: &Arc<Host>, name: &str, force: bool) -> HostResult<api::IoPartition> {
     let rec = find(host, name).await?;
-    let clients = crate::network::members(host)
+    let clients = switch::members(host)
         .await?
         .into_iter()
         .filter(|(io, _)| *io == rec.name)
@@ -199,5 +208,53 @@ pub async fn stop(host: &Arc<Host>, name: &str, force: bool) -> HostResult<api::
             ops,
         ))
         .await?;
+    show(host, name).await
+}
+
+/// Dedicates `cpus` host CPUs to I/O partition `name` (`None`: every CPU
+/// again); refused when that would leave the VMs no CPU.
+pub async fn set(
+    host: &Arc<Host>,
+    name: &str,
+    patch: api::IoPartitionPatch,
+) -> HostResult<api::IoPartition> {
+    let rec = find(host, name).await?;
+    if let Some(n) = patch.cpus {
+        let have = supervise::host_cpus().len();
+        if n == 0 || usize::try_from(n).unwrap_or(usize::MAX) >= have {
+            return Err(HostError::invalid(format!(
+                "cannot dedicate {n} CPUs to {name:?}: broodd may use {have}, and at least one must stay for the VMs; give 1-{}",
+                have.saturating_sub(1)
+            )));
+        }
+    }
+    host.ledger
+        .commit(Tx::new(
+            "api",
+            format!("dedicate CPUs to {}", rec.name),
+            vec![Op::Net(NetOp::SetIoCpus {
+                name: rec.name.clone(),
+                cpus: patch.cpus,
+            })],
+        ))
+        .await?;
+    if let Some(s) = host.feature::<IoPartitions>().get(&rec.name) {
+        s.nudge.notify_one();
+        // The supervisor pins at its next round; wait (bounded) for it so
+        // the answer shows the new CPU list.
+        let deadline = std::time::Instant::now() + supervise::SYNC_EVERY * 3;
+        while std::time::Instant::now() < deadline {
+            let now = find(host, name).await?;
+            let want = supervise::dedicated(now.cpus);
+            if now
+                .pid
+                .and_then(supervise::allowed)
+                .is_none_or(|a| a == want)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     show(host, name).await
 }

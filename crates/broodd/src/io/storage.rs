@@ -278,9 +278,73 @@ fn spawn(
         .open(log)?;
     let extra = ["--pidfile".to_string(), pidfile.display().to_string()];
     let mut cmd = engine_storage::daemon_command(listener, exports, &extra);
+    super::confine::confine(&mut cmd, super::confine::STORAGE_CAPS);
     // It outlives a broodd that is killed: its guests keep their disks.
     cmd.stderr(out).kill_on_drop(false);
     Ok(Proc::Child(cmd.spawn()?))
+}
+
+/// Binds the partition's socket anew (no daemon to take it back from: it
+/// died, perhaps while broodd was down) and points the guests still linked
+/// to the old socket at the new one. The links in their run directories
+/// (QEMU's root) name the old socket's inode, which nobody listens on any
+/// more; each is replaced (link beside it, then rename over it, so the
+/// name never goes missing) and QEMU's NBD client, retrying its path every
+/// second within `reconnect-delay`, connects to the new socket.
+async fn bind_again(host: &Host, name: &str, socket: &Path) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::MetadataExt;
+    let old = std::fs::symlink_metadata(socket)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    let server = engine_storage::StorageServer::create(socket).map_err(|e| e.to_string())?;
+    if let Some(old) = old {
+        let (root, socket) = (host.engine.run_root(), socket.to_path_buf());
+        let moved = tokio::task::spawn_blocking(move || relink(&root, old, &socket))
+            .await
+            .unwrap_or_default();
+        if moved > 0 {
+            info!(io = %name, guests = moved, "guests linked to the storage socket again");
+        }
+    }
+    Ok(server.into_listener())
+}
+
+/// Replaces every `nbd*.sock` link under the VMs' run directories in `root`
+/// that is inode `old` with a link to `socket`; returns how many.
+fn relink(root: &Path, old: (u64, u64), socket: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut moved = 0;
+    let Ok(vms) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    for vm in vms.flatten() {
+        let Ok(files) = std::fs::read_dir(vm.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let fname = f.file_name();
+            let n = fname.to_string_lossy();
+            if !(n.starts_with("nbd") && n.ends_with(".sock")) {
+                continue;
+            }
+            let path = f.path();
+            let same = std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == old);
+            if !same {
+                continue;
+            }
+            let tmp = vm.path().join(format!(".{n}.new"));
+            let _ = std::fs::remove_file(&tmp);
+            let done = std::fs::hard_link(socket, &tmp).and_then(|()| std::fs::rename(&tmp, &path));
+            match done {
+                Ok(()) => moved += 1,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    warn!("link {} to the new storage socket: {e}", path.display());
+                }
+            }
+        }
+    }
+    moved
 }
 
 /// The supervisor task of a storage I/O partition.
@@ -310,8 +374,8 @@ pub(super) async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
     }
     let listener = match listener {
         Some(l) => l,
-        None => match engine_storage::StorageServer::create(&socket) {
-            Ok(s) => s.into_listener(),
+        None => match bind_again(host, &sup.name, &socket).await {
+            Ok(l) => l,
             Err(e) => {
                 warn!(io = %sup.name, "bind the storage socket: {e}");
                 supervise::record(
@@ -388,6 +452,8 @@ pub(super) async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
         };
         sup.served.send_replace(served.clone());
         let started = Instant::now();
+        let mut pinned = None;
+        supervise::keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
         loop {
             tokio::select! {
                 how = p.wait() => {
@@ -417,12 +483,14 @@ pub(super) async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
                         proc = Some(p);
                         break;
                     }
+                    supervise::keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
                 }
                 () = tokio::time::sleep(supervise::SYNC_EVERY) => {
                     if host.is_stopping() {
                         // broodd stops; the daemon keeps serving its guests.
                         return;
                     }
+                    supervise::keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
                     if changed(host, sup, &served).await {
                         proc = Some(p);
                         break;

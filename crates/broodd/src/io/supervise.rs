@@ -67,6 +67,95 @@ impl Supervisor {
     }
 }
 
+/// The CPUs broodd may use (its own affinity), in order.
+pub(crate) fn host_cpus() -> Vec<usize> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .collect()
+}
+
+/// The CPUs an I/O partition with `cpus` dedicated CPUs runs on: the last
+/// `cpus` of broodd's, or all of them.
+pub(crate) fn dedicated(cpus: Option<u32>) -> Vec<usize> {
+    let all = host_cpus();
+    match cpus.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) if n < all.len() => all.get(all.len() - n..).unwrap_or_default().to_vec(),
+        _ => all,
+    }
+}
+
+/// The CPUs process `pid`'s main thread may run on.
+pub(crate) fn allowed(pid: u32) -> Option<Vec<usize>> {
+    let raw = i32::try_from(pid).ok()?;
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(raw)).ok()?;
+    Some(
+        (0..nix::sched::CpuSet::count())
+            .filter(|c| set.is_set(*c).unwrap_or(false))
+            .collect(),
+    )
+}
+
+/// Process `pid`'s `Cpus_allowed_list`, as `/proc/PID/status` shows it.
+pub(crate) fn cpu_list(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Pins every thread of process `pid` to `cpus` (threads it makes later
+/// inherit the set from the thread that makes them).
+fn pin(pid: u32, cpus: &[usize]) -> std::io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for c in cpus {
+        set.set(*c).map_err(std::io::Error::from)?;
+    }
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok());
+        if let Some(tid) = tid {
+            // A thread that ended meanwhile is no error.
+            match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the process `pid` of I/O partition `name` on its dedicated CPUs:
+/// pins it when the ledger's number, or the process, changed since `last`.
+pub(crate) async fn keep_pinned(
+    host: &Host,
+    name: &str,
+    pid: u32,
+    last: &mut Option<(u32, Option<u32>)>,
+) {
+    let Ok(Some(rec)) = host.ledger.io_partition(name).await else {
+        return;
+    };
+    if *last == Some((pid, rec.cpus)) {
+        return;
+    }
+    let cpus = dedicated(rec.cpus);
+    match pin(pid, &cpus) {
+        Ok(()) => {
+            *last = Some((pid, rec.cpus));
+            if rec.cpus.is_some() {
+                info!(io = %name, pid, ?cpus, "pinned to its dedicated CPUs");
+            }
+        }
+        Err(e) => warn!(io = %name, pid, "pin to CPUs {cpus:?}: {e}"),
+    }
+}
+
 /// The switch program: `BROOD_SWITCH`, or `brood-switch` beside broodd.
 fn program() -> PathBuf {
     if let Some(p) = std::env::var_os("BROOD_SWITCH") {
@@ -184,7 +273,9 @@ fn spawn(config: &Path, log: &Path) -> std::io::Result<Proc> {
         .append(true)
         .open(log)?;
     let err = out.try_clone()?;
-    let child = tokio::process::Command::new(program())
+    let mut cmd = tokio::process::Command::new(program());
+    super::confine::confine(&mut cmd, super::confine::SWITCH_CAPS);
+    let child = cmd
         .arg("--config")
         .arg(config)
         .stdin(std::process::Stdio::null())
@@ -221,7 +312,7 @@ pub(crate) async fn record(
 
 /// Writes the switch configuration when the ledger's channels changed it.
 async fn sync(host: &Host, sup: &Supervisor, path: &Path, last: &mut Option<SwitchConfig>) {
-    match crate::network::switch_config(host, &sup.zone).await {
+    match super::switch::switch_config(host, &sup.zone).await {
         Ok(c) if last.as_ref() != Some(&c) => match c.store(path) {
             Ok(()) => *last = Some(c),
             Err(e) => warn!(io = %sup.name, "write the switch configuration: {e}"),
@@ -293,6 +384,8 @@ async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
             }
         };
         let started = Instant::now();
+        let mut pinned = None;
+        keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
         loop {
             tokio::select! {
                 how = p.wait() => {
@@ -313,13 +406,17 @@ async fn supervise(host: &Arc<Host>, sup: &Supervisor) {
                     failures = 0;
                     break;
                 }
-                () = sup.nudge.notified() => sync(host, sup, &config, &mut last).await,
+                () = sup.nudge.notified() => {
+                    sync(host, sup, &config, &mut last).await;
+                    keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
+                }
                 () = tokio::time::sleep(SYNC_EVERY) => {
                     if host.is_stopping() {
                         // broodd stops; the switch keeps serving its guests.
                         return;
                     }
                     sync(host, sup, &config, &mut last).await;
+                    keep_pinned(host, &sup.name, p.pid(), &mut pinned).await;
                 }
             }
         }

@@ -7,18 +7,17 @@
 //! switch's configuration derived from the channels, and the guest's
 //! address, given through its agent once it is up.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use brood_api as api;
-use brood_engine::switch::{SwitchConfig, SwitchNetwork};
 use brood_engine::{NicBackend, VmSpec};
 use brood_ledger::{NetOp, NetworkRecord, Op, Subnet, Tx, switch_name};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::host::{Hooks, Host, HostError, HostResult, Running};
+pub use crate::io::switch::{members, tap_name};
 
 /// Longest network name: its gateway tap is `bn-NAME`, and an interface
 /// name has at most 15 characters.
@@ -27,11 +26,6 @@ pub const MAX_NAME: usize = 12;
 pub const DEFAULT_ZONE: &str = "default";
 /// How long a guest's agent is waited for before its address is given.
 const AGENT_READY: Duration = Duration::from_secs(180);
-
-/// The host tap of network `name` (its gateway).
-pub fn tap_name(name: &str) -> String {
-    format!("bn-{name}")
-}
 
 fn check_name(name: &str) -> HostResult<()> {
     let ok = !name.is_empty()
@@ -186,28 +180,6 @@ pub async fn names(host: &Host) -> HostResult<std::collections::BTreeSet<String>
         .collect())
 }
 
-/// Every open channel as (I/O partition, member).
-pub async fn members(host: &Host) -> HostResult<Vec<(String, api::NetworkMember)>> {
-    let mut out = Vec::new();
-    for c in host.ledger.channels().await? {
-        let name = host
-            .ledger
-            .partition_by_uuid(c.partition)
-            .await?
-            .map_or_else(|| c.partition.to_string(), |p| p.name);
-        out.push((
-            c.io_partition.clone(),
-            api::NetworkMember {
-                partition: name,
-                uuid: c.partition,
-                nic: c.nic,
-                address: c.address.to_string(),
-            },
-        ));
-    }
-    Ok(out)
-}
-
 fn render(rec: NetworkRecord, members: Vec<api::NetworkMember>) -> api::Network {
     let gateway = rec
         .gateway
@@ -264,12 +236,6 @@ pub async fn list(host: &Host) -> HostResult<api::NetworkList> {
     Ok(api::NetworkList { items })
 }
 
-/// Where QEMU listens for the switch on NIC `nic` of partition `uuid`.
-fn port_path(host: &Host, uuid: Uuid, nic: u32) -> PathBuf {
-    let run = host.engine.run_root().join(uuid.to_string());
-    brood_engine::switch_socket(&run, usize::try_from(nic).unwrap_or(usize::MAX))
-}
-
 /// Makes the NICs of `spec` that have a channel (a NIC on a network)
 /// switch ports, and makes sure their switches run (one stopped on purpose
 /// is started again: its VMs come after it). The partition is `starting`,
@@ -288,27 +254,14 @@ pub async fn use_channels(host: &Arc<Host>, uuid: Uuid, spec: &mut VmSpec) -> Ho
     Ok(())
 }
 
-/// The configuration of zone `zone`'s switch: its networks, their gateway
-/// taps and the ports of the running partitions' channels.
-pub async fn switch_config(host: &Host, zone: &str) -> HostResult<SwitchConfig> {
-    let channels = host.ledger.channels().await?;
-    let networks = host
-        .ledger
-        .networks()
-        .await?
-        .into_iter()
-        .filter(|n| n.zone == zone)
-        .map(|n| SwitchNetwork {
-            tap: n.gateway.then(|| tap_name(&n.name)),
-            ports: channels
-                .iter()
-                .filter(|c| c.network == n.name && host.registry.running(c.partition).is_some())
-                .map(|c| port_path(host, c.partition, c.nic))
-                .collect(),
-            name: n.name,
-        })
-        .collect();
-    Ok(SwitchConfig { networks })
+/// The op that opens the channels of a guest's NICs on brood networks
+/// (with their bandwidth caps), in the transaction that starts it.
+pub fn open_op(partition: Uuid, nics: &[api::NicConfig]) -> Op {
+    Op::Net(brood_ledger::NetOp::OpenChannels {
+        partition,
+        nics: nics.iter().map(|n| n.network.clone()).collect(),
+        mbps: nics.iter().map(|n| n.mbps).collect(),
+    })
 }
 
 /// Gives a guest the addresses of its channels through its agent.

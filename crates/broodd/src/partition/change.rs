@@ -305,6 +305,7 @@ fn edit(
             c.nics.push(api::NicConfig {
                 network: r.network.clone(),
                 mac: Some(mac),
+                mbps: None,
             });
             parts.push((Part::Devices, None));
         }

@@ -39,6 +39,7 @@ fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
             .map(|n| api::NicConfig {
                 network: n.clone(),
                 mac: None,
+                mbps: None,
             })
             .collect(),
         // Under TCG on a loaded host the guest's clocksource watchdog takes

@@ -298,6 +298,7 @@ pub async fn create(
                         nics: vec![brood_api::NicConfig {
                             network: n.clone(),
                             mac: None,
+                            mbps: None,
                         }],
                         ..Default::default()
                     },
