@@ -34,8 +34,7 @@ fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
         vcpus: 1,
         memory_mib: spec.memory_mib,
         nics: spec
-            .network
-            .iter()
+            .nic_networks()
             .map(|n| api::NicConfig {
                 network: n.clone(),
                 mac: None,

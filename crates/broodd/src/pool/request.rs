@@ -224,7 +224,7 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
     let settings = settings_of(&class, &req)?;
     let domain_pairing = pairing(&settings, "domain_pairing", class.domain_pairing, 1)?;
     let device_pairing = pairing(&settings, "device_pairing", class.device_pairing, 0)?;
-    let devices = u32::from(spec.network.is_some());
+    let devices = u32::try_from(spec.nic_networks().count()).unwrap_or(u32::MAX);
     if devices > device_pairing {
         return Err(HostError::invalid(format!(
             "device_pairing={device_pairing}: a member of pool {pool} has {devices} NIC(s)"
