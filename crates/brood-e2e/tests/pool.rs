@@ -790,3 +790,61 @@ fn a_memory_floor_raised_at_runtime_tears_the_oldest_member_down_first_then_refi
     drop(b);
     env.assert_clean();
 }
+
+/// Members wait with their NICs unplugged (QMP `set_link` down at the
+/// trigger point): a waiting member let run for a look reads carrier 0 on
+/// its NIC, and once a request differentiates it, its NIC is plugged in
+/// (carrier 1) and it serves on the network.
+#[test]
+fn a_waiting_member_has_its_nic_unplugged_and_a_served_one_plugged() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    // No gateway: the network makes nothing host-wide.
+    b.ok(
+        "POST",
+        "/v1/networks",
+        Some(&json!({"name": "lan", "subnet": "10.77.0.0/24"})),
+    );
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "nl", "min": 1, "max": 1, "memory_mib": 128,
+                     "cpu_threshold_pct": 100, "network": "lan"})),
+    );
+    let p = wait_ready(&b, "nl", 1);
+    let m = p["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["state"] == "ready")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Let it run for a look, then put it back as it was.
+    b.ok("POST", &format!("/v1/partitions/{m}/resume"), None);
+    let (code, out, err) = b.exec(&m, "cat /sys/class/net/eth0/carrier");
+    b.ok("POST", &format!("/v1/partitions/{m}/pause"), None);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "0"),
+        "a waiting member's NIC is plugged: {err}"
+    );
+    let (s, v) = b.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "http", "pool": "nl", "name": "web"})),
+    );
+    assert_eq!(s, 201, "{v}\n{}", b.log());
+    assert_eq!(v["member"], p["members"][0]["uuid"], "{v}");
+    let up = wait_until(Duration::from_secs(10), || {
+        b.exec(&m, "cat /sys/class/net/eth0/carrier").1.trim() == "1"
+    });
+    assert!(up, "the served domain's NIC stayed unplugged");
+    assert_eq!(b.call("DELETE", "/v1/services/web", None).0, 204);
+    assert_eq!(b.call("DELETE", "/v1/pools/nl", None).0, 204);
+    assert_eq!(b.call("DELETE", "/v1/networks/lan", None).0, 204);
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}

@@ -283,7 +283,22 @@ fn a_switch_domain_routes_between_two_networks_with_its_configured_rules() {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &["--memory-mib", "2048"]);
     // A name and a subnet no other test uses: the gateway tap is host-wide.
-    let n = std::process::id() % 250;
+    // (The first, from the pid, whose subnet and tap the host lacks.)
+    let free = |n: u32| {
+        let out = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        !out(&["-4", "addr"]).contains(&format!("10.93.{n}."))
+            && out(&["link", "show", &format!("bn-swf{n}")]).is_empty()
+    };
+    let n = (0..250)
+        .map(|i| (std::process::id() + i) % 250)
+        .find(|n| free(*n))
+        .expect("a free 10.93.N.0/24");
     let far = format!("swf{n}");
     let _tap = Tap(format!("bn-{far}"));
     let subnet = format!("10.93.{n}.0/24");

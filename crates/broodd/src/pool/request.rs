@@ -435,13 +435,15 @@ pub async fn differentiate(
     let t0 = Instant::now();
     let uuid = record.member;
     let rec = host.reload(uuid).await?;
-    if rec.run_state == brood_ledger::RunState::Paused {
-        lifecycle::pause(host, ACTOR, uuid, false).await?;
-    }
-    debug!(service = %record.name, ms = t0.elapsed().as_millis(), "member resumed");
     let running = host.registry.running(uuid).ok_or_else(|| {
         HostError::conflict(format!("the domain of {} is not running", record.name))
     })?;
+    // Its NICs join the guests' networks before it continues.
+    member::plug(&running).await?;
+    if rec.run_state == brood_ledger::RunState::Paused {
+        lifecycle::pause(host, ACTOR, uuid, false).await?;
+    }
+    debug!(service = %record.name, ms = t0.elapsed().as_millis(), "member plugged and resumed");
     let agent = running
         .vm
         .agent()
