@@ -68,16 +68,44 @@ pub struct ServicePoolCreateRequest {
     #[serde(default)]
     #[schema(minimum = 64, maximum = 65536)]
     pub memory_mib: Option<u64>,
-    /// A host bridge each member has a NIC on (link down until it is
+    /// A brood network each member has a NIC on (link down until it is
     /// differentiated); none by default.
     #[serde(default)]
     pub network: Option<String>,
+    /// Further networks, one NIC each after `network`'s (a `switch` joins
+    /// several): at most 8 NICs in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
+    pub networks: Vec<String>,
     /// What happens to an unused service domain.
     #[serde(default)]
     pub unused: UnusedPolicy,
     /// How members after the first are made (default `clone`).
     #[serde(default)]
     pub refill: RefillMode,
+}
+
+/// Body of `PATCH /v1/pools/{name}`: the pool's refill policy, changed at
+/// runtime (fields left out keep their value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePoolUpdateRequest {
+    /// Members kept at the trigger point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 256)]
+    pub min: Option<u32>,
+    /// Most members at once, handed-out ones included (at least `min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1024)]
+    pub max: Option<u32>,
+    /// Refills wait while host CPU use is above this percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub cpu_threshold_pct: Option<u32>,
+    /// Unused members are torn down, oldest first, while the host's
+    /// available memory is below this many MiB (0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_floor_mib: Option<u64>,
 }
 
 /// A member of a service pool.
@@ -118,8 +146,11 @@ pub struct ServicePool {
     pub memory_floor_mib: u64,
     /// Guest memory per member, MiB.
     pub memory_mib: u64,
-    /// The bridge members join.
+    /// The network members' first NIC joins.
     pub network: Option<String>,
+    /// The networks of their further NICs.
+    #[serde(default)]
+    pub networks: Vec<String>,
     /// Policy for unused service domains.
     pub unused: UnusedPolicy,
     /// How members after the first are made.

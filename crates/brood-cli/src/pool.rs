@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 use brood_api::service::{
-    RefillMode, ServicePool, ServicePoolCreateRequest, ServicePoolList, UnusedPolicy,
+    RefillMode, ServicePool, ServicePoolCreateRequest, ServicePoolList, ServicePoolUpdateRequest,
+    UnusedPolicy,
 };
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -25,12 +26,38 @@ pub enum PoolCmd {
         /// Pool name.
         name: String,
     },
+    /// Change a pool's refill policy at runtime (flags left out keep their value).
+    #[command(after_help = "Examples:
+  brood pool set svc --memory-floor-mib 4096   # unused members go, oldest first, below 4 GiB free
+  brood pool set svc --min 2 --max 4 --cpu-threshold-pct 70
+  brood pool set svc --memory-floor-mib 0 -o json")]
+    Set(SetArgs),
     /// Delete a pool (its waiting members are torn down; refused while its services are in use).
     #[command(after_help = "Examples:\n  brood pool delete svc")]
     Delete {
         /// Pool name.
         name: String,
     },
+}
+
+/// Arguments of `brood pool set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Pool name.
+    name: String,
+    /// Members kept at the trigger point.
+    #[arg(long, value_name = "N")]
+    min: Option<u32>,
+    /// Most members at once, handed-out ones included.
+    #[arg(long, value_name = "M")]
+    max: Option<u32>,
+    /// Refills wait while host CPU use is above this percentage (1-100).
+    #[arg(long, value_name = "PCT")]
+    cpu_threshold_pct: Option<u32>,
+    /// Unused members are torn down, oldest first, while the host's
+    /// available memory is below this many MiB (0: never).
+    #[arg(long, value_name = "MIB")]
+    memory_floor_mib: Option<u64>,
 }
 
 /// What happens to a service domain nobody uses.
@@ -53,7 +80,8 @@ enum Refill {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   brood pool create svc --image default --min 2 --max 8
-  brood pool create web --image default --class http --min 1 --network br0
+  brood pool create web --image default --class http --min 1 --network lan
+  brood pool create edge --image service --class switch --network lan --network far
   brood pool create dns --image service --class dns --cpu-threshold 70 --memory-floor 2048")]
 pub struct CreateArgs {
     /// Pool name: 1-32 of [a-z0-9-], starting with a letter.
@@ -79,9 +107,10 @@ pub struct CreateArgs {
     /// Guest memory per member, MiB [default: 256].
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
-    /// A host bridge each member gets a NIC on.
-    #[arg(long, value_name = "BRIDGE")]
-    network: Option<String>,
+    /// A brood network each member gets a NIC on; repeat it for one NIC
+    /// per network (a `switch` domain joins several).
+    #[arg(long, value_name = "NET")]
+    network: Vec<String>,
     /// What happens to an unused service domain.
     #[arg(long, value_enum, default_value = "teardown")]
     unused: Unused,
@@ -124,7 +153,8 @@ pub async fn run(cmd: PoolCmd, client: &Client, out: Output) -> Result<i32> {
                 memory_floor_mib: a.memory_floor,
                 class: a.class,
                 memory_mib: a.memory,
-                network: a.network,
+                network: a.network.first().cloned(),
+                networks: a.network.iter().skip(1).cloned().collect(),
                 unused: match a.unused {
                     Unused::Teardown => UnusedPolicy::Teardown,
                     Unused::Keep => UnusedPolicy::Keep,
@@ -205,6 +235,28 @@ pub async fn run(cmd: PoolCmd, client: &Client, out: Output) -> Result<i32> {
                     }
                     print!("{}", t.render());
                 }
+            }
+        }
+        PoolCmd::Set(a) => {
+            if a.min.is_none()
+                && a.max.is_none()
+                && a.cpu_threshold_pct.is_none()
+                && a.memory_floor_mib.is_none()
+            {
+                anyhow::bail!(
+                    "nothing to change: give --min, --max, --cpu-threshold-pct or --memory-floor-mib"
+                );
+            }
+            let req = ServicePoolUpdateRequest {
+                min: a.min,
+                max: a.max,
+                cpu_threshold_pct: a.cpu_threshold_pct,
+                memory_floor_mib: a.memory_floor_mib,
+            };
+            let p: ServicePool = client.patch(&path(&a.name), &req).await?;
+            match out {
+                Output::Json => print_json(&p)?,
+                Output::Text => println!("changed pool {}", summary(&p)),
             }
         }
         PoolCmd::Delete { name } => {

@@ -463,7 +463,7 @@ fn readme_service_pool_example_runs() {
         }
         ran += 1;
     }
-    assert_eq!(ran, 8);
+    assert_eq!(ran, 9);
     b.verify_ok();
     drop(b);
     env.assert_clean();
@@ -674,6 +674,176 @@ fn refills_are_deferred_above_the_cpu_threshold_and_below_the_memory_floor() {
     for p in ["hot", "tight"] {
         assert_eq!(b.call("DELETE", &format!("/v1/pools/{p}"), None).0, 204);
     }
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
+
+/// `brood pool set` / `PATCH /v1/pools/{name}` change a pool's policy at
+/// runtime: a memory floor raised above the host's available memory tears
+/// the unused members down, the oldest (lowest `seq`) first, and the pool
+/// says why it does not refill; lowered again, the pool refills. Bad input
+/// is refused with what to fix and changes nothing.
+#[test]
+fn a_memory_floor_raised_at_runtime_tears_the_oldest_member_down_first_then_refills() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(
+            &json!({"name": "mp", "min": 2, "max": 2, "memory_mib": 128, "cpu_threshold_pct": 100}),
+        ),
+    );
+    let p = wait_ready(&b, "mp", 2);
+    let mut by_seq: Vec<(u64, String)> = p["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["uuid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_seq.sort();
+    let cli = |args: &[&str]| b.brood().args(args).output().unwrap();
+    // Nothing to change, and max below min: refused, nothing changed.
+    let o = cli(&["pool", "set", "mp"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to change"));
+    let o = cli(&["pool", "set", "mp", "--max", "1"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("min <= max"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (s, e) = b.call("PATCH", "/v1/pools/mp", Some(&json!({"floor": 1})));
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(
+        b.call("PATCH", "/v1/pools/nope", Some(&json!({"min": 1})))
+            .0,
+        404
+    );
+    assert_eq!(pool(&b, "mp")["max"], 2);
+    // The floor goes above any host's memory.
+    let o = cli(&[
+        "pool",
+        "set",
+        "mp",
+        "--memory-floor-mib",
+        "1099511627776",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["memory_floor_mib"], 1_099_511_627_776u64, "{shown}");
+    let gone = wait_until(Duration::from_secs(60), || {
+        pool(&b, "mp")["members"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    let p = pool(&b, "mp");
+    assert!(gone, "{p}\n{}", b.log());
+    assert!(
+        p["deferred"]
+            .as_str()
+            .is_some_and(|d| d.contains("below the floor")),
+        "{p}"
+    );
+    // The audit log (newest first) shows the order of the teardowns.
+    let log = b.ok("GET", "/v1/ledger/log?limit=1000", None);
+    let removed_at = |uuid: &str| {
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e["reason"].as_str().is_some_and(|r| {
+                    r.starts_with(&format!("remove member {uuid}")) && r.contains("floor")
+                })
+            })
+            .unwrap_or_else(|| panic!("no teardown of {uuid}: {log}"))["id"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        removed_at(&by_seq[0].1) < removed_at(&by_seq[1].1),
+        "the newer member went first: {by_seq:?}"
+    );
+    // Still no refill a few ticks later: deferred, not slow.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pool(&b, "mp")["members"].as_array().map(Vec::len), Some(0));
+    // Lowered through the API: the pool refills.
+    let v = b.ok(
+        "PATCH",
+        "/v1/pools/mp",
+        Some(&json!({"memory_floor_mib": 0})),
+    );
+    assert_eq!(v["memory_floor_mib"], 0, "{v}");
+    wait_ready(&b, "mp", 2);
+    assert_eq!(b.call("DELETE", "/v1/pools/mp", None).0, 204);
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+}
+
+/// Members wait with their NICs unplugged (QMP `set_link` down at the
+/// trigger point): a waiting member let run for a look reads carrier 0 on
+/// its NIC, and once a request differentiates it, its NIC is plugged in
+/// (carrier 1) and it serves on the network.
+#[test]
+fn a_waiting_member_has_its_nic_unplugged_and_a_served_one_plugged() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &[]);
+    // No gateway: the network makes nothing host-wide.
+    b.ok(
+        "POST",
+        "/v1/networks",
+        Some(&json!({"name": "lan", "subnet": "10.77.0.0/24"})),
+    );
+    b.ok(
+        "POST",
+        "/v1/pools",
+        Some(&json!({"name": "nl", "min": 1, "max": 1, "memory_mib": 128,
+                     "cpu_threshold_pct": 100, "network": "lan"})),
+    );
+    let p = wait_ready(&b, "nl", 1);
+    let m = p["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["state"] == "ready")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Let it run for a look, then put it back as it was.
+    b.ok("POST", &format!("/v1/partitions/{m}/resume"), None);
+    let (code, out, err) = b.exec(&m, "cat /sys/class/net/eth0/carrier");
+    b.ok("POST", &format!("/v1/partitions/{m}/pause"), None);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "0"),
+        "a waiting member's NIC is plugged: {err}"
+    );
+    let (s, v) = b.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "http", "pool": "nl", "name": "web"})),
+    );
+    assert_eq!(s, 201, "{v}\n{}", b.log());
+    assert_eq!(v["member"], p["members"][0]["uuid"], "{v}");
+    let up = wait_until(Duration::from_secs(10), || {
+        b.exec(&m, "cat /sys/class/net/eth0/carrier").1.trim() == "1"
+    });
+    assert!(up, "the served domain's NIC stayed unplugged");
+    assert_eq!(b.call("DELETE", "/v1/services/web", None).0, 204);
+    assert_eq!(b.call("DELETE", "/v1/pools/nl", None).0, 204);
+    assert_eq!(b.call("DELETE", "/v1/networks/lan", None).0, 204);
     b.verify_ok();
     drop(b);
     env.assert_clean();

@@ -123,3 +123,251 @@ fn an_nfs_domain_exports_a_directory_that_mounts_and_reads() {
     drop(b);
     env.assert_clean();
 }
+
+/// Makes `b` a broodd that knows the service image, with a pool `name` of
+/// it whose members have a NIC on each of `networks`, one member ready and
+/// no refill after it (`max` 1: a test keeps at most two VMs at once).
+fn service_pool(b: &Broodd, name: &str, networks: &[&str]) {
+    let image = brood_e2e::service_image();
+    std::fs::create_dir_all(b.data.join("images")).unwrap();
+    std::os::unix::fs::symlink(&image, b.data.join("images/service")).unwrap();
+    let (first, rest) = networks.split_first().expect("a network");
+    let (s, p) = b.call(
+        "POST",
+        "/v1/pools",
+        Some(
+            &json!({"name": name, "image": "service", "min": 1, "max": 1, "memory_mib": 256,
+                     "cpu_threshold_pct": 100, "network": first, "networks": rest}),
+        ),
+    );
+    assert_eq!(s, 201, "{p}");
+    let ready = wait_until(Duration::from_secs(300), || {
+        b.ok("GET", &format!("/v1/pools/{name}"), None)["ready"] == 1
+    });
+    assert!(
+        ready,
+        "{}\n{}",
+        b.ok("GET", &format!("/v1/pools/{name}"), None),
+        b.log()
+    );
+}
+
+/// The address the ledger gave `vm` (a name or uuid) on `network`.
+fn address_on(b: &Broodd, network: &str, vm: &str) -> String {
+    let n = b.ok("GET", &format!("/v1/networks/{network}"), None);
+    n["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["partition"] == vm || m["uuid"] == vm)
+        .unwrap_or_else(|| panic!("{vm} is not on {network}: {n}"))["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits until `vm`'s `iface` has `addr` (given by its agent).
+fn wait_address(b: &Broodd, vm: &str, iface: &str, addr: &str) {
+    let got = wait_until(Duration::from_secs(120), || {
+        let (_, out, _) = b.exec(vm, &format!("ip -4 addr show {iface}"));
+        out.contains(&format!("inet {addr}/"))
+    });
+    let (_, out, _) = b.exec(vm, &format!("ip -4 addr show {iface}"));
+    assert!(got, "{vm} never got {addr} on {iface}: {out}\n{}", b.log());
+}
+
+fn guest_on(b: &Broodd, name: &str, network: &str) {
+    let (s, v) = b.call(
+        "POST",
+        "/v1/partitions",
+        Some(&json!({"name": name,
+                     "configs": {"default": {"memory_mib": 128, "nics": [{"network": network}]}},
+                     "start": true})),
+    );
+    assert_eq!(s, 201, "{v}");
+}
+
+/// A `dhcp` domain (dnsmasq, DHCP only) on a brood network leases an
+/// address of its configured range to a guest of that network: the guest's
+/// busybox `udhcpc` gets an offer from the domain and the lease is in the
+/// domain's lease file.
+#[test]
+fn a_dhcp_domain_leases_an_address_of_its_range_to_a_guest_on_its_network() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    // No gateway: the network makes nothing host-wide.
+    b.ok(
+        "POST",
+        "/v1/networks",
+        Some(&json!({"name": "lan", "subnet": "10.77.0.0/24"})),
+    );
+    service_pool(&b, "dh", &["lan"]);
+    let (s, v) = b.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "dhcp", "pool": "dh", "name": "leases",
+                     "set": {"range": "10.77.0.200,10.77.0.220,1h"}})),
+    );
+    assert_eq!(s, 201, "{v}\n{}", b.log());
+    let member = v["member"].as_str().unwrap().to_string();
+    guest_on(&b, "client", "lan");
+    let ip = address_on(&b, "lan", "client");
+    wait_address(&b, "client", "eth0", &ip);
+    // udhcpc's script prints what it was offered instead of applying it.
+    let (code, out, err) = b.exec(
+        "client",
+        "printf '#!/bin/sh\\n[ \"$1\" = bound ] && echo \"lease $ip from $serverid\"\\nexit 0\\n' > /tmp/dh; \
+         chmod +x /tmp/dh; udhcpc -i eth0 -n -q -f -t 5 -T 2 -s /tmp/dh",
+    );
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\n{}",
+        b.exec(&member, "cat /run/brood/service/*.log").1
+    );
+    let lease = out
+        .lines()
+        .find_map(|l| l.strip_prefix("lease "))
+        .unwrap_or_else(|| panic!("no lease: {out}{err}"));
+    let (addr, server) = lease.split_once(" from ").unwrap();
+    let last: u8 = addr.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        addr.starts_with("10.77.0.") && (200..=220).contains(&last),
+        "{lease}"
+    );
+    assert_eq!(server, address_on(&b, "lan", &member), "{lease}");
+    // The domain recorded the lease (its MAC is the guest's).
+    let (_, leases, _) = b.exec(&member, "cat /var/lib/misc/dnsmasq.leases");
+    assert!(leases.contains(addr), "{leases}");
+    assert_eq!(b.call("DELETE", "/v1/services/leases", None).0, 204);
+    b.ok("POST", "/v1/partitions/client/stop", None);
+    b.ok("DELETE", "/v1/partitions/client", None);
+    assert_eq!(b.call("DELETE", "/v1/pools/dh", None).0, 204);
+    // The network's last client gone, its switch goes with it.
+    assert_eq!(b.call("DELETE", "/v1/networks/lan", None).0, 204);
+    b.verify_ok();
+    drop(b);
+    // Under load a QEMU killed at a delete takes a while to be reaped.
+    wait_until(Duration::from_secs(60), || env.qemu_pids().is_empty());
+    for pid in env.qemu_pids() {
+        let name = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        eprintln!(
+            "left: {pid}: {}",
+            String::from_utf8_lossy(&name).replace('\0', " ")
+        );
+    }
+    env.assert_clean();
+}
+
+/// Deletes a gateway tap a failed test leaves (broodd removes its own with
+/// their networks).
+struct Tap(String);
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+/// A `switch` domain with two NICs, one on each of two brood networks,
+/// routes between them with the nftables rules of its configuration: a
+/// guest on the first network, routed through the domain, pings the host's
+/// gateway address on the second (the domain masquerades what leaves its
+/// second NIC, as configured, so the host answers on-link), and its
+/// ruleset carries the configured forward rule. The far side is the host's
+/// tap rather than a second guest, so the test keeps two VMs.
+#[test]
+fn a_switch_domain_routes_between_two_networks_with_its_configured_rules() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    // A name and a subnet no other test uses: the gateway tap is host-wide.
+    // (The first, from the pid, whose subnet and tap the host lacks.)
+    let free = |n: u32| {
+        let out = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        !out(&["-4", "addr"]).contains(&format!("10.93.{n}."))
+            && out(&["link", "show", &format!("bn-swf{n}")]).is_empty()
+    };
+    let n = (0..250)
+        .map(|i| (std::process::id() + i) % 250)
+        .find(|n| free(*n))
+        .expect("a free 10.93.N.0/24");
+    let far = format!("swf{n}");
+    let _tap = Tap(format!("bn-{far}"));
+    let subnet = format!("10.93.{n}.0/24");
+    b.ok(
+        "POST",
+        "/v1/networks",
+        Some(&json!({"name": "near", "subnet": "10.77.0.0/24"})),
+    );
+    b.ok(
+        "POST",
+        "/v1/networks",
+        Some(&json!({"name": far, "subnet": subnet, "gateway": true})),
+    );
+    service_pool(&b, "sw", &["near", &far]);
+    let (s, v) = b.call(
+        "POST",
+        "/v1/services",
+        Some(&json!({"class": "switch", "pool": "sw", "name": "router",
+                     "set": {"mode": "route", "masquerade": "eth1",
+                             "forward_rules": "udp dport 9 drop"}})),
+    );
+    assert_eq!(s, 201, "{v}\n{}", b.log());
+    assert_eq!(v["macs"].as_array().map(Vec::len), Some(2), "{v}");
+    let member = v["member"].as_str().unwrap().to_string();
+    let (near_ip, far_ip) = (
+        address_on(&b, "near", &member),
+        address_on(&b, &far, &member),
+    );
+    wait_address(&b, &member, "eth0", &near_ip);
+    wait_address(&b, &member, "eth1", &far_ip);
+    let (_, rules, _) = b.exec(&member, "nft list table inet brood_switch");
+    assert!(
+        rules.contains("oifname \"eth1\" masquerade") && rules.contains("udp dport 9 drop"),
+        "{rules}"
+    );
+    guest_on(&b, "g", "near");
+    let ip = address_on(&b, "near", "g");
+    wait_address(&b, "g", "eth0", &ip);
+    let host_far = format!("10.93.{n}.1");
+    // Not routed yet: the guest has no way to the far network.
+    let (code, _, _) = b.exec("g", &format!("ping -c 1 -W 2 {host_far}"));
+    assert_ne!(code, 0, "reached {host_far} without a route");
+    let (code, out, err) = b.exec(
+        "g",
+        &format!("ip route add 10.93.{n}.0/24 via {near_ip} && ping -c 3 -W 5 {host_far}"),
+    );
+    assert_eq!(code, 0, "{out}{err}\n{rules}");
+    let (_, counted, _) = b.exec(&member, "cat /proc/sys/net/ipv4/ip_forward");
+    assert_eq!(counted.trim(), "1");
+    assert_eq!(b.call("DELETE", "/v1/services/router", None).0, 204);
+    b.ok("POST", "/v1/partitions/g/stop", None);
+    b.ok("DELETE", "/v1/partitions/g", None);
+    assert_eq!(b.call("DELETE", "/v1/pools/sw", None).0, 204);
+    for net in ["near", far.as_str()] {
+        assert_eq!(
+            b.call("DELETE", &format!("/v1/networks/{net}"), None).0,
+            204
+        );
+    }
+    b.verify_ok();
+    drop(b);
+    // Under load a QEMU killed at a delete takes a while to be reaped.
+    wait_until(Duration::from_secs(60), || env.qemu_pids().is_empty());
+    for pid in env.qemu_pids() {
+        let name = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        eprintln!(
+            "left: {pid}: {}",
+            String::from_utf8_lossy(&name).replace('\0', " ")
+        );
+    }
+    env.assert_clean();
+}

@@ -65,6 +65,13 @@ pub trait VmHandle: Send + Sync + std::fmt::Debug + 'static {
             op: "resize a disk of a live VM",
         })
     }
+    /// Sets the link of NIC `index` of the live VM up or down (the cable
+    /// plugged or pulled: the guest sees its carrier change).
+    async fn set_link(&self, _index: usize, _up: bool) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "set a NIC's link",
+        })
+    }
     /// Changes the CPU cap of the live VM (percent of one CPU; `None` lifts it).
     fn set_cpu_cap(&self, _pct: Option<u32>) -> Result<(), EngineError> {
         Err(EngineError::Unsupported {
@@ -146,6 +153,9 @@ impl VmHandle for Vm {
     }
     async fn resize_disk(&self, index: usize, bytes: u64) -> Result<(), EngineError> {
         Vm::block_resize(self, index, bytes).await
+    }
+    async fn set_link(&self, index: usize, up: bool) -> Result<(), EngineError> {
+        Vm::set_link(self, index, up).await
     }
     fn set_cpu_cap(&self, pct: Option<u32>) -> Result<(), EngineError> {
         Vm::set_cpu_cap(self, pct)

@@ -70,6 +70,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("PUT", p) if p.ends_with("/disks/{disk}") => json!({"size_gib": 2}),
         ("POST", p) if p.ends_with("/nics") => json!({"network": "user"}),
         ("POST", "/pools") => json!({"name": name, "min": 0, "max": 0}),
+        ("PATCH", "/pools/{name}") => json!({"memory_floor_mib": 0}),
         ("POST", "/services") => json!({"class": "http", "pool": name}),
         ("POST", p) if p.ends_with("/guests") => json!({"guest": name}),
         ("POST", p) if p.ends_with("pools") => {
@@ -725,6 +726,7 @@ const KNOWN: &[&str] = &[
     "GET /v1/pools",
     "POST /v1/pools",
     "GET /v1/pools/{name}",
+    "PATCH /v1/pools/{name}",
     "DELETE /v1/pools/{name}",
     "GET /v1/services",
     "POST /v1/services",

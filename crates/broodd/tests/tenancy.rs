@@ -661,6 +661,7 @@ fn concrete(
         ("POST", p) if p.ends_with("/nics") => Some(json!({"network": "user"})),
         ("POST", "/networks") => Some(json!({"name": format!("n{n}"), "subnet": "10.96.0.0/24"})),
         ("POST", "/pools") => Some(json!({"name": format!("p{n}"), "min": 0, "max": 0})),
+        ("PATCH", "/pools/{name}") => Some(json!({"memory_floor_mib": 0})),
         ("POST", "/services") => Some(json!({"class": "http", "pool": "nope"})),
         ("POST", p) if p.ends_with("/guests") => Some(json!({"guest": format!("{u}1")})),
         ("POST", "/templates") => Some(json!({"vm": format!("{u}1")})),

@@ -11,10 +11,28 @@ else
     IFS=','; for a in $BROOD_ADDRESSES; do
         unset IFS; ip link set "${a%%=*}" up; ip addr add "${a#*=}" dev "${a%%=*}"
     done; unset IFS
+    for n in $nics; do ip link set "$n" up; done
     sysctl -q -w net.ipv4.ip_forward=1
 fi
+# Rules from the configuration: statements for the forward chain
+# (`forward_rules`, `;`-separated) and the NICs whose outgoing traffic is
+# masqueraded (`masquerade`, `,`-separated).
+nl='
+'
+masq=""
+IFS=','; for n in $BROOD_MASQUERADE; do
+    [ -n "$n" ] && masq="$masq${nl}oifname \"$n\" masquerade"
+done; unset IFS
+fwd=$(printf '%s\n' "$BROOD_FORWARD_RULES" | tr ';' '\n')
 nft -f - <<NFT
 table inet brood_switch {
-    chain forward { type filter hook forward priority 0; policy accept; }
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+$fwd
+    }
+    chain postrouting {
+        type nat hook postrouting priority 100;
+$masq
+    }
 }
 NFT

@@ -92,6 +92,25 @@ impl Vm {
             .map_err(EngineError::Qmp)
     }
 
+    /// Sets the link of NIC `index` (`nic<index>` in the argv) up or down
+    /// with QMP `set_link`: virtio-net clears or sets its link-up status
+    /// bit and raises a config interrupt, so the guest's carrier follows
+    /// (one that is paused sees it when it continues).
+    pub async fn set_link(&self, index: usize, up: bool) -> Result<(), EngineError> {
+        if index >= self.spec.nics.len() {
+            return Err(EngineError::InvalidSpec(format!(
+                "the VM has {} NICs, no NIC {index}",
+                self.spec.nics.len()
+            )));
+        }
+        let args = json!({"name": format!("nic{index}"), "up": up});
+        self.qmp
+            .execute_raw("set_link", Some(args))
+            .await
+            .map(|_| ())
+            .map_err(EngineError::Qmp)
+    }
+
     /// Changes the VM's CPU cap (percent of one CPU; `None` removes it).
     pub fn set_cpu_cap(&self, pct: Option<u32>) -> Result<(), EngineError> {
         match self.cgroup() {

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use brood_api::ErrorBody;
 use brood_api::service::{
     AssociateRequest, Service, ServiceClassList, ServiceList, ServicePool,
-    ServicePoolCreateRequest, ServicePoolList, ServiceRequest,
+    ServicePoolCreateRequest, ServicePoolList, ServicePoolUpdateRequest, ServiceRequest,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -28,7 +28,7 @@ type D = State<Arc<Host>>;
 
 pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
     r.routes(routes!(list_pools, create_pool))
-        .routes(routes!(show_pool, delete_pool))
+        .routes(routes!(show_pool, update_pool, delete_pool))
         .routes(routes!(list_services, request_service))
         .routes(routes!(show_service, release_service))
         .routes(routes!(associate_guest))
@@ -75,6 +75,26 @@ async fn show_pool(
 ) -> ApiResult<Json<ServicePool>> {
     caller.check(Action::Read, Kind::Infra)?;
     Ok(Json(pool::show(&d, &name).await?))
+}
+
+/// Changes a service pool's refill policy (`min`, `max`, CPU threshold,
+/// memory floor); the supervisor acts on it at once.
+#[utoipa::path(patch, path = "/v1/pools/{name}", tag = "services", operation_id = "update_service_pool",
+    params(("name" = String, Path, description = "Service pool name")),
+    request_body = ServicePoolUpdateRequest,
+    responses(
+        (status = 200, description = "The pool, with its new policy", body = ServicePool),
+        (status = 400, description = "malformed JSON, an unknown field, or a size or threshold out of range (`max` below `min`)", body = ErrorBody),
+        (status = 404, description = "no service pool has that name (`not_found`)", body = ErrorBody),
+        JsonBody, Common))]
+async fn update_pool(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ServicePoolUpdateRequest>,
+) -> ApiResult<Json<ServicePool>> {
+    caller.check(Action::Configure, Kind::Infra)?;
+    Ok(Json(pool::update(&d, &name, req).await?))
 }
 
 /// Deletes a service pool; its waiting members are torn down, its services keep running.

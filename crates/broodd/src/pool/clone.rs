@@ -202,6 +202,11 @@ async fn clone(host: &Arc<Host>, pool: &str, tpl: PoolTemplate) -> HostResult<At
         return Err(e.into());
     }
     let paused = async {
+        // Forked unplugged already (the template was saved so); this
+        // checks it and pulls the cable of a template saved before.
+        if let Some(running) = host.registry.running(uuid) {
+            member::unplug(&running, uuid).await?;
+        }
         lifecycle::pause(host, ACTOR, uuid, true).await?;
         host.ledger
             .commit(Tx::new(

@@ -34,8 +34,7 @@ fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
         vcpus: 1,
         memory_mib: spec.memory_mib,
         nics: spec
-            .network
-            .iter()
+            .nic_networks()
             .map(|n| api::NicConfig {
                 network: n.clone(),
                 mac: None,
@@ -165,6 +164,7 @@ async fn boot_to_trigger(host: &Arc<Host>, uuid: Uuid, pause: bool) -> HostResul
         }
     };
     if pause {
+        unplug(&running, uuid).await?;
         lifecycle::pause(host, ACTOR, uuid, true).await?;
         host.ledger
             .commit(Tx::new(
@@ -180,6 +180,73 @@ async fn boot_to_trigger(host: &Arc<Host>, uuid: Uuid, pause: bool) -> HostResul
             .await?;
     }
     Ok(point)
+}
+
+/// How long a member's guest may take to see its NICs' carrier drop.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Pulls the cable of every NIC of a member at its trigger point (QMP
+/// `set_link` down: members wait with their NICs unplugged) and waits
+/// until its guest sees every carrier down, so a template saved from it
+/// and the clones forked from that keep them down too. An engine without
+/// link control (the fake one) leaves them as they are.
+pub async fn unplug(running: &crate::host::Running, uuid: Uuid) -> HostResult<()> {
+    let nics = running.vm.spec().nics.len();
+    if nics == 0 {
+        return Ok(());
+    }
+    for i in 0..nics {
+        match running.vm.set_link(i, false).await {
+            Ok(()) => {}
+            Err(EngineError::Unsupported { .. }) => return Ok(()),
+            Err(e) => {
+                return Err(HostError::engine(
+                    format!("unplug NIC {i} of the member"),
+                    e,
+                ));
+            }
+        }
+    }
+    let agent = running
+        .vm
+        .agent()
+        .map_err(|e| HostError::engine("the member's agent", e))?;
+    // Every ethN's carrier reads 0 (a NIC whose link is down reads 0; one
+    // that is administratively down fails to read, also "not up").
+    let req = brood_proto::ExecRequest {
+        timeout_ms: Some(2000),
+        output_limit: 1024,
+        ..brood_proto::ExecRequest::shell(
+            "for n in /sys/class/net/eth*; do [ \"$(cat $n/carrier 2>/dev/null)\" = 1 ] && exit 1; done; exit 0",
+        )
+    };
+    let deadline = tokio::time::Instant::now() + UNPLUG_TIMEOUT;
+    loop {
+        if let Ok(out) = agent.exec(&req).await
+            && out.status.code == Some(0)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HostError::conflict(format!(
+                "member {uuid}: its guest still sees a carrier {UNPLUG_TIMEOUT:?} after its NICs were unplugged"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Plugs every NIC of a member back in (QMP `set_link` up) as it is
+/// differentiated: its NICs join the networks of the guests it serves.
+pub async fn plug(running: &crate::host::Running) -> HostResult<()> {
+    for i in 0..running.vm.spec().nics.len() {
+        match running.vm.set_link(i, true).await {
+            Ok(()) => {}
+            Err(EngineError::Unsupported { .. }) => return Ok(()),
+            Err(e) => return Err(HostError::engine(format!("plug NIC {i} of the domain"), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Kills and deletes a member's partition (gone already is fine).

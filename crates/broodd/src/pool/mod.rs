@@ -64,8 +64,11 @@ pub struct PoolSpec {
     pub memory_floor_mib: u64,
     /// Guest memory per member.
     pub memory_mib: u64,
-    /// A bridge members join.
+    /// The network members' first NIC joins.
     pub network: Option<String>,
+    /// The networks of their further NICs, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
     /// Policy for unused domains.
     pub unused: api::UnusedPolicy,
     /// How members after the first are made.
@@ -77,6 +80,11 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
+    /// Every network a member has a NIC on, NIC 0 first.
+    pub fn nic_networks(&self) -> impl Iterator<Item = &String> {
+        self.network.iter().chain(self.networks.iter())
+    }
+
     /// Reads a stored spec.
     pub fn of(rec: &ServicePoolRecord) -> HostResult<PoolSpec> {
         serde_json::from_value(rec.spec.clone())
@@ -287,7 +295,14 @@ pub async fn create(
             "cpu_threshold_pct {cpu}: want 1-100"
         )));
     }
-    if let Some(n) = &req.network {
+    let nics: Vec<String> = req.network.iter().chain(&req.networks).cloned().collect();
+    if nics.len() > 8 {
+        return Err(HostError::invalid(format!(
+            "{} networks given: a member has at most 8 NICs",
+            nics.len()
+        )));
+    }
+    if !nics.is_empty() {
         let networks = crate::network::names(host).await?;
         crate::convert::validate_define_on(
             &brood_api::DefineRequest {
@@ -295,11 +310,14 @@ pub async fn create(
                 configs: [(
                     "member".to_string(),
                     brood_api::PartitionConfig {
-                        nics: vec![brood_api::NicConfig {
-                            network: n.clone(),
-                            mac: None,
-                            mbps: None,
-                        }],
+                        nics: nics
+                            .iter()
+                            .map(|n| brood_api::NicConfig {
+                                network: n.clone(),
+                                mac: None,
+                                mbps: None,
+                            })
+                            .collect(),
                         ..Default::default()
                     },
                 )]
@@ -320,6 +338,7 @@ pub async fn create(
         memory_floor_mib: req.memory_floor_mib.unwrap_or(0),
         memory_mib,
         network: req.network.clone(),
+        networks: req.networks.clone(),
         unused: req.unused,
         refill: req.refill,
         template: None,
@@ -346,6 +365,41 @@ pub async fn create(
         })?;
     host.feature::<ServicePools>().wake.notify_one();
     show(host, &req.name).await
+}
+
+/// Changes a pool's refill policy at runtime (`PATCH /v1/pools/{name}`):
+/// the supervisor acts on it at once (a raised floor tears unused members
+/// down, oldest first; a lowered one lets refills run again).
+pub async fn update(
+    host: &Arc<Host>,
+    name: &str,
+    req: api::ServicePoolUpdateRequest,
+) -> HostResult<api::ServicePool> {
+    let rec = pool_record(host, name).await?;
+    let mut spec = PoolSpec::of(&rec)?;
+    let min = req.min.unwrap_or(spec.min);
+    let max = req.max.unwrap_or(spec.max);
+    if min > 256 || max > 1024 || max < min {
+        return Err(HostError::invalid(format!(
+            "min {min} and max {max}: want min <= 256, max <= 1024 and min <= max"
+        )));
+    }
+    let cpu = req.cpu_threshold_pct.unwrap_or(spec.cpu_threshold_pct);
+    if !(1..=100).contains(&cpu) {
+        return Err(HostError::invalid(format!(
+            "cpu_threshold_pct {cpu}: want 1-100"
+        )));
+    }
+    spec.min = min;
+    spec.max = max;
+    spec.cpu_threshold_pct = cpu;
+    spec.memory_floor_mib = req.memory_floor_mib.unwrap_or(spec.memory_floor_mib);
+    set_spec(host, name, &spec, false).await?;
+    let pools = host.feature::<ServicePools>();
+    // The old reason no longer holds; the supervisor says the new one.
+    pools.set_deferred(name, None);
+    pools.wake.notify_one();
+    show(host, name).await
 }
 
 /// Deletes a pool: its waiting members are torn down; services made from
@@ -464,6 +518,7 @@ async fn view(host: &Host, rec: &ServicePoolRecord) -> HostResult<api::ServicePo
         memory_floor_mib: spec.memory_floor_mib,
         memory_mib: spec.memory_mib,
         network: spec.network,
+        networks: spec.networks,
         unused: spec.unused,
         refill: spec.refill,
         template: match spec.template {

@@ -224,7 +224,7 @@ pub async fn request(host: &Arc<Host>, req: api::ServiceRequest) -> HostResult<a
     let settings = settings_of(&class, &req)?;
     let domain_pairing = pairing(&settings, "domain_pairing", class.domain_pairing, 1)?;
     let device_pairing = pairing(&settings, "device_pairing", class.device_pairing, 0)?;
-    let devices = u32::from(spec.network.is_some());
+    let devices = u32::try_from(spec.nic_networks().count()).unwrap_or(u32::MAX);
     if devices > device_pairing {
         return Err(HostError::invalid(format!(
             "device_pairing={device_pairing}: a member of pool {pool} has {devices} NIC(s)"
@@ -435,13 +435,15 @@ pub async fn differentiate(
     let t0 = Instant::now();
     let uuid = record.member;
     let rec = host.reload(uuid).await?;
-    if rec.run_state == brood_ledger::RunState::Paused {
-        lifecycle::pause(host, ACTOR, uuid, false).await?;
-    }
-    debug!(service = %record.name, ms = t0.elapsed().as_millis(), "member resumed");
     let running = host.registry.running(uuid).ok_or_else(|| {
         HostError::conflict(format!("the domain of {} is not running", record.name))
     })?;
+    // Its NICs join the guests' networks before it continues.
+    member::plug(&running).await?;
+    if rec.run_state == brood_ledger::RunState::Paused {
+        lifecycle::pause(host, ACTOR, uuid, false).await?;
+    }
+    debug!(service = %record.name, ms = t0.elapsed().as_millis(), "member plugged and resumed");
     let agent = running
         .vm
         .agent()
