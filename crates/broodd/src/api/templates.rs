@@ -88,9 +88,9 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<TemplateList>> {
     request_body = TemplateCreateRequest,
     responses(
         (status = 201, description = "The template", body = Template),
-        (status = 400, description = "malformed JSON, an unknown field, an invalid name, or `pool_size` over 64", body = ErrorBody),
+        (status = 400, description = "malformed JSON, an unknown field, an invalid name, `pool_size` over 64, or `keep` without a new name or with `persist`", body = ErrorBody),
         (status = 404, description = "no partition has the name or uuid in `vm` (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the VM is not running, is a child that cannot be frozen, the name is taken, or another operation holds it", body = ErrorBody),
+        (status = 409, description = "the VM is not running, is a child that cannot be frozen (or kept), the name is taken, or another operation holds it", body = ErrorBody),
         (status = 502, description = "the agent did not reach its fork point or QEMU failed to save the state (`engine_failed`)", body = ErrorBody),
         JsonBody,
         Common
@@ -104,8 +104,46 @@ async fn create(
     let vm = caller.partition(&d, &req.vm, Action::Operate).await?;
     caller.check(Action::Create, Kind::Template)?;
     let key = vm.uuid.to_string();
+    if req.keep {
+        return create_keep(&d, &caller, &key, req).await;
+    }
     let rec = freeze::create(&d, caller.actor(), &key, req.name, req.warm, req.persist).await?;
     Ok((StatusCode::CREATED, Json(freeze::view(&d, &rec).await?)))
+}
+
+/// `keep`: a new template beside the VM, which runs on.
+async fn create_keep(
+    d: &std::sync::Arc<crate::host::Host>,
+    caller: &Auth,
+    key: &str,
+    req: TemplateCreateRequest,
+) -> ApiResult<(StatusCode, Json<Template>)> {
+    let Some(name) = req.name else {
+        return Err(crate::host::HostError::invalid(
+            "keep makes a new template beside the VM, which keeps its name: give the template \
+             a name (`brood template create NAME --from VM --keep`)",
+        )
+        .into());
+    };
+    if req.persist {
+        return Err(crate::host::HostError::invalid(
+            "keep and persist cannot be combined yet: make the template with --keep, or \
+             with --persist without --keep",
+        )
+        .into());
+    }
+    let warm = req.warm.unwrap_or(crate::template::DEFAULT_WARM);
+    if warm > crate::template::MAX_WARM {
+        return Err(crate::host::HostError::invalid(format!(
+            "warm {warm} is over the limit of {}",
+            crate::template::MAX_WARM
+        ))
+        .into());
+    }
+    let kept = crate::template::keep::create(d, caller.actor(), key, &name, warm).await?;
+    let mut t = freeze::view(d, &kept.rec).await?;
+    t.downtime_ms = Some(u64::try_from(kept.downtime.as_millis()).unwrap_or(u64::MAX));
+    Ok((StatusCode::CREATED, Json(t)))
 }
 
 /// Shows a template.
