@@ -26,6 +26,12 @@ pub struct TemplateCreateRequest {
     /// a host reboot (forks read its memory from disk).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persist: bool,
+    /// Make the template beside the VM, which goes on running (`name`
+    /// required and not the VM's): the VM is paused only while its state
+    /// is saved, its disks switch to new overlays, the template gets a copy
+    /// of its memory and the frozen disk images. Not for a forked child.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 /// A template.
@@ -61,6 +67,10 @@ pub struct Template {
     /// (`--persist`), so it survives a host reboot.
     #[serde(default)]
     pub persistent: bool,
+    /// How long the VM was paused while a `keep` template was made of it
+    /// (only in the answer to that create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
 }
 
 /// A list of templates.

@@ -20,12 +20,23 @@ pub enum TemplateCmd {
   brood template create web --name web-v2 --warm 8
   brood template create web --persist   # survives a host reboot
   brood template create web -o json
+  brood template create web-tpl --from web --keep   # web runs on; prints its downtime
 
 The VM is frozen and never runs again; without --name the template takes
-its name.")]
+its name. With --keep it goes on running (paused only while its state is
+saved; its disks switch to new overlays) and the template is a new one,
+NAME, made from the VM given with --from; not for a forked child.")]
     Create {
-        /// The running partition to freeze (name or uuid).
+        /// The running partition to freeze (name or uuid); with --from, the
+        /// template's name.
         vm: String,
+        /// The running partition to make the template of; the positional
+        /// argument is then the template's name.
+        #[arg(long, value_name = "VM")]
+        from: Option<String>,
+        /// Keep the VM running: the template is made beside it.
+        #[arg(long)]
+        keep: bool,
         /// The template's name [default: the VM's].
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
@@ -79,15 +90,27 @@ pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> 
         TemplateCmd::Action(cmd) => crate::workflow::run_action(cmd, client, out).await,
         TemplateCmd::Create {
             vm,
+            from,
+            keep,
             name,
             warm,
             persist,
         } => {
+            let (vm, name) = match from {
+                Some(from) if name.is_some() => {
+                    return Err(anyhow::anyhow!(
+                        "--from {from} makes {vm} the template's name; drop --name"
+                    ));
+                }
+                Some(from) => (from, Some(vm)),
+                None => (vm, name),
+            };
             let req = TemplateCreateRequest {
                 vm: vm.clone(),
                 name,
                 warm,
                 persist,
+                keep,
             };
             let t: Template = client.post("/v1/templates", &req).await?;
             match out {
@@ -148,12 +171,16 @@ pub fn deleted(name: &str, actions: &[String]) -> String {
 
 /// The line `brood template create` prints.
 pub fn created(t: &Template, vm: &str) -> String {
-    format!(
+    let line = format!(
         "template {} from {vm}: {} bytes of state, memory {}",
         t.name,
         t.state_bytes,
         mib(t.memory_mib)
-    )
+    );
+    match t.downtime_ms {
+        Some(ms) => format!("{line}; {vm} runs on (paused {ms} ms)"),
+        None => line,
+    }
 }
 
 /// The table of `brood template list`; WARM is ready/target.
@@ -239,6 +266,7 @@ mod tests {
             disks: vec!["/data/templates/web/root.qcow2".into()],
             created_at: "2025-01-01T00:00:00Z".into(),
             persistent: false,
+            downtime_ms: None,
         }
     }
 

@@ -240,6 +240,7 @@ fn template(name: &str) -> Template {
         disks: Vec::new(),
         created_at: "2025-01-01T00:00:00Z".into(),
         persistent: false,
+        downtime_ms: None,
     }
 }
 

@@ -116,6 +116,18 @@ fn broodd(env: &TestEnv, extra: &[&str]) -> Broodd {
     b
 }
 
+/// What `owner` holds in the ledger.
+fn holds(b: &Broodd, owner: &str) -> Value {
+    let l = b.ok("GET", "/v1/ledger", None);
+    l["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["owner"] == owner)
+        .map(|o| o["holds"].clone())
+        .unwrap_or(Value::Null)
+}
+
 fn exec(b: &Broodd, name: &str, cmd: &str) -> String {
     let (code, out, err) = b.exec(name, cmd);
     assert_eq!(code, 0, "{name}: {cmd}: {err}");
@@ -302,6 +314,43 @@ fn a_debian_partition_forks_children_with_their_own_identities() {
     b.ok("POST", "/v1/partitions/deb/save", None);
     b.ok("POST", "/v1/partitions/deb/restore", None);
     assert_eq!(exec(&b, "deb", "cat /tmp/marker"), "from-the-template\n");
+    // The root overlay is charged with the data disk, at its virtual size
+    // (the image's --size), and `vm show` lists it first.
+    let p = b.ok("GET", "/v1/partitions/deb", None);
+    assert_eq!(p["disks"][0]["name"], "image.root", "{p}");
+    let root_gib = p["disks"][0]["size_gib"].as_u64().unwrap();
+    assert!(root_gib >= 1, "{p}");
+    assert_eq!(holds(&b, "deb")["disk_gib"].as_u64(), Some(1 + root_gib));
+    let show =
+        String::from_utf8_lossy(&brood_e2e::run(b.brood().args(["vm", "show", "deb"])).stdout)
+            .into_owned();
+    assert!(
+        show.contains(&format!("image.root {root_gib} GiB")),
+        "{show}"
+    );
+    // A template of it that keeps it running owns its root chain: the
+    // image is deleted and the partition's own links are all there is.
+    let t = b.ok(
+        "POST",
+        "/v1/templates",
+        Some(&json!({"vm": "deb", "keep": true, "name": "deb-live", "warm": 0})),
+    );
+    assert!(t["downtime_ms"].as_u64().is_some(), "{t}");
+    let c = b.ok(
+        "POST",
+        "/v1/templates/deb-live/fork",
+        Some(&json!({"count": 1})),
+    );
+    let live_kid = c["children"][0]["name"].as_str().unwrap().to_string();
+    assert_eq!(exec(&b, &live_kid, "cat /root/kept"), "persisted\n");
+    assert_eq!(
+        holds(&b, &live_kid)["disk_gib"].as_u64(),
+        Some(root_gib),
+        "a child charges its own root overlay"
+    );
+    assert_eq!(exec(&b, "deb", "cat /root/kept"), "persisted\n");
+    b.verify_ok();
+    b.ok("DELETE", "/v1/templates/deb-live?cascade=true", None);
 
     let values: Vec<String> = (0..4).map(|i| format!("domain-{i:02}")).collect();
     b.ok(

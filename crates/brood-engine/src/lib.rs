@@ -35,6 +35,7 @@ pub use cgroup::Limits;
 pub use error::EngineError;
 pub use handle::{BoxedVm, VmHandle};
 pub use host::Accel;
+pub use qemu::keep::{KeepDisk, KeepPlan, Kept};
 pub use qemu::snapshot::DiskSnapshotOp;
 pub use qemu::{QemuConfig, QemuEngine};
 pub use spec::{
@@ -144,6 +145,21 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     ) -> Result<Template, EngineError> {
         Err(EngineError::Unsupported {
             op: "save a template",
+        })
+    }
+
+    /// Makes a template in `dir` of `vm`, whose agent waits at its fork
+    /// point, while the VM goes on running: its writable disks switch to
+    /// the overlays of `plan`, the template keeps the frozen images and a
+    /// copy of the memory. Returns the template and the VM's downtime.
+    async fn save_template_keep(
+        &self,
+        _vm: &dyn VmHandle,
+        _dir: &Path,
+        _plan: &KeepPlan,
+    ) -> Result<Kept, EngineError> {
+        Err(EngineError::Unsupported {
+            op: "make a template of a VM that keeps running",
         })
     }
 

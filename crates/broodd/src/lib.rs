@@ -80,9 +80,12 @@ impl Broodd {
                 .context("change the host's capacity")?;
         }
         let mut plugins = Plugins::default();
-        plugins
-            .launchers
-            .insert(Kind::Plain, Arc::new(partition::plain::PlainLauncher));
+        plugins.launchers.insert(
+            Kind::Plain,
+            Arc::new(partition::plain::PlainLauncher {
+                paths: cfg.paths.clone(),
+            }),
+        );
         plugins
             .launchers
             .insert(Kind::Child, Arc::new(fork::child::ChildLauncher));

@@ -106,6 +106,15 @@ impl Engine for QemuEngine {
         QemuEngine::save_template(self, qemu_vm(vm, "make a template of")?, dir).await
     }
 
+    async fn save_template_keep(
+        &self,
+        vm: &dyn VmHandle,
+        dir: &Path,
+        plan: &crate::KeepPlan,
+    ) -> Result<crate::Kept, EngineError> {
+        QemuEngine::save_template_keep(self, qemu_vm(vm, "make a template of")?, dir, plan).await
+    }
+
     async fn fork(&self, tpl: &Template, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
         let incoming = self.prepare_child(tpl, spec).await?;
         Ok(Box::new(self.start_child(tpl, incoming).await?))

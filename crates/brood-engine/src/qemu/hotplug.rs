@@ -84,7 +84,8 @@ impl Vm {
                 "disk {index} is read-only: it cannot be resized"
             )));
         }
-        let args = json!({"node-name": format!("disk{index}"), "size": bytes});
+        let node = super::keep::top_node(self, index).await;
+        let args = json!({"node-name": node, "size": bytes});
         self.qmp
             .execute_raw("block_resize", Some(args))
             .await

@@ -14,6 +14,7 @@ pub mod fork;
 pub mod hotplug;
 mod image;
 pub mod jail;
+pub mod keep;
 pub mod migrate;
 pub mod process;
 pub mod snapshot;

@@ -75,7 +75,12 @@ pub fn snapshot_disks(disks: &[DiskSpec]) -> Result<Vec<(String, &DiskSpec)>, En
 /// transaction and its whole state into `state`. The VM carries on as it
 /// was (running, or paused). On failure nothing of the snapshot is left.
 pub async fn snapshot_live(vm: &Vm, name: &str, state: &Path) -> Result<(), EngineError> {
-    let disks = snapshot_disks(&vm.spec().disks)?;
+    let mut disks = snapshot_disks(&vm.spec().disks)?;
+    // A disk switched by a keep has a newer top node.
+    for (i, (node, _)) in disks.iter_mut().enumerate() {
+        let index = node.trim_start_matches("disk").parse().unwrap_or(i);
+        *node = super::keep::top_node(vm, index).await;
+    }
     let was_running = matches!(vm.status().await?, VmStatus::Running);
     vm.qmp().stop().await?;
     let r = async {

@@ -82,7 +82,7 @@ pub fn partition_out(
         _ => None,
     };
     let active = configs.get(&rec.active_config);
-    let disks = active
+    let mut disks: Vec<api::DiskInfo> = active
         .map(|c| {
             c.disks
                 .iter()
@@ -94,6 +94,17 @@ pub fn partition_out(
                 .collect()
         })
         .unwrap_or_default();
+    // The image's root disk, as charged (`host::root`), listed first: it is /dev/vda.
+    if let Ok(root @ 1..) = crate::host::root::root_gib(paths, rec.uuid, &configs) {
+        disks.insert(
+            0,
+            api::DiskInfo {
+                name: "image.root".into(),
+                path: paths.image_root(rec.uuid).display().to_string(),
+                size_gib: root,
+            },
+        );
+    }
     let nics = nics_out(&rec, active);
     Ok(api::Partition {
         name: rec.name,

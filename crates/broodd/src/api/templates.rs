@@ -90,9 +90,9 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<TemplateList>> {
     responses(
         (status = 201, description = "The template", body = Template),
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
-        (status = 400, description = "malformed JSON, an unknown field, an invalid name, or `pool_size` over 64", body = ErrorBody),
+        (status = 400, description = "malformed JSON, an unknown field, an invalid name, `pool_size` over 64, or `keep` without a new name or with `persist`", body = ErrorBody),
         (status = 404, description = "no partition has the name or uuid in `vm` (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the VM is not running, is a child that cannot be frozen, the name is taken, or another operation holds it", body = ErrorBody),
+        (status = 409, description = "the VM is not running, is a child that cannot be frozen (or kept), the name is taken, or another operation holds it", body = ErrorBody),
         (status = 502, description = "the agent did not reach its fork point or QEMU failed to save the state (`engine_failed`)", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
@@ -115,13 +115,54 @@ async fn create(
         &vm,
         w.wait(),
         move |d, actor| async move {
-            let rec = freeze::create(&d, &actor, &key, req.name, req.warm, req.persist).await?;
-            let body = serde_json::to_vec(&freeze::view(&d, &rec).await?)
+            let t = if req.keep {
+                create_keep(&d, &actor, &key, req).await?
+            } else {
+                let rec =
+                    freeze::create(&d, &actor, &key, req.name, req.warm, req.persist).await?;
+                freeze::view(&d, &rec).await?
+            };
+            let body = serde_json::to_vec(&t)
                 .map_err(|e| ApiError::internal("encode the template", &e))?;
             Ok(Done::with(StatusCode::CREATED, body))
         },
     )
     .await
+}
+
+/// `keep`: a new template beside the VM, which runs on.
+async fn create_keep(
+    d: &std::sync::Arc<crate::host::Host>,
+    actor: &str,
+    key: &str,
+    req: TemplateCreateRequest,
+) -> ApiResult<Template> {
+    let Some(name) = req.name else {
+        return Err(crate::host::HostError::invalid(
+            "keep makes a new template beside the VM, which keeps its name: give the template \
+             a name (`brood template create NAME --from VM --keep`)",
+        )
+        .into());
+    };
+    if req.persist {
+        return Err(crate::host::HostError::invalid(
+            "keep and persist cannot be combined yet: make the template with --keep, or \
+             with --persist without --keep",
+        )
+        .into());
+    }
+    let warm = req.warm.unwrap_or(crate::template::DEFAULT_WARM);
+    if warm > crate::template::MAX_WARM {
+        return Err(crate::host::HostError::invalid(format!(
+            "warm {warm} is over the limit of {}",
+            crate::template::MAX_WARM
+        ))
+        .into());
+    }
+    let kept = crate::template::keep::create(d, actor, key, &name, warm).await?;
+    let mut t = freeze::view(d, &kept.rec).await?;
+    t.downtime_ms = Some(u64::try_from(kept.downtime.as_millis()).unwrap_or(u64::MAX));
+    Ok(t)
 }
 
 /// Shows a template.

@@ -213,6 +213,12 @@ async fn record(
         None => None,
     };
     let top = crate::memory::top_of(&tpl)?;
+    // Each child has its own overlay of its template's root disk (`host::root`).
+    let root = crate::host::root::root_gib(
+        &host.paths,
+        tpl.uuid,
+        &crate::host::config::configs_of(&tpl)?,
+    )?;
     let mut ops = Vec::new();
     let mut recorded = Vec::new();
     for (i, name) in (0..req.count).zip(names) {
@@ -229,7 +235,7 @@ async fn record(
         let demand = Resources {
             memory_mib: crate::memory::trued_up(charge, used, top).unwrap_or(charge),
             vcpus: u64::from(config.vcpus),
-            disk_gib: 0,
+            disk_gib: root,
             nics: config.nics.len() as u64,
         };
         let now = wire::now();
@@ -259,6 +265,13 @@ async fn record(
             })
         }));
         ops.extend(Op::reserve(uuid, &active_share(&demand)));
+        ops.extend(Op::reserve(
+            uuid,
+            &Resources {
+                disk_gib: root,
+                ..Resources::default()
+            },
+        ));
         // A NIC on a brood network gets its own channel and address (the
         // switch connects to the child's port once it runs).
         ops.push(crate::network::open_op(uuid, &config.nics));

@@ -121,10 +121,12 @@ pub async fn provision_root(
         && !overlay.exists()
     {
         let link_path = paths.image_base(uuid);
-        let backing = if link(base, &link_path, uuid).await {
-            link_path
-        } else {
-            base.clone()
+        // The link by its name in the overlay's own directory: QEMU resolves
+        // a relative backing name there, so a template made of the running
+        // partition (`--keep`) holds a link of that name and owns its chain.
+        let backing = match link_path.file_name() {
+            Some(name) if link(base, &link_path, uuid).await => std::path::PathBuf::from(name),
+            _ => base.clone(),
         };
         disk::overlay(&backing, &overlay).await?;
     }

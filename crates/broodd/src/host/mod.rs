@@ -21,6 +21,7 @@ pub mod kind;
 pub mod paths;
 pub mod random;
 pub mod registry;
+pub mod root;
 pub mod runstate;
 mod watch;
 

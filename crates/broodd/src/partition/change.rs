@@ -513,7 +513,10 @@ pub async fn change(
     }
     let next_disks = all_disks(&next)?;
     let active = next.get(&rec.active_config).cloned().unwrap_or_default();
-    check_fits(host, &rec, &demand(&active, &next_disks)).await?;
+    let root = crate::host::root::root_gib(&host.paths, uuid, &configs)?;
+    let mut wants = demand(&active, &next_disks);
+    wants.disk_gib = wants.disk_gib.saturating_add(root);
+    check_fits(host, &rec, &wants).await?;
 
     let changes = host.feature::<Changes>();
     let old_mark = changes.lock().get(&uuid).cloned();
@@ -576,7 +579,8 @@ pub async fn change(
             *e = (*e).max(d.size_gib);
         }
     }
-    let disk_gib = held.values().fold(0u64, |a, b| a.saturating_add(*b));
+    // The image's root disk stays charged (`host::root`).
+    let disk_gib = held.values().fold(root, |a, b| a.saturating_add(*b));
     let new_demand = if live {
         Resources {
             disk_gib,
@@ -849,7 +853,8 @@ async fn settle(host: &Host, actor: &str, rec: PartitionRecord) -> HostResult<Pa
     let from = BTreeMap::from([(rec.active_config.clone(), running)]);
     files_to(host, rec.uuid, &from, &configs).await?;
     let disks = all_disks(&configs)?;
-    let disk_gib = disks.values().fold(0u64, |a, b| a.saturating_add(*b));
+    let root = crate::host::root::root_gib(&host.paths, rec.uuid, &configs)?;
+    let disk_gib = disks.values().fold(root, |a, b| a.saturating_add(*b));
     let mut ops = disk_moves(rec.uuid, rec.demand.disk_gib, disk_gib);
     ops.push(Op::Change(ChangeOp::Clear {
         partition: rec.uuid,

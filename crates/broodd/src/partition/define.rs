@@ -41,7 +41,13 @@ pub async fn define(
         active_config: active,
         configs: JsonText::from_serialize(&req.configs)
             .map_err(|e| HostError::corrupt("encode the configurations", e))?,
-        demand: demand(&config, &disks),
+        // Its image's root disk (the overlay it will have) is a disk too.
+        demand: crate::host::root::with_root(
+            &host.paths,
+            uuid,
+            &req.configs,
+            demand(&config, &disks),
+        )?,
         pid: None,
         pending_op: Some(PendingOp::Provision),
         restart_count: 0,

@@ -340,7 +340,12 @@ pub async fn set_config(
     // While it runs it keeps holding what it started with; the new demand
     // is taken at the next start.
     if !rec.run_state.is_active() {
-        patch.demand = Some(demand(c, &all_disks(&configs)?));
+        patch.demand = Some(crate::host::root::with_root(
+            &host.paths,
+            rec.uuid,
+            &configs,
+            demand(c, &all_disks(&configs)?),
+        )?);
     }
     host.update(
         actor,

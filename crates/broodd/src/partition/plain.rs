@@ -11,13 +11,17 @@ use crate::host::config::{demand_of, vm_spec};
 use crate::host::{Host, HostError, HostResult, Launcher};
 
 /// Boots plain partitions.
-#[derive(Debug, Default)]
-pub struct PlainLauncher;
+#[derive(Debug)]
+pub struct PlainLauncher {
+    /// Where their files are (the root disk's size is read there).
+    pub paths: crate::host::paths::Paths,
+}
 
 #[async_trait]
 impl Launcher for PlainLauncher {
     fn demand(&self, rec: &PartitionRecord) -> HostResult<Resources> {
-        demand_of(rec)
+        let configs = crate::host::config::configs_of(rec)?;
+        crate::host::root::with_root(&self.paths, rec.uuid, &configs, demand_of(rec)?)
     }
 
     async fn launch(&self, host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<BoxedVm> {

@@ -87,7 +87,12 @@ async fn disk_files(host: &Host, uuid: Uuid) -> HostResult<Vec<PathBuf>> {
         .map_err(|e| HostError::io(format!("read {}", dir.display()), e))?
     {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "qcow2") && p.is_file() && p != image_base {
+        // Nor a frozen image a `--keep` template shares (`template::keep`).
+        if p.extension().is_some_and(|x| x == "qcow2")
+            && p.is_file()
+            && p != image_base
+            && !crate::template::keep::is_kept_link(&p)
+        {
             out.push(p);
         }
     }

@@ -416,5 +416,6 @@ pub async fn view(host: &Host, rec: &PartitionRecord) -> HostResult<api::Templat
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| rec.created_at.clone()),
         persistent: t.is_some_and(|t| t.dir == persistent_dir(host, rec.uuid)),
+        downtime_ms: None,
     })
 }

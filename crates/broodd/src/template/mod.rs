@@ -6,6 +6,7 @@
 //! fork-point`) is frozen by [`points`].
 
 pub mod freeze;
+pub mod keep;
 pub mod points;
 
 use std::collections::{HashMap, VecDeque};
