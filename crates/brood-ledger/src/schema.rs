@@ -103,6 +103,17 @@
 //! `V_ACTIONS` (actions bound to templates, issue 13) adds
 //! `template_action`, a workflow bound to a template under an action name
 //! (see `action`); a new table only.
+//!
+//! `V_NAT` (NAT networks' published ports, issues 11 and 16) adds
+//!
+//! ```text
+//! published_port(partition REFERENCES partition ON DELETE CASCADE,
+//!                protocol tcp|udp, host_port 1-65535, guest_port 1-65535,
+//!                PK (protocol, host_port))
+//! ```
+//!
+//! a host port broodd forwards to a VM on a NAT network (see `publish`);
+//! a new table only.
 
 use std::path::Path;
 use std::time::Duration;
@@ -125,12 +136,14 @@ const MIGRATIONS: &[&str] = &[
     V_STORAGE_IO,
     V_JOBS,
     V_ACTIONS,
+    V_NAT,
 ];
 
 use crate::change::V_CHANGE;
 
 use crate::action::V_ACTIONS;
 use crate::job::V_JOBS;
+use crate::publish::V_NAT;
 use crate::service_pool::V_SERVICE_POOLS;
 use crate::storage_io::V_STORAGE_IO;
 
