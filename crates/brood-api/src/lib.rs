@@ -44,7 +44,7 @@ pub use ledger::{
 };
 pub use network::{
     DiskClient, IoPartition, IoPartitionList, Network, NetworkCreateRequest, NetworkList,
-    NetworkMember,
+    NetworkMember, PortProtocol, PublishedPort,
 };
 pub use partition::*;
 pub use snapshot::{Snapshot, SnapshotCreateRequest, SnapshotList};

@@ -61,6 +61,12 @@ pub struct ConfigFlags {
     /// `user` for QEMU's user network; NETWORK[,mac=MAC] (repeatable).
     #[arg(long = "nic", value_name = "NETWORK", value_parser = parse_nic)]
     pub nics: Vec<NicConfig>,
+    /// Forward a host port to the VM (its first NIC on a NAT network, see
+    /// `brood network create --nat`), HOST:GUEST[/tcp|udp], tcp when not
+    /// given; reachable on the host's addresses (127.0.0.1 too) and from
+    /// other hosts while the VM runs (repeatable).
+    #[arg(long = "publish", value_name = "HOST:GUEST[/tcp|udp]")]
+    pub publish: Vec<brood_api::PublishedPort>,
     /// Relative CPU weight, 1-10000 (100 is the default share).
     #[arg(long, value_name = "N")]
     pub cpu_weight: Option<u32>,
@@ -212,6 +218,7 @@ pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> Define
         configs: BTreeMap::from([(config_name.clone(), config)]),
         active_config: Some(config_name),
         start,
+        publish: flags.publish,
     }
 }
 
@@ -265,6 +272,7 @@ fn define_fields() -> Vec<String> {
         configs: BTreeMap::new(),
         active_config: None,
         start: false,
+        publish: Vec::new(),
     };
     serde_json::to_value(&empty)
         .ok()
@@ -378,6 +386,7 @@ mod tests {
             vcpus: Some(2),
             disks: vec![parse_disk("root:10").unwrap()],
             nics: vec![parse_nic("user").unwrap()],
+            publish: vec!["8080:80".parse().unwrap()],
             cpu_weight: Some(200),
             cpu_cap: Some(150),
             memory_limit: Some(1024),
@@ -390,6 +399,7 @@ mod tests {
         };
         let req = request_from_flags("db", flags, true);
         assert!(req.start);
+        assert_eq!(req.publish[0].to_string(), "8080:80/tcp");
         assert_eq!(req.active_config.as_deref(), Some("big"));
         let c = &req.configs["big"];
         assert_eq!((c.memory_mib, c.vcpus), (512, 2));
