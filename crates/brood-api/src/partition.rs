@@ -208,7 +208,7 @@ pub struct DefineRequest {
     pub start: bool,
     /// Host ports forwarded to the VM's address on its first NIC on a NAT
     /// network (which the active configuration must have); at most 64.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<crate::network::PublishedPort>,
 }
 

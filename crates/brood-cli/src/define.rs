@@ -272,7 +272,12 @@ fn define_fields() -> Vec<String> {
         configs: BTreeMap::new(),
         active_config: None,
         start: false,
-        publish: Vec::new(),
+        // One port, so that the field is serialized and kept.
+        publish: vec![brood_api::PublishedPort {
+            host_port: 1,
+            guest_port: 1,
+            protocol: brood_api::PortProtocol::Tcp,
+        }],
     };
     serde_json::to_value(&empty)
         .ok()
@@ -456,13 +461,17 @@ mod tests {
             "disks": [{"name": "data", "path": "/d/data.qcow2", "size_gib": 4}],
             "last_exit": "signal 9", "restart_count": 1, "pending_op": null,
             "parent": "tpl", "fork": null, "created_at": "t", "updated_at": "t",
-            "addresses": ["10.0.0.2"]
+            "addresses": ["10.0.0.2"],
+            "publish": [{"host_port": 8080, "guest_port": 80, "protocol": "tcp"}]
         });
         let text = serde_json::to_string_pretty(&shown).unwrap();
         let req = parse_request(&text, Path::new("-"), None, false).unwrap();
         assert_eq!(req.name, "web");
         assert_eq!(req.configs, configs);
         assert_eq!(req.active_config.as_deref(), Some("default"));
+        // Published ports are definition: kept.
+        assert_eq!(req.publish.len(), 1);
+        assert_eq!(req.publish[0].to_string(), "8080:80/tcp");
         assert_eq!(
             parse_request(&text, Path::new("-"), Some("web2"), true)
                 .unwrap()
