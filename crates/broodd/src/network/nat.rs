@@ -603,7 +603,8 @@ pub async fn start(host: &Arc<Host>) -> HostResult<()> {
             crate::host::chain(&e)
         );
     }
-    let host = host.clone();
+    // Weak: the host owns the ledger whose notes end this task.
+    let weak = Arc::downgrade(host);
     tokio::spawn(async move {
         loop {
             match notes.recv().await {
@@ -612,6 +613,9 @@ pub async fn start(host: &Arc<Host>) -> HostResult<()> {
             }
             // One rebuild for a burst of commits.
             while notes.try_recv().is_ok() {}
+            let Some(host) = weak.upgrade() else {
+                return;
+            };
             if host.is_stopping() {
                 return;
             }
