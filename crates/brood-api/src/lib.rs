@@ -44,7 +44,7 @@ pub use ledger::{
 };
 pub use network::{
     DiskClient, IoPartition, IoPartitionList, IoPartitionPatch, Network, NetworkCreateRequest,
-    NetworkList, NetworkMember,
+    NetworkList, NetworkMember, PortProtocol, PublishedPort,
 };
 pub use partition::*;
 pub use snapshot::{Snapshot, SnapshotCreateRequest, SnapshotList};

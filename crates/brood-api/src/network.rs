@@ -134,3 +134,125 @@ pub struct IoPartitionList {
     /// Every I/O partition, by name.
     pub items: Vec<IoPartition>,
 }
+
+/// The transport protocol of a published port.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A host port forwarded to a port of a VM with a NIC on a NAT network
+/// (`--publish HOST:GUEST[/tcp|udp]`, like Docker's `-p`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    /// The host's port, 1-65535; one VM per host port and protocol.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub host_port: u16,
+    /// The guest's port, 1-65535.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub guest_port: u16,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default = "tcp")]
+    pub protocol: PortProtocol,
+}
+
+fn tcp() -> PortProtocol {
+    PortProtocol::Tcp
+}
+
+impl std::fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        })
+    }
+}
+
+impl std::fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port, self.guest_port, self.protocol
+        )
+    }
+}
+
+impl std::str::FromStr for PublishedPort {
+    type Err = String;
+    /// Parses `HOST:GUEST[/tcp|udp]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || format!("--publish {s:?}: use HOST:GUEST[/tcp|udp] (as 8080:80)");
+        let (ports, protocol) = match s.split_once('/') {
+            None => (s, PortProtocol::Tcp),
+            Some((p, "tcp")) => (p, PortProtocol::Tcp),
+            Some((p, "udp")) => (p, PortProtocol::Udp),
+            Some((_, other)) => {
+                return Err(format!(
+                    "--publish {s:?}: protocol {other:?} is neither tcp nor udp"
+                ));
+            }
+        };
+        let (host, guest) = ports.split_once(':').ok_or_else(usage)?;
+        let port = |what: &str, p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("--publish {s:?}: the {what} port {p:?} is not 1-65535"))
+        };
+        Ok(PublishedPort {
+            host_port: port("host", host)?,
+            guest_port: port("guest", guest)?,
+            protocol,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_ports_parse() {
+        let p: PublishedPort = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.host_port, p.guest_port, p.protocol),
+            (8080, 80, PortProtocol::Tcp)
+        );
+        let u: PublishedPort = "5353:53/udp".parse().unwrap();
+        assert_eq!(u.protocol, PortProtocol::Udp);
+        assert_eq!(u.to_string(), "5353:53/udp");
+        assert_eq!(
+            "1:2/tcp".parse::<PublishedPort>().unwrap().to_string(),
+            "1:2/tcp"
+        );
+        for bad in [
+            "80",
+            "0:80",
+            "80:0",
+            "x:80",
+            "80:70000",
+            "80:80/sctp",
+            ":80",
+            "80:",
+        ] {
+            assert!(bad.parse::<PublishedPort>().is_err(), "{bad} accepted");
+        }
+        assert!(
+            "80:80/sctp"
+                .parse::<PublishedPort>()
+                .unwrap_err()
+                .contains("sctp")
+        );
+    }
+}

@@ -211,6 +211,10 @@ pub struct DefineRequest {
     /// Start it once defined; if the start fails, the definition is removed too.
     #[serde(default)]
     pub start: bool,
+    /// Host ports forwarded to the VM's address on its first NIC on a NAT
+    /// network (which the active configuration must have); at most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::network::PublishedPort>,
 }
 
 /// A partition's disk as created on the host.
@@ -280,6 +284,11 @@ pub struct Partition {
     pub created_at: String,
     /// When it last changed (RFC 3339).
     pub updated_at: String,
+    /// Host ports forwarded to it (on a NAT network; the DNAT is there
+    /// while it runs). The same field as a `DefineRequest`'s, so that what
+    /// `show` prints defines it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::network::PublishedPort>,
 }
 
 /// A page of partitions.

@@ -63,6 +63,12 @@ pub struct ConfigFlags {
     /// switch of a brood network.
     #[arg(long = "nic", value_name = "NETWORK[,mac=MAC][,mbps=M]", value_parser = parse_nic)]
     pub nics: Vec<NicConfig>,
+    /// Forward a host port to the VM (its first NIC on a NAT network, see
+    /// `brood network create --nat`), HOST:GUEST[/tcp|udp], tcp when not
+    /// given; reachable on the host's addresses (127.0.0.1 too) and from
+    /// other hosts while the VM runs (repeatable).
+    #[arg(long = "publish", value_name = "HOST:GUEST[/tcp|udp]")]
+    pub publish: Vec<brood_api::PublishedPort>,
     /// Relative CPU weight, 1-10000 (100 is the default share).
     #[arg(long, value_name = "N")]
     pub cpu_weight: Option<u32>,
@@ -228,6 +234,7 @@ pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> Define
         configs: BTreeMap::from([(config_name.clone(), config)]),
         active_config: Some(config_name),
         start,
+        publish: flags.publish,
     }
 }
 
@@ -281,6 +288,12 @@ fn define_fields() -> Vec<String> {
         configs: BTreeMap::new(),
         active_config: None,
         start: false,
+        // One port, so that the field is serialized and kept.
+        publish: vec![brood_api::PublishedPort {
+            host_port: 1,
+            guest_port: 1,
+            protocol: brood_api::PortProtocol::Tcp,
+        }],
     };
     serde_json::to_value(&empty)
         .ok()
@@ -404,6 +417,7 @@ mod tests {
             vcpus: Some(2),
             disks: vec![parse_disk("root:10").unwrap()],
             nics: vec![parse_nic("user").unwrap()],
+            publish: vec!["8080:80".parse().unwrap()],
             cpu_weight: Some(200),
             cpu_cap: Some(150),
             memory_limit: Some(1024),
@@ -416,6 +430,7 @@ mod tests {
         };
         let req = request_from_flags("db", flags, true);
         assert!(req.start);
+        assert_eq!(req.publish[0].to_string(), "8080:80/tcp");
         assert_eq!(req.active_config.as_deref(), Some("big"));
         let c = &req.configs["big"];
         assert_eq!((c.memory_mib, c.vcpus), (512, 2));
@@ -472,13 +487,17 @@ mod tests {
             "disks": [{"name": "data", "path": "/d/data.qcow2", "size_gib": 4}],
             "last_exit": "signal 9", "restart_count": 1, "pending_op": null,
             "parent": "tpl", "fork": null, "created_at": "t", "updated_at": "t",
-            "addresses": ["10.0.0.2"]
+            "addresses": ["10.0.0.2"],
+            "publish": [{"host_port": 8080, "guest_port": 80, "protocol": "tcp"}]
         });
         let text = serde_json::to_string_pretty(&shown).unwrap();
         let req = parse_request(&text, Path::new("-"), None, false).unwrap();
         assert_eq!(req.name, "web");
         assert_eq!(req.configs, configs);
         assert_eq!(req.active_config.as_deref(), Some("default"));
+        // Published ports are definition: kept.
+        assert_eq!(req.publish.len(), 1);
+        assert_eq!(req.publish[0].to_string(), "8080:80/tcp");
         assert_eq!(
             parse_request(&text, Path::new("-"), Some("web2"), true)
                 .unwrap()

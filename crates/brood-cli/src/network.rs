@@ -37,6 +37,8 @@ pub enum NetworkCmd {
 #[command(after_help = "Examples:
   brood network create lan --subnet 10.10.0.0/24
   brood network create dmz --subnet 10.20.0.0/24 --zone edge --gateway
+  brood network create out --subnet 10.30.0.0/24 --nat
+  brood vm create www --nic out --publish 8080:80   # host port 8080 -> www's port 80
   brood vm create web --nic lan     # web gets 10.10.0.1, shown by `brood network show lan`
 
 Networks of different zones are served by different switch processes and
@@ -53,7 +55,9 @@ pub struct CreateArgs {
     /// The host takes the subnet's first address (on tap bn-NAME) and guests route through it.
     #[arg(long)]
     gateway: bool,
-    /// NAT the subnet to the host's uplink (not supported yet: broodd refuses it).
+    /// NAT the subnet to the host's uplink (implies --gateway): guests get
+    /// a default route and DNS through the gateway, and VMs on it may
+    /// `--publish` host ports. Needs nftables on the host.
     #[arg(long)]
     nat: bool,
 }

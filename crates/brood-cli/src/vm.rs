@@ -423,7 +423,11 @@ pub fn list_table(items: &[Partition]) -> String {
             .nics
             .iter()
             .find_map(|n| n.address.clone())
-            .or_else(|| p.nics.first().map(|n| n.mac.clone()));
+            .or_else(|| p.nics.first().map(|n| n.mac.clone()))
+            .map(|a| match p.publish.as_slice() {
+                [] => a,
+                ports => format!("{a} ({})", ports_text(ports)),
+            });
         t.row(vec![
             name,
             wire_name(&p.stage),
@@ -439,6 +443,15 @@ pub fn list_table(items: &[Partition]) -> String {
         text.push_str("* changed: the change waits for the next start (`brood vm show NAME`)\n");
     }
     text
+}
+
+/// Published ports as `8080:80/tcp, 5353:53/udp`.
+fn ports_text(ports: &[brood_api::PublishedPort]) -> String {
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The key/value listing of `brood vm show`.
@@ -473,6 +486,15 @@ pub fn show(p: &Partition) -> String {
             kv.push((
                 if i == 0 { "nics" } else { "" },
                 format!("eth{i} {} (mac {}{addr})", n.network, n.mac),
+            ));
+        }
+        if !p.publish.is_empty() {
+            kv.push((
+                "published",
+                format!(
+                    "{} (host:guest; forwarded while it runs)",
+                    ports_text(&p.publish)
+                ),
             ));
         }
         let pol = &c.policy;
@@ -635,6 +657,7 @@ mod tests {
             fork: None,
             created_at: "2025-01-01T00:00:00Z".into(),
             updated_at: "2025-01-01T00:00:01Z".into(),
+            publish: Vec::new(),
         }
     }
 

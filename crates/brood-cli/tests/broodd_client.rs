@@ -221,6 +221,7 @@ fn partition(name: &str, pid: Option<u32>) -> Partition {
         fork: None,
         created_at: "2025-01-01T00:00:00Z".into(),
         updated_at: "2025-01-01T00:00:00Z".into(),
+        publish: Vec::new(),
     }
 }
 

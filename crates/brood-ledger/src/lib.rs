@@ -49,6 +49,7 @@ mod lineage;
 mod network;
 mod partition;
 mod pool;
+mod publish;
 mod read;
 mod resource;
 mod schema;
@@ -85,6 +86,7 @@ pub use partition::{PartitionExpect, PartitionPatch, PartitionRecord};
 pub use pool::{
     POOL_MAX_VALUES, POOL_NAME_MAX_CHARS, POOL_VALUE_MAX_BYTES, PoolInfo, PoolItem, PoolKind,
 };
+pub use publish::{MAX_PUBLISHED_PORTS, PortProtocol, PortSpec, PublishOp, PublishedPortRecord};
 pub use read::AuditEntry;
 pub use resource::{Holding, Owner, ParseNameError, ResourceKind, Resources};
 pub use schema::latest_version as schema_version;

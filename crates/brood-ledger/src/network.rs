@@ -370,15 +370,27 @@ pub(crate) fn apply(
             if network(conn, name)?.is_some() {
                 return Err(conflict(format!("network {name:?} already exists")));
             }
-            for other in networks(conn)?.into_iter().filter(|n| n.zone == *zone) {
+            // A NAT network is routed by the host, so its subnet must not
+            // overlap any network's, whatever the zone.
+            for other in networks(conn)?
+                .into_iter()
+                .filter(|n| n.zone == *zone || *nat || n.nat)
+            {
                 if other
                     .subnet
                     .parse::<Subnet>()
                     .is_ok_and(|o| o.overlaps(net))
                 {
                     return Err(conflict(format!(
-                        "subnet {net} overlaps {} of network {:?} in zone {zone:?}",
-                        other.subnet, other.name
+                        "subnet {net} overlaps {} of network {:?} in zone {:?}{}: pick another subnet",
+                        other.subnet,
+                        other.name,
+                        other.zone,
+                        if *nat || other.nat {
+                            " (a NAT network's subnet is routed by the host and overlaps no other)"
+                        } else {
+                            ""
+                        }
                     )));
                 }
             }

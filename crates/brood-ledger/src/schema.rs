@@ -108,6 +108,17 @@
 //! `io_partition.cpus`, the host CPUs dedicated to its process, and
 //! `channel.mbps`, a NIC's bandwidth cap (see `network`); columns NULL on
 //! existing rows.
+//!
+//! `V_NAT` (NAT networks' published ports, issues 11 and 16) adds
+//!
+//! ```text
+//! published_port(partition REFERENCES partition ON DELETE CASCADE,
+//!                protocol tcp|udp, host_port 1-65535, guest_port 1-65535,
+//!                PK (protocol, host_port))
+//! ```
+//!
+//! a host port broodd forwards to a VM on a NAT network (see `publish`);
+//! a new table only.
 
 use std::path::Path;
 use std::time::Duration;
@@ -131,6 +142,7 @@ const MIGRATIONS: &[&str] = &[
     V_JOBS,
     V_ACTIONS,
     V_IO_REDUNDANCY,
+    V_NAT,
 ];
 
 use crate::change::V_CHANGE;
@@ -138,6 +150,7 @@ use crate::change::V_CHANGE;
 use crate::action::V_ACTIONS;
 use crate::job::V_JOBS;
 use crate::network::V_IO_REDUNDANCY;
+use crate::publish::V_NAT;
 use crate::service_pool::V_SERVICE_POOLS;
 use crate::storage_io::V_STORAGE_IO;
 

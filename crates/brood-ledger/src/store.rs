@@ -226,6 +226,7 @@ fn apply_op(
         Op::User(op) => crate::user::apply(conn, i, op, now),
         Op::Charge(op) => crate::charge::apply(conn, i, op, now),
         Op::Change(op) => crate::change::apply(conn, i, op, now),
+        Op::Publish(op) => crate::publish::apply(conn, i, op),
     }
 }
 

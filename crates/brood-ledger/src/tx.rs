@@ -169,6 +169,8 @@ pub enum Op {
     Charge(crate::charge::ChargeOp),
     /// A pending definition change of a running partition (see `change`).
     Change(crate::change::ChangeOp),
+    /// A partition's published ports (see `publish`).
+    Publish(crate::publish::PublishOp),
 }
 
 impl Op {

@@ -127,6 +127,7 @@ impl TestAppBuilder {
             vcpu_overcommit: 4.0,
             token: TOKEN.into(),
             jobs: self.jobs,
+            nat: Default::default(),
         };
         let fake = FakeEngine::new(run, self.mode);
         let broodd = Broodd::start(cfg.clone(), Arc::new(fake.clone()))

@@ -452,6 +452,7 @@ mod tests {
             configs,
             active_config: None,
             start: false,
+            publish: Vec::new(),
         }
     }
 

@@ -33,6 +33,7 @@ use brood_ledger::{Ledger, Resources};
 
 pub use crate::host::Paths;
 use crate::host::{Host, Kind, Plugins};
+pub use crate::network::nat::{DEFAULT_TABLE as DEFAULT_NFT_TABLE, NatConfig};
 
 /// What broodd is started with.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct Config {
     pub token: String,
     /// The job engine's limits.
     pub jobs: job::JobConfig,
+    /// NAT networks' uplink and nftables table.
+    pub nat: NatConfig,
 }
 
 /// A started broodd: the ledger open, templates loaded, the ledger
@@ -97,6 +100,7 @@ impl Broodd {
         plugins.feature(Arc::new(api::render::RenderCache::default()));
         plugins.feature(Arc::new(partition::change::Changes::default()));
         plugins.hooks.push(Arc::new(network::NetworkHooks));
+        plugins.feature(Arc::new(network::nat::Nat::new(cfg.nat)));
         plugins.feature(Arc::new(io::IoPartitions::default()));
         plugins.feature(Arc::new(cluster::Cluster::default()));
         plugins.feature(Arc::new(job::Jobs::new(cfg.jobs)));
@@ -118,6 +122,9 @@ impl Broodd {
         io::start_all(&host)
             .await
             .context("start the I/O partitions")?;
+        network::nat::start(&host)
+            .await
+            .context("apply the NAT networks' rules")?;
         pool::load_claims(&host)
             .await
             .context("load the service pools' members")?;

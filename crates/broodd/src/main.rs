@@ -77,6 +77,15 @@ struct Args {
     /// Most VMs on this host (default: as many as capacity allows).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_vms: Option<u64>,
+    /// The uplink NAT networks masquerade out of (default: the default
+    /// route's device, found at start).
+    #[arg(long, value_name = "DEV")]
+    uplink: Option<String>,
+    /// The nftables table (family ip) broodd owns for NAT networks and
+    /// published ports; no other table is touched.
+    #[arg(long, value_name = "NAME", default_value = broodd::DEFAULT_NFT_TABLE,
+          value_parser = parse_table)]
+    nft_table: String,
     /// Print broodd's manual page (roff, section 8) and exit.
     #[arg(long, hide = true)]
     man_page: bool,
@@ -170,6 +179,10 @@ async fn run(args: Args) -> Result<()> {
                 max_vms: args.max_vms,
                 replay_steps: false,
             },
+            nat: broodd::NatConfig {
+                uplink: args.uplink.clone(),
+                table: Some(args.nft_table.clone()),
+            },
         },
         Arc::new(QemuEngine::new(cfg)),
         cluster,
@@ -188,6 +201,19 @@ async fn run(args: Args) -> Result<()> {
     broodd.shutdown().await;
     info!("stopped serving; VMs keep running");
     Ok(())
+}
+
+/// An nftables table name: 1-32 of [A-Za-z0-9_].
+fn parse_table(s: &str) -> std::result::Result<String, String> {
+    let ok =
+        (1..=32).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "--nft-table {s:?}: use 1-32 characters of A-Z, a-z, 0-9 and '_'"
+        ))
+    }
 }
 
 /// A short stable hash of a path (FNV-1a), to name per-data-dir run roots.

@@ -50,6 +50,7 @@ fn config(dir: &std::path::Path) -> Config {
         vcpu_overcommit: 4.0,
         token: TOKEN.into(),
         jobs: broodd::job::JobConfig::default(),
+        nat: Default::default(),
     }
 }
 

@@ -62,9 +62,9 @@ async fn list(State(d): D, caller: Auth) -> ApiResult<Json<NetworkList>> {
     responses(
         (status = 201, description = "The network", body = Network),
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
-        (status = 400, description = "malformed JSON, an unknown field, an invalid name, zone or subnet, a host interface's name, or `nat` (not supported yet)", body = ErrorBody),
-        (status = 409, description = "a network of that name exists, or the subnet overlaps another of the zone (`conflict`)", body = ErrorBody),
-        (status = 500, description = "the gateway tap could not be made (`internal`)", body = ErrorBody),
+        (status = 400, description = "malformed JSON, an unknown field, an invalid name, zone or subnet, a host interface's name, or `nat` on a host without `nft` or without an uplink", body = ErrorBody),
+        (status = 409, description = "a network of that name exists, or the subnet overlaps another of the zone, any network's when either is NAT, or the uplink's (`conflict`)", body = ErrorBody),
+        (status = 500, description = "the gateway tap could not be made, or `nft` failed (`internal`)", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common

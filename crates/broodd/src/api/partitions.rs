@@ -182,7 +182,7 @@ async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResul
         (status = 201, description = "Defined (and started, with `start: true`)", body = Partition),
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or an invalid value: the message names it", body = ErrorBody),
-        (status = 409, description = "the name is taken (`conflict`), or with `start: true` the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
+        (status = 409, description = "the name is taken, or a `publish` host port is another VM's or the host's own (`conflict`), or with `start: true` the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
         (status = 502, description = "with `start: true`, QEMU failed to start; the definition is removed again (`engine_failed`)", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,

@@ -23,6 +23,7 @@ struct Rendered {
     generation: u64,
     parent: Option<String>,
     change: Option<api::PendingChange>,
+    publish: Vec<api::PublishedPort>,
     json: Arc<[u8]>,
 }
 
@@ -37,6 +38,7 @@ pub fn render(host: &Host, rec: PartitionRecord, parent: Option<String>) -> ApiR
     let (uuid, generation) = (rec.uuid, rec.generation);
     let c = host.feature::<RenderCache>();
     let change = host.feature::<crate::partition::change::Changes>().of(uuid);
+    let publish = host.feature::<crate::network::nat::Nat>().published(uuid);
     if let Some(r) = c
         .by_uuid
         .lock()
@@ -45,11 +47,13 @@ pub fn render(host: &Host, rec: PartitionRecord, parent: Option<String>) -> ApiR
         && r.generation == generation
         && r.parent == parent
         && r.change == change
+        && r.publish == publish
     {
         return Ok(r.json.clone());
     }
     let mut p = partition_out(rec, &host.paths, parent.clone())?;
     p.pending_change = change.clone();
+    p.publish = publish.clone();
     let json: Arc<[u8]> = serde_json::to_vec(&p)
         .map_err(|e| ApiError::internal("encode a partition", &e))?
         .into();
@@ -63,6 +67,7 @@ pub fn render(host: &Host, rec: PartitionRecord, parent: Option<String>) -> ApiR
             generation,
             parent,
             change,
+            publish,
             json: json.clone(),
         },
     );
@@ -124,6 +129,7 @@ pub fn partition_out(
         fork,
         created_at: rec.created_at,
         updated_at: rec.updated_at,
+        publish: Vec::new(),
     })
 }
 

@@ -118,8 +118,7 @@ async fn create(
             let t = if req.keep {
                 create_keep(&d, &actor, &key, req).await?
             } else {
-                let rec =
-                    freeze::create(&d, &actor, &key, req.name, req.warm, req.persist).await?;
+                let rec = freeze::create(&d, &actor, &key, req.name, req.warm, req.persist).await?;
                 freeze::view(&d, &rec).await?
             };
             let body = serde_json::to_vec(&t)

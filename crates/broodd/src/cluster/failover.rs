@@ -81,6 +81,8 @@ pub fn spec_of(rec: &PartitionRecord) -> Option<Value> {
         configs,
         active_config: Some(rec.active_config.clone()),
         start: rec.run_state.is_active(),
+        // A published port is a port of the old host: it does not move.
+        publish: Vec::new(),
     };
     serde_json::to_value(req).ok()
 }

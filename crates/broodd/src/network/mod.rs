@@ -5,7 +5,10 @@
 //! the partition stops. Here: creating and deleting networks (and the
 //! host's gateway tap), the engine backend of a NIC on a network, the
 //! switch's configuration derived from the channels, and the guest's
-//! address, given through its agent once it is up.
+//! address, given through its agent once it is up. NAT networks'
+//! nftables table and published ports: `nat`.
+
+pub mod nat;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,10 +92,7 @@ pub async fn create(host: &Arc<Host>, req: api::NetworkCreateRequest) -> HostRes
     let subnet: Subnet = req.subnet.parse().map_err(HostError::invalid)?;
     let zone = req.zone.clone().unwrap_or_else(|| DEFAULT_ZONE.into());
     if req.nat {
-        // TODO(#11): masquerade to the uplink (nftables) and keep zones apart in the host's forwarding.
-        return Err(HostError::invalid(
-            "--nat is not supported yet: create the network with --gateway and route or NAT on the host yourself",
-        ));
+        nat::check_new(host, subnet).await?;
     }
     host.ledger
         .commit(Tx::new(
@@ -102,8 +102,9 @@ pub async fn create(host: &Arc<Host>, req: api::NetworkCreateRequest) -> HostRes
                 name: req.name.clone(),
                 zone: zone.clone(),
                 subnet: subnet.to_string(),
-                gateway: req.gateway,
-                nat: false,
+                // NAT routes through the host's gateway address.
+                gateway: req.gateway || req.nat,
+                nat: req.nat,
             })],
         ))
         .await?;
@@ -137,6 +138,16 @@ pub async fn create(host: &Arc<Host>, req: api::NetworkCreateRequest) -> HostRes
         }
         return Err(undo(e).await);
     }
+    if rec.nat
+        && let Err(e) = nat::sync(host).await
+    {
+        let _ = ip(&["link", "del", &tap_name(&rec.name)]).await;
+        let e = undo(e).await;
+        if let Err(again) = nat::sync(host).await {
+            warn!(network = %rec.name, "remove its NAT rules again: {}", crate::host::chain(&again));
+        }
+        return Err(e);
+    }
     info!(network = %rec.name, %subnet, zone = %zone, "network created");
     show(host, &req.name).await
 }
@@ -153,6 +164,11 @@ pub async fn delete(host: &Arc<Host>, name: &str) -> HostResult<()> {
         .await?;
     if rec.gateway {
         let _ = ip(&["link", "del", &tap_name(name)]).await;
+    }
+    if rec.nat
+        && let Err(e) = nat::sync(host).await
+    {
+        warn!(network = %name, "remove its NAT rules: {}", crate::host::chain(&e));
     }
     let switch = switch_name(&rec.zone);
     if host.ledger.io_partition(&switch).await?.is_none() {
@@ -298,6 +314,9 @@ async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostRe
         agent.set_ipv4(c.nic, config).await.map_err(|e| {
             HostError::engine(format!("give NIC {} address {}", c.nic, c.address), e)
         })?;
+        if net.nat {
+            nat::give_resolver(agent, subnet.gateway()).await?;
+        }
         debug!(vm = %uuid, nic = c.nic, address = %c.address, "address given");
     }
     Ok(())

@@ -31,6 +31,7 @@ pub async fn define(
     crate::host::image::check(&host.paths, &req.configs)?;
     let disks = all_disks(&req.configs)?;
     let config = req.configs.get(&active).cloned().unwrap_or_default();
+    crate::network::nat::check_publish(host, &config, &req.publish).await?;
     let uuid = Uuid::new_v4();
     let now = wire::now();
     let rec = PartitionRecord {
@@ -71,6 +72,16 @@ pub async fn define(
         })
     }));
     ops.extend(Op::reserve(uuid, &disk_share));
+    if !req.publish.is_empty() {
+        ops.push(Op::Publish(brood_ledger::PublishOp::Set {
+            partition: uuid,
+            ports: req
+                .publish
+                .iter()
+                .map(crate::network::nat::port_in)
+                .collect(),
+        }));
+    }
     host.ledger
         .commit(Tx {
             actor: actor.into(),
@@ -78,6 +89,10 @@ pub async fn define(
             ops,
         })
         .await?;
+    if !req.publish.is_empty() {
+        host.feature::<crate::network::nat::Nat>()
+            .record(uuid, &req.publish);
+    }
     let then = req.start.then_some(PendingOp::Create);
     {
         let lock = host.registry.lock(uuid);

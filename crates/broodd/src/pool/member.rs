@@ -55,6 +55,7 @@ fn member_request(name: String, spec: &PoolSpec) -> api::DefineRequest {
         configs: [("member".to_string(), config)].into(),
         active_config: None,
         start: false,
+        publish: Vec::new(),
     }
 }
 

@@ -324,6 +324,7 @@ pub async fn create(
                 .into(),
                 active_config: None,
                 start: false,
+                publish: Vec::new(),
             },
             &networks,
         )?;
