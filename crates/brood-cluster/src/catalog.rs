@@ -137,7 +137,7 @@ pub struct SyncReport {
 #[derive(Clone)]
 pub struct Catalog {
     pool: Pool,
-    retry_for: Duration,
+    pub(crate) retry_for: Duration,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -179,6 +179,8 @@ macro_rules! retry {
     }};
 }
 
+pub(crate) use retry;
+
 impl Catalog {
     /// Connects to `url` (`postgres://user@host:port/db` or key=value) and
     /// brings the schema up to date. Transient failures are retried for
@@ -210,7 +212,7 @@ impl Catalog {
         Ok(cat)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => ClusterError::Db(e),
             other => ClusterError::Pool(other.to_string()),
@@ -834,7 +836,7 @@ async fn define<C: GenericClient>(c: &C, def: &PartitionDef) -> Result<Partition
     Ok(stored)
 }
 
-async fn read_placement<C: GenericClient>(
+pub(crate) async fn read_placement<C: GenericClient>(
     c: &C,
     id: Uuid,
 ) -> Result<Option<Placement>, ClusterError> {
@@ -920,7 +922,10 @@ async fn read_hosts<C: GenericClient>(
         .collect()
 }
 
-async fn read_snapshot<C: GenericClient>(c: &C, live: Liveness) -> Result<Snapshot, ClusterError> {
+pub(crate) async fn read_snapshot<C: GenericClient>(
+    c: &C,
+    live: Liveness,
+) -> Result<Snapshot, ClusterError> {
     let domains = read_domains(c).await?;
     let hosts = read_hosts(c, live, None).await?;
     let rows = c
@@ -958,7 +963,7 @@ async fn read_snapshot<C: GenericClient>(c: &C, live: Liveness) -> Result<Snapsh
     Ok(Snapshot { hosts, domains })
 }
 
-fn capacity_at(r: &Row, at: usize) -> Result<Capacity, ClusterError> {
+pub(crate) fn capacity_at(r: &Row, at: usize) -> Result<Capacity, ClusterError> {
     Ok(Capacity {
         memory_mib: u(r.get(at))?,
         vcpus: u(r.get(at + 1))?,
@@ -966,16 +971,16 @@ fn capacity_at(r: &Row, at: usize) -> Result<Capacity, ClusterError> {
     })
 }
 
-fn i(v: u64) -> Result<i64, ClusterError> {
+pub(crate) fn i(v: u64) -> Result<i64, ClusterError> {
     i64::try_from(v).map_err(|_| ClusterError::Invalid(format!("{v} is too large for the catalog")))
 }
 
-fn u(v: i64) -> Result<u64, ClusterError> {
+pub(crate) fn u(v: i64) -> Result<u64, ClusterError> {
     u64::try_from(v)
         .map_err(|_| ClusterError::Invalid(format!("the catalog holds a negative amount ({v})")))
 }
 
-fn not_found(what: &'static str, name: &str) -> ClusterError {
+pub(crate) fn not_found(what: &'static str, name: &str) -> ClusterError {
     ClusterError::NotFound {
         what,
         name: name.to_owned(),

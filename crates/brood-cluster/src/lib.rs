@@ -13,6 +13,7 @@ mod catalog;
 mod error;
 mod migrate;
 pub mod model;
+mod move_;
 pub mod place;
 pub mod testing;
 
@@ -24,3 +25,4 @@ pub use migrate::latest_version;
 pub use model::{
     Capacity, DomainPolicy, HostState, Importance, Liveness, Requirement, Zone, ZoneKind,
 };
+pub use move_::{Move, MoveEnd, MoveState, catalog_server};

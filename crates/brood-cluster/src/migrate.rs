@@ -7,6 +7,11 @@
 //!   their policy (with the `default` domain); partition definitions
 //!   (name, domain, demand, required zones); placement (host, generation,
 //!   whether the host's ledger holds it, its id there).
+//! - V_MOVES: live migrations in progress, one row per partition moving
+//!   (source, target, the generation the move bumped to, its state
+//!   requested → ready → committed or refused, the definition the target
+//!   reserves, the target's stream address), and on the placement the
+//!   generation of the last move committed; see `move_.rs`.
 
 use tokio_postgres::Client;
 
@@ -75,12 +80,34 @@ CREATE TABLE placement (
 CREATE INDEX placement_host ON placement (host);
 ";
 
+const V_MOVES: &str = r"
+CREATE TABLE migration (
+    partition uuid PRIMARY KEY REFERENCES partition_def (id) ON DELETE CASCADE,
+    source text NOT NULL,
+    target text NOT NULL,
+    generation bigint NOT NULL CHECK (generation > 0),
+    state text NOT NULL CHECK (state IN ('requested', 'ready', 'committed', 'refused')),
+    local_id uuid NOT NULL,
+    definition jsonb NOT NULL,
+    address text,
+    reason text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX migration_target ON migration (target);
+CREATE INDEX migration_source ON migration (source);
+ALTER TABLE placement ADD COLUMN moved_generation bigint;
+";
+
 /// Every migration, in order: (version, what it adds, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "hosts, zones, domains, partition definitions, placement",
-    V1,
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "hosts, zones, domains, partition definitions, placement",
+        V1,
+    ),
+    (2, "live migrations in progress", V_MOVES),
+];
 
 /// The schema version this build knows.
 pub fn latest_version() -> i32 {

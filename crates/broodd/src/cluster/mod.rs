@@ -22,6 +22,8 @@ use tracing::{info, warn};
 
 use crate::host::Host;
 
+pub mod migrate;
+
 /// Reconcile with the catalog at least this often, ledger changes or not.
 const SYNC_EVERY: Duration = Duration::from_secs(30);
 /// Ledger commits closer together than this are reconciled once.
@@ -56,6 +58,9 @@ pub struct ClusterArgs {
     /// How long to retry a catalog operation while PostgreSQL is away.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub catalog_retry: Duration,
+    /// Tests only: stop dead at this point of a live migration.
+    #[arg(long, hide = true, value_enum)]
+    pub migrate_fault: Option<migrate::Fault>,
 }
 
 /// Cluster mode's settings, validated.
@@ -75,6 +80,8 @@ pub struct ClusterConfig {
     pub liveness: Liveness,
     /// Retry deadline of catalog operations.
     pub retry_for: Duration,
+    /// Where a test stops a migration dead.
+    pub fault: Option<migrate::Fault>,
 }
 
 impl ClusterArgs {
@@ -114,6 +121,7 @@ impl ClusterArgs {
                 failed_after_ms: ms(self.failed_after),
             },
             retry_for: self.catalog_retry,
+            fault: self.migrate_fault,
         }))
     }
 }
@@ -154,6 +162,9 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
         .await
         .context("reconcile the catalog with this host's ledger")?;
     log_report(&report);
+    migrate::recover(host, &member)
+        .await
+        .context("settle the live migrations a restart cut")?;
     info!(
         host = %member.cfg.name,
         zones = member.cfg.zones.len(),
@@ -164,6 +175,7 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
         .set(member.clone())
         .map_err(|_| anyhow::anyhow!("broodd joined the cluster twice"))?;
     spawn_heartbeat(host.clone(), member.clone());
+    migrate::spawn_receiver(host.clone(), member.clone());
     spawn_sync(host.clone(), member);
     Ok(())
 }
