@@ -59,3 +59,34 @@ pub async fn run(args: MigrateArgs, client: &crate::client::Client, out: Output)
     }
     Ok(0)
 }
+
+/// The host of the cluster a partition this broodd does not hold runs on,
+/// when broodd is in a cluster and the catalog places it on another host.
+pub async fn elsewhere(client: &crate::client::Client, name: &str) -> Option<String> {
+    let all: brood_api::cluster::ClusterPlacementList =
+        client.get("/v1/cluster/placements").await.ok()?;
+    all.placements
+        .into_iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.host)
+}
+
+/// `GET /v1/partitions/{name}`, and when this host does not hold it but
+/// the cluster places it on another, an error that names that host.
+pub async fn show_here_or_where(
+    client: &crate::client::Client,
+    name: &str,
+) -> Result<brood_api::Partition> {
+    match client.get(&partition_path(name)).await {
+        Ok(p) => Ok(p),
+        Err(e @ crate::client::ClientError::Api { status: 404, .. }) => {
+            match elsewhere(client, name).await {
+                Some(h) => anyhow::bail!(
+                    "{name} is not on this host: it runs on host {h} now (the cluster's catalog places it there; ask that host's broodd: `brood host show {h}` gives its address)"
+                ),
+                None => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -209,7 +209,7 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         } => crate::console::ssh(client, &name, &user, &ssh_args).await,
         VmCmd::List { limit } => list(client, limit, out).await,
         VmCmd::Show(t) => {
-            let mut p: Partition = client.get(&partition_path(&t.name)).await?;
+            let mut p: Partition = crate::migrate::show_here_or_where(client, &t.name).await?;
             if !p.nics.is_empty() {
                 fill_addresses(&mut p, &crate::network::all_or_none(client).await?);
             }

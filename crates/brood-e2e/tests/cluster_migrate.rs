@@ -48,6 +48,54 @@ fn run_state(h: &Host, name: &str) -> Option<String> {
     v["run_state"].as_str().map(str::to_owned)
 }
 
+/// The shell lines of README.md's "Live migration" subsection.
+fn readme_lines() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let start = text.find("\n### Live migration\n").expect("the subsection");
+    let rest = &text[start + 1..];
+    let section = &rest[..rest[4..].find("\n## ").map_or(rest.len(), |i| i + 4)];
+    let mut lines = Vec::new();
+    let mut in_sh = false;
+    for l in section.lines() {
+        match (in_sh, l.trim()) {
+            (false, "```shell") => in_sh = true,
+            (true, "```") => in_sh = false,
+            (true, l) if !l.is_empty() => lines.push(l.to_owned()),
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// Runs a README line with `h`'s broodd; its stdout (it must succeed).
+fn sh(h: &Host, line: &str) -> String {
+    let bin = brood_e2e::brood_bin();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", line])
+        .env("PATH", &path)
+        .env("BROOD_DATA_DIR", &h.data)
+        .env("BROOD_RUN_DIR", h.env.run_root().join("vms"))
+        .env_remove("BROOD_HOST")
+        .env_remove("BROOD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "README line {line:?} on {}: {}{}\n{}",
+        h.name,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out),
+        tail(&h.log())
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Restarts `h`'s broodd with `extra` arguments beyond its usual ones.
 fn restart_with(h: &mut Host, extra: &[&str]) {
     h.kill9();
@@ -90,6 +138,18 @@ fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
     assert!(mark.status.success(), "{}", stderr(&mark));
     let gen0 = placement(&h1, "mig")["generation"].as_u64().unwrap();
 
+    // README's lines, each on the host named in its comment.
+    let readme = readme_lines();
+    assert_eq!(readme.len(), 3, "{readme:?}");
+    let out = sh(&h1, &readme[0]);
+    assert!(out.contains("runs on h2"), "{out}");
+    runs_with_mark(&h2, "mig");
+    assert!(sh(&h1, &readme[1]).contains("mig"));
+    let out = sh(&h2, &readme[2]);
+    assert!(out.contains("runs on h1"), "{out}");
+    runs_with_mark(&h1, "mig");
+    verify_all(&[&h1, &h2]);
+
     // h1 -> h2, named.
     let done = h1.json(&["vm", "migrate", "mig", "--to", "h2"]);
     assert_eq!(done["from"], "h1", "{done}");
@@ -104,6 +164,10 @@ fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
     assert_eq!(p["host"], "h2", "{p}");
     assert_eq!(p["held"], true, "{p}");
     assert!(p["generation"].as_u64().unwrap() > gen0, "{p}");
+    // The host it left says where it runs now.
+    let out = h1.brood(&["vm", "show", "mig"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("runs on host h2"), "{}", stderr(&out));
     verify_all(&[&h1, &h2]);
 
     // Refused before anything moves: no such host; it runs on.
