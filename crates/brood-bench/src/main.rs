@@ -43,6 +43,12 @@ enum Cmd {
         /// Image directory.
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
+        /// The brood CLI binary (for the migration between two broodds).
+        #[arg(long, default_value = "target/release/brood")]
+        brood: PathBuf,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
     },
     /// Placement decisions per second over a snapshot of HOSTS hosts and
     /// PARTITIONS placed partitions, against a least-loaded scan.
@@ -214,7 +220,12 @@ fn main() -> Result<()> {
             decisions,
             rounds,
         } => cluster::cluster(hosts, partitions, decisions, rounds),
-        Cmd::Migrate { runs, image } => cluster::migrate(runs, &image),
+        Cmd::Migrate {
+            runs,
+            image,
+            brood,
+            broodd,
+        } => cluster::migrate(runs, &image, &brood, &broodd),
         Cmd::Boot { runs, brood, image } => boot::boot(runs, &brood, image),
         Cmd::Debian {
             image,
