@@ -187,7 +187,7 @@ impl QemuEngine {
                 // everything, and the caller decides which copy runs.
                 let status = vm.qmp.query_migrate().await.ok().and_then(|i| i.status);
                 if status != Some(MigrationStatus::Completed) {
-                    if matches!(&status, Some(s) if !s.is_final()) {
+                    if matches!(&status, Some(s) if !s.is_final() && *s != MigrationStatus::None) {
                         let _ = vm.qmp.execute_raw("migrate_cancel", None).await;
                         let _ = vm.qmp.wait_migration(timeout).await;
                     }
