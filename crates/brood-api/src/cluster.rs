@@ -242,3 +242,34 @@ impl std::fmt::Debug for ClusterOpsAdded {
             .finish_non_exhaustive()
     }
 }
+
+/// Body of `POST /v1/partitions/{name}/migrate`: where to live-migrate a
+/// running partition.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMigrateRequest {
+    /// The target host; without it placement picks one (never the current host).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 63)]
+    pub to: Option<String>,
+}
+
+/// A live migration that completed: the partition runs on `to`, and `from`
+/// holds nothing of it any more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMigration {
+    /// The partition's name.
+    pub partition: String,
+    /// The host it left.
+    pub from: String,
+    /// The host it runs on now.
+    pub to: String,
+    /// The placement generation the move committed at.
+    pub generation: u64,
+    /// QEMU's total time of the stream, in milliseconds.
+    pub total_ms: u64,
+    /// The guest's pause for the switch (QEMU's `downtime`), in milliseconds.
+    pub downtime_ms: u64,
+    /// From the request to the source released, in milliseconds.
+    pub wall_ms: u64,
+}

@@ -179,14 +179,31 @@ pub fn cluster(hosts: usize, partitions: usize, decisions: usize, rounds: usize)
 /// driven by hand (`-incoming tcp:`, QMP `migrate`) with the same kernel
 /// and initramfs over the same loopback link. Reports median total time
 /// and downtime as each source QEMU's `query-migrate` reports them.
-pub fn migrate(runs: usize, image: &std::path::Path) -> Result<()> {
+///
+/// Beside them, `brood vm migrate` between two broodds of a cluster (a
+/// PostgreSQL catalog on loopback, both broodds on this host with their
+/// own data and run directories): the same VM moved back and forth, its
+/// total time and downtime as broodd reports them (the source QEMU's),
+/// and the wall time of the whole command (catalog rendezvous, target
+/// QEMU start, stream, commit, release).
+pub fn migrate(
+    runs: usize,
+    image: &std::path::Path,
+    brood: &std::path::Path,
+    broodd: &std::path::Path,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut pair = broodds::Pair::start(brood, broodd, image)?;
     let mut rows = Vec::new();
     for busy in [false, true] {
         let (mut bt, mut bd, mut rt_, mut rd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ct, mut cd, mut cw) = (Vec::new(), Vec::new(), Vec::new());
+        if busy {
+            pair.dirty()?;
+        }
         for i in 0..runs {
             let (t, d) = rt.block_on(brood_migration(image, busy, i))?;
             bt.push(t);
@@ -194,32 +211,176 @@ pub fn migrate(runs: usize, image: &std::path::Path) -> Result<()> {
             let (t2, d2) = raw::migration(image, busy)?;
             rt_.push(t2);
             rd.push(d2);
+            let (t3, d3, w3) = pair.migrate()?;
+            ct.push(t3);
+            cd.push(d3);
+            cw.push(w3);
             eprintln!(
-                "{} run {}: brood {t:.0}/{d:.0} ms | raw {t2:.0}/{d2:.0} ms (total/downtime)",
+                "{} run {}: engine {t:.0}/{d:.0} ms | raw {t2:.0}/{d2:.0} ms | two broodds {t3:.0}/{d3:.0} ms, wall {w3:.0} ms (total/downtime)",
                 if busy { "busy" } else { "idle" },
                 i + 1,
             );
         }
         rows.push((
             busy,
-            crate::median(bt),
-            crate::median(bd),
-            crate::median(rt_),
-            crate::median(rd),
+            [
+                crate::median(bt),
+                crate::median(bd),
+                crate::median(rt_),
+                crate::median(rd),
+                crate::median(ct),
+                crate::median(cd),
+                crate::median(cw),
+            ],
         ));
     }
     println!(
-        "| 256 MiB VM, median of {runs} | brood total | brood downtime | QEMU by hand total | QEMU by hand downtime | ratio total |"
+        "| 256 MiB VM, median of {runs} | engine total | engine downtime | QEMU by hand total | QEMU by hand downtime | two broodds total | two broodds downtime | two broodds wall | ratio total (broodds / by hand) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (busy, bt, bd, rt_, rd) in rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (busy, [bt, bd, rt_, rd, ct, cd, cw]) in rows {
         println!(
-            "| {} | {bt:.0} ms | {bd:.0} ms | {rt_:.0} ms | {rd:.0} ms | {:.2} |",
+            "| {} | {bt:.0} ms | {bd:.0} ms | {rt_:.0} ms | {rd:.0} ms | {ct:.0} ms | {cd:.0} ms | {cw:.0} ms | {:.2} |",
             if busy { "busy" } else { "idle" },
-            bt / rt_
+            ct / rt_
         );
     }
     Ok(())
+}
+
+mod broodds {
+    //! Two broodds of one cluster on this host, and a VM moved between them.
+
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result, bail};
+    use brood_cluster::testing::TempPostgres;
+    use serde_json::Value;
+
+    struct Daemon {
+        data: PathBuf,
+        run: PathBuf,
+        child: Child,
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The catalog, both broodds and where the VM is.
+    pub struct Pair {
+        brood: PathBuf,
+        hosts: Vec<Daemon>,
+        at: usize,
+        _root: tempfile::TempDir,
+        _pg: TempPostgres,
+    }
+
+    const VM: &str = "benchmig";
+
+    impl Pair {
+        pub fn start(brood: &Path, broodd: &Path, image: &Path) -> Result<Pair> {
+            let pg = TempPostgres::start_on("127.0.0.1")
+                .map_err(|e| anyhow::anyhow!("start PostgreSQL: {e}"))?;
+            let root = tempfile::Builder::new()
+                .prefix("brood-bench-pair-")
+                .tempdir_in("/dev/shm")?;
+            let mut hosts = Vec::new();
+            for name in ["b1", "b2"] {
+                let data = root.path().join(name).join("data");
+                let run = root.path().join(name).join("vms");
+                std::fs::create_dir_all(&data)?;
+                let log = std::fs::File::create(data.join("broodd.log"))?;
+                let child = Command::new(broodd)
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .arg("--run-dir")
+                    .arg(&run)
+                    .arg("--image")
+                    .arg(image)
+                    .args(["--memory-mib", "2048", "--disk-gib", "20"])
+                    .args(["--catalog", &pg.url(), "--cluster-host", name])
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .with_context(|| format!("start {}", broodd.display()))?;
+                let d = Daemon { data, run, child };
+                let t0 = Instant::now();
+                while std::os::unix::net::UnixStream::connect(d.data.join("broodd.sock")).is_err() {
+                    if t0.elapsed() > Duration::from_secs(60) {
+                        bail!("broodd {name} did not come up");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                hosts.push(d);
+            }
+            let pair = Pair {
+                brood: brood.to_path_buf(),
+                hosts,
+                at: 0,
+                _root: root,
+                _pg: pg,
+            };
+            pair.brood(0, &["vm", "create", VM, "--memory", "256", "--vcpus", "1"])?;
+            // The catalog adopts it with the next reconcile.
+            let t0 = Instant::now();
+            loop {
+                let v = pair.brood(0, &["host", "placements", "-o", "json"])?;
+                let held = v["placements"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p["name"] == VM && p["held"] == true));
+                if held {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    bail!("the catalog did not adopt {VM}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(pair)
+        }
+
+        fn brood(&self, host: usize, args: &[&str]) -> Result<Value> {
+            let d = &self.hosts[host];
+            let out = Command::new(&self.brood)
+                .env("BROOD_DATA_DIR", &d.data)
+                .env("BROOD_RUN_DIR", &d.run)
+                .env_remove("BROOD_HOST")
+                .env_remove("BROOD_TOKEN")
+                .args(args)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "brood {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+        }
+
+        /// Starts the guest loop that dirties memory.
+        pub fn dirty(&self) -> Result<()> {
+            self.brood(self.at, &["vm", "exec", VM, super::DIRTY])?;
+            Ok(())
+        }
+
+        /// Moves the VM to the other broodd: (total, downtime, wall) in ms.
+        #[allow(clippy::cast_precision_loss)]
+        pub fn migrate(&mut self) -> Result<(f64, f64, f64)> {
+            let to = if self.at == 0 { "b2" } else { "b1" };
+            let t0 = Instant::now();
+            let v = self.brood(self.at, &["vm", "migrate", VM, "--to", to, "-o", "json"])?;
+            let wall = t0.elapsed().as_secs_f64() * 1000.0;
+            self.at = 1 - self.at;
+            let f = |k: &str| v[k].as_u64().unwrap_or(0) as f64;
+            Ok((f("total_ms"), f("downtime_ms"), wall))
+        }
+    }
 }
 
 const DIRTY: &str = "nohup sh -c 'while :; do dd if=/dev/urandom of=/dev/shm/dirty bs=1M count=16 2>/dev/null; done' >/dev/null 2>&1 &";

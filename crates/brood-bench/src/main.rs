@@ -43,6 +43,12 @@ enum Cmd {
         /// Image directory.
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
+        /// The brood CLI binary (for the migration between two broodds).
+        #[arg(long, default_value = "target/release/brood")]
+        brood: PathBuf,
+        /// The broodd binary.
+        #[arg(long, default_value = "target/release/broodd")]
+        broodd: PathBuf,
     },
     /// Time from a host failure (kill -9 of broodd and QEMU) to its VM
     /// running on another host: two broodds, one catalog, one `broodd ops`.
@@ -230,7 +236,12 @@ fn main() -> Result<()> {
             decisions,
             rounds,
         } => cluster::cluster(hosts, partitions, decisions, rounds),
-        Cmd::Migrate { runs, image } => cluster::migrate(runs, &image),
+        Cmd::Migrate {
+            runs,
+            image,
+            brood,
+            broodd,
+        } => cluster::migrate(runs, &image, &brood, &broodd),
         Cmd::Failover {
             runs,
             image,

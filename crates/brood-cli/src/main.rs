@@ -24,6 +24,7 @@ mod io;
 mod job;
 mod ledger;
 mod man;
+mod migrate;
 mod network;
 mod partition;
 mod paths;

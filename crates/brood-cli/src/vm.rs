@@ -42,6 +42,9 @@ pub enum VmCmd {
   brood vm show web
   brood vm show 5f0c...-uuid -o json")]
     Show(Target),
+    /// Live-migrate a running VM to another host of the cluster.
+    #[command(after_help = crate::migrate::EXAMPLES)]
+    Migrate(crate::migrate::MigrateArgs),
     /// Start a stopped, saved or crashed partition.
     #[command(after_help = "Examples:\n  brood vm start web\n  brood vm start web --no-wait")]
     Start(ActTarget),
@@ -206,7 +209,7 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
         } => crate::console::ssh(client, &name, &user, &ssh_args).await,
         VmCmd::List { limit } => list(client, limit, out).await,
         VmCmd::Show(t) => {
-            let mut p: Partition = client.get(&partition_path(&t.name)).await?;
+            let mut p: Partition = crate::migrate::show_here_or_where(client, &t.name).await?;
             if !p.nics.is_empty() {
                 fill_addresses(&mut p, &crate::network::all_or_none(client).await?);
             }
@@ -219,6 +222,7 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
             }
             Ok(0)
         }
+        VmCmd::Migrate(args) => crate::migrate::run(args, client, out).await,
         VmCmd::Start(t) => action(client, &t, "start", out).await,
         VmCmd::Kill(t) => action(client, &t, "kill", out).await,
         VmCmd::Pause(t) => action(client, &t, "pause", out).await,

@@ -836,7 +836,7 @@ async fn define<C: GenericClient>(c: &C, def: &PartitionDef) -> Result<Partition
     Ok(stored)
 }
 
-async fn read_placement<C: GenericClient>(
+pub(crate) async fn read_placement<C: GenericClient>(
     c: &C,
     id: Uuid,
 ) -> Result<Option<Placement>, ClusterError> {

@@ -14,6 +14,7 @@ mod error;
 mod lease;
 mod migrate;
 pub mod model;
+mod move_;
 pub mod place;
 pub mod testing;
 
@@ -26,3 +27,4 @@ pub use migrate::latest_version;
 pub use model::{
     Capacity, DomainPolicy, HostState, Importance, Liveness, Requirement, Zone, ZoneKind,
 };
+pub use move_::{Move, MoveEnd, MoveState, catalog_server};

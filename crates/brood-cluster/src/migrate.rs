@@ -10,6 +10,11 @@
 //! - V2 (`lease.rs`): operations instances with the SHA-256 of their
 //!   token, host leases (holder, expiry), and the definition a host
 //!   publishes for each partition it holds (`partition_def.spec`).
+//! - V_MOVES: live migrations in progress, one row per partition moving
+//!   (source, target, the generation the move bumped to, its state
+//!   requested → ready → committed or refused, the definition the target
+//!   reserves, the target's stream address), and on the placement the
+//!   generation of the last move committed; see `move_.rs`.
 
 use tokio_postgres::Client;
 
@@ -78,6 +83,25 @@ CREATE TABLE placement (
 CREATE INDEX placement_host ON placement (host);
 ";
 
+const V_MOVES: &str = r"
+CREATE TABLE migration (
+    partition uuid PRIMARY KEY REFERENCES partition_def (id) ON DELETE CASCADE,
+    source text NOT NULL,
+    target text NOT NULL,
+    generation bigint NOT NULL CHECK (generation > 0),
+    state text NOT NULL CHECK (state IN ('requested', 'ready', 'committed', 'refused')),
+    local_id uuid NOT NULL,
+    definition jsonb NOT NULL,
+    address text,
+    reason text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX migration_target ON migration (target);
+CREATE INDEX migration_source ON migration (source);
+ALTER TABLE placement ADD COLUMN moved_generation bigint;
+";
+
 /// Every migration, in order: (version, what it adds, SQL).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
@@ -90,6 +114,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "operations instances, host leases, published definitions",
         crate::lease::V_LEASES,
     ),
+    (3, "live migrations in progress", V_MOVES),
 ];
 
 /// The schema version this build knows.

@@ -207,4 +207,39 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     async fn rehost(&self, _vm: &dyn VmHandle, _spec: &VmSpec) -> Result<BoxedVm, EngineError> {
         Err(EngineError::Unsupported { op: "re-host" })
     }
+
+    /// Starts a VM for `spec` that waits for a live migration stream, its
+    /// memory and vCPUs taken now; it runs only once [`Engine::migrate_in`]
+    /// loaded the stream and the caller resumes it. Killed on drop.
+    async fn prepare_incoming(&self, _spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Err(EngineError::Unsupported {
+            op: "receive a live migration",
+        })
+    }
+
+    /// Feeds the source's `stream` to a VM from [`Engine::prepare_incoming`]
+    /// and waits until the whole state arrived; the guest stays paused.
+    async fn migrate_in(
+        &self,
+        _vm: &dyn VmHandle,
+        _stream: std::net::TcpStream,
+        _timeout: std::time::Duration,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported {
+            op: "receive a live migration",
+        })
+    }
+
+    /// Live-migrates `vm` to the target listening at `to`. On success the
+    /// source is paused for the caller to end; on a failure the stream did
+    /// not complete and it runs on (or, when QEMU reported the stream
+    /// complete, it is left paused for the caller to decide).
+    async fn migrate_out(
+        &self,
+        _vm: &dyn VmHandle,
+        _to: std::net::SocketAddr,
+        _timeout: std::time::Duration,
+    ) -> Result<qemu::migrate::MigrationStats, EngineError> {
+        Err(EngineError::Unsupported { op: "live-migrate" })
+    }
 }

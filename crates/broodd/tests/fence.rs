@@ -67,6 +67,7 @@ fn cluster(url: &str, retry: Duration) -> ClusterConfig {
             failed_after_ms: 240_000,
         },
         retry_for: retry,
+        fault: None,
     }
 }
 

@@ -90,6 +90,7 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
         ("POST", "/cluster/domains") => json!({"name": name, "policy": {}}),
         ("POST", "/cluster/placements") => json!({"name": name, "demand": {"memory_mib": 64}}),
         ("POST", "/cluster/ops") => json!({"name": name}),
+        ("POST", "/partitions/{name}/migrate") => json!({}),
         ("POST", "/workflows") => json!({
             "definition": format!("name: {name}\ntasks: [{{id: a, step: stop, params: {{vm: off}}}}]")
         }),
@@ -417,6 +418,7 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         | ("DELETE", "/partitions/{name}/nics/{nic}") => "tpl",
         // Not in a cluster (no --catalog): every cluster route is refused.
         (_, p) if p.starts_with("/cluster") => "x",
+        ("POST", "/partitions/{name}/migrate") => "on",
         // Job 1 (the fixture's first define) has ended.
         ("POST", "/jobs/{id}/cancel") => "1",
         ("POST", "/workflows/{name}/run") => "stop-off",
@@ -770,6 +772,7 @@ const KNOWN: &[&str] = &[
     "GET /v1/cluster/ops",
     "POST /v1/cluster/ops",
     "DELETE /v1/cluster/ops/{name}",
+    "POST /v1/partitions/{name}/migrate",
     "GET /v1/jobs",
     "GET /v1/jobs/{id}",
     "POST /v1/jobs/{id}/cancel",

@@ -681,6 +681,7 @@ fn concrete(
         ("POST", "/tokens") => Some(json!({"user": format!("{u}-extra")})),
         ("PUT", "/prices") => Some(json!({"item": "vcpu", "micros_per_hour": 1})),
         ("POST", "/chargeback/refunds") => Some(json!({"unit": "a", "micros": 1, "reason": "r"})),
+        ("POST", "/partitions/{name}/migrate") => Some(json!({})),
         ("POST", "/cluster/hosts") => Some(json!({"name": format!("h{n}")})),
         ("POST", "/cluster/zones") => Some(json!({"zone": format!("storage:z{n}")})),
         ("POST", "/cluster/domains") => Some(json!({"name": format!("d{n}"), "policy": {}})),

@@ -129,4 +129,30 @@ impl Engine for QemuEngine {
             QemuEngine::rehost(self, qemu_vm(vm, "re-host")?, spec).await?,
         ))
     }
+
+    async fn prepare_incoming(&self, spec: &VmSpec) -> Result<BoxedVm, EngineError> {
+        Ok(Box::new(
+            QemuEngine::prepare_incoming(self, spec).await?.into_vm(),
+        ))
+    }
+
+    async fn migrate_in(
+        &self,
+        vm: &dyn VmHandle,
+        stream: std::net::TcpStream,
+        timeout: std::time::Duration,
+    ) -> Result<(), EngineError> {
+        let vm = qemu_vm(vm, "receive a live migration into")?;
+        self.load_incoming(vm, stream, timeout).await
+    }
+
+    async fn migrate_out(
+        &self,
+        vm: &dyn VmHandle,
+        to: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<super::migrate::MigrationStats, EngineError> {
+        let vm = qemu_vm(vm, "live-migrate")?;
+        QemuEngine::migrate_out(self, vm, to, timeout).await
+    }
 }

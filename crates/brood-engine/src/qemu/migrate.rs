@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use brood_qmp::MigrationCapabilityName;
+use brood_qmp::{MigrationCapabilityName, MigrationStatus};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{QemuEngine, finish_migration};
@@ -52,6 +52,15 @@ pub struct MigrationStats {
     pub downtime_ms: u64,
     /// What brood measured around it, in milliseconds.
     pub wall_ms: u64,
+}
+
+impl IncomingVm {
+    /// The waiting VM itself, for a caller that accepts the stream on its
+    /// own ([`QemuEngine::load_incoming`]); it is killed on drop until the
+    /// caller says otherwise.
+    pub fn into_vm(self) -> Vm {
+        self.vm
+    }
 }
 
 impl QemuEngine {
@@ -90,6 +99,28 @@ impl QemuEngine {
         super::fdpass::migrate_over_socket(inc.vm.run_dir(), stream.as_fd(), true).await?;
         inc.stream = Some(stream);
         Ok(peer)
+    }
+
+    /// Hands `stream` (the source's connection, accepted by the caller) to
+    /// a VM from [`QemuEngine::prepare_incoming`] and waits until the whole
+    /// state has arrived; the guest is left paused for the caller to run
+    /// once it has decided the move (broodd commits it in the catalog first).
+    pub async fn load_incoming(
+        &self,
+        vm: &Vm,
+        stream: std::net::TcpStream,
+        timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let done = async {
+            super::fdpass::migrate_over_socket(vm.run_dir(), stream.as_fd(), true).await?;
+            finish_migration(&vm.qmp, timeout).await
+        }
+        .await;
+        drop(stream);
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => Err(vm.explain(e).await),
+        }
     }
 
     /// Waits for the stream to complete and runs the migrated guest.
@@ -149,9 +180,19 @@ impl QemuEngine {
                 wall_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
             Err(e) => {
-                // A failure after QEMU paused the guest leaves it paused:
-                // the source must run on.
-                let _ = vm.qmp.cont().await;
+                // A stream that did not complete (QEMU reports it failed or
+                // cancelled, or it still runs past the deadline) means the
+                // target lacks its end and cannot run: the source runs on.
+                // One QEMU reports completed is left paused: the target has
+                // everything, and the caller decides which copy runs.
+                let status = vm.qmp.query_migrate().await.ok().and_then(|i| i.status);
+                if status != Some(MigrationStatus::Completed) {
+                    if matches!(&status, Some(s) if !s.is_final() && *s != MigrationStatus::None) {
+                        let _ = vm.qmp.execute_raw("migrate_cancel", None).await;
+                        let _ = vm.qmp.wait_migration(timeout).await;
+                    }
+                    let _ = vm.qmp.cont().await;
+                }
                 Err(vm.explain(e).await)
             }
         }

@@ -10,9 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use brood_api::cluster::{
     ClusterCapacity, ClusterDomain, ClusterDomainList, ClusterDomainPolicy, ClusterHost,
-    ClusterHostAddRequest, ClusterHostList, ClusterInfo, ClusterOps, ClusterOpsAddRequest,
-    ClusterOpsAdded, ClusterOpsList, ClusterPlaceRequest, ClusterPlacement, ClusterPlacementList,
-    ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
+    ClusterHostAddRequest, ClusterHostList, ClusterInfo, ClusterMigrateRequest, ClusterMigration,
+    ClusterOps, ClusterOpsAddRequest, ClusterOpsAdded, ClusterOpsList, ClusterPlaceRequest,
+    ClusterPlacement, ClusterPlacementList, ClusterZone, ClusterZoneAddRequest, ClusterZoneList,
 };
 use brood_api::{ErrorBody, ErrorCode};
 use brood_cluster::{
@@ -43,6 +43,7 @@ pub fn routes(r: OpenApiRouter<Arc<Host>>) -> OpenApiRouter<Arc<Host>> {
         .routes(routes!(placement_list, placement_add))
         .routes(routes!(ops_list, ops_add))
         .routes(routes!(ops_remove))
+        .routes(routes!(partition_migrate))
 }
 
 impl From<ClusterError> for ApiError {
@@ -627,4 +628,51 @@ async fn ops_remove(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiR
     let m = member(&d)?;
     m.catalog.remove_ops(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Live-migrates a running partition to another host of the cluster: the
+/// target reserves it in its ledger and waits on `-incoming`, this host's
+/// QEMU pre-copies to it over TCP, the catalog commits the move, the
+/// target resumes it and this host releases it. A failure leaves it
+/// running here and nothing held on the target.
+#[utoipa::path(
+    post,
+    path = "/v1/partitions/{name}/migrate",
+    tag = "cluster",
+    operation_id = "migrate_partition",
+    params(("name" = String, Path, description = "Partition name or uuid")),
+    request_body = ClusterMigrateRequest,
+    responses(
+        (status = 200, description = "Migrated: where it runs now, QEMU's total time and downtime", body = ClusterMigration),
+        (status = 400, description = "malformed JSON, or `to` names this host (`bad_request`)", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid, or no host is named `to` (`not_found`)", body = ErrorBody),
+        (status = 409, description = "not running, a template, a forked child or with disks (`invalid_transition`); no other host can take it (`capacity_exceeded`); the target refused, QEMU's stream failed or the target did not commit, it runs here as before, or broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        JsonBody,
+        Common
+    )
+)]
+async fn partition_migrate(
+    State(d): D,
+    caller: Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ClusterMigrateRequest>,
+) -> ApiResult<Json<ClusterMigration>> {
+    let rec = caller.partition(&d, &name, Action::Operate).await?;
+    let m = member(&d)?;
+    if let Some(to) = &req.to {
+        brood_cluster::model::check_name("host", to)?;
+    }
+    let rec = rec.into_inner();
+    let name = rec.name.clone();
+    let done = crate::cluster::migrate::migrate_out(&d, &m, rec, req.to.as_deref()).await?;
+    Ok(Json(ClusterMigration {
+        partition: name,
+        from: done.from,
+        to: done.to,
+        generation: done.generation,
+        total_ms: done.total_ms,
+        downtime_ms: done.downtime_ms,
+        wall_ms: done.wall_ms,
+    }))
 }

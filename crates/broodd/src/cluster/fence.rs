@@ -230,9 +230,20 @@ pub async fn sweep(host: &Arc<Host>, m: &Member) -> Result<Vec<String>, ClusterE
         .filter_map(|p| p.local_id.map(|l| (l, p)))
         .collect();
     let by_name: HashMap<&str, &Placement> = all.iter().map(|p| (p.name.as_str(), p)).collect();
+    // A live migration briefly leaves a copy on a host the catalog does not
+    // place it on (the target's reservation before the commit, the source's
+    // paused copy after it): the move's own recovery settles those
+    // (`migrate.rs`), never the sweep.
+    let moving: std::collections::HashSet<Uuid> = m
+        .catalog
+        .moves_of_host(&m.cfg.name)
+        .await?
+        .into_iter()
+        .map(|mv| mv.local_id)
+        .collect();
     let mut released = Vec::new();
     for rec in parts {
-        if Kind::of(&rec) == Kind::Template {
+        if Kind::of(&rec) == Kind::Template || moving.contains(&rec.uuid) {
             continue;
         }
         let is_left = left.contains(&rec.uuid);

@@ -33,6 +33,8 @@ use tracing::{info, warn};
 
 use crate::host::Host;
 
+pub mod migrate;
+
 /// Reconcile with the catalog at least this often, ledger changes or not.
 const SYNC_EVERY: Duration = Duration::from_secs(30);
 /// Ledger commits closer together than this are reconciled once.
@@ -67,6 +69,9 @@ pub struct ClusterArgs {
     /// How long to retry a catalog operation while PostgreSQL is away.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub catalog_retry: Duration,
+    /// Tests only: stop dead at this point of a live migration.
+    #[arg(long, hide = true, value_enum)]
+    pub migrate_fault: Option<migrate::Fault>,
 }
 
 /// Cluster mode's settings, validated.
@@ -86,6 +91,8 @@ pub struct ClusterConfig {
     pub liveness: Liveness,
     /// Retry deadline of catalog operations.
     pub retry_for: Duration,
+    /// Where a test stops a migration dead.
+    pub fault: Option<migrate::Fault>,
 }
 
 impl ClusterArgs {
@@ -125,6 +132,7 @@ impl ClusterArgs {
                 failed_after_ms: ms(self.failed_after),
             },
             retry_for: self.catalog_retry,
+            fault: self.migrate_fault,
         }))
     }
 }
@@ -183,6 +191,9 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
         .await
         .context("reconcile the catalog with this host's ledger")?;
     log_report(&report);
+    migrate::recover(host, &member)
+        .await
+        .context("settle the live migrations a restart cut")?;
     info!(
         host = %member.cfg.name,
         zones = member.cfg.zones.len(),
@@ -194,6 +205,7 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("broodd joined the cluster twice"))?;
     spawn_heartbeat(host.clone(), member.clone());
     failover::spawn(host.clone(), member.clone());
+    migrate::spawn_receiver(host.clone(), member.clone());
     spawn_sync(host.clone(), member);
     Ok(())
 }

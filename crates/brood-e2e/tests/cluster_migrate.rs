@@ -1,0 +1,238 @@
+#![allow(clippy::tests_outside_test_module)]
+//! Live migration between two broodds of a cluster (issue 15): a running
+//! VM moves with `brood vm migrate` from one host's broodd to another's
+//! and back (once with `--to`, once where placement puts it), the guest's
+//! memory arriving whole; a move to an unknown host is refused with the
+//! VM running on; a target broodd killed after the stream loaded and
+//! before its commit leaves the VM running on the source and, once that
+//! broodd is back, nothing held on the target; a source broodd killed
+//! after the target committed and before it released its copy leaves the
+//! VM running on the target and, once back, holds nothing. `brood ledger
+//! verify` is clean on both hosts after every step. At most two VMs (the
+//! source's and the target's QEMU) run at once.
+
+use std::time::Duration;
+
+use brood_cluster::testing::TempPostgres;
+use brood_e2e::cluster::{Host, Net, TWO_VMS, placement, stderr, tail, verify_all};
+use brood_e2e::wait_until;
+use serde_json::Value;
+
+/// The names of the partitions `h`'s ledger holds.
+fn vms(h: &Host) -> Vec<String> {
+    let v = h.json(&["vm", "list"]);
+    let list = v
+        .as_array()
+        .or_else(|| v["partitions"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `brood vm exec NAME CMD` on `h`: its stdout, or `None` when it failed.
+fn exec(h: &Host, name: &str, cmd: &str) -> Option<String> {
+    let out = h.brood(&["vm", "exec", name, cmd]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_state(h: &Host, name: &str) -> Option<String> {
+    let out = h.brood(&["vm", "show", name, "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["run_state"].as_str().map(str::to_owned)
+}
+
+/// The shell lines of README.md's "Live migration" subsection.
+fn readme_lines() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let start = text.find("\n### Live migration\n").expect("the subsection");
+    let rest = &text[start + 1..];
+    let section = &rest[..rest[4..].find("\n## ").map_or(rest.len(), |i| i + 4)];
+    let mut lines = Vec::new();
+    let mut in_sh = false;
+    for l in section.lines() {
+        match (in_sh, l.trim()) {
+            (false, "```shell") => in_sh = true,
+            (true, "```") => in_sh = false,
+            (true, l) if !l.is_empty() => lines.push(l.to_owned()),
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// Runs a README line with `h`'s broodd; its stdout (it must succeed).
+fn sh(h: &Host, line: &str) -> String {
+    let bin = brood_e2e::brood_bin();
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", line])
+        .env("PATH", &path)
+        .env("BROOD_DATA_DIR", &h.data)
+        .env("BROOD_RUN_DIR", h.env.run_root().join("vms"))
+        .env_remove("BROOD_HOST")
+        .env_remove("BROOD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "README line {line:?} on {}: {}{}\n{}",
+        h.name,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out),
+        tail(&h.log())
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Restarts `h`'s broodd with `extra` arguments beyond its usual ones.
+fn restart_with(h: &mut Host, extra: &[&str]) {
+    h.kill9();
+    h.args
+        .retain(|a| a != "--migrate-fault" && !a.contains("-commit"));
+    h.args.extend(extra.iter().map(|s| (*s).to_owned()));
+    h.spawn();
+}
+
+/// Waits until `name` runs on `h` and still has the guest's mark: the
+/// guest that moved is the one that was running, not a new boot.
+fn runs_with_mark(h: &Host, name: &str) {
+    let ok = wait_until(Duration::from_secs(60), || {
+        run_state(h, name).as_deref() == Some("running")
+            && exec(h, name, "cat /tmp/mark").as_deref() == Some("before\n")
+    });
+    assert!(
+        ok,
+        "{name} does not run on {} with its memory: {:?}\n{}",
+        h.name,
+        run_state(h, name),
+        tail(&h.log())
+    );
+}
+
+#[test]
+fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
+    let _two = TWO_VMS.blocking_lock();
+    let net = Net::new(2);
+    let pg = TempPostgres::start_on(&net.gateway).expect("start PostgreSQL");
+    let url = pg.url();
+    let mut h1 = Host::start(&net.namespaces[0], "h1", &url, &["network:front"]);
+    let mut h2 = Host::start(&net.namespaces[1], "h2", &url, &["network:front"]);
+
+    h1.json(&["vm", "create", "mig", "--memory", "256", "--vcpus", "1"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        placement(&h1, "mig")["held"] == true
+    }));
+    let mark = h1.brood(&["vm", "exec", "mig", "echo before > /tmp/mark"]);
+    assert!(mark.status.success(), "{}", stderr(&mark));
+    let gen0 = placement(&h1, "mig")["generation"].as_u64().unwrap();
+
+    // README's lines, each on the host named in its comment.
+    let readme = readme_lines();
+    assert_eq!(readme.len(), 3, "{readme:?}");
+    let out = sh(&h1, &readme[0]);
+    assert!(out.contains("runs on h2"), "{out}");
+    runs_with_mark(&h2, "mig");
+    assert!(sh(&h1, &readme[1]).contains("mig"));
+    let out = sh(&h2, &readme[2]);
+    assert!(out.contains("runs on h1"), "{out}");
+    runs_with_mark(&h1, "mig");
+    verify_all(&[&h1, &h2]);
+
+    // h1 -> h2, named.
+    let done = h1.json(&["vm", "migrate", "mig", "--to", "h2"]);
+    assert_eq!(done["from"], "h1", "{done}");
+    assert_eq!(done["to"], "h2", "{done}");
+    assert!(
+        done["downtime_ms"].as_u64().unwrap() <= done["total_ms"].as_u64().unwrap(),
+        "{done}"
+    );
+    runs_with_mark(&h2, "mig");
+    assert!(vms(&h1).is_empty(), "h1 still holds {:?}", vms(&h1));
+    let p = placement(&h1, "mig");
+    assert_eq!(p["host"], "h2", "{p}");
+    assert_eq!(p["held"], true, "{p}");
+    assert!(p["generation"].as_u64().unwrap() > gen0, "{p}");
+    // The host it left says where it runs now.
+    let out = h1.brood(&["vm", "show", "mig"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("runs on host h2"), "{}", stderr(&out));
+    verify_all(&[&h1, &h2]);
+
+    // Refused before anything moves: no such host; it runs on.
+    let out = h2.brood(&["vm", "migrate", "mig", "--to", "h9"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("h9"), "{}", stderr(&out));
+    // Nor to where it already runs.
+    let out = h2.brood(&["vm", "migrate", "mig", "--to", "h2"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--to"), "{}", stderr(&out));
+    runs_with_mark(&h2, "mig");
+
+    // h2 -> placement's choice: the only other host, h1.
+    let done = h2.json(&["vm", "migrate", "mig"]);
+    assert_eq!(done["to"], "h1", "{done}");
+    runs_with_mark(&h1, "mig");
+    assert!(vms(&h2).is_empty(), "h2 still holds {:?}", vms(&h2));
+    verify_all(&[&h1, &h2]);
+
+    // Cut: the target's broodd dies after loading the stream, before its
+    // commit. The source aborts and runs on; the target, back, keeps nothing.
+    restart_with(&mut h2, &["--migrate-fault", "target-before-commit"]);
+    let out = h1.brood(&["vm", "migrate", "mig", "--to", "h2"]);
+    assert!(!out.status.success(), "the move cannot have succeeded");
+    assert!(
+        stderr(&out).contains("runs here as before"),
+        "{}",
+        stderr(&out)
+    );
+    runs_with_mark(&h1, "mig");
+    restart_with(&mut h2, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || vms(&h2).is_empty()),
+        "h2 kept {:?}\n{}",
+        vms(&h2),
+        tail(&h2.log())
+    );
+    assert_eq!(placement(&h1, "mig")["host"], "h1");
+    verify_all(&[&h1, &h2]);
+
+    // Cut: the source's broodd dies after the target committed, before it
+    // released its paused copy. The target runs it; the source, back,
+    // releases it and holds nothing.
+    restart_with(&mut h1, &["--migrate-fault", "source-after-commit"]);
+    runs_with_mark(&h1, "mig");
+    let out = h1.brood(&["vm", "migrate", "mig", "--to", "h2"]);
+    assert!(!out.status.success(), "the source broodd died mid-request");
+    runs_with_mark(&h2, "mig");
+    restart_with(&mut h1, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || vms(&h1).is_empty()),
+        "h1 kept {:?}\n{}",
+        vms(&h1),
+        tail(&h1.log())
+    );
+    let p = placement(&h2, "mig");
+    assert_eq!(p["host"], "h2", "{p}");
+    assert_eq!(p["held"], true, "{p}");
+    runs_with_mark(&h2, "mig");
+    verify_all(&[&h1, &h2]);
+
+    let out = h2.brood(&["vm", "delete", "mig", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    verify_all(&[&h1, &h2]);
+    drop((h1, h2));
+    drop(pg);
+    drop(net);
+}
