@@ -59,6 +59,40 @@ pub async fn create(
             rec.name, rec.stage, rec.run_state
         )));
     }
+    // `at` keeps the partition's lock until the template is made.
+    let at = to_fork_point(host, &rec, "its children get").await?;
+    let AtForkPoint {
+        running, seq, rec, ..
+    } = &at;
+    let (running, seq, rec) = (running.clone(), *seq, rec.clone());
+    let shape = Shape {
+        name,
+        warm,
+        persist,
+    };
+    freeze(host, actor, rec, running, seq, shape).await
+}
+
+/// A running partition at its agent's fork point, under its lock (held as
+/// long as this lives).
+pub(super) struct AtForkPoint {
+    pub running: Arc<Running>,
+    pub seq: u32,
+    /// The record reloaded under the lock.
+    pub rec: PartitionRecord,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Brings the running partition `rec` to its agent's fork point (the guest
+/// waits happen without its lock: a stop or kill meanwhile acts at once and
+/// is noticed), then takes its lock and checks that it still runs the same
+/// VM. Refused while a change waits for its next start: what the template
+/// is made of (`gets`: who gets what it runs) must be what it runs.
+pub(super) async fn to_fork_point(
+    host: &Arc<Host>,
+    rec: &PartitionRecord,
+    gets: &str,
+) -> HostResult<AtForkPoint> {
     if host
         .feature::<crate::partition::change::Changes>()
         .of(rec.uuid)
@@ -66,7 +100,7 @@ pub async fn create(
     {
         return Err(HostError::transition(format!(
             "{} runs other devices than its definition says (a change waits for its next \
-             start): stop and start it first, so its children get what it runs",
+             start): stop and start it first, so {gets} what it runs",
             rec.name
         )));
     }
@@ -74,8 +108,6 @@ pub async fn create(
         .registry
         .running(rec.uuid)
         .ok_or_else(|| HostError::conflict(format!("{} has no VM yet; retry", rec.name)))?;
-    // The guest waits happen without the partition's lock: a stop or kill
-    // meanwhile acts at once, and is noticed below.
     let agent = running
         .vm
         .agent()
@@ -89,8 +121,7 @@ pub async fn create(
         .prepare_fork(PREPARE_TIMEOUT)
         .await
         .map_err(|e| HostError::engine(format!("bring {} to its fork point", rec.name), e))?;
-    let lock = host.registry.lock(rec.uuid);
-    let _g = lock.lock().await;
+    let guard = host.registry.lock(rec.uuid).lock_owned().await;
     let rec = host.reload(rec.uuid).await?;
     if rec.run_state != RunState::Running || rec.pid != Some(running.vm.pid()) {
         return Err(HostError::conflict(format!(
@@ -98,12 +129,12 @@ pub async fn create(
             rec.name, rec.run_state
         )));
     }
-    let shape = Shape {
-        name,
-        warm,
-        persist,
-    };
-    freeze(host, actor, rec, running, seq, shape).await
+    Ok(AtForkPoint {
+        running,
+        seq,
+        rec,
+        _guard: guard,
+    })
 }
 
 /// Allocates the holes of a template's memory file (guest memory its parent

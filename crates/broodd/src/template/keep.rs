@@ -38,8 +38,6 @@ use crate::host::config::active_config;
 use crate::host::{Host, HostError, HostResult, Kind, chain};
 use crate::wire;
 
-/// How long the agent may take to reach its fork point.
-const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `qemu-img` may take on one disk.
 const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -90,43 +88,12 @@ pub async fn create(
             rec.name
         )));
     }
-    if host
-        .feature::<crate::partition::change::Changes>()
-        .of(rec.uuid)
-        .is_some()
-    {
-        return Err(HostError::transition(format!(
-            "{} runs other devices than its definition says (a change waits for its next \
-             start): stop and start it first, so the template gets what it runs",
-            rec.name
-        )));
-    }
-    let running = host
-        .registry
-        .running(rec.uuid)
-        .ok_or_else(|| HostError::conflict(format!("{} has no VM yet; retry", rec.name)))?;
-    let agent = running
-        .vm
-        .agent()
-        .map_err(|e| HostError::engine(format!("the agent of {}", rec.name), e))?;
-    running
-        .vm
-        .wait_ready(PREPARE_TIMEOUT)
-        .await
-        .map_err(|e| HostError::engine(format!("the agent of {}", rec.name), e))?;
-    let (seq, _services) = agent
-        .prepare_fork(PREPARE_TIMEOUT)
-        .await
-        .map_err(|e| HostError::engine(format!("bring {} to its fork point", rec.name), e))?;
-    let lock = host.registry.lock(rec.uuid);
-    let _g = lock.lock().await;
-    let rec = host.reload(rec.uuid).await?;
-    if rec.run_state != RunState::Running || rec.pid != Some(running.vm.pid()) {
-        return Err(HostError::conflict(format!(
-            "{} changed while it reached its fork point ({}); nothing was made",
-            rec.name, rec.run_state
-        )));
-    }
+    // `at` keeps the partition's lock until the template is made.
+    let at = super::freeze::to_fork_point(host, &rec, "the template gets").await?;
+    let super::freeze::AtForkPoint {
+        running, seq, rec, ..
+    } = &at;
+    let (running, seq, rec) = (running.clone(), *seq, rec.clone());
     let tpl = record(host, actor, &rec, name).await?;
     let tlock = host.registry.lock(tpl.uuid);
     let _tg = tlock.lock().await;
