@@ -335,28 +335,16 @@ impl Host {
     /// Ends a partition's VM on purpose, keeps its console, forgets it, and
     /// returns how it ended (`None` when it had no VM).
     pub async fn end_vm(&self, uuid: Uuid, mode: EndMode) -> Option<VmExit> {
-        let running = self.registry.running(uuid)?;
-        running.expect_exit();
-        if mode != EndMode::Kill
-            && running
-                .vm
-                .status()
-                .await
-                .is_ok_and(|s| s == VmStatus::Paused)
-        {
-            let _ = running.vm.resume().await;
-        }
-        let exit = match mode {
-            EndMode::Graceful(t) => running.vm.shutdown(t).await,
-            EndMode::Kill => running.vm.kill().await,
-        };
-        self.preserve_console(uuid, &running).await;
-        self.registry.remove(uuid);
-        match exit {
-            Ok(e) => Some(e),
+        match self.end_vm_checked(uuid, mode).await {
+            Ok(exit) => exit,
             Err(e) => {
+                // Nothing more can be done to it: it is forgotten all the same.
                 warn!(partition = %uuid, "ending its VM: {}", chain(&e));
-                running.vm.kill().await.ok()
+                if let Some(running) = self.registry.running(uuid) {
+                    self.preserve_console(uuid, &running).await;
+                }
+                self.registry.remove(uuid);
+                None
             }
         }
     }
