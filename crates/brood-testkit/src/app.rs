@@ -68,6 +68,7 @@ pub struct TestAppBuilder {
     capacity: Resources,
     mode: Mode,
     jobs: broodd::job::JobConfig,
+    cluster: Option<broodd::cluster::ClusterConfig>,
 }
 
 impl Default for TestAppBuilder {
@@ -81,6 +82,7 @@ impl Default for TestAppBuilder {
             },
             mode: Mode::Auto,
             jobs: broodd::job::JobConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -101,6 +103,13 @@ impl TestAppBuilder {
     /// The job engine's limits.
     pub fn jobs(mut self, jobs: broodd::job::JobConfig) -> Self {
         self.jobs = jobs;
+        self
+    }
+
+    /// Joins a cluster's catalog at start (`broodd --catalog`); the test
+    /// owns the PostgreSQL it points at.
+    pub fn cluster(mut self, cluster: broodd::cluster::ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -130,7 +139,7 @@ impl TestAppBuilder {
             nat: Default::default(),
         };
         let fake = FakeEngine::new(run, self.mode);
-        let broodd = Broodd::start(cfg.clone(), Arc::new(fake.clone()))
+        let broodd = Broodd::start_with(cfg.clone(), Arc::new(fake.clone()), self.cluster)
             .await
             .expect("broodd starts on the fake engine");
         let router = broodd.router();

@@ -1036,3 +1036,76 @@ tasks:
     }
     api(&app, Method::GET, "/v1/partitions/wf-1", &alice, None).await;
 }
+
+/// The administrator's infrastructure view shows the cluster: a single host
+/// says it is one; a member of a catalog lists the catalog's hosts with
+/// their state and zones, and its domains, as the API reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_shows_the_cluster_or_says_it_is_a_single_host() {
+    let single = TestApp::new().await;
+    let admin = sign_in(&single, TOKEN).await;
+    let page = get(&single, "/ui/admin", Some(&admin)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(
+        page.text.contains("This broodd is a single host"),
+        "{}",
+        page.text
+    );
+
+    let pg = brood_cluster::testing::TempPostgres::start().expect("start PostgreSQL");
+    let app = TestApp::builder()
+        .cluster(broodd::cluster::ClusterConfig {
+            url: pg.url(),
+            name: "h1".into(),
+            address: "10.9.0.1:7070".into(),
+            zones: brood_cluster::parse_zones(&["network:lan".into(), "storage:nfs".into()])
+                .unwrap(),
+            heartbeat: std::time::Duration::from_secs(60),
+            liveness: brood_cluster::Liveness {
+                suspect_after_ms: 120_000,
+                failed_after_ms: 240_000,
+            },
+            retry_for: std::time::Duration::from_secs(5),
+            fault: None,
+        })
+        .build()
+        .await;
+    let v = api(
+        &app,
+        Method::POST,
+        "/v1/cluster/domains",
+        TOKEN,
+        Some(json!({"name": "prod", "policy": {"importance": "production", "available": ["h1"]}})),
+    )
+    .await;
+    assert_eq!(v["name"], "prod", "{v}");
+    let hosts = api(&app, Method::GET, "/v1/cluster/hosts", TOKEN, None).await;
+    let admin = sign_in(&app, TOKEN).await;
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let at = page
+        .text
+        .find("<h3>Cluster</h3>")
+        .expect("a cluster section");
+    let section = &page.text[at..];
+    let section = &section[..section.find("<h3>Networks</h3>").unwrap()];
+    assert!(
+        section.contains("This host is <strong>h1</strong>"),
+        "{section}"
+    );
+    let h1 = &hosts["hosts"][0];
+    let row = format!(
+        "<tr data-host=\"h1\"><td>h1</td><td>10.9.0.1:7070</td><td>{}</td>",
+        h1["state"].as_str().unwrap()
+    );
+    assert!(section.contains(&row), "{row} not in {section}");
+    assert!(
+        section.contains("<code>network:lan</code>: h1")
+            && section.contains("<code>storage:nfs</code>: h1"),
+        "{section}"
+    );
+    assert!(
+        section.contains("<td>prod</td><td>production</td><td>h1</td>"),
+        "{section}"
+    );
+}

@@ -1,14 +1,18 @@
 //! The administrator's view: the host's capacity and who holds it,
 //! networks and I/O partitions, the infrastructure hierarchy, units with
 //! their bars, pending requests to approve or reject, users and roles,
-//! pools and templates, and utilization over time per unit (from the
-//! audit log). An auditor sees the same page; the API refuses its posts.
+//! pools and templates, utilization over time per unit (from the audit
+//! log), and, when broodd is a member of a cluster, the catalog's hosts,
+//! zones and domains. An auditor sees the same page; the API refuses its
+//! posts.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Form, Path, State};
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::Response;
+use brood_api::cluster::{ClusterDomainList, ClusterHostList, ClusterInfo, ClusterZoneList};
 use brood_api::{
     HostInfo, InfraView, IoPartitionList, LedgerView, NetworkList, RequestState, TemplateList,
     UnitList, UnitRequestList, UserList, service::ServicePoolList,
@@ -45,6 +49,7 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
     let pools: ServicePoolList = ctx.api.get("/v1/pools").await?;
     let templates: TemplateList = ctx.api.get("/v1/templates").await?;
     let utilization = super::audit::utilization(ctx).await?;
+    let cluster = cluster(ctx).await?;
     let jobs: brood_api::JobList = ctx
         .api
         .get(&format!("/v1/jobs?limit={}", super::jobs::RECENT))
@@ -133,6 +138,7 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
         section id="infra" aria-labelledby="infra-h" {
             h2 id="infra-h" { "Infrastructure" }
             (infra_tree(&infra))
+            (cluster_view(cluster.as_ref()))
             h3 { "Networks" }
             table { thead { tr { th { "Name" } th { "Zone" } th { "Subnet" } th { "NAT" } th { "I/O partition" } th { "NICs" } } }
                 tbody { @for n in &networks.items { tr { td { (n.name) } td { (n.zone) } td { (n.subnet) } td { (n.nat) } td { (n.io_partition) } td { (n.members.len()) } } } } }
@@ -154,6 +160,67 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
                 tbody { @for t in &templates.items { tr { td { (t.name) } td { (t.parent.clone().unwrap_or_default()) } td { (t.memory_mib) " MiB" } td { (t.vcpus) } td { (t.children.len()) } td { (t.warm_ready) "/" (t.warm) } } } } }
         }
     })
+}
+
+/// The catalog as this broodd sees it: `None` when broodd is a single host
+/// (the API answers 409 to `/v1/cluster`); a catalog that does not answer
+/// is the API's error, shown as any other.
+struct ClusterView {
+    info: ClusterInfo,
+    hosts: ClusterHostList,
+    zones: ClusterZoneList,
+    domains: ClusterDomainList,
+}
+
+async fn cluster(ctx: &Ctx) -> Result<Option<ClusterView>, ApiFailure> {
+    let info: ClusterInfo = match ctx.api.get("/v1/cluster").await {
+        Ok(i) => i,
+        Err(e) if e.status == StatusCode::CONFLICT => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(ClusterView {
+        info,
+        hosts: ctx.api.get("/v1/cluster/hosts").await?,
+        zones: ctx.api.get("/v1/cluster/zones").await?,
+        domains: ctx.api.get("/v1/cluster/domains").await?,
+    }))
+}
+
+fn cluster_view(c: Option<&ClusterView>) -> Markup {
+    let Some(c) = c else {
+        return html! {
+            h3 { "Cluster" }
+            p { "This broodd is a single host (started without " code { "--catalog" } ")." }
+        };
+    };
+    let cap = |c: &brood_api::cluster::ClusterCapacity| {
+        format!(
+            "{} MiB · {} vCPUs · {} GiB",
+            c.memory_mib, c.vcpus, c.disk_gib
+        )
+    };
+    html! {
+        h3 { "Cluster" }
+        p.meta { "This host is " strong { (c.info.host) } " · catalog schema " (c.info.schema_version)
+            " · heartbeat " (c.info.heartbeat_ms) " ms, suspect after " (c.info.suspect_after_ms)
+            " ms, failed after " (c.info.failed_after_ms) " ms" }
+        table.hosts { thead { tr { th { "Host" } th { "Address" } th { "State" } th { "Capacity" } th { "Used" }
+                th { "Partitions" } th { "Zones" } th { "Watched by" } th { "broodd" } } }
+            tbody { @for h in &c.hosts.hosts { tr data-host=(h.name) {
+                td { (h.name) } td { (h.address) } td { (h.state) } td { (cap(&h.capacity)) } td { (cap(&h.used)) }
+                td { (h.partitions) } td { (h.zones.join(", ")) } td { (h.ops.clone().unwrap_or_default()) }
+                td { (h.broodd_version) } } } } }
+        h4 { "Zones" }
+        @if c.zones.zones.is_empty() { p { "No zone is declared." } }
+        ul { @for z in &c.zones.zones { li { code { (z.zone) } ": " (z.hosts.join(", ")) } } }
+        h4 { "Domains" }
+        @if c.domains.domains.is_empty() { p { "No domain is declared." } }
+        table { thead { tr { th { "Domain" } th { "Importance" } th { "Available hosts" } th { "Preferred" } th { "Guarantee per host" } th { "Limit per host" } } }
+            tbody { @for d in &c.domains.domains { tr {
+                td { (d.name) } td { (d.policy.importance.clone().unwrap_or_default()) }
+                td { (d.policy.available.join(", ")) } td { (d.policy.preferred.join(", ")) }
+                td { (cap(&d.policy.guarantee)) } td { (cap(&d.policy.limit)) } } } } }
+    }
 }
 
 fn infra_tree(v: &InfraView) -> Markup {
