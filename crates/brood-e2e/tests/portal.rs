@@ -1,7 +1,9 @@
-//! The web portal in headless Chromium (issue 14), driven over WebDriver
-//! (Debian's `chromium` and `chromium-driver`, installed by
-//! `scripts/setup`; fantoccini speaks the protocol) against the real
-//! broodd binary on a loopback TCP listener, with real VMs:
+//! The web portal in headless Chromium and headless Firefox (issue 14),
+//! each test run in both, driven over WebDriver (Debian's `chromium` with
+//! `chromium-driver`, and `firefox-esr` with geckodriver built from
+//! crates.io, all installed by `scripts/setup`; fantoccini speaks the
+//! protocol) against the real broodd binary on a loopback TCP listener,
+//! with real VMs:
 //!
 //! - a unit's user signs in, creates a VM and sees it become running
 //!   without a reload, sees its job succeed on the jobs view (and its
@@ -31,54 +33,118 @@ const BOOT: Duration = Duration::from_secs(180);
 /// How long the page may take to show what the server sent.
 const SHOWN: Duration = Duration::from_secs(30);
 
-/// chromedriver on a free loopback port; killed when dropped.
+/// The browsers the portal is tested in, each with its WebDriver server
+/// from `scripts/setup`: Debian's `chromium-driver`, and geckodriver
+/// (from crates.io) for Debian's `firefox-esr`.
+#[derive(Debug, Clone, Copy)]
+enum Browser {
+    Chromium,
+    Firefox,
+}
+
+impl Browser {
+    /// The WebDriver server's program and the browser's binary.
+    fn driver_and_binary(self) -> (PathBuf, &'static str) {
+        match self {
+            Browser::Chromium => (PathBuf::from("chromedriver"), "/usr/bin/chromium"),
+            Browser::Firefox => (geckodriver(), "/usr/bin/firefox-esr"),
+        }
+    }
+
+    fn installed(self) {
+        let (driver, binary) = self.driver_and_binary();
+        assert!(
+            Path::new(binary).exists() && (driver.is_absolute() == driver.exists()),
+            "{binary} or {} is missing: run scripts/setup (it installs chromium, chromium-driver, \
+             firefox-esr and geckodriver)",
+            driver.display()
+        );
+    }
+}
+
+/// geckodriver as `scripts/setup` installs it (`.tools/bin` of the
+/// checkout), or `BROOD_GECKODRIVER`.
+fn geckodriver() -> PathBuf {
+    if let Some(p) = std::env::var_os("BROOD_GECKODRIVER") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/geckodriver")
+}
+
+/// A WebDriver server on a free loopback port; killed when dropped.
 struct Driver {
     child: Child,
     url: String,
+    browser: Browser,
     _profile: tempfile::TempDir,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    fn start(browser: Browser) -> Driver {
+        browser.installed();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
+        let (program, _) = browser.driver_and_binary();
+        let mut cmd = Command::new(&program);
+        match browser {
+            Browser::Chromium => cmd.arg(format!("--port={port}")),
+            Browser::Firefox => cmd.args(["--port", &port.to_string(), "--host", "127.0.0.1"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start chromedriver (scripts/setup installs chromium-driver)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (scripts/setup installs it): {e}",
+                    program.display()
+                )
+            });
         let up = wait_until(Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "chromedriver did not listen on {port}");
+        assert!(up, "{} did not listen on {port}", program.display());
         Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            browser,
             _profile: tempfile::tempdir().expect("a profile dir"),
         }
     }
 
     async fn browser(&self) -> Client {
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1280,900",
-                    format!("--user-data-dir={}", self._profile.path().display()),
-                ],
-            }),
-        );
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        let (_, binary) = self.browser.driver_and_binary();
+        match self.browser {
+            Browser::Chromium => caps.insert(
+                "goog:chromeOptions".into(),
+                json!({
+                    "binary": binary,
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--window-size=1280,900",
+                        format!("--user-data-dir={}", self._profile.path().display()),
+                    ],
+                }),
+            ),
+            Browser::Firefox => caps.insert(
+                "moz:firefoxOptions".into(),
+                json!({
+                    "binary": binary,
+                    "args": ["-headless", "-width=1280", "-height=900"],
+                    "prefs": {"browser.shell.checkDefaultBrowser": false},
+                }),
+            ),
+        };
+        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await
-            .expect("a WebDriver session of headless Chromium")
+            .unwrap_or_else(|e| panic!("a WebDriver session of headless {:?}: {e}", self.browser));
+        c.set_window_size(1280, 900).await.expect("size the window");
+        c
     }
 }
 
@@ -280,11 +346,15 @@ async fn still_marked(c: &Client) -> bool {
 }
 
 /// Saves a screenshot of the current page at desktop and phone widths
-/// when `BROOD_PORTAL_SCREENSHOTS` names a directory.
-async fn screenshot(c: &Client, name: &str) {
+/// when `BROOD_PORTAL_SCREENSHOTS` names a directory (Chromium's: the
+/// README shows one set).
+async fn screenshot(c: &Client, browser: Browser, name: &str) {
     let Some(dir) = std::env::var_os("BROOD_PORTAL_SCREENSHOTS").map(PathBuf::from) else {
         return;
     };
+    if !matches!(browser, Browser::Chromium) {
+        return;
+    }
     std::fs::create_dir_all(&dir).expect("the screenshot dir");
     for (w, h, tag) in [(1280, 900, "desktop"), (390, 844, "phone")] {
         c.set_window_size(w, h).await.expect("resize");
@@ -303,21 +373,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-fn chromium_installed() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "headless Chromium is missing: run scripts/setup (it installs chromium and chromium-driver)"
-    );
+#[test]
+fn a_unit_user_creates_execs_and_stops_a_vm_in_chromium() {
+    unit_user_flow(Browser::Chromium);
 }
 
 #[test]
-fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
-    chromium_installed();
+fn a_unit_user_creates_execs_and_stops_a_vm_in_firefox() {
+    unit_user_flow(Browser::Firefox);
+}
+
+fn unit_user_flow(browser: Browser) {
     let env = TestEnv::new();
     let b = start_broodd(&env, &[]);
     let alice = tenants(&b);
     let url = portal_url(&b);
-    let driver = Driver::start();
+    let driver = Driver::start(browser);
     runtime().block_on(async {
         let c = driver.browser().await;
         sign_in(&c, &url, &alice).await;
@@ -395,7 +466,7 @@ fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
         let api_job = b.ok("GET", &format!("/v1/jobs/{job}"), None);
         assert_eq!(api_job["state"], "succeeded", "{api_job}");
         assert_eq!(api_job["target"], "web", "{api_job}");
-        screenshot(&c, "unit").await;
+        screenshot(&c, browser, "unit").await;
 
         // Exec in the VM's page.
         c.find(Locator::Css(r#"tr[data-vm="web"] a"#))
@@ -424,7 +495,7 @@ fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
             out.contains(stdout.trim()),
             "{out:?} lacks the kernel release {stdout:?}"
         );
-        screenshot(&c, "vm").await;
+        screenshot(&c, browser, "vm").await;
 
         // Stop it from the page: the state changes in place.
         mark(&c).await;
@@ -457,7 +528,7 @@ fn a_unit_user_creates_execs_and_stops_a_vm_in_the_browser() {
         wait_text(&c, r#"dl.job [data-f="state"]"#, |t| t == "succeeded").await;
         let log = wait_text(&c, "table.events", |t| !t.is_empty()).await;
         assert!(log.contains(r#""state":"succeeded""#), "{log}");
-        screenshot(&c, "job").await;
+        screenshot(&c, browser, "job").await;
 
         // Another unit's VM is the page of a VM that does not exist.
         c.goto(&format!("{url}/ui/vms/ops-db")).await.unwrap();
@@ -538,8 +609,16 @@ async fn bar_value(c: &Client, resource: &str, class: &str) -> u64 {
 }
 
 #[test]
-fn an_administrator_approves_a_request_and_exports_chargeback_csv() {
-    chromium_installed();
+fn an_administrator_approves_a_request_and_exports_chargeback_csv_in_chromium() {
+    administrator_flow(Browser::Chromium);
+}
+
+#[test]
+fn an_administrator_approves_a_request_and_exports_chargeback_csv_in_firefox() {
+    administrator_flow(Browser::Firefox);
+}
+
+fn administrator_flow(browser: Browser) {
     let env = TestEnv::new();
     let b = start_broodd(&env, &[]);
     tenants(&b);
@@ -561,7 +640,7 @@ fn an_administrator_approves_a_request_and_exports_chargeback_csv() {
     );
     let id = r["id"].as_u64().expect("an id");
     let url = portal_url(&b);
-    let driver = Driver::start();
+    let driver = Driver::start(browser);
     runtime().block_on(async {
         let c = driver.browser().await;
         sign_in(&c, &url, &b.token()).await;
@@ -573,7 +652,7 @@ fn an_administrator_approves_a_request_and_exports_chargeback_csv() {
 
         c.goto(&format!("{url}/ui/admin")).await.unwrap();
         wait_text(&c, "h1", |t| t == "Administration").await;
-        screenshot(&c, "admin").await;
+        screenshot(&c, browser, "admin").await;
         let req = format!(r#"div.request[data-request="{id}"]"#);
         // Approve 3 of the 4 vCPUs asked for, and all the memory.
         let approve = c
@@ -649,7 +728,7 @@ fn an_administrator_approves_a_request_and_exports_chargeback_csv() {
         // The default period (the last week) for the picture.
         c.goto(&format!("{url}/ui/chargeback")).await.unwrap();
         wait_text(&c, "h1", |t| t == "Chargeback").await;
-        screenshot(&c, "chargeback").await;
+        screenshot(&c, browser, "chargeback").await;
         // The audit log, filtered to one actor.
         c.goto(&format!("{url}/ui/audit?actor=admin")).await.unwrap();
         let meta = wait_text(&c, "main p.meta", |t| t.contains("entries")).await;
@@ -671,12 +750,20 @@ fn an_administrator_approves_a_request_and_exports_chargeback_csv() {
 }
 
 #[test]
-fn an_expired_session_is_refused() {
-    chromium_installed();
+fn an_expired_session_is_refused_in_chromium() {
+    expired_session_flow(Browser::Chromium);
+}
+
+#[test]
+fn an_expired_session_is_refused_in_firefox() {
+    expired_session_flow(Browser::Firefox);
+}
+
+fn expired_session_flow(browser: Browser) {
     let env = TestEnv::new();
     let b = start_broodd(&env, &[("BROOD_PORTAL_SESSION_TTL_S", "3")]);
     let url = portal_url(&b);
-    let driver = Driver::start();
+    let driver = Driver::start(browser);
     runtime().block_on(async {
         let c = driver.browser().await;
         sign_in(&c, &url, &b.token()).await;
