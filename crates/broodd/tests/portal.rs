@@ -119,6 +119,18 @@ fn csrf_of(text: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
+/// The part of a page from `from` up to the next `to`.
+fn between<'a>(text: &'a str, from: &str, to: &str) -> &'a str {
+    let at = text
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} in the page: {text}"));
+    let rest = &text[at..];
+    let end = rest
+        .find(to)
+        .unwrap_or_else(|| panic!("no {to:?} after {from:?}: {rest}"));
+    &rest[..end]
+}
+
 /// Signs in with `token`; returns the `Cookie` header of the session.
 async fn sign_in(app: &TestApp, token: &str) -> String {
     let login = get(app, "/ui/login", None).await;
@@ -501,12 +513,7 @@ async fn the_csv_export_is_the_apis_report_and_pages_render_for_the_admin() {
     }
     // Utilization over time: ops-db's memory and vCPUs, charted per unit.
     let page = get(&app, "/ui/admin", Some(&admin)).await;
-    let at = page
-        .text
-        .find("Utilization over time</h2>")
-        .expect("the utilization section");
-    let section = &page.text[at..];
-    let section = &section[..section.find("</section>").unwrap()];
+    let section = between(&page.text, "Utilization over time</h2>", "</section>");
     assert!(
         section.contains("Memory held per unit") && section.contains("vCPUs held per unit"),
         "{section}"
@@ -1083,12 +1090,7 @@ async fn the_admin_view_shows_the_cluster_or_says_it_is_a_single_host() {
     let admin = sign_in(&app, TOKEN).await;
     let page = get(&app, "/ui/admin", Some(&admin)).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.text);
-    let at = page
-        .text
-        .find("<h3>Cluster</h3>")
-        .expect("a cluster section");
-    let section = &page.text[at..];
-    let section = &section[..section.find("<h3>Networks</h3>").unwrap()];
+    let section = between(&page.text, "<h3>Cluster</h3>", "<h3>Networks</h3>");
     assert!(
         section.contains("This host is <strong>h1</strong>"),
         "{section}"
