@@ -359,10 +359,31 @@ impl Broodd {
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         self.child = Some(child);
         let sock = self.socket();
+        // Up means this broodd answers a request (401 without a token), not
+        // only that something accepts on the socket's path.
+        let mut exited = None;
         let up = wait_until(Duration::from_secs(60), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                exited = Some(status);
+                return true;
+            }
+            http(&sock, "GET", "/v1/partitions", None, None, None).0 != 0
         });
-        assert!(up, "broodd did not come up; its log:\n{}", self.log());
+        assert!(
+            up && exited.is_none(),
+            "broodd did not come up ({}); its log:\n{}",
+            exited.map_or("no answer in 60 s".to_string(), |s| format!("it exited: {s}")),
+            self.log()
+        );
+    }
+
+    /// Whether its process is still running (false once it exited or was killed).
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Its socket.

@@ -629,10 +629,11 @@ fn kill_9_of_broodd_at_twenty_moments_loses_nothing() {
         worker.join().expect("worker");
         b.restart();
         let (status, v) = b.call("GET", "/v1/ledger/verify", None);
+        let alive = b.alive();
         assert_eq!(
             status,
             200,
-            "round {round}: verify -> {status}: {v}\n{}",
+            "round {round}: verify -> {status}: {v} (broodd alive: {alive})\n{}",
             b.log()
         );
         assert_eq!(v["ok"], true, "round {round}: {v}\n{}", b.log());

@@ -412,6 +412,7 @@ impl QemuEngine {
             keep_run_dir: false,
             kill_on_drop: false,
             cgroup: None,
+            claim: process::claim_run_dir(&run),
         };
         let upid = u32::try_from(pid).unwrap_or(0);
         res.cgroup = Cgroup::of_pid(upid);

@@ -44,6 +44,32 @@ pub struct VmResources {
     pub kill_on_drop: bool,
     /// The VM's cgroups, removed once QEMU is gone.
     pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// Which claim on `run_dir` this is (see [`claim_run_dir`]): a VM that
+    /// ended but is dropped only after the next VM of the same name made
+    /// its run directory must not remove that one.
+    pub claim: u64,
+}
+
+/// The run directories this process's VMs own, each with the claim of the
+/// newest owner. `create` and `Drop` hold the lock while they make or remove
+/// a run directory, so an old owner dropped late (the exit watcher holds the
+/// last reference a moment after a stop returned) leaves the new owner's
+/// directory alone.
+static RUN_DIRS: std::sync::Mutex<Option<std::collections::HashMap<PathBuf, u64>>> =
+    std::sync::Mutex::new(None);
+static NEXT_CLAIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn run_dirs() -> std::sync::MutexGuard<'static, Option<std::collections::HashMap<PathBuf, u64>>> {
+    RUN_DIRS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a new owner of `dir` and returns its claim.
+pub fn claim_run_dir(dir: &Path) -> u64 {
+    let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
+    run_dirs()
+        .get_or_insert_with(Default::default)
+        .insert(dir.to_path_buf(), claim);
+    claim
 }
 
 impl VmResources {
@@ -54,6 +80,7 @@ impl VmResources {
     pub fn create(run_root: &Path, name: &str) -> Result<Self, EngineError> {
         private_dir(run_root)?;
         let run_dir = run_root.join(name);
+        let mut dirs = run_dirs();
         if run_dir.exists() {
             if let Some(pid) = live_pid(&run_dir) {
                 return Err(EngineError::InvalidSpec(format!(
@@ -67,6 +94,10 @@ impl VmResources {
             .mode(0o700)
             .create(&run_dir)
             .map_err(|e| EngineError::host(format!("create {}", run_dir.display()), e))?;
+        let claim = NEXT_CLAIM.fetch_add(1, Ordering::Relaxed);
+        dirs.get_or_insert_with(Default::default)
+            .insert(run_dir.clone(), claim);
+        drop(dirs);
         Ok(Self {
             run_dir,
             pgid: None,
@@ -75,6 +106,7 @@ impl VmResources {
             keep_run_dir: false,
             kill_on_drop: true,
             cgroup: None,
+            claim,
         })
     }
 
@@ -104,10 +136,21 @@ impl Drop for VmResources {
         }
         self.kill();
         self.taps.clear();
-        if !self.keep_run_dir {
-            let _ = std::fs::remove_dir_all(&self.run_dir);
+        let mut dirs = run_dirs();
+        let map = dirs.get_or_insert_with(Default::default);
+        // Only the newest owner removes the directory (or a VM whose
+        // directory nobody in this process claimed).
+        let newest = map.get(&self.run_dir).is_none_or(|&c| c == self.claim);
+        if newest {
+            map.remove(&self.run_dir);
+            if !self.keep_run_dir {
+                let _ = std::fs::remove_dir_all(&self.run_dir);
+            }
         }
-        if let Some(cg) = &self.cgroup {
+        drop(dirs);
+        if let Some(cg) = &self.cgroup
+            && newest
+        {
             // QEMU may still be exiting after the SIGKILL; the exit watcher
             // removes the group too once it has reaped it.
             cg.remove();
@@ -319,4 +362,28 @@ pub fn find_qemus(run_root: &Path) -> Vec<(i32, String)> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_vm_dropped_late_leaves_the_next_vms_run_directory_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let old = VmResources::create(root.path(), "vm").unwrap();
+        std::fs::write(old.run_dir.join("qemu.log"), "old").unwrap();
+        // The next start of the same VM replaces the stale directory while
+        // the old owner is still referenced (its exit watcher).
+        let new = VmResources::create(root.path(), "vm").unwrap();
+        std::fs::write(new.run_dir.join("qemu.log"), "new").unwrap();
+        drop(old);
+        assert_eq!(
+            std::fs::read_to_string(new.run_dir.join("qemu.log")).unwrap(),
+            "new"
+        );
+        let dir = new.run_dir.clone();
+        drop(new);
+        assert!(!dir.exists(), "the newest owner removes its directory");
+    }
 }
