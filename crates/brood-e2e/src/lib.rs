@@ -374,7 +374,9 @@ impl Broodd {
         assert!(
             up && exited.is_none(),
             "broodd did not come up ({}); its log:\n{}",
-            exited.map_or("no answer in 60 s".to_string(), |s| format!("it exited: {s}")),
+            exited.map_or("no answer in 60 s".to_string(), |s| format!(
+                "it exited: {s}"
+            )),
             self.log()
         );
     }
