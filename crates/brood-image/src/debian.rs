@@ -276,10 +276,12 @@ pub fn build_debian(
         return Err(ImageError::NeedRoot);
     }
 
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!(".build-{}-", opts.name))
-        .tempdir_in(&opts.images_dir)
-        .map_err(|source| write_err(&opts.images_dir, source))?;
+    let scratch = crate::mounts::Scratch::new(
+        tempfile::Builder::new()
+            .prefix(&format!(".build-{}-", opts.name))
+            .tempdir_in(&opts.images_dir)
+            .map_err(|source| write_err(&opts.images_dir, source))?,
+    );
     let rootfs = scratch.path().join("rootfs");
     let out = scratch.path().join("out");
     fs::create_dir(&out).map_err(|source| write_err(&out, source))?;
@@ -304,6 +306,8 @@ pub fn build_debian(
             })
         },
     )?;
+    // What mmdebstrap failed to unmount must not reach the root disk.
+    crate::mounts::detach_below(&rootfs)?;
 
     progress(DebianProgress::Customizing);
     customize(&rootfs, &inputs, &services, &fingerprint)?;

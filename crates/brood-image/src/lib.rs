@@ -39,6 +39,7 @@ pub mod layout;
 mod manifest;
 mod mmdebstrap;
 mod module;
+mod mounts;
 mod package;
 mod store;
 
