@@ -190,6 +190,43 @@ pub fn print_job(j: &Job, out: Output, full: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--no-wait` for a command whose request broodd runs as a job.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct NoWait {
+    /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// How a command without waiting sends its request: `?wait=false` added to
+/// `path`, and the job broodd answers (202) printed as `--no-wait` prints it.
+pub enum Submit<'a, B: serde::Serialize> {
+    /// `POST path` with a body.
+    Post(&'a str, &'a B),
+    /// `PUT path` with a body.
+    Put(&'a str, &'a B),
+    /// `DELETE path`.
+    Delete(&'a str),
+}
+
+/// Sends `req` with `wait=false` and prints the job it became.
+pub async fn submit<B: serde::Serialize>(
+    client: &Client,
+    req: Submit<'_, B>,
+    out: Output,
+) -> Result<i32> {
+    let q = |path: &str| {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{sep}wait=false")
+    };
+    let j: Job = match req {
+        Submit::Post(path, body) => client.post(&q(path), body).await?,
+        Submit::Put(path, body) => client.put(&q(path), body).await?,
+        Submit::Delete(path) => client.delete_json(&q(path)).await?,
+    };
+    queued(&j, out)
+}
+
 /// What `--no-wait` prints: the job, and how to follow it.
 pub fn queued(j: &Job, out: Output) -> Result<i32> {
     match out {

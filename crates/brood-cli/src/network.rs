@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 use crate::Output;
 use crate::client::{Client, encode};
+use crate::job::Submit;
 use crate::render::{Table, key_values, or_dash, print_json};
 
 /// Commands on networks.
@@ -29,6 +30,8 @@ pub enum NetworkCmd {
     Delete {
         /// Network name.
         name: String,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
 }
 
@@ -60,6 +63,8 @@ pub struct CreateArgs {
     /// `--publish` host ports. Needs nftables on the host.
     #[arg(long)]
     nat: bool,
+    #[command(flatten)]
+    wait: crate::job::NoWait,
 }
 
 fn path(name: &str) -> String {
@@ -77,6 +82,9 @@ pub async fn run(cmd: NetworkCmd, client: &Client, out: Output) -> Result<i32> {
                 gateway: a.gateway || a.nat,
                 nat: a.nat,
             };
+            if a.wait.no_wait {
+                return crate::job::submit(client, Submit::Post("/v1/networks", &req), out).await;
+            }
             let n: Network = client.post("/v1/networks", &req).await?;
             match out {
                 Output::Json => print_json(&n)?,
@@ -100,7 +108,10 @@ pub async fn run(cmd: NetworkCmd, client: &Client, out: Output) -> Result<i32> {
                 Output::Text => print!("{}", show(&n)),
             }
         }
-        NetworkCmd::Delete { name } => {
+        NetworkCmd::Delete { name, wait } => {
+            if wait.no_wait {
+                return crate::job::submit::<()>(client, Submit::Delete(&path(&name)), out).await;
+            }
             client.delete(&path(&name)).await?;
             if out == Output::Text {
                 println!("deleted network {name}");

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 
 use crate::Output;
 use crate::client::{Client, encode};
+use crate::job::Submit;
 use crate::render::{Table, key_values, or_dash, print_json};
 
 /// Commands on services.
@@ -32,6 +33,8 @@ pub enum ServiceCmd {
     Release {
         /// Service name or uuid.
         name: String,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
     /// Associate a further guest, within the service's domain_pairing.
     #[command(after_help = "Examples:\n  brood service associate www --for web2")]
@@ -77,6 +80,8 @@ pub struct RequestArgs {
     /// Seconds to wait for the readiness probe [default: the class's].
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    #[command(flatten)]
+    wait: crate::job::NoWait,
 }
 
 /// Refuses classes broodd does not know, before anything is created.
@@ -184,6 +189,9 @@ pub async fn run(cmd: ServiceCmd, client: &Client, out: Output) -> Result<i32> {
                 script: a.script,
                 timeout_ms: a.timeout.map(|s| s.saturating_mul(1000)),
             };
+            if a.wait.no_wait {
+                return crate::job::submit(client, Submit::Post("/v1/services", &req), out).await;
+            }
             let s: Service = client.post_within("/v1/services", &req, None).await?;
             match out {
                 Output::Json => print_json(&s)?,
@@ -223,7 +231,10 @@ pub async fn run(cmd: ServiceCmd, client: &Client, out: Output) -> Result<i32> {
                 Output::Text => print!("{}", show_text(&s)),
             }
         }
-        ServiceCmd::Release { name } => {
+        ServiceCmd::Release { name, wait } => {
+            if wait.no_wait {
+                return crate::job::submit::<()>(client, Submit::Delete(&path(&name)), out).await;
+            }
             client.delete(&path(&name)).await?;
             if out == Output::Text {
                 println!("released service {name}");

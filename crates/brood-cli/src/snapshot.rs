@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use crate::Output;
 use crate::client::{Client, encode};
+use crate::job::Submit;
 use crate::partition::{partition_path, summary};
 use crate::render::{Table, print_json};
 
@@ -28,6 +29,8 @@ pub enum SnapshotCmd {
         name: String,
         /// The snapshot's name (letters, digits, '-', '_', '.').
         snapshot: String,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
     /// List a partition's snapshots, oldest first.
     #[command(after_help = "Examples:\n  brood vm snapshot list web")]
@@ -43,6 +46,8 @@ pub enum SnapshotCmd {
         name: String,
         /// The snapshot.
         snapshot: String,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
     /// Delete a snapshot (the partition must not be running).
     #[command(after_help = "Examples:\n  brood vm snapshot delete web before-upgrade")]
@@ -51,6 +56,8 @@ pub enum SnapshotCmd {
         name: String,
         /// The snapshot.
         snapshot: String,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
 }
 
@@ -61,14 +68,17 @@ fn snapshots_path(name: &str) -> String {
 /// Runs a `brood vm snapshot` command; returns the exit code.
 pub async fn run(cmd: SnapshotCmd, client: &Client, out: Output) -> Result<i32> {
     match cmd {
-        SnapshotCmd::Create { name, snapshot } => {
-            let s: Snapshot = client
-                .post_within(
-                    &snapshots_path(&name),
-                    &SnapshotCreateRequest { name: snapshot },
-                    Some(SNAPSHOT_WAIT),
-                )
-                .await?;
+        SnapshotCmd::Create {
+            name,
+            snapshot,
+            wait,
+        } => {
+            let req = SnapshotCreateRequest { name: snapshot };
+            let path = snapshots_path(&name);
+            if wait.no_wait {
+                return crate::job::submit(client, Submit::Post(&path, &req), out).await;
+            }
+            let s: Snapshot = client.post_within(&path, &req, Some(SNAPSHOT_WAIT)).await?;
             match out {
                 Output::Json => print_json(&s)?,
                 Output::Text => println!(
@@ -101,8 +111,16 @@ pub async fn run(cmd: SnapshotCmd, client: &Client, out: Output) -> Result<i32> 
                 }
             }
         }
-        SnapshotCmd::Revert { name, snapshot } => {
+        SnapshotCmd::Revert {
+            name,
+            snapshot,
+            wait,
+        } => {
             let path = format!("{}/{}/revert", snapshots_path(&name), encode(&snapshot));
+            if wait.no_wait {
+                let body = serde_json::json!({});
+                return crate::job::submit(client, Submit::Post(&path, &body), out).await;
+            }
             let p: Partition = client
                 .post_within(&path, &serde_json::json!({}), Some(SNAPSHOT_WAIT))
                 .await?;
@@ -111,10 +129,16 @@ pub async fn run(cmd: SnapshotCmd, client: &Client, out: Output) -> Result<i32> 
                 Output::Text => println!("{} (reverted to {snapshot})", summary(&p)),
             }
         }
-        SnapshotCmd::Delete { name, snapshot } => {
-            client
-                .delete(&format!("{}/{}", snapshots_path(&name), encode(&snapshot)))
-                .await?;
+        SnapshotCmd::Delete {
+            name,
+            snapshot,
+            wait,
+        } => {
+            let path = format!("{}/{}", snapshots_path(&name), encode(&snapshot));
+            if wait.no_wait {
+                return crate::job::submit::<()>(client, Submit::Delete(&path), out).await;
+            }
+            client.delete(&path).await?;
             if out == Output::Text {
                 println!("{name}: snapshot {snapshot} deleted");
             }

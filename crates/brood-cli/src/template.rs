@@ -47,6 +47,8 @@ NAME, made from the VM given with --from; not for a forked child.")]
         /// tmpfs, so it survives a host reboot.
         #[arg(long)]
         persist: bool,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
     /// List templates.
     #[command(after_help = "Examples:
@@ -95,6 +97,7 @@ pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> 
             name,
             warm,
             persist,
+            wait,
         } => {
             let (vm, name) = match from {
                 Some(from) if name.is_some() => {
@@ -112,6 +115,10 @@ pub async fn run(cmd: TemplateCmd, client: &Client, out: Output) -> Result<i32> 
                 persist,
                 keep,
             };
+            if wait.no_wait {
+                let req = crate::job::Submit::Post("/v1/templates", &req);
+                return crate::job::submit(client, req, out).await;
+            }
             let t: Template = client.post("/v1/templates", &req).await?;
             match out {
                 Output::Json => print_json(&t)?,

@@ -15,6 +15,7 @@ use crate::Output;
 use crate::client::{Client, REQUEST_TIMEOUT, encode};
 use crate::define::{CREATE_EXAMPLES, DEFINE_EXAMPLES, DefineArgs};
 use crate::exec::ExecArgs;
+use crate::job::Submit;
 use crate::partition::{partition_path, summary};
 use crate::render::{Table, key_values, mib, or_dash, parse_wire, print_json, wire_name};
 
@@ -150,12 +151,16 @@ The default guest image has no sshd: use `brood vm exec -t NAME` there.")]
     #[command(subcommand)]
     Nic(crate::change::NicCmd),
     /// Choose the configuration used at the next start.
-    #[command(after_help = "Examples:\n  brood vm config web big")]
+    #[command(
+        after_help = "Examples:\n  brood vm config web big\n  brood vm config web big --no-wait"
+    )]
     Config {
         /// Partition name or uuid.
         name: String,
         /// The configuration's name.
         config: String,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
     /// Move a partition to another life-cycle stage.
     #[command(after_help = "Examples:
@@ -168,6 +173,8 @@ The default guest image has no sshd: use `brood vm exec -t NAME` there.")]
         /// disabled, decommissioned or template.
         #[arg(value_parser = parse_stage)]
         stage: Stage,
+        #[command(flatten)]
+        wait: crate::job::NoWait,
     },
 }
 
@@ -302,14 +309,22 @@ pub async fn run(cmd: VmCmd, client: &Client, out: Output) -> Result<i32> {
             }
             Ok(0)
         }
-        VmCmd::Config { name, config } => {
+        VmCmd::Config { name, config, wait } => {
             let path = format!("{}/config", partition_path(&name));
-            let p = client.put(&path, &SetConfigRequest { config }).await?;
+            let req = SetConfigRequest { config };
+            if wait.no_wait {
+                return crate::job::submit(client, Submit::Put(&path, &req), out).await;
+            }
+            let p = client.put(&path, &req).await?;
             done(&p, out)
         }
-        VmCmd::Stage { name, stage } => {
+        VmCmd::Stage { name, stage, wait } => {
             let path = format!("{}/stage", partition_path(&name));
-            let p = client.put(&path, &SetStageRequest { stage }).await?;
+            let req = SetStageRequest { stage };
+            if wait.no_wait {
+                return crate::job::submit(client, Submit::Put(&path, &req), out).await;
+            }
+            let p = client.put(&path, &req).await?;
             done(&p, out)
         }
     }

@@ -288,3 +288,59 @@ async fn the_readme_example_runs() {
         }
     }
 }
+
+/// Submits `args` (which end in `--no-wait`), checks that the answer is a
+/// job of `kind`, and waits for it; returns what `job wait` printed.
+async fn queued(s: &Served, args: &[&str], kind: &str) -> Value {
+    let j = json(s, args).await;
+    assert_eq!(j["kind"], kind, "{args:?}: {j}");
+    let id = j["id"].as_u64().expect("an id").to_string();
+    json(s, &["job", "wait", &id]).await
+}
+
+#[tokio::test]
+async fn every_job_command_takes_no_wait() {
+    let app = TestApp::new().await;
+    app.running("t").await;
+    let s = app.serve_unix().await;
+    json(&s, &["vm", "define", "web", "--memory", "64"]).await;
+    let done = queued(
+        &s,
+        &["vm", "stage", "web", "manual", "--no-wait"],
+        "partition.stage",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let p = json(&s, &["vm", "show", "web"]).await;
+    assert_eq!(p["stage"], "manual", "{p}");
+    let done = queued(
+        &s,
+        &["vm", "snapshot", "create", "web", "first", "--no-wait"],
+        "partition.snapshot.create",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let l = json(&s, &["vm", "snapshot", "list", "web"]).await;
+    assert_eq!(l["items"][0]["name"], "first", "{l}");
+    let done = queued(
+        &s,
+        &["vm", "snapshot", "delete", "web", "first", "--no-wait"],
+        "partition.snapshot.delete",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // A job that fails: `job wait` says so, the command itself answered 0.
+    let j = json(&s, &["vm", "config", "web", "no-such-config", "--no-wait"]).await;
+    let id = j["id"].as_u64().expect("an id").to_string();
+    let o = brood(&s, &["job", "wait", &id]).await;
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let done = queued(
+        &s,
+        &["template", "create", "t", "--warm", "0", "--no-wait"],
+        "template.create",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let t = json(&s, &["template", "show", "t"]).await;
+    assert_eq!(t["name"], "t", "{t}");
+}
