@@ -12,6 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::Output;
 use crate::client::{Client, encode};
+use crate::job::Submit;
 use crate::partition::partition_path;
 use crate::render::print_json;
 use crate::units::{parse_gib, parse_mib};
@@ -55,6 +56,29 @@ pub struct ApplyOpt {
     /// allows it, otherwise at the next start), now, or next-start.
     #[arg(long, value_enum, default_value_t = ApplyArg::Auto, value_name = "WHEN")]
     apply: ApplyArg,
+    /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Sends a change request: waits for its job and reports what changed, or
+/// with `--no-wait` prints the job.
+async fn change<B: serde::Serialize>(
+    client: &Client,
+    req: Submit<'_, B>,
+    apply: ApplyOpt,
+    out: Output,
+) -> Result<i32> {
+    if apply.no_wait {
+        return crate::job::submit(client, req, out).await;
+    }
+    let r: ChangeResult = match req {
+        Submit::Post(path, body) => client.post(path, body).await?,
+        Submit::Put(path, body) => client.put(path, body).await?,
+        Submit::Patch(path, body) => client.patch(path, body).await?,
+        Submit::Delete(path) => client.delete_json(path).await?,
+    };
+    report(&r, out)
 }
 
 /// `brood vm set`.
@@ -191,13 +215,12 @@ pub async fn set(args: SetArgs, client: &Client, out: Output) -> Result<i32> {
         apply: args.apply.apply.into(),
     };
     let path = format!("{}/resources", partition_path(&args.name));
-    let r: ChangeResult = client.patch(&path, &req).await?;
-    report(&r, out)
+    change(client, Submit::Patch(&path, &req), args.apply, out).await
 }
 
 /// Runs `brood vm disk ...`.
 pub async fn disk(cmd: DiskCmd, client: &Client, out: Output) -> Result<i32> {
-    let r: ChangeResult = match cmd {
+    match cmd {
         DiskCmd::Attach {
             name,
             disk,
@@ -209,9 +232,8 @@ pub async fn disk(cmd: DiskCmd, client: &Client, out: Output) -> Result<i32> {
                 size_gib: size,
                 apply: apply.apply.into(),
             };
-            client
-                .post(&format!("{}/disks", partition_path(&name)), &req)
-                .await?
+            let path = format!("{}/disks", partition_path(&name));
+            change(client, Submit::Post(&path, &req), apply, out).await
         }
         DiskCmd::Detach { name, disk, apply } => {
             let path = format!(
@@ -220,7 +242,7 @@ pub async fn disk(cmd: DiskCmd, client: &Client, out: Output) -> Result<i32> {
                 encode(&disk),
                 apply.apply.wire()
             );
-            client.delete_json(&path).await?
+            change::<()>(client, Submit::Delete(&path), apply, out).await
         }
         DiskCmd::Resize {
             name,
@@ -233,15 +255,14 @@ pub async fn disk(cmd: DiskCmd, client: &Client, out: Output) -> Result<i32> {
                 apply: apply.apply.into(),
             };
             let path = format!("{}/disks/{}", partition_path(&name), encode(&disk));
-            client.put(&path, &req).await?
+            change(client, Submit::Put(&path, &req), apply, out).await
         }
-    };
-    report(&r, out)
+    }
 }
 
 /// Runs `brood vm nic ...`.
 pub async fn nic(cmd: NicCmd, client: &Client, out: Output) -> Result<i32> {
-    let r: ChangeResult = match cmd {
+    match cmd {
         NicCmd::Attach {
             name,
             network,
@@ -253,9 +274,8 @@ pub async fn nic(cmd: NicCmd, client: &Client, out: Output) -> Result<i32> {
                 mac,
                 apply: apply.apply.into(),
             };
-            client
-                .post(&format!("{}/nics", partition_path(&name)), &req)
-                .await?
+            let path = format!("{}/nics", partition_path(&name));
+            change(client, Submit::Post(&path, &req), apply, out).await
         }
         NicCmd::Detach { name, nic, apply } => {
             let path = format!(
@@ -264,10 +284,9 @@ pub async fn nic(cmd: NicCmd, client: &Client, out: Output) -> Result<i32> {
                 encode(&nic),
                 apply.apply.wire()
             );
-            client.delete_json(&path).await?
+            change::<()>(client, Submit::Delete(&path), apply, out).await
         }
-    };
-    report(&r, out)
+    }
 }
 
 /// What a change did, in words.

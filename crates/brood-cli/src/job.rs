@@ -205,6 +205,8 @@ pub enum Submit<'a, B: serde::Serialize> {
     Post(&'a str, &'a B),
     /// `PUT path` with a body.
     Put(&'a str, &'a B),
+    /// `PATCH path` with a body.
+    Patch(&'a str, &'a B),
     /// `DELETE path`.
     Delete(&'a str),
 }
@@ -222,6 +224,7 @@ pub async fn submit<B: serde::Serialize>(
     let j: Job = match req {
         Submit::Post(path, body) => client.post(&q(path), body).await?,
         Submit::Put(path, body) => client.put(&q(path), body).await?,
+        Submit::Patch(path, body) => client.patch(&q(path), body).await?,
         Submit::Delete(path) => client.delete_json(&q(path)).await?,
     };
     queued(&j, out)

@@ -329,6 +329,35 @@ async fn every_job_command_takes_no_wait() {
     )
     .await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    let done = queued(
+        &s,
+        &["vm", "disk", "attach", "web", "logs", "1", "--no-wait"],
+        "partition.disk.attach",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let done = queued(
+        &s,
+        &["vm", "set", "web", "--memory", "96", "--no-wait"],
+        "partition.resources",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let done = queued(
+        &s,
+        &["vm", "disk", "detach", "web", "logs", "--no-wait"],
+        "partition.disk.detach",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let p = json(&s, &["vm", "show", "web"]).await;
+    assert_eq!(p["configs"]["default"]["memory_mib"], 96, "{p}");
+    assert!(
+        p["disks"]
+            .as_array()
+            .is_none_or(|d| d.iter().all(|d| d["name"] != "logs")),
+        "{p}"
+    );
     // A job that fails: `job wait` says so, the command itself answered 0.
     let j = json(&s, &["vm", "config", "web", "no-such-config", "--no-wait"]).await;
     let id = j["id"].as_u64().expect("an id").to_string();
