@@ -190,6 +190,8 @@ fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
     // Cut: the target's broodd dies after loading the stream, before its
     // commit. The source aborts and runs on; the target, back, keeps nothing.
     restart_with(&mut h2, &["--migrate-fault", "target-before-commit"]);
+    // A job on it here first: h1 records the generation it runs under.
+    pause_resume(&h1, "mig");
     let out = h1.brood(&["vm", "migrate", "mig", "--to", "h2"]);
     assert!(!out.status.success(), "the move cannot have succeeded");
     assert!(
@@ -198,6 +200,9 @@ fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
         stderr(&out)
     );
     runs_with_mark(&h1, "mig");
+    // The aborted move took a generation; the source's copy runs under it
+    // and is not fenced.
+    pause_resume(&h1, "mig");
     restart_with(&mut h2, &[]);
     assert!(
         wait_until(Duration::from_secs(30), || vms(&h2).is_empty()),
@@ -235,4 +240,12 @@ fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
     drop((h1, h2));
     drop(pg);
     drop(net);
+}
+
+/// Pauses and resumes `name` on `h`: both must succeed.
+fn pause_resume(h: &Host, name: &str) {
+    for verb in ["pause", "resume"] {
+        let out = h.brood(&["vm", verb, name]);
+        assert!(out.status.success(), "vm {verb} {name}: {}", stderr(&out));
+    }
 }

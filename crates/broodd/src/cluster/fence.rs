@@ -49,6 +49,13 @@ impl Given {
         *self.lock().entry(local).or_insert(generation)
     }
 
+    /// Replaces what was seen for `local` with `generation`: this host's own
+    /// move of it was aborted, which left the generation the move took with
+    /// the partition still here, so that is the one it runs under now.
+    pub fn rebase(&self, local: Uuid, generation: u64) {
+        self.lock().insert(local, generation);
+    }
+
     /// Forgets a partition removed here.
     fn forget(&self, local: Uuid) {
         self.lock().remove(&local);

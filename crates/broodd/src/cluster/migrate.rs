@@ -192,6 +192,9 @@ pub async fn migrate_out(
         Ok(a) => a,
         Err(why) => {
             let end = m.catalog.move_abort(mv.partition, mv.generation).await?;
+            if matches!(end, MoveEnd::Aborted(_)) {
+                m.given.rebase(rec.uuid, mv.generation);
+            }
             return Err(match end {
                 MoveEnd::Aborted(reason) => ApiError::conflict(format!(
                     "host {} did not take {}: {}",
@@ -210,7 +213,12 @@ pub async fn migrate_out(
     let guard = lock.lock().await;
     let Some(running) = host.registry.running(rec.uuid) else {
         drop(guard);
-        let _ = m.catalog.move_abort(mv.partition, mv.generation).await?;
+        if matches!(
+            m.catalog.move_abort(mv.partition, mv.generation).await?,
+            MoveEnd::Aborted(_)
+        ) {
+            m.given.rebase(rec.uuid, mv.generation);
+        }
         return Err(ApiError::conflict(format!(
             "{} stopped while its move was prepared",
             rec.name
@@ -237,6 +245,7 @@ pub async fn migrate_out(
         || match m.catalog.move_abort(mv.partition, mv.generation).await? {
             MoveEnd::Committed => true,
             MoveEnd::Aborted(reason) => {
+                m.given.rebase(rec.uuid, mv.generation);
                 // The source runs on (QEMU resumes it after a failed
                 // stream; a completed one is paused until now).
                 let _ = running.vm.resume().await;
