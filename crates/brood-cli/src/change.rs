@@ -326,6 +326,35 @@ fn report(r: &ChangeResult, out: Output) -> Result<i32> {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SetArgs,
+    }
+
+    #[test]
+    fn publish_flags_parse_repeated() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "set",
+            "web",
+            "--publish",
+            "8080:80",
+            "--publish",
+            "5353:53/udp",
+            "--unpublish",
+            "2222",
+            "--unpublish",
+            "53/udp",
+        ])
+        .unwrap();
+        let p: Vec<String> = cli.args.publish.iter().map(ToString::to_string).collect();
+        assert_eq!(p, ["8080:80/tcp", "5353:53/udp"]);
+        let u: Vec<String> = cli.args.unpublish.iter().map(ToString::to_string).collect();
+        assert_eq!(u, ["2222/tcp", "53/udp"]);
+        assert!(Cli::try_parse_from(["set", "web", "--unpublish", "80:80"]).is_err());
+    }
+
     #[test]
     fn cpu_caps_parse_with_or_without_percent() {
         assert_eq!(parse_cap("50").unwrap(), (Some(50), false));
