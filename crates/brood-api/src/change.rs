@@ -39,6 +39,13 @@ pub struct SetResourcesRequest {
     pub cpu_cap_pct: Option<u32>,
     /// Lift the CPU cap (not with `cpu_cap_pct`).
     pub no_cpu_cap: bool,
+    /// Host ports to publish (`--publish HOST:GUEST[/tcp|udp]`); one the VM
+    /// publishes already is forwarded to the new guest port. A running VM
+    /// gets them at once.
+    pub publish: Vec<crate::network::PublishedPort>,
+    /// Host ports to stop publishing (`--unpublish HOST[/tcp|udp]`); each
+    /// must be one the VM publishes. Removed before `publish` is added.
+    pub unpublish: Vec<crate::network::HostPort>,
     /// When a running partition takes the change.
     pub apply: Apply,
 }

@@ -43,8 +43,8 @@ pub use ledger::{
     AuditEntry, AuditLog, LedgerView, OwnerHoldings, Problem, Resources, VerifyReport,
 };
 pub use network::{
-    DiskClient, IoPartition, IoPartitionList, IoPartitionPatch, Network, NetworkCreateRequest,
-    NetworkList, NetworkMember, PortProtocol, PublishedPort,
+    DiskClient, HostPort, IoPartition, IoPartitionList, IoPartitionPatch, Network,
+    NetworkCreateRequest, NetworkList, NetworkMember, PortProtocol, PublishedPort,
 };
 pub use partition::*;
 pub use snapshot::{Snapshot, SnapshotCreateRequest, SnapshotList};

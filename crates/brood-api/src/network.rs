@@ -218,6 +218,50 @@ impl std::str::FromStr for PublishedPort {
     }
 }
 
+/// A published port named by its host side (`--unpublish HOST[/tcp|udp]`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct HostPort {
+    /// The host's port, 1-65535.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub host_port: u16,
+    /// `tcp` (the default) or `udp`.
+    #[serde(default = "tcp")]
+    pub protocol: PortProtocol,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host_port, self.protocol)
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    /// Parses `HOST[/tcp|udp]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (port, protocol) = match s.split_once('/') {
+            None => (s, PortProtocol::Tcp),
+            Some((p, "tcp")) => (p, PortProtocol::Tcp),
+            Some((p, "udp")) => (p, PortProtocol::Udp),
+            Some((_, other)) => {
+                return Err(format!(
+                    "--unpublish {s:?}: protocol {other:?} is neither tcp nor udp"
+                ));
+            }
+        };
+        let host_port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            format!("--unpublish {s:?}: use HOST[/tcp|udp], a host port 1-65535 (as 8080)")
+        })?;
+        Ok(HostPort {
+            host_port,
+            protocol,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +298,16 @@ mod tests {
                 .unwrap_err()
                 .contains("sctp")
         );
+    }
+
+    #[test]
+    fn host_ports_parse() {
+        let p: HostPort = "2222".parse().unwrap();
+        assert_eq!((p.host_port, p.protocol), (2222, PortProtocol::Tcp));
+        let u: HostPort = "5353/udp".parse().unwrap();
+        assert_eq!(u.to_string(), "5353/udp");
+        for bad in ["0", "x", "70000", "80/sctp", "80:80", ""] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad} accepted");
+        }
     }
 }

@@ -95,6 +95,14 @@ pub struct SetArgs {
     /// CPU cap in percent of one CPU (150 = one and a half CPUs), or `none`.
     #[arg(long, value_name = "PCT|none")]
     cpu_cap: Option<String>,
+    /// Publish a host port (repeatable): HOST:GUEST[/tcp|udp], as `vm
+    /// create --publish`; a running VM gets it at once.
+    #[arg(long = "publish", value_name = "HOST:GUEST[/tcp|udp]")]
+    publish: Vec<brood_api::PublishedPort>,
+    /// Stop publishing a host port (repeatable): HOST[/tcp|udp], tcp when
+    /// left out.
+    #[arg(long = "unpublish", value_name = "HOST[/tcp|udp]")]
+    unpublish: Vec<brood_api::HostPort>,
     #[command(flatten)]
     apply: ApplyOpt,
 }
@@ -183,10 +191,13 @@ pub const SET_EXAMPLES: &str = "Examples:
   brood vm set web --cpu-cap 50                # a running one: live (a cgroup limit)
   brood vm set web --memory 1G                 # a running microvm: at its next start, marked * in `vm list`
   brood vm set web --memory 1G --apply now     # refused: microvm cannot hotplug memory
+  brood vm set web --publish 8080:80 --publish 5353:53/udp --unpublish 2222
+                                               # ports: at once, running or not
 
 The microvm machine cannot hotplug memory, vCPUs, disks or NICs: on a running
 VM they change at its next start (a restore of its saved state keeps what it
-ran). A disk grows live and the CPU cap changes live.";
+ran). A disk grows live and the CPU cap changes live, and so do published
+ports (a running VM's DNATs are rebuilt before the answer).";
 
 fn parse_cap(s: &str) -> Result<(Option<u32>, bool)> {
     if s == "none" {
@@ -204,14 +215,23 @@ pub async fn set(args: SetArgs, client: &Client, out: Output) -> Result<i32> {
         Some(s) => parse_cap(s)?,
         None => (None, false),
     };
-    if args.memory.is_none() && args.vcpus.is_none() && args.cpu_cap.is_none() {
-        anyhow::bail!("nothing to change: give --memory, --vcpus or --cpu-cap (see --help)");
+    if args.memory.is_none()
+        && args.vcpus.is_none()
+        && args.cpu_cap.is_none()
+        && args.publish.is_empty()
+        && args.unpublish.is_empty()
+    {
+        anyhow::bail!(
+            "nothing to change: give --memory, --vcpus, --cpu-cap, --publish or --unpublish (see --help)"
+        );
     }
     let req = SetResourcesRequest {
         memory_mib: args.memory,
         vcpus: args.vcpus,
         cpu_cap_pct,
         no_cpu_cap,
+        publish: args.publish,
+        unpublish: args.unpublish,
         apply: args.apply.apply.into(),
     };
     let path = format!("{}/resources", partition_path(&args.name));
@@ -324,6 +344,35 @@ fn report(r: &ChangeResult, out: Output) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SetArgs,
+    }
+
+    #[test]
+    fn publish_flags_parse_repeated() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "set",
+            "web",
+            "--publish",
+            "8080:80",
+            "--publish",
+            "5353:53/udp",
+            "--unpublish",
+            "2222",
+            "--unpublish",
+            "53/udp",
+        ])
+        .unwrap();
+        let p: Vec<String> = cli.args.publish.iter().map(ToString::to_string).collect();
+        assert_eq!(p, ["8080:80/tcp", "5353:53/udp"]);
+        let u: Vec<String> = cli.args.unpublish.iter().map(ToString::to_string).collect();
+        assert_eq!(u, ["2222/tcp", "53/udp"]);
+        assert!(Cli::try_parse_from(["set", "web", "--unpublish", "80:80"]).is_err());
+    }
 
     #[test]
     fn cpu_caps_parse_with_or_without_percent() {

@@ -6,7 +6,10 @@
 //! answers from the host (127.0.0.1 and the uplink's address, the `output`
 //! chain) and from another network namespace (prerouting and forward); the
 //! same host port twice is refused with the holder's name, and a port the
-//! host listens on is refused; broodd restarted after its table was
+//! host listens on is refused; `vm set --publish` adds a port to the
+//! running VM (answering at once) and `--unpublish` removes it (the
+//! connection refused), with the same refusals and nothing changed by one;
+//! broodd restarted after its table was
 //! flushed puts the rules back; deleting the VM removes its DNAT; deleting
 //! the last NAT network removes the table. And `apt-get install` in a
 //! Debian guest on a NAT network.
@@ -464,6 +467,129 @@ fn a_nat_network_reaches_out_publishes_ports_and_cleans_up() {
     let o = brood(&b, &["vm", "create", "dup", "--publish", "1:1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("NAT network"), "{}", text(&o));
+
+    // `vm set --publish` on the running VM: the DNAT is there when it answers.
+    let port2 = free_port();
+    let port2_s = port2.to_string();
+    let out = brood_ok(
+        &b,
+        &[
+            "vm",
+            "set",
+            &vm,
+            "--publish",
+            &format!("{port2}:80"),
+            "-o",
+            "json",
+        ],
+    );
+    let r: Value = serde_json::from_str(&out).expect("vm set -o json");
+    assert_eq!(r["applied_now"][0], "published ports", "{r}");
+    assert_eq!(
+        r["partition"]["publish"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
+    let t = table(&table_name).unwrap();
+    assert!(
+        t.contains(&format!("dport {port2} dnat to {address}:80")),
+        "{t}"
+    );
+    let page = http_get((Ipv4Addr::LOCALHOST, port2), "x", "/");
+    assert!(
+        page.contains("hello"),
+        "through the port vm set added: {page:?}"
+    );
+    // Refusals change nothing: the port another VM holds (named), a port
+    // the host listens on, a VM without a NIC on a NAT network, a port
+    // that is not published, an invalid one.
+    brood_ok(&b, &["vm", "define", "dup", "--nic", &net]);
+    brood_ok(&b, &["vm", "define", "nonat"]);
+    let before =
+        |name: &str| b.ok("GET", &format!("/v1/partitions/{name}"), None)["publish"].clone();
+    let (www_before, dup_before) = (before(&vm), before("dup"));
+    let o = brood(
+        &b,
+        &["vm", "set", "dup", "--publish", &format!("{port2}:81")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&vm) && text(&o).contains(&port2_s),
+        "{}",
+        text(&o)
+    );
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let o = brood(
+        &b,
+        &[
+            "vm",
+            "set",
+            "dup",
+            "--publish",
+            "7:7",
+            "--publish",
+            &format!("{taken_port}:80"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("in use on the host"), "{}", text(&o));
+    drop(taken);
+    let o = brood(&b, &["vm", "set", "nonat", "--publish", "7:7"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("NAT network"), "{}", text(&o));
+    let o = brood(
+        &b,
+        &["vm", "set", &vm, "--unpublish", "7", "--publish", "9:9"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not published"), "{}", text(&o));
+    let o = brood(&b, &["vm", "set", &vm, "--publish", "80"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("HOST:GUEST"), "{}", text(&o));
+    let (code, e) = b.call(
+        "PATCH",
+        &format!("/v1/partitions/{vm}/resources"),
+        Some(&serde_json::json!({"publish": [{"host_port": 0, "guest_port": 80}]})),
+    );
+    assert_eq!(code, 400, "{e}");
+    let (code, e) = b.call(
+        "PATCH",
+        &format!("/v1/partitions/{vm}/resources"),
+        Some(&serde_json::json!({"unpublish": [{"host_port": 7, "protocol": "udp"}]})),
+    );
+    assert_eq!(code, 404, "{e}");
+    assert_eq!(before(&vm), www_before);
+    assert_eq!(before("dup"), dup_before);
+    // A stopped VM takes a port as its definition (over udp: the tcp
+    // one is the running VM's).
+    brood_ok(
+        &b,
+        &["vm", "set", "dup", "--publish", &format!("{port2}:53/udp")],
+    );
+    let shown = brood_ok(&b, &["vm", "show", "dup"]);
+    assert!(shown.contains(&format!("{port2}:53/udp")), "{shown}");
+    for name in ["dup", "nonat"] {
+        brood_ok(&b, &["vm", "delete", name, "--force"]);
+    }
+    // `--unpublish`: the DNAT goes at once, and the host refuses the connection.
+    brood_ok(&b, &["vm", "set", &vm, "--unpublish", &port2_s]);
+    let t = table(&table_name).unwrap();
+    assert!(!t.contains(&format!("dport {port2} ")), "{t}");
+    let refused =
+        TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port2).into(), Duration::from_secs(5));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{port2} after --unpublish: {refused:?}"
+    );
+    let page = http_get((Ipv4Addr::LOCALHOST, port), "x", "/");
+    assert!(
+        page.contains("hello"),
+        "the first port after --unpublish: {page:?}"
+    );
+    b.verify_ok();
 
     // broodd restarted after the table was flushed: the rules come back.
     brood_e2e::run(Command::new("nft").args(["delete", "table", "ip", &table_name]));

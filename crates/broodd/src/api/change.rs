@@ -78,9 +78,10 @@ struct DetachWait {
     wait: Option<bool>,
 }
 
-/// Changes a partition's memory, vCPUs or CPU cap. A stopped partition
-/// takes it as its definition; a running one takes live what its machine
-/// allows (the CPU cap) and the rest at its next start, marked pending.
+/// Changes a partition's memory, vCPUs, CPU cap or published ports. A
+/// stopped partition takes it as its definition; a running one takes live
+/// what its machine allows (the CPU cap, published ports: their DNATs are
+/// in place when it answers) and the rest at its next start, marked pending.
 #[utoipa::path(
     patch,
     path = "/v1/partitions/{name}/resources",
@@ -91,9 +92,9 @@ struct DetachWait {
     responses(
         (status = 200, description = "Changed: what took effect now and what waits for the next start", body = ChangeResult),
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
-        (status = 400, description = "malformed JSON, an unknown field, nothing to change, or a value out of range (memory, vCPUs, a CPU cap over 100% per vCPU)", body = ErrorBody),
-        (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
-        (status = 409, description = "it is a template, a forked child (only its CPU cap changes), saved or starting; `apply: now` for what its machine cannot take live; more than its unit's allocation or the host's capacity; or another operation holds it", body = ErrorBody),
+        (status = 400, description = "malformed JSON, an unknown field, nothing to change, a value out of range (memory, vCPUs, a CPU cap over 100% per vCPU, a port), a host port published twice, or `publish` for a VM without a NIC on a NAT network", body = ErrorBody),
+        (status = 404, description = "no partition has that name or uuid, or an `unpublish` host port it does not publish (`not_found`)", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child (only its CPU cap and ports change), saved or starting; `apply: now` for what its machine cannot take live; more than its unit's allocation or the host's capacity; a `publish` host port another VM holds (named) or a host process listens on; or another operation holds it", body = ErrorBody),
         (status = 502, description = "the running VM refused a live change (`engine_failed`); the definition is as it was", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,

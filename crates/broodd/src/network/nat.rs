@@ -512,6 +512,75 @@ pub async fn check_publish(
     Ok(())
 }
 
+/// The ports partition `uuid` publishes now, and after `unpublish` then `publish`
+/// (`brood vm set --unpublish/--publish`), checked as define checks them
+/// (the ledger's commit refuses a port another VM holds, naming it): a host
+/// port it does not publish cannot be unpublished, a host port given twice
+/// is refused, and a new host port needs a NIC of `config` on a NAT network
+/// and no host process on it. A port it publishes already is forwarded to
+/// the new guest port.
+pub async fn ports_after(
+    host: &Host,
+    uuid: Uuid,
+    config: &api::PartitionConfig,
+    publish: &[api::PublishedPort],
+    unpublish: &[api::HostPort],
+) -> HostResult<(Vec<api::PublishedPort>, Vec<api::PublishedPort>)> {
+    let mut ports: Vec<api::PublishedPort> = host
+        .ledger
+        .published_ports()
+        .await?
+        .into_iter()
+        .filter(|r| r.partition == uuid)
+        .map(|r| port_out(r.port))
+        .collect();
+    let before = ports.clone();
+    for u in unpublish {
+        let n = ports.len();
+        ports.retain(|p| (p.host_port, p.protocol) != (u.host_port, u.protocol));
+        if ports.len() == n {
+            return Err(HostError::NotFound(format!(
+                "host port {u} is not published by this VM ({}): nothing to unpublish",
+                if before.is_empty() {
+                    "it publishes none".to_string()
+                } else {
+                    let all: Vec<String> = before.iter().map(ToString::to_string).collect();
+                    format!("it publishes {}", all.join(", "))
+                }
+            )));
+        }
+    }
+    let mut fresh = Vec::new();
+    for (i, p) in publish.iter().enumerate() {
+        if p.host_port == 0 || p.guest_port == 0 {
+            return Err(HostError::invalid(format!(
+                "published port {p}: ports are 1-65535"
+            )));
+        }
+        if publish[..i]
+            .iter()
+            .any(|q| (q.host_port, q.protocol) == (p.host_port, p.protocol))
+        {
+            return Err(HostError::invalid(format!(
+                "host port {}/{} is given twice: publish it once",
+                p.host_port, p.protocol
+            )));
+        }
+        // A host port the VM keeps needs no new check: its DNAT holds it.
+        if !before
+            .iter()
+            .any(|q| (q.host_port, q.protocol) == (p.host_port, p.protocol))
+        {
+            fresh.push(*p);
+        }
+        ports.retain(|q| (q.host_port, q.protocol) != (p.host_port, p.protocol));
+        ports.push(*p);
+    }
+    check_publish(host, config, &fresh).await?;
+    ports.sort_by_key(|p| (p.protocol, p.host_port));
+    Ok((before, ports))
+}
+
 /// Whether a `/proc/net/{tcp,udp}[6]` table has a socket on local `port`
 /// in state `state` (hex, as the kernel writes it).
 pub fn listens(table: &str, port: u16, state: &str) -> bool {

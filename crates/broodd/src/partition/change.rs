@@ -222,9 +222,11 @@ fn edit(
                 && r.vcpus.is_none()
                 && r.cpu_cap_pct.is_none()
                 && !r.no_cpu_cap
+                && r.publish.is_empty()
+                && r.unpublish.is_empty()
             {
                 return Err(HostError::invalid(
-                    "nothing to change: give memory_mib, vcpus, cpu_cap_pct or no_cpu_cap",
+                    "nothing to change: give memory_mib, vcpus, cpu_cap_pct, no_cpu_cap, publish or unpublish",
                 ));
             }
             if let Some(m) = r.memory_mib.filter(|m| *m != c.memory_mib) {
@@ -517,6 +519,17 @@ pub async fn change(
     let mut wants = demand(&active, &next_disks);
     wants.disk_gib = wants.disk_gib.saturating_add(root);
     check_fits(host, &rec, &wants).await?;
+    // Published ports: checked as define checks them, and committed with
+    // the rest of the change.
+    let (old_ports, ports) = match &change {
+        Change::Resources(r) if !r.publish.is_empty() || !r.unpublish.is_empty() => {
+            let (old, new) =
+                crate::network::nat::ports_after(host, uuid, &active, &r.publish, &r.unpublish)
+                    .await?;
+            (old, Some(new))
+        }
+        _ => (Vec::new(), None),
+    };
 
     let changes = host.feature::<Changes>();
     let old_mark = changes.lock().get(&uuid).cloned();
@@ -617,6 +630,15 @@ pub async fn change(
         None if old_mark.is_some() => ops.push(Op::Change(ChangeOp::Clear { partition: uuid })),
         None => {}
     }
+    if let Some(p) = &ports {
+        ops.push(Op::Publish(brood_ledger::PublishOp::Set {
+            partition: uuid,
+            ports: p.iter().map(crate::network::nat::port_in).collect(),
+        }));
+        if live {
+            now.push("published ports".to_string());
+        }
+    }
     let patch = PartitionPatch {
         configs: Some(
             JsonText::from_serialize(&next)
@@ -630,6 +652,9 @@ pub async fn change(
         .update(actor, format!("{} of {}", what, rec.name), &rec, patch, ops)
         .await?;
     changes.set(uuid, mark);
+    if let Some(p) = &ports {
+        host.feature::<crate::network::nat::Nat>().record(uuid, p);
+    }
 
     // The files and the live VM, after the ledger: a failure puts the
     // ledger back as it was.
@@ -641,6 +666,10 @@ pub async fn change(
             for s in &steps {
                 live_step(host, uuid, s).await?;
             }
+            if ports.is_some() {
+                // The DNATs are in place when the answer comes.
+                crate::network::nat::sync(host).await?;
+            }
         } else {
             files_to(host, uuid, &configs, &next).await?;
         }
@@ -648,7 +677,8 @@ pub async fn change(
     }
     .await;
     if let Err(e) = done {
-        undo(host, actor, &new, &rec, &configs, old_mark).await;
+        let old_ports = ports.is_some().then_some(old_ports);
+        undo(host, actor, &new, &rec, &configs, old_mark, old_ports).await;
         return Err(e);
     }
     if !live {
@@ -663,6 +693,14 @@ pub async fn change(
 
 fn describe(c: &Change) -> String {
     match c {
+        Change::Resources(r)
+            if r.memory_mib.is_none()
+                && r.vcpus.is_none()
+                && r.cpu_cap_pct.is_none()
+                && !r.no_cpu_cap =>
+        {
+            "a change of published ports".into()
+        }
         Change::Resources(_) => "a change of resources".into(),
         Change::AttachDisk(r) => format!("attach disk {}", r.name),
         Change::ResizeDisk { disk, .. } => format!("resize disk {disk}"),
@@ -729,8 +767,15 @@ async fn undo(
     old: &PartitionRecord,
     configs: &BTreeMap<String, api::PartitionConfig>,
     old_mark: Option<Mark>,
+    old_ports: Option<Vec<api::PublishedPort>>,
 ) {
     let mut ops = disk_moves(old.uuid, new.demand.disk_gib, old.demand.disk_gib);
+    if let Some(p) = &old_ports {
+        ops.push(Op::Publish(brood_ledger::PublishOp::Set {
+            partition: old.uuid,
+            ports: p.iter().map(crate::network::nat::port_in).collect(),
+        }));
+    }
     match &old_mark {
         Some(m) => {
             if let Ok(running) = JsonText::from_serialize(&m.running) {
@@ -752,7 +797,16 @@ async fn undo(
     };
     let reason = format!("undo a failed change of {}", old.name);
     match host.update(actor, reason, new, patch, ops).await {
-        Ok(_) => host.feature::<Changes>().set(old.uuid, old_mark),
+        Ok(_) => {
+            host.feature::<Changes>().set(old.uuid, old_mark);
+            if let Some(p) = &old_ports {
+                host.feature::<crate::network::nat::Nat>()
+                    .record(old.uuid, p);
+                if let Err(e) = crate::network::nat::sync(host).await {
+                    tracing::warn!(partition = %old.uuid, "rules after undoing a change of published ports: {}", crate::host::chain(&e));
+                }
+            }
+        }
         Err(e) => {
             tracing::warn!(partition = %old.uuid, "undoing a failed change: {}", crate::host::chain(&e))
         }
