@@ -72,12 +72,7 @@ async fn change<B: serde::Serialize>(
     if apply.no_wait {
         return crate::job::submit(client, req, out).await;
     }
-    let r: ChangeResult = match req {
-        Submit::Post(path, body) => client.post(path, body).await?,
-        Submit::Put(path, body) => client.put(path, body).await?,
-        Submit::Patch(path, body) => client.patch(path, body).await?,
-        Submit::Delete(path) => client.delete_json(path).await?,
-    };
+    let r: ChangeResult = req.send(client, false).await?;
     report(&r, out)
 }
 

@@ -211,22 +211,37 @@ pub enum Submit<'a, B: serde::Serialize> {
     Delete(&'a str),
 }
 
+impl<B: serde::Serialize> Submit<'_, B> {
+    /// Sends it, with `wait=false` added to its path when `no_wait`, and
+    /// decodes the answer.
+    pub async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        client: &Client,
+        no_wait: bool,
+    ) -> Result<T, crate::client::ClientError> {
+        let q = |path: &str| {
+            if !no_wait {
+                return path.to_string();
+            }
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{sep}wait=false")
+        };
+        match self {
+            Submit::Post(path, body) => client.post(&q(path), *body).await,
+            Submit::Put(path, body) => client.put(&q(path), *body).await,
+            Submit::Patch(path, body) => client.patch(&q(path), *body).await,
+            Submit::Delete(path) => client.delete_json(&q(path)).await,
+        }
+    }
+}
+
 /// Sends `req` with `wait=false` and prints the job it became.
 pub async fn submit<B: serde::Serialize>(
     client: &Client,
     req: Submit<'_, B>,
     out: Output,
 ) -> Result<i32> {
-    let q = |path: &str| {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        format!("{path}{sep}wait=false")
-    };
-    let j: Job = match req {
-        Submit::Post(path, body) => client.post(&q(path), body).await?,
-        Submit::Put(path, body) => client.put(&q(path), body).await?,
-        Submit::Patch(path, body) => client.patch(&q(path), body).await?,
-        Submit::Delete(path) => client.delete_json(&q(path)).await?,
-    };
+    let j: Job = req.send(client, true).await?;
     queued(&j, out)
 }
 
