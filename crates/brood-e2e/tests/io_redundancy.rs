@@ -117,6 +117,45 @@ fn sha256_of_shell(cmd: &str) -> String {
         .to_string()
 }
 
+/// What to look at when guest `vm` cannot reach a gateway: the guest's
+/// links, addresses, routes and neighbours, the host's gateway taps, the
+/// switch's configuration and log, and broodd's log.
+fn network_report(b: &Broodd, vm: &str) -> String {
+    let (_, guest, _) = b.exec(
+        vm,
+        "ip link; ip -4 addr; ip route; ip neigh; cat /sys/class/net/*/address",
+    );
+    let host = Command::new("sh")
+        .args([
+            "-c",
+            "ip -d link show | grep -A3 ' bn-'; ip -4 addr | grep -A2 ' bn-'",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let io = b.data.join("io");
+    let switch = std::fs::read_dir(&io)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("switch-"))
+        .map(|e| {
+            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+            format!(
+                "{}:\nswitch.json: {}\nswitch.log:\n{}",
+                e.path().display(),
+                read("switch.json"),
+                read("switch.log")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        "the guest:\n{guest}\nthe host's taps:\n{host}\n{switch}\nbroodd:\n{}",
+        b.log()
+    )
+}
+
 fn brood(b: &Broodd, args: &[&str]) -> std::process::Output {
     b.brood().args(args).output().expect("run brood")
 }
@@ -295,14 +334,18 @@ fn io_partitions_killed_while_broodd_is_down_are_restarted_before_the_vms() {
     let got_address = wait_until(Duration::from_secs(120), || {
         b.exec("r", "ping -c 1 -W 2 10.67.0.1").0 == 0
     });
-    assert!(got_address, "r never reached its gateway\n{}", b.log());
+    assert!(
+        got_address,
+        "r never reached its gateway\n{}",
+        network_report(&b, "r")
+    );
     let got_address = wait_until(Duration::from_secs(60), || {
         b.exec("r", "ping -c 1 -W 2 10.68.0.1").0 == 0
     });
     assert!(
         got_address,
         "r never reached its capped gateway\n{}",
-        b.log()
+        network_report(&b, "r")
     );
     let free = send_mbps(&b, "10.67.0.1");
     let slow = send_mbps(&b, "10.68.0.1");
@@ -343,7 +386,12 @@ fn io_partitions_killed_while_broodd_is_down_are_restarted_before_the_vms() {
     assert_confined(pid_of(&io(&b, storage)).unwrap(), STORAGE_CAPS);
     // The guest is on both again: its network and its disk.
     let (code, out, _) = b.exec("r", "ping -c 2 -W 5 10.67.0.1");
-    assert_eq!(code, 0, "no network after the restart: {out}\n{}", b.log());
+    assert_eq!(
+        code,
+        0,
+        "no network after the restart: {out}\n{}",
+        network_report(&b, "r")
+    );
     // The cap is the channel's: the new switch enforces it too.
     let slow = send_mbps(&b, "10.68.0.1");
     assert!(
