@@ -569,6 +569,20 @@ fn a_nat_network_reaches_out_publishes_ports_and_cleans_up() {
     );
     let shown = brood_ok(&b, &["vm", "show", "dup"]);
     assert!(shown.contains(&format!("{port2}:53/udp")), "{shown}");
+    // Its only NAT NIC stays while it publishes: the message says what to unpublish.
+    let o = brood(&b, &["vm", "nic", "detach", "dup", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("--unpublish {port2}/udp")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        b.ok("GET", "/v1/partitions/dup", None)["nics"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     for name in ["dup", "nonat"] {
         brood_ok(&b, &["vm", "delete", name, "--force"]);
     }

@@ -86,6 +86,12 @@ struct Args {
     #[arg(long, value_name = "NAME", default_value = broodd::DEFAULT_NFT_TABLE,
           value_parser = parse_table)]
     nft_table: String,
+    /// The host ports a business unit's users may publish (`vm create
+    /// --publish`, `vm set --publish`), LOW-HIGH; administrators publish
+    /// any host port.
+    #[arg(long, value_name = "LOW-HIGH", default_value = "30000-32767",
+          value_parser = parse_port_range)]
+    unit_ports: std::ops::RangeInclusive<u16>,
     /// Print broodd's manual page (roff, section 8) and exit.
     #[arg(long, hide = true)]
     man_page: bool,
@@ -182,6 +188,7 @@ async fn run(args: Args) -> Result<()> {
             nat: broodd::NatConfig {
                 uplink: args.uplink.clone(),
                 table: Some(args.nft_table.clone()),
+                unit_ports: Some(args.unit_ports.clone()),
             },
         },
         Arc::new(QemuEngine::new(cfg)),
@@ -213,6 +220,18 @@ fn parse_table(s: &str) -> std::result::Result<String, String> {
         Err(format!(
             "--nft-table {s:?}: use 1-32 characters of A-Z, a-z, 0-9 and '_'"
         ))
+    }
+}
+
+/// `LOW-HIGH` (or one port), 1-65535, LOW at most HIGH.
+fn parse_port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(lo), port(hi)) {
+        (Some(lo), Some(hi)) if lo <= hi => Ok(lo..=hi),
+        _ => Err(format!(
+            "--unit-ports {s:?}: give LOW-HIGH, two ports 1-65535 with LOW at most HIGH (e.g. 30000-32767)"
+        )),
     }
 }
 
@@ -265,5 +284,20 @@ fn capacity(args: &Args, data: &Path) -> Resources {
             .disk_gib
             .unwrap_or_else(|| brood_engine::host::fs_free_mib(data).unwrap_or(0) / 1024),
         nics: args.nics,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn unit_port_ranges_parse_and_bad_ones_say_what_to_give() {
+        assert_eq!(parse_port_range("30000-32767"), Ok(30000..=32767));
+        assert_eq!(parse_port_range("8080"), Ok(8080..=8080));
+        for bad in ["0-10", "10-5", "a-b", "1-65536", "", "-"] {
+            let e = parse_port_range(bad).unwrap_err();
+            assert!(e.contains("LOW-HIGH"), "{bad}: {e}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! concurrent creates at the edge that never overshoot, a unit that can
 //! neither see nor touch the other's objects through any route of the
 //! OpenAPI document, expired and revoked tokens refused, a shrink below use
-//! refused, and the golden role table compared with what every route
+//! refused, a unit's user kept to broodd's `--unit-ports` when it
+//! publishes host ports, and the golden role table compared with what every route
 //! really answers for every role.
 
 use std::collections::BTreeMap;
@@ -303,6 +304,98 @@ async fn expired_and_revoked_tokens_are_refused() {
     // A made-up token of the right shape is just unknown.
     let (s, _) = call(&app, Method::GET, "/v1/host", &"ab".repeat(32), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_units_user_publishes_only_host_ports_broodd_leaves_to_units() {
+    let app = TestApp::builder().capacity(big()).build().await;
+    unit(&app, "eng", json!({"vcpus": 4, "memory_mib": 4096})).await;
+    let alice = user(&app, "alice", "unit-admin", Some("eng")).await;
+    let with_port = |name: &str, port: u16| {
+        let mut v = vm(name, 256, 1, false);
+        v["publish"] = json!([{"host_port": port, "guest_port": 80}]);
+        v
+    };
+    // A well-known host port: refused before anything is made.
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        None,
+        Some(with_port("web", 80)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("host port 80/tcp")
+            && msg.contains("30000-32767")
+            && msg.contains("--unit-ports"),
+        "{msg}"
+    );
+    let (s, _) = call(&app, Method::GET, "/v1/partitions/web", TOKEN, None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A port of the range passes that check (and meets the next: no NAT NIC).
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        None,
+        Some(with_port("web", 30080)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NAT network"),
+        "{v}"
+    );
+    // An administrator publishes any host port (here too: no NAT NIC).
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        TOKEN,
+        None,
+        Some(with_port("web", 80)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // `vm set --publish` is held to the same range.
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        None,
+        Some(vm("db", 256, 1, false)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        &app,
+        Method::PATCH,
+        "/v1/partitions/db/resources",
+        &alice,
+        None,
+        Some(json!({"publish": [{"host_port": 22, "guest_port": 22}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = call(
+        &app,
+        Method::PATCH,
+        "/v1/partitions/db/resources",
+        &alice,
+        None,
+        Some(json!({"publish": [{"host_port": 32767, "guest_port": 22}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
 #[tokio::test]

@@ -108,6 +108,7 @@ async fn set_resources(
     Query(w): Query<WaitQuery>,
     ApiJson(req): ApiJson<SetResourcesRequest>,
 ) -> ApiResult<Response> {
+    crate::tenancy::units::check_ports(&d, &caller, &req.publish)?;
     run(
         &d,
         &caller,
@@ -290,7 +291,7 @@ async fn attach_nic(
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "a path segment that is not valid UTF-8, or an `apply` that is not auto, now or next-start", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid, or no such NIC (`not_found`)", body = ErrorBody),
-        (status = 409, description = "it is a template, a forked child, saved or starting; `apply: now` on a running VM; or another operation holds it", body = ErrorBody),
+        (status = 409, description = "it is a template, a forked child, saved or starting; `apply: now` on a running VM; it publishes host ports and this is its last NIC on a NAT network (unpublish them first); or another operation holds it", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common
     )

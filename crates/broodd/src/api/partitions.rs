@@ -197,6 +197,7 @@ async fn define(
 ) -> ApiResult<Response> {
     caller.check(Action::Create, crate::tenancy::Kind::Partition)?;
     crate::tenancy::units::check_networks(&d, &caller, req.configs.values()).await?;
+    crate::tenancy::units::check_ports(&d, &caller, &req.publish)?;
     let s = job::Submit {
         kind: if req.start {
             "partition.define.start"

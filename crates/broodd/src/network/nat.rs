@@ -38,6 +38,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use brood_api as api;
@@ -67,7 +68,15 @@ pub struct NatConfig {
     pub uplink: Option<String>,
     /// The nftables table (family `ip`); [`DEFAULT_TABLE`] when `None`.
     pub table: Option<String>,
+    /// The host ports a business unit's users may publish;
+    /// [`DEFAULT_UNIT_PORTS`] when `None`. Administrators publish any.
+    pub unit_ports: Option<RangeInclusive<u16>>,
 }
+
+/// The host ports a business unit's users may publish unless broodd is
+/// told otherwise (`--unit-ports`): the range Kubernetes gives NodePorts,
+/// clear of well-known ports and of Linux's ephemeral ones (32768-60999).
+pub const DEFAULT_UNIT_PORTS: RangeInclusive<u16> = 30000..=32767;
 
 /// The NAT feature's state: its configuration, the uplink, the ruleset last
 /// applied, and each partition's published ports (for rendering).
@@ -75,6 +84,7 @@ pub struct NatConfig {
 pub struct Nat {
     table: String,
     uplink_flag: Option<String>,
+    unit_ports: RangeInclusive<u16>,
     uplink: Mutex<Option<String>>,
     /// The script last applied (`None`: no table made by this broodd).
     applied: tokio::sync::Mutex<Option<String>>,
@@ -87,10 +97,16 @@ impl Nat {
         Nat {
             table: config.table.unwrap_or_else(|| DEFAULT_TABLE.to_string()),
             uplink_flag: config.uplink,
+            unit_ports: config.unit_ports.unwrap_or(DEFAULT_UNIT_PORTS),
             uplink: Mutex::new(None),
             applied: tokio::sync::Mutex::new(None),
             published: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The host ports a business unit's users may publish.
+    pub fn unit_ports(&self) -> RangeInclusive<u16> {
+        self.unit_ports.clone()
     }
 
     /// The ports partition `uuid` publishes.
@@ -510,6 +526,49 @@ pub async fn check_publish(
         }
     }
     Ok(())
+}
+
+/// Refuses a change that leaves partition `uuid`, which publishes host
+/// ports, without a NIC of `config` on a NAT network: its ports would
+/// lead nowhere (say which to unpublish first).
+pub async fn check_keeps_nat(
+    host: &Host,
+    uuid: Uuid,
+    config: &api::PartitionConfig,
+) -> HostResult<()> {
+    let ports: Vec<api::PublishedPort> = host
+        .ledger
+        .published_ports()
+        .await?
+        .into_iter()
+        .filter(|r| r.partition == uuid)
+        .map(|r| port_out(r.port))
+        .collect();
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let nat_nets: Vec<String> = host
+        .ledger
+        .networks()
+        .await?
+        .into_iter()
+        .filter(|n| n.nat)
+        .map(|n| n.name)
+        .collect();
+    if config.nics.iter().any(|n| nat_nets.contains(&n.network)) {
+        return Ok(());
+    }
+    let all: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let hosts: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}/{}", p.host_port, p.protocol))
+        .collect();
+    Err(HostError::conflict(format!(
+        "this VM publishes {} and would have no NIC on a NAT network left to forward them to: \
+         unpublish them first (`brood vm set VM --unpublish {}`)",
+        all.join(", "),
+        hosts.join(" --unpublish ")
+    )))
 }
 
 /// The ports partition `uuid` publishes now, and after `unpublish` then `publish`

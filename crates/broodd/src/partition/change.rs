@@ -528,6 +528,10 @@ pub async fn change(
                     .await?;
             (old, Some(new))
         }
+        Change::DetachNic { .. } => {
+            crate::network::nat::check_keeps_nat(host, uuid, &active).await?;
+            (Vec::new(), None)
+        }
         _ => (Vec::new(), None),
     };
 

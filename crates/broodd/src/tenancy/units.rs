@@ -5,7 +5,9 @@
 //! messages that say what to do.
 
 use brood_api as api;
-use brood_ledger::{LedgerError, Op, Owner, RequestState, Resources, Tx, UnitOp, UnitRecord};
+use brood_ledger::{
+    LedgerError, Op, Owner, RequestState, Resources, Tx, UnitOp, UnitRecord, UserRole,
+};
 use uuid::Uuid;
 
 use super::authz::{Action, Kind};
@@ -347,6 +349,27 @@ pub async fn set_infra(
         ))
         .await?;
     infra(host, caller).await
+}
+
+/// A caller who is not an administrator may publish only the host ports
+/// broodd leaves to business units (`--unit-ports`): a host port is the
+/// host's, and a unit's user must not take one its services need.
+pub fn check_ports(host: &Host, caller: &Caller, ports: &[api::PublishedPort]) -> HostResult<()> {
+    if caller.role() == UserRole::Admin {
+        return Ok(());
+    }
+    let range = host.feature::<crate::network::nat::Nat>().unit_ports();
+    match ports.iter().find(|p| !range.contains(&p.host_port)) {
+        Some(p) => Err(HostError::Forbidden(format!(
+            "host port {}/{} is outside the host ports a business unit's user may publish ({}-{}, \
+             broodd --unit-ports): publish one of those, or ask an administrator to publish it",
+            p.host_port,
+            p.protocol,
+            range.start(),
+            range.end()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A unit's VM may use only the networks its allocation names.
