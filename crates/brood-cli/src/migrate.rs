@@ -1,7 +1,8 @@
 //! `brood vm migrate NAME [--to HOST]`: live migration of a running VM to
 //! another host of the cluster (`POST /v1/partitions/{name}/migrate`).
-//! broodd does the work; this prints where the VM went and how long the
-//! guest was paused.
+//! broodd does the work, as a job (`partition.migrate`); this prints where
+//! the VM went and how long the guest was paused, or with `--no-wait` the
+//! job.
 
 use anyhow::Result;
 use brood_api::cluster::{ClusterMigrateRequest, ClusterMigration};
@@ -15,7 +16,8 @@ use crate::render::{key_values, print_json};
 pub const EXAMPLES: &str = "Examples:
   brood vm migrate web --to h2
   brood vm migrate web            # placement picks another host
-  brood vm migrate web -o json";
+  brood vm migrate web -o json
+  brood vm migrate web --no-wait  # answers with the job (`brood job wait ID`)";
 
 /// What to migrate and where.
 #[derive(Debug, Args)]
@@ -25,20 +27,20 @@ pub struct MigrateArgs {
     /// The target host (default: placement picks one other than the current host).
     #[arg(long, value_name = "HOST")]
     pub to: Option<String>,
+    #[command(flatten)]
+    pub wait: crate::job::NoWait,
 }
 
 /// Migrates and reports.
 pub async fn run(args: MigrateArgs, client: &crate::client::Client, out: Output) -> Result<i32> {
     let req = ClusterMigrateRequest { to: args.to };
+    let path = format!("{}/migrate", partition_path(&args.name));
+    if args.wait.no_wait {
+        return crate::job::submit(client, crate::job::Submit::Post(&path, &req), out).await;
+    }
     // A busy guest's pre-copy under TCG can take minutes: no deadline here,
     // broodd bounds each step itself.
-    let done: ClusterMigration = client
-        .post_within(
-            &format!("{}/migrate", partition_path(&args.name)),
-            &req,
-            None,
-        )
-        .await?;
+    let done: ClusterMigration = client.post_within(&path, &req, None).await?;
     match out {
         Output::Json => print_json(&done)?,
         Output::Text => {

@@ -180,9 +180,16 @@ fn a_vm_live_migrates_between_two_broodds_and_every_cut_is_recovered() {
     assert!(stderr(&out).contains("--to"), "{}", stderr(&out));
     runs_with_mark(&h2, "mig");
 
-    // h2 -> placement's choice: the only other host, h1.
-    let done = h2.json(&["vm", "migrate", "mig"]);
-    assert_eq!(done["to"], "h1", "{done}");
+    // h2 -> placement's choice: the only other host, h1; as a job not
+    // waited for, then `job wait`: the job's result is the migration.
+    let job = h2.json(&["vm", "migrate", "mig", "--no-wait"]);
+    assert_eq!(job["kind"], "partition.migrate", "{job}");
+    let id = job["id"].as_u64().expect("a job id").to_string();
+    let job = h2.json(&["job", "wait", &id]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let done = &job["result"];
+    assert_eq!(done["from"], "h2", "{job}");
+    assert_eq!(done["to"], "h1", "{job}");
     runs_with_mark(&h1, "mig");
     assert!(vms(&h2).is_empty(), "h2 still holds {:?}", vms(&h2));
     verify_all(&[&h1, &h2]);

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use brood_api::cluster::{
     ClusterCapacity, ClusterDomain, ClusterDomainList, ClusterDomainPolicy, ClusterHost,
     ClusterHostAddRequest, ClusterHostList, ClusterInfo, ClusterMigrateRequest, ClusterMigration,
@@ -26,6 +27,7 @@ use super::auth::Auth;
 use super::doc::{Common, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use super::jobs::{WaitQuery, partition_job};
 use crate::cluster::{Cluster, Member};
 use crate::host::Host;
 use crate::tenancy::{Action, Kind};
@@ -630,24 +632,25 @@ async fn ops_remove(State(d): D, caller: Auth, Path(name): Path<String>) -> ApiR
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Live-migrates a running partition to another host of the cluster: the
-/// target reserves it in its ledger and waits on `-incoming`, this host's
-/// QEMU pre-copies to it over TCP, the catalog commits the move, the
-/// target resumes it and this host releases it. A failure leaves it
-/// running here and nothing held on the target.
+/// Live-migrates a running partition to another host of the cluster, as
+/// a job (`partition.migrate`): the target reserves it in its ledger and
+/// waits on `-incoming`, this host's QEMU pre-copies to it over TCP, the
+/// catalog commits the move, the target resumes it and this host releases
+/// it. A failure leaves it running here and nothing held on the target.
 #[utoipa::path(
     post,
     path = "/v1/partitions/{name}/migrate",
     tag = "cluster",
     operation_id = "migrate_partition",
-    params(("name" = String, Path, description = "Partition name or uuid")),
+    params(("name" = String, Path, description = "Partition name or uuid"), WaitQuery),
     request_body = ClusterMigrateRequest,
     responses(
         (status = 200, description = "Migrated: where it runs now, QEMU's total time and downtime", body = ClusterMigration),
-        (status = 400, description = "malformed JSON, or `to` names this host (`bad_request`)", body = ErrorBody),
+        (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
+        (status = 400, description = "malformed JSON, a `to` that is not a host name, or `to` names this host (`bad_request`)", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid, or no host is named `to` (`not_found`)", body = ErrorBody),
-        (status = 409, description = "not running, a template, a forked child or with disks (`invalid_transition`); no other host can take it (`capacity_exceeded`); the target refused, QEMU's stream failed or the target did not commit, it runs here as before, or broodd is a single host (`conflict`)", body = ErrorBody),
-        (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
+        (status = 409, description = "not running, a template, a forked child or with disks (`invalid_transition`); no other host can take it (`capacity_exceeded`); the target refused, QEMU's stream failed or the target did not commit, it runs here as before, broodd is a single host, or another operation holds it (`conflict`)", body = ErrorBody),
+        (status = 503, description = "the catalog did not answer, or the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
     )
@@ -656,23 +659,45 @@ async fn partition_migrate(
     State(d): D,
     caller: Auth,
     Path(name): Path<String>,
+    Query(w): Query<WaitQuery>,
     ApiJson(req): ApiJson<ClusterMigrateRequest>,
-) -> ApiResult<Json<ClusterMigration>> {
-    let rec = caller.partition(&d, &name, Action::Operate).await?;
-    let m = member(&d)?;
+) -> ApiResult<Response> {
+    // What can be refused at once is, before a job is queued (who may,
+    // then whether there is a cluster at all).
+    caller.partition(&d, &name, Action::Operate).await?;
+    member(&d)?;
     if let Some(to) = &req.to {
         brood_cluster::model::check_name("host", to)?;
     }
-    let rec = rec.into_inner();
-    let name = rec.name.clone();
-    let done = crate::cluster::migrate::migrate_out(&d, &m, rec, req.to.as_deref()).await?;
-    Ok(Json(ClusterMigration {
-        partition: name,
-        from: done.from,
-        to: done.to,
-        generation: done.generation,
-        total_ms: done.total_ms,
-        downtime_ms: done.downtime_ms,
-        wall_ms: done.wall_ms,
-    }))
+    let work = move |d: Arc<Host>, _actor: String, uuid| async move {
+        let m = member(&d)?;
+        let rec = d
+            .ledger
+            .partition_by_uuid(uuid)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&format!("partition {uuid} is gone")))?;
+        let name = rec.name.clone();
+        let done = crate::cluster::migrate::migrate_out(&d, &m, rec, req.to.as_deref()).await?;
+        let body = serde_json::to_vec(&ClusterMigration {
+            partition: name,
+            from: done.from,
+            to: done.to,
+            generation: done.generation,
+            total_ms: done.total_ms,
+            downtime_ms: done.downtime_ms,
+            wall_ms: done.wall_ms,
+        })
+        .map_err(|e| ApiError::internal("encode the migration", &e))?;
+        Ok(crate::job::Done::ok(body))
+    };
+    partition_job(
+        &d,
+        &caller,
+        &name,
+        Action::Operate,
+        "partition.migrate",
+        w.wait(),
+        work,
+    )
+    .await
 }

@@ -56,8 +56,8 @@ impl Given {
         self.lock().insert(local, generation);
     }
 
-    /// Forgets a partition removed here.
-    fn forget(&self, local: Uuid) {
+    /// Forgets a partition removed here (fenced, or moved away).
+    pub fn forget(&self, local: Uuid) {
         self.lock().remove(&local);
     }
 }

@@ -263,6 +263,9 @@ pub async fn migrate_out(
     fault(m, Fault::SourceAfterCommit);
     drop(running);
     release_here(host, rec.uuid, &mv.target).await?;
+    // Gone from here: a move back later starts from the generation it
+    // then has, not from what this host saw before it left.
+    m.given.forget(rec.uuid);
     drop(guard);
     m.catalog.move_finish(mv.partition, mv.generation).await?;
     let stats = stats.unwrap_or(brood_engine::qemu::migrate::MigrationStats {
@@ -495,8 +498,10 @@ async fn do_receive(host: &Arc<Host>, m: &Member, mv: &Move) -> Result<(), Strin
             return Err(format!("the move was aborted before it committed: {e}"));
         }
     }
-    // Ours now: the VM outlives this broodd like any other.
+    // Ours now: the VM outlives this broodd like any other, and this host
+    // runs it at the move's generation (whatever it saw of it before).
     vm.set_kill_on_drop(false);
+    m.given.rebase(uuid, mv.generation);
     let rec = host.reload(uuid).await.map_err(|e| chain(&e))?;
     let rec = host
         .update(
