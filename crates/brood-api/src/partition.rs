@@ -170,6 +170,14 @@ pub struct PartitionConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_.-]*$")]
     pub image: Option<String>,
+    /// Service classes it needs (`brood service classes`: `dns`, `log`,
+    /// `http`...), each at most once: at every start broodd requests one
+    /// service of each class not serving it yet, for it (the start fails,
+    /// and its VM stops again, if one cannot be had); a `dns` service
+    /// becomes its resolver. Deleting it releases them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8, inline)]
+    pub requires: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -191,6 +199,7 @@ impl Default for PartitionConfig {
             policy: Policy::default(),
             cmdline: String::new(),
             image: None,
+            requires: Vec::new(),
         }
     }
 }

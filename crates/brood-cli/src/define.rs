@@ -32,12 +32,13 @@ pub struct DefineArgs {
     pub from_json: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Configuration")]
     pub flags: ConfigFlags,
-    /// Services the VM needs, requested for it once it runs (`create`
-    /// only): comma-separated classes, e.g. `--requires http,log`.
+    /// Services the VM needs (its definition's `requires`), comma-separated
+    /// classes, e.g. `--requires dns,log`: at every start broodd requests
+    /// one of each class that does not serve it yet; deleting it releases them.
     #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
     pub requires: Vec<String>,
     /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
-    #[arg(long, conflicts_with = "requires")]
+    #[arg(long)]
     pub no_wait: bool,
 }
 
@@ -310,17 +311,17 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
         (None, Some(name)) => request_from_flags(name, args.flags, start),
         (None, None) => anyhow::bail!("name the partition (or give --from-json FILE)"),
     };
-    if start && !args.requires.is_empty() {
-        crate::service::check_classes(client, &args.requires).await?;
+    let mut req = req;
+    if !args.requires.is_empty() {
+        for c in req.configs.values_mut() {
+            c.requires.clone_from(&args.requires);
+        }
     }
     if args.no_wait {
         let j: brood_api::Job = client.post("/v1/partitions?wait=false", &req).await?;
         return crate::job::queued(&j, out);
     }
     let p: Partition = client.post("/v1/partitions", &req).await?;
-    if start && !args.requires.is_empty() {
-        crate::service::request_for(client, &p.name, &args.requires, out).await?;
-    }
     match out {
         Output::Json => print_json(&p)?,
         Output::Text => {

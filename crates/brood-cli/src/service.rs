@@ -84,60 +84,6 @@ pub struct RequestArgs {
     wait: crate::job::NoWait,
 }
 
-/// Refuses classes broodd does not know, before anything is created.
-pub async fn check_classes(client: &Client, classes: &[String]) -> Result<()> {
-    let l: ServiceClassList = client.get("/v1/service-classes").await?;
-    let known: Vec<&str> = l.items.iter().map(|c| c.name.as_str()).collect();
-    if let Some(bad) = classes.iter().find(|c| !known.contains(&c.as_str())) {
-        anyhow::bail!(
-            "--requires {bad}: no class {bad:?}; known classes are {} (`brood service classes`)",
-            known.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Requests one service of each class for the new VM `vm` (`brood vm
-/// create --requires`). If one fails, the services made so far are
-/// released and the VM is deleted, so nothing is left half-done.
-pub async fn request_for(client: &Client, vm: &str, classes: &[String], out: Output) -> Result<()> {
-    let mut made: Vec<String> = Vec::new();
-    for class in classes {
-        let req = ServiceRequest {
-            class: class.clone(),
-            guests: vec![vm.to_string()],
-            ..ServiceRequest::default()
-        };
-        match client
-            .post_within::<_, Service>("/v1/services", &req, None)
-            .await
-        {
-            Ok(s) => {
-                if out == Output::Text {
-                    eprintln!(
-                        "brood: {vm} requires {class}: service {} ({})",
-                        s.name,
-                        s.addresses.join(", ")
-                    );
-                }
-                made.push(s.name);
-            }
-            Err(e) => {
-                for name in &made {
-                    let _ = client.delete(&path(name)).await;
-                }
-                let _ = client
-                    .delete(&format!("/v1/partitions/{}?force=true", encode(vm)))
-                    .await;
-                return Err(anyhow::Error::new(e).context(format!(
-                    "{vm} requires {class}; the request failed, so {vm} was deleted again"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')

@@ -469,8 +469,11 @@ fn readme_service_pool_example_runs() {
     env.assert_clean();
 }
 
-/// `brood vm create --requires http,log`: the guest gets one domain of each
-/// class associated with it, and deleting the guest releases them.
+/// `brood vm create --requires http,log`: the guest's definition requires
+/// them, and broodd associates one domain of each class with it when it
+/// starts (once: a restart asks for none again); a class the pool cannot
+/// serve fails the create and leaves nothing; deleting the guest releases
+/// them.
 #[test]
 fn vm_create_requires_gets_its_services_and_delete_releases_them() {
     let env = TestEnv::new();
@@ -510,6 +513,42 @@ fn vm_create_requires_gets_its_services_and_delete_releases_them() {
             .all(|s| s["guests"] == json!(["guest"]) && s["state"] == "ready"),
         "{list}"
     );
+    // It is the definition's: a stop and a start keep the same two, and
+    // a start asks for none again.
+    let def = b.ok("GET", "/v1/partitions/guest", None);
+    assert_eq!(
+        def["configs"]["default"]["requires"],
+        json!(["http", "log"]),
+        "{def}"
+    );
+    b.ok("POST", "/v1/partitions/guest/stop", None);
+    b.ok("POST", "/v1/partitions/guest/start", None);
+    let again = b.ok("GET", "/v1/services", None);
+    assert_eq!(again["items"].as_array().map(Vec::len), Some(2), "{again}");
+    // A class this pool cannot serve (dns needs the service image): the
+    // create fails, names why, and leaves neither a VM nor a service.
+    let out = b
+        .brood()
+        .args([
+            "vm",
+            "create",
+            "resolver",
+            "--memory",
+            "64",
+            "--requires",
+            "dns",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("requires dns") && err.contains("image"),
+        "{err}"
+    );
+    assert_eq!(b.call("GET", "/v1/partitions/resolver", None).0, 404);
+    let after = b.ok("GET", "/v1/services", None);
+    assert_eq!(after["items"].as_array().map(Vec::len), Some(2), "{after}");
     // An unknown class is refused and leaves no VM behind.
     let out = b
         .brood()

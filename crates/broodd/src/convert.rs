@@ -143,6 +143,9 @@ fn valid_zone(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
 }
 
+/// Most service classes one configuration requires.
+pub const MAX_REQUIRES: usize = 8;
+
 /// Checks one configuration.
 pub fn validate_config(
     cname: &str,
@@ -176,6 +179,22 @@ pub fn validate_config(
             c.nics.len(),
             c.disks.len() + c.nics.len()
         ));
+    }
+    if c.requires.len() > MAX_REQUIRES {
+        return bad(format!(
+            "requires names {} service classes: at most {MAX_REQUIRES}",
+            c.requires.len()
+        ));
+    }
+    for (i, class) in c.requires.iter().enumerate() {
+        if !crate::pool::class::is_class_name(class) {
+            return bad(format!(
+                "requires {class:?}: a class is 1-32 of a-z, 0-9 and '-', starting with a letter (`brood service classes`)"
+            ));
+        }
+        if c.requires[..i].contains(class) {
+            return bad(format!("requires {class:?} twice: name it once"));
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     for d in &c.disks {

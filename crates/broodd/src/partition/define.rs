@@ -29,6 +29,7 @@ pub async fn define(
     let networks = crate::network::names(host).await?;
     let active = convert::validate_define_on(&req, &networks)?;
     crate::host::image::check(&host.paths, &req.configs)?;
+    crate::pool::requires::check(host, req.configs.values()).await?;
     let disks = all_disks(&req.configs)?;
     let config = req.configs.get(&active).cloned().unwrap_or_default();
     crate::network::nat::check_publish(host, &config, &req.publish).await?;

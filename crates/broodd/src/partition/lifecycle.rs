@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brood_ledger::{PartitionPatch, PartitionRecord, PendingOp, Resources, RunState, Stage};
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::host::config::{all_disks, configs_of, demand, vm_spec};
@@ -59,7 +60,15 @@ pub async fn start(host: &Arc<Host>, actor: &str, uuid: Uuid) -> HostResult<Part
             .await?;
         (rec, launcher, running)
     };
-    launcher.after_start(host, rec, running).await
+    let rec = launcher.after_start(host, rec, running).await?;
+    // The services it requires; without them it does not run.
+    if let Err(e) = crate::pool::requires::ensure_boxed(host, &rec).await {
+        if let Err(s) = stop(host, actor, uuid, EndMode::Kill).await {
+            warn!(partition = %rec.name, "stop it after its services failed: {}", chain(&s));
+        }
+        return Err(e);
+    }
+    Ok(rec)
 }
 
 /// What to do about a partition that has no VM to act on (exec, console

@@ -27,6 +27,7 @@ pub mod clone;
 pub mod member;
 pub mod refill;
 pub mod request;
+pub mod requires;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
