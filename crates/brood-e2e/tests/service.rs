@@ -2,8 +2,9 @@
 //! --service`, built once per run into `BROOD_DATA_DIR`) on real VMs: a pool
 //! of that image refills by clone, and a `dns` domain (dnsmasq) answers for
 //! the names brood registered with it and forwards the rest (to a stub
-//! upstream: a second dnsmasq the request's init script starts), and an
-//! `nfs` domain exports a directory that an NFS mount reads.
+//! upstream: a second dnsmasq the request's init script starts), a guest
+//! that requires `dns` resolves its own name through the domain its start
+//! took, and an `nfs` domain exports a directory that an NFS mount reads.
 
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
@@ -256,6 +257,67 @@ fn a_dhcp_domain_leases_an_address_of_its_range_to_a_guest_on_its_network() {
             String::from_utf8_lossy(&name).replace('\0', " ")
         );
     }
+    env.assert_clean();
+}
+
+/// `requires: ["dns"]` on a guest of a brood network: its start takes a
+/// `dns` domain of the pool for it, registered with the guest's own name
+/// and address, and makes it the guest's resolver, so the guest resolves
+/// its own name through its domain; deleting the guest releases it.
+#[test]
+fn a_guest_that_requires_dns_resolves_its_own_name_through_its_domain() {
+    let env = TestEnv::new();
+    let b = Broodd::start(&env, &["--memory-mib", "2048"]);
+    b.ok(
+        "POST",
+        "/v1/networks",
+        Some(&json!({"name": "dnet", "subnet": "10.78.0.0/24"})),
+    );
+    service_pool(&b, "dnsp", &["dnet"]);
+    let (s, v) = b.call(
+        "POST",
+        "/v1/partitions",
+        Some(&json!({"name": "web",
+                     "configs": {"default": {"memory_mib": 128, "nics": [{"network": "dnet"}],
+                                             "requires": ["dns"]}},
+                     "start": true})),
+    );
+    assert_eq!(s, 201, "{v}\n{}", b.log());
+    let list = b.ok("GET", "/v1/services", None);
+    let svc = &list["items"][0];
+    assert_eq!(svc["class"], "dns", "{list}");
+    assert_eq!(svc["guests"], json!(["web"]), "{list}");
+    let member = svc["member"].as_str().unwrap().to_string();
+    let dns = address_on(&b, "dnet", &member);
+    let ip = address_on(&b, "dnet", "web");
+    wait_address(&b, "web", "eth0", &ip);
+    let (_, conf, _) = b.exec("web", "cat /etc/resolv.conf");
+    assert!(conf.contains(&format!("nameserver {dns}")), "{conf}");
+    let mut seen = String::new();
+    let resolved = wait_until(Duration::from_secs(60), || {
+        let (code, out, err) = b.exec("web", "nslookup web.brood.internal");
+        seen = format!("{out}{err}");
+        code == 0 && out.contains(&ip)
+    });
+    assert!(
+        resolved,
+        "{seen}\n{}",
+        b.exec(&member, "cat /etc/brood-hosts /run/brood/service/*.log")
+            .1
+    );
+    b.ok("POST", "/v1/partitions/web/stop", None);
+    b.ok("DELETE", "/v1/partitions/web", None);
+    let released = wait_until(Duration::from_secs(60), || {
+        b.ok("GET", "/v1/services", None)["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert!(released, "{}", b.ok("GET", "/v1/services", None));
+    assert_eq!(b.call("DELETE", "/v1/pools/dnsp", None).0, 204);
+    assert_eq!(b.call("DELETE", "/v1/networks/dnet", None).0, 204);
+    b.verify_ok();
+    drop(b);
+    wait_until(Duration::from_secs(60), || env.qemu_pids().is_empty());
     env.assert_clean();
 }
 

@@ -182,7 +182,7 @@ async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResul
         (status = 201, description = "Defined (and started, with `start: true`)", body = Partition),
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or an invalid value: the message names it", body = ErrorBody),
-        (status = 409, description = "the name is taken, or a `publish` host port is another VM's or the host's own (`conflict`), or with `start: true` the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
+        (status = 409, description = "the name is taken, or a `publish` host port is another VM's or the host's own (`conflict`), or with `start: true` the host lacks capacity (`capacity_exceeded`) or a service it requires could not be had (the definition is removed again)", body = ErrorBody),
         (status = 502, description = "with `start: true`, QEMU failed to start; the definition is removed again (`engine_failed`)", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,
@@ -326,7 +326,7 @@ async fn delete(
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "the name in the path is not valid UTF-8, or its disks cannot be made as defined", body = ErrorBody),
         (status = 404, description = "no partition has that name or uuid (`not_found`)", body = ErrorBody),
-        (status = 409, description = "not stopped or crashed, not startable in its stage, another operation holds it, or the host lacks capacity (`capacity_exceeded`)", body = ErrorBody),
+        (status = 409, description = "not stopped or crashed, not startable in its stage, another operation holds it, the host lacks capacity (`capacity_exceeded`), or a service it requires could not be had (its VM is stopped again)", body = ErrorBody),
         (status = 502, description = "QEMU failed to start (`engine_failed`); its resources are returned", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         Common

@@ -280,6 +280,19 @@ pub fn open_op(partition: Uuid, nics: &[api::NicConfig]) -> Op {
     })
 }
 
+/// The agent of running VM `vm`, once it is ready (at most `AGENT_READY`).
+pub async fn ready_agent(vm: &Running) -> HostResult<&brood_engine::AgentClient> {
+    let agent = vm
+        .vm
+        .agent()
+        .map_err(|e| HostError::engine("reach the guest agent", e))?;
+    agent
+        .wait_ready(AGENT_READY)
+        .await
+        .map_err(|e| HostError::engine("wait for the guest agent", e))?;
+    Ok(agent)
+}
+
 /// Gives a guest the addresses of its channels through its agent.
 async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostResult<()> {
     let channels: Vec<_> = host
@@ -292,14 +305,7 @@ async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostRe
     if channels.is_empty() {
         return Ok(());
     }
-    let agent = vm
-        .vm
-        .agent()
-        .map_err(|e| HostError::engine("reach the guest agent", e))?;
-    agent
-        .wait_ready(AGENT_READY)
-        .await
-        .map_err(|e| HostError::engine("wait for the guest agent", e))?;
+    let agent = ready_agent(&vm).await?;
     for c in channels {
         let net = find(&host, &c.network).await?;
         let subnet: Subnet = net
@@ -315,7 +321,12 @@ async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostRe
             HostError::engine(format!("give NIC {} address {}", c.nic, c.address), e)
         })?;
         if net.nat {
-            nat::give_resolver(agent, subnet.gateway()).await?;
+            nat::give_resolver(
+                agent,
+                subnet.gateway(),
+                "the NAT network's gateway forwards DNS",
+            )
+            .await?;
         }
         debug!(vm = %uuid, nic = c.nic, address = %c.address, "address given");
     }

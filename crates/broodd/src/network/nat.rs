@@ -481,6 +481,18 @@ pub async fn check_new(host: &Host, subnet: Subnet) -> HostResult<()> {
     Ok(())
 }
 
+/// The names of the NAT networks.
+async fn nat_networks(host: &Host) -> HostResult<Vec<String>> {
+    Ok(host
+        .ledger
+        .networks()
+        .await?
+        .into_iter()
+        .filter(|n| n.nat)
+        .map(|n| n.name)
+        .collect())
+}
+
 /// Refuses ports the host itself listens on (publishing them would take
 /// them from the host), and a VM without a NIC on a NAT network.
 pub async fn check_publish(
@@ -491,14 +503,7 @@ pub async fn check_publish(
     if ports.is_empty() {
         return Ok(());
     }
-    let nat_nets: Vec<String> = host
-        .ledger
-        .networks()
-        .await?
-        .into_iter()
-        .filter(|n| n.nat)
-        .map(|n| n.name)
-        .collect();
+    let nat_nets = nat_networks(host).await?;
     if !config.nics.iter().any(|n| nat_nets.contains(&n.network)) {
         return Err(HostError::invalid(format!(
             "--publish needs a NIC on a NAT network, and this VM has none{}: add `--nic NET` of a network made with `brood network create NET --subnet CIDR --nat`",
@@ -547,14 +552,7 @@ pub async fn check_keeps_nat(
     if ports.is_empty() {
         return Ok(());
     }
-    let nat_nets: Vec<String> = host
-        .ledger
-        .networks()
-        .await?
-        .into_iter()
-        .filter(|n| n.nat)
-        .map(|n| n.name)
-        .collect();
+    let nat_nets = nat_networks(host).await?;
     if config.nics.iter().any(|n| nat_nets.contains(&n.network)) {
         return Ok(());
     }
@@ -758,11 +756,14 @@ pub async fn start(host: &Arc<Host>) -> HostResult<()> {
     Ok(())
 }
 
-/// Writes the guest's resolver (the NAT network's gateway) through its agent.
-pub async fn give_resolver(agent: &brood_engine::AgentClient, gateway: Ipv4Addr) -> HostResult<()> {
-    let text = format!(
-        "# written by brood: the NAT network's gateway forwards DNS\nnameserver {gateway}\n"
-    );
+/// Writes the guest's resolver, `nameserver` (`why` says who it is in a
+/// comment), through its agent.
+pub async fn give_resolver(
+    agent: &brood_engine::AgentClient,
+    nameserver: Ipv4Addr,
+    why: &str,
+) -> HostResult<()> {
+    let text = format!("# written by brood: {why}\nnameserver {nameserver}\n");
     agent
         .write_file("/etc/resolv.conf", text.as_bytes(), 0o644)
         .await

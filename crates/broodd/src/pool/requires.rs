@@ -2,7 +2,9 @@
 //! vm create --requires dns,log`): checked against the known classes when
 //! it is defined, and at every start one service of each class that does
 //! not serve it yet is requested for it, as `POST /v1/services` with `for`
-//! would. A `dns` service with an address becomes the guest's resolver.
+//! would. A `dns` service is given the guest's name and address (`NAME.
+//! <domain>`), and becomes the guest's resolver where the guest reaches
+//! it (its domain's address on a brood network they share, or its `ip`).
 //! If a request fails, the services this start requested are released and
 //! the start fails (the caller stops the VM again). Deleting the partition
 //! releases every service that served only it (`lifecycle::delete`).
@@ -11,18 +13,13 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use brood_api as api;
-use brood_ledger::{PartitionRecord, ServiceState};
+use brood_ledger::{ChannelRecord, PartitionRecord, ServiceRecord, ServiceState};
 use tracing::{info, warn};
 
 use super::{class, request};
 use crate::host::{Host, HostError, HostResult, chain};
-
-/// How long a start waits for the guest's agent before it points the
-/// guest's resolver at its DNS service.
-const AGENT_READY: Duration = Duration::from_secs(120);
 
 /// Refuses a class no recipe defines, naming the known ones.
 pub async fn check<'a>(
@@ -67,11 +64,19 @@ pub async fn ensure(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<Vec<S
         if has {
             continue;
         }
-        let req = api::service::ServiceRequest {
+        let mut req = api::service::ServiceRequest {
             class: class.clone(),
             guests: vec![rec.name.clone()],
             ..api::service::ServiceRequest::default()
         };
+        // A DNS domain knows its guest by name: NAME.<domain> is its
+        // address on its first brood network.
+        if class == "dns"
+            && let Some(c) = channels_of(host, rec.uuid).await?.first()
+        {
+            req.set
+                .insert("hosts".into(), format!("{}={}", rec.name, c.address));
+        }
         match request::request(host, req).await {
             Ok(s) => {
                 info!(partition = %rec.name, class = %class, service = %s.name, "required service associated");
@@ -105,19 +110,47 @@ async fn release_all(host: &Arc<Host>, names: &[String]) {
     }
 }
 
-/// Points the guest's resolver at the first address of a `dns` service
-/// serving it, if there is one.
+/// The channels (brood network NICs) of partition `uuid`, by NIC.
+async fn channels_of(host: &Host, uuid: uuid::Uuid) -> HostResult<Vec<ChannelRecord>> {
+    let mut c: Vec<ChannelRecord> = host
+        .ledger
+        .channels()
+        .await?
+        .into_iter()
+        .filter(|c| c.partition == uuid)
+        .collect();
+    c.sort_by_key(|c| c.nic);
+    Ok(c)
+}
+
+/// Where the guest `guest` reaches service `s`: its domain's address on a
+/// brood network the guest is on too, else its `ip` setting.
+async fn reach(host: &Host, guest: uuid::Uuid, s: &ServiceRecord) -> HostResult<Option<Ipv4Addr>> {
+    let mine: Vec<String> = channels_of(host, guest)
+        .await?
+        .into_iter()
+        .map(|c| c.network)
+        .collect();
+    let shared = channels_of(host, s.member)
+        .await?
+        .into_iter()
+        .find(|c| mine.contains(&c.network));
+    Ok(shared.map(|c| c.address).or_else(|| {
+        s.settings
+            .get("ip")
+            .and_then(|ip| ip.split('/').next()?.parse().ok())
+    }))
+}
+
+/// Points the guest's resolver at a `dns` service serving it that it can
+/// reach, if there is one.
 async fn point_resolver(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<()> {
     let mut address = None;
     for s in host.ledger.services_of_guest(rec.uuid).await? {
         if s.class != "dns" || s.state != ServiceState::Ready {
             continue;
         }
-        let view = request::view(host, &s).await?;
-        address = view
-            .addresses
-            .iter()
-            .find_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok());
+        address = reach(host, rec.uuid, &s).await?;
         if address.is_some() {
             break;
         }
@@ -131,19 +164,8 @@ async fn point_resolver(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<(
             rec.name
         ))
     })?;
-    let agent = running
-        .vm
-        .agent()
-        .map_err(|e| HostError::engine("reach the guest agent", e))?;
-    agent
-        .wait_ready(AGENT_READY)
-        .await
-        .map_err(|e| HostError::engine("wait for the guest agent", e))?;
-    let text = format!("# written by brood: the partition requires dns\nnameserver {address}\n");
-    agent
-        .write_file("/etc/resolv.conf", text.as_bytes(), 0o644)
-        .await
-        .map_err(|e| HostError::engine("point the guest's resolver at its dns service", e))?;
+    let agent = crate::network::ready_agent(&running).await?;
+    crate::network::nat::give_resolver(agent, address, "the partition requires dns").await?;
     info!(partition = %rec.name, resolver = %address, "resolver is the dns service");
     Ok(())
 }
