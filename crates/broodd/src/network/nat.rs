@@ -539,6 +539,7 @@ pub async fn check_publish(
 pub async fn check_keeps_nat(
     host: &Host,
     uuid: Uuid,
+    name: &str,
     config: &api::PartitionConfig,
 ) -> HostResult<()> {
     let ports: Vec<api::PublishedPort> = host
@@ -562,8 +563,8 @@ pub async fn check_keeps_nat(
         .map(|p| format!("{}/{}", p.host_port, p.protocol))
         .collect();
     Err(HostError::conflict(format!(
-        "this VM publishes {} and would have no NIC on a NAT network left to forward them to: \
-         unpublish them first (`brood vm set VM --unpublish {}`)",
+        "{name} publishes {} and would have no NIC on a NAT network left to forward them to: \
+         unpublish them first (`brood vm set {name} --unpublish {}`)",
         all.join(", "),
         hosts.join(" --unpublish ")
     )))

@@ -529,7 +529,7 @@ pub async fn change(
             (old, Some(new))
         }
         Change::DetachNic { .. } => {
-            crate::network::nat::check_keeps_nat(host, uuid, &active).await?;
+            crate::network::nat::check_keeps_nat(host, uuid, &rec.name, &active).await?;
             (Vec::new(), None)
         }
         _ => (Vec::new(), None),

@@ -6,8 +6,9 @@
 //! <domain>`), and becomes the guest's resolver where the guest reaches
 //! it (its domain's address on a brood network they share, or its `ip`).
 //! If a request fails, the services this start requested are released and
-//! the start fails (the caller stops the VM again). Deleting the partition
-//! releases every service that served only it (`lifecycle::delete`).
+//! the start fails (the caller stops the VM again). Once the partition is
+//! deleted, a service that served only it is released by its pool's
+//! `unused` policy (`teardown`, the default: `refill.rs`).
 
 use std::future::Future;
 use std::net::Ipv4Addr;
