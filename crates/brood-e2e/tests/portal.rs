@@ -259,6 +259,30 @@ async fn sign_in(c: &Client, url: &str, token: &str) {
     wait_text(c, "h1", |t| t.starts_with("Unit") || t == "Administration").await;
 }
 
+/// Clicks the first element matching `css` (`what` names it). An element
+/// of a live region may be replaced between the find and the click (an
+/// event refreshed it): a stale element was not clicked, so it is found
+/// again and clicked.
+async fn click(c: &Client, css: &str, what: &str) {
+    let deadline = std::time::Instant::now() + SHOWN;
+    loop {
+        let e = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        match e.click().await {
+            Ok(()) => return,
+            Err(err)
+                if format!("{err:?}").contains("StaleElementReference")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("click {what}: {err}"),
+        }
+    }
+}
+
 /// Waits until the first element matching `css` has text that passes `ok`; returns it.
 async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     wait_text_for(c, css, SHOWN, ok).await
@@ -471,12 +495,7 @@ fn unit_user_flow(browser: Browser) {
         screenshot(&c, browser, "unit").await;
 
         // Exec in the VM's page.
-        c.find(Locator::Css(r#"tr[data-vm="web"] a"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, r#"tr[data-vm="web"] a"#, "web's row").await;
         wait_text(&c, "h1", |t| t == "VM web").await;
         let cmd = c
             .find(Locator::Css("#command"))
@@ -501,12 +520,7 @@ fn unit_user_flow(browser: Browser) {
 
         // Stop it from the page: the state changes in place.
         mark(&c).await;
-        c.find(Locator::Css(r#"form.actions button[value="stop"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, r#"form.actions button[value="stop"]"#, "the stop button").await;
         wait_text_for(&c, r#"tr[data-vm="web"] td.state"#, BOOT, |t| {
             t == "stopped"
         })
@@ -520,12 +534,12 @@ fn unit_user_flow(browser: Browser) {
         // The job's page, from the jobs view: its state and its event log.
         c.goto(&format!("{url}/ui/jobs")).await.unwrap();
         wait_text(&c, "h1", |t| t == "Jobs").await;
-        c.find(Locator::Css(&format!(r#"tr[data-job="{job}"] a"#)))
-            .await
-            .expect("web's job on the jobs view")
-            .click()
-            .await
-            .unwrap();
+        click(
+            &c,
+            &format!(r#"tr[data-job="{job}"] a"#),
+            "web's job on the jobs view",
+        )
+        .await;
         wait_text(&c, "h1", |t| t == format!("Job {job}")).await;
         wait_text(&c, r#"dl.job [data-f="state"]"#, |t| t == "succeeded").await;
         let log = wait_text(&c, "table.events", |t| !t.is_empty()).await;
