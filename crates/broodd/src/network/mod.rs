@@ -293,15 +293,22 @@ pub async fn ready_agent(vm: &Running) -> HostResult<&brood_engine::AgentClient>
     Ok(agent)
 }
 
-/// Gives a guest the addresses of its channels through its agent.
-async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostResult<()> {
-    let channels: Vec<_> = host
+/// The channels (brood network NICs) of partition `uuid`, by NIC.
+pub async fn channels_of(host: &Host, uuid: Uuid) -> HostResult<Vec<brood_ledger::ChannelRecord>> {
+    let mut c: Vec<_> = host
         .ledger
         .channels()
         .await?
         .into_iter()
         .filter(|c| c.partition == uuid)
         .collect();
+    c.sort_by_key(|c| c.nic);
+    Ok(c)
+}
+
+/// Gives a guest the addresses of its channels through its agent.
+async fn give_addresses(host: Arc<Host>, uuid: Uuid, vm: Arc<Running>) -> HostResult<()> {
+    let channels = channels_of(&host, uuid).await?;
     if channels.is_empty() {
         return Ok(());
     }

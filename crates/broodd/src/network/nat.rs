@@ -533,6 +533,18 @@ pub async fn check_publish(
     Ok(())
 }
 
+/// The ports partition `uuid` publishes, from the ledger.
+async fn ports_of(host: &Host, uuid: Uuid) -> HostResult<Vec<api::PublishedPort>> {
+    Ok(host
+        .ledger
+        .published_ports()
+        .await?
+        .into_iter()
+        .filter(|r| r.partition == uuid)
+        .map(|r| port_out(r.port))
+        .collect())
+}
+
 /// Refuses a change that leaves partition `uuid`, which publishes host
 /// ports, without a NIC of `config` on a NAT network: its ports would
 /// lead nowhere (say which to unpublish first).
@@ -542,14 +554,7 @@ pub async fn check_keeps_nat(
     name: &str,
     config: &api::PartitionConfig,
 ) -> HostResult<()> {
-    let ports: Vec<api::PublishedPort> = host
-        .ledger
-        .published_ports()
-        .await?
-        .into_iter()
-        .filter(|r| r.partition == uuid)
-        .map(|r| port_out(r.port))
-        .collect();
+    let ports = ports_of(host, uuid).await?;
     if ports.is_empty() {
         return Ok(());
     }
@@ -584,14 +589,7 @@ pub async fn ports_after(
     publish: &[api::PublishedPort],
     unpublish: &[api::HostPort],
 ) -> HostResult<(Vec<api::PublishedPort>, Vec<api::PublishedPort>)> {
-    let mut ports: Vec<api::PublishedPort> = host
-        .ledger
-        .published_ports()
-        .await?
-        .into_iter()
-        .filter(|r| r.partition == uuid)
-        .map(|r| port_out(r.port))
-        .collect();
+    let mut ports = ports_of(host, uuid).await?;
     let before = ports.clone();
     for u in unpublish {
         let n = ports.len();

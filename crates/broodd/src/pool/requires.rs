@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use brood_api as api;
-use brood_ledger::{ChannelRecord, PartitionRecord, ServiceRecord, ServiceState};
+use brood_ledger::{PartitionRecord, ServiceRecord, ServiceState};
 use tracing::{info, warn};
 
 use super::{class, request};
@@ -73,7 +73,7 @@ pub async fn ensure(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<Vec<S
         // A DNS domain knows its guest by name: NAME.<domain> is its
         // address on its first brood network.
         if class == "dns"
-            && let Some(c) = channels_of(host, rec.uuid).await?.first()
+            && let Some(c) = crate::network::channels_of(host, rec.uuid).await?.first()
         {
             req.set
                 .insert("hosts".into(), format!("{}={}", rec.name, c.address));
@@ -111,28 +111,15 @@ async fn release_all(host: &Arc<Host>, names: &[String]) {
     }
 }
 
-/// The channels (brood network NICs) of partition `uuid`, by NIC.
-async fn channels_of(host: &Host, uuid: uuid::Uuid) -> HostResult<Vec<ChannelRecord>> {
-    let mut c: Vec<ChannelRecord> = host
-        .ledger
-        .channels()
-        .await?
-        .into_iter()
-        .filter(|c| c.partition == uuid)
-        .collect();
-    c.sort_by_key(|c| c.nic);
-    Ok(c)
-}
-
 /// Where the guest `guest` reaches service `s`: its domain's address on a
 /// brood network the guest is on too, else its `ip` setting.
 async fn reach(host: &Host, guest: uuid::Uuid, s: &ServiceRecord) -> HostResult<Option<Ipv4Addr>> {
-    let mine: Vec<String> = channels_of(host, guest)
+    let mine: Vec<String> = crate::network::channels_of(host, guest)
         .await?
         .into_iter()
         .map(|c| c.network)
         .collect();
-    let shared = channels_of(host, s.member)
+    let shared = crate::network::channels_of(host, s.member)
         .await?
         .into_iter()
         .find(|c| mine.contains(&c.network));
