@@ -148,11 +148,11 @@ impl Drop for VmResources {
             }
         }
         drop(dirs);
-        if let Some(cg) = &self.cgroup
-            && newest
-        {
-            // QEMU may still be exiting after the SIGKILL; the exit watcher
-            // removes the group too once it has reaped it.
+        if let Some(cg) = &self.cgroup {
+            // The group is this VM's own (its name has a nonce), whoever
+            // owns the run directory now. QEMU may still be exiting after
+            // the SIGKILL; the exit watcher removes the group too once it
+            // has reaped it.
             cg.remove();
         }
     }
