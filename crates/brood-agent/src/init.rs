@@ -33,6 +33,9 @@ use crate::system::{SystemError, validate_hostname};
 
 /// Absolute `.ko` paths, one a line, dependencies first.
 pub const MODULES_LIST: &str = "/etc/brood/modules";
+/// Modules loaded only before booting a root the command line names (a
+/// disk the VM was given: FAT for its cloud-init seed), same format.
+pub const DISK_MODULES_LIST: &str = "/etc/brood/modules.disk";
 /// The hostname set at boot.
 pub const HOSTNAME_FILE: &str = "/etc/hostname";
 /// `PATH` for the agent and everything it runs.
@@ -198,19 +201,39 @@ fn switch_root() {
     if !crate::root::in_initramfs() {
         return;
     }
-    match crate::root::read_config(Path::new(crate::root::ROOT_CONFIG)) {
-        Ok(None) => {}
-        Ok(Some(spec)) => {
-            log!(
-                "switching to root disk {} at {} ms of uptime",
-                spec.device.display(),
-                crate::system::uptime_ms()
-            );
-            let Err(err) = crate::root::switch(&spec);
-            log!("{}; staying in the initramfs", crate::console::chain(&err));
+    let args = match crate::root::BootArgs::read() {
+        Ok(args) => args,
+        Err(reason) => {
+            log!("{reason}; staying in the initramfs");
+            return;
         }
-        Err(err) => log!("{}", crate::console::chain(&err)),
-    }
+    };
+    let spec = match &args.root {
+        Some(device) => {
+            for err in load_modules(Path::new(DISK_MODULES_LIST)) {
+                log!("{}", crate::console::chain(&err));
+            }
+            crate::root::RootSpec {
+                device: device.clone(),
+                fstype: "ext4".to_string(),
+            }
+        }
+        None => match crate::root::read_config(Path::new(crate::root::ROOT_CONFIG)) {
+            Ok(None) => return,
+            Ok(Some(spec)) => spec,
+            Err(err) => {
+                log!("{}", crate::console::chain(&err));
+                return;
+            }
+        },
+    };
+    log!(
+        "switching to root disk {} at {} ms of uptime",
+        spec.device.display(),
+        crate::system::uptime_ms()
+    );
+    let Err(err) = crate::root::switch(&spec, &args);
+    log!("{}; staying in the initramfs", crate::console::chain(&err));
 }
 
 fn mount(spec: &MountSpec) -> Result<(), InitError> {

@@ -16,6 +16,16 @@
 //! device=/dev/vda
 //! fstype=ext4
 //! ```
+//!
+//! broodd can also name the root on the kernel command line ([`BootArgs`]),
+//! for a VM booted from a disk image the user brought (`brood vm create
+//! --disk-image`) or a Debian image run under systemd (`--init systemd`):
+//! `brood.root=auto` finds the disk's root file system (its first ext4
+//! partition or whole disk that holds the init), `brood.init=/sbin/init`
+//! executes the image's own init instead of its agent, and
+//! `brood.agent=unit` (the default with `brood.init`) copies this agent
+//! into the new root's `/run` with a systemd unit that starts it, so the
+//! guest's init runs it as a service; `brood.agent=none` adds nothing.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -37,6 +47,20 @@ pub const ROOT_AGENT: &str = "/sbin/brood-agent";
 pub const DEVICE_WAIT: Duration = Duration::from_secs(10);
 /// The most bytes of [`ROOT_CONFIG`] read.
 const MAX_CONFIG_BYTES: usize = 4096;
+/// The file system types a root named `auto` may have (ext4 is built into
+/// Debian's cloud kernel; the guest has no other modules for a root).
+const AUTO_FSTYPES: [&str; 1] = ["ext4"];
+/// The most partitions of the first disk tried for an `auto` root.
+const MAX_PARTITIONS: u32 = 16;
+/// Where the agent copy and its unit go in the new root (on the `/run`
+/// tmpfs the initramfs hands over, which systemd keeps).
+pub const UNIT_AGENT: &str = "/run/brood/brood-agent";
+/// The runtime unit that starts [`UNIT_AGENT`].
+pub const UNIT_FILE: &str = "/run/systemd/system/brood-agent.service";
+/// The link that makes `sysinit.target` want it.
+pub const UNIT_WANTS: &str = "/run/systemd/system/sysinit.target.wants/brood-agent.service";
+/// Most bytes of `/proc/cmdline` read.
+const MAX_CMDLINE_BYTES: usize = 4096;
 /// File systems moved into the new root (`/dev` carries `/dev/pts` along).
 const MOVED: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 /// statfs(2) magic numbers of an initramfs root (linux/magic.h).
@@ -87,18 +111,139 @@ pub enum RootError {
     /// The root disk has no agent to hand over to.
     #[error("the root disk has no {ROOT_AGENT}; rebuild the image")]
     NoAgent,
-    /// execv of the new root's agent failed.
-    #[error("exec {ROOT_AGENT} in the new root")]
-    Exec(#[source] Errno),
+    /// The root disk has no init named by `brood.init`.
+    #[error(
+        "the root disk has no {init}: the image is not a Linux root file system with that init"
+    )]
+    NoInit {
+        /// The init looked for.
+        init: PathBuf,
+    },
+    /// No partition of an `auto` disk is the root.
+    #[error("no root file system holding {init} on /dev/vda: {tried}")]
+    NoRoot {
+        /// The init looked for.
+        init: PathBuf,
+        /// What was found instead.
+        tried: String,
+    },
+    /// The agent's unit could not be written.
+    #[error("add the agent's systemd unit to /run")]
+    Unit {
+        /// What the write reported.
+        #[source]
+        source: io::Error,
+    },
+    /// execv of the new root's init failed.
+    #[error("exec {init} in the new root")]
+    Exec {
+        /// The init.
+        init: PathBuf,
+        /// What execv reported.
+        #[source]
+        source: Errno,
+    },
 }
 
 /// The root disk an initramfs names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootSpec {
-    /// Its device node, under `/dev/`.
+    /// Its device node, under `/dev/`; `auto` to search the first disk.
     pub device: PathBuf,
     /// Its file system type (`ext4`).
     pub fstype: String,
+}
+
+/// How the agent goes along into the new root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// The root's own `/sbin/brood-agent` runs as PID 1 (brood's images).
+    Init,
+    /// The root's init runs this agent as a systemd unit.
+    Unit,
+    /// No agent: the guest has only what its image brings.
+    None,
+}
+
+/// What the kernel command line asks of the switch (`brood.*` arguments,
+/// written by broodd; anything else is the kernel's or the user's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootArgs {
+    /// `brood.root=auto|/dev/NAME`: the root, overriding [`ROOT_CONFIG`].
+    pub root: Option<PathBuf>,
+    /// `brood.init=PATH`: the root's init to execute instead of its agent.
+    pub init: Option<PathBuf>,
+    /// `brood.agent=unit|none`.
+    pub agent: AgentMode,
+}
+
+impl BootArgs {
+    /// Reads `/proc/cmdline`; none of brood's arguments when it cannot.
+    pub fn read() -> Result<Self, String> {
+        let data = std::fs::read("/proc/cmdline").unwrap_or_default();
+        Self::parse(&data)
+    }
+
+    /// Parses a command line (bounded; malformed brood arguments refused).
+    pub fn parse(data: &[u8]) -> Result<Self, String> {
+        if data.len() > MAX_CMDLINE_BYTES {
+            return Err(format!(
+                "the command line is longer than {MAX_CMDLINE_BYTES} bytes"
+            ));
+        }
+        let text = std::str::from_utf8(data).map_err(|_| "the command line is not UTF-8")?;
+        let (mut root, mut init, mut agent) = (None, None, None);
+        for word in text.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "brood.root" if value == "auto" => root = Some(PathBuf::from("auto")),
+                "brood.root" => {
+                    if !is_dev_node(value) {
+                        return Err(format!(
+                            "brood.root={value:?} is not auto or a /dev/NAME node"
+                        ));
+                    }
+                    root = Some(PathBuf::from(value));
+                }
+                "brood.init" => {
+                    let ok = value.starts_with('/')
+                        && value.len() <= 256
+                        && !value.split('/').any(|c| c == "..");
+                    if !ok {
+                        return Err(format!("brood.init={value:?} is not an absolute path"));
+                    }
+                    init = Some(PathBuf::from(value));
+                }
+                "brood.agent" => {
+                    agent = Some(match value {
+                        "unit" => AgentMode::Unit,
+                        "none" => AgentMode::None,
+                        _ => return Err(format!("brood.agent={value:?}: use unit or none")),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let agent = match (&init, agent) {
+            (None, Some(_)) => return Err("brood.agent needs brood.init".into()),
+            (None, None) => AgentMode::Init,
+            (Some(_), mode) => mode.unwrap_or(AgentMode::Unit),
+        };
+        Ok(BootArgs { root, init, agent })
+    }
+
+    /// Whether the command line names the root itself.
+    pub fn names_root(&self) -> bool {
+        self.root.is_some()
+    }
+}
+
+fn is_dev_node(device: &str) -> bool {
+    device
+        .strip_prefix("/dev/")
+        .is_some_and(|r| !r.is_empty() && !r.contains('/') && r != "." && r != "..")
 }
 
 /// Reads [`ROOT_CONFIG`] at `path`: `None` when there is none.
@@ -140,10 +285,7 @@ pub fn parse(data: &[u8]) -> Result<RootSpec, String> {
         }
     }
     let device = device.ok_or("no device= line")?;
-    let node_ok = device
-        .strip_prefix("/dev/")
-        .is_some_and(|r| !r.is_empty() && !r.contains('/') && r != "." && r != "..");
-    if !node_ok {
+    if !is_dev_node(&device) {
         return Err(format!("device {device:?} is not a /dev/NAME node"));
     }
     let fstype = fstype.ok_or("no fstype= line")?;
@@ -169,30 +311,149 @@ pub fn in_initramfs() -> bool {
     }
 }
 
-/// Switches to the root disk and executes its agent; returns only on failure,
-/// with the initramfs still usable (nothing is deleted before the new root is
-/// mounted and checked).
-pub fn switch(spec: &RootSpec) -> Result<Infallible, RootError> {
-    wait_for(&spec.device)?;
+/// Switches to the root disk and executes its agent, or the init `args`
+/// name; returns only on failure, with the initramfs still usable (nothing
+/// is deleted before the new root is mounted and checked).
+pub fn switch(spec: &RootSpec, args: &BootArgs) -> Result<Infallible, RootError> {
     let new_root = Path::new(NEW_ROOT);
     let _ = std::fs::create_dir_all(new_root);
+    let init = args
+        .init
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(ROOT_AGENT));
+    if spec.device == Path::new("auto") {
+        mount_auto(new_root, &init)?;
+    } else {
+        wait_for(&spec.device)?;
+        nix::mount::mount(
+            Some(spec.device.as_path()),
+            new_root,
+            Some(spec.fstype.as_str()),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| RootError::Mount {
+            step: "mount the root disk on",
+            path: new_root.to_owned(),
+            source,
+        })?;
+        if !has_init(new_root, &init) {
+            let _ = nix::mount::umount(new_root);
+            return Err(match args.init {
+                None => RootError::NoAgent,
+                Some(_) => RootError::NoInit { init },
+            });
+        }
+    }
+    if args.agent == AgentMode::Unit
+        && let Err(source) = add_agent_unit()
+    {
+        let _ = nix::mount::umount(new_root);
+        return Err(RootError::Unit { source });
+    }
+    hand_over(new_root, &init)
+}
+
+/// Whether the new root holds `init` (a file, or a link the new root
+/// resolves: `/sbin/init` is a link to systemd, absolute or relative).
+fn has_init(new_root: &Path, init: &Path) -> bool {
+    let path = new_root.join(init.strip_prefix("/").unwrap_or(init));
+    std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() || m.file_type().is_symlink())
+}
+
+/// Mounts the root of an `auto` disk: the first partition of `/dev/vda`
+/// (in number order), or the whole disk, whose ext4 file system holds `init`.
+fn mount_auto(new_root: &Path, init: &Path) -> Result<(), RootError> {
+    let disk = Path::new("/dev/vda");
+    wait_for(disk)?;
+    let mut candidates: Vec<PathBuf> = (1..=MAX_PARTITIONS)
+        .filter(|n| Path::new(&format!("/sys/block/vda/vda{n}")).exists())
+        .map(|n| PathBuf::from(format!("/dev/vda{n}")))
+        .collect();
+    candidates.push(disk.to_owned());
+    let mut tried = Vec::new();
+    for device in &candidates {
+        // The kernel lists a partition in sysfs before devtmpfs has its node.
+        if wait_for(device).is_err() {
+            continue;
+        }
+        for fstype in AUTO_FSTYPES {
+            if nix::mount::mount(
+                Some(device.as_path()),
+                new_root,
+                Some(fstype),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            if has_init(new_root, init) {
+                log!("found the root file system on {}", device.display());
+                return Ok(());
+            }
+            let _ = nix::mount::umount(new_root);
+            tried.push(device.display().to_string());
+        }
+    }
+    Err(RootError::NoRoot {
+        init: init.to_owned(),
+        tried: if tried.is_empty() {
+            "none of /dev/vda's partitions or the disk itself holds an ext4 file system".into()
+        } else {
+            format!("ext4 on {} but without it", tried.join(", "))
+        },
+    })
+}
+
+/// Puts a copy of this agent and a systemd unit that runs it into `/run`,
+/// which moves into the new root and which systemd keeps as it is.
+fn add_agent_unit() -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = Path::new(UNIT_AGENT);
+    if let Some(dir) = agent.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::copy("/proc/self/exe", agent)?;
+    std::fs::set_permissions(agent, std::fs::Permissions::from_mode(0o755))?;
+    let wants = Path::new(UNIT_WANTS);
+    if let Some(dir) = wants.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(UNIT_FILE, unit_text())?;
+    match std::os::unix::fs::symlink("../brood-agent.service", wants) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The unit: early (no default dependencies, once local file systems are
+/// mounted), restarted like init restarts it, stopped at shutdown.
+pub fn unit_text() -> String {
+    format!(
+        "# Added at boot by brood's initramfs: the guest agent, the host's channel into this VM.\n\
+         [Unit]\n\
+         Description=brood guest agent\n\
+         DefaultDependencies=no\n\
+         After=local-fs.target systemd-remount-fs.service\n\
+         Conflicts=shutdown.target\n\
+         Before=shutdown.target\n\
+         \n\
+         [Service]\n\
+         ExecStart={UNIT_AGENT} serve\n\
+         Restart=always\n\
+         RestartSec=1\n"
+    )
+}
+
+/// Moves the API file systems into the mounted new root, frees the
+/// initramfs, makes the new root `/` and executes `init` there.
+fn hand_over(new_root: &Path, init: &Path) -> Result<Infallible, RootError> {
     let mount_err = |step, path: &Path| {
         let path = path.to_owned();
         move |source| RootError::Mount { step, path, source }
     };
-    nix::mount::mount(
-        Some(spec.device.as_path()),
-        new_root,
-        Some(spec.fstype.as_str()),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(mount_err("mount the root disk on", new_root))?;
-    let agent = new_root.join(ROOT_AGENT.trim_start_matches('/'));
-    if !agent.is_file() {
-        let _ = nix::mount::umount(new_root);
-        return Err(RootError::NoAgent);
-    }
     // /tmp of the initramfs is not needed in the new root, which mounts its own.
     let _ = nix::mount::umount2("/tmp", MntFlags::MNT_DETACH);
     for dir in MOVED {
@@ -226,10 +487,17 @@ pub fn switch(spec: &RootSpec) -> Result<Infallible, RootError> {
         .map_err(mount_err("move the new root onto", Path::new("/")))?;
     nix::unistd::chroot(".").map_err(mount_err("chroot into", new_root))?;
     nix::unistd::chdir("/").map_err(mount_err("chdir to", Path::new("/")))?;
-    let path = CString::new(ROOT_AGENT.as_bytes()).map_err(|_| RootError::NoAgent)?;
-    let argv = [path.clone(), c"init".to_owned()];
+    let path = CString::new(init.as_os_str().as_encoded_bytes()).map_err(|_| RootError::NoAgent)?;
+    let argv = if init == Path::new(ROOT_AGENT) {
+        vec![path.clone(), c"init".to_owned()]
+    } else {
+        vec![path.clone()]
+    };
     match nix::unistd::execv(&path, &argv) {
-        Err(errno) => Err(RootError::Exec(errno)),
+        Err(errno) => Err(RootError::Exec {
+            init: init.to_owned(),
+            source: errno,
+        }),
         Ok(never) => match never {},
     }
 }
@@ -308,6 +576,48 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         assert!(parse(&vec![b'#'; MAX_CONFIG_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn boot_args_name_root_init_and_agent() {
+        let none = BootArgs::parse(b"console=ttyS0 root=/dev/sda quiet\n").unwrap();
+        assert_eq!(
+            none,
+            BootArgs {
+                root: None,
+                init: None,
+                agent: AgentMode::Init
+            }
+        );
+        assert!(!none.names_root());
+        let disk = BootArgs::parse(b"quiet brood.root=auto brood.init=/sbin/init").unwrap();
+        assert_eq!(disk.root.as_deref(), Some(Path::new("auto")));
+        assert_eq!(disk.init.as_deref(), Some(Path::new("/sbin/init")));
+        assert_eq!(disk.agent, AgentMode::Unit);
+        let bare = BootArgs::parse(b"brood.root=/dev/vda2 brood.init=/sbin/init brood.agent=none")
+            .unwrap();
+        assert_eq!(bare.root.as_deref(), Some(Path::new("/dev/vda2")));
+        assert_eq!(bare.agent, AgentMode::None);
+        for bad in [
+            &b"brood.root=/etc/passwd"[..],
+            b"brood.root=vda",
+            b"brood.init=sbin/init",
+            b"brood.init=/../../x",
+            b"brood.init=/sbin/init brood.agent=maybe",
+            b"brood.agent=none",
+            b"\xff",
+        ] {
+            assert!(BootArgs::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(BootArgs::parse(&vec![b' '; MAX_CMDLINE_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn the_unit_runs_the_copied_agent_early() {
+        let unit = unit_text();
+        assert!(unit.contains("ExecStart=/run/brood/brood-agent serve\n"));
+        assert!(unit.contains("DefaultDependencies=no\n"));
+        assert!(UNIT_WANTS.starts_with("/run/systemd/system/"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brood_proto::{AgentError, AgentInfo, ErrorKind, Ipv4Config, PROTOCOL_VERSION};
@@ -219,6 +219,16 @@ impl Machine for LinuxMachine {
 
     fn power_off(&self) -> Result<(), SystemError> {
         nix::unistd::sync();
+        // Under systemd (the agent is then its unit, not PID 1), ask it for
+        // an orderly poweroff: SIGRTMIN+4 is its poweroff.target. sd_booted(3)
+        // tells systemd by this directory.
+        if std::process::id() != 1 && Path::new("/run/systemd/system").is_dir() {
+            let poweroff = libc::SIGRTMIN() + 4;
+            // SAFETY: kill(2) with a valid signal number has no memory effects.
+            if unsafe { libc::kill(1, poweroff) } == 0 {
+                return Ok(());
+            }
+        }
         // reboot(2) only needs CAP_SYS_BOOT in the initial pid namespace, so
         // this works from the agent, which is not PID 1.
         match nix::sys::reboot::reboot(RebootMode::RB_POWER_OFF) {

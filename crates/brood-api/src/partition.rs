@@ -178,6 +178,100 @@ pub struct PartitionConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 8, inline)]
     pub requires: Vec<String>,
+    /// Boots a disk image the user brought (a Debian or Ubuntu cloud
+    /// image: `PUT /v1/partitions/{name}/boot-disk` imports it) instead of
+    /// a brood image: it is `/dev/vda`, its ext4 root file system's own
+    /// init (systemd) runs, and cloud-init finds a NoCloud seed disk.
+    /// Absent: the partition boots `image`. Every configuration of a
+    /// partition names the same one, and not together with `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_disk: Option<BootDiskConfig>,
+    /// PID 1 of a guest whose image has a root disk (a Debian image):
+    /// `agent` (the default) is brood's agent, which mounts what init must,
+    /// starts the image's services and reaps, and boots in milliseconds;
+    /// `systemd` runs the image's own `/sbin/init` (build the image with
+    /// `--package systemd-sysv`) with brood's agent as a systemd unit, for
+    /// software that expects systemd; such a guest is not forked. Absent:
+    /// `agent`. A `boot_disk` always runs its image's own init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<GuestInit>,
+}
+
+/// What runs as PID 1 in a guest with a root disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestInit {
+    /// brood's agent.
+    #[default]
+    Agent,
+    /// The image's systemd, with the agent as its unit.
+    Systemd,
+}
+
+/// A partition's boot disk imported from a disk image (`brood vm create
+/// --disk-image`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootDiskConfig {
+    /// Its size in GiB, 1-65536: an image with a smaller virtual size is
+    /// grown to it (cloud-init grows the root partition), a larger one is
+    /// refused. Charged to the disk space like any disk.
+    #[schema(minimum = 1, maximum = 65536)]
+    pub size_gib: u64,
+    /// broodd adds its guest agent to the guest as a systemd unit at every
+    /// boot (nothing is written to the disk), so exec, files and a
+    /// graceful stop work. `false` boots the image as it is: exec then
+    /// needs ssh (or an agent the image has), and a stop is ACPI's.
+    #[serde(default = "yes")]
+    pub agent: bool,
+    /// cloud-init user-data (`#cloud-config ...`, a script...), given to
+    /// the guest on its NoCloud seed disk (label `cidata`, with meta-data
+    /// naming the partition as instance-id and hostname); at most 65536
+    /// bytes. Absent: an empty cloud-config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 65536)]
+    pub user_data: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Formats `PUT /v1/partitions/{name}/boot-disk` takes: always given, never
+/// probed from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// QEMU copy-on-write v2 (what cloud images are shipped as).
+    #[default]
+    Qcow2,
+    /// A plain disk image.
+    Raw,
+}
+
+impl ImageFormat {
+    /// Its name on the wire and for `qemu-img -f`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+/// What an import of a boot disk made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BootDiskImported {
+    /// The partition.
+    pub name: String,
+    /// The format the image was read as.
+    pub format: ImageFormat,
+    /// Bytes received.
+    pub received_bytes: u64,
+    /// The image's virtual size in bytes, as it came.
+    pub image_virtual_bytes: u64,
+    /// The boot disk's size now, in GiB.
+    pub size_gib: u64,
 }
 
 fn one() -> u32 {
@@ -200,6 +294,8 @@ impl Default for PartitionConfig {
             cmdline: String::new(),
             image: None,
             requires: Vec::new(),
+            boot_disk: None,
+            init: None,
         }
     }
 }

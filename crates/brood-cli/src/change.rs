@@ -130,6 +130,20 @@ pub enum DiskCmd {
         #[command(flatten)]
         apply: ApplyOpt,
     },
+    /// Replace a stopped VM's boot disk with a disk image (a VM created
+    /// with `--disk-image`); the file is imported, never written.
+    #[command(after_help = "Examples:
+  brood vm disk import deb12 debian-12-genericcloud-amd64.qcow2
+  brood vm disk import box disk.raw --format raw")]
+    Import {
+        /// Partition name or uuid.
+        name: String,
+        /// The disk image.
+        file: std::path::PathBuf,
+        /// Its format, given, never probed.
+        #[arg(long, value_name = "qcow2|raw", default_value = "qcow2", value_parser = crate::boot_disk::parse_format)]
+        format: brood_api::ImageFormat,
+    },
     /// Grow a disk (live on a running VM: the guest sees the new size at once).
     #[command(after_help = "Examples:
   brood vm disk resize web data 8G
@@ -249,6 +263,19 @@ pub async fn disk(cmd: DiskCmd, client: &Client, out: Output) -> Result<i32> {
             };
             let path = format!("{}/disks", partition_path(&name));
             change(client, Submit::Post(&path, &req), apply, out).await
+        }
+        DiskCmd::Import { name, file, format } => {
+            let done = crate::boot_disk::upload(client, &name, &file, format).await?;
+            match out {
+                Output::Json => crate::render::print_json(&done)?,
+                Output::Text => println!(
+                    "imported {} as {}'s boot disk ({} GiB)",
+                    file.display(),
+                    done.name,
+                    done.size_gib
+                ),
+            }
+            Ok(0)
         }
         DiskCmd::Detach { name, disk, apply } => {
             let path = format!(

@@ -272,10 +272,10 @@ async fn upload(client: &Client, from: Side, vm: &str, path: &str) -> Result<Cop
 
 /// A request body read from a file or stdin a buffer at a time: hyper
 /// asks for the next frame only when the last one was sent.
-struct ReadBody {
-    reader: Box<dyn AsyncRead + Unpin + Send>,
-    buf: Box<[u8]>,
-    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+pub(crate) struct ReadBody {
+    pub(crate) reader: Box<dyn AsyncRead + Unpin + Send>,
+    pub(crate) buf: Box<[u8]>,
+    pub(crate) counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Body for ReadBody {

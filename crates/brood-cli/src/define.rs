@@ -40,6 +40,8 @@ pub struct DefineArgs {
     /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
     #[arg(long)]
     pub no_wait: bool,
+    #[command(flatten, next_help_heading = "Disk image")]
+    pub disk: crate::boot_disk::DiskImageArgs,
 }
 
 /// The flags that describe one configuration.
@@ -95,6 +97,12 @@ pub struct ConfigFlags {
     /// image]; a Debian image's root disk becomes /dev/vda (an overlay).
     #[arg(long, value_name = "NAME")]
     pub image: Option<String>,
+    /// PID 1 of a Debian image's guest: `agent` (brood's agent, the
+    /// default: it boots in milliseconds and forks) or `systemd` (the
+    /// image's own, built with --package systemd-sysv; brood's agent runs
+    /// as its unit; such a guest is not forked).
+    #[arg(long, value_name = "agent|systemd", value_parser = parse_init, requires = "image")]
+    pub init: Option<brood_api::GuestInit>,
     /// Name of the configuration these flags describe [default: default].
     #[arg(long, value_name = "NAME")]
     pub config: Option<String>,
@@ -115,6 +123,15 @@ pub const CREATE_EXAMPLES: &str = "Examples:
   brood vm create job-1 --vcpus 4 --cmdline 'quiet' -o json
 
 If the start fails, broodd removes the definition again.";
+
+/// Parses `--init`.
+fn parse_init(s: &str) -> Result<brood_api::GuestInit, String> {
+    match s {
+        "agent" => Ok(brood_api::GuestInit::Agent),
+        "systemd" => Ok(brood_api::GuestInit::Systemd),
+        _ => Err(format!("unknown init {s:?}: use agent or systemd")),
+    }
+}
 
 /// Parses `--disk NAME:SIZE[,via=io[:ZONE]]` (a plain size is GiB;
 /// `via=io` serves it from the storage I/O partition of ZONE, `default`
@@ -218,6 +235,7 @@ pub fn request_from_flags(name: &str, flags: ConfigFlags, start: bool) -> Define
         config.cmdline = c;
     }
     config.image = flags.image;
+    config.init = flags.init;
     let policy = &mut config.policy;
     policy.cpu_weight = flags.cpu_weight;
     policy.cpu_cap_pct = flags.cpu_cap;
@@ -317,6 +335,12 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
             c.requires.clone_from(&args.requires);
         }
     }
+    if let Some(boot) = crate::boot_disk::config(&args.disk)? {
+        for c in req.configs.values_mut() {
+            c.boot_disk = Some(boot.clone());
+        }
+        return with_disk_image(req, &args.disk, start, client, out).await;
+    }
     if args.no_wait {
         let j: brood_api::Job = client.post("/v1/partitions?wait=false", &req).await?;
         return crate::job::queued(&j, out);
@@ -327,6 +351,60 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
         Output::Text => {
             let verb = if start { "created" } else { "defined" };
             println!("{verb} {}", crate::partition::summary(&p));
+        }
+    }
+    Ok(0)
+}
+
+/// Defines a partition that boots `--disk-image`, imports the image, and
+/// with `start` starts it; a failed import or start deletes the
+/// definition again, so nothing is left half-made.
+async fn with_disk_image(
+    mut req: DefineRequest,
+    disk: &crate::boot_disk::DiskImageArgs,
+    start: bool,
+    client: &Client,
+    out: Output,
+) -> Result<i32> {
+    let Some(file) = &disk.disk_image else {
+        anyhow::bail!("no --disk-image");
+    };
+    req.start = false;
+    let p: Partition = client.post("/v1/partitions", &req).await?;
+    let name = p.name.clone();
+    let undo = |e: anyhow::Error| async move {
+        let path = format!("/v1/partitions/{}", crate::client::encode(&name));
+        if let Err(d) = client.delete(&path).await {
+            eprintln!("warning: could not delete {name} after the failure: {d}");
+        }
+        Err(e)
+    };
+    let imported = match crate::boot_disk::upload(client, &p.name, file, disk.disk_format).await {
+        Ok(i) => i,
+        Err(e) => return undo(e).await,
+    };
+    let p = if start {
+        let path = format!("/v1/partitions/{}/start", crate::client::encode(&p.name));
+        match client
+            .post::<_, Partition>(&path, &serde_json::json!({}))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return undo(e.into()).await,
+        }
+    } else {
+        p
+    };
+    match out {
+        Output::Json => print_json(&p)?,
+        Output::Text => {
+            let verb = if start { "created" } else { "defined" };
+            println!(
+                "{verb} {} (boot disk: {} GiB imported from {})",
+                crate::partition::summary(&p),
+                imported.size_gib,
+                file.display()
+            );
         }
     }
     Ok(0)
@@ -427,6 +505,7 @@ mod tests {
             autostart: true,
             cmdline: Some("quiet".into()),
             image: Some("deb".into()),
+            init: Some(brood_api::GuestInit::Systemd),
             config: Some("big".into()),
         };
         let req = request_from_flags("db", flags, true);
@@ -439,6 +518,12 @@ mod tests {
         assert_eq!(c.nics[0].network, "user");
         assert_eq!(c.cmdline, "quiet");
         assert_eq!(c.image.as_deref(), Some("deb"));
+        assert_eq!(c.init, Some(brood_api::GuestInit::Systemd));
+        assert!(
+            parse_init("openrc")
+                .unwrap_err()
+                .contains("agent or systemd")
+        );
         assert_eq!(c.policy.cpu_weight, Some(200));
         assert_eq!(c.policy.cpu_cap_pct, Some(150));
         assert_eq!(c.policy.memory_limit_mib, Some(1024));

@@ -5,6 +5,7 @@
 //! commands live in their own module. `run` and `image` work locally; the
 //! other nouns are clients of broodd (`client`).
 
+mod boot_disk;
 mod change;
 mod chargeback;
 mod client;

@@ -55,6 +55,16 @@ pub struct RunArgs {
     /// overlay, so the image itself is never written.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["kernel", "initrd"])]
     image: Option<String>,
+    /// PID 1 of a Debian image's guest: `agent` (the default) or
+    /// `systemd` (the image's own, with brood's agent as its unit; build
+    /// the image with --package systemd-sysv).
+    #[arg(
+        long,
+        value_name = "agent|systemd",
+        default_value = "agent",
+        requires = "image"
+    )]
+    init: String,
     /// Kernel to boot instead of the default image's.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -176,7 +186,14 @@ pub async fn run(args: RunArgs, data_dir: &Path, out: Output, started: Instant) 
     spec.initrd = initrd;
     spec.vcpus = args.vcpus;
     spec.mem_mib = args.memory;
-    spec.cmdline = args.append.clone();
+    spec.cmdline = match args.init.as_str() {
+        "agent" => args.append.clone(),
+        // What broodd's `init: systemd` adds (broodd's host::boot_disk).
+        "systemd" => format!("brood.init=/sbin/init brood.agent=unit {}", args.append)
+            .trim_end()
+            .to_string(),
+        other => anyhow::bail!("--init {other:?}: use agent or systemd"),
+    };
     spec.accel = args.accel;
     spec.machine = args.machine;
     spec.disks = root_disk

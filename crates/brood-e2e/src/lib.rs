@@ -619,3 +619,63 @@ pub fn service_image() -> PathBuf {
         })
         .clone()
 }
+
+/// The text of the first fenced block of language `lang` (```sh,
+/// ```yaml) after `marker` in README.md.
+pub fn readme_fenced(marker: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let after = readme
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has no {marker:?}"));
+    after
+        .split(&format!("```{lang}\n"))
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("no ```{lang} block after {marker:?} in README.md"))
+        .to_string()
+}
+
+/// The command lines of the first ```sh block after `marker` in README.md,
+/// without their `   # comments` and blank lines.
+pub fn readme_sh_lines(marker: &str) -> Vec<String> {
+    readme_fenced(marker, "sh")
+        .lines()
+        .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+impl Broodd {
+    /// Runs a README line with `sh -c` in `cwd` (the current directory when
+    /// `None`), this build's `brood` first on `PATH` and pointed at this
+    /// daemon; panics with its output (and the daemon's log) when it fails.
+    pub fn sh(&self, line: &str, cwd: Option<&Path>) -> std::process::Output {
+        let bin = brood_bin();
+        let path = format!(
+            "{}:{}",
+            bin.parent().expect("target dir").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(line)
+            .env("PATH", &path)
+            .env("BROOD_DATA_DIR", &self.data)
+            .env_remove("BROOD_HOST")
+            .env_remove("BROOD_TOKEN");
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let o = cmd.output().expect("run sh");
+        assert!(
+            o.status.success(),
+            "README line failed: {line}\n{}\n{}\nbroodd's log:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        o
+    }
+}

@@ -234,51 +234,15 @@ fn a_stopped_vm_takes_its_change_at_once_and_refusals_change_nothing() {
     ok(&b, &["vm", "delete", "--force", "s"]);
 }
 
-/// The lines of the README's "Changing a VM after it is defined" block.
-fn readme_block() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("### Changing a VM after it is defined")
-        .nth(1)
-        .expect("the section");
-    section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("a sh block")
-        .lines()
-        .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 #[test]
 fn every_line_of_the_readme_change_block_runs() {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &["--memory-mib", "2048"]);
-    let bin = brood_e2e::brood_bin();
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let lines = readme_block();
+    let lines = brood_e2e::readme_sh_lines("### Changing a VM after it is defined");
     assert!(lines.len() >= 8, "{lines:?}");
     for line in &lines {
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(line)
-            .env("PATH", &path)
-            .env("BROOD_DATA_DIR", b.socket().parent().unwrap())
-            .output()
-            .unwrap();
+        let o = b.sh(line, None);
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "README line failed: {line}\n{stdout}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
         if line.starts_with("brood vm list") {
             assert!(
                 stdout

@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 
 /// The image's name, and the packages it is built with.
 const IMAGE: &str = "deb";
-const PACKAGES: [&str; 3] = ["dnsmasq", "curl", "iproute2"];
+/// (systemd-sysv for `--init systemd`; nat.rs builds the same image.)
+const PACKAGES: [&str; 4] = ["dnsmasq", "curl", "iproute2", "systemd-sysv"];
 
 /// The data directory the shared image is built in.
 fn cache_dir() -> PathBuf {
@@ -265,6 +266,55 @@ fn the_image_lists_its_packages_runs_them_and_is_not_rebuilt() {
         m["outputs"]["root_disk"]["sha256"].as_str().unwrap()
     );
     env.assert_clean();
+}
+
+/// `--init systemd`: the image's own systemd is PID 1 and brood's agent is
+/// its unit (exec, a graceful stop), the image's packages work, and what
+/// cannot be is refused: a fork (the agent holds no fork point there), and
+/// systemd on the default image or on an image without systemd-sysv.
+#[test]
+fn a_debian_guest_under_systemd_runs_the_agent_as_its_unit() {
+    let env = TestEnv::new();
+    let b = broodd(&env, &[]);
+    brood_e2e::run(b.brood().args([
+        "vm", "create", "sd", "--image", IMAGE, "--init", "systemd", "--memory", "384",
+    ]));
+    let p = b.ok("GET", "/v1/partitions/sd", None);
+    assert_eq!(p["configs"]["default"]["init"], "systemd", "{p}");
+    let out = exec(
+        &b,
+        "sd",
+        "cat /proc/1/comm; systemctl is-active brood-agent; findmnt -n -o SOURCE /; \
+         dnsmasq --version | head -1 | cut -d' ' -f1-2",
+    );
+    assert_eq!(out, "systemd\nactive\n/dev/vda\nDnsmasq version\n", "{out}");
+    let o = b
+        .brood()
+        .args(["template", "create", "sd"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.contains("fork point"), "{msg}");
+    brood_e2e::run(b.brood().args(["vm", "stop", "sd"]));
+    let p = b.ok("GET", "/v1/partitions/sd", None);
+    assert_eq!(p["last_exit"], "guest powered off", "{p}");
+    brood_e2e::run(b.brood().args(["vm", "delete", "sd"]));
+    // The default image's init is the agent: systemd is refused at define.
+    let (s, e) = b.call(
+        "POST",
+        "/v1/partitions",
+        Some(&json!({"name": "x", "configs": {"default": {"init": "systemd"}}})),
+    );
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("root disk"),
+        "{e}"
+    );
+    b.verify_ok();
 }
 
 #[test]

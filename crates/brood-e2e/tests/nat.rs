@@ -660,7 +660,7 @@ fn debian_image() -> std::path::PathBuf {
     c.arg("--data-dir").arg(&data).args([
         "image", "build", "--name", "deb", "--rootfs", "debian", "-o", "json",
     ]);
-    for p in ["dnsmasq", "curl", "iproute2"] {
+    for p in ["dnsmasq", "curl", "iproute2", "systemd-sysv"] {
         c.args(["--package", p]);
     }
     c.arg("--independent-service")

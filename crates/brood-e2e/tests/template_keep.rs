@@ -16,25 +16,6 @@ fn exec(b: &Broodd, name: &str, cmd: &str) -> String {
     out.trim().to_string()
 }
 
-/// The lines of the README's `--keep` block.
-fn readme_block() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("A template of a VM that keeps running")
-        .nth(1)
-        .expect("the keep paragraph");
-    section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("a sh block")
-        .lines()
-        .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 fn children(b: &Broodd, tpl: &str) -> Vec<String> {
     b.ok("GET", &format!("/v1/templates/{tpl}"), None)["children"]
         .as_array()
@@ -48,13 +29,7 @@ fn children(b: &Broodd, tpl: &str) -> Vec<String> {
 fn a_template_of_a_running_vm_leaves_it_running_and_outlives_it() {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &["--memory-mib", "2048", "--disk-gib", "20"]);
-    let bin = brood_e2e::brood_bin();
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let lines = readme_block();
+    let lines = brood_e2e::readme_sh_lines("A template of a VM that keeps running");
     assert_eq!(lines.len(), 8, "{lines:?}");
     let mut hostname = String::new();
     let mut forks = 0;
@@ -63,20 +38,8 @@ fn a_template_of_a_running_vm_leaves_it_running_and_outlives_it() {
             hostname = exec(&b, "api", "hostname");
             assert!(!hostname.is_empty());
         }
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(line)
-            .env("PATH", &path)
-            .env("BROOD_DATA_DIR", b.socket().parent().unwrap())
-            .output()
-            .unwrap();
+        let o = b.sh(line, None);
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "README line failed: {line}\n{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            b.log()
-        );
         if line.starts_with("brood template create") {
             assert!(
                 stdout.contains("api runs on (paused ") && stdout.contains(" ms)"),

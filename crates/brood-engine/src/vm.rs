@@ -196,7 +196,7 @@ impl Vm {
     /// The agent client; an error when the VM was started without the agent port.
     pub fn agent(&self) -> Result<&AgentClient, EngineError> {
         self.agent.as_ref().ok_or(EngineError::Unsupported {
-            op: "the guest agent without its port",
+            op: "the guest agent of a VM started without its channel",
         })
     }
 

@@ -33,6 +33,12 @@ const DEFAULT_MODULES: &[&str] = &[
     "virtio_rng",
 ];
 
+/// Modules every image carries but loads only before booting a disk the VM
+/// was given (`brood vm create --disk-image`): FAT for the cloud-init seed
+/// disk (ext4, for the root, is built into Debian's cloud kernel). Loading
+/// them at every boot would cost the default guest's boot time.
+const DISK_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+
 /// The kernel modules every image includes (with their dependencies).
 pub fn default_modules() -> &'static [&'static str] {
     DEFAULT_MODULES
@@ -226,7 +232,22 @@ pub(crate) fn resolve_modules(kernel: &Kernel, extra: &[String]) -> Result<Resol
         .map(|m| m.to_string())
         .chain(extra.iter().cloned())
         .collect();
-    db.resolve(&requested, &builtin, &kernel.release, &dep_path)
+    let at_boot = db.resolve(&requested, &builtin, &kernel.release, &dep_path)?;
+    let with_disk: Vec<String> = requested
+        .iter()
+        .cloned()
+        .chain(DISK_MODULES.iter().map(|m| m.to_string()))
+        .collect();
+    let mut all = db.resolve(&with_disk, &builtin, &kernel.release, &dep_path)?;
+    let loaded: BTreeSet<&str> = at_boot.order.iter().map(|m| m.name.as_str()).collect();
+    all.on_demand = all
+        .order
+        .iter()
+        .filter(|m| !loaded.contains(m.name.as_str()))
+        .map(|m| m.name.clone())
+        .collect();
+    all.builtin = at_boot.builtin;
+    Ok(all)
 }
 
 /// Every input of the image, read into memory (about 20 MiB in all).
@@ -304,6 +325,9 @@ impl Inputs {
         for name in &self.resolved.builtin {
             fp.field("module.builtin", name.as_bytes());
         }
+        for name in &self.resolved.on_demand {
+            fp.field("module.on_demand", name.as_bytes());
+        }
         for s in &self.services {
             fp.field(s.kind.tag(), s.name.as_bytes());
             fp.field("service.mode", &s.mode.to_le_bytes());
@@ -330,6 +354,7 @@ impl Inputs {
             busybox: &self.busybox_bin,
             applets: &applets,
             modules,
+            on_demand: &self.resolved.on_demand,
             services: &self.services,
             root,
         })?;

@@ -18,7 +18,7 @@
 //!
 //! What the agent does with these files at boot is the agent's business.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,6 +31,9 @@ use crate::module::{ModuleFile, first_line};
 pub const AGENT_PATH: &str = "/sbin/brood-agent";
 /// The module load order file in the image.
 pub const MODULES_LIST_PATH: &str = "/etc/brood/modules";
+/// The modules loaded only before booting a disk the VM was given, in the
+/// same format (the agent's `init::DISK_MODULES_LIST`).
+pub const DISK_MODULES_LIST_PATH: &str = "/etc/brood/modules.disk";
 /// The file naming the root disk the agent switches to (images with a
 /// Debian root file system only; read by the agent's `root` module).
 pub const ROOT_CONFIG_PATH: &str = "/etc/brood/root";
@@ -178,6 +181,9 @@ pub(crate) struct Contents<'a> {
     pub applets: &'a [String],
     /// The module closure in load order, with decompressed contents.
     pub modules: Vec<(&'a ModuleFile, Vec<u8>)>,
+    /// Names of `modules` listed in [`DISK_MODULES_LIST_PATH`] instead of
+    /// [`MODULES_LIST_PATH`].
+    pub on_demand: &'a BTreeSet<String>,
     pub services: &'a [Service],
     /// The text of [`ROOT_CONFIG_PATH`] for an image with a root disk.
     pub root: Option<&'a str>,
@@ -226,6 +232,7 @@ pub(crate) fn initramfs(c: Contents<'_>) -> Result<Tree, ImageError> {
     }
 
     let mut order = String::new();
+    let mut disk_order = String::new();
     let mut dep = String::new();
     let modules_dir = format!("lib/modules/{}", c.release);
     t.dir(&modules_dir, 0o755)?;
@@ -236,12 +243,18 @@ pub(crate) fn initramfs(c: Contents<'_>) -> Result<Tree, ImageError> {
         .collect();
     for (module, data) in c.modules {
         let path = module_image_path(c.release, module);
-        order.push_str(&path);
-        order.push('\n');
+        let list = if c.on_demand.contains(&module.name) {
+            &mut disk_order
+        } else {
+            &mut order
+        };
+        list.push_str(&path);
+        list.push('\n');
         dep.push_str(&dep_line(module, &paths));
         t.file(&path, 0o644, data)?;
     }
     t.file(MODULES_LIST_PATH, 0o644, order.into_bytes())?;
+    t.file(DISK_MODULES_LIST_PATH, 0o644, disk_order.into_bytes())?;
     t.file(
         &format!("{modules_dir}/modules.dep"),
         0o644,
@@ -345,6 +358,7 @@ mod tests {
     fn layout_has_brood_files_and_busybox_never_overrides_them() {
         let ring = module("virtio_ring", "kernel/virtio_ring.ko", &[]);
         let rng = module("virtio_rng", "kernel/virtio-rng.ko.xz", &["virtio_ring"]);
+        let fat = module("vfat", "kernel/vfat.ko", &[]);
         let services = [Service {
             kind: ServiceKind::Dependent,
             name: "web".into(),
@@ -368,7 +382,12 @@ mod tests {
             agent: b"AGENT",
             busybox: b"BUSYBOX",
             applets: &applets,
-            modules: vec![(&ring, b"R".to_vec()), (&rng, b"N".to_vec())],
+            modules: vec![
+                (&ring, b"R".to_vec()),
+                (&rng, b"N".to_vec()),
+                (&fat, b"F".to_vec()),
+            ],
+            on_demand: &BTreeSet::from(["vfat".to_string()]),
             services: &services,
             root: None,
         })
@@ -411,11 +430,16 @@ mod tests {
                 b"/lib/modules/6.1.0-r/kernel/virtio_ring.ko\n/lib/modules/6.1.0-r/kernel/virtio-rng.ko\n"
             )
         );
+        // Carried for a disk the VM is given, loaded only then.
+        assert_eq!(
+            get("etc/brood/modules.disk"),
+            file(0o644, b"/lib/modules/6.1.0-r/kernel/vfat.ko\n")
+        );
         assert_eq!(
             get("lib/modules/6.1.0-r/modules.dep"),
             file(
                 0o644,
-                b"kernel/virtio_ring.ko:\nkernel/virtio-rng.ko: kernel/virtio_ring.ko\n"
+                b"kernel/virtio_ring.ko:\nkernel/virtio-rng.ko: kernel/virtio_ring.ko\nkernel/vfat.ko:\n"
             )
         );
         let Node::File { data, .. } = get("etc/brood/image.json") else {

@@ -63,6 +63,9 @@ pub(crate) struct Resolved {
     pub order: Vec<ModuleFile>,
     /// Requested modules built into the kernel, by canonical name, sorted.
     pub builtin: Vec<String>,
+    /// Modules of `order` the guest loads only before it boots a disk it
+    /// was given (`/etc/brood/modules.disk`), not at every boot.
+    pub on_demand: BTreeSet<String>,
 }
 
 /// The canonical form of a module name: modprobe treats `-` and `_` alike.
@@ -179,6 +182,7 @@ impl ModuleDb {
         Ok(Resolved {
             order: topological_order(&closure)?,
             builtin: builtin_hits.into_iter().collect(),
+            on_demand: BTreeSet::new(),
         })
     }
 }

@@ -146,6 +146,9 @@ fn valid_zone(s: &str) -> bool {
 /// Most service classes one configuration requires.
 pub const MAX_REQUIRES: usize = 8;
 
+/// Most bytes of a boot disk's cloud-init user-data (OpenStack's limit).
+pub const MAX_USER_DATA_BYTES: usize = 65536;
+
 /// Checks one configuration.
 pub fn validate_config(
     cname: &str,
@@ -170,14 +173,47 @@ pub fn validate_config(
             brood_engine::spec::MIN_MEM_MIB,
         ));
     }
-    if c.disks.len() + c.nics.len() > MAX_DEVICES {
+    if let Some(b) = &c.boot_disk {
+        if c.image.is_some() {
+            return bad(
+                "boot_disk and image exclude each other: a partition boots a brood image or a disk image it imported".into(),
+            );
+        }
+        if b.size_gib == 0 || b.size_gib > MAX_DISK_GIB {
+            return bad(format!(
+                "boot_disk: size_gib {} must be between 1 and {MAX_DISK_GIB}",
+                b.size_gib
+            ));
+        }
+        if let Some(u) = &b.user_data
+            && u.len() > MAX_USER_DATA_BYTES
+        {
+            return bad(format!(
+                "boot_disk: user_data is {} bytes: at most {MAX_USER_DATA_BYTES}",
+                u.len()
+            ));
+        }
+    }
+    if c.init == Some(api::GuestInit::Systemd) && c.image.is_none() && c.boot_disk.is_none() {
+        return bad(
+            "init systemd needs an image with a root disk (a Debian image built with --package systemd-sysv): \
+             the default image is an initramfs whose init is brood's agent"
+                .into(),
+        );
+    }
+    if c.init == Some(api::GuestInit::Agent) && c.boot_disk.is_some() {
+        return bad("a boot_disk runs its image's own init: leave init out".into());
+    }
+    // A boot disk and its cloud-init seed disk take two virtio devices.
+    let boot_devices = if c.boot_disk.is_some() { 2 } else { 0 };
+    if c.disks.len() + c.nics.len() + boot_devices > MAX_DEVICES {
         return bad(format!(
             "{} disks and {} NICs need {} virtio devices, but the microvm machine has \
              {MICROVM_VIRTIO_SLOTS} and brood uses {FIXED_VIRTIO_DEVICES} itself: give at most \
              {MAX_DEVICES} disks and NICs together",
-            c.disks.len(),
+            c.disks.len() + boot_devices,
             c.nics.len(),
-            c.disks.len() + c.nics.len()
+            c.disks.len() + c.nics.len() + boot_devices
         ));
     }
     if c.requires.len() > MAX_REQUIRES {

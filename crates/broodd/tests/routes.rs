@@ -411,6 +411,8 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
         ("POST", "/partitions/{name}/session") => "off",
         ("GET", "/partitions/{name}/console/attach") => "off",
         ("GET" | "PUT", "/partitions/{name}/files") => "off",
+        // A running partition (that boots a brood image, at that).
+        ("PUT", "/partitions/{name}/boot-disk") => "on",
         // A template never changes.
         ("PATCH", "/partitions/{name}/resources")
         | ("POST", "/partitions/{name}/disks" | "/partitions/{name}/nics")
@@ -701,6 +703,7 @@ const KNOWN: &[&str] = &[
     "GET /v1/partitions/{name}/console/attach",
     "GET /v1/partitions/{name}/files",
     "PUT /v1/partitions/{name}/files",
+    "PUT /v1/partitions/{name}/boot-disk",
     "GET /v1/templates",
     "POST /v1/templates",
     "GET /v1/templates/{name}",

@@ -6,6 +6,7 @@ mod accounts;
 mod action;
 mod attach;
 pub mod auth;
+mod boot_disk;
 mod change;
 mod cluster;
 mod doc;
@@ -84,6 +85,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = change::routes(r);
     let r = network::routes(r);
     let r = attach::routes(r);
+    let r = boot_disk::routes(r);
     let r = service_pools::routes(r);
     let r = units::routes(r);
     let r = accounts::routes(r);

@@ -774,6 +774,7 @@ async fn exec(
         .registry
         .running(rec.uuid)
         .ok_or_else(|| ApiError::transition(lifecycle::no_vm_hint(&rec)))?;
+    crate::host::boot_disk::needs_agent(&rec, "exec")?;
     let ready = Duration::from_millis(req.ready_timeout_ms.unwrap_or(60_000).min(600_000));
     running
         .vm

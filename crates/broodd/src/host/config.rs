@@ -103,13 +103,28 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     spec.initrd = Some(image.initrd);
     spec.vcpus = c.vcpus;
     spec.mem_mib = c.memory_mib;
-    spec.cmdline = c.cmdline.clone();
+    // A disk image booted without brood's agent has no channel to it.
+    spec.agent = c.boot_disk.as_ref().is_none_or(|b| b.agent);
+    let brood_args = match (&c.boot_disk, c.init) {
+        (Some(boot), _) => super::boot_disk::cmdline(boot),
+        (None, Some(api::GuestInit::Systemd)) => super::boot_disk::SYSTEMD_CMDLINE,
+        (None, _) => "",
+    };
+    spec.cmdline = format!("{brood_args} {}", c.cmdline).trim().to_string();
     spec.die_with_parent = false;
     spec.limits = limits(&c.policy);
     // Every VM runs in a memory cgroup no larger than its charge.
     spec.limits.memory_limit_mib = Some(memory_charge(&c));
     // An image's root disk (the partition's overlay of it) is /dev/vda.
-    let root = image.root_disk.map(|_| paths.image_root(rec.uuid));
+    // So is an imported boot disk, whose cloud-init seed comes last.
+    let root = match &c.boot_disk {
+        Some(_) => Some(paths.image_root(rec.uuid)),
+        None => image.root_disk.map(|_| paths.image_root(rec.uuid)),
+    };
+    let seed = c.boot_disk.as_ref().map(|_| DiskSpec {
+        read_only: true,
+        ..DiskSpec::new(super::boot_disk::seed_path(paths, rec.uuid))
+    });
     spec.disks = root
         .into_iter()
         .map(DiskSpec::own_qcow2)
@@ -120,6 +135,7 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
             }),
             ..DiskSpec::own_qcow2(paths.disk(rec.uuid, &d.name))
         }))
+        .chain(seed)
         .collect();
     spec.nics = c
         .nics

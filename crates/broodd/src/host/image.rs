@@ -87,6 +87,7 @@ pub fn check(
     paths: &Paths,
     configs: &BTreeMap<String, api::PartitionConfig>,
 ) -> HostResult<Option<String>> {
+    super::boot_disk::check(configs)?;
     let mut names = configs.values().map(|c| c.image.clone());
     let first = names.next().flatten();
     if names.any(|n| n != first) {
@@ -98,7 +99,36 @@ pub fn check(
         brood_image::validate_name(name).map_err(|e| HostError::invalid(super::chain(&e)))?;
         boot(paths, Some(name))?;
     }
+    if configs
+        .values()
+        .any(|c| c.init == Some(api::GuestInit::Systemd) && c.boot_disk.is_none())
+    {
+        check_systemd(paths, first.as_deref())?;
+    }
     Ok(first)
+}
+
+/// That image `name` has a root disk with systemd as its `/sbin/init`
+/// (Debian's `systemd-sysv`), for `init: systemd`.
+fn check_systemd(paths: &Paths, name: Option<&str>) -> HostResult<()> {
+    let Some(name) = name else {
+        return Err(HostError::invalid(
+            "init systemd needs a Debian image (`--image NAME`, built with --package systemd-sysv)",
+        ));
+    };
+    let (_, m) = brood_image::open_image(&paths.images(), name)
+        .map_err(|e| HostError::invalid(format!("image {name:?}: {}", super::chain(&e))))?;
+    let has = m
+        .rootfs
+        .as_ref()
+        .is_some_and(|r| r.packages.iter().any(|p| p.package == "systemd-sysv"));
+    if !has {
+        return Err(HostError::invalid(format!(
+            "init systemd: image {name:?} has no systemd (no systemd-sysv package): rebuild it with \
+             `brood image build --name {name} --rootfs debian --package systemd-sysv ...`"
+        )));
+    }
+    Ok(())
 }
 
 /// Creates partition `uuid`'s overlay of its image's root disk unless it

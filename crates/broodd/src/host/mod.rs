@@ -12,6 +12,7 @@
 //! - [`config`], [`disk`], [`random`], [`paths`], [`error`]: the pieces the
 //!   above and the features share.
 
+pub mod boot_disk;
 pub mod config;
 pub mod disk;
 pub mod error;

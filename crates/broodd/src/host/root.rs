@@ -56,6 +56,10 @@ pub fn root_gib(
     uuid: Uuid,
     configs: &BTreeMap<String, api::PartitionConfig>,
 ) -> HostResult<u64> {
+    // An imported boot disk is its configured size (the import grows it to that).
+    if let Some(boot) = super::boot_disk::of(configs) {
+        return Ok(boot.size_gib);
+    }
     let Some(name) = configs.values().find_map(|c| c.image.clone()) else {
         return Ok(0);
     };

@@ -229,6 +229,7 @@ impl HostRunner {
             .registry
             .running(rec.uuid)
             .ok_or_else(|| lifecycle::no_vm_hint(&rec))?;
+        crate::host::boot_disk::needs_agent(&rec, "exec").map_err(|e| chain(&e))?;
         let ready = Duration::from_millis(number(params, "ready_timeout_ms", 60_000)?.min(600_000));
         running
             .vm
@@ -446,6 +447,8 @@ impl Runner for HostRunner {
                     .registry
                     .running(rec.uuid)
                     .ok_or_else(|| lifecycle::no_vm_hint(&rec))?;
+                crate::host::boot_disk::needs_agent(&rec, "waiting for the agent")
+                    .map_err(|e| chain(&e))?;
                 let t = Duration::from_millis(number(params, "timeout_ms", 60_000)?.min(3_600_000));
                 running
                     .vm

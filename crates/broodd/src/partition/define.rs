@@ -29,6 +29,11 @@ pub async fn define(
     let networks = crate::network::names(host).await?;
     let active = convert::validate_define_on(&req, &networks)?;
     crate::host::image::check(&host.paths, &req.configs)?;
+    if req.start && crate::host::boot_disk::of(&req.configs).is_some() {
+        return Err(HostError::invalid(
+            "a partition with a boot_disk starts once its disk image is imported: define it without start,              PUT its image to /v1/partitions/NAME/boot-disk, then start it (`brood vm create --disk-image` does all three)",
+        ));
+    }
     crate::pool::requires::check(host, req.configs.values()).await?;
     let disks = all_disks(&req.configs)?;
     let config = req.configs.get(&active).cloned().unwrap_or_default();

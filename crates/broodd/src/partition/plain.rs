@@ -25,6 +25,16 @@ impl Launcher for PlainLauncher {
     }
 
     async fn launch(&self, host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<BoxedVm> {
+        let config = crate::host::config::active_config(rec)?;
+        if let Some(boot) = &config.boot_disk {
+            if !host.paths.image_root(rec.uuid).is_file() {
+                return Err(HostError::transition(format!(
+                    "{} has no boot disk yet: import its disk image (`brood vm disk import {} FILE --format qcow2`)",
+                    rec.name, rec.name
+                )));
+            }
+            crate::host::boot_disk::write_seed(&host.paths, rec.uuid, &rec.name, boot).await?;
+        }
         let mut spec = vm_spec(rec, &host.paths)?;
         crate::network::use_channels(host, rec.uuid, &mut spec).await?;
         crate::io::storage::use_disks(host, rec.uuid, &mut spec).await?;

@@ -93,6 +93,15 @@ pub(super) async fn to_fork_point(
     rec: &PartitionRecord,
     gets: &str,
 ) -> HostResult<AtForkPoint> {
+    let config = crate::host::config::active_config(rec)?;
+    if config.boot_disk.is_some() || config.init == Some(brood_api::GuestInit::Systemd) {
+        return Err(HostError::transition(format!(
+            "{} runs its image's own init (systemd), where brood's agent is a service and \
+             cannot hold the guest at a fork point: templates are made of VMs whose init is \
+             the agent (a brood image without `--init systemd`)",
+            rec.name
+        )));
+    }
     if host
         .feature::<crate::partition::change::Changes>()
         .of(rec.uuid)
