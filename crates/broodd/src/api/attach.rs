@@ -125,7 +125,7 @@ async fn ready_agent(
     let running = d.registry.running(rec.uuid).ok_or_else(|| {
         ApiError::transition(format!("{} is {}: start it first", rec.name, rec.run_state))
     })?;
-    crate::host::boot_disk::needs_agent(&rec, "this")?;
+    crate::host::boot_disk::needs_agent(&rec, "a session or a file transfer")?;
     running
         .vm
         .wait_ready(ready)

@@ -22,6 +22,10 @@ use super::paths::Paths;
 
 /// The seed disk's file in the partition's disk directory.
 const SEED_FILE: &str = "boot.seed.img";
+/// The address space `qemu-img info` may use on an upload (OpenStack's 1 GiB).
+const INFO_MAX_BYTES: u64 = 1 << 30;
+/// The CPU seconds it may use (OpenStack's 30, for images of any size).
+const INFO_MAX_CPU_SECS: u32 = 30;
 /// One GiB.
 const GIB: u64 = 1 << 30;
 /// The seed disk's size in KiB: room for 64 KiB of user-data many times over.
@@ -227,12 +231,21 @@ async fn import_inner(
     size_gib: u64,
 ) -> HostResult<ImageInfo> {
     let fmt = format.as_str();
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", fmt])
+    // A crafted image can make `qemu-img info` spin or allocate without end
+    // (CVE-2015-5162): it runs under limits, as OpenStack runs it.
+    let out = tokio::process::Command::new("prlimit")
+        .arg(format!("--as={INFO_MAX_BYTES}"))
+        .arg(format!("--cpu={INFO_MAX_CPU_SECS}"))
+        .args(["qemu-img", "info", "--output=json", "-f", fmt])
         .arg(upload)
         .output()
         .await
-        .map_err(|e| HostError::io("run qemu-img (install qemu-utils)", e))?;
+        .map_err(|e| {
+            HostError::io(
+                "run prlimit and qemu-img (install util-linux and qemu-utils)",
+                e,
+            )
+        })?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
         let why = why.trim().rsplit(": ").next().unwrap_or("").to_string();
