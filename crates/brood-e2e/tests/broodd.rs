@@ -356,6 +356,68 @@ fn a_qemu_killed_from_outside_is_crashed_and_restarted_by_policy() {
     env.assert_clean();
 }
 
+/// The cgroup directories of partition `uuid`'s VMs (`brood/<uuid>-<nonce>`,
+/// in each hierarchy this host has).
+fn groups_of(uuid: &str) -> Vec<std::path::PathBuf> {
+    [
+        "/sys/fs/cgroup/brood",
+        "/sys/fs/cgroup/memory/brood",
+        "/sys/fs/cgroup/cpu/brood",
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(d).ok())
+    .flat_map(|d| d.flatten())
+    .map(|e| e.path())
+    .filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{uuid}-")))
+    })
+    .collect()
+}
+
+/// A QEMU that ends while no broodd runs leaves its cgroups (nobody saw it
+/// exit to remove them): the next broodd's reconcile removes them, and
+/// leaves the groups of VMs still running.
+#[test]
+fn groups_of_vms_that_ended_while_broodd_was_down_are_removed() {
+    let env = TestEnv::new();
+    let mut b = Broodd::start(&env, &["--memory-mib", "1024"]);
+    let gone = b.ok("POST", "/v1/partitions", Some(&define("gone", 256, true)));
+    let kept = b.ok("POST", "/v1/partitions", Some(&define("kept", 256, true)));
+    let (gone_uuid, kept_uuid) = (
+        gone["uuid"].as_str().unwrap().to_string(),
+        kept["uuid"].as_str().unwrap().to_string(),
+    );
+    assert!(!groups_of(&gone_uuid).is_empty(), "the VM has no cgroup");
+    b.kill9();
+    let pid = i32::try_from(gone["pid"].as_i64().unwrap()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+    }));
+    assert!(
+        !groups_of(&gone_uuid).is_empty(),
+        "nothing was left to remove"
+    );
+    b.restart();
+    assert_eq!(
+        b.ok("GET", "/v1/partitions/gone", None)["run_state"],
+        "crashed"
+    );
+    assert_eq!(groups_of(&gone_uuid), Vec::<std::path::PathBuf>::new());
+    assert!(
+        !groups_of(&kept_uuid).is_empty(),
+        "a running VM lost its group"
+    );
+    assert_eq!(exec(&b, "kept", "echo up").1, "up\n");
+    b.ok("DELETE", "/v1/partitions/kept?force=true", None);
+    b.ok("DELETE", "/v1/partitions/gone?force=true", None);
+    b.verify_ok();
+    drop(b);
+    env.assert_clean();
+    assert_eq!(groups_of(&kept_uuid), Vec::<std::path::PathBuf>::new());
+}
+
 #[test]
 fn bad_requests_get_4xx_json_never_5xx() {
     let env = TestEnv::new();

@@ -297,6 +297,32 @@ impl Cgroup {
     }
 }
 
+/// Removes the empty groups (`brood/<name>-<nonce>`) of the VMs `owned`
+/// names, in every hierarchy: what QEMUs that ended while no process
+/// watched them (a killed broodd) left. A group with a process in it is
+/// not removable, so a running VM keeps its own.
+pub fn remove_idle(owned: &(dyn Fn(&str) -> bool + Sync)) {
+    let parents = match version() {
+        Some(Version::V2) => vec![Path::new(ROOT).join("brood")],
+        Some(Version::V1) => vec![
+            Path::new(ROOT).join("cpu/brood"),
+            Path::new(ROOT).join("memory/brood"),
+        ],
+        None => return,
+    };
+    for parent in parents {
+        let Ok(dir) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let leaf = e.file_name().to_string_lossy().into_owned();
+            if leaf.rsplit_once('-').is_some_and(|(name, _)| owned(name)) {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+}
+
 /// Anonymous plus shmem bytes from a `memory.stat` (v1 names them
 /// `total_rss` and `total_shmem`, hierarchical; v2 `anon` and `shmem`).
 /// Bounded parsing: unknown or malformed lines are skipped.

@@ -136,6 +136,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Removes the run directories of VMs `keep` does not name.
     fn remove_run_dirs(&self, _keep: &(dyn Fn(&str) -> bool + Sync)) {}
 
+    /// Removes the resource groups of the VMs `owned` names that no
+    /// process is in any more (left by VMs that ended unwatched).
+    fn remove_idle_groups(&self, _owned: &(dyn Fn(&str) -> bool + Sync)) {}
+
     /// Turns `vm`, whose agent waits at its fork point, into a template in
     /// `dir`; the VM ends.
     async fn save_template(

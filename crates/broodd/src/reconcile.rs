@@ -37,7 +37,10 @@ pub async fn run(host: &Arc<Host>) -> HostResult<()> {
         .map(|v| (v.name.clone(), v))
         .collect();
     let mut kept = HashSet::new();
+    // Every partition the ledger had, including those reconcile removes.
+    let mut known = HashSet::new();
     for rec in host.ledger.all_partitions().await? {
+        known.insert(rec.uuid.to_string());
         let name = rec.name.clone();
         let vm = found.remove(&rec.uuid.to_string());
         match reconcile_one(host, rec, vm).await {
@@ -53,6 +56,10 @@ pub async fn run(host: &Arc<Host>) -> HostResult<()> {
         kill(host, &vm);
     }
     host.engine.remove_run_dirs(&|n| kept.contains(n));
+    // Groups of QEMUs that ended while no broodd watched them; a running
+    // VM's group is not empty, so it stays. Only this ledger's VMs: other
+    // brood daemons on the host have their own.
+    host.engine.remove_idle_groups(&|n| known.contains(n));
     let templates = host.feature::<Templates>();
     if let Ok(dir) = std::fs::read_dir(&host.paths.templates) {
         for e in dir.flatten() {

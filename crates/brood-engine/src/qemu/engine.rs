@@ -89,6 +89,10 @@ impl Engine for QemuEngine {
         }
     }
 
+    fn remove_idle_groups(&self, owned: &(dyn Fn(&str) -> bool + Sync)) {
+        crate::cgroup::remove_idle(owned);
+    }
+
     async fn disk_snapshot(
         &self,
         disk: &DiskSpec,
