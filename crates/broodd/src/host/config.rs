@@ -157,6 +157,16 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     Ok(spec)
 }
 
+/// The index in a spec of `spec_disks` disks made from `c` of `c`'s first
+/// disk: after the root disk (an image's or a boot disk), if any, and
+/// before a boot disk's cloud-init seed, which is last.
+pub fn first_config_disk(spec_disks: usize, c: &api::PartitionConfig) -> usize {
+    let seed = usize::from(c.boot_disk.is_some());
+    spec_disks
+        .saturating_sub(c.disks.len())
+        .saturating_sub(seed)
+}
+
 /// A MAC derived from the partition's uuid, so it survives restarts.
 pub fn stable_mac(uuid: uuid::Uuid, index: usize) -> MacAddr {
     let b = uuid.as_bytes();
@@ -202,6 +212,59 @@ mod tests {
                 NicBackend::Bridge("br0".into())
             ]
         );
+    }
+
+    #[test]
+    fn config_disks_sit_between_the_root_and_the_seed() {
+        let paths = Paths {
+            data: "/d".into(),
+            image: "/i".into(),
+            templates: "/t".into(),
+        };
+        let disk = |name: &str| api::DiskConfig {
+            name: name.into(),
+            size_gib: 1,
+            io_zone: None,
+            iops: None,
+            mbps: None,
+        };
+        let c = api::PartitionConfig {
+            disks: vec![disk("a"), disk("b")],
+            boot_disk: Some(api::BootDiskConfig {
+                size_gib: 2,
+                agent: true,
+                user_data: None,
+            }),
+            ..Default::default()
+        };
+        let mut rec = PartitionRecord::new("n");
+        rec.active_config = "d".into();
+        rec.configs =
+            brood_ledger::JsonText::from_serialize(&BTreeMap::from([("d".to_string(), c.clone())]))
+                .unwrap();
+        let spec = vm_spec(&rec, &paths).unwrap();
+        let names: Vec<String> = spec
+            .disks
+            .iter()
+            .map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["image.root.qcow2", "a.qcow2", "b.qcow2", "boot.seed.img"]
+        );
+        let first = first_config_disk(spec.disks.len(), &c);
+        assert_eq!(names[first], "a.qcow2");
+        assert!(spec.disks[3].read_only);
+        assert!(
+            spec.cmdline
+                .starts_with("brood.root=auto brood.init=/sbin/init")
+        );
+        // Without a boot disk, the configuration's disks come first.
+        let plain = api::PartitionConfig {
+            disks: vec![disk("a")],
+            ..Default::default()
+        };
+        assert_eq!(first_config_disk(1, &plain), 0);
     }
 
     #[test]

@@ -60,8 +60,7 @@ pub fn open_op(host: &Host, rec: &PartitionRecord) -> HostResult<Option<Op>> {
         return Ok(None);
     }
     let spec = crate::host::config::vm_spec(rec, &host.paths)?;
-    // The configuration's disks come after the image's root disk, if any.
-    let first = spec.disks.len().saturating_sub(c.disks.len());
+    let first = crate::host::config::first_config_disk(spec.disks.len(), &c);
     let mut disks = Vec::new();
     for (j, d) in c.disks.iter().enumerate() {
         let Some(zone) = &d.io_zone else { continue };
