@@ -208,6 +208,28 @@ pub enum GuestInit {
     Systemd,
 }
 
+impl GuestInit {
+    /// The kernel arguments that make a Debian image's initramfs hand over
+    /// to this init (brood-agent's `root::BootArgs`); none for the agent.
+    pub fn kernel_args(self) -> &'static str {
+        match self {
+            GuestInit::Agent => "",
+            GuestInit::Systemd => "brood.init=/sbin/init brood.agent=unit",
+        }
+    }
+}
+
+impl std::str::FromStr for GuestInit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "agent" => Ok(GuestInit::Agent),
+            "systemd" => Ok(GuestInit::Systemd),
+            _ => Err(format!("unknown init {s:?}: use agent or systemd")),
+        }
+    }
+}
+
 /// A partition's boot disk imported from a disk image (`brood vm create
 /// --disk-image`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -256,6 +278,16 @@ impl ImageFormat {
             ImageFormat::Qcow2 => "qcow2",
             ImageFormat::Raw => "raw",
         }
+    }
+}
+
+impl std::str::FromStr for ImageFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [ImageFormat::Qcow2, ImageFormat::Raw]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown disk image format {s:?}: use qcow2 or raw"))
     }
 }
 

@@ -55,11 +55,7 @@ pub struct DiskImageArgs {
 
 /// Parses `--disk-format`.
 pub fn parse_format(s: &str) -> Result<ImageFormat, String> {
-    match s {
-        "qcow2" => Ok(ImageFormat::Qcow2),
-        "raw" => Ok(ImageFormat::Raw),
-        _ => Err(format!("unknown disk image format {s:?}: use qcow2 or raw")),
-    }
+    s.parse()
 }
 
 /// The virtual size in bytes of an image of the format given: a raw

@@ -126,11 +126,7 @@ If the start fails, broodd removes the definition again.";
 
 /// Parses `--init`.
 fn parse_init(s: &str) -> Result<brood_api::GuestInit, String> {
-    match s {
-        "agent" => Ok(brood_api::GuestInit::Agent),
-        "systemd" => Ok(brood_api::GuestInit::Systemd),
-        _ => Err(format!("unknown init {s:?}: use agent or systemd")),
-    }
+    s.parse()
 }
 
 /// Parses `--disk NAME:SIZE[,via=io[:ZONE]]` (a plain size is GiB;

@@ -64,7 +64,7 @@ pub struct RunArgs {
         default_value = "agent",
         requires = "image"
     )]
-    init: String,
+    init: brood_api::GuestInit,
     /// Kernel to boot instead of the default image's.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -186,14 +186,9 @@ pub async fn run(args: RunArgs, data_dir: &Path, out: Output, started: Instant) 
     spec.initrd = initrd;
     spec.vcpus = args.vcpus;
     spec.mem_mib = args.memory;
-    spec.cmdline = match args.init.as_str() {
-        "agent" => args.append.clone(),
-        // What broodd's `init: systemd` adds (broodd's host::boot_disk).
-        "systemd" => format!("brood.init=/sbin/init brood.agent=unit {}", args.append)
-            .trim_end()
-            .to_string(),
-        other => anyhow::bail!("--init {other:?}: use agent or systemd"),
-    };
+    spec.cmdline = format!("{} {}", args.init.kernel_args(), args.append)
+        .trim()
+        .to_string();
     spec.accel = args.accel;
     spec.machine = args.machine;
     spec.disks = root_disk

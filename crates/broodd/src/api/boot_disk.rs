@@ -105,14 +105,10 @@ async fn import_boot_disk(
             rec.name, rec.run_state
         )));
     }
-    let format = match q.format.as_deref() {
-        Some("qcow2") => api::ImageFormat::Qcow2,
-        Some("raw") => api::ImageFormat::Raw,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format {other:?}: give the image's format, qcow2 or raw"
-            )));
-        }
+    let format: api::ImageFormat = match q.format.as_deref() {
+        Some(f) => f
+            .parse()
+            .map_err(|e: String| ApiError::bad_request(format!("format: {e}")))?,
         None => {
             return Err(ApiError::bad_request(
                 "give the image's format as `?format=qcow2` or `?format=raw` (it is never guessed)",

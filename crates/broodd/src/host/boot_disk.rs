@@ -31,10 +31,6 @@ const GIB: u64 = 1 << 30;
 /// The seed disk's size in KiB: room for 64 KiB of user-data many times over.
 const SEED_KIB: u32 = 1024;
 
-/// The kernel arguments that make a Debian image's initramfs run its
-/// systemd, with the agent as a unit (`init: systemd`).
-pub const SYSTEMD_CMDLINE: &str = "brood.init=/sbin/init brood.agent=unit";
-
 /// The kernel arguments that make the initramfs find the disk's root file
 /// system and execute its init, with or without brood's agent as a unit.
 pub fn cmdline(boot: &api::BootDiskConfig) -> &'static str {
@@ -264,52 +260,42 @@ async fn import_inner(
     let root = paths.image_root(uuid);
     let partial = root.with_extension("qcow2.partial");
     let _ = tokio::fs::remove_file(&partial).await;
-    let steps: [(&str, Vec<std::ffi::OsString>); 2] = [
-        (
-            "convert",
-            vec![
-                "convert".into(),
-                "-q".into(),
-                "-f".into(),
-                fmt.into(),
-                "-O".into(),
-                "qcow2".into(),
-                upload.into(),
-                partial.clone().into(),
+    let size = format!("{size_gib}G");
+    let made = async {
+        super::disk::qemu_img(
+            &[
+                "convert".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                fmt.as_ref(),
+                "-O".as_ref(),
+                "qcow2".as_ref(),
+                upload.as_os_str(),
+                partial.as_os_str(),
             ],
-        ),
-        (
-            "resize",
-            vec![
-                "resize".into(),
-                "-q".into(),
-                "-f".into(),
-                "qcow2".into(),
-                partial.clone().into(),
-                format!("{size_gib}G").into(),
-            ],
-        ),
-    ];
-    for (step, args) in steps {
-        if step == "resize" && info.virtual_bytes == size_gib.saturating_mul(GIB) {
-            continue;
+            "qemu-img convert of the boot disk",
+        )
+        .await?;
+        if info.virtual_bytes < size_gib.saturating_mul(GIB) {
+            super::disk::qemu_img(
+                &[
+                    "resize".as_ref(),
+                    "-q".as_ref(),
+                    "-f".as_ref(),
+                    "qcow2".as_ref(),
+                    partial.as_os_str(),
+                    size.as_ref(),
+                ],
+                "qemu-img resize of the boot disk",
+            )
+            .await?;
         }
-        let out = tokio::process::Command::new("qemu-img")
-            .args(&args)
-            .output()
-            .await
-            .map_err(|e| HostError::io("run qemu-img (install qemu-utils)", e))?;
-        if !out.status.success() {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(HostError::io(
-                format!("qemu-img {step} of the boot disk"),
-                std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-            ));
-        }
+        super::disk::finish(&partial, &root).await
+    };
+    if let Err(e) = made.await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e);
     }
-    tokio::fs::rename(&partial, &root)
-        .await
-        .map_err(|e| HostError::io(format!("rename {}", partial.display()), e))?;
     Ok(info)
 }
 

@@ -107,8 +107,7 @@ pub fn vm_spec(rec: &PartitionRecord, paths: &Paths) -> HostResult<VmSpec> {
     spec.agent = c.boot_disk.as_ref().is_none_or(|b| b.agent);
     let brood_args = match (&c.boot_disk, c.init) {
         (Some(boot), _) => super::boot_disk::cmdline(boot),
-        (None, Some(api::GuestInit::Systemd)) => super::boot_disk::SYSTEMD_CMDLINE,
-        (None, _) => "",
+        (None, init) => init.unwrap_or_default().kernel_args(),
     };
     spec.cmdline = format!("{brood_args} {}", c.cmdline).trim().to_string();
     spec.die_with_parent = false;

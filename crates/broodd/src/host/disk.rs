@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::error::{HostError, HostResult};
 
-async fn qemu_img(args: &[&std::ffi::OsStr], what: &str) -> HostResult<()> {
+/// Runs `qemu-img ARGS`; its stderr is the error, under `what`.
+pub(super) async fn qemu_img(args: &[&std::ffi::OsStr], what: &str) -> HostResult<()> {
     let out = tokio::process::Command::new("qemu-img")
         .args(args)
         .output()
@@ -22,7 +23,8 @@ async fn qemu_img(args: &[&std::ffi::OsStr], what: &str) -> HostResult<()> {
     Ok(())
 }
 
-async fn finish(partial: &Path, path: &Path) -> HostResult<()> {
+/// Renames a complete `.partial` image to its name.
+pub(super) async fn finish(partial: &Path, path: &Path) -> HostResult<()> {
     tokio::fs::rename(partial, path)
         .await
         .map_err(|e| HostError::io(format!("rename {}", partial.display()), e))
