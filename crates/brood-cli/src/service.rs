@@ -60,7 +60,7 @@ pub enum ServiceCmd {
 The answer names the service, its member and addresses; `fallback` says
 when the pool was empty and a member was cold-booted instead.")]
 pub struct RequestArgs {
-    /// The class: http, log (busybox image); dns, dhcp, nfs, switch (service image).
+    /// The class: http, syslog-tcp (busybox image); dns, dhcp, log, nfs, switch (service image).
     class: String,
     /// The pool to take a member from.
     #[arg(long, value_name = "P")]

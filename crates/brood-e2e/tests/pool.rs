@@ -205,7 +205,7 @@ fn http_serves_the_host_and_a_log_sink_stores_a_line() {
     let (s, log) = b.call(
         "POST",
         "/v1/services",
-        Some(&json!({"class": "log", "name": "sink", "set": {"ip": "10.213.7.3/24"}})),
+        Some(&json!({"class": "syslog-tcp", "name": "sink", "set": {"ip": "10.213.7.3/24"}})),
     );
     assert_eq!(s, 201, "{log}\n{}", b.log());
     let mut c = std::net::TcpStream::connect("10.213.7.3:514").expect("connect to the sink");
@@ -382,7 +382,7 @@ fn kill9_of_broodd_mid_request_hands_nothing_out_twice() {
     wait_ready(&b, "c", 1);
     let (sock, token) = (b.socket(), b.token());
     let t = std::thread::spawn(move || {
-        let body = json!({"class": "log", "name": "mid"}).to_string();
+        let body = json!({"class": "syslog-tcp", "name": "mid"}).to_string();
         brood_e2e::http(
             &sock,
             "POST",
@@ -469,7 +469,7 @@ fn readme_service_pool_example_runs() {
     env.assert_clean();
 }
 
-/// `brood vm create --requires http,log`: the guest's definition requires
+/// `brood vm create --requires http,syslog-tcp`: the guest's definition requires
 /// them, and broodd associates one domain of each class with it when it
 /// starts (once: a restart asks for none again); a class the pool cannot
 /// serve fails the create and leaves nothing; deleting the guest releases
@@ -492,7 +492,7 @@ fn vm_create_requires_gets_its_services_and_delete_releases_them() {
             "--memory",
             "128",
             "--requires",
-            "http,log",
+            "http,syslog-tcp",
         ])
         .output()
         .unwrap();
@@ -506,7 +506,7 @@ fn vm_create_requires_gets_its_services_and_delete_releases_them() {
     let items = list["items"].as_array().unwrap();
     let mut classes: Vec<&str> = items.iter().map(|s| s["class"].as_str().unwrap()).collect();
     classes.sort_unstable();
-    assert_eq!(classes, ["http", "log"], "{list}");
+    assert_eq!(classes, ["http", "syslog-tcp"], "{list}");
     assert!(
         items
             .iter()
@@ -518,7 +518,7 @@ fn vm_create_requires_gets_its_services_and_delete_releases_them() {
     let def = b.ok("GET", "/v1/partitions/guest", None);
     assert_eq!(
         def["configs"]["default"]["requires"],
-        json!(["http", "log"]),
+        json!(["http", "syslog-tcp"]),
         "{def}"
     );
     b.ok("POST", "/v1/partitions/guest/stop", None);

@@ -3,8 +3,8 @@
 //! of that image refills by clone, and a `dns` domain (dnsmasq) answers for
 //! the names brood registered with it and forwards the rest (to a stub
 //! upstream: a second dnsmasq the request's init script starts), a guest
-//! that requires `dns` resolves its own name through the domain its start
-//! took, and an `nfs` domain exports a directory that an NFS mount reads.
+//! that requires `dns` and `log` resolves its own name through the domain
+//! its start took and its syslog is stored by the other, and an `nfs` domain exports a directory that an NFS mount reads.
 
 #![allow(clippy::tests_outside_test_module)] // integration tests are their own module
 
@@ -129,6 +129,12 @@ fn an_nfs_domain_exports_a_directory_that_mounts_and_reads() {
 /// it whose members have a NIC on each of `networks`, one member ready and
 /// no refill after it (`max` 1: a test keeps at most two VMs at once).
 fn service_pool(b: &Broodd, name: &str, networks: &[&str]) {
+    service_pool_of(b, name, networks, 1);
+}
+
+/// [`service_pool`] with `n` members ready, then `min` 0 so that handing
+/// them out starts no refill.
+fn service_pool_of(b: &Broodd, name: &str, networks: &[&str], n: u64) {
     let image = brood_e2e::service_image();
     std::fs::create_dir_all(b.data.join("images")).unwrap();
     std::os::unix::fs::symlink(&image, b.data.join("images/service")).unwrap();
@@ -137,13 +143,13 @@ fn service_pool(b: &Broodd, name: &str, networks: &[&str]) {
         "POST",
         "/v1/pools",
         Some(
-            &json!({"name": name, "image": "service", "min": 1, "max": 1, "memory_mib": 256,
+            &json!({"name": name, "image": "service", "min": n, "max": n, "memory_mib": 256,
                      "cpu_threshold_pct": 100, "network": first, "networks": rest}),
         ),
     );
     assert_eq!(s, 201, "{p}");
     let ready = wait_until(Duration::from_secs(300), || {
-        b.ok("GET", &format!("/v1/pools/{name}"), None)["ready"] == 1
+        b.ok("GET", &format!("/v1/pools/{name}"), None)["ready"] == n
     });
     assert!(
         ready,
@@ -151,6 +157,13 @@ fn service_pool(b: &Broodd, name: &str, networks: &[&str]) {
         b.ok("GET", &format!("/v1/pools/{name}"), None),
         b.log()
     );
+    if n > 1 {
+        b.ok(
+            "PATCH",
+            &format!("/v1/pools/{name}"),
+            Some(&json!({"min": 0})),
+        );
+    }
 }
 
 /// The address the ledger gave `vm` (a name or uuid) on `network`.
@@ -260,12 +273,15 @@ fn a_dhcp_domain_leases_an_address_of_its_range_to_a_guest_on_its_network() {
     env.assert_clean();
 }
 
-/// `requires: ["dns"]` on a guest of a brood network: its start takes a
-/// `dns` domain of the pool for it, registered with the guest's own name
-/// and address, and makes it the guest's resolver, so the guest resolves
-/// its own name through its domain; deleting the guest releases it.
+/// `requires: ["dns", "log"]` on a guest of a brood network: its start
+/// takes a `dns` domain of the pool for it, registered with the guest's
+/// own name and address, and makes it the guest's resolver, so the guest
+/// resolves its own name through its domain; and a `log` domain (rsyslog)
+/// to which the guest's syslog is forwarded, so a line the guest logs with
+/// `logger` is stored by the sink, with the guest's address; deleting the
+/// guest releases both.
 #[test]
-fn a_guest_that_requires_dns_resolves_its_own_name_through_its_domain() {
+fn a_guest_that_requires_dns_and_log_resolves_through_and_logs_to_its_domains() {
     let env = TestEnv::new();
     let b = Broodd::start(&env, &["--memory-mib", "2048"]);
     b.ok(
@@ -273,21 +289,30 @@ fn a_guest_that_requires_dns_resolves_its_own_name_through_its_domain() {
         "/v1/networks",
         Some(&json!({"name": "dnet", "subnet": "10.78.0.0/24"})),
     );
-    service_pool(&b, "dnsp", &["dnet"]);
+    service_pool_of(&b, "dnsp", &["dnet"], 2);
     let (s, v) = b.call(
         "POST",
         "/v1/partitions",
         Some(&json!({"name": "web",
                      "configs": {"default": {"memory_mib": 128, "nics": [{"network": "dnet"}],
-                                             "requires": ["dns"]}},
+                                             "requires": ["dns", "log"]}},
                      "start": true})),
     );
     assert_eq!(s, 201, "{v}\n{}", b.log());
     let list = b.ok("GET", "/v1/services", None);
-    let svc = &list["items"][0];
-    assert_eq!(svc["class"], "dns", "{list}");
-    assert_eq!(svc["guests"], json!(["web"]), "{list}");
-    let member = svc["member"].as_str().unwrap().to_string();
+    let of = |class: &str| {
+        let svc = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["class"] == class)
+            .unwrap_or_else(|| panic!("no {class} service: {list}"));
+        assert_eq!(svc["guests"], json!(["web"]), "{list}");
+        assert!(svc["fallback"].is_null(), "{list}");
+        svc["member"].as_str().unwrap().to_string()
+    };
+    let member = of("dns");
+    let sink = of("log");
     let dns = address_on(&b, "dnet", &member);
     let ip = address_on(&b, "dnet", "web");
     wait_address(&b, "web", "eth0", &ip);
@@ -304,6 +329,22 @@ fn a_guest_that_requires_dns_resolves_its_own_name_through_its_domain() {
         "{seen}\n{}",
         b.exec(&member, "cat /etc/brood-hosts /run/brood/service/*.log")
             .1
+    );
+    // The guest's syslog reaches its sink over UDP, stored with its address.
+    let line = format!("guest-line-{}", std::process::id());
+    let mut stored = String::new();
+    let logged = wait_until(Duration::from_secs(30), || {
+        b.exec("web", &format!("logger -t app {line}"));
+        stored = b.exec(&sink, "cat /var/log/remote.log").1;
+        stored
+            .lines()
+            .any(|l| l.contains(&line) && l.contains(&format!(" {ip} ")))
+    });
+    assert!(
+        logged,
+        "{stored}\n{}\n{}",
+        b.exec("web", "ps; cat /run/brood-syslogd.pid").1,
+        b.log()
     );
     b.ok("POST", "/v1/partitions/web/stop", None);
     b.ok("DELETE", "/v1/partitions/web", None);

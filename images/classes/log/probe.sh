@@ -1,11 +1,12 @@
 #!/bin/sh
-# Ready when a line sent to the sink is stored.
+# Ready when a line sent over UDP and one sent over TCP are both stored.
 . "$BROOD_SERVICE_DIR/env"
-line="brood-probe-$$-$(date +%s)"
-echo "<14>$line" | nc -w 2 127.0.0.1 "$BROOD_PORT" || exit 1
+tag="brood-probe-$$-$(date +%s%N)"
+logger -n 127.0.0.1 -P "$BROOD_PORT" -d -t probe "$tag-udp" || exit 1
+logger -n 127.0.0.1 -P "$BROOD_PORT" -T -t probe "$tag-tcp" || exit 1
 i=0
-while [ $i -lt 20 ]; do
-    grep -q "$line" "$BROOD_FILE" && exit 0
-    usleep 20000; i=$((i+1))
+while [ $i -lt 50 ]; do
+    if grep -q "$tag-udp" "$BROOD_FILE" && grep -q "$tag-tcp" "$BROOD_FILE"; then exit 0; fi
+    sleep 0.02; i=$((i+1))
 done
 exit 1

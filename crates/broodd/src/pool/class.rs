@@ -31,6 +31,12 @@ const BUILTIN: &[(&str, &str, &str, &str)] = &[
         include_str!("../../../../images/classes/log/probe.sh"),
     ),
     (
+        "syslog-tcp",
+        include_str!("../../../../images/classes/syslog-tcp/class.toml"),
+        include_str!("../../../../images/classes/syslog-tcp/start.sh"),
+        include_str!("../../../../images/classes/syslog-tcp/probe.sh"),
+    ),
+    (
         "dns",
         include_str!("../../../../images/classes/dns/class.toml"),
         include_str!("../../../../images/classes/dns/start.sh"),

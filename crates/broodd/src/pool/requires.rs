@@ -4,7 +4,8 @@
 //! not serve it yet is requested for it, as `POST /v1/services` with `for`
 //! would. A `dns` service is given the guest's name and address (`NAME.
 //! <domain>`), and becomes the guest's resolver where the guest reaches
-//! it (its domain's address on a brood network they share, or its `ip`).
+//! it (its domain's address on a brood network they share, or its `ip`);
+//! a `log` service receives the guest's syslog ([`forward_syslog`]).
 //! If a request fails, the services this start requested are released and
 //! the start fails (the caller stops the VM again). Once the partition is
 //! deleted, a service that served only it is released by its pool's
@@ -98,6 +99,10 @@ pub async fn ensure(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<Vec<S
         release_all(host, &made).await;
         return Err(e);
     }
+    if let Err(e) = forward_syslog(host, rec).await {
+        release_all(host, &made).await;
+        return Err(e);
+    }
     Ok(made)
 }
 
@@ -130,30 +135,109 @@ async fn reach(host: &Host, guest: uuid::Uuid, s: &ServiceRecord) -> HostResult<
     }))
 }
 
-/// Points the guest's resolver at a `dns` service serving it that it can
-/// reach, if there is one.
-async fn point_resolver(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<()> {
-    let mut address = None;
+/// The first ready service of `class` serving `rec` that it can reach, and
+/// where.
+async fn reachable(
+    host: &Host,
+    rec: &PartitionRecord,
+    class: &str,
+) -> HostResult<Option<(ServiceRecord, Ipv4Addr)>> {
     for s in host.ledger.services_of_guest(rec.uuid).await? {
-        if s.class != "dns" || s.state != ServiceState::Ready {
+        if s.class != class || s.state != ServiceState::Ready {
             continue;
         }
-        address = reach(host, rec.uuid, &s).await?;
-        if address.is_some() {
-            break;
+        if let Some(address) = reach(host, rec.uuid, &s).await? {
+            return Ok(Some((s, address)));
         }
     }
-    let Some(address) = address else {
-        return Ok(());
-    };
+    Ok(None)
+}
+
+/// The agent of the running partition `rec`.
+async fn agent_of(host: &Host, rec: &PartitionRecord) -> HostResult<brood_engine::AgentClient> {
     let running = host.registry.running(rec.uuid).ok_or_else(|| {
         HostError::transition(format!(
             "{} stopped while its services were given",
             rec.name
         ))
     })?;
-    let agent = crate::network::ready_agent(&running).await?;
-    crate::network::nat::give_resolver(agent, address, "the partition requires dns").await?;
+    crate::network::ready_agent(&running).await.cloned()
+}
+
+/// Points the guest's resolver at a `dns` service serving it that it can
+/// reach, if there is one.
+async fn point_resolver(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<()> {
+    let Some((_, address)) = reachable(host, rec, "dns").await? else {
+        return Ok(());
+    };
+    let agent = agent_of(host, rec).await?;
+    crate::network::nat::give_resolver(&agent, address, "the partition requires dns").await?;
     info!(partition = %rec.name, resolver = %address, "resolver is the dns service");
+    Ok(())
+}
+
+/// The guest's side of syslog forwarding, run by its agent with `$1` the
+/// sink (`ADDRESS:PORT`, UDP). A systemd guest with rsyslog gets a drop-in
+/// that forwards everything and a restart of rsyslog; a guest whose init is
+/// brood's agent gets busybox's syslogd on `/dev/log`, forwarding and also
+/// logging locally (`/var/log/messages`), in place of the one a previous
+/// forward started. Exit 3 says the guest has neither.
+const FORWARD_SYSLOG: &str = r#"set -e
+if [ -d /run/systemd/system ] && command -v rsyslogd >/dev/null 2>&1; then
+    mkdir -p /etc/rsyslog.d
+    printf '# written by brood: the partition requires log\n*.* @%s\n' "$1" \
+        > /etc/rsyslog.d/90-brood-log.conf
+    systemctl restart rsyslog
+elif busybox syslogd --help >/dev/null 2>&1; then
+    if [ -f /run/brood-syslogd.pid ]; then
+        kill "$(cat /run/brood-syslogd.pid)" 2>/dev/null || true
+    fi
+    mkdir -p /var/log
+    setsid busybox syslogd -n -L -R "$1" </dev/null >/dev/null 2>&1 &
+    echo $! > /run/brood-syslogd.pid
+else
+    echo "this guest has neither rsyslog under systemd nor busybox's syslogd: install rsyslog (or busybox) in its image" >&2
+    exit 3
+fi"#;
+
+/// Forwards the guest's syslog to a `log` service serving it that it can
+/// reach, if there is one: UDP to the service's `port` (514 unless set).
+/// A guest that cannot forward fails the start, with the reason.
+async fn forward_syslog(host: &Arc<Host>, rec: &PartitionRecord) -> HostResult<()> {
+    let Some((service, address)) = reachable(host, rec, "log").await? else {
+        return Ok(());
+    };
+    let port: u16 = service
+        .settings
+        .get("port")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(514);
+    let sink = format!("{address}:{port}");
+    let agent = agent_of(host, rec).await?;
+    let req = brood_proto::ExecRequest {
+        command: brood_proto::Command::Argv(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            FORWARD_SYSLOG.into(),
+            "forward-syslog".into(),
+            sink.clone(),
+        ]),
+        timeout_ms: Some(30_000),
+        output_limit: 4096,
+        ..brood_proto::ExecRequest::shell("")
+    };
+    let out = agent
+        .exec(&req)
+        .await
+        .map_err(|e| HostError::engine("forward the guest's syslog", e))?;
+    if out.status.code != Some(0) {
+        return Err(HostError::conflict(format!(
+            "{} requires log, and its syslog could not be forwarded to {} at {sink}: {}",
+            rec.name,
+            service.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    info!(partition = %rec.name, sink = %sink, service = %service.name, "syslog is forwarded to the log service");
     Ok(())
 }
