@@ -131,6 +131,17 @@ fn between<'a>(text: &'a str, from: &str, to: &str) -> &'a str {
     &rest[..end]
 }
 
+/// The part of a page after `from` up to the next `to`.
+fn inside<'a>(text: &'a str, from: &str, to: &str) -> &'a str {
+    let at = text
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} in the page: {text}"));
+    let rest = &text[at + from.len()..];
+    &rest[..rest
+        .find(to)
+        .unwrap_or_else(|| panic!("no {to:?} after {from:?}: {rest}"))]
+}
+
 /// Signs in with `token`; returns the `Cookie` header of the session.
 async fn sign_in(app: &TestApp, token: &str) -> String {
     let login = get(app, "/ui/login", None).await;
@@ -1110,4 +1121,265 @@ async fn the_admin_view_shows_the_cluster_or_says_it_is_a_single_host() {
         section.contains("<td>prod</td><td>production</td><td>h1</td>"),
         "{section}"
     );
+}
+
+/// The administrator adds a user with a role, makes it a token (its secret
+/// shown once, on a page of its own without JavaScript), the user signs in
+/// with it, the token is revoked (the user's session ends) and the user
+/// deleted; a unit's user posting the same forms gets the API's refusal.
+#[tokio::test]
+async fn the_admin_manages_users_and_tokens_from_its_page() {
+    let (app, alice) = fixture().await;
+    let admin = sign_in(&app, TOKEN).await;
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    assert!(page.text.contains(r#"action="/ui/users""#), "{}", page.text);
+    let csrf = csrf_of(&page.text);
+    let p = post(
+        &app,
+        "/ui/users",
+        Some(&admin),
+        None,
+        &[
+            ("csrf", &csrf),
+            ("name", "bob"),
+            ("role", "unit-admin"),
+            ("unit", "eng"),
+            ("back", "/ui/admin#users"),
+        ],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let users = api(&app, Method::GET, "/v1/users", TOKEN, None).await;
+    let bob = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "bob")
+        .unwrap_or_else(|| panic!("no bob: {users}"));
+    assert_eq!(bob["role"], "unit-admin");
+    assert_eq!(bob["unit"], "eng");
+    // A unit role without its unit is the API's 400, shown as its message.
+    let p = post(
+        &app,
+        "/ui/users",
+        Some(&admin),
+        None,
+        &[("csrf", &csrf), ("name", "carol"), ("role", "unit-user")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.text);
+    assert!(p.text.contains("unit"), "{}", p.text);
+    // The token page shows the secret once; it signs bob in.
+    let p = post(
+        &app,
+        "/ui/tokens",
+        Some(&admin),
+        None,
+        &[("csrf", &csrf), ("user", "bob"), ("expires_in_days", "2")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let secret = inside(&p.text, r#"<code class="secret">"#, "</code>").to_owned();
+    assert!(!secret.is_empty(), "{}", p.text);
+    let bob_cookie = sign_in(&app, &secret).await;
+    let unit = get(&app, "/ui/unit", Some(&bob_cookie)).await;
+    assert_eq!(unit.status, StatusCode::OK, "{}", unit.text);
+    assert!(unit.text.contains("Unit eng"), "{}", unit.text);
+    let tokens = api(&app, Method::GET, "/v1/tokens", TOKEN, None).await;
+    let id = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["user"] == "bob")
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_owned();
+    assert!(
+        get(&app, "/ui/admin", Some(&admin))
+            .await
+            .text
+            .contains(&format!(r#"data-token="{id}""#)),
+        "the admin page lists bob's token"
+    );
+    let p = post(
+        &app,
+        &format!("/ui/tokens/{id}/revoke"),
+        Some(&admin),
+        None,
+        &[("csrf", &csrf), ("back", "/ui/admin#users")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let p = get(&app, "/ui/unit", Some(&bob_cookie)).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{}", p.text);
+    // Revoking it again is the API's 409.
+    let p = post(
+        &app,
+        &format!("/ui/tokens/{id}/revoke"),
+        Some(&admin),
+        None,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.text);
+    // A unit's user may not add users or make tokens.
+    let alice_cookie = sign_in(&app, &alice).await;
+    let acsrf = csrf_of(&get(&app, "/ui/unit", Some(&alice_cookie)).await.text);
+    for (path, fields) in [
+        (
+            "/ui/users",
+            vec![
+                ("csrf", acsrf.as_str()),
+                ("name", "mallory"),
+                ("role", "admin"),
+            ],
+        ),
+        (
+            "/ui/tokens",
+            vec![("csrf", acsrf.as_str()), ("user", "oscar")],
+        ),
+    ] {
+        let p = post(&app, path, Some(&alice_cookie), None, &fields).await;
+        assert!(
+            p.status == StatusCode::FORBIDDEN || p.status == StatusCode::NOT_FOUND,
+            "{path}: {} {}",
+            p.status,
+            p.text
+        );
+        assert!(!p.text.contains("secret"), "{}", p.text);
+    }
+    let p = post(
+        &app,
+        "/ui/users/bob/delete",
+        Some(&admin),
+        None,
+        &[("csrf", &csrf), ("back", "/ui/admin#users")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let users = api(&app, Method::GET, "/v1/users", TOKEN, None).await;
+    assert!(
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["name"] != "bob"),
+        "{users}"
+    );
+    let p = post(
+        &app,
+        "/ui/users/bob/delete",
+        Some(&admin),
+        None,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::NOT_FOUND, "{}", p.text);
+}
+
+/// The audit log's filters read past the first page of the log: an old
+/// entry is found under 300 newer ones; a time window with no entries in
+/// it shows none; a bound that is not a time is a 400 naming it.
+#[tokio::test]
+async fn the_audit_filters_reach_old_entries_and_time_windows() {
+    let (app, _) = fixture().await;
+    for i in 0..150 {
+        let name = format!("x{i}");
+        api(
+            &app,
+            Method::POST,
+            "/v1/partitions",
+            TOKEN,
+            Some(json!({"name": name, "configs": {"d": {"memory_mib": 64}}})),
+        )
+        .await;
+        api(
+            &app,
+            Method::DELETE,
+            &format!("/v1/partitions/{name}"),
+            TOKEN,
+            None,
+        )
+        .await;
+    }
+    let admin = sign_in(&app, TOKEN).await;
+    let p = get(&app, "/ui/audit?text=ops-db", Some(&admin)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    let n: usize = inside(&p.text, r#"data-matches=""#, "\"").parse().unwrap();
+    assert!(n >= 1, "ops-db's define is not found: {}", p.text);
+    let rows = inside(&p.text, "<tbody>", "</tbody>");
+    assert!(
+        !rows.contains(">x1<") && rows.matches("<tr").count() == n,
+        "{rows}"
+    );
+    let p = get(&app, "/ui/audit?actor=nobody", Some(&admin)).await;
+    assert!(p.text.contains(r#"data-matches="0""#), "{}", p.text);
+    let p = get(&app, "/ui/audit", Some(&admin)).await;
+    assert!(
+        p.text.contains(r#"data-matches="200""#) && p.text.contains("Older entries"),
+        "a full page links to older entries: {}",
+        &p.text[..2000.min(p.text.len())]
+    );
+    for q in [
+        "since=2100-01-01",
+        "until=2000-01-01",
+        "since=2000-01-01&until=2000-12-31",
+    ] {
+        let p = get(&app, &format!("/ui/audit?{q}"), Some(&admin)).await;
+        assert_eq!(p.status, StatusCode::OK, "{q}: {}", p.text);
+        assert!(p.text.contains(r#"data-matches="0""#), "{q}: {}", p.text);
+    }
+    let p = get(
+        &app,
+        "/ui/audit?since=2000-01-01&until=2100-01-01",
+        Some(&admin),
+    )
+    .await;
+    assert!(
+        p.text.contains(r#"data-matches="200""#),
+        "{}",
+        &p.text[..2000.min(p.text.len())]
+    );
+    let p = get(&app, "/ui/audit?since=yesterday", Some(&admin)).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.text);
+    assert!(p.text.contains("since must be a date"), "{}", p.text);
+}
+
+/// What axum refuses before a handler runs (a path number that is not
+/// one, a body that is not a form) is the portal's error page with the
+/// message, not plain text; with the async header, its error fragment.
+#[tokio::test]
+async fn refusals_before_a_handler_are_portal_pages() {
+    let (app, _) = fixture().await;
+    let admin = sign_in(&app, TOKEN).await;
+    let csrf = csrf_of(&get(&app, "/ui/admin", Some(&admin)).await.text);
+    let p = post(
+        &app,
+        "/ui/requests/abc/approve",
+        Some(&admin),
+        None,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.text);
+    assert!(p.text.starts_with("<!DOCTYPE html>"), "{}", p.text);
+    assert!(p.text.contains(r#"role="alert""#), "{}", p.text);
+    assert!(
+        p.text.to_lowercase().contains("abc") || p.text.contains("parse"),
+        "{}",
+        p.text
+    );
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/ui/units")
+        .header(header::HOST, "portal")
+        .header(header::COOKIE, &admin)
+        .header("x-portal-async", "1")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let p = send(&app, req).await;
+    assert_eq!(p.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", p.text);
+    assert!(!p.text.contains("<html"), "a fragment: {}", p.text);
+    assert!(p.text.contains(r#"role="alert""#), "{}", p.text);
 }

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Form, Path, State};
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
 use brood_api::cluster::{ClusterDomainList, ClusterHostList, ClusterInfo, ClusterZoneList};
 use brood_api::{
     HostInfo, InfraView, IoPartitionList, LedgerView, NetworkList, RequestState, TemplateList,
-    UnitList, UnitRequestList, UserList, service::ServicePoolList,
+    TokenCreated, TokenList, UnitList, UnitRequestList, UserList, service::ServicePoolList,
 };
 use maud::{Markup, html};
 use serde_json::{Value, json};
@@ -24,6 +24,14 @@ use super::client::{ApiFailure, enc};
 use super::html::csrf;
 use super::unit::{bars, number, requests_table, res, run_post, serde_plain, str_of};
 use super::{Ctx, Fields, P, failed, render};
+
+/// The roles a user may have, as the API names them, with what each may do.
+const ROLES: [(&str, &str); 4] = [
+    ("unit-user", "its unit's VMs"),
+    ("unit-admin", "its unit: users, requests, VMs"),
+    ("auditor", "reads everything"),
+    ("admin", "everything"),
+];
 
 /// `GET /ui/admin`.
 pub async fn view(State(p): P, headers: HeaderMap) -> Response {
@@ -46,6 +54,7 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
     let io: IoPartitionList = ctx.api.get("/v1/io").await?;
     let infra: InfraView = ctx.api.get("/v1/infra").await?;
     let users: UserList = ctx.api.get("/v1/users").await?;
+    let tokens: TokenList = ctx.api.get("/v1/tokens").await?;
     let pools: ServicePoolList = ctx.api.get("/v1/pools").await?;
     let templates: TemplateList = ctx.api.get("/v1/templates").await?;
     let utilization = super::audit::utilization(ctx).await?;
@@ -148,8 +157,46 @@ async fn page(ctx: &Ctx) -> Result<Markup, ApiFailure> {
         }
         section id="users" aria-labelledby="users-h" {
             h2 id="users-h" { "Users and roles" }
-            table { thead { tr { th { "User" } th { "Role" } th { "Unit" } th { "Since" } } }
-                tbody { @for u in &users.items { tr { td { (u.name) } td { (serde_plain(&u.role)) } td { (u.unit.clone().unwrap_or_default()) } td { (u.created_at) } } } } }
+            form.user method="post" action="/ui/users" data-async {
+                (csrf(&ctx.s)) input type="hidden" name="back" value="/ui/admin#users";
+                label { "Name " input name="name" required pattern="[a-z0-9_.-]+" maxlength="64"; }
+                label { "Role " select name="role" {
+                    @for (v, what) in ROLES { option value=(v) { (v) " (" (what) ")" } } } }
+                label { "Unit " select name="unit" {
+                    option value="" { "none (admin, auditor)" }
+                    @for u in &units.items { option value=(u.name) { (u.name) } } } }
+                button type="submit" { "Add the user" }
+                div.result aria-live="polite" {}
+            }
+            table.users { thead { tr { th { "User" } th { "Role" } th { "Unit" } th { "Since" } th { "Token" } th { "Remove" } } }
+                tbody { @for u in &users.items { tr data-user=(u.name) {
+                    td { (u.name) } td { (serde_plain(&u.role)) } td { (u.unit.clone().unwrap_or_default()) } td { (u.created_at) }
+                    td { form method="post" action="/ui/tokens" data-async {
+                        (csrf(&ctx.s)) input type="hidden" name="back" value="/ui/admin#users";
+                        input type="hidden" name="user" value=(u.name);
+                        label { "Days " input name="expires_in_days" type="number" min="1" max="3650" placeholder="never"; }
+                        button type="submit" { "Make a token" }
+                        div.result aria-live="polite" {}
+                    } }
+                    td { form method="post" action=(format!("/ui/users/{}/delete", enc(&u.name))) data-async {
+                        (csrf(&ctx.s)) input type="hidden" name="back" value="/ui/admin#users";
+                        button type="submit" { "Delete " (u.name) }
+                        div.result aria-live="polite" {}
+                    } }
+                } } } }
+            h3 { "Tokens" }
+            table.tokens { thead { tr { th { "Id" } th { "User" } th { "State" } th { "Made" } th { "Expires" } th { "Revoke" } } }
+                tbody { @for t in &tokens.items { tr data-token=(t.id) {
+                    td { code { (t.id) } } td { (t.user) } td { (t.state) } td { (t.created_at) }
+                    td { (t.expires_at.clone().unwrap_or_else(|| "never".into())) }
+                    td { @if t.state == "active" {
+                        form method="post" action=(format!("/ui/tokens/{}/revoke", enc(&t.id))) data-async {
+                            (csrf(&ctx.s)) input type="hidden" name="back" value="/ui/admin#users";
+                            button type="submit" { "Revoke " (t.id) }
+                            div.result aria-live="polite" {}
+                        }
+                    } }
+                } } } }
         }
         section id="pools" aria-labelledby="pools-h" {
             h2 id="pools-h" { "Pools of service domains" }
@@ -312,6 +359,116 @@ pub async fn reject(
                 .post(&format!("/v1/requests/{id}/reject"), &json!({"note": note}))
                 .await?;
             Ok(format!("request {id} is {}", str_of(&r, "state")))
+        },
+    )
+    .await
+}
+
+/// `POST /ui/users`: adds a user with a role (`POST /v1/users`).
+pub async fn create_user(State(p): P, headers: HeaderMap, Form(f): Fields) -> Response {
+    run_post(
+        p,
+        headers,
+        f,
+        async |ctx: &Ctx, f: &BTreeMap<String, String>| {
+            let field = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+            let unit = Some(field("unit")).filter(|u| !u.is_empty());
+            let u = ctx
+                .api
+                .post(
+                    "/v1/users",
+                    &json!({"name": field("name"), "role": field("role"), "unit": unit}),
+                )
+                .await?;
+            Ok(format!(
+                "user {} is a {}; make it a token to sign in",
+                str_of(&u, "name"),
+                str_of(&u, "role")
+            ))
+        },
+    )
+    .await
+}
+
+/// `POST /ui/users/{name}/delete`: `DELETE /v1/users/{name}` (its tokens go with it).
+pub async fn delete_user(
+    State(p): P,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(f): Fields,
+) -> Response {
+    run_post(
+        p,
+        headers,
+        f,
+        async move |ctx: &Ctx, _: &BTreeMap<String, String>| {
+            let _: Value = ctx
+                .api
+                .json(Method::DELETE, &format!("/v1/users/{}", enc(&name)), None)
+                .await?;
+            Ok(format!("user {name} and its tokens are deleted"))
+        },
+    )
+    .await
+}
+
+/// `POST /ui/tokens`: makes a token for a user (`POST /v1/tokens`); its
+/// secret is in this answer only, so without JavaScript it is a page of
+/// its own rather than a redirect.
+pub async fn create_token(State(p): P, headers: HeaderMap, Form(f): Fields) -> Response {
+    let ctx = match p.post_ctx(&headers, &f) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let made = async {
+        let days = number(&f, "expires_in_days")?;
+        let user = f.get("user").map(|s| s.trim()).unwrap_or_default();
+        let body = json!({"user": user, "expires_in_s": days.map(|d| d.saturating_mul(86_400))});
+        ctx.api
+            .json::<TokenCreated>(Method::POST, "/v1/tokens", Some(&body))
+            .await
+    }
+    .await;
+    match made {
+        Ok(t) => {
+            let shown = html! {
+                p.notice role="status" {
+                    "Token " code { (t.id) } " for " strong { (t.user) } " (expires "
+                    (t.expires_at.clone().unwrap_or_else(|| "never".into())) "), shown only now: "
+                    code.secret { (t.token) }
+                }
+            };
+            if ctx.fragment {
+                shown.into_response()
+            } else {
+                render(
+                    &ctx,
+                    "Token made",
+                    html! { (shown) p { a href="/ui/admin#users" { "Back to users" } } },
+                )
+            }
+        }
+        Err(e) => failed(&p, &headers, Some(&ctx), &e),
+    }
+}
+
+/// `POST /ui/tokens/{id}/revoke`: `DELETE /v1/tokens/{id}`.
+pub async fn revoke_token(
+    State(p): P,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Fields,
+) -> Response {
+    run_post(
+        p,
+        headers,
+        f,
+        async move |ctx: &Ctx, _: &BTreeMap<String, String>| {
+            let t: brood_api::Token = ctx
+                .api
+                .json(Method::DELETE, &format!("/v1/tokens/{}", enc(&id)), None)
+                .await?;
+            Ok(format!("token {} of {} is {}", t.id, t.user, t.state))
         },
     )
     .await

@@ -5,6 +5,7 @@
 //! replays them for chargeback.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -17,12 +18,17 @@ use super::client::{ApiFailure, enc};
 use super::html::step_chart;
 use super::{Ctx, P, failed, render};
 
-/// Entries fetched per page of the log view.
+/// Most matching entries one page of the log view shows.
 const LOG_PAGE: usize = 200;
+/// Entries read per call to the API while filtering.
+const SCAN_PAGE: usize = 1000;
+/// Most entries one page of the log view reads to find its matches; the
+/// page then links to the older entries from where it stopped.
+const SCAN_MAX: usize = 20_000;
 /// Pages of the audit log read for the utilization chart (1000 entries each).
 const UTILIZATION_PAGES: usize = 50;
 
-/// `GET /ui/audit?actor=&reason=&text=&before=`.
+/// `GET /ui/audit?actor=&reason=&text=&since=&until=&before=`.
 pub async fn log(
     State(p): P,
     headers: HeaderMap,
@@ -42,48 +48,149 @@ fn field<'a>(q: &'a BTreeMap<String, String>, k: &str) -> &'a str {
     q.get(k).map(|s| s.trim()).unwrap_or_default()
 }
 
-async fn log_page(ctx: &Ctx, q: &BTreeMap<String, String>) -> Result<Markup, ApiFailure> {
-    let mut path = format!("/v1/ledger/log?limit={LOG_PAGE}");
-    if let Some(b) = q.get("before").filter(|b| !b.is_empty()) {
-        let b: u64 = b.parse().map_err(|_| ApiFailure {
-            status: axum::http::StatusCode::BAD_REQUEST,
-            code: "bad_request".into(),
-            message: format!("before must be a transaction id, not {b:?}"),
-        })?;
-        path.push_str(&format!("&before={b}"));
+fn bad(message: String) -> ApiFailure {
+    ApiFailure {
+        status: axum::http::StatusCode::BAD_REQUEST,
+        code: "bad_request".into(),
+        message,
     }
-    let log: AuditLog = ctx.api.get(&path).await?;
-    let (actor, reason, text) = (field(q, "actor"), field(q, "reason"), field(q, "text"));
-    let shown: Vec<&AuditEntry> = log
-        .items
-        .iter()
-        .filter(|e| actor.is_empty() || e.actor == actor)
-        .filter(|e| reason.is_empty() || e.reason.contains(reason))
-        .filter(|e| text.is_empty() || e.changes.to_string().contains(text))
-        .collect();
+}
+
+/// A filter's time bound: an RFC 3339 time or a date (`2026-12-01`,
+/// midnight UTC; `until` a date means the end of that day).
+fn bound(
+    q: &BTreeMap<String, String>,
+    k: &str,
+    end_of_day: bool,
+) -> Result<Option<SystemTime>, ApiFailure> {
+    let v = field(q, k);
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(v) {
+        return Ok(Some(t));
+    }
+    let day = humantime::parse_rfc3339_weak(&format!("{v} 00:00:00")).map_err(|_| {
+        bad(format!(
+            "{k} must be a date (2026-12-01) or a time (2026-12-01T10:00:00Z), not {v:?}"
+        ))
+    })?;
+    Ok(Some(if end_of_day {
+        day + Duration::from_secs(86_400)
+    } else {
+        day
+    }))
+}
+
+/// The filters of the log view, parsed.
+struct Filter<'a> {
+    actor: &'a str,
+    reason: &'a str,
+    text: &'a str,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+}
+
+impl Filter<'_> {
+    fn matches(&self, e: &AuditEntry) -> bool {
+        let t = humantime::parse_rfc3339_weak(&e.time).ok();
+        (self.actor.is_empty() || e.actor == self.actor)
+            && (self.reason.is_empty() || e.reason.contains(self.reason))
+            && (self.text.is_empty() || e.changes.to_string().contains(self.text))
+            && self.since.is_none_or(|s| t.is_some_and(|t| t >= s))
+            && self.until.is_none_or(|u| t.is_some_and(|t| t < u))
+    }
+}
+
+async fn log_page(ctx: &Ctx, q: &BTreeMap<String, String>) -> Result<Markup, ApiFailure> {
+    let mut before: Option<u64> = match q.get("before").filter(|b| !b.is_empty()) {
+        Some(b) => Some(
+            b.parse()
+                .map_err(|_| bad(format!("before must be a transaction id, not {b:?}")))?,
+        ),
+        None => None,
+    };
+    let f = Filter {
+        actor: field(q, "actor"),
+        reason: field(q, "reason"),
+        text: field(q, "text"),
+        since: bound(q, "since", false)?,
+        until: bound(q, "until", true)?,
+    };
+    // Newest first: read pages until the view is full, the log ends, the
+    // entries are older than `since`, or SCAN_MAX entries were read.
+    let mut shown: Vec<AuditEntry> = Vec::new();
+    let mut scanned = 0usize;
+    let mut next: Option<u64> = None;
+    loop {
+        let path = match before {
+            Some(b) => format!("/v1/ledger/log?limit={SCAN_PAGE}&before={b}"),
+            None => format!("/v1/ledger/log?limit={SCAN_PAGE}"),
+        };
+        let page: AuditLog = ctx.api.get(&path).await?;
+        let mut older_than_since = false;
+        let mut cut = None;
+        for e in page.items {
+            scanned += 1;
+            if let Some(s) = f.since
+                && humantime::parse_rfc3339_weak(&e.time).is_ok_and(|t| t < s)
+            {
+                older_than_since = true;
+                break;
+            }
+            if f.matches(&e) {
+                let id = e.id;
+                shown.push(e);
+                if shown.len() == LOG_PAGE {
+                    cut = Some(id);
+                    break;
+                }
+            }
+        }
+        if older_than_since {
+            next = None;
+            break;
+        }
+        if let Some(id) = cut {
+            next = Some(id);
+            break;
+        }
+        match page.next {
+            Some(n) if scanned < SCAN_MAX => before = Some(n),
+            Some(n) => {
+                next = Some(n);
+                break;
+            }
+            None => break,
+        }
+    }
     let keep = format!(
-        "actor={}&reason={}&text={}",
-        enc(actor),
-        enc(reason),
-        enc(text)
+        "actor={}&reason={}&text={}&since={}&until={}",
+        enc(f.actor),
+        enc(f.reason),
+        enc(f.text),
+        enc(field(q, "since")),
+        enc(field(q, "until"))
     );
     Ok(html! {
         form.filters method="get" action="/ui/audit" role="search" {
-            label { "Actor " input name="actor" value=(actor); }
-            label { "Reason contains " input name="reason" value=(reason); }
-            label { "Changes contain " input name="text" value=(text); }
+            label { "Actor " input name="actor" value=(f.actor); }
+            label { "Reason contains " input name="reason" value=(f.reason); }
+            label { "Changes contain " input name="text" value=(f.text); }
+            label { "Since " input name="since" placeholder="2026-12-01" value=(field(q, "since")); }
+            label { "Until " input name="until" placeholder="2026-12-31" value=(field(q, "until")); }
             button type="submit" { "Filter" }
         }
-        p.meta { (shown.len()) " of " (log.items.len()) " entries of this page match." }
+        p.meta data-matches=(shown.len()) { (shown.len()) " matching entries, of " (scanned) " read." }
         table.audit {
             thead { tr { th { "#" } th { "Time" } th { "Actor" } th { "Reason" } th { "Changes" } } }
-            tbody { @for e in &shown { tr {
+            tbody { @for e in &shown { tr data-tx=(e.id) {
                 td { (e.id) } td { (e.time) } td { (e.actor) } td { (e.reason) }
                 td { details { summary { (e.changes.as_array().map_or(0, Vec::len)) " changes" }
                     pre { (serde_json::to_string_pretty(&e.changes).unwrap_or_default()) } } }
             } } }
         }
-        @if let Some(n) = log.next { p { a href=(format!("/ui/audit?before={n}&{keep}")) { "Older entries" } } }
+        @if let Some(n) = next { p { a href=(format!("/ui/audit?before={n}&{keep}")) { "Older entries" } } }
     })
 }
 

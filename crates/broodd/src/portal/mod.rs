@@ -85,6 +85,10 @@ pub fn mount(api: Router, host: Arc<Host>) -> Router {
         .route("/ui/workflows/{name}/run", post(jobs::run_workflow))
         .route("/ui/admin", get(admin::view))
         .route("/ui/units", post(admin::register))
+        .route("/ui/users", post(admin::create_user))
+        .route("/ui/users/{name}/delete", post(admin::delete_user))
+        .route("/ui/tokens", post(admin::create_token))
+        .route("/ui/tokens/{id}/revoke", post(admin::revoke_token))
         .route("/ui/requests/{id}/approve", post(admin::approve))
         .route("/ui/requests/{id}/reject", post(admin::reject))
         .route("/ui/audit", get(audit::log))
@@ -92,10 +96,47 @@ pub fn mount(api: Router, host: Arc<Host>) -> Router {
         .route("/ui/chargeback", get(charge::view))
         .route("/ui/chargeback.csv", get(charge::csv))
         .route("/ui/{*rest}", get(not_found).post(not_found))
+        .layer(axum::middleware::from_fn(plain_errors))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(portal)
         .fallback_service(api)
+}
+
+/// A refusal axum makes before a handler runs (a form body that is not a
+/// form or is over [`MAX_FORM_BYTES`], a number in the path that is not
+/// one) is plain text: shown as the portal's error page (or fragment) with
+/// that message, like every other error.
+async fn plain_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let fragment = req.headers().contains_key(ASYNC_HEADER);
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 8192)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        message
+    };
+    if fragment {
+        return (status, html::error_box(&message)).into_response();
+    }
+    let body = html::page(
+        "Error",
+        None,
+        html! { (html::error_box(&message)) p { a href="/ui/" { "Back to the portal" } } },
+    );
+    (status, body).into_response()
 }
 
 /// Headers every portal answer carries: no framing (clickjacking), scripts

@@ -156,7 +156,33 @@
     src.addEventListener("lagged", refreshSoon);
   }
 
+  // On a phone a table's rows stack and its header is hidden, so every
+  // cell is labelled with its column's heading (shown by the CSS), in rows
+  // that are there at load and in rows the event stream adds later.
+  function label(root) {
+    var tables = (root.querySelectorAll ? root : document).querySelectorAll("table");
+    if (root.tagName === "TABLE") tables = [root];
+    for (var i = 0; i < tables.length; i++) {
+      var heads = tables[i].querySelectorAll("thead th");
+      if (!heads.length) continue;
+      var rows = tables[i].querySelectorAll("tbody tr");
+      for (var r = 0; r < rows.length; r++) {
+        var cells = rows[r].children;
+        for (var c = 0; c < cells.length && c < heads.length; c++) {
+          if (!cells[c].hasAttribute("data-label")) cells[c].setAttribute("data-label", heads[c].textContent.trim());
+        }
+      }
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    label(document);
+    new MutationObserver(function (changes) {
+      for (var i = 0; i < changes.length; i++) {
+        var t = changes[i].target.closest ? changes[i].target.closest("table") : null;
+        if (t) label(t);
+      }
+    }).observe(document.body, { childList: true, subtree: true });
     var tables = document.querySelectorAll("[data-events]");
     for (var i = 0; i < tables.length; i++) follow(tables[i]);
   });
