@@ -7,7 +7,8 @@
 //!
 //! - a unit's user signs in, creates a VM and sees it become running
 //!   without a reload, sees its job succeed on the jobs view (and its
-//!   page with the event log), runs `uname -r` in it and sees the VM's kernel release, stops it
+//!   page with the event log), runs `uname -r` in it and sees the VM's kernel release, sees a
+//!   line the guest writes to its console appear in the console tail, stops it
 //!   (again without a reload); another unit's VM is the same 404 page as a
 //!   VM that does not exist; a form without its CSRF token is refused; the
 //!   session cookie is refused once signed out;
@@ -620,6 +621,13 @@ fn unit_user_flow(browser: Browser) {
         assert_eq!(code, 0);
         assert_eq!(out.trim(), stdout.trim(), "the page's uname -r is not the VM's");
         assert!(out.contains("amd64"), "{out:?} is not a Debian kernel release");
+        // The console tail follows the guest's console without a reload.
+        mark(&c).await;
+        let line = format!("brood-console-{}", std::process::id());
+        let (code, _, err) = b.exec("web", &format!("echo {line} > /dev/console"));
+        assert_eq!(code, 0, "{err}");
+        wait_text_for(&c, "pre.console", BOOT, |t| t.contains(&line)).await;
+        assert!(still_marked(&c).await, "the page reloaded to show the console");
         screenshot(&c, browser, "vm").await;
 
         // Stop it from the page: the state changes in place.

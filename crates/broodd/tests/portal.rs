@@ -1383,3 +1383,205 @@ async fn refusals_before_a_handler_are_portal_pages() {
     assert!(!p.text.contains("<html"), "a fragment: {}", p.text);
     assert!(p.text.contains(r#"role="alert""#), "{}", p.text);
 }
+
+/// The create form passes its image, network and required services to the
+/// API: each one the API refuses is its message, and makes no VM.
+#[tokio::test]
+async fn the_create_form_passes_image_network_and_requires_to_the_api() {
+    let (app, alice) = fixture().await;
+    let cookie = sign_in(&app, &alice).await;
+    let csrf = csrf_of(&get(&app, "/ui/unit", Some(&cookie)).await.text);
+    for (field, value, says) in [
+        ("requires", "dns, nosuchclass", "nosuchclass"),
+        ("image", "no-such-image", "no-such-image"),
+        ("network", "no-such-net", "no-such-net"),
+    ] {
+        let p = post(
+            &app,
+            "/ui/unit/vms",
+            Some(&cookie),
+            None,
+            &[
+                ("csrf", &csrf),
+                ("name", "w2"),
+                ("memory_mib", "128"),
+                (field, value),
+            ],
+        )
+        .await;
+        assert!(
+            p.status.is_client_error(),
+            "{field}: {} {}",
+            p.status,
+            p.text
+        );
+        assert!(p.text.contains(says), "{field}: {}", p.text);
+        let (s, _) = app.get("/v1/partitions/w2").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{field} made a VM");
+    }
+}
+
+/// A unit's administrator asks for more from its unit's page; the
+/// administrator rejects one request with a note and approves another in
+/// part, from the administrator's page; the unit's page shows both outcomes.
+#[tokio::test]
+async fn a_unit_admin_requests_and_the_admin_rejects_or_approves_in_part() {
+    let (app, _) = fixture().await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/users",
+        TOKEN,
+        Some(json!({"name": "una", "role": "unit-admin", "unit": "eng"})),
+    )
+    .await;
+    let t = api(
+        &app,
+        Method::POST,
+        "/v1/tokens",
+        TOKEN,
+        Some(json!({"user": "una"})),
+    )
+    .await;
+    let una = sign_in(&app, t["token"].as_str().unwrap()).await;
+    let page = get(&app, "/ui/unit", Some(&una)).await;
+    assert!(
+        page.text.contains(r#"action="/ui/unit/requests""#),
+        "{}",
+        page.text
+    );
+    let csrf = csrf_of(&page.text);
+    let mut ids = Vec::new();
+    for vcpus in ["2", "6"] {
+        let p = post(
+            &app,
+            "/ui/unit/requests",
+            Some(&una),
+            None,
+            &[("csrf", &csrf), ("vcpus", vcpus), ("memory_mib", "512")],
+        )
+        .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+        let list = api(&app, Method::GET, "/v1/requests", TOKEN, None).await;
+        let newest = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["state"] == "pending" && r["unit"] == "eng")
+            .map(|r| r["id"].as_u64().unwrap())
+            .max()
+            .unwrap_or_else(|| panic!("no pending request: {list}"));
+        ids.push(newest);
+    }
+    let admin = sign_in(&app, TOKEN).await;
+    let page = get(&app, "/ui/admin", Some(&admin)).await;
+    for id in &ids {
+        assert!(
+            page.text.contains(&format!(r#"data-request="{id}""#)),
+            "{}",
+            page.text
+        );
+    }
+    let acsrf = csrf_of(&page.text);
+    let p = post(
+        &app,
+        &format!("/ui/requests/{}/reject", ids[0]),
+        Some(&admin),
+        None,
+        &[("csrf", &acsrf), ("note", "not this quarter")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let before = api(&app, Method::GET, "/v1/units/eng", TOKEN, None).await;
+    let p = post(
+        &app,
+        &format!("/ui/requests/{}/approve", ids[1]),
+        Some(&admin),
+        None,
+        &[("csrf", &acsrf), ("vcpus", "5"), ("note", "half")],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.text);
+    let after = api(&app, Method::GET, "/v1/units/eng", TOKEN, None).await;
+    // A request names the allocation wanted (6 vCPUs, from 4): 5 is granted.
+    assert_eq!(before["allocated"]["vcpus"], 4, "{before}");
+    assert_eq!(after["allocated"]["vcpus"], 5, "{after}");
+    let r0 = api(
+        &app,
+        Method::GET,
+        &format!("/v1/requests/{}", ids[0]),
+        TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(r0["state"], "rejected", "{r0}");
+    // Rejecting it again is the API's conflict, shown as its message.
+    let p = post(
+        &app,
+        &format!("/ui/requests/{}/reject", ids[0]),
+        Some(&admin),
+        None,
+        &[("csrf", &acsrf)],
+    )
+    .await;
+    assert_eq!(p.status, StatusCode::CONFLICT, "{}", p.text);
+    let page = get(&app, "/ui/unit", Some(&una)).await;
+    assert!(page.text.contains("rejected"), "{}", page.text);
+    assert!(page.text.contains("not this quarter"), "{}", page.text);
+}
+
+/// The console tail `portal.js` follows is the API's, as plain text, for
+/// the VM's unit; another unit's VM is the same 404 as one that does not
+/// exist.
+#[tokio::test]
+async fn the_console_tail_is_the_apis_and_hides_other_units_vms() {
+    let (app, alice) = fixture().await;
+    let admin = sign_in(&app, TOKEN).await;
+    let p = get(&app, "/ui/vms/ops-db?unit=ops", Some(&admin)).await;
+    assert!(
+        p.text
+            .contains(r#"data-follow="/ui/vms/ops-db/console?unit=ops""#),
+        "{}",
+        p.text
+    );
+    let req = Request::builder()
+        .uri("/ui/vms/ops-db/console?unit=ops")
+        .header(header::HOST, "portal")
+        .header(header::COOKIE, &admin)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app
+        .router()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let want = api(
+        &app,
+        Method::GET,
+        "/v1/partitions/ops-db/console?bytes=16384",
+        TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        want["text"].as_str().unwrap()
+    );
+    let alice = sign_in(&app, &alice).await;
+    let theirs = get(&app, "/ui/vms/ops-db/console", Some(&alice)).await;
+    let none = get(&app, "/ui/vms/no-such-vm/console", Some(&alice)).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.text);
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        theirs.text.replace("ops-db", "NAME"),
+        none.text.replace("no-such-vm", "NAME")
+    );
+}

@@ -149,10 +149,11 @@ pub fn bar_chart(title: &str, series: &[&str], groups: &[(String, Vec<f64>)]) ->
             let x = x0 + si as f64 * bar_w;
             let y = h - 30.0 - bh;
             svg.push_str(&format!(
-                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {v:.2}</title></rect>"#,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {}</title></rect>"#,
                 bar_w - 1.0,
                 colour(si),
-                maud::html! { (label) " " (series.get(si).copied().unwrap_or("")) }.into_string()
+                maud::html! { (label) " " (series.get(si).copied().unwrap_or("")) }.into_string(),
+                figure(*v)
             ));
         }
         svg.push_str(&format!(
@@ -163,11 +164,34 @@ pub fn bar_chart(title: &str, series: &[&str], groups: &[(String, Vec<f64>)]) ->
         ));
     }
     svg.push_str(&format!(
-        r##"<text x="4" y="16" font-size="11">{max:.2}</text><line x1="48" y1="{}" x2="{w}" y2="{}" stroke="#888"/>"##,
+        r##"<text x="4" y="16" font-size="11">{}</text><line x1="48" y1="{}" x2="{w}" y2="{}" stroke="#888"/>"##,
+        figure(max),
         h - 30.0,
         h - 30.0
     ));
     chart_frame(title, series, w, h, &svg)
+}
+
+/// A chart's figure with enough decimals to tell it from zero: two for 1
+/// and more, up to six for smaller amounts (a charge of 0.000166).
+fn figure(v: f64) -> String {
+    let decimals = if v == 0.0 || v.abs() >= 1.0 {
+        2
+    } else {
+        // Two significant digits, at most six decimals: the first digit
+        // that is not zero is the lead-th after the point.
+        let mut lead = 6_usize;
+        let mut scale = 10.0_f64;
+        for d in 1..=6 {
+            if v.abs() * scale >= 1.0 {
+                lead = d;
+                break;
+            }
+            scale *= 10.0;
+        }
+        (lead + 1).clamp(2, 6)
+    };
+    format!("{v:.decimals$}")
 }
 
 /// A step chart of series over time: each series is (name, points of
@@ -265,6 +289,18 @@ mod tests {
         assert!(m.contains("<path"), "{m}");
         let m = bar("memory", "MiB", 0, 0, 0).into_string();
         assert!(m.contains("width:0%"), "{m}");
+    }
+
+    #[test]
+    fn chart_figures_tell_small_amounts_from_zero() {
+        assert_eq!(figure(0.0), "0.00");
+        assert_eq!(figure(12.345), "12.35");
+        assert_eq!(figure(0.5), "0.50");
+        assert_eq!(figure(0.0123), "0.012");
+        assert_eq!(figure(0.000166), "0.00017");
+        assert_eq!(figure(0.000_000_1), "0.000000");
+        let m = bar_chart("t", &["a"], &[("u".into(), vec![0.000166])]).into_string();
+        assert!(m.contains(">0.00017<"), "{m}");
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub fn mount(api: Router, host: Arc<Host>) -> Router {
         .route("/ui/vms/{name}", get(vm::view))
         .route("/ui/vms/{name}/action", post(vm::action))
         .route("/ui/vms/{name}/exec", post(vm::exec))
+        .route("/ui/vms/{name}/console", get(vm::console))
         .route("/ui/vms/{name}/template", post(vm::make_template))
         .route("/ui/jobs", get(jobs::list))
         .route("/ui/jobs/{id}", get(jobs::view))

@@ -94,6 +94,13 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
     let vms: PartitionList = ctx.api.get("/v1/partitions?limit=1000").await?;
     let templates: TemplateList = ctx.api.get("/v1/templates").await?;
     let services: Value = ctx.api.get("/v1/services").await.unwrap_or(Value::Null);
+    // Networks a new VM may join (none offered if the API refuses the list).
+    let networks: Vec<String> = ctx
+        .api
+        .get::<brood_api::NetworkList>("/v1/networks")
+        .await
+        .map(|l| l.items.into_iter().map(|n| n.name).collect())
+        .unwrap_or_default();
     let requests: UnitRequestList = ctx.api.get("/v1/requests").await?;
     let jobs: brood_api::JobList = ctx
         .api
@@ -128,6 +135,13 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
                 label { "Name " input name="name" required pattern="[a-z0-9][a-z0-9_.-]*" maxlength="64"; }
                 label { "Memory (MiB) " input name="memory_mib" type="number" min="32" value="256"; }
                 label { "vCPUs " input name="vcpus" type="number" min="1" max="255" value="1"; }
+                label { "Image " input name="image" placeholder="default" maxlength="64"; }
+                @if !networks.is_empty() {
+                    label { "Network " select name="network" {
+                        option value="" { "none" }
+                        @for n in &networks { option value=(n) { (n) } } } }
+                }
+                label { "Requires " input name="requires" placeholder="dns,log" maxlength="256"; }
                 label { input name="start" type="checkbox" value="true" checked; " start it" }
                 button type="submit" { "Create" }
                 div.result aria-live="polite" {}
@@ -307,6 +321,21 @@ pub async fn create_vm(State(p): P, headers: HeaderMap, Form(f): Fields) -> Resp
             }
             if let Some(v) = number(f, "vcpus")? {
                 cfg.insert("vcpus".into(), json!(v));
+            }
+            let text = |k: &str| f.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+            if let Some(image) = text("image") {
+                cfg.insert("image".into(), json!(image));
+            }
+            if let Some(network) = text("network") {
+                cfg.insert("nics".into(), json!([{"network": network}]));
+            }
+            if let Some(r) = text("requires") {
+                let classes: Vec<&str> = r
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                cfg.insert("requires".into(), json!(classes));
             }
             let start = f.get("start").is_some_and(|v| v == "true" || v == "on");
             let body = json!({"name": name, "configs": {"default": cfg}, "start": start});

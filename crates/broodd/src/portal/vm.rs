@@ -99,7 +99,12 @@ async fn page(ctx: &Ctx, name: &str, output: Option<Markup>) -> Result<Markup, A
         section aria-labelledby="console-h" {
             h2 id="console-h" { "Console (tail)" }
             @match &console {
-                Ok(c) => { pre.console tabindex="0" { (c.text) } @if c.truncated { p.hint { "(older output cut)" } } }
+                Ok(c) => {
+                    pre.console tabindex="0" aria-live="off"
+                        data-follow=(format!("/ui/vms/{}/console{uq}", enc(&vm.name))) { (c.text) }
+                    @if c.truncated { p.hint { "(older output cut)" } }
+                    p.hint { "Followed live: the page reads the last " (CONSOLE_TAIL_BYTES / 1024) " KiB again every 2 s while it is shown." }
+                }
                 Err(e) => { (super::html::error_box(&e.message)) }
             }
             p { a href=(here) { "Refresh" } }
@@ -168,6 +173,39 @@ pub async fn make_template(
         },
     )
     .await
+}
+
+/// `GET /ui/vms/{name}/console[?unit=]`: the console's tail as plain text
+/// (`GET /v1/partitions/{name}/console`), which `portal.js` reads again
+/// every few seconds to follow it; an error is the portal's error page.
+pub async fn console(
+    State(p): P,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let ctx = match p.ctx(&headers, q.get("unit").map(String::as_str)) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match ctx
+        .api
+        .get::<ConsoleLog>(&format!(
+            "/v1/partitions/{}/console?bytes={CONSOLE_TAIL_BYTES}",
+            enc(&name)
+        ))
+        .await
+    {
+        Ok(c) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            c.text,
+        )
+            .into_response(),
+        Err(e) => failed(&p, &headers, Some(&ctx), &e),
+    }
 }
 
 /// `POST /ui/vms/{name}/exec`: `POST /v1/partitions/{name}/exec`; the

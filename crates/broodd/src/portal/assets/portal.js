@@ -175,8 +175,33 @@
     }
   }
 
+  // A console marked data-follow is read again every 2 s while the page
+  // is shown; it stays scrolled to the bottom if it was there.
+  function followConsole(pre) {
+    var busy = false;
+    setInterval(function () {
+      if (busy || document.hidden) return;
+      busy = true;
+      fetch(pre.dataset.follow, { credentials: "same-origin" })
+        .then(function (resp) {
+          if (resp.status === 401) { window.location.assign("/ui/login"); return null; }
+          return resp.ok ? resp.text() : null;
+        })
+        .then(function (text) {
+          if (text === null || text === pre.textContent) return;
+          var atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+          pre.textContent = text;
+          if (atEnd) pre.scrollTop = pre.scrollHeight;
+        })
+        .catch(function () {})
+        .then(function () { busy = false; });
+    }, 2000);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     label(document);
+    var consoles = document.querySelectorAll("pre[data-follow]");
+    for (var k = 0; k < consoles.length; k++) followConsole(consoles[k]);
     new MutationObserver(function (changes) {
       for (var i = 0; i < changes.length; i++) {
         var t = changes[i].target.closest ? changes[i].target.closest("table") : null;
