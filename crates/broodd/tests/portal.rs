@@ -1390,7 +1390,11 @@ async fn refusals_before_a_handler_are_portal_pages() {
 async fn the_create_form_passes_image_network_and_requires_to_the_api() {
     let (app, alice) = fixture().await;
     let cookie = sign_in(&app, &alice).await;
-    let csrf = csrf_of(&get(&app, "/ui/unit", Some(&cookie)).await.text);
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    // The unit's registration is on its page.
+    let reg = inside(&page.text, r#"<p class="meta registration">"#, "</p>");
+    assert!(reg.contains("contact x@example.com"), "{reg}");
+    let csrf = csrf_of(&page.text);
     for (field, value, says) in [
         ("requires", "dns, nosuchclass", "nosuchclass"),
         ("image", "no-such-image", "no-such-image"),

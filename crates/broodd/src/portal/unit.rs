@@ -115,6 +115,7 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
     let user_only = ctx.s.who.role == "unit-user";
     Ok(html! {
         div data-refresh=(format!("/ui/unit?part=bars{}", unit_query(hidden_unit, false))) { (bars(&u)) }
+        p.meta.registration { "Registered " (u.created_at) " · contact " (u.contact) " · id " code { (u.uuid) } }
         p.meta { "Networks: " (join(&u.networks)) " · templates: " (join(&u.templates))
             @if !user_only { " · " a href=(format!("/ui/chargeback{uq}")) { "chargeback" } } }
         section aria-labelledby="vms-h" {
