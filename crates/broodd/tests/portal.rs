@@ -1589,3 +1589,48 @@ async fn the_console_tail_is_the_apis_and_hides_other_units_vms() {
         none.text.replace("no-such-vm", "NAME")
     );
 }
+
+/// A unit's page lists the service domains serving its VMs, and not
+/// another unit's.
+#[tokio::test]
+async fn a_units_page_lists_its_service_domains_only() {
+    let (app, alice) = fixture().await;
+    api(
+        &app,
+        Method::POST,
+        "/v1/pools",
+        TOKEN,
+        Some(json!({"name": "sp", "min": 0, "max": 0})),
+    )
+    .await;
+    // Services are infrastructure: the administrator asks for one for
+    // the unit's VM.
+    api(
+        &app,
+        Method::POST,
+        "/v1/partitions",
+        &alice,
+        Some(json!({"name": "eng-web", "configs": {"d": {"memory_mib": 128}}, "start": true})),
+    )
+    .await;
+    let svc = api(
+        &app,
+        Method::POST,
+        "/v1/services",
+        TOKEN,
+        Some(json!({"class": "http", "pool": "sp", "name": "www-eng", "for": ["eng-web"]})),
+    )
+    .await;
+    assert_eq!(svc["name"], "www-eng", "{svc}");
+    let cookie = sign_in(&app, &alice).await;
+    let page = get(&app, "/ui/unit", Some(&cookie)).await;
+    let section = inside(&page.text, "Service domains</h2>", "</section>");
+    assert!(
+        section.contains("www-eng") && section.contains("http"),
+        "{section}"
+    );
+    let admin = sign_in(&app, TOKEN).await;
+    let page = get(&app, "/ui/unit?unit=ops", Some(&admin)).await;
+    let section = inside(&page.text, "Service domains</h2>", "</section>");
+    assert!(!section.contains("www-eng"), "{section}");
+}

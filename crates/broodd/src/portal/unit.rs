@@ -77,6 +77,20 @@ async fn pick_unit(ctx: &Ctx) -> Result<Markup, ApiFailure> {
     })
 }
 
+/// The services serving one of the unit's VMs `vms` (an operator's list
+/// of services is every unit's).
+fn of_unit<'a>(all: &'a [Value], vms: &PartitionList) -> Vec<&'a Value> {
+    all.iter()
+        .filter(|s| {
+            s.get("guests").and_then(Value::as_array).is_some_and(|g| {
+                g.iter()
+                    .filter_map(Value::as_str)
+                    .any(|g| vms.items.iter().any(|v| v.name == g))
+            })
+        })
+        .collect()
+}
+
 /// The bars of a unit's allocation.
 pub fn bars(u: &Unit) -> Markup {
     html! {
@@ -170,7 +184,7 @@ async fn unit_page(ctx: &Ctx, name: &str) -> Result<Markup, ApiFailure> {
         }
         section aria-labelledby="svc-h" {
             h2 id="svc-h" { "Service domains" }
-            @match services.get("items").and_then(Value::as_array) {
+            @match services.get("items").and_then(Value::as_array).map(|all| of_unit(all, &vms)) {
                 Some(items) if !items.is_empty() => {
                     table { thead { tr { th { "Name" } th { "Class" } th { "State" } th { "Addresses" } } }
                         tbody { @for s in items { tr {
