@@ -1221,14 +1221,21 @@ async fn a_running_create_start_or_fork_cancelled_unwinds_what_it_did() {
     assert!(app.fake().live().iter().all(|m| m.name() != "s"));
     let (s, _) = app.delete("/v1/partitions/s").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    // A fork: the children made so far are deleted.
+    // A fork: it stops between a child's steps; no child whose VM was
+    // being made when the cancel came is resumed, and every child goes.
+    let resumed = app.fake().count(Op::Resume);
     cancel_during(
         &app,
         Op::Fork,
         "/v1/templates/tpl/fork",
-        json!({"count": 2}),
+        json!({"count": 3}),
     )
     .await;
+    assert_eq!(
+        app.fake().count(Op::Resume),
+        resumed,
+        "a child was resumed after its fork was cancelled"
+    );
     assert_eq!(end_state(&app).await, before, "the fork left no child");
     app.assert_verified().await;
     // A single action that is not cancellable still says so.

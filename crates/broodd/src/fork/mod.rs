@@ -165,6 +165,11 @@ pub async fn fork(
             }
         }
     }
+    // Cancelled meanwhile: the children that did start are the job's to
+    // undo (`job::cancellable`); the others are gone already.
+    if crate::job::cancel_requested() {
+        return Ok(children);
+    }
     match first_err {
         Some(e) if children.is_empty() => Err(e),
         Some(e) => {
@@ -349,10 +354,24 @@ async fn start_recorded(
         let lock = host.registry.lock(r.uuid);
         let _g = lock.lock().await;
         let made = async {
+            // A job cancelled while it forks stops between children and
+            // between a child's steps: a child not yet begun is not
+            // started, and one whose VM is made but not yet resumed is
+            // killed; either goes with the failure path below.
+            if crate::job::cancel_requested() {
+                if let Some(w) = r.warm {
+                    let _ = w.vm.kill().await;
+                }
+                return Err(cancelled_child());
+            }
             let warm = match r.warm {
                 Some(w) => w,
                 None => prepare(host, rt, r.uuid, true).await?,
             };
+            if crate::job::cancel_requested() {
+                let _ = warm.vm.kill().await;
+                return Err(cancelled_child());
+            }
             let rec = host.reload(r.uuid).await?;
             let vm = child::resume(host, &rec, warm).await?;
             let rec = host.reload(r.uuid).await?;
@@ -372,6 +391,11 @@ async fn start_recorded(
     let mut lineage = r.lineage;
     lineage.running_ms = Some(running_ms);
     apply_identity(host, actor, rt, rec, &running, lineage, Some(t0)).await
+}
+
+/// Why a child of a cancelled fork was not started.
+fn cancelled_child() -> HostError {
+    HostError::transition("its fork's job was cancelled before this child resumed")
 }
 
 /// Hands a running child its identity through its agent (without its
