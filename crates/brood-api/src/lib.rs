@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod fork;
 pub mod host;
+pub mod image;
 pub mod job;
 pub mod ledger;
 pub mod listen;
@@ -35,6 +36,7 @@ pub use fork::{
     TemplateList,
 };
 pub use host::{EngineInfo, HostInfo};
+pub use image::{Image, ImageBuildRequest, ImageList, ImageRootfs, UnreadableImage};
 pub use job::{
     Job, JobEvent, JobList, JobQueue, JobState, WorkflowCreateRequest, WorkflowInfo, WorkflowList,
     WorkflowRunRequest,

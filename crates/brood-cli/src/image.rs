@@ -32,6 +32,7 @@ pub enum ImageCmd {
     ///   brood image build --name deb --rootfs debian --package dnsmasq --package curl
     ///   brood image build --name web --rootfs debian --suite trixie --package nginx --size 4
     ///   brood image build --service
+    ///   brood image build --name deb --rootfs debian --package curl --job
     #[command(verbatim_doc_comment)]
     Build(BuildArgs),
     /// List the images in the data directory.
@@ -113,6 +114,65 @@ pub struct BuildArgs {
     /// the mirror's current package versions).
     #[arg(long)]
     force: bool,
+    /// Build in broodd, as a job (queued with the other heavy jobs, shown
+    /// by `brood job list`), instead of in this process.
+    #[arg(long, conflicts_with_all = ["out", "agent", "independent", "dependent"])]
+    job: bool,
+    /// With --job: answer at once with the job (`brood job wait ID`).
+    #[arg(long, requires = "job")]
+    no_wait: bool,
+}
+
+/// Whether `cmd` is a build that broodd runs (`--job`).
+pub fn wants_job(cmd: &ImageCmd) -> bool {
+    matches!(cmd, ImageCmd::Build(a) if a.job)
+}
+
+/// `brood image build --job`: `POST /v1/images`, waiting for the job
+/// unless `--no-wait`.
+pub async fn build_job(cmd: ImageCmd, client: &crate::client::Client, out: Output) -> Result<i32> {
+    let ImageCmd::Build(args) = cmd else {
+        bail!("only `brood image build` runs as a job");
+    };
+    let req = brood_api::ImageBuildRequest {
+        name: args.name,
+        rootfs: match args.rootfs {
+            Rootfs::Busybox => brood_api::ImageRootfs::Busybox,
+            Rootfs::Debian => brood_api::ImageRootfs::Debian,
+        },
+        service: args.service,
+        suite: args.suite,
+        packages: args.packages,
+        size_gib: args.size_gib,
+        mirror: args.mirror,
+        modules: args.modules,
+        force: args.force,
+    };
+    let submit = crate::job::Submit::Post("/v1/images", &req);
+    if args.no_wait {
+        return crate::job::submit(client, submit, out).await;
+    }
+    if show_progress(out) {
+        eprintln!("broodd builds the image as a job (`brood job list` shows it)...");
+    }
+    let img: brood_api::Image = submit.send(client, false).await?;
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&img)?),
+        Output::Text => {
+            let rootfs = match img.rootfs {
+                brood_api::ImageRootfs::Busybox => "busybox",
+                brood_api::ImageRootfs::Debian => "debian",
+            };
+            println!(
+                "image {} ({rootfs}, kernel {}) built by broodd",
+                img.name, img.kernel
+            );
+            if !img.packages.is_empty() {
+                println!("  packages: {}", img.packages.join(" "));
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// Runs an image command.

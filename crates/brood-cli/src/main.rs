@@ -372,6 +372,12 @@ fn main() {
                 Err(e) => Err(anyhow::Error::new(e).context("start the async runtime")),
             }
         }
+        Cmd::Image(cmd) if image::wants_job(&cmd) => {
+            with_client(
+                &conn,
+                |c| async move { image::build_job(cmd, &c, out).await },
+            )
+        }
         Cmd::Image(cmd) => image::run(cmd, &data_dir, out),
         Cmd::Vm(cmd) => with_client(&conn, |c| async move { vm::run(cmd, &c, out).await }),
         Cmd::Template(cmd) => {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 /// brood's data directory: `--data-dir`, else `$BROOD_DATA_DIR`, else
 /// `/var/lib/brood` for root and `$XDG_DATA_HOME/brood` (or
@@ -37,53 +37,9 @@ pub fn default_image_dir(data_dir: &Path) -> PathBuf {
     images_dir(data_dir).join(brood_image::DEFAULT_IMAGE)
 }
 
-/// Cargo's target triple the agent is built for.
-const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
-
 /// Finds the brood-agent binary: `--agent`, else `$BROOD_AGENT`, else the
-/// static build in the Cargo target directory this executable was built in
-/// (`target/<triple>/release-agent/brood-agent`), else next to this executable.
+/// static build in the Cargo target directory this executable was built in,
+/// else next to this executable (`brood_image::find_agent`).
 pub fn agent_binary(flag: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = flag {
-        if !p.is_file() {
-            bail!("brood-agent binary {} does not exist", p.display());
-        }
-        return Ok(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("BROOD_AGENT") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("BROOD_AGENT={} does not exist", p.display());
-        }
-        return Ok(p);
-    }
-    let exe = std::env::current_exe().context("find the brood executable")?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    // In a Cargo tree the sibling `target/<profile>/brood-agent` is the
-    // dynamically linked host build, so the static one goes first.
-    let mut candidates = Vec::new();
-    if let Some(target) = dir.parent() {
-        candidates.push(
-            target
-                .join(AGENT_TARGET)
-                .join("release-agent")
-                .join("brood-agent"),
-        );
-    }
-    candidates.push(dir.join("brood-agent"));
-    // Where the Debian package installs it.
-    candidates.push(PathBuf::from("/usr/lib/brood/brood-agent"));
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
-    }
-    bail!(
-        "brood-agent binary not found (looked in {}); build it with \
-         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile release-agent \
-         --target {AGENT_TARGET} -p brood-agent`, or pass --agent PATH",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    Ok(brood_image::find_agent(flag)?)
 }

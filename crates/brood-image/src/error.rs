@@ -406,4 +406,22 @@ pub enum ImageError {
         /// The package.
         package: String,
     },
+    /// The brood-agent binary named (by a flag or `$BROOD_AGENT`) is not a file.
+    #[error("brood-agent binary {path} does not exist ({from})")]
+    AgentNotFile {
+        /// The path given.
+        path: PathBuf,
+        /// Where it was given: a flag or the environment.
+        from: &'static str,
+    },
+    /// No brood-agent binary was found where it is looked for.
+    #[error(
+        "brood-agent binary not found (looked in {looked}); build it with \
+         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile release-agent \
+         --target x86_64-unknown-linux-gnu -p brood-agent`, or pass --agent PATH"
+    )]
+    AgentNotFound {
+        /// The places looked in.
+        looked: String,
+    },
 }

@@ -30,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+mod agent;
 mod build;
 mod cpio;
 mod debian;
@@ -43,6 +44,7 @@ mod mounts;
 mod package;
 mod store;
 
+pub use agent::find_agent;
 pub use build::{BuildOptions, Progress, build, default_modules};
 pub use debian::{
     BASE_PACKAGES, DEFAULT_SIZE_GIB, DEFAULT_SUITE, DebianOptions, DebianProgress, MAX_SIZE_GIB,

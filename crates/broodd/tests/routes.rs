@@ -77,6 +77,8 @@ fn body_for(method: &Method, path: &str, name: &str) -> Option<Value> {
             json!({"name": name, "kind": "identity", "values": ["v"]})
         }
         ("POST", "/networks") => json!({"name": name, "subnet": "10.98.0.0/24"}),
+        // Valid, but it cannot build (`conflict_case`).
+        ("POST", "/images") => json!({"name": name, "modules": ["no-such-module-brood"]}),
         ("POST", "/units") => json!({"name": name, "contact": "ops@example.com"}),
         ("POST", "/units/{name}/requests") => json!({"vcpus": 1}),
         ("POST", p) if p.ends_with("/approve") || p.ends_with("/reject") => json!({}),
@@ -388,6 +390,9 @@ fn conflict_case(method: &Method, path: &str) -> Option<(&'static str, Option<Va
             return Some(("", Some(json!({"name": "net0", "subnet": "10.97.0.0/24"}))));
         }
         ("DELETE", "/networks/{name}") => "net0",
+        // A build that cannot succeed: no agent to build with is found
+        // from a test binary, or (with $BROOD_AGENT) no such module.
+        ("POST", "/images") => return Some(("", body_for(method, path, "x"))),
         ("POST", "/io/{name}/stop") => "switch-default",
         ("POST", "/units") => return Some(("", body_for(method, path, "eng"))),
         ("POST", "/users") => return Some(("", body_for(method, path, "bob"))),
@@ -717,6 +722,10 @@ const KNOWN: &[&str] = &[
     "POST /v1/networks",
     "GET /v1/networks/{name}",
     "DELETE /v1/networks/{name}",
+    "GET /v1/images",
+    "POST /v1/images",
+    "GET /v1/images/{name}",
+    "DELETE /v1/images/{name}",
     "GET /v1/io",
     "GET /v1/io/{name}",
     "POST /v1/io/{name}/restart",

@@ -651,11 +651,12 @@ fn route_action(method: &Method, path: &str) -> Option<(&'static str, &'static s
         ("POST", "/workflows") => ("create", "workflow", false),
         ("DELETE", "/workflows/{name}") => ("delete", "workflow", false),
         ("POST", "/workflows/{name}/run") => ("operate", "workflow", false),
-        // Networks, I/O partitions and service pools are the host's
+        // Networks, I/O partitions, service pools and images are the host's
         // infrastructure: every role reads them, the administrator changes them.
         ("GET", p)
             if [
                 "/networks",
+                "/images",
                 "/io",
                 "/pools",
                 "/services",
@@ -667,7 +668,7 @@ fn route_action(method: &Method, path: &str) -> Option<(&'static str, &'static s
             ("read", "infra", false)
         }
         (_, p)
-            if ["/networks", "/io", "/pools", "/services"]
+            if ["/networks", "/images", "/io", "/pools", "/services"]
                 .iter()
                 .any(|x| p.starts_with(x)) =>
         {
@@ -753,6 +754,10 @@ fn concrete(
         ("PUT", p) if p.ends_with("/disks/{disk}") => Some(json!({"size_gib": 2})),
         ("POST", p) if p.ends_with("/nics") => Some(json!({"network": "user"})),
         ("POST", "/networks") => Some(json!({"name": format!("n{n}"), "subnet": "10.96.0.0/24"})),
+        // Allowed or not, it cannot build (no agent, no such module).
+        ("POST", "/images") => {
+            Some(json!({"name": format!("i{n}"), "modules": ["no-such-module-brood"]}))
+        }
         ("POST", "/pools") => Some(json!({"name": format!("p{n}"), "min": 0, "max": 0})),
         ("PATCH", "/pools/{name}") => Some(json!({"memory_floor_mib": 0})),
         ("POST", "/services") => Some(json!({"class": "http", "pool": "nope"})),

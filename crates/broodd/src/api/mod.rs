@@ -12,6 +12,7 @@ mod cluster;
 mod doc;
 pub mod error;
 mod extract;
+mod images;
 pub mod jobs;
 mod ledger;
 mod network;
@@ -51,6 +52,7 @@ use crate::host::Host;
         (name = "templates", description = "Templates, forks and identity pools"),
         (name = "networks", description = "Networks and the I/O partitions that serve them"),
         (name = "services", description = "Pools of service domains and the services they become"),
+        (name = "images", description = "Guest images of the data directory, and image builds (jobs)"),
         (name = "units", description = "Business units, their allocations and requests, the infrastructure"),
         (name = "accounts", description = "Users, tokens, prices and chargeback"),
         (name = "cluster", description = "The cluster's catalog: hosts, zones, domains, placements"),
@@ -84,6 +86,7 @@ pub fn openapi_router() -> (Router<Arc<Host>>, utoipa::openapi::OpenApi) {
     let r = snapshots::routes(r);
     let r = change::routes(r);
     let r = network::routes(r);
+    let r = images::routes(r);
     let r = attach::routes(r);
     let r = boot_disk::routes(r);
     let r = service_pools::routes(r);

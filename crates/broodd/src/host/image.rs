@@ -197,3 +197,200 @@ mod tests {
         assert!(check(&paths, &configs).is_err());
     }
 }
+
+/// The API's view of an image's manifest.
+fn view(name: &str, m: &brood_image::Manifest) -> api::Image {
+    let r = m.rootfs.as_ref();
+    api::Image {
+        name: name.to_owned(),
+        rootfs: if r.is_some() {
+            api::ImageRootfs::Debian
+        } else {
+            api::ImageRootfs::Busybox
+        },
+        fingerprint: m.fingerprint.clone(),
+        kernel: m.kernel.release.clone(),
+        suite: r.map(|r| r.suite.clone()),
+        packages: r.map(|r| r.requested.clone()).unwrap_or_default(),
+        size_gib: r.map(|r| r.size_gib),
+        init: r.map(|r| r.init.clone()),
+    }
+}
+
+/// The images of the data directory.
+pub fn list(paths: &Paths) -> HostResult<api::ImageList> {
+    let entries = brood_image::list_images(&paths.images())
+        .map_err(|e| HostError::corrupt("the images directory", super::chain(&e)))?;
+    let mut out = api::ImageList {
+        items: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for e in entries {
+        match &e.manifest {
+            Ok(m) => out.items.push(view(&e.name, m)),
+            Err(err) => out.unreadable.push(api::UnreadableImage {
+                name: e.name.clone(),
+                error: super::chain(err),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Image `name`, or a 404 naming how to build it.
+pub fn show(paths: &Paths, name: &str) -> HostResult<api::Image> {
+    brood_image::validate_name(name).map_err(|e| HostError::invalid(super::chain(&e)))?;
+    match brood_image::open_image(&paths.images(), name) {
+        Ok((_, m)) => Ok(view(name, &m)),
+        Err(brood_image::ImageError::UnknownImage { .. }) => Err(HostError::NotFound(format!(
+            "no image named {name:?}: `brood image list` shows them, `brood image build --name {name}` makes one"
+        ))),
+        Err(e) => Err(HostError::corrupt(
+            format!("image {name:?}"),
+            super::chain(&e),
+        )),
+    }
+}
+
+/// What an image build will do, checked before it is queued.
+#[derive(Debug)]
+pub enum BuildPlan {
+    /// The busybox image into this directory.
+    Busybox(brood_image::BuildOptions),
+    /// A Debian image.
+    Debian(brood_image::DebianOptions),
+}
+
+impl BuildPlan {
+    /// The image's name.
+    pub fn name(&self) -> String {
+        match self {
+            BuildPlan::Busybox(o) => o
+                .out_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            BuildPlan::Debian(o) => o.name.clone(),
+        }
+    }
+}
+
+/// Checks a build request the way `brood image build` checks its flags,
+/// and finds the agent the image is built with.
+pub fn plan(paths: &Paths, req: api::ImageBuildRequest) -> HostResult<BuildPlan> {
+    let mut req = req;
+    if req.service {
+        if req
+            .name
+            .as_deref()
+            .is_some_and(|n| n != brood_image::SERVICE_IMAGE)
+        {
+            return Err(HostError::invalid(format!(
+                "the service image is named {:?}: leave name out with service",
+                brood_image::SERVICE_IMAGE
+            )));
+        }
+        req.rootfs = api::ImageRootfs::Debian;
+        req.name = Some(brood_image::SERVICE_IMAGE.to_owned());
+        let mut packages: Vec<String> = brood_image::SERVICE_PACKAGES
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        packages.append(&mut req.packages);
+        req.packages = packages;
+    }
+    if req.packages.len() > 256 + brood_image::SERVICE_PACKAGES.len() || req.modules.len() > 64 {
+        return Err(HostError::invalid(
+            "at most 256 packages and 64 modules in one image",
+        ));
+    }
+    if let Some(n) = &req.name {
+        brood_image::validate_name(n).map_err(|e| HostError::invalid(super::chain(&e)))?;
+    }
+    let agent = brood_image::find_agent(None).map_err(|e| {
+        HostError::conflict(format!("broodd cannot build images: {}", super::chain(&e)))
+    })?;
+    match req.rootfs {
+        api::ImageRootfs::Busybox => {
+            if req.suite.is_some()
+                || !req.packages.is_empty()
+                || req.size_gib.is_some()
+                || req.mirror.is_some()
+            {
+                return Err(HostError::invalid(
+                    "suite, packages, size_gib and mirror are for rootfs debian",
+                ));
+            }
+            let name = req
+                .name
+                .unwrap_or_else(|| brood_image::DEFAULT_IMAGE.to_owned());
+            let mut o = brood_image::BuildOptions::new(paths.images().join(&name), agent);
+            o.extra_modules = req.modules;
+            o.force = req.force;
+            Ok(BuildPlan::Busybox(o))
+        }
+        api::ImageRootfs::Debian => {
+            let Some(name) = req.name else {
+                return Err(HostError::invalid(
+                    "rootfs debian needs a name (the default image stays the busybox one)",
+                ));
+            };
+            if name == brood_image::DEFAULT_IMAGE {
+                return Err(HostError::invalid(
+                    "`default` is the busybox image; give a Debian image another name",
+                ));
+            }
+            if let Some(s) = req.size_gib
+                && !(1..=brood_image::MAX_SIZE_GIB).contains(&s)
+            {
+                return Err(HostError::invalid(format!(
+                    "size_gib must be 1-{}, not {s}",
+                    brood_image::MAX_SIZE_GIB
+                )));
+            }
+            let mut o = brood_image::DebianOptions::new(paths.images(), &name, agent);
+            if let Some(s) = req.suite {
+                o.suite = s;
+            }
+            if let Some(s) = req.size_gib {
+                o.size_gib = s;
+            }
+            o.packages = req.packages;
+            o.mirror = req.mirror;
+            o.extra_modules = req.modules;
+            o.force = req.force;
+            Ok(BuildPlan::Debian(o))
+        }
+    }
+}
+
+/// Runs a planned build (blocking: the caller runs it off the async
+/// threads), logging each step; returns the image.
+pub fn build(plan: BuildPlan) -> HostResult<api::Image> {
+    let name = plan.name();
+    let failed = |e: brood_image::ImageError| {
+        HostError::conflict(format!("build image {name:?}: {}", super::chain(&e)))
+    };
+    let m = match plan {
+        BuildPlan::Busybox(o) => brood_image::build(&o, &mut |p: brood_image::Progress| {
+            tracing::info!(image = %name, "[{}/{}] {p}", p.step(), brood_image::Progress::STEPS);
+        })
+        .map_err(failed)?,
+        BuildPlan::Debian(o) => {
+            brood_image::build_debian(&o, &mut |p: brood_image::DebianProgress| {
+                tracing::info!(image = %name, "[{}/{}] {p}", p.step(), brood_image::DebianProgress::STEPS);
+            })
+            .map_err(failed)?
+        }
+    };
+    Ok(view(&name, &m))
+}
+
+/// Deletes image `name` (not the default one).
+pub fn delete(paths: &Paths, name: &str) -> HostResult<()> {
+    show(paths, name)?;
+    brood_image::delete_image(&paths.images(), name).map_err(|e| match e {
+        brood_image::ImageError::InvalidName { .. } => HostError::invalid(super::chain(&e)),
+        _ => HostError::corrupt(format!("delete image {name:?}"), super::chain(&e)),
+    })
+}

@@ -67,7 +67,9 @@ pub fn root_gib(
     let file = if own.is_file() {
         own
     } else {
-        match super::image::boot(paths, Some(&name))?.root_disk {
+        // Its own links first: a partition of a busybox image (no root
+        // disk) still starts after the image is deleted.
+        match super::image::for_partition(paths, uuid, Some(&name))?.root_disk {
             Some(base) => base,
             None => return Ok(0),
         }

@@ -114,7 +114,8 @@ pub fn class_of(kind: &str) -> (JobQueue, Class, bool) {
         "partition.define.start" | "template.fork" => (JobQueue::Normal, Class::Heavy, true),
         "workflow.run" => (JobQueue::Normal, Class::Workflow, false),
         // partition.define, partition.delete, partition.snapshot.*,
-        // template.create|delete, service.request|release, network.create|delete
+        // template.create|delete, service.request|release, network.create|delete,
+        // image.build|delete
         // (heavy: they copy state or build a host's devices).
         _ => (JobQueue::Normal, Class::Heavy, false),
     }
