@@ -210,64 +210,32 @@ pub fn run(cmd: ImageCmd, data_dir: &Path, out: Output) -> Result<i32> {
     }
 }
 
-fn build(mut args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
+fn build(args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
     let agent = paths::agent_binary(args.agent.as_deref())?;
-    if args.service {
-        args.rootfs = Rootfs::Debian;
-        args.name = Some(brood_image::SERVICE_IMAGE.to_string());
-        let mut packages: Vec<String> = brood_image::SERVICE_PACKAGES
-            .iter()
-            .map(|p| (*p).to_string())
-            .collect();
-        packages.append(&mut args.packages);
-        args.packages = packages;
-    }
-    if args.rootfs == Rootfs::Busybox {
-        if args.suite.is_some()
-            || !args.packages.is_empty()
-            || args.size_gib.is_some()
-            || args.mirror.is_some()
-        {
-            bail!("--suite, --package, --size and --mirror need --rootfs debian");
-        }
-        let dir = match (&args.out, &args.name) {
-            (Some(d), _) => d.clone(),
-            (None, Some(name)) => brood_image::image_dir(&paths::images_dir(data_dir), name)?,
-            (None, None) => paths::default_image_dir(data_dir),
-        };
-        let mut opts = BuildOptions::new(&dir, agent);
-        opts.independent_services = args.independent;
-        opts.dependent_services = args.dependent;
-        opts.extra_modules = args.modules;
-        opts.force = args.force;
-        let manifest = build_with_progress(&opts, out)?;
-        print_manifest(&manifest, &dir, out)?;
-        return Ok(0);
-    }
-    if args.out.is_some() {
-        bail!(
-            "--out is for the busybox image; a Debian image is built as DATA_DIR/images/NAME with --name NAME"
-        );
-    }
-    let Some(name) = args.name else {
-        bail!("--rootfs debian needs --name NAME (the default image stays the busybox one)");
-    };
     let images = paths::images_dir(data_dir);
-    let mut opts = DebianOptions::new(&images, &name, agent);
-    if let Some(s) = args.suite {
-        opts.suite = s;
+    let asked = brood_image::BuildRequest {
+        name: args.name,
+        debian: args.rootfs == Rootfs::Debian,
+        service: args.service,
+        suite: args.suite,
+        packages: args.packages,
+        size_gib: args.size_gib,
+        mirror: args.mirror,
+        independent_services: args.independent,
+        dependent_services: args.dependent,
+        extra_modules: args.modules,
+        force: args.force,
+    };
+    match asked.plan(&images, args.out.as_deref(), agent)? {
+        brood_image::BuildPlan::Busybox(opts) => {
+            let manifest = build_with_progress(&opts, out)?;
+            print_manifest(&manifest, &opts.out_dir, out)?;
+        }
+        brood_image::BuildPlan::Debian(opts) => {
+            let manifest = build_debian_with_progress(&opts, out)?;
+            print_manifest(&manifest, &images.join(&opts.name), out)?;
+        }
     }
-    if let Some(s) = args.size_gib {
-        opts.size_gib = s;
-    }
-    opts.packages = args.packages;
-    opts.mirror = args.mirror;
-    opts.independent_services = args.independent;
-    opts.dependent_services = args.dependent;
-    opts.extra_modules = args.modules;
-    opts.force = args.force;
-    let manifest = build_debian_with_progress(&opts, out)?;
-    print_manifest(&manifest, &images.join(&name), out)?;
     Ok(0)
 }
 

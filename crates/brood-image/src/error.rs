@@ -424,4 +424,10 @@ pub enum ImageError {
         /// The places looked in.
         looked: String,
     },
+    /// A build request that cannot be built as asked.
+    #[error("{reason}")]
+    InvalidRequest {
+        /// What is wrong, and what to do.
+        reason: String,
+    },
 }

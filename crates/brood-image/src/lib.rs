@@ -42,6 +42,7 @@ mod mmdebstrap;
 mod module;
 mod mounts;
 mod package;
+mod plan;
 mod store;
 
 pub use agent::find_agent;
@@ -56,6 +57,7 @@ pub use manifest::{
     ServicesInfo, read_manifest,
 };
 pub use package::{BUSYBOX_PACKAGE, KERNEL_METAPACKAGE};
+pub use plan::{BuildPlan, BuildRequest};
 pub use store::{
     DEFAULT_IMAGE, ImageEntry, delete_image, image_dir, list_images, open_image, validate_name,
 };

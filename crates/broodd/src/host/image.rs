@@ -170,34 +170,6 @@ pub async fn provision_root(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configurations_agree_on_an_existing_image() {
-        let d = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            data: d.path().into(),
-            image: d.path().join("images/default"),
-            templates: d.path().join("t"),
-        };
-        let mut a = api::PartitionConfig::default();
-        let mut configs = BTreeMap::from([("a".to_string(), a.clone())]);
-        assert_eq!(check(&paths, &configs).unwrap(), None);
-        a.image = Some("deb".into());
-        configs.insert("b".into(), a.clone());
-        let e = check(&paths, &configs).unwrap_err();
-        assert!(e.to_string().contains("same image"), "{e}");
-        configs.insert("a".into(), a.clone());
-        let e = check(&paths, &configs).unwrap_err();
-        assert!(e.to_string().contains("brood image build"), "{e}");
-        a.image = Some("../x".into());
-        configs = BTreeMap::from([("a".to_string(), a)]);
-        assert!(check(&paths, &configs).is_err());
-    }
-}
-
 /// The API's view of an image's manifest.
 fn view(name: &str, m: &brood_image::Manifest) -> api::Image {
     let r = m.rootfs.as_ref();
@@ -252,131 +224,62 @@ pub fn show(paths: &Paths, name: &str) -> HostResult<api::Image> {
     }
 }
 
-/// What an image build will do, checked before it is queued.
-#[derive(Debug)]
-pub enum BuildPlan {
-    /// The busybox image into this directory.
-    Busybox(brood_image::BuildOptions),
-    /// A Debian image.
-    Debian(brood_image::DebianOptions),
-}
-
-impl BuildPlan {
-    /// The image's name.
-    pub fn name(&self) -> String {
-        match self {
-            BuildPlan::Busybox(o) => o
-                .out_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            BuildPlan::Debian(o) => o.name.clone(),
-        }
-    }
-}
-
-/// Checks a build request the way `brood image build` checks its flags,
-/// and finds the agent the image is built with.
-pub fn plan(paths: &Paths, req: api::ImageBuildRequest) -> HostResult<BuildPlan> {
-    let mut req = req;
-    if req.service {
-        if req
-            .name
-            .as_deref()
-            .is_some_and(|n| n != brood_image::SERVICE_IMAGE)
-        {
-            return Err(HostError::invalid(format!(
-                "the service image is named {:?}: leave name out with service",
-                brood_image::SERVICE_IMAGE
-            )));
-        }
-        req.rootfs = api::ImageRootfs::Debian;
-        req.name = Some(brood_image::SERVICE_IMAGE.to_owned());
-        let mut packages: Vec<String> = brood_image::SERVICE_PACKAGES
-            .iter()
-            .map(|p| (*p).to_owned())
-            .collect();
-        packages.append(&mut req.packages);
-        req.packages = packages;
-    }
-    if req.packages.len() > 256 + brood_image::SERVICE_PACKAGES.len() || req.modules.len() > 64 {
+/// Checks a build request the way `brood image build` checks its flags
+/// (`brood_image::BuildRequest::plan`: the same checks), and finds the
+/// agent the image is built with.
+pub fn plan(paths: &Paths, req: api::ImageBuildRequest) -> HostResult<brood_image::BuildPlan> {
+    if req.packages.len() > 256 || req.modules.len() > 64 {
         return Err(HostError::invalid(
             "at most 256 packages and 64 modules in one image",
         ));
     }
-    if let Some(n) = &req.name {
-        brood_image::validate_name(n).map_err(|e| HostError::invalid(super::chain(&e)))?;
+    if let Some(s) = req.size_gib
+        && !(1..=brood_image::MAX_SIZE_GIB).contains(&s)
+    {
+        return Err(HostError::invalid(format!(
+            "size_gib must be 1-{}, not {s}",
+            brood_image::MAX_SIZE_GIB
+        )));
     }
+    let asked = brood_image::BuildRequest {
+        name: req.name,
+        debian: req.rootfs == api::ImageRootfs::Debian,
+        service: req.service,
+        suite: req.suite,
+        packages: req.packages,
+        size_gib: req.size_gib,
+        mirror: req.mirror,
+        extra_modules: req.modules,
+        force: req.force,
+        ..brood_image::BuildRequest::default()
+    };
+    // The request is checked before the agent is looked for: a bad one is
+    // a 400 whatever the host has.
+    asked
+        .clone()
+        .plan(&paths.images(), None, std::path::PathBuf::new())
+        .map_err(|e| HostError::invalid(super::chain(&e)))?;
     let agent = brood_image::find_agent(None).map_err(|e| {
         HostError::conflict(format!("broodd cannot build images: {}", super::chain(&e)))
     })?;
-    match req.rootfs {
-        api::ImageRootfs::Busybox => {
-            if req.suite.is_some()
-                || !req.packages.is_empty()
-                || req.size_gib.is_some()
-                || req.mirror.is_some()
-            {
-                return Err(HostError::invalid(
-                    "suite, packages, size_gib and mirror are for rootfs debian",
-                ));
-            }
-            let name = req
-                .name
-                .unwrap_or_else(|| brood_image::DEFAULT_IMAGE.to_owned());
-            let mut o = brood_image::BuildOptions::new(paths.images().join(&name), agent);
-            o.extra_modules = req.modules;
-            o.force = req.force;
-            Ok(BuildPlan::Busybox(o))
-        }
-        api::ImageRootfs::Debian => {
-            let Some(name) = req.name else {
-                return Err(HostError::invalid(
-                    "rootfs debian needs a name (the default image stays the busybox one)",
-                ));
-            };
-            if name == brood_image::DEFAULT_IMAGE {
-                return Err(HostError::invalid(
-                    "`default` is the busybox image; give a Debian image another name",
-                ));
-            }
-            if let Some(s) = req.size_gib
-                && !(1..=brood_image::MAX_SIZE_GIB).contains(&s)
-            {
-                return Err(HostError::invalid(format!(
-                    "size_gib must be 1-{}, not {s}",
-                    brood_image::MAX_SIZE_GIB
-                )));
-            }
-            let mut o = brood_image::DebianOptions::new(paths.images(), &name, agent);
-            if let Some(s) = req.suite {
-                o.suite = s;
-            }
-            if let Some(s) = req.size_gib {
-                o.size_gib = s;
-            }
-            o.packages = req.packages;
-            o.mirror = req.mirror;
-            o.extra_modules = req.modules;
-            o.force = req.force;
-            Ok(BuildPlan::Debian(o))
-        }
-    }
+    asked
+        .plan(&paths.images(), None, agent)
+        .map_err(|e| HostError::invalid(super::chain(&e)))
 }
 
 /// Runs a planned build (blocking: the caller runs it off the async
 /// threads), logging each step; returns the image.
-pub fn build(plan: BuildPlan) -> HostResult<api::Image> {
+pub fn build(plan: brood_image::BuildPlan) -> HostResult<api::Image> {
     let name = plan.name();
     let failed = |e: brood_image::ImageError| {
         HostError::conflict(format!("build image {name:?}: {}", super::chain(&e)))
     };
     let m = match plan {
-        BuildPlan::Busybox(o) => brood_image::build(&o, &mut |p: brood_image::Progress| {
+        brood_image::BuildPlan::Busybox(o) => brood_image::build(&o, &mut |p: brood_image::Progress| {
             tracing::info!(image = %name, "[{}/{}] {p}", p.step(), brood_image::Progress::STEPS);
         })
         .map_err(failed)?,
-        BuildPlan::Debian(o) => {
+        brood_image::BuildPlan::Debian(o) => {
             brood_image::build_debian(&o, &mut |p: brood_image::DebianProgress| {
                 tracing::info!(image = %name, "[{}/{}] {p}", p.step(), brood_image::DebianProgress::STEPS);
             })
@@ -393,4 +296,32 @@ pub fn delete(paths: &Paths, name: &str) -> HostResult<()> {
         brood_image::ImageError::InvalidName { .. } => HostError::invalid(super::chain(&e)),
         _ => HostError::corrupt(format!("delete image {name:?}"), super::chain(&e)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configurations_agree_on_an_existing_image() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            data: d.path().into(),
+            image: d.path().join("images/default"),
+            templates: d.path().join("t"),
+        };
+        let mut a = api::PartitionConfig::default();
+        let mut configs = BTreeMap::from([("a".to_string(), a.clone())]);
+        assert_eq!(check(&paths, &configs).unwrap(), None);
+        a.image = Some("deb".into());
+        configs.insert("b".into(), a.clone());
+        let e = check(&paths, &configs).unwrap_err();
+        assert!(e.to_string().contains("same image"), "{e}");
+        configs.insert("a".into(), a.clone());
+        let e = check(&paths, &configs).unwrap_err();
+        assert!(e.to_string().contains("brood image build"), "{e}");
+        a.image = Some("../x".into());
+        configs = BTreeMap::from([("a".to_string(), a)]);
+        assert!(check(&paths, &configs).is_err());
+    }
 }
