@@ -1293,3 +1293,68 @@ async fn a_service_request_run_twice_ends_as_once() {
         "run twice, it ends as once: one member taken"
     );
 }
+
+/// A template's children require what its VM required: each child of a
+/// fork gets services of its own at the fork (as a start gives them),
+/// and a child whose services cannot be had does not stay.
+#[tokio::test]
+async fn forked_children_get_their_required_services() {
+    let app = app(JobConfig::default()).await;
+    let (s, v) = app
+        .post("/v1/pools", json!({"name": "sp", "min": 0, "max": 0}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app
+        .post(
+            "/v1/partitions",
+            json!({"name": "web", "start": true,
+                   "configs": {"d": {"memory_mib": 64, "requires": ["http"]}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app.template("web", Some("tpl"), 0).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app
+        .post("/v1/templates/tpl/fork", json!({"count": 2}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let children: Vec<String> = v["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(children.len(), 2, "{v}");
+    let (_, l) = app.get("/v1/services").await;
+    for child in &children {
+        let theirs: Vec<&Value> = l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["guests"] == json!([child]))
+            .collect();
+        assert_eq!(theirs.len(), 1, "{child} has one service of its own: {l}");
+        assert_eq!(theirs[0]["class"], "http", "{l}");
+    }
+    // With no pool to take one from, a fork makes no child.
+    let (s, v) = app.delete("/v1/pools/sp").await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, v) = app
+        .post("/v1/templates/tpl/fork", json!({"count": 1}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("requires http"),
+        "{v}"
+    );
+    let (_, tpl) = app.get("/v1/templates/tpl").await;
+    assert_eq!(
+        tpl["children"].as_array().map(Vec::len),
+        Some(2),
+        "the failed child stayed: {tpl}"
+    );
+    app.assert_verified().await;
+}

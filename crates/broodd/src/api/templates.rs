@@ -247,7 +247,7 @@ async fn delete(
         (status = 202, description = "With `wait=false`: the job, queued (`GET /v1/jobs/{id}`)", body = brood_api::Job),
         (status = 400, description = "malformed JSON, an unknown field, or an invalid value (`count` outside 1-256, a bad key-value, a pool of the wrong kind)", body = ErrorBody),
         (status = 404, description = "no template, identity pool or IPv4 pool of that name (`not_found`)", body = ErrorBody),
-        (status = 409, description = "the host lacks capacity or a pool has too few free values (`capacity_exceeded`), or another operation holds the template", body = ErrorBody),
+        (status = 409, description = "the host lacks capacity or a pool has too few free values (`capacity_exceeded`), another operation holds the template, or the services the children require (`requires`) could not be had (`conflict`; no such child stays)", body = ErrorBody),
         (status = 502, description = "a child QEMU failed to start or load the state (`engine_failed`); no child is left half-made", body = ErrorBody),
         (status = 503, description = "the job was refused: its queue is full (`unavailable`)", body = ErrorBody),
         JsonBody,

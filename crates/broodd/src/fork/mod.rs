@@ -387,10 +387,22 @@ async fn start_recorded(
         made?
     };
     let (rec, running) = started;
+    let uuid = rec.uuid;
     let running_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let mut lineage = r.lineage;
     lineage.running_ms = Some(running_ms);
-    apply_identity(host, actor, rt, rec, &running, lineage, Some(t0)).await
+    let child = apply_identity(host, actor, rt, rec, &running, lineage, Some(t0)).await?;
+    // A child requires what its template's VM required (`requires`): its
+    // own services, as a start would give them; without them it goes.
+    let rec = host.reload(uuid).await?;
+    if let Err(e) = crate::pool::requires::ensure_boxed(host, &rec).await {
+        warn!(child = %rec.name, "its required services could not be had; removing it: {}", chain(&e));
+        if let Err(d) = crate::partition::lifecycle::delete(host, actor, uuid, true).await {
+            warn!(child = %rec.name, "remove it: {}", chain(&d));
+        }
+        return Err(e);
+    }
+    Ok(child)
 }
 
 /// Why a child of a cancelled fork was not started.
