@@ -44,6 +44,7 @@ pub mod link;
 pub mod net;
 pub mod point;
 pub mod port;
+pub mod probe;
 pub mod pty;
 pub mod root;
 pub mod serve;

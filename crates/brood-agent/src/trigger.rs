@@ -263,6 +263,37 @@ pub fn differentiate(bytes: &[u8], dir: &Path, machine: &dyn Machine) -> Result<
         runs = probe_with(probe_timeout(&cfg), "the HTTP probe", || {
             http_ok(port, path)
         })?;
+    } else if let Some(name) = cfg.values.get(crate::probe::PROBE_DNS_KEY) {
+        let port = port_of(&cfg, 53);
+        let mut id: u16 = 0x6272;
+        runs = probe_with(probe_timeout(&cfg), "the DNS probe", || {
+            id = id.wrapping_add(1);
+            crate::probe::dns_ok(port, name, id).map_err(|how| TriggerError::Script {
+                script: "the DNS probe".into(),
+                how,
+            })
+        })?;
+    } else if let Some(transports) = cfg.values.get(crate::probe::PROBE_SYSLOG_KEY) {
+        let port = port_of(&cfg, 514);
+        let file = PathBuf::from(
+            cfg.values
+                .get("file")
+                .map_or("/var/log/remote.log", String::as_str),
+        );
+        let mut n = 0u32;
+        runs = probe_with(probe_timeout(&cfg), "the syslog probe", || {
+            n = n.wrapping_add(1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let nonce = format!("{now}-{n}");
+            crate::probe::syslog_ok(port, &file, transports, &nonce).map_err(|how| {
+                TriggerError::Script {
+                    script: "the syslog probe".into(),
+                    how,
+                }
+            })
+        })?;
     } else if cfg.files.contains_key("probe.sh") {
         runs = probe_with(probe_timeout(&cfg), "probe.sh", || {
             // Each run's output replaces the last one's.
@@ -282,6 +313,14 @@ pub fn differentiate(bytes: &[u8], dir: &Path, machine: &dyn Machine) -> Result<
     );
     let _ = std::fs::write(dir.join("timing"), timing);
     Ok(())
+}
+
+/// The class's `port` parameter, or `default`.
+fn port_of(cfg: &ServiceConfig, default: u16) -> u16 {
+    cfg.values
+        .get("port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(default)
 }
 
 /// The probe's limit the host sent, bounded.

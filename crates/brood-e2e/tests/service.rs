@@ -313,6 +313,16 @@ fn a_guest_that_requires_dns_and_log_resolves_through_and_logs_to_its_domains() 
     };
     let member = of("dns");
     let sink = of("log");
+    // Both were probed by their agents themselves (a DNS query, syslog
+    // lines over UDP and TCP), not by a probe.sh run per attempt.
+    for m in [&member, &sink] {
+        let (code, out, _) = b.exec(
+            m,
+            "test ! -e /run/brood/service/probe.sh.log && cat /run/brood/service/timing",
+        );
+        assert_eq!(code, 0, "{m} ran probe.sh: {out}");
+        assert!(out.contains("probe "), "{m}: {out}");
+    }
     let dns = address_on(&b, "dnet", &member);
     let ip = address_on(&b, "dnet", "web");
     wait_address(&b, "web", "eth0", &ip);
