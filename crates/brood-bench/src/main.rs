@@ -225,6 +225,12 @@ enum Cmd {
         /// Image directory (its agent must have the trigger point).
         #[arg(long, default_value = "/var/lib/brood/images/default")]
         image: PathBuf,
+        /// The class requested: http (default image), dns or log (service image).
+        #[arg(long, default_value = "http")]
+        class: String,
+        /// The service image's directory (`brood image build --service`), for dns and log.
+        #[arg(long)]
+        service_image: Option<PathBuf>,
     },
 }
 
@@ -300,7 +306,17 @@ fn main() -> Result<()> {
             generic_runs,
             broodd,
             image,
-        } => pool::pool(runs, cold_runs, generic_runs, &broodd, &image),
+            class,
+            service_image,
+        } => pool::pool(&pool::PoolBench {
+            runs,
+            cold_runs,
+            generic_runs,
+            broodd: &broodd,
+            image: &image,
+            class: &class,
+            service_image: service_image.as_deref(),
+        }),
         Cmd::Api {
             partitions,
             clients,

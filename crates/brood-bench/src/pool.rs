@@ -2,10 +2,12 @@
 //! the trigger point, against the other ways to get the same service, on
 //! the same image in one run.
 //!
-//! - brood: `POST /v1/services` (class `http`) from a pool of members
+//! - brood: `POST /v1/services` (class `http` on the default image, or
+//!   `dns` or `log` on the service image) from a pool of members
 //!   paused at the trigger point, refilled between requests; latency from
-//!   the call to its return, which is when the class's probe (an HTTP GET
-//!   inside the domain) answered.
+//!   the call to its return, which is when the class's probe answered
+//!   inside the domain (an HTTP GET, a DNS query of `version.bind`
+//!   answered, a syslog line over UDP and one over TCP stored).
 //! - (a) a cold boot of the same image to the same answer: a request to an
 //!   empty pool, whose fallback boots a member and differentiates it;
 //! - (b) a fully booted, paused generic VM configured after resume (what
@@ -27,8 +29,44 @@ use crate::api::pct;
 use crate::fork::{Daemon, smaps_kib};
 use crate::{median, ms};
 
-const HTTP_START: &str = include_str!("../../../images/classes/http/start.sh");
-const HTTP_PROBE: &str = include_str!("../../../images/classes/http/probe.sh");
+/// A class the benchmark requests: its recipe's scripts (for peer (b)),
+/// the image it needs, and its parameters' defaults as peer (b)'s
+/// environment.
+struct Class {
+    name: &'static str,
+    start: &'static str,
+    probe: &'static str,
+    service_image: bool,
+    env: &'static [(&'static str, &'static str)],
+}
+
+const CLASSES: [Class; 3] = [
+    Class {
+        name: "http",
+        start: include_str!("../../../images/classes/http/start.sh"),
+        probe: include_str!("../../../images/classes/http/probe.sh"),
+        service_image: false,
+        env: &[("PORT", "80"), ("ROOT", "/srv/www"), ("INDEX", "x")],
+    },
+    Class {
+        name: "dns",
+        start: include_str!("../../../images/classes/dns/start.sh"),
+        probe: include_str!("../../../images/classes/dns/probe.sh"),
+        service_image: true,
+        env: &[
+            ("DOMAIN", "brood.internal"),
+            ("UPSTREAM", ""),
+            ("HOSTS", ""),
+        ],
+    },
+    Class {
+        name: "log",
+        start: include_str!("../../../images/classes/log/start.sh"),
+        probe: include_str!("../../../images/classes/log/probe.sh"),
+        service_image: true,
+        env: &[("PORT", "514"), ("FILE", "/var/log/remote.log")],
+    },
+];
 
 fn wait_ready(d: &Daemon, pool: &str, n: u64) -> Result<Duration> {
     let t0 = Instant::now();
@@ -41,12 +79,12 @@ fn wait_ready(d: &Daemon, pool: &str, n: u64) -> Result<Duration> {
     Ok(t0.elapsed())
 }
 
-fn request(d: &Daemon, pool: &str, name: &str) -> Result<(f64, Value)> {
+fn request(d: &Daemon, class: &str, pool: &str, name: &str) -> Result<(f64, Value)> {
     let t0 = Instant::now();
     let v = d.call(
         "POST",
         "/v1/services",
-        Some(&json!({"class": "http", "pool": pool, "name": name})),
+        Some(&json!({"class": class, "pool": pool, "name": name})),
     )?;
     let t = ms(t0.elapsed());
     if v["state"] != "ready" {
@@ -67,16 +105,46 @@ fn exec(d: &Daemon, vm: &str, cmd: &str) -> Result<i64> {
     }
 }
 
+/// What one run of the pool benchmark measures.
+pub struct PoolBench<'a> {
+    /// Requests from the pool.
+    pub runs: usize,
+    /// Cold boots (and requests from a cold-refilled pool).
+    pub cold_runs: usize,
+    /// Paused generic VMs.
+    pub generic_runs: usize,
+    /// The broodd binary.
+    pub broodd: &'a Path,
+    /// The default image.
+    pub image: &'a Path,
+    /// The class requested: http, dns or log.
+    pub class: &'a str,
+    /// The service image (for dns and log).
+    pub service_image: Option<&'a Path>,
+}
+
 /// Runs the pool benchmark.
-pub fn pool(
-    runs: usize,
-    cold_runs: usize,
-    generic_runs: usize,
-    broodd: &Path,
-    image: &Path,
-) -> Result<()> {
-    let d = Daemon::start(broodd, image)?;
-    let spec = |name: &str, min: u32, refill: &str| json!({"name": name, "min": min, "max": min + 2, "memory_mib": 128, "cpu_threshold_pct": 100, "refill": refill});
+pub fn pool(b: &PoolBench<'_>) -> Result<()> {
+    let (runs, cold_runs, generic_runs) = (b.runs, b.cold_runs, b.generic_runs);
+    let Some(class) = CLASSES.iter().find(|c| c.name == b.class) else {
+        bail!("--class {}: want http, dns or log", b.class);
+    };
+    let d = Daemon::start(b.broodd, b.image)?;
+    let (image, memory) = if class.service_image {
+        let Some(dir) = b.service_image else {
+            bail!(
+                "class {} needs the service image: pass --service-image DIR (`brood image build --service`)",
+                class.name
+            );
+        };
+        std::fs::create_dir_all(d.data().join("images"))?;
+        std::os::unix::fs::symlink(dir, d.data().join("images/service"))?;
+        (Some("service"), 256)
+    } else {
+        (None, 128)
+    };
+    let class_name = class.name;
+    let spec = |name: &str, min: u32, refill: &str| json!({"name": name, "min": min, "max": min + 2, "memory_mib": memory, "cpu_threshold_pct": 100, "refill": refill, "image": image});
     d.call("POST", "/v1/pools", Some(&spec("bench", 2, "clone")))?;
     wait_ready(&d, "bench", 2)?;
     let members = d.call("GET", "/v1/pools/bench", None)?;
@@ -87,7 +155,7 @@ pub fn pool(
     let (mut wall, mut refill) = (Vec::new(), Vec::new());
     for i in 0..runs {
         wait_ready(&d, "bench", 2)?;
-        let (t, _) = request(&d, "bench", &format!("b{i}"))?;
+        let (t, _) = request(&d, class_name, "bench", &format!("b{i}"))?;
         wall.push(t);
         refill.push(ms(wait_ready(&d, "bench", 2)?));
         d.call("DELETE", &format!("/v1/services/b{i}"), None)?;
@@ -107,7 +175,7 @@ pub fn pool(
     wait_ready(&d, "coldfill", 1)?;
     for i in 0..cold_runs {
         wait_ready(&d, "coldfill", 1)?;
-        let (t, _) = request(&d, "coldfill", &format!("f{i}"))?;
+        let (t, _) = request(&d, class_name, "coldfill", &format!("f{i}"))?;
         cold_wall.push(t);
         cold_refill.push(ms(wait_ready(&d, "coldfill", 1)?));
         d.call("DELETE", &format!("/v1/services/f{i}"), None)?;
@@ -119,7 +187,7 @@ pub fn pool(
     d.call("POST", "/v1/pools", Some(&spec("cold", 0, "cold")))?;
     let mut cold = Vec::new();
     for i in 0..cold_runs {
-        let (t, v) = request(&d, "cold", &format!("c{i}"))?;
+        let (t, v) = request(&d, class_name, "cold", &format!("c{i}"))?;
         if v["fallback"].is_null() {
             bail!("the empty pool did not fall back: {v}");
         }
@@ -136,22 +204,27 @@ pub fn pool(
 
     // (b) a booted, paused generic VM configured after resume.
     let mut generic = Vec::new();
+    let env_file: String = class
+        .env
+        .iter()
+        .map(|(k, v)| format!("BROOD_{k}='{v}'\n"))
+        .collect();
     let setup = format!(
-        "mkdir -p /run/g && cat > /run/g/start.sh <<'S'\n{HTTP_START}S\ncat > /run/g/probe.sh <<'P'\n{HTTP_PROBE}P\n"
+        "mkdir -p /run/g && cat > /run/g/start.sh <<'S'\n{}S\ncat > /run/g/probe.sh <<'P'\n{}P\ncat > /run/g/env <<'E'\n{env_file}E\n",
+        class.start, class.probe
     );
+    let env = "set -a; BROOD_SERVICE_DIR=/run/g; . /run/g/env; set +a";
     for i in 0..generic_runs {
         let vm = format!("g{i}");
         d.call(
             "POST",
             "/v1/partitions",
-            Some(&json!({"name": vm, "configs": {"d": {"memory_mib": 128}}, "start": true})),
+            Some(&json!({"name": vm, "configs": {"d": {"memory_mib": memory, "image": image}}, "start": true})),
         )?;
         exec(&d, &vm, &setup)?;
         d.call("POST", &format!("/v1/partitions/{vm}/pause"), None)?;
         let t0 = Instant::now();
         d.call("POST", &format!("/v1/partitions/{vm}/resume"), None)?;
-        let env = "export BROOD_SERVICE_DIR=/run/g BROOD_PORT=80 BROOD_ROOT=/srv/www BROOD_INDEX=x; \
-                   printf 'BROOD_PORT=80\\n' > /run/g/env";
         let code = exec(
             &d,
             &vm,
@@ -174,7 +247,7 @@ pub fn pool(
     let cold50 = median(cold.clone());
     let gen50 = median(generic.clone());
     println!(
-        "pool request to answering, {runs} requests: p50 {p50:.1} ms, p99 {:.1} ms",
+        "class {class_name}: pool request to answering, {runs} requests: p50 {p50:.1} ms, p99 {:.1} ms",
         pct(&mut wall, 0.99)
     );
     println!(
