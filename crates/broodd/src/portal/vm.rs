@@ -47,13 +47,7 @@ async fn page(ctx: &Ctx, name: &str, output: Option<Markup>) -> Result<Markup, A
         .api
         .get(&format!("/v1/partitions/{}", enc(name)))
         .await?;
-    let console = ctx
-        .api
-        .get::<ConsoleLog>(&format!(
-            "/v1/partitions/{}/console?bytes={CONSOLE_TAIL_BYTES}",
-            enc(&vm.name)
-        ))
-        .await;
+    let console = console_tail(ctx, &vm.name).await;
     let operator_unit = if ctx.s.who.unit.is_none() {
         ctx.api.unit()
     } else {
@@ -175,6 +169,16 @@ pub async fn make_template(
     .await
 }
 
+/// The last [`CONSOLE_TAIL_BYTES`] of VM `name`'s console, from the API.
+async fn console_tail(ctx: &Ctx, name: &str) -> Result<ConsoleLog, ApiFailure> {
+    ctx.api
+        .get(&format!(
+            "/v1/partitions/{}/console?bytes={CONSOLE_TAIL_BYTES}",
+            enc(name)
+        ))
+        .await
+}
+
 /// `GET /ui/vms/{name}/console[?unit=]`: the console's tail as plain text
 /// (`GET /v1/partitions/{name}/console`), which `portal.js` reads again
 /// every few seconds to follow it; an error is the portal's error page.
@@ -188,14 +192,7 @@ pub async fn console(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    match ctx
-        .api
-        .get::<ConsoleLog>(&format!(
-            "/v1/partitions/{}/console?bytes={CONSOLE_TAIL_BYTES}",
-            enc(&name)
-        ))
-        .await
-    {
+    match console_tail(&ctx, &name).await {
         Ok(c) => (
             [(
                 axum::http::header::CONTENT_TYPE,
