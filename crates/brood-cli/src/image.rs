@@ -211,7 +211,6 @@ pub fn run(cmd: ImageCmd, data_dir: &Path, out: Output) -> Result<i32> {
 }
 
 fn build(args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
-    let agent = paths::agent_binary(args.agent.as_deref())?;
     let images = paths::images_dir(data_dir);
     let asked = brood_image::BuildRequest {
         name: args.name,
@@ -226,7 +225,10 @@ fn build(args: BuildArgs, data_dir: &Path, out: Output) -> Result<i32> {
         extra_modules: args.modules,
         force: args.force,
     };
-    match asked.plan(&images, args.out.as_deref(), agent)? {
+    let agent = args.agent;
+    match asked.plan(&images, args.out.as_deref(), || {
+        brood_image::find_agent(agent.as_deref())
+    })? {
         brood_image::BuildPlan::Busybox(opts) => {
             let manifest = build_with_progress(&opts, out)?;
             print_manifest(&manifest, &opts.out_dir, out)?;

@@ -63,13 +63,14 @@ fn invalid(reason: String) -> ImageError {
 
 impl BuildRequest {
     /// Checks the request and makes its options: images go in `images`,
-    /// a busybox image in `out` instead when given; `agent` is the
-    /// brood-agent binary.
+    /// a busybox image in `out` instead when given; `agent` finds the
+    /// brood-agent binary, and is called only once the request passed its
+    /// checks (a bad request is refused whatever the host has).
     pub fn plan(
         mut self,
         images: &Path,
         out: Option<&Path>,
-        agent: PathBuf,
+        agent: impl FnOnce() -> Result<PathBuf, ImageError>,
     ) -> Result<BuildPlan, ImageError> {
         if self.service {
             if self
@@ -109,7 +110,7 @@ impl BuildRequest {
                 (Some(d), _) => d.to_path_buf(),
                 (None, name) => images.join(name.as_deref().unwrap_or(crate::DEFAULT_IMAGE)),
             };
-            let mut o = BuildOptions::new(dir, agent);
+            let mut o = BuildOptions::new(dir, agent()?);
             o.independent_services = self.independent_services;
             o.dependent_services = self.dependent_services;
             o.extra_modules = self.extra_modules;
@@ -131,7 +132,7 @@ impl BuildRequest {
                 "`default` is the busybox image; give a Debian image another name".into(),
             ));
         }
-        let mut o = DebianOptions::new(images, &name, agent);
+        let mut o = DebianOptions::new(images, &name, agent()?);
         if let Some(s) = self.suite {
             o.suite = s;
         }
@@ -153,7 +154,7 @@ mod tests {
     use super::*;
 
     fn plan(r: BuildRequest) -> Result<BuildPlan, ImageError> {
-        r.plan(Path::new("/images"), None, PathBuf::from("/agent"))
+        r.plan(Path::new("/images"), None, || Ok(PathBuf::from("/agent")))
     }
 
     #[test]

@@ -253,18 +253,17 @@ pub fn plan(paths: &Paths, req: api::ImageBuildRequest) -> HostResult<brood_imag
         force: req.force,
         ..brood_image::BuildRequest::default()
     };
-    // The request is checked before the agent is looked for: a bad one is
-    // a 400 whatever the host has.
+    // A host without an agent to build with is a conflict; anything else
+    // wrong is the request's.
     asked
-        .clone()
-        .plan(&paths.images(), None, std::path::PathBuf::new())
-        .map_err(|e| HostError::invalid(super::chain(&e)))?;
-    let agent = brood_image::find_agent(None).map_err(|e| {
-        HostError::conflict(format!("broodd cannot build images: {}", super::chain(&e)))
-    })?;
-    asked
-        .plan(&paths.images(), None, agent)
-        .map_err(|e| HostError::invalid(super::chain(&e)))
+        .plan(&paths.images(), None, || brood_image::find_agent(None))
+        .map_err(|e| match e {
+            brood_image::ImageError::AgentNotFound { .. }
+            | brood_image::ImageError::AgentNotFile { .. } => {
+                HostError::conflict(format!("broodd cannot build images: {}", super::chain(&e)))
+            }
+            _ => HostError::invalid(super::chain(&e)),
+        })
 }
 
 /// Runs a planned build (blocking: the caller runs it off the async
