@@ -30,6 +30,9 @@ pub struct HostInfo {
     pub data_dir: String,
     /// Where VM run directories (memory files, sockets) live.
     pub run_dir: String,
+    /// Where jobs and workflows are stored: `sqlite` (this host's ledger)
+    /// or `postgresql` (the cluster catalog, with `broodd --catalog`).
+    pub job_store: String,
     /// What the engine supports on this host.
     pub engine: EngineInfo,
 }

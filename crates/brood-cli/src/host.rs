@@ -566,6 +566,7 @@ pub fn show(h: &HostInfo) -> String {
         ),
         ("data dir", h.data_dir.clone()),
         ("run dir", h.run_dir.clone()),
+        ("job store", h.job_store.clone()),
         (
             "engine",
             format!(
@@ -614,6 +615,7 @@ mod tests {
             active: 1,
             data_dir: "/var/lib/brood".into(),
             run_dir: "/run/brood".into(),
+            job_store: "sqlite".into(),
             engine: brood_api::EngineInfo {
                 name: "qemu".into(),
                 accel: "kvm".into(),

@@ -152,10 +152,10 @@ impl std::fmt::Debug for Catalog {
 /// errors with backoff until the catalog's deadline.
 macro_rules! retry {
     ($self:expr, $what:expr, |$c:ident| $body:expr) => {{
-        let start = Instant::now();
-        let mut backoff = Duration::from_millis(50);
+        let start = std::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(50);
         loop {
-            let r: Result<_, ClusterError> = async {
+            let r: Result<_, $crate::error::ClusterError> = async {
                 #[allow(unused_mut)]
                 let mut $c = $self.client().await?;
                 $body.await
@@ -164,14 +164,14 @@ macro_rules! retry {
             match r {
                 Err(e) if e.is_transient() => {
                     if start.elapsed() >= $self.retry_for {
-                        break Err(ClusterError::Unavailable {
+                        break Err($crate::error::ClusterError::Unavailable {
                             after: $self.retry_for,
                             last: e.to_string(),
                         });
                     }
-                    debug!("catalog: {} failed ({e}); retrying", $what);
+                    tracing::debug!("catalog: {} failed ({e}); retrying", $what);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
                 }
                 other => break other,
             }

@@ -24,10 +24,8 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
 
 use tokio_postgres::types::Json;
-use tracing::debug;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, Placement, capacity_at, i, not_found, placement_row, retry};

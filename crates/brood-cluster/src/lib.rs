@@ -11,6 +11,7 @@
 
 mod catalog;
 mod error;
+mod jobs;
 mod lease;
 mod migrate;
 pub mod model;
@@ -22,6 +23,7 @@ pub use catalog::{
     Catalog, HostRecord, HostSpec, LocalPartition, PartitionDef, Placement, SyncReport, parse_zones,
 };
 pub use error::ClusterError;
+pub use jobs::PgJobStore;
 pub use lease::{OpsCredential, OpsRecord, Stranded};
 pub use migrate::latest_version;
 pub use model::{

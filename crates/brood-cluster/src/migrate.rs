@@ -15,6 +15,8 @@
 //!   requested → ready → committed or refused, the definition the target
 //!   reserves, the target's stream address), and on the placement the
 //!   generation of the last move committed; see `move_.rs`.
+//! - V_JOBS (`jobs.rs`): each host's jobs with their append-only event
+//!   logs, and the cluster's versioned workflow definitions.
 
 use tokio_postgres::Client;
 
@@ -115,6 +117,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         crate::lease::V_LEASES,
     ),
     (3, "live migrations in progress", V_MOVES),
+    (
+        4,
+        "jobs, their logs and workflow definitions",
+        crate::jobs::V_JOBS,
+    ),
 ];
 
 /// The schema version this build knows.

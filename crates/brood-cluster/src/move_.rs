@@ -21,11 +21,8 @@
 //! the commit never happened. Every later step (the source releasing, the
 //! row's removal) is idempotent and redone by whichever broodd restarts.
 
-use std::time::{Duration, Instant};
-
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::Json;
-use tracing::debug;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, Placement, capacity_at, i, not_found, read_placement, retry, u};

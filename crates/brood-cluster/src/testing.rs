@@ -87,6 +87,22 @@ impl TempPostgres {
         format!("postgres://brood@{}:{}/postgres", self.addr, self.port)
     }
 
+    /// Runs `sql` with `psql` and returns its rows, one per line, columns
+    /// separated by `|` (`psql -At`).
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([&self.url(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .map_err(|e| format!("run psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "psql -c {sql:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The server's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()

@@ -127,6 +127,32 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
     }));
     verify_all(&[&h1, &h2, &h3]);
 
+    // Jobs live in the catalog: each host's broodd lists its own, and the
+    // rows are PostgreSQL's.
+    assert_eq!(h1.json(&["host", "show"])["job_store"], "postgresql");
+    let targets = |h: &Host| -> Vec<(String, String)> {
+        h.json(&["job", "list"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["target"].as_str().unwrap().to_owned(),
+                    j["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(targets(&h1), [("web".into(), "succeeded".into())]);
+    assert_eq!(targets(&h2), [("dbvm".into(), "succeeded".into())]);
+    let rows = pg
+        .query("SELECT host, kind, target, state FROM job ORDER BY id")
+        .unwrap();
+    assert_eq!(
+        rows,
+        "h1|partition.define.start|web|succeeded\nh2|partition.define.start|dbvm|succeeded\n"
+    );
+
     // PostgreSQL restarts in the middle of a placement: the placement waits
     // for it, commits once, and the heartbeats come back.
     pg.stop_server().unwrap();
@@ -178,7 +204,29 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
     assert_eq!(p["host"], "h2", "{p}");
     h1.json(&["host", "drain", "h1", "--undo"]);
 
-    // kill -9 of h3's broodd: the others see it suspect, then failed.
+    // A workflow stored through one host runs on another (definitions are
+    // the cluster's); kill -9 of h3's broodd while it runs: the next
+    // broodd finds the job in the catalog and fails it, and the others see
+    // h3 suspect, then failed.
+    let wf = h1.data.join("nap.yaml");
+    std::fs::write(
+        &wf,
+        "name: nap\ntasks:\n  - id: nap\n    step: host_script\n    params: {script: 'sleep 60'}\n",
+    )
+    .unwrap();
+    h1.json(&["workflow", "create", "--file", wf.to_str().unwrap()]);
+    let job = h3.json(&["workflow", "run", "nap", "--no-wait"]);
+    let id = job["id"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            pg.query(&format!(
+                "SELECT count(*) FROM job_event WHERE job = {id} AND kind = 'task' \
+                 AND body->>'event' = 'started'"
+            ))
+            .is_ok_and(|n| n.trim() == "1")
+        }),
+        "the workflow began its task"
+    );
     h3.kill9();
     assert!(wait_until(Duration::from_secs(30), || {
         states(&h1).contains(&("h3".to_owned(), "suspect".to_owned()))
@@ -195,6 +243,23 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
         wait_until(Duration::from_secs(30), || states(&h1) == all("active")),
         "{:?}",
         states(&h1)
+    );
+    // `job wait` exits non-zero for a failed job; its JSON is the job.
+    let out = h3.brood(&["job", "wait", &id.to_string(), "-o", "json"]);
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["state"], "failed", "{j}");
+    assert_eq!(
+        pg.query(&format!("SELECT host, state FROM job WHERE id = {id}"))
+            .unwrap(),
+        "h3|failed\n"
+    );
+    assert!(
+        h1.json(&["job", "list"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["id"] != id),
+        "h1 does not list h3's job"
     );
     // A host with placements is not removed; one without is.
     let out = h1.brood(&["host", "remove", "h1"]);

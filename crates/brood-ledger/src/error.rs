@@ -262,6 +262,12 @@ pub enum LedgerError {
         /// What is wrong.
         what: String,
     },
+    /// The job store's database (the cluster catalog) did not answer.
+    #[error("the job store is unavailable: {what}")]
+    StoreUnavailable {
+        /// What failed.
+        what: String,
+    },
     /// The ledger's threads have stopped (after `close`, or a panic).
     #[error("ledger is closed")]
     Closed,

@@ -277,15 +277,39 @@ pub struct WorkflowRecord {
 /// The most events one job's log holds (a bound on a runaway workflow).
 pub const MAX_JOB_EVENTS: u64 = 100_000;
 
-/// The job store as broodd uses it. The ledger implements it on SQLite;
-/// the cluster's store may implement it on PostgreSQL.
-pub trait JobStore: Send + Sync {
+/// The job store as broodd uses it: every read and write of jobs, their
+/// logs and the workflow definitions goes through it. The ledger
+/// implements it on SQLite (one host); the cluster's catalog implements it
+/// on PostgreSQL (`brood_cluster::PgJobStore`), where a host's jobs and
+/// the cluster's workflows live when broodd runs with `--catalog`.
+/// [`conformance`] checks that both behave alike.
+pub trait JobStore: Send + Sync + std::fmt::Debug {
+    /// Where the jobs live (`sqlite`, `postgresql`), for `brood host show`.
+    fn backend(&self) -> &'static str;
     /// Admits a job (state `queued`) or records it refused, in one transaction.
     fn admit_job(&self, job: NewJob, limits: AdmitLimits) -> JobStoreFuture<'_, JobRecord>;
     /// Moves a job from one of `from` to `to` with its event, in one transaction.
     fn set_job_state(&self, change: JobChange) -> JobStoreFuture<'_, JobRecord>;
-    /// Appends to a job's log.
+    /// Appends to a job's log; returns the entry's place in it.
     fn append_job_event(&self, job: u64, kind: &str, body: Value) -> JobStoreFuture<'_, u64>;
+    /// The job with this id.
+    fn job(&self, id: u64) -> JobStoreFuture<'_, Option<JobRecord>>;
+    /// Jobs, newest first.
+    fn jobs(&self, filter: JobFilter) -> JobStoreFuture<'_, Vec<JobRecord>>;
+    /// A job's log, oldest first.
+    fn job_events(&self, id: u64) -> JobStoreFuture<'_, Vec<JobEvent>>;
+    /// Stores a new version of a workflow definition; returns its version.
+    fn put_workflow(&self, name: &str, definition: Value, actor: &str) -> JobStoreFuture<'_, u64>;
+    /// A workflow's newest version, or the one asked for.
+    fn workflow(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> JobStoreFuture<'_, Option<WorkflowRecord>>;
+    /// Every workflow's newest version, by name.
+    fn workflows(&self) -> JobStoreFuture<'_, Vec<WorkflowRecord>>;
+    /// Deletes every version of a workflow; false if it had none.
+    fn delete_workflow(&self, name: &str) -> JobStoreFuture<'_, bool>;
 }
 
 /// Boxed futures for [`JobStore`] without pulling `async-trait` into the ledger.
@@ -335,6 +359,10 @@ impl JobChange {
 }
 
 impl JobStore for Ledger {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn admit_job(&self, job: NewJob, limits: AdmitLimits) -> JobStoreFuture<'_, JobRecord> {
         Box::pin(self.write(move |c| admit(c, &job, limits)))
     }
@@ -347,33 +375,22 @@ impl JobStore for Ledger {
         let kind = kind.to_owned();
         Box::pin(self.write(move |c| append(c, job, &kind, &body)))
     }
-}
 
-impl Ledger {
-    /// The job with this id.
-    pub async fn job(&self, id: u64) -> Result<Option<JobRecord>, LedgerError> {
-        self.read(move |c| by_id(c, id)).await
+    fn job(&self, id: u64) -> JobStoreFuture<'_, Option<JobRecord>> {
+        Box::pin(self.read(move |c| by_id(c, id)))
     }
 
-    /// Jobs, newest first.
-    pub async fn jobs(&self, filter: JobFilter) -> Result<Vec<JobRecord>, LedgerError> {
-        self.read(move |c| list(c, &filter)).await
+    fn jobs(&self, filter: JobFilter) -> JobStoreFuture<'_, Vec<JobRecord>> {
+        Box::pin(self.read(move |c| list(c, &filter)))
     }
 
-    /// A job's log, oldest first.
-    pub async fn job_events(&self, id: u64) -> Result<Vec<JobEvent>, LedgerError> {
-        self.read(move |c| events(c, id)).await
+    fn job_events(&self, id: u64) -> JobStoreFuture<'_, Vec<JobEvent>> {
+        Box::pin(self.read(move |c| events(c, id)))
     }
 
-    /// Stores a new version of a workflow definition; returns its version.
-    pub async fn put_workflow(
-        &self,
-        name: &str,
-        definition: Value,
-        actor: &str,
-    ) -> Result<u64, LedgerError> {
+    fn put_workflow(&self, name: &str, definition: Value, actor: &str) -> JobStoreFuture<'_, u64> {
         let (name, actor) = (name.to_owned(), actor.to_owned());
-        self.write(move |c| {
+        Box::pin(self.write(move |c| {
             let v: u64 = c
                 .query_row(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM workflow WHERE name = ?1",
@@ -388,18 +405,16 @@ impl Ledger {
             )
             .ctx("insert workflow")?;
             Ok(v)
-        })
-        .await
+        }))
     }
 
-    /// A workflow's newest version, or the one asked for.
-    pub async fn workflow(
+    fn workflow(
         &self,
         name: &str,
         version: Option<u64>,
-    ) -> Result<Option<WorkflowRecord>, LedgerError> {
+    ) -> JobStoreFuture<'_, Option<WorkflowRecord>> {
         let name = name.to_owned();
-        self.read(move |c| {
+        Box::pin(self.read(move |c| {
             c.query_row(
                 "SELECT name, version, definition, created_by, created_at FROM workflow \
                  WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
@@ -409,13 +424,11 @@ impl Ledger {
             .optional()
             .ctx("read workflow")?
             .transpose()
-        })
-        .await
+        }))
     }
 
-    /// Every workflow's newest version, by name.
-    pub async fn workflows(&self) -> Result<Vec<WorkflowRecord>, LedgerError> {
-        self.read(|c| {
+    fn workflows(&self) -> JobStoreFuture<'_, Vec<WorkflowRecord>> {
+        Box::pin(self.read(|c| {
             let mut st = c
                 .prepare(
                     "SELECT name, MAX(version), definition, created_by, created_at FROM workflow \
@@ -428,20 +441,25 @@ impl Ledger {
                 .collect::<Result<Vec<_>, _>>()
                 .ctx("list workflows")?;
             rows.into_iter().collect()
-        })
-        .await
+        }))
     }
 
-    /// Deletes every version of a workflow; false if it had none. Jobs that
-    /// ran it keep their own copy of its graph.
-    pub async fn delete_workflow(&self, name: &str) -> Result<bool, LedgerError> {
+    /// Jobs that ran a deleted workflow keep their own copy of its graph.
+    fn delete_workflow(&self, name: &str) -> JobStoreFuture<'_, bool> {
         let name = name.to_owned();
-        self.write(move |c| {
+        Box::pin(self.write(move |c| {
             Ok(c.execute("DELETE FROM workflow WHERE name = ?1", [&name])
                 .ctx("delete workflow")?
                 > 0)
-        })
-        .await
+        }))
+    }
+}
+
+impl Ledger {
+    /// Partitions whose VM holds host capacity now (starting, running or
+    /// paused): what another job store counts against `max_vms`.
+    pub async fn active_vm_count(&self) -> Result<u64, LedgerError> {
+        self.read(active_vms).await
     }
 }
 
@@ -758,10 +776,19 @@ pub(crate) fn verify(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::resource::Resources;
+/// The behaviour every [`JobStore`] must have, as checks a test runs
+/// against a fresh, empty store (the SQLite ledger's unit tests and the
+/// PostgreSQL store's tests run the same ones). Each returns what differed.
+pub mod conformance {
+    use super::{AdmitLimits, JobChange, JobFilter, JobQueue, JobState, JobStore, NewJob};
+
+    macro_rules! ensure {
+        ($cond:expr, $($why:tt)+) => {
+            if !$cond {
+                return Err(format!($($why)+));
+            }
+        };
+    }
 
     fn new(kind: &str, queue: JobQueue, adds_vm: bool) -> NewJob {
         NewJob {
@@ -775,6 +802,229 @@ mod tests {
             params: serde_json::json!({"name": "web"}),
         }
     }
+
+    fn e(x: impl std::fmt::Display) -> String {
+        x.to_string()
+    }
+
+    fn rfc3339(t: &str) -> bool {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok()
+    }
+
+    /// Past `queue_bound` waiting jobs a queue refuses, with the reason, and
+    /// records the refusal; the other queue still admits.
+    pub async fn queue_bound(s: &dyn JobStore) -> Result<(), String> {
+        let limits = AdmitLimits {
+            queue_bound: 2,
+            max_vms: Some(3),
+        };
+        for _ in 0..2 {
+            let j = s
+                .admit_job(new("partition.start", JobQueue::High, false), limits)
+                .await
+                .map_err(e)?;
+            ensure!(j.state == JobState::Queued, "not queued: {j:?}");
+        }
+        let r = s
+            .admit_job(new("partition.start", JobQueue::High, false), limits)
+            .await
+            .map_err(e)?;
+        ensure!(r.state == JobState::Refused, "not refused: {r:?}");
+        ensure!(
+            r.error.as_deref().unwrap_or("").contains("high queue"),
+            "no reason: {r:?}"
+        );
+        ensure!(r.finished_at.is_some(), "a refusal has ended: {r:?}");
+        let n = s
+            .admit_job(new("partition.create", JobQueue::Normal, true), limits)
+            .await
+            .map_err(e)?;
+        ensure!(
+            n.state == JobState::Queued,
+            "the normal queue has room: {n:?}"
+        );
+        let refused = s
+            .jobs(JobFilter {
+                state: Some(JobState::Refused),
+                limit: 10,
+                ..JobFilter::default()
+            })
+            .await
+            .map_err(e)?;
+        ensure!(refused.len() == 1, "one refusal listed: {refused:?}");
+        let ev = s.job_events(r.id).await.map_err(e)?;
+        ensure!(ev.len() == 1, "a refusal logs one event: {ev:?}");
+        let all = s
+            .jobs(JobFilter {
+                limit: 10,
+                ..JobFilter::default()
+            })
+            .await
+            .map_err(e)?;
+        ensure!(
+            all.len() == 4 && all.windows(2).all(|w| w[0].id > w[1].id),
+            "newest first: {all:?}"
+        );
+        let page = s
+            .jobs(JobFilter {
+                before: Some(all[1].id),
+                limit: 1,
+                ..JobFilter::default()
+            })
+            .await
+            .map_err(e)?;
+        ensure!(
+            page.len() == 1 && page[0].id == all[2].id,
+            "paging: {page:?}"
+        );
+        Ok(())
+    }
+
+    /// Jobs that add a VM count against `max_vms` while admitted; one that
+    /// ends makes room; jobs that add none are not counted.
+    pub async fn max_vms(s: &dyn JobStore) -> Result<(), String> {
+        let limits = AdmitLimits {
+            queue_bound: 100,
+            max_vms: Some(2),
+        };
+        let create = || new("partition.create", JobQueue::Normal, true);
+        let a = s.admit_job(create(), limits).await.map_err(e)?;
+        let _b = s.admit_job(create(), limits).await.map_err(e)?;
+        let c = s.admit_job(create(), limits).await.map_err(e)?;
+        ensure!(c.state == JobState::Refused, "third create: {c:?}");
+        ensure!(
+            c.error.as_deref().unwrap_or("").contains("at most 2 VMs"),
+            "reason: {c:?}"
+        );
+        let st = s
+            .admit_job(new("partition.stop", JobQueue::High, false), limits)
+            .await
+            .map_err(e)?;
+        ensure!(st.state == JobState::Queued, "a stop adds no VM: {st:?}");
+        s.set_job_state(JobChange::new(
+            a.id,
+            &[JobState::Queued],
+            JobState::Cancelled,
+        ))
+        .await
+        .map_err(e)?;
+        let d = s.admit_job(create(), limits).await.map_err(e)?;
+        ensure!(d.state == JobState::Queued, "room after a cancel: {d:?}");
+        Ok(())
+    }
+
+    /// State changes check where the job is, set its times and result, and
+    /// log an event each; appended events keep their order.
+    pub async fn state_changes(s: &dyn JobStore) -> Result<(), String> {
+        let limits = AdmitLimits {
+            queue_bound: 10,
+            max_vms: None,
+        };
+        let j = s
+            .admit_job(new("partition.start", JobQueue::High, false), limits)
+            .await
+            .map_err(e)?;
+        let mut run = JobChange::new(j.id, &[JobState::Queued], JobState::Running);
+        run.runner = Some("boot-1".into());
+        let r = s.set_job_state(run.clone()).await.map_err(e)?;
+        ensure!(r.state == JobState::Running, "running: {r:?}");
+        ensure!(
+            r.started_at.is_some() && r.finished_at.is_none() && r.runner.is_some(),
+            "times and runner: {r:?}"
+        );
+        match s.set_job_state(run).await {
+            Err(x) if x.to_string().contains("is running") => {}
+            other => return Err(format!("a second run must be refused: {other:?}")),
+        }
+        let mut done = JobChange::new(j.id, &[JobState::Running], JobState::Succeeded);
+        done.result = Some(serde_json::json!({"ok": true}));
+        let d = s.set_job_state(done).await.map_err(e)?;
+        ensure!(
+            d.result == Some(serde_json::json!({"ok": true})) && d.finished_at.is_some(),
+            "result and end: {d:?}"
+        );
+        for n in 0..3 {
+            let seq = s
+                .append_job_event(j.id, "task", serde_json::json!({"n": n}))
+                .await
+                .map_err(e)?;
+            ensure!(seq == 3 + n, "seq {seq} for event {n}");
+        }
+        let ev = s.job_events(j.id).await.map_err(e)?;
+        let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
+        ensure!(
+            kinds == ["state", "state", "state", "task", "task", "task"],
+            "log: {kinds:?}"
+        );
+        ensure!(
+            ev.iter().all(|e| rfc3339(&e.time)) && rfc3339(&d.created_at),
+            "times are RFC 3339: {ev:?}"
+        );
+        match s
+            .set_job_state(JobChange::new(
+                999_999_999,
+                &[JobState::Queued],
+                JobState::Running,
+            ))
+            .await
+        {
+            Err(x) if x.to_string().contains("no job") => {}
+            other => return Err(format!("an unknown job: {other:?}")),
+        }
+        ensure!(
+            s.job(999_999_999).await.map_err(e)?.is_none(),
+            "an unknown job reads as none"
+        );
+        Ok(())
+    }
+
+    /// Workflow definitions are versioned per name; a delete removes every
+    /// version. `name` must be new to the store.
+    pub async fn workflows(s: &dyn JobStore, name: &str) -> Result<(), String> {
+        let before = s.workflows().await.map_err(e)?.len();
+        let v1 = s
+            .put_workflow(name, serde_json::json!({"v": 1}), "alice")
+            .await
+            .map_err(e)?;
+        let v2 = s
+            .put_workflow(name, serde_json::json!({"v": 2}), "alice")
+            .await
+            .map_err(e)?;
+        ensure!((v1, v2) == (1, 2), "versions {v1}, {v2}");
+        let w = s
+            .workflow(name, None)
+            .await
+            .map_err(e)?
+            .ok_or("the workflow is not there")?;
+        ensure!(
+            (w.version, w.definition["v"].as_i64()) == (2, Some(2)) && w.created_by == "alice",
+            "newest: {w:?}"
+        );
+        let old = s
+            .workflow(name, Some(1))
+            .await
+            .map_err(e)?
+            .ok_or("version 1 is not there")?;
+        ensure!(old.definition["v"].as_i64() == Some(1), "v1: {old:?}");
+        let listed = s.workflows().await.map_err(e)?;
+        ensure!(
+            listed.len() == before + 1 && listed.iter().any(|w| w.name == name && w.version == 2),
+            "listed once, newest: {listed:?}"
+        );
+        ensure!(s.delete_workflow(name).await.map_err(e)?, "delete");
+        ensure!(!s.delete_workflow(name).await.map_err(e)?, "deleted twice");
+        ensure!(
+            s.workflow(name, None).await.map_err(e)?.is_none(),
+            "gone after delete"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Resources;
 
     async fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -790,144 +1040,29 @@ mod tests {
         (dir, l)
     }
 
-    const LIMITS: AdmitLimits = AdmitLimits {
-        queue_bound: 2,
-        max_vms: Some(3),
-    };
-
     #[tokio::test]
     async fn admission_refuses_past_the_queue_bound_and_records_the_refusal() {
         let (_d, l) = ledger().await;
-        for _ in 0..2 {
-            let j = l
-                .admit_job(new("partition.start", JobQueue::High, false), LIMITS)
-                .await
-                .expect("admit");
-            assert_eq!(j.state, JobState::Queued);
-        }
-        let r = l
-            .admit_job(new("partition.start", JobQueue::High, false), LIMITS)
-            .await
-            .expect("admit");
-        assert_eq!(r.state, JobState::Refused);
-        assert!(
-            r.error.as_deref().unwrap_or("").contains("high queue"),
-            "{r:?}"
-        );
-        assert!(r.finished_at.is_some());
-        // The other queue has room.
-        let n = l
-            .admit_job(new("partition.create", JobQueue::Normal, true), LIMITS)
-            .await
-            .expect("admit");
-        assert_eq!(n.state, JobState::Queued);
-        let refused = l
-            .jobs(JobFilter {
-                state: Some(JobState::Refused),
-                limit: 10,
-                ..JobFilter::default()
-            })
-            .await
-            .expect("list");
-        assert_eq!(refused.len(), 1);
-        assert_eq!(l.job_events(r.id).await.expect("events").len(), 1);
+        conformance::queue_bound(&l).await.unwrap();
     }
 
     #[tokio::test]
     async fn admission_counts_vms_to_come_against_the_host_maximum() {
         let (_d, l) = ledger().await;
-        let limits = AdmitLimits {
-            queue_bound: 100,
-            max_vms: Some(2),
-        };
-        let a = l
-            .admit_job(new("partition.create", JobQueue::Normal, true), limits)
-            .await
-            .expect("admit");
-        let _b = l
-            .admit_job(new("partition.create", JobQueue::Normal, true), limits)
-            .await
-            .expect("admit");
-        let c = l
-            .admit_job(new("partition.create", JobQueue::Normal, true), limits)
-            .await
-            .expect("admit");
-        assert_eq!(c.state, JobState::Refused);
-        assert!(c.error.as_deref().unwrap_or("").contains("at most 2 VMs"));
-        // A job that adds no VM is not counted.
-        let s = l
-            .admit_job(new("partition.stop", JobQueue::High, false), limits)
-            .await
-            .expect("admit");
-        assert_eq!(s.state, JobState::Queued);
-        // Once one ends, there is room again.
-        l.set_job_state(JobChange::new(
-            a.id,
-            &[JobState::Queued],
-            JobState::Cancelled,
-        ))
-        .await
-        .expect("cancel");
-        let d = l
-            .admit_job(new("partition.create", JobQueue::Normal, true), limits)
-            .await
-            .expect("admit");
-        assert_eq!(d.state, JobState::Queued);
+        conformance::max_vms(&l).await.unwrap();
     }
 
     #[tokio::test]
     async fn state_changes_are_checked_and_logged() {
         let (_d, l) = ledger().await;
-        let j = l
-            .admit_job(new("partition.start", JobQueue::High, false), LIMITS)
-            .await
-            .expect("admit");
-        let mut run = JobChange::new(j.id, &[JobState::Queued], JobState::Running);
-        run.runner = Some("boot-1".into());
-        let r = l.set_job_state(run.clone()).await.expect("run");
-        assert_eq!(r.state, JobState::Running);
-        assert!(r.started_at.is_some() && r.finished_at.is_none());
-        let e = l.set_job_state(run).await.expect_err("not queued any more");
-        assert!(e.to_string().contains("is running"), "{e}");
-        let mut done = JobChange::new(j.id, &[JobState::Running], JobState::Succeeded);
-        done.result = Some(serde_json::json!({"ok": true}));
-        let d = l.set_job_state(done).await.expect("done");
-        assert_eq!(d.result, Some(serde_json::json!({"ok": true})));
-        assert!(d.finished_at.is_some());
-        l.append_job_event(j.id, "task", serde_json::json!({"event": "x"}))
-            .await
-            .expect("append");
-        let ev = l.job_events(j.id).await.expect("events");
-        assert_eq!(
-            ev.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
-            ["state", "state", "state", "task"]
-        );
+        conformance::state_changes(&l).await.unwrap();
         assert!(l.verify().await.expect("verify").is_empty());
+        assert_eq!(l.active_vm_count().await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn workflows_are_versioned() {
         let (_d, l) = ledger().await;
-        let v1 = l
-            .put_workflow("web", serde_json::json!({"v": 1}), "alice")
-            .await
-            .expect("put");
-        let v2 = l
-            .put_workflow("web", serde_json::json!({"v": 2}), "alice")
-            .await
-            .expect("put");
-        assert_eq!((v1, v2), (1, 2));
-        let w = l.workflow("web", None).await.expect("read").expect("there");
-        assert_eq!((w.version, w.definition["v"].as_i64()), (2, Some(2)));
-        let old = l
-            .workflow("web", Some(1))
-            .await
-            .expect("read")
-            .expect("there");
-        assert_eq!(old.definition["v"].as_i64(), Some(1));
-        assert_eq!(l.workflows().await.expect("list").len(), 1);
-        assert!(l.delete_workflow("web").await.expect("delete"));
-        assert!(!l.delete_workflow("web").await.expect("delete"));
-        assert!(l.workflow("web", None).await.expect("read").is_none());
+        conformance::workflows(&l, "web").await.unwrap();
     }
 }

@@ -74,6 +74,7 @@ pub use error::LedgerError;
 pub use job::{
     AdmitLimits, JobChange, JobEvent, JobFilter, JobQueue, JobRecord, JobState, JobStore,
     MAX_JOB_EVENTS, NewJob, WorkflowRecord, async_trait_free::JobStoreFuture,
+    conformance as job_store_conformance,
 };
 pub use json::JsonText;
 pub use ledger::{CommitNote, Ledger, LedgerOptions};

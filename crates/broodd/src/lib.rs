@@ -104,9 +104,23 @@ impl Broodd {
         plugins.feature(Arc::new(io::IoPartitions::default()));
         plugins.feature(Arc::new(cluster::Cluster::default()));
         plugins.feature(Arc::new(job::Jobs::new(cfg.jobs)));
+        // A cluster member's jobs live in the catalog, so it is reached
+        // before the jobs a previous broodd left are settled below.
+        let (jobs, catalog): (Arc<dyn brood_ledger::JobStore>, _) = match &cluster {
+            Some(c) => {
+                let catalog = brood_cluster::Catalog::connect(&c.url, c.retry_for)
+                    .await
+                    .context("connect to the catalog (--catalog)")?;
+                let store =
+                    brood_cluster::PgJobStore::new(catalog.clone(), &c.name, ledger.clone());
+                (Arc::new(store), Some(catalog))
+            }
+            None => (Arc::new(ledger.clone()), None),
+        };
         let host = Arc::new(Host::new(
             cfg.paths,
             ledger,
+            jobs,
             engine,
             cfg.token,
             cfg.vcpu_overcommit,
@@ -138,8 +152,10 @@ impl Broodd {
         memory::spawn(host.clone());
         partition::autostart::spawn(&host);
         pool::refill::spawn(host.clone());
-        if let Some(c) = cluster {
-            cluster::join(&host, c).await.context("join the cluster")?;
+        if let (Some(c), Some(catalog)) = (cluster, catalog) {
+            cluster::join(&host, c, catalog)
+                .await
+                .context("join the cluster")?;
         }
         Ok(Broodd { host })
     }

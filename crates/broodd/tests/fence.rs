@@ -211,14 +211,15 @@ async fn a_broodd_whose_partition_moved_refuses_to_run_it_and_removes_it_at_star
     let (_, jobs) = call(&r, Method::GET, "/v1/jobs?state=failed", None).await;
     assert!(jobs.to_string().contains("fenced"), "{jobs}");
 
-    // The catalog away: a start waits to the deadline, then is refused.
+    // The catalog away: a start waits to the deadline, then is refused
+    // (its job cannot even be admitted: jobs live in the catalog).
     let (st, v) = call(&r, Method::POST, "/v1/partitions/db/stop", None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     pg.stop_server().unwrap();
     let (st, v) = call(&r, Method::POST, "/v1/partitions/db/start", None).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     let msg = v["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("could not confirm"), "{msg}");
+    assert!(msg.contains("job store is unavailable"), "{msg}");
     let (_, db) = call(&r, Method::GET, "/v1/partitions/db", None).await;
     assert_eq!(db["run_state"], "stopped", "nothing was done: {db}");
     pg.start_server().unwrap();

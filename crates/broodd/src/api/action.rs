@@ -23,7 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Auth;
-use super::doc::{Common, JsonBody};
+use super::doc::{Common, JobStoreDown, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
 use super::jobs::{WaitQuery, check_data, no_workflow};
@@ -125,7 +125,8 @@ async fn list_actions(
         (status = 400, description = "malformed JSON, an unknown field, a bad action name, or a workflow without an input `template`", body = ErrorBody),
         (status = 404, description = "no template or no workflow of that name (`not_found`)", body = ErrorBody),
         JsonBody,
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn bind_action(
@@ -138,7 +139,7 @@ async fn bind_action(
     let tpl = template_rec(&d, &caller, &name, Action::Manage).await?;
     caller.check(Action::Read, Kind::Workflow)?;
     let stored = d
-        .ledger
+        .jobs
         .workflow(&req.workflow, None)
         .await?
         .ok_or_else(|| no_workflow(&req.workflow))?;
@@ -225,7 +226,7 @@ async fn run_action(
         .await?
         .ok_or_else(|| no_action(&tpl.name, &action))?;
     let stored = d
-        .ledger
+        .jobs
         .workflow(&bound.workflow, req.version)
         .await?
         .ok_or_else(|| no_workflow(&bound.workflow))?;

@@ -24,6 +24,17 @@ pub enum Common {
     Internal(ErrorBody),
 }
 
+/// What a route that reads or writes only the job store (jobs, workflow
+/// definitions) can answer besides [`Common`]: on a cluster member they
+/// live in the catalog (PostgreSQL), which may not answer.
+#[derive(IntoResponses)]
+pub enum JobStoreDown {
+    /// broodd runs with `--catalog` and the catalog did not answer within
+    /// `--catalog-retry` (`unavailable`); retry when PostgreSQL is back.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// What a route that takes a JSON body can answer about the body itself
 /// (a malformed body or field is a 400, declared on each route).
 #[derive(IntoResponses)]

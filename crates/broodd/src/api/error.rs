@@ -152,6 +152,14 @@ impl From<LedgerError> for ApiError {
             LedgerError::NetworkConflict { .. } | LedgerError::Job { .. } => {
                 Self::conflict(e.to_string())
             }
+            LedgerError::StoreUnavailable { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!(
+                    "{e}; this broodd keeps its jobs in the cluster catalog (--catalog): retry \
+                     when PostgreSQL answers again"
+                ),
+            ),
             LedgerError::NoSuchNetwork { .. } => {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
             }

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Auth;
-use super::doc::{Common, JsonBody};
+use super::doc::{Common, JobStoreDown, JsonBody};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
 use crate::host::Host;
@@ -110,7 +110,8 @@ struct ListQuery {
         (status = 200, description = "A page of jobs, newest first", body = JobList),
         (status = 400, description = "an unknown query parameter or state, or `limit` outside 1-1000", body = ErrorBody),
         (status = 404, description = "no unit of that name that the caller may see (`not_found`)", body = ErrorBody),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResult<Json<JobList>> {
@@ -134,7 +135,7 @@ async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResul
         ));
     }
     let recs = d
-        .ledger
+        .jobs
         .jobs(JobFilter {
             state: q.state.map(job::state_in),
             unit,
@@ -164,7 +165,8 @@ async fn list(State(d): D, caller: Auth, Query(q): Query<ListQuery>) -> ApiResul
         (status = 200, description = "The job and its log", body = Job),
         (status = 400, description = "the id is not a number", body = ErrorBody),
         (status = 404, description = "no job of that number that the caller may see (`not_found`)", body = ErrorBody),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn show(State(d): D, caller: Auth, Path(id): Path<u64>) -> ApiResult<Json<Job>> {
@@ -173,7 +175,7 @@ async fn show(State(d): D, caller: Auth, Path(id): Path<u64>) -> ApiResult<Json<
 }
 
 async fn with_events(d: &Host, rec: brood_ledger::JobRecord) -> ApiResult<Job> {
-    let events = d.ledger.job_events(rec.id).await?;
+    let events = d.jobs.job_events(rec.id).await?;
     let mut j = job::view(rec);
     j.events = events
         .into_iter()
@@ -202,7 +204,8 @@ async fn with_events(d: &Host, rec: brood_ledger::JobRecord) -> ApiResult<Job> {
         (status = 400, description = "the id is not a number", body = ErrorBody),
         (status = 404, description = "no job of that number that the caller may see (`not_found`)", body = ErrorBody),
         (status = 409, description = "the job has ended, or it is a single action that has begun and cannot be cut (`conflict`)", body = ErrorBody),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn cancel(State(d): D, caller: Auth, Path(id): Path<u64>) -> ApiResult<Json<Job>> {
@@ -231,7 +234,8 @@ struct WaitFor {
         (status = 200, description = "The job: ended, or as it is when the timeout passed (check `state`)", body = Job),
         (status = 400, description = "the id is not a number, or `timeout_s` over 3600", body = ErrorBody),
         (status = 404, description = "no job of that number that the caller may see (`not_found`)", body = ErrorBody),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn wait(
@@ -269,12 +273,13 @@ fn info(w: WorkflowRecord) -> WorkflowInfo {
     operation_id = "list_workflows",
     responses(
         (status = 200, description = "Every workflow, by name", body = WorkflowList),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn workflows(State(d): D, caller: Auth) -> ApiResult<Json<WorkflowList>> {
     caller.check(Action::Read, Kind::Workflow)?;
-    let items = d.ledger.workflows().await?.into_iter().map(info).collect();
+    let items = d.jobs.workflows().await?.into_iter().map(info).collect();
     Ok(Json(WorkflowList { items }))
 }
 
@@ -289,7 +294,8 @@ async fn workflows(State(d): D, caller: Auth) -> ApiResult<Json<WorkflowList>> {
         (status = 201, description = "Stored: the workflow at its new version", body = WorkflowInfo),
         (status = 400, description = "malformed JSON or an unknown field, or a definition that does not parse or cannot run as written: the message names what", body = ErrorBody),
         JsonBody,
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn create_workflow(
@@ -301,9 +307,9 @@ async fn create_workflow(
     let wf = Workflow::parse(&req.definition).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let def =
         serde_json::to_value(&wf).map_err(|e| ApiError::internal("encode the workflow", &e))?;
-    d.ledger.put_workflow(&wf.name, def, caller.actor()).await?;
+    d.jobs.put_workflow(&wf.name, def, caller.actor()).await?;
     let stored = d
-        .ledger
+        .jobs
         .workflow(&wf.name, None)
         .await?
         .ok_or_else(|| ApiError::conflict("the workflow was deleted while it was stored"))?;
@@ -339,7 +345,8 @@ pub(super) fn no_workflow(name: &str) -> ApiError {
         (status = 200, description = "The workflow", body = WorkflowInfo),
         (status = 400, description = "an unknown query parameter, or a version that is not a number", body = ErrorBody),
         (status = 404, description = "no workflow of that name or version (`not_found`)", body = ErrorBody),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn show_workflow(
@@ -350,7 +357,7 @@ async fn show_workflow(
 ) -> ApiResult<Json<WorkflowInfo>> {
     caller.check(Action::Read, Kind::Workflow)?;
     let w = d
-        .ledger
+        .jobs
         .workflow(&name, q.version)
         .await?
         .ok_or_else(|| no_workflow(&name))?;
@@ -368,7 +375,8 @@ async fn show_workflow(
         (status = 204, description = "Deleted"),
         (status = 400, description = "the name in the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no workflow of that name (`not_found`)", body = ErrorBody),
-        Common
+        Common,
+        JobStoreDown
     )
 )]
 async fn delete_workflow(
@@ -377,7 +385,7 @@ async fn delete_workflow(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.check(Action::Delete, Kind::Workflow)?;
-    if d.ledger.delete_workflow(&name).await? {
+    if d.jobs.delete_workflow(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_workflow(&name))
@@ -412,7 +420,7 @@ async fn run_workflow(
 ) -> ApiResult<Response> {
     caller.check(Action::Operate, Kind::Workflow)?;
     let stored = d
-        .ledger
+        .jobs
         .workflow(&name, req.version)
         .await?
         .ok_or_else(|| no_workflow(&name))?;

@@ -201,6 +201,7 @@ async fn host(State(d): D, caller: Auth) -> ApiResult<Json<HostInfo>> {
         active: records.iter().filter(|r| r.run_state.is_active()).count() as u64,
         data_dir: d.paths.data.display().to_string(),
         run_dir: d.engine.run_root().display().to_string(),
+        job_store: d.jobs.backend().into(),
         engine: EngineInfo {
             name: caps.engine.into(),
             accel: caps.accel.name().into(),

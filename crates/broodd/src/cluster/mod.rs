@@ -161,12 +161,9 @@ impl Cluster {
     }
 }
 
-/// Joins the cluster: connects (migrating the catalog), registers, reconciles,
+/// Joins the cluster through `catalog` (connected and migrated): registers, reconciles,
 /// then heartbeats and reconciles on every ledger change until broodd stops.
-pub async fn join(host: &Arc<Host>, cfg: ClusterConfig) -> anyhow::Result<()> {
-    let catalog = Catalog::connect(&cfg.url, cfg.retry_for)
-        .await
-        .context("connect to the catalog (--catalog)")?;
+pub async fn join(host: &Arc<Host>, cfg: ClusterConfig, catalog: Catalog) -> anyhow::Result<()> {
     let member = Arc::new(Member {
         catalog,
         cfg,

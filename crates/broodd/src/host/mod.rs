@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use brood_engine::Engine;
-use brood_ledger::Ledger;
+use brood_ledger::{JobStore, Ledger};
 
 pub use self::error::{HostError, HostResult, chain};
 pub use self::events::Events;
@@ -65,6 +65,9 @@ pub struct Host {
     pub paths: Paths,
     /// The resource ledger.
     pub ledger: Ledger,
+    /// Where jobs and workflows live: the ledger on one host, the cluster
+    /// catalog (PostgreSQL) with `--catalog`.
+    pub jobs: Arc<dyn JobStore>,
     /// The VM engine.
     pub engine: Arc<dyn Engine>,
     /// The API's bearer token.
@@ -84,6 +87,7 @@ impl Host {
     pub fn new(
         paths: Paths,
         ledger: Ledger,
+        jobs: Arc<dyn JobStore>,
         engine: Arc<dyn Engine>,
         token: String,
         vcpu_overcommit: f64,
@@ -93,6 +97,7 @@ impl Host {
             paths,
             events: Events::following(&ledger),
             ledger,
+            jobs,
             engine,
             token,
             vcpu_overcommit,

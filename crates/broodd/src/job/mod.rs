@@ -46,7 +46,7 @@ use axum::response::{IntoResponse, Response};
 use brood_api::ErrorCode;
 use brood_api::event::EventKind;
 use brood_ledger::{
-    AdmitLimits, JobChange, JobQueue, JobRecord, JobState, JobStore, NewJob, PartitionRecord,
+    AdmitLimits, JobChange, JobQueue, JobRecord, JobState, NewJob, PartitionRecord,
 };
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
@@ -402,7 +402,7 @@ async fn run_one(host: Arc<Host>, p: Pending, cancelled: Arc<AtomicBool>) {
     let mut change = JobChange::new(rec.id, &[JobState::Queued], JobState::Running);
     change.runner = Some(jobs.runner.clone());
     change.progress = Some("running".into());
-    let result = match host.ledger.set_job_state(change).await {
+    let result = match host.jobs.set_job_state(change).await {
         Ok(rec) => {
             publish(&host, &rec);
             // The one fencing check of a clustered host (cluster/fence.rs).
@@ -468,7 +468,7 @@ async fn finish(host: &Arc<Host>, id: u64, result: &ApiResult<Done>) {
         }
     };
     change.progress = Some("done".into());
-    match host.ledger.set_job_state(change).await {
+    match host.jobs.set_job_state(change).await {
         Ok(rec) => {
             publish(host, &rec);
             if rec.state == JobState::Failed {
@@ -636,7 +636,7 @@ pub async fn submit(
         queue_bound: jobs.cfg.queue_bound,
         max_vms: jobs.cfg.max_vms,
     };
-    let rec = host.ledger.admit_job(new, limits).await?;
+    let rec = host.jobs.admit_job(new, limits).await?;
     publish(host, &rec);
     if rec.state == JobState::Refused {
         return Err(refused(&rec));
@@ -694,7 +694,7 @@ pub async fn cancel(host: &Arc<Host>, rec: &JobRecord) -> ApiResult<JobRecord> {
     if let Some(p) = removed {
         let mut c = JobChange::new(rec.id, &[JobState::Queued], JobState::Cancelled);
         c.error = Some("cancelled before it ran".into());
-        let done = host.ledger.set_job_state(c).await?;
+        let done = host.jobs.set_job_state(c).await?;
         publish(host, &done);
         if let Some(r) = p.reply {
             let _ = r.send(Err(ApiError::conflict(format!(
@@ -715,11 +715,7 @@ pub async fn cancel(host: &Arc<Host>, rec: &JobRecord) -> ApiResult<JobRecord> {
             if rec.kind == "workflow.run" || CANCELLABLE.contains(&rec.kind.as_str()) =>
         {
             flag.store(true, Ordering::SeqCst);
-            Ok(host
-                .ledger
-                .job(rec.id)
-                .await?
-                .unwrap_or_else(|| rec.clone()))
+            Ok(host.jobs.job(rec.id).await?.unwrap_or_else(|| rec.clone()))
         }
         _ => Err(ApiError::conflict(format!(
             "job {} ({}) is one action that has begun; it cannot be cancelled half-way: \
@@ -739,7 +735,7 @@ pub async fn wait(
     let mut ends = jobs.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let rec = host.ledger.job(id).await?;
+        let rec = host.jobs.job(id).await?;
         match &rec {
             None => return Ok(None),
             Some(r) if r.state.is_final() => return Ok(rec),
@@ -806,7 +802,7 @@ where
 pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::host::HostResult<()> {
     let jobs = host.feature::<Jobs>();
     let running = host
-        .ledger
+        .jobs
         .jobs(brood_ledger::JobFilter {
             state: Some(JobState::Running),
             limit: usize::MAX >> 1,
@@ -820,7 +816,7 @@ pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::ho
         let lost = ours
             && !runs_here(j.id)
             && host
-                .ledger
+                .jobs
                 .job(j.id)
                 .await?
                 .is_some_and(|now| now.state == JobState::Running)
@@ -839,7 +835,7 @@ pub async fn verify(host: &Host, out: &mut Vec<brood_api::Problem>) -> crate::ho
     // (a partition of the same name made by a later job is not an orphan).
     for state in [JobState::Failed] {
         let ended = host
-            .ledger
+            .jobs
             .jobs(brood_ledger::JobFilter {
                 state: Some(state),
                 limit: 10_000,

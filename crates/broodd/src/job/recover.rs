@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use brood_ledger::{JobChange, JobFilter, JobRecord, JobState, JobStore};
+use brood_ledger::{JobChange, JobFilter, JobRecord, JobState};
 use tracing::{info, warn};
 
 use super::{Class, Jobs, Key, Pending, publish};
@@ -27,7 +27,7 @@ pub async fn run(host: &Arc<Host>) -> anyhow::Result<()> {
     let mut left: Vec<JobRecord> = Vec::new();
     for state in [JobState::Running, JobState::Queued] {
         left.extend(
-            host.ledger
+            host.jobs
                 .jobs(JobFilter {
                     state: Some(state),
                     limit: usize::MAX >> 1,
@@ -52,7 +52,7 @@ pub async fn run(host: &Arc<Host>) -> anyhow::Result<()> {
                 // marks it running under this broodd.
                 let mut c = JobChange::new(j.id, &[JobState::Running], JobState::Queued);
                 c.progress = Some("resuming after a restart of broodd".into());
-                host.ledger.set_job_state(c).await?
+                host.jobs.set_job_state(c).await?
             } else {
                 j
             };
@@ -114,7 +114,7 @@ async fn settle(host: &Arc<Host>, j: &JobRecord, to: JobState, why: &str) -> any
     }
     let mut c = JobChange::new(j.id, &[j.state], to);
     c.error = Some(why.into());
-    let rec = host.ledger.set_job_state(c).await?;
+    let rec = host.jobs.set_job_state(c).await?;
     info!(job = rec.id, kind = %rec.kind, "{}: {why}", rec.state.as_str());
     publish(host, &rec);
     Ok(())

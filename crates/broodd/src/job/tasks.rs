@@ -144,7 +144,7 @@ impl HostRunner {
     async fn first_started(&self, task: &str) -> Result<Option<std::time::SystemTime>, String> {
         let events = self
             .host
-            .ledger
+            .jobs
             .job_events(self.job.id)
             .await
             .map_err(|e| chain(&e))?;

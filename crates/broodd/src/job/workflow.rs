@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use brood_api::ErrorCode;
-use brood_ledger::JobStore;
 use brood_workflow::{Event, Journal, Outcome, Runner, Secrets, Task, TaskResult, Workflow};
 use serde_json::Value;
 
@@ -38,7 +37,7 @@ impl Journal for LedgerJournal {
     async fn append(&mut self, e: &Event) -> Result<(), String> {
         let body = serde_json::to_value(e).map_err(|e| e.to_string())?;
         self.host
-            .ledger
+            .jobs
             .append_job_event(self.job, "task", body)
             .await
             .map(|_| ())
@@ -111,7 +110,7 @@ pub fn params(wf: &Workflow, version: u64, data: &BTreeMap<String, Value>) -> Va
 /// The journal entries of a job so far.
 async fn past(host: &Host, job: u64) -> ApiResult<Vec<Event>> {
     let mut out = Vec::new();
-    for e in host.ledger.job_events(job).await? {
+    for e in host.jobs.job_events(job).await? {
         if e.kind == "task" {
             let ev: Event = serde_json::from_value(e.body).map_err(|err| {
                 ApiError::internal(&format!("read the journal of job {job}"), &err)

@@ -198,7 +198,7 @@ impl Caller {
                 "no job {id}: `brood job list` shows the jobs you can see"
             ))
         };
-        let rec = host.ledger.job(id).await?.ok_or_else(hidden)?;
+        let rec = host.jobs.job(id).await?.ok_or_else(hidden)?;
         self.gate((action, Kind::Job, rec.unit), hidden)?;
         Ok(Authorized {
             unit: rec.unit,
