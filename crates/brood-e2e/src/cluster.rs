@@ -70,6 +70,15 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Cuts host `i`'s (from 0) link to the bridge, or mends it: its
+    /// broodd keeps running but reaches neither PostgreSQL nor the others.
+    pub fn link(&self, i: usize, up: bool) {
+        let veth = format!("{}v{}", self.bridge, i + 1);
+        run(Command::new("ip").args(["link", "set", &veth, if up { "up" } else { "down" }]));
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for ns in &self.namespaces {

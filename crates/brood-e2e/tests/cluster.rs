@@ -154,7 +154,11 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
     );
 
     // PostgreSQL restarts in the middle of a placement: the placement waits
-    // for it, commits once, and the heartbeats come back.
+    // for it, commits once, and the heartbeats come back. It stays away
+    // long enough for h1 and h2 to fence themselves (no catalog for
+    // --failed-after less a heartbeat): they pause their VMs, and resume
+    // them once the catalog answers and still places them there.
+    let run_state = |h: &Host, vm: &str| h.json(&["vm", "show", vm])["run_state"].clone();
     pg.stop_server().unwrap();
     let placing = {
         let data = h3.data.clone();
@@ -166,7 +170,15 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
                 .unwrap()
         })
     };
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            run_state(&h1, "web") == "paused" && run_state(&h2, "dbvm") == "paused"
+        }),
+        "self-fenced: web {}, dbvm {}\n{}",
+        run_state(&h1, "web"),
+        run_state(&h2, "dbvm"),
+        tail(&h1.log())
+    );
     assert!(
         !placing.is_finished(),
         "the placement waits for the catalog"
@@ -176,6 +188,20 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
     assert!(out.status.success(), "{}", stderr(&out));
     let late: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(late["generation"], 1);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            run_state(&h1, "web") == "running" && run_state(&h2, "dbvm") == "running"
+        }),
+        "resumed once the catalog answered: web {}, dbvm {}\n{}",
+        run_state(&h1, "web"),
+        run_state(&h2, "dbvm"),
+        tail(&h1.log())
+    );
+    assert!(
+        h1.log().contains("self-fence ended: resumed"),
+        "{}",
+        tail(&h1.log())
+    );
     assert!(
         wait_until(Duration::from_secs(30), || states(&h2) == all("active")),
         "{:?}",

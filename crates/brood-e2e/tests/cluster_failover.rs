@@ -12,7 +12,11 @@
 //! 3. the old host's broodd comes back: it removes its stale copy and
 //!    refuses to define or start it again (fenced, 409 / 404);
 //! 4. one operations service is killed: the other takes its hosts (the
-//!    leases move) and a second host failure is still handled.
+//!    leases move) and a second host failure is still handled;
+//! 5. the host running the VM is cut off the network (broodd and QEMU
+//!    alive): it pauses the VM before it may be called failed, the VM
+//!    runs on the last host while the cut-off copy is paused, and the
+//!    link back, the cut-off host removes its copy.
 //!
 //! `brood ledger verify` is clean on every host after each step.
 
@@ -392,7 +396,56 @@ fn a_failed_host_is_restarted_or_its_vm_moves_the_old_host_is_fenced_and_ops_tak
         .filter(|h| h.name != now_on)
         .collect();
     verify_all(&live);
-    let out = last_host.brood(&["vm", "delete", "web", "--force"]);
+
+    // (e) A network partition, not a crash: the host running the VM loses
+    // its link, its broodd and QEMU live on. Before the operations service
+    // may call it failed, it fences itself (pauses the VM); the VM is
+    // re-placed on the last live host and runs there while the cut-off
+    // copy is still paused, so it never runs twice. The link back, the
+    // cut-off host removes its copy.
+    let cut = [&h1, &h2, &h3].iter().position(|h| h.name == last).unwrap();
+    let other = live.iter().find(|h| h.name != last).unwrap();
+    let run_state = |h: &Host| h.json(&["vm", "show", "web"])["run_state"].clone();
+    net.link(cut, false);
+    assert!(
+        wait_until(T, || run_state(last_host) == "paused"),
+        "{} fenced itself: {}\n{}",
+        last,
+        run_state(last_host),
+        tail(&last_host.log())
+    );
+    let moved_on = || {
+        let (host, generation, held) = host_of(other, "web");
+        host.as_deref() == Some(other.name.as_str()) && generation == 4 && held
+    };
+    assert!(
+        wait_until(T, moved_on),
+        "{:?}\n{}",
+        host_of(other, "web"),
+        alive.log()
+    );
+    assert!(
+        wait_until(T, || exec_ok(other, "web")),
+        "{}",
+        tail(&other.log())
+    );
+    assert_eq!(
+        run_state(last_host),
+        "paused",
+        "the cut-off copy stays paused while the new one runs"
+    );
+    net.link(cut, true);
+    assert!(
+        wait_until(T, || !last_host
+            .brood(&["vm", "show", "web"])
+            .status
+            .success()),
+        "the cut-off host removed its copy:\n{}",
+        tail(&last_host.log())
+    );
+    assert!(exec_ok(other, "web"));
+    verify_all(&live);
+    let out = other.brood(&["vm", "delete", "web", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     drop((h1, h2, h3));
     drop(pg);

@@ -15,11 +15,14 @@
 //! `failover.rs` publishes this host's definitions and starts what an
 //! operations service moved here; `ops.rs` is the operations service
 //! (`broodd ops`), which watches hosts under leases and moves the
-//! partitions of a failed one.
+//! partitions of a failed one; `selffence.rs` pauses this host's movable
+//! partitions when it cannot reach the catalog, before it may be called
+//! failed.
 
 pub mod failover;
 pub mod fence;
 pub mod ops;
+pub mod selffence;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -146,6 +149,8 @@ pub struct Member {
     pub cfg: ClusterConfig,
     /// The placement generation this host was given per partition.
     pub given: fence::Given,
+    /// When this host last reached the catalog (`selffence.rs`).
+    pub health: selffence::Health,
 }
 
 /// The feature's state: the membership once joined (never, on a single host).
@@ -168,6 +173,7 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig, catalog: Catalog) -> any
         catalog,
         cfg,
         given: fence::Given::default(),
+        health: selffence::Health::default(),
     });
     register(host, &member)
         .await
@@ -201,6 +207,7 @@ pub async fn join(host: &Arc<Host>, cfg: ClusterConfig, catalog: Catalog) -> any
         .set(member.clone())
         .map_err(|_| anyhow::anyhow!("broodd joined the cluster twice"))?;
     spawn_heartbeat(host.clone(), member.clone());
+    selffence::spawn(host.clone(), member.clone());
     failover::spawn(host.clone(), member.clone());
     migrate::spawn_receiver(host.clone(), member.clone());
     spawn_sync(host.clone(), member);
@@ -279,12 +286,16 @@ fn spawn_heartbeat(host: Arc<Host>, m: Arc<Member>) {
         let mut failing = false;
         while !host.is_stopping() {
             tick.tick().await;
+            let began = std::time::Instant::now();
             let r = match m.catalog.heartbeat(&m.cfg.name).await {
                 // Removed by an administrator while running, or a catalog
                 // restored from an older backup: register again.
                 Err(ClusterError::NotFound { .. }) => register(&host, &m).await,
                 other => other,
             };
+            if r.is_ok() {
+                m.health.beat(began);
+            }
             match r {
                 Ok(()) if failing => {
                     info!("heartbeats reach the catalog again");
