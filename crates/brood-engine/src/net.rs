@@ -26,6 +26,7 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+const SIOCBRDELIF: libc::c_ulong = 0x89a3;
 
 #[repr(C)]
 struct IfReqFlags {
@@ -136,6 +137,40 @@ pub fn attach_tap(name: &str, bridge: &str) -> Result<(), EngineError> {
         ));
     }
     Ok(())
+}
+
+/// Whether `name` is a Linux bridge in this process's network namespace.
+///
+/// Not `/sys/class/net/NAME/bridge`: sysfs shows the namespace of whoever
+/// mounted it, so a broodd that entered a host's network namespace
+/// (`nsenter --net`) would see the init namespace's bridges there. The
+/// probe is a bridge ioctl with no side effect: removing port 0 (no such
+/// interface) from `name` fails with `EINVAL` on a bridge, `EOPNOTSUPP` on
+/// another kind of interface and `ENODEV` when there is none.
+pub fn is_bridge(name: &str) -> Result<bool, EngineError> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Ok(false);
+    }
+    let ctl = control_socket()?;
+    let mut req = IfReqIndex {
+        name: ifname(name),
+        index: 0,
+        _pad: [0; 20],
+    };
+    // SAFETY: SIOCBRDELIF reads an ifreq with the bridge name and a port
+    // index; index 0 names no interface, so it removes nothing.
+    let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), SIOCBRDELIF as _, &mut req) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EINVAL) => Ok(true),
+        Some(libc::EOPNOTSUPP | libc::ENODEV | libc::ENXIO) => Ok(false),
+        _ => Err(EngineError::host(
+            format!("check whether {name} is a bridge"),
+            io::Error::last_os_error(),
+        )),
+    }
 }
 
 fn control_socket() -> Result<OwnedFd, EngineError> {

@@ -395,7 +395,7 @@ impl VmSpec {
         }
         for n in &self.nics {
             if let NicBackend::Bridge(br) = &n.backend
-                && !Path::new("/sys/class/net").join(br).join("bridge").is_dir()
+                && !crate::net::is_bridge(br).unwrap_or(false)
             {
                 return bad(format!(
                     "bridge {br:?} does not exist: create it with `ip link add {br} type bridge && ip link set {br} up`"

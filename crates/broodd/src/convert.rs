@@ -279,12 +279,7 @@ pub fn validate_config(
                 n.network
             ));
         }
-        if !user
-            && !std::path::Path::new("/sys/class/net")
-                .join(&n.network)
-                .join("bridge")
-                .is_dir()
-        {
+        if !user && !brood_engine::net::is_bridge(&n.network).unwrap_or(false) {
             return bad(format!(
                 "network {:?} is neither `user` nor a Linux bridge on this host (create it with `ip link add {} type bridge`)",
                 n.network, n.network

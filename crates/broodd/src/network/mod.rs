@@ -46,7 +46,8 @@ fn check_name(name: &str) -> HostResult<()> {
             "network name {name:?} is QEMU's user network: pick another name"
         )));
     }
-    if std::path::Path::new("/sys/class/net").join(name).exists() {
+    // In this network namespace (not sysfs, which may show another's).
+    if nix::net::if_::if_nametoindex(name).is_ok() {
         return Err(HostError::invalid(format!(
             "network name {name:?} is a host interface (a NIC naming it would mean that bridge): pick another name"
         )));
