@@ -73,6 +73,29 @@ impl Net {
 impl Net {
     /// Cuts host `i`'s (from 0) link to the bridge, or mends it: its
     /// broodd keeps running but reaches neither PostgreSQL nor the others.
+    /// Puts every host's link in a bridge `name` of its own namespace (its
+    /// address moves there), so a VM with `--nic NAME` is on the hosts'
+    /// shared segment on whichever host it runs. Call before the hosts
+    /// start; returns the hosts' prefix (`10.N.77`).
+    pub fn bridge_hosts(&self, name: &str) -> String {
+        let prefix = self.gateway.trim_end_matches(".1").to_owned();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let addr = format!("{prefix}.{}/24", i + 2);
+            for args in [
+                vec!["link", "add", name, "type", "bridge"],
+                vec!["addr", "del", &addr, "dev", "eth0"],
+                vec!["link", "set", "eth0", "master", name],
+                vec!["addr", "add", &addr, "dev", name],
+                vec!["link", "set", name, "up"],
+            ] {
+                run(Command::new("ip")
+                    .args(["netns", "exec", ns, "ip"])
+                    .args(args));
+            }
+        }
+        prefix
+    }
+
     pub fn link(&self, i: usize, up: bool) {
         let veth = format!("{}v{}", self.bridge, i + 1);
         run(Command::new("ip").args(["link", "set", &veth, if up { "up" } else { "down" }]));

@@ -256,3 +256,110 @@ fn pause_resume(h: &Host, name: &str) {
         assert!(out.status.success(), "vm {verb} {name}: {}", stderr(&out));
     }
 }
+
+/// How many ping replies `log` (ping's output) holds.
+fn replies(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .count()
+}
+
+#[test]
+fn a_guest_tcp_connection_and_a_ping_survive_a_live_migration() {
+    use std::io::Write;
+
+    let _two = TWO_VMS.blocking_lock();
+    let net = Net::new(2);
+    // The VM's NIC is on a bridge each host has, joined to the hosts'
+    // shared segment: the same L2 network on either host.
+    let prefix = net.bridge_hosts("cbr0");
+    let pg = TempPostgres::start_on(&net.gateway).expect("start PostgreSQL");
+    let url = pg.url();
+    let h1 = Host::start(&net.namespaces[0], "h1", &url, &[]);
+    let h2 = Host::start(&net.namespaces[1], "h2", &url, &[]);
+    h1.json(&[
+        "vm", "create", "tcp", "--memory", "256", "--vcpus", "1", "--nic", "cbr0",
+    ]);
+    let ip = format!("{prefix}.50");
+    let up = exec(
+        &h1,
+        "tcp",
+        &format!(
+            "ip addr add {ip}/24 dev eth0 && ip link set eth0 up && \
+             (nc -l -p 7000 > /tmp/got 2>&1 < /dev/null &) && echo up"
+        ),
+    );
+    assert_eq!(up.as_deref(), Some("up\n"), "{}", tail(&h1.log()));
+
+    // From the machine (the segment's gateway): one TCP connection, and a
+    // ping every 200 ms, both running through the move.
+    let addr: std::net::SocketAddr = format!("{ip}:7000").parse().unwrap();
+    let mut conn = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok();
+            conn.is_some()
+        }),
+        "the guest's server never answered on {addr}"
+    );
+    let mut conn = conn.unwrap();
+    conn.write_all(b"before\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ping.log");
+    // busybox's ping (busybox-static is one of setup's packages).
+    let mut ping = std::process::Command::new("busybox")
+        .args(["ping", "-i", "0.2", &ip])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || replies(&log) >= 3),
+        "the guest answers pings before the move: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let done = h1.json(&["vm", "migrate", "tcp", "--to", "h2"]);
+    assert_eq!(done["to"], "h2", "{done}");
+    let at_move = replies(&log);
+    let pinged = wait_until(Duration::from_secs(30), || replies(&log) >= at_move + 5);
+    let _ = ping.kill();
+    let _ = ping.wait();
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(pinged, "pings answered on h2 after the move:\n{out}");
+
+    // The same connection, after the move: the guest on h2 gets the rest.
+    conn.write_all(b"after\n").unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            exec(&h2, "tcp", "cat /tmp/got").as_deref() == Some("before\nafter\n")
+        }),
+        "the connection carried on across the move: {:?}\n{}",
+        exec(&h2, "tcp", "cat /tmp/got"),
+        tail(&h2.log())
+    );
+    assert!(vms(&h1).is_empty(), "h1 still holds {:?}", vms(&h1));
+    let seqs: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.split("seq=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    let lost = seqs
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0] + 1))
+        .sum::<u64>();
+    eprintln!(
+        "migration: total {} ms, downtime {} ms; {} pings answered, {lost} lost in between",
+        done["total_ms"],
+        done["downtime_ms"],
+        seqs.len()
+    );
+    verify_all(&[&h1, &h2]);
+    let out = h2.brood(&["vm", "delete", "tcp", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop((h1, h2));
+    drop(pg);
+    drop(net);
+}
