@@ -363,3 +363,80 @@ fn a_guest_tcp_connection_and_a_ping_survive_a_live_migration() {
     drop(pg);
     drop(net);
 }
+
+/// The memory `h`'s ledger has `owner` hold (MiB).
+fn memory_held(h: &Host, owner: &str) -> u64 {
+    h.json(&["ledger", "show"])["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["owner"] == owner)
+        .and_then(|o| o["holds"]["memory_mib"].as_u64())
+        .unwrap_or_else(|| panic!("{} holds nothing for {owner}", h.name))
+}
+
+#[test]
+fn a_forked_child_live_migrates_whole_and_its_template_stays() {
+    let _two = TWO_VMS.blocking_lock();
+    let net = Net::new(2);
+    let pg = TempPostgres::start_on(&net.gateway).expect("start PostgreSQL");
+    let url = pg.url();
+    let h1 = Host::start(&net.namespaces[0], "h1", &url, &[]);
+    let h2 = Host::start(&net.namespaces[1], "h2", &url, &[]);
+    h1.json(&["vm", "create", "base", "--memory", "256", "--vcpus", "1"]);
+    let mark = exec(
+        &h1,
+        "base",
+        "echo from-the-template > /tmp/inherited && echo ok",
+    );
+    assert_eq!(mark.as_deref(), Some("ok\n"), "{}", tail(&h1.log()));
+    h1.json(&["template", "create", "base", "--warm", "0"]);
+    let kids = h1.json(&["fork", "base", "-n", "1"]);
+    let kid = kids[0]["name"].as_str().expect("a child").to_owned();
+    assert_eq!(kids[0]["status"], "ready", "{kids}");
+    let own = exec(&h1, &kid, "echo private > /tmp/mine && echo ok");
+    assert_eq!(own.as_deref(), Some("ok\n"));
+    let charged_here = memory_held(&h1, &kid);
+
+    let done = h1.json(&["vm", "migrate", &kid, "--to", "h2"]);
+    assert_eq!(done["to"], "h2", "{done}");
+    // Both kinds of page arrived: the template's and the child's own.
+    let both = exec(&h2, &kid, "cat /tmp/inherited /tmp/mine");
+    assert_eq!(
+        both.as_deref(),
+        Some("from-the-template\nprivate\n"),
+        "{}",
+        tail(&h2.log())
+    );
+    // A plain partition there, charged its whole memory; the template
+    // stays on h1 with one child fewer.
+    let there = h2.json(&["vm", "show", &kid]);
+    assert!(
+        there["parent"].is_null() && there["fork"].is_null(),
+        "{there}"
+    );
+    let charged_there = memory_held(&h2, &kid);
+    assert!(
+        charged_there > 256 && charged_there >= charged_here,
+        "charged {charged_there} MiB on h2 (was {charged_here} as a child on h1)"
+    );
+    assert!(
+        vms(&h1).is_empty(),
+        "h1 keeps only the template: {:?}",
+        vms(&h1)
+    );
+    let tpl = h1.json(&["template", "show", "base"]);
+    assert_eq!(tpl["children"].as_array().map(Vec::len), Some(0), "{tpl}");
+    let p = placement(&h1, &kid);
+    assert_eq!(p["host"], "h2", "{p}");
+    verify_all(&[&h1, &h2]);
+
+    let out = h2.brood(&["vm", "delete", &kid, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = h1.brood(&["template", "delete", "base"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    verify_all(&[&h1, &h2]);
+    drop((h1, h2));
+    drop(pg);
+    drop(net);
+}

@@ -33,6 +33,11 @@
 //! | target resumed, source not released   | move `committed`, source paused     | the source kills its copy, releases it, removes the move |
 //! | source released, move not removed     | move `committed`                    | the source removes the move           |
 //!
+//! A forked child moves whole: the stream carries its template's pages it
+//! shares and its own alike, and it arrives a plain partition of the
+//! target, charged its whole memory (`as_plain`); its template stays on
+//! the source, one child fewer.
+//!
 //! Storage: the disks are not copied and the hosts share no directory
 //! yet, so a partition with disks (its own or an image's root disk) is
 //! refused with that reason; a guest on kernel and initramfs (the default
@@ -139,13 +144,8 @@ fn check_movable(rec: &PartitionRecord) -> Result<(), ApiError> {
                 rec.name
             )));
         }
-        Kind::Child => {
-            return Err(ApiError::transition(format!(
-                "{} is a forked child: moving children between hosts is not supported yet",
-                rec.name
-            )));
-        }
-        Kind::Plain => {}
+        // A child moves whole (see `as_plain`).
+        Kind::Child | Kind::Plain => {}
     }
     if rec.run_state != RunState::Running {
         return Err(ApiError::transition(format!(
@@ -445,6 +445,7 @@ async fn do_receive(host: &Arc<Host>, m: &Member, mv: &Move) -> Result<(), Strin
     if src.uuid != mv.local_id {
         return Err("the move's definition names another partition".into());
     }
+    let was_child = Kind::of(&src) == Kind::Child;
     let rec = PartitionRecord {
         // Provisioning with nothing pending marks it as a move's until the
         // catalog says whose it is: a restart in between asks the catalog
@@ -458,7 +459,12 @@ async fn do_receive(host: &Arc<Host>, m: &Member, mv: &Move) -> Result<(), Strin
         generation: 0,
         parent: None,
         lineage: None,
-        ..src
+        ..src.clone()
+    };
+    let rec = if was_child {
+        as_plain(host, &src, rec).map_err(|e| chain(&e))?
+    } else {
+        rec
     };
     let uuid = rec.uuid;
     let lock = host.registry.lock(uuid);
@@ -527,6 +533,35 @@ async fn do_receive(host: &Arc<Host>, m: &Member, mv: &Move) -> Result<(), Strin
         .map_err(|e| format!("resume it: {}", chain(&e)))?;
     agent_ready(&running.vm).await;
     Ok(())
+}
+
+/// A forked child arriving: it becomes a plain partition of this host.
+/// The stream carries all of its memory, the pages it shared with its
+/// template (mapped private from the template's memory file on the source)
+/// and its own alike, and this host's QEMU holds them in plain memory of
+/// its own; nothing of the template is needed here. So it is charged its
+/// whole memory, as any plain partition, not the share a child is charged
+/// beside its template; and its NICs keep the MACs its identity step gave
+/// it, written into its configuration, so a later start here keeps them.
+fn as_plain(
+    host: &Host,
+    src: &PartitionRecord,
+    mut rec: PartitionRecord,
+) -> Result<PartitionRecord, HostError> {
+    let macs = match &src.lineage {
+        Some(brood_ledger::Lineage::Child(c)) => c.macs.clone(),
+        _ => Vec::new(),
+    };
+    let mut configs = crate::host::config::configs_of(&rec)?;
+    for c in configs.values_mut() {
+        for (nic, mac) in c.nics.iter_mut().zip(&macs) {
+            nic.mac = Some(mac.clone());
+        }
+    }
+    rec.configs = brood_ledger::JsonText::from_serialize(&configs)
+        .map_err(|e| HostError::corrupt(format!("the configuration of {}", rec.name), e))?;
+    rec.demand = host.launcher(Kind::Plain)?.demand(&rec)?;
+    Ok(rec)
 }
 
 /// Marks a moved guest's agent ready: it announced itself long ago, to
