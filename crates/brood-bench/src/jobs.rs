@@ -7,6 +7,8 @@
 //!    durable ledger transaction). Side by side in the same run: the same
 //!    clients setting their VM's configuration (`PUT .../config`), a
 //!    partition route with one ledger transaction that is not a job.
+//!    Then the same again with the job store in the cluster catalog (a
+//!    temporary PostgreSQL on loopback, durable commits).
 //! 2. On real VMs (a broodd from `--broodd`, QEMU): `brood vm start`'s
 //!    route, `runs` times; each time the job's record says when its work
 //!    (the start itself, the same code a direct start runs) began and
@@ -46,7 +48,7 @@ pub fn jobs(b: JobsBench, broodd: &Path, image: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (jobs, direct) = rt.block_on(fake(b))?;
+    let (jobs, direct) = rt.block_on(fake(b, None))?;
     println!(
         "light jobs (pause/resume) on the fake engine, {} clients: median {:.0} jobs/s \
          (admitted and completed); a non-job partition route (PUT config): {:.0} requests/s; \
@@ -56,24 +58,46 @@ pub fn jobs(b: JobsBench, broodd: &Path, image: &Path) -> Result<()> {
         direct,
         jobs / direct
     );
+    // The same, the job store in the cluster catalog: a temporary
+    // PostgreSQL on loopback (Debian's, fsync on as in production).
+    let pg = brood_cluster::testing::TempPostgres::start_durable()
+        .map_err(|e| anyhow::anyhow!("start a PostgreSQL for the catalog: {e}"))?;
+    let (pg_jobs, pg_direct) = rt.block_on(fake(b, Some(&pg.url())))?;
+    println!(
+        "the same with the job store in PostgreSQL (broodd --catalog): median {pg_jobs:.0} jobs/s; \
+         the non-job route {pg_direct:.0} requests/s; jobs ratio PostgreSQL / SQLite {:.2}",
+        pg_jobs / jobs
+    );
+    drop(pg);
     if b.runs > 0 {
         real(b.runs, broodd, image)?;
     }
     Ok(())
 }
 
-async fn fake(b: JobsBench) -> Result<(f64, f64)> {
-    let app = Arc::new(
-        TestApp::builder()
-            .capacity(Resources {
-                memory_mib: 1 << 20,
-                vcpus: 4096,
-                disk_gib: 1000,
-                nics: 64,
-            })
-            .build()
-            .await,
-    );
+async fn fake(b: JobsBench, catalog: Option<&str>) -> Result<(f64, f64)> {
+    let mut builder = TestApp::builder().capacity(Resources {
+        memory_mib: 1 << 20,
+        vcpus: 4096,
+        disk_gib: 1000,
+        nics: 64,
+    });
+    if let Some(url) = catalog {
+        builder = builder.cluster(broodd::cluster::ClusterConfig {
+            url: url.into(),
+            name: "bench".into(),
+            address: String::new(),
+            zones: Vec::new(),
+            heartbeat: Duration::from_secs(5),
+            liveness: brood_cluster::Liveness {
+                suspect_after_ms: 15_000,
+                failed_after_ms: 60_000,
+            },
+            retry_for: Duration::from_secs(30),
+            fault: None,
+        });
+    }
+    let app = Arc::new(builder.build().await);
     for i in 0..b.clients {
         app.running(&format!("v{i}")).await;
     }

@@ -16,6 +16,7 @@ pub struct TempPostgres {
     addr: String,
     port: u16,
     run_as: Option<String>,
+    durable: bool,
 }
 
 impl TempPostgres {
@@ -24,9 +25,19 @@ impl TempPostgres {
         TempPostgres::start_on("127.0.0.1")
     }
 
+    /// Like [`TempPostgres::start`], but with `fsync` on, as a production
+    /// server runs (for benchmarks; tests keep it off for speed).
+    pub fn start_durable() -> Result<TempPostgres, String> {
+        TempPostgres::make("127.0.0.1", true)
+    }
+
     /// Makes and starts a cluster listening on `addr` (an address of this
     /// host's network namespace), any client trusted.
     pub fn start_on(addr: &str) -> Result<TempPostgres, String> {
+        TempPostgres::make(addr, false)
+    }
+
+    fn make(addr: &str, durable: bool) -> Result<TempPostgres, String> {
         let bin = pg_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("brood-pg-")
@@ -55,6 +66,7 @@ impl TempPostgres {
             addr: addr.to_owned(),
             port,
             run_as,
+            durable,
         };
         pg.run(
             "initdb",
@@ -111,10 +123,11 @@ impl TempPostgres {
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start_server(&self) -> Result<(), String> {
         let opts = format!(
-            "-c listen_addresses={} -p {} -k {} -c fsync=off -c synchronous_commit=on",
+            "-c listen_addresses={} -p {} -k {} -c fsync={} -c synchronous_commit=on",
             self.addr,
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.durable { "on" } else { "off" }
         );
         self.run(
             "pg_ctl",

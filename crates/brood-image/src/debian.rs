@@ -246,6 +246,13 @@ pub fn build_debian(
     progress(DebianProgress::Checking);
     let packages = check_options(opts)?;
     let _lock = store::lock(&opts.images_dir, &opts.name)?;
+    // What an earlier build of this name that was killed left.
+    for left in store::sweep_locked(&opts.images_dir, &opts.name) {
+        tracing::info!(
+            "removed {}, left by a build that did not finish",
+            left.display()
+        );
+    }
     let final_dir = store::image_dir(&opts.images_dir, &opts.name)?;
     let mirror = match &opts.mirror {
         Some(m) => check_mirror(m)?,

@@ -59,7 +59,8 @@ pub use manifest::{
 pub use package::{BUSYBOX_PACKAGE, KERNEL_METAPACKAGE};
 pub use plan::{BuildPlan, BuildRequest};
 pub use store::{
-    DEFAULT_IMAGE, ImageEntry, delete_image, image_dir, list_images, open_image, validate_name,
+    DEFAULT_IMAGE, ImageEntry, delete_image, image_dir, list_images, open_image, sweep_leftovers,
+    validate_name,
 };
 
 /// Version of the image layout and manifest. Part of the fingerprint, so

@@ -197,6 +197,85 @@ pub(crate) fn install(
     Ok(dir)
 }
 
+/// The image name of a leftover `.build-<name>-XXXXXX` or
+/// `.delete-<name>-XXXXXX` directory (tempfile's six random characters).
+fn leftover_of(file: &str) -> Option<&str> {
+    let rest = file
+        .strip_prefix(".build-")
+        .or_else(|| file.strip_prefix(".delete-"))?;
+    let cut = rest.len().checked_sub(7)?;
+    (rest.as_bytes().get(cut) == Some(&b'-'))
+        .then(|| &rest[..cut])
+        .filter(|n| validate_name(n).is_ok())
+}
+
+/// Removes the scratch directories a build or delete of `name` that was
+/// killed left behind; the caller holds `name`'s lock, so none of them is
+/// in use. Mounts left below one are detached first (a kept directory is
+/// logged, never removed across a mount).
+pub(crate) fn sweep_locked(images: &Path, name: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(images) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if leftover_of(file) != Some(name) {
+            continue;
+        }
+        let path = e.path();
+        if let Err(err) = crate::mounts::detach_below(&path) {
+            tracing::warn!("keeping {}: {err}", path.display());
+            continue;
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => removed.push(path),
+            Err(err) => tracing::warn!("remove {}: {err}", path.display()),
+        }
+    }
+    removed
+}
+
+/// Removes what builds and deletes killed mid-way (kill -9 of broodd or of
+/// `brood image build`) left in `images`: each leftover only while holding
+/// its image's lock without waiting, so a build running now, in broodd or in
+/// a CLI, keeps its own. Returns what was removed.
+pub fn sweep_leftovers(images: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(images) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(leftover_of)
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut removed = Vec::new();
+    for name in names {
+        let path = images.join(format!(".{name}.lock"));
+        let Ok(file) = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        // Busy: a build or delete of that name runs now.
+        if file.try_lock().is_err() {
+            continue;
+        }
+        removed.extend(sweep_locked(images, &name));
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +344,40 @@ mod tests {
             install(images, "img", &built, scratch.path()).unwrap();
             assert_eq!(fs::read_to_string(images.join("img/f")).unwrap(), round);
         }
+    }
+
+    #[test]
+    fn leftovers_of_killed_builds_go_unless_their_build_runs() {
+        assert_eq!(leftover_of(".build-deb-abc123"), Some("deb"));
+        assert_eq!(leftover_of(".build-web-srv-a1B2c3"), Some("web-srv"));
+        assert_eq!(leftover_of(".delete-deb-zzzzzz"), Some("deb"));
+        assert_eq!(leftover_of(".build-x"), None);
+        assert_eq!(leftover_of(".deb.lock"), None);
+        assert_eq!(leftover_of("deb"), None);
+        let images = tempfile::tempdir().unwrap();
+        let dir = images.path();
+        for d in [
+            ".build-deb-abc123/rootfs",
+            ".delete-deb-qwerty",
+            ".build-busy-123456",
+        ] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        fs::create_dir_all(dir.join("deb")).unwrap();
+        // A build of `busy` runs (it holds the lock): its scratch stays.
+        let held = lock(dir, "busy").unwrap();
+        let mut removed = sweep_leftovers(dir);
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                dir.join(".build-deb-abc123"),
+                dir.join(".delete-deb-qwerty")
+            ]
+        );
+        assert!(dir.join(".build-busy-123456").is_dir());
+        assert!(dir.join("deb").is_dir(), "an image is not a leftover");
+        drop(held);
+        assert_eq!(sweep_leftovers(dir), [dir.join(".build-busy-123456")]);
     }
 }

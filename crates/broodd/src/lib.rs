@@ -61,6 +61,22 @@ pub struct Broodd {
     host: Arc<Host>,
 }
 
+/// Removes what a broodd (or `brood image build`) killed mid-way left on
+/// disk: a disk upload's partial file, an image build's or delete's scratch
+/// directory (the latter only when no build of that image runs now).
+fn sweep_leftovers(paths: &host::Paths) {
+    let uploads = host::boot_disk::sweep_uploads(paths);
+    if uploads > 0 {
+        tracing::info!("removed {uploads} disk upload(s) a killed broodd did not finish");
+    }
+    for left in brood_image::sweep_leftovers(&paths.images()) {
+        tracing::info!(
+            "removed {}, left by an image build or delete that did not finish",
+            left.display()
+        );
+    }
+}
+
 impl Broodd {
     /// Opens the ledger, loads templates, reconciles, starts refilling.
     pub async fn start(cfg: Config, engine: Arc<dyn Engine>) -> anyhow::Result<Broodd> {
@@ -145,6 +161,7 @@ impl Broodd {
         reconcile::run(&host)
             .await
             .context("reconcile the ledger with running VMs")?;
+        sweep_leftovers(&host.paths);
         job::recover::run(&host)
             .await
             .context("settle the jobs a previous broodd left")?;

@@ -348,3 +348,28 @@ async fn templates_and_children_survive_a_restart() {
     assert_eq!(app.pool("ids").await["free"], 0);
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn a_restart_removes_what_a_killed_broodd_or_image_build_left_on_disk() {
+    let mut app = TestApp::new().await;
+    app.running("a").await;
+    let uuid = app.uuid_of("a").await;
+    let paths = app.paths().clone();
+    let upload = paths
+        .data
+        .join("disks")
+        .join(&uuid)
+        .join("boot.upload.partial");
+    std::fs::create_dir_all(upload.parent().unwrap()).unwrap();
+    std::fs::write(&upload, b"half an upload").unwrap();
+    let images = paths.images();
+    for d in [".build-deb-abc123/rootfs/etc", ".delete-old-qwerty"] {
+        std::fs::create_dir_all(images.join(d)).unwrap();
+    }
+    app.restart().await;
+    assert!(!upload.exists(), "the partial upload is removed");
+    assert!(!images.join(".build-deb-abc123").exists());
+    assert!(!images.join(".delete-old-qwerty").exists());
+    assert_eq!(app.run_state("a").await, "running");
+    app.assert_verified().await;
+}

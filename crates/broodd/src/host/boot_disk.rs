@@ -65,6 +65,25 @@ pub fn upload_path(paths: &Paths, uuid: Uuid) -> PathBuf {
     paths.disk_dir(uuid).join("boot.upload.partial")
 }
 
+/// Removes the uploads a broodd that was killed while receiving them left
+/// (at start, when no upload can be running); returns how many.
+pub fn sweep_uploads(paths: &Paths) -> usize {
+    let Ok(dirs) = std::fs::read_dir(paths.data.join("disks")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for d in dirs.flatten() {
+        let f = d.path().join("boot.upload.partial");
+        if f.exists() {
+            match std::fs::remove_file(&f) {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!("remove {}: {e}", f.display()),
+            }
+        }
+    }
+    n
+}
+
 /// The boot disk of a partition's configurations (they agree; checked at define).
 pub fn of(
     configs: &std::collections::BTreeMap<String, api::PartitionConfig>,
