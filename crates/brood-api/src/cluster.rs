@@ -163,11 +163,19 @@ pub struct ClusterPlaceRequest {
     /// Its domain (default `default`).
     #[serde(default)]
     pub domain: Option<String>,
-    /// What it needs.
+    /// What it needs (with `definition`: at least what its active
+    /// configuration charges, which is used when it is more).
+    #[serde(default)]
     pub demand: ClusterCapacity,
     /// Required zones: `kind:name[|name...]` (ranked), `kind:*`, `?kind:...` optional.
     #[serde(default)]
     pub requires: Vec<String>,
+    /// Create it there too: its definition, as `POST /v1/partitions` takes
+    /// it (of the same name). It is checked here, then published with the
+    /// placement; the chosen host's broodd defines it (and starts it with
+    /// `start`) as a job, and the placement shows `held` once it has.
+    #[serde(default)]
+    pub definition: Option<crate::DefineRequest>,
 }
 
 /// A partition's placement.

@@ -40,6 +40,17 @@ pub struct DefineArgs {
     /// Answer at once with the job instead of waiting for it (`brood job wait ID`).
     #[arg(long)]
     pub no_wait: bool,
+    /// In a cluster (`broodd --catalog`): let placement choose the host,
+    /// by --require and --domain, and create the VM there, whichever
+    /// host's broodd you ask; waits until that host has created it.
+    #[arg(long, conflicts_with = "no_wait")]
+    pub place: bool,
+    /// With --place: a zone the VM requires, KIND:NAME[|NAME...] (repeatable).
+    #[arg(long = "require", value_name = "ZONE", requires = "place")]
+    pub require: Vec<String>,
+    /// With --place: the VM's domain (`default` when not given).
+    #[arg(long, value_name = "DOMAIN", requires = "place")]
+    pub domain: Option<String>,
     #[command(flatten, next_help_heading = "Disk image")]
     pub disk: crate::boot_disk::DiskImageArgs,
 }
@@ -330,6 +341,9 @@ pub async fn run(args: DefineArgs, start: bool, client: &Client, out: Output) ->
         for c in req.configs.values_mut() {
             c.requires.clone_from(&args.requires);
         }
+    }
+    if args.place {
+        return crate::host::place_and_create(req, args.require, args.domain, client, out).await;
     }
     if let Some(boot) = crate::boot_disk::config(&args.disk)? {
         for c in req.configs.values_mut() {

@@ -310,6 +310,7 @@ pub async fn run(cmd: HostCmd, client: &Client, out: Output) -> Result<i32> {
                     disk_gib: a.disk,
                 },
                 requires: a.requires,
+                definition: None,
             };
             let p: ClusterPlacement = client.post("/v1/cluster/placements", &req).await?;
             emit(out, &p, |p| {
@@ -337,6 +338,67 @@ pub async fn run(cmd: HostCmd, client: &Client, out: Output) -> Result<i32> {
             emit(out, &l, |l| placement_table(&l.placements))
         }
         HostCmd::Ops(cmd) => ops(cmd, client, out).await,
+    }
+}
+
+/// How long `vm create --place` waits for the chosen host to create it.
+const CREATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `brood vm create NAME --place`: placement chooses the host, which
+/// defines (and starts) the VM from the definition published with the
+/// placement; waits until that host holds it.
+pub async fn place_and_create(
+    req: brood_api::DefineRequest,
+    requires: Vec<String>,
+    domain: Option<String>,
+    client: &Client,
+    out: Output,
+) -> Result<i32> {
+    use std::io::IsTerminal;
+    let name = req.name.clone();
+    let body = ClusterPlaceRequest {
+        name: name.clone(),
+        domain,
+        demand: ClusterCapacity::default(),
+        requires,
+        definition: Some(req),
+    };
+    let p: ClusterPlacement = client.post("/v1/cluster/placements", &body).await?;
+    let at = or_dash(p.host.as_deref()).to_owned();
+    let talk = out == Output::Text && std::io::stderr().is_terminal();
+    if talk {
+        eprintln!(
+            "{name} placed on {at} (generation {}); waiting for {at} to create it",
+            p.generation
+        );
+    }
+    let deadline = std::time::Instant::now() + CREATE_WITHIN;
+    loop {
+        let l: ClusterPlacementList = client.get("/v1/cluster/placements").await?;
+        match l.placements.into_iter().find(|q| q.name == name) {
+            Some(q) if q.held => {
+                return emit(out, &q, |q| {
+                    format!(
+                        "created {} on {} (generation {})\n",
+                        q.name,
+                        or_dash(q.host.as_deref()),
+                        q.generation
+                    )
+                });
+            }
+            Some(_) => {}
+            None => anyhow::bail!(
+                "the placement of {name} on {at} is gone: it was released before {at} created it"
+            ),
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{name} is placed on {at}, but {at} has not created it within {}s: its broodd's \
+                 log says why (`brood host show {at}`); `brood host placements` shows it pending",
+                CREATE_WITHIN.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 

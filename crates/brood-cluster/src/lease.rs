@@ -321,6 +321,26 @@ impl Catalog {
         })
     }
 
+    /// Publishes the definition of a partition placed but not held yet, so
+    /// that its host defines it there (`arriving`); a definition already
+    /// published is kept.
+    pub async fn define_at(
+        &self,
+        partition: Uuid,
+        spec: &serde_json::Value,
+    ) -> Result<(), ClusterError> {
+        let spec = Json(spec);
+        retry!(self, "publish a definition to create", |c| async {
+            c.execute(
+                "UPDATE partition_def d SET spec = $2 FROM placement p
+                 WHERE p.partition = d.id AND d.id = $1 AND NOT p.held AND d.spec IS NULL",
+                &[&partition, &spec],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     /// The placement of a host's local partition: by its id in the host's
     /// ledger (held, or left behind by a failover: then `true`), else by
     /// its name (`None`: the catalog does not know it).

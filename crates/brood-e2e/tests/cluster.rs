@@ -301,6 +301,69 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
         placement(&h1, "web").is_null() && placement(&h1, "dbvm").is_null()
     }));
     verify_all(&[&h1, &h2, &h3]);
+
+    // One command on any host: h3 asks, placement chooses h1 (the only
+    // host with network:front), and h1 creates and starts the VM.
+    let p = h3.json(&[
+        "vm",
+        "create",
+        "far",
+        "--memory",
+        "256",
+        "--vcpus",
+        "1",
+        "--place",
+        "--require",
+        "network:front",
+    ]);
+    assert_eq!(
+        (p["host"].clone(), p["held"].clone()),
+        ("h1".into(), true.into()),
+        "{p}"
+    );
+    assert_eq!(h1.json(&["vm", "show", "far"])["run_state"], "running");
+    let out = h1.brood(&["vm", "exec", "far", "echo here"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "here\n",
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !h3.brood(&["vm", "show", "far"]).status.success(),
+        "not on h3"
+    );
+    // Refused before anything is placed: a zone nobody has, a bad
+    // definition; and the same name again.
+    let out = h3.brood(&[
+        "vm",
+        "create",
+        "lost2",
+        "--place",
+        "--require",
+        "storage:nowhere",
+    ]);
+    assert!(stderr(&out).contains("storage:nowhere"), "{}", stderr(&out));
+    let out = h3.brood(&["vm", "create", "bad", "--vcpus", "0", "--place"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("vcpus"), "{}", stderr(&out));
+    for n in ["lost2", "bad"] {
+        assert!(placement(&h1, n).is_null(), "{n} left a placement");
+    }
+    let out = h2.brood(&["vm", "create", "far", "--place"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pick another name"),
+        "{}",
+        stderr(&out)
+    );
+    let out = h1.brood(&["vm", "delete", "far", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(wait_until(Duration::from_secs(30), || placement(
+        &h1, "far"
+    )
+    .is_null()));
+    verify_all(&[&h1, &h2, &h3]);
     drop((h1, h2, h3));
     drop(pg);
     drop(net);

@@ -504,7 +504,8 @@ async fn placement_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterPlac
 
 /// Defines a partition in the catalog and places it: the host is chosen
 /// by zones, domain and load, and committed by a conditional write. The
-/// same request again answers the same placement.
+/// same request again answers the same placement. With `definition`, the
+/// chosen host's broodd also creates it (`held` once it has).
 #[utoipa::path(
     post,
     path = "/v1/cluster/placements",
@@ -513,8 +514,8 @@ async fn placement_list(State(d): D, caller: Auth) -> ApiResult<Json<ClusterPlac
     request_body = ClusterPlaceRequest,
     responses(
         (status = 201, description = "The placement", body = ClusterPlacement),
-        (status = 400, description = "malformed JSON, an invalid name or requirement (`bad_request`)", body = ErrorBody),
-        (status = 409, description = "no host can take it, with the reason (`capacity_exceeded`); a partition of that name is defined differently, or broodd is a single host (`conflict`)", body = ErrorBody),
+        (status = 400, description = "malformed JSON, an invalid name or requirement, or a `definition` that is not valid or names another partition (`bad_request`)", body = ErrorBody),
+        (status = 409, description = "no host can take it, with the reason (`capacity_exceeded`); a partition of that name is defined differently, a `definition` for one that runs already, or broodd is a single host (`conflict`)", body = ErrorBody),
         (status = 503, description = "the catalog did not answer (`unavailable`)", body = ErrorBody),
         JsonBody,
         Common
@@ -532,15 +533,71 @@ async fn placement_add(
         .iter()
         .map(|r| Requirement::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut demand = cap_in(req.demand);
+    let spec = match &req.definition {
+        Some(def) => {
+            let charge = check_definition(&req.name, def)?;
+            demand.memory_mib = demand.memory_mib.max(charge.memory_mib);
+            demand.vcpus = demand.vcpus.max(charge.vcpus);
+            demand.disk_gib = demand.disk_gib.max(charge.disk_gib);
+            Some(
+                serde_json::to_value(def)
+                    .map_err(|e| ApiError::internal("encode the definition", &e))?,
+            )
+        }
+        None => None,
+    };
     let def = PartitionDef {
         id: uuid::Uuid::new_v4(),
         name: req.name,
         domain: req.domain.unwrap_or_else(|| "default".to_owned()),
-        demand: cap_in(req.demand),
+        demand,
         requires,
     };
     let p = m.catalog.place(&def, m.cfg.liveness).await?;
+    if let Some(spec) = spec {
+        if p.held {
+            return Err(ApiError::conflict(format!(
+                "{} already runs on host {} (`brood host placements`): pick another name",
+                p.name,
+                p.host.as_deref().unwrap_or("?")
+            )));
+        }
+        m.catalog.define_at(p.partition, &spec).await?;
+    }
     Ok((StatusCode::CREATED, Json(placement_out(p))))
+}
+
+/// Checks a definition to create on the host placement chooses, as far as
+/// this host can (the networks and bridges it names are the chosen host's:
+/// that host checks them when it defines it); returns what it charges.
+fn check_definition(name: &str, def: &brood_api::DefineRequest) -> ApiResult<Capacity> {
+    if def.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the definition names {:?}, the placement {name:?}: give both the same name",
+            def.name
+        )));
+    }
+    let networks: std::collections::BTreeSet<String> = def
+        .configs
+        .values()
+        .flat_map(|c| c.nics.iter().map(|n| n.network.clone()))
+        .collect();
+    let active = crate::convert::validate_define_on(def, &networks)?;
+    if crate::host::boot_disk::of(&def.configs).is_some() {
+        return Err(ApiError::bad_request(
+            "a partition that boots a disk image cannot be created elsewhere (its image is \
+             uploaded to the host that has it): create it on that host",
+        ));
+    }
+    let disks = crate::host::config::all_disks(&def.configs)?;
+    let config = def.configs.get(&active).cloned().unwrap_or_default();
+    let r = crate::host::config::demand(&config, &disks);
+    Ok(Capacity {
+        memory_mib: r.memory_mib,
+        vcpus: r.vcpus,
+        disk_gib: r.disk_gib,
+    })
 }
 
 /// Lists the operations instances and the hosts each watches.

@@ -10,8 +10,10 @@
 //!    disks is published as not movable (its qcow2 files are in this
 //!    host's data directory): an operations service leaves it where it is,
 //!    waiting for the host to come back, and says so.
-//! 3. Arrive: a placement an operations service moved here (not held yet,
-//!    with a definition) is defined and, if it ran, started here, as a job
+//! 3. Arrive: a placement an operations service moved here, or one
+//!    `brood vm create --place` made here from another host (not held
+//!    yet, with a definition), is defined and, if it ran (or was to
+//!    start), started here, as a job
 //!    of kind `partition.define.start` (or `partition.define`) by actor
 //!    `failover`; the catalog adopts it by name at the next reconcile.
 //!
@@ -144,7 +146,7 @@ async fn arrive(host: &Arc<Host>, m: &Member, st: &mut State) -> Result<(), Clus
             partition = %p.name,
             generation = p.generation,
             start = req.start,
-            "placed here by a failover: defining it from the catalog"
+            "placed here (by a failover, or created from another host): defining it from the catalog"
         );
         st.arriving
             .lock()
