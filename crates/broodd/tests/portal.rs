@@ -1540,6 +1540,22 @@ async fn a_unit_admin_requests_and_the_admin_rejects_or_approves_in_part() {
 #[tokio::test]
 async fn the_console_tail_is_the_apis_and_hides_other_units_vms() {
     let (app, alice) = fixture().await;
+    // The fake VM writes its last console line a moment after it starts:
+    // compare the two reads once the console has it.
+    app.wait_until("the console has its last line", || async {
+        let c = api(
+            &app,
+            Method::GET,
+            "/v1/partitions/ops-db/console?bytes=16384",
+            TOKEN,
+            None,
+        )
+        .await;
+        c["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("agent ready"))
+    })
+    .await;
     let admin = sign_in(&app, TOKEN).await;
     let p = get(&app, "/ui/vms/ops-db?unit=ops", Some(&admin)).await;
     assert!(
