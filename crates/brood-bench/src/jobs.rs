@@ -5,8 +5,9 @@
 //!    clients each pause and resume their own VM for `seconds`; every
 //!    request is a job (admission, queue, two state changes, each its own
 //!    durable ledger transaction). Side by side in the same run: the same
-//!    clients setting their VM's configuration (`PUT .../config`), a
-//!    partition route with one ledger transaction that is not a job.
+//!    clients reading their VM (`GET /v1/partitions/NAME`), a route that
+//!    is no job (every mutating route is one: `PUT .../config` became a
+//!    light job too).
 //!    Then the same again with the job store in the cluster catalog (a
 //!    temporary PostgreSQL on loopback, durable commits).
 //! 2. On real VMs (a broodd from `--broodd`, QEMU): `brood vm start`'s
@@ -51,7 +52,7 @@ pub fn jobs(b: JobsBench, broodd: &Path, image: &Path) -> Result<()> {
     let (jobs, direct) = rt.block_on(fake(b, None))?;
     println!(
         "light jobs (pause/resume) on the fake engine, {} clients: median {:.0} jobs/s \
-         (admitted and completed); a non-job partition route (PUT config): {:.0} requests/s; \
+         (admitted and completed); a route that is no job (GET the VM): {:.0} requests/s; \
          ratio {:.2}",
         b.clients,
         jobs,
@@ -65,7 +66,7 @@ pub fn jobs(b: JobsBench, broodd: &Path, image: &Path) -> Result<()> {
     let (pg_jobs, pg_direct) = rt.block_on(fake(b, Some(&pg.url())))?;
     println!(
         "the same with the job store in PostgreSQL (broodd --catalog): median {pg_jobs:.0} jobs/s; \
-         the non-job route {pg_direct:.0} requests/s; jobs ratio PostgreSQL / SQLite {:.2}",
+         the read route {pg_direct:.0} requests/s; jobs ratio PostgreSQL / SQLite {:.2}",
         pg_jobs / jobs
     );
     drop(pg);
@@ -123,15 +124,11 @@ async fn load(app: &Arc<TestApp>, b: JobsBench, as_jobs: bool) -> Result<f64> {
                 let steps: &[&str] = if as_jobs {
                     &["pause", "resume"]
                 } else {
-                    &["config", "config"]
+                    &["read", "read"]
                 };
                 for step in steps {
-                    let (s, v) = if *step == "config" {
-                        app.put(
-                            &format!("{vm}/config"),
-                            serde_json::json!({"config": "default"}),
-                        )
-                        .await
+                    let (s, v) = if *step == "read" {
+                        app.get(&vm).await
                     } else {
                         app.post_empty(&format!("{vm}/{step}")).await
                     };
