@@ -25,7 +25,8 @@
 
 use brood_ledger::{
     AdmitLimits, JobChange, JobEvent, JobFilter, JobQueue, JobRecord, JobState, JobStore,
-    JobStoreFuture, Ledger, LedgerError, MAX_JOB_EVENTS, NewJob, WorkflowRecord,
+    JobStoreFuture, Ledger, LedgerError, MAX_JOB_EVENTS, NewJob, WorkflowRecord, host_full,
+    queue_full,
 };
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -35,59 +36,6 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, retry};
 use crate::error::ClusterError;
-
-/// The `V_JOBS` migration.
-pub(crate) const V_JOBS: &str = r"
-CREATE TABLE job (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    host        text NOT NULL,
-    request     uuid NOT NULL UNIQUE,
-    unit        uuid,
-    actor       text NOT NULL,
-    kind        text NOT NULL CHECK (length(kind) BETWEEN 1 AND 64),
-    target      text NOT NULL,
-    queue       text NOT NULL CHECK (queue IN ('high', 'normal')),
-    priority    bigint NOT NULL,
-    adds_vm     boolean NOT NULL,
-    state       text NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed',
-                    'cancelled', 'refused')),
-    params      jsonb NOT NULL,
-    progress    text NOT NULL DEFAULT '',
-    result      jsonb,
-    error       text,
-    runner      text,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    started_at  timestamptz,
-    finished_at timestamptz,
-    CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
-);
-CREATE INDEX job_host_state ON job (host, state, queue);
-CREATE INDEX job_host_id ON job (host, id);
-CREATE TABLE job_event (
-    job     bigint NOT NULL REFERENCES job (id),
-    seq     bigint NOT NULL CHECK (seq >= 0),
-    time    timestamptz NOT NULL DEFAULT now(),
-    kind    text NOT NULL,
-    body    jsonb NOT NULL,
-    request uuid UNIQUE,
-    PRIMARY KEY (job, seq)
-);
-CREATE FUNCTION job_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'job_event is append-only';
-END $$;
-CREATE TRIGGER job_event_append_only BEFORE UPDATE OR DELETE ON job_event
-    FOR EACH ROW EXECUTE FUNCTION job_event_append_only();
-CREATE TABLE workflow (
-    name       text NOT NULL CHECK (name ~ '^[a-z0-9_.-]{1,64}$'),
-    version    bigint NOT NULL CHECK (version >= 1),
-    definition jsonb NOT NULL,
-    created_by text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    request    uuid NOT NULL UNIQUE,
-    PRIMARY KEY (name, version)
-);
-";
 
 /// The first key of the advisory locks this store takes (the second is a
 /// hash of the host's or the workflow's name).
@@ -172,14 +120,9 @@ impl PgJobStore {
                 .await?
                 .get(0);
             let waiting = u64::try_from(waiting).unwrap_or(0);
-            let mut refusal = None;
-            if waiting >= limits.queue_bound {
-                refusal = Some(format!(
-                    "the {} queue already holds {waiting} waiting jobs, its bound \
-                     (broodd --job-queue-bound); try again when some have run",
-                    job.queue.as_str()
-                ));
-            } else if let Some(max) = limits.max_vms
+            let mut refusal = queue_full(job.queue, waiting, limits.queue_bound);
+            if refusal.is_none()
+                && let Some(max) = limits.max_vms
                 && job.adds_vm
             {
                 let coming: i64 = tx
@@ -194,12 +137,7 @@ impl PgJobStore {
                 let vms = self.ledger.active_vm_count().await.map_err(|e| {
                     ClusterError::Invalid(format!("count the VMs this host runs: {e}"))
                 })?;
-                if vms + coming >= max {
-                    refusal = Some(format!(
-                        "the host runs {vms} VMs and {coming} admitted jobs will add more; at \
-                         most {max} VMs may run here (broodd --max-vms): stop or delete a VM first"
-                    ));
-                }
+                refusal = host_full(vms, coming, max);
             }
             let state = if refusal.is_some() {
                 JobState::Refused
@@ -568,18 +506,7 @@ async fn read_job<C: GenericClient>(
     host: &str,
     id: i64,
 ) -> Result<Option<JobRecord>, ClusterError> {
-    c.query_opt(
-        concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM job WHERE id = $1 AND host = $2"
-        ),
-        &[&id, &host],
-    )
-    .await?
-    .as_ref()
-    .map(job_row)
-    .transpose()
+    select_job(c, host, id, false).await
 }
 
 async fn lock_job<C: GenericClient>(
@@ -587,18 +514,31 @@ async fn lock_job<C: GenericClient>(
     host: &str,
     id: i64,
 ) -> Result<Option<JobRecord>, ClusterError> {
-    c.query_opt(
-        concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM job WHERE id = $1 AND host = $2 FOR UPDATE"
-        ),
-        &[&id, &host],
-    )
-    .await?
-    .as_ref()
-    .map(job_row)
-    .transpose()
+    select_job(c, host, id, true).await
+}
+
+/// Host `host`'s job `id`; with `lock`, its row locked to the transaction.
+async fn select_job<C: GenericClient>(
+    c: &C,
+    host: &str,
+    id: i64,
+    lock: bool,
+) -> Result<Option<JobRecord>, ClusterError> {
+    const READ: &str = concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM job WHERE id = $1 AND host = $2"
+    );
+    const LOCK: &str = concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM job WHERE id = $1 AND host = $2 FOR UPDATE"
+    );
+    c.query_opt(if lock { LOCK } else { READ }, &[&id, &host])
+        .await?
+        .as_ref()
+        .map(job_row)
+        .transpose()
 }
 
 /// Appends to job `id`'s log under the job row's lock (so two appends never

@@ -32,28 +32,6 @@ use crate::catalog::{Catalog, Placement, capacity_at, i, not_found, placement_ro
 use crate::error::ClusterError;
 use crate::model::{Capacity, check_name};
 
-/// V2: operations instances and their credentials, host leases, the
-/// definition a host's broodd publishes for each partition it holds, and
-/// the local ids of the copies a failover left on failed hosts.
-pub(crate) const V_LEASES: &str = r"
-ALTER TABLE partition_def ADD COLUMN spec jsonb;
-ALTER TABLE placement ADD COLUMN left_behind uuid[] NOT NULL DEFAULT '{}';
-CREATE TABLE ops_instance (
-    name text PRIMARY KEY,
-    token_sha256 text NOT NULL CHECK (length(token_sha256) = 64),
-    added_at timestamptz NOT NULL DEFAULT now(),
-    last_seen timestamptz,
-    alive_until timestamptz
-);
-CREATE TABLE host_lease (
-    host text PRIMARY KEY REFERENCES host (name) ON DELETE CASCADE,
-    holder text NOT NULL REFERENCES ops_instance (name) ON DELETE CASCADE,
-    expires_at timestamptz NOT NULL,
-    taken_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX host_lease_holder ON host_lease (holder);
-";
-
 /// An operations instance's credential as it presents it to the catalog.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OpsCredential {

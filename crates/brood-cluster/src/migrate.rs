@@ -7,7 +7,7 @@
 //!   their policy (with the `default` domain); partition definitions
 //!   (name, domain, demand, required zones); placement (host, generation,
 //!   whether the host's ledger holds it, its id there).
-//! - V2 (`lease.rs`): operations instances with the SHA-256 of their
+//! - V2 (used by `lease.rs`): operations instances with the SHA-256 of their
 //!   token, host leases (holder, expiry), and the definition a host
 //!   publishes for each partition it holds (`partition_def.spec`).
 //! - V_MOVES: live migrations in progress, one row per partition moving
@@ -15,7 +15,7 @@
 //!   requested → ready → committed or refused, the definition the target
 //!   reserves, the target's stream address), and on the placement the
 //!   generation of the last move committed; see `move_.rs`.
-//! - V_JOBS (`jobs.rs`): each host's jobs with their append-only event
+//! - V_JOBS (used by `jobs.rs`): each host's jobs with their append-only event
 //!   logs, and the cluster's versioned workflow definitions.
 
 use tokio_postgres::Client;
@@ -104,6 +104,81 @@ CREATE INDEX migration_source ON migration (source);
 ALTER TABLE placement ADD COLUMN moved_generation bigint;
 ";
 
+/// V2: operations instances and their credentials, host leases, the
+/// definition a host's broodd publishes for each partition it holds, and
+/// the local ids of the copies a failover left on failed hosts.
+const V_LEASES: &str = r"
+ALTER TABLE partition_def ADD COLUMN spec jsonb;
+ALTER TABLE placement ADD COLUMN left_behind uuid[] NOT NULL DEFAULT '{}';
+CREATE TABLE ops_instance (
+    name text PRIMARY KEY,
+    token_sha256 text NOT NULL CHECK (length(token_sha256) = 64),
+    added_at timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz,
+    alive_until timestamptz
+);
+CREATE TABLE host_lease (
+    host text PRIMARY KEY REFERENCES host (name) ON DELETE CASCADE,
+    holder text NOT NULL REFERENCES ops_instance (name) ON DELETE CASCADE,
+    expires_at timestamptz NOT NULL,
+    taken_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX host_lease_holder ON host_lease (holder);
+";
+
+/// The `V_JOBS` migration.
+const V_JOBS: &str = r"
+CREATE TABLE job (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    host        text NOT NULL,
+    request     uuid NOT NULL UNIQUE,
+    unit        uuid,
+    actor       text NOT NULL,
+    kind        text NOT NULL CHECK (length(kind) BETWEEN 1 AND 64),
+    target      text NOT NULL,
+    queue       text NOT NULL CHECK (queue IN ('high', 'normal')),
+    priority    bigint NOT NULL,
+    adds_vm     boolean NOT NULL,
+    state       text NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed',
+                    'cancelled', 'refused')),
+    params      jsonb NOT NULL,
+    progress    text NOT NULL DEFAULT '',
+    result      jsonb,
+    error       text,
+    runner      text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    started_at  timestamptz,
+    finished_at timestamptz,
+    CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
+);
+CREATE INDEX job_host_state ON job (host, state, queue);
+CREATE INDEX job_host_id ON job (host, id);
+CREATE TABLE job_event (
+    job     bigint NOT NULL REFERENCES job (id),
+    seq     bigint NOT NULL CHECK (seq >= 0),
+    time    timestamptz NOT NULL DEFAULT now(),
+    kind    text NOT NULL,
+    body    jsonb NOT NULL,
+    request uuid UNIQUE,
+    PRIMARY KEY (job, seq)
+);
+CREATE FUNCTION job_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'job_event is append-only';
+END $$;
+CREATE TRIGGER job_event_append_only BEFORE UPDATE OR DELETE ON job_event
+    FOR EACH ROW EXECUTE FUNCTION job_event_append_only();
+CREATE TABLE workflow (
+    name       text NOT NULL CHECK (name ~ '^[a-z0-9_.-]{1,64}$'),
+    version    bigint NOT NULL CHECK (version >= 1),
+    definition jsonb NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    request    uuid NOT NULL UNIQUE,
+    PRIMARY KEY (name, version)
+);
+";
+
 /// Every migration, in order: (version, what it adds, SQL).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
@@ -114,14 +189,10 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         2,
         "operations instances, host leases, published definitions",
-        crate::lease::V_LEASES,
+        V_LEASES,
     ),
     (3, "live migrations in progress", V_MOVES),
-    (
-        4,
-        "jobs, their logs and workflow definitions",
-        crate::jobs::V_JOBS,
-    ),
+    (4, "jobs, their logs and workflow definitions", V_JOBS),
 ];
 
 /// The schema version this build knows.

@@ -620,6 +620,30 @@ fn append(c: &Connection, job: u64, kind: &str, body: &Value) -> Result<u64, Led
     Ok(seq)
 }
 
+/// Why a job is refused when its queue already holds `waiting` jobs and
+/// `bound` is the most it may (`None`: it has room). Both job stores
+/// decide with this inside their admission transaction.
+pub fn queue_full(queue: JobQueue, waiting: u64, bound: u64) -> Option<String> {
+    (waiting >= bound).then(|| {
+        format!(
+            "the {} queue already holds {waiting} waiting jobs, its bound \
+             (broodd --job-queue-bound); try again when some have run",
+            queue.as_str()
+        )
+    })
+}
+
+/// Why a job that adds a VM is refused when the host runs `vms`, admitted
+/// jobs will add `coming` and at most `max` may run (`None`: it fits).
+pub fn host_full(vms: u64, coming: u64, max: u64) -> Option<String> {
+    (vms.saturating_add(coming) >= max).then(|| {
+        format!(
+            "the host runs {vms} VMs and {coming} admitted jobs will add more; at most {max} \
+             VMs may run here (broodd --max-vms): stop or delete a VM first"
+        )
+    })
+}
+
 /// Partitions whose VM holds host capacity now.
 fn active_vms(c: &Connection) -> Result<u64, LedgerError> {
     c.query_row(
@@ -638,14 +662,9 @@ fn admit(c: &Connection, job: &NewJob, limits: AdmitLimits) -> Result<JobRecord,
             |r| r.get(0),
         )
         .ctx("count queued jobs")?;
-    let mut refusal = None;
-    if waiting >= limits.queue_bound {
-        refusal = Some(format!(
-            "the {} queue already holds {waiting} waiting jobs, its bound \
-             (broodd --job-queue-bound); try again when some have run",
-            job.queue.as_str()
-        ));
-    } else if let Some(max) = limits.max_vms
+    let mut refusal = queue_full(job.queue, waiting, limits.queue_bound);
+    if refusal.is_none()
+        && let Some(max) = limits.max_vms
         && job.adds_vm
     {
         let vms = active_vms(c)?;
@@ -656,12 +675,7 @@ fn admit(c: &Connection, job: &NewJob, limits: AdmitLimits) -> Result<JobRecord,
                 |r| r.get(0),
             )
             .ctx("count jobs that add a VM")?;
-        if vms + coming >= max {
-            refusal = Some(format!(
-                "the host runs {vms} VMs and {coming} admitted jobs will add more; at most {max} \
-                 VMs may run here (broodd --max-vms): stop or delete a VM first"
-            ));
-        }
+        refusal = host_full(vms, coming, max);
     }
     let now = now_rfc3339();
     let state = if refusal.is_some() {

@@ -74,7 +74,7 @@ pub use error::LedgerError;
 pub use job::{
     AdmitLimits, JobChange, JobEvent, JobFilter, JobQueue, JobRecord, JobState, JobStore,
     MAX_JOB_EVENTS, NewJob, WorkflowRecord, async_trait_free::JobStoreFuture,
-    conformance as job_store_conformance,
+    conformance as job_store_conformance, host_full, queue_full,
 };
 pub use json::JsonText;
 pub use ledger::{CommitNote, Ledger, LedgerOptions};
