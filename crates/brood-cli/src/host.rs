@@ -388,7 +388,8 @@ pub async fn place_and_create(
             }
             Some(_) => {}
             None => anyhow::bail!(
-                "the placement of {name} on {at} is gone: it was released before {at} created it"
+                "{at} could not create {name} and withdrew its placement: its broodd's log says \
+                 why (a network or bridge it does not have, say); nothing is left of it"
             ),
         }
         if std::time::Instant::now() >= deadline {

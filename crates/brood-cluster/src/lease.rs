@@ -319,6 +319,27 @@ impl Catalog {
         })
     }
 
+    /// Withdraws a placement its host could not create (a definition that
+    /// host refuses): removes the partition's definition and placement if
+    /// it is still unheld at `generation`. True if it was removed.
+    pub async fn withdraw_unheld(
+        &self,
+        partition: Uuid,
+        generation: u64,
+    ) -> Result<bool, ClusterError> {
+        let generation = i(generation)?;
+        retry!(self, "withdraw a placement", |c| async {
+            let n = c
+                .execute(
+                    "DELETE FROM partition_def d USING placement p
+                     WHERE p.partition = d.id AND d.id = $1 AND NOT p.held AND p.generation = $2",
+                    &[&partition, &generation],
+                )
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
     /// The placement of a host's local partition: by its id in the host's
     /// ledger (held, or left behind by a failover: then `true`), else by
     /// its name (`None`: the catalog does not know it).

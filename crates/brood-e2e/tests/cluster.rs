@@ -347,7 +347,21 @@ fn three_hosts_place_by_zone_and_domain_survive_a_postgres_restart_and_see_a_hos
     let out = h3.brood(&["vm", "create", "bad", "--vcpus", "0", "--place"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("vcpus"), "{}", stderr(&out));
-    for n in ["lost2", "bad"] {
+    // A definition only the chosen host can refuse (a bridge it does not
+    // have): it withdraws the placement, and the command says so.
+    let out = h3.brood(&[
+        "vm",
+        "create",
+        "nobr",
+        "--place",
+        "--require",
+        "network:front",
+        "--nic",
+        "nosuchbr0",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("withdrew"), "{}", stderr(&out));
+    for n in ["lost2", "bad", "nobr"] {
         assert!(placement(&h1, n).is_null(), "{n} left a placement");
     }
     let out = h2.brood(&["vm", "create", "far", "--place"]);

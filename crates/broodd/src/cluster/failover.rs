@@ -114,7 +114,7 @@ async fn publish(host: &Host, m: &Member, st: &mut State) -> Result<(), ClusterE
     Ok(())
 }
 
-async fn arrive(host: &Arc<Host>, m: &Member, st: &mut State) -> Result<(), ClusterError> {
+async fn arrive(host: &Arc<Host>, m: &Arc<Member>, st: &mut State) -> Result<(), ClusterError> {
     for (p, spec) in m.catalog.arriving(&m.cfg.name).await? {
         if st
             .arriving
@@ -153,10 +153,32 @@ async fn arrive(host: &Arc<Host>, m: &Member, st: &mut State) -> Result<(), Clus
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(p.name.clone());
         let (host, arriving, name) = (host.clone(), st.arriving.clone(), p.name.clone());
+        let m = m.clone();
+        // Never held and at its first generation: made by `vm create
+        // --place` on some host, not moved here by a failover.
+        let created = p.generation == 1 && p.local_id.is_none();
         tokio::spawn(async move {
             let r = define_here(&host, req).await;
-            if let Err(e) = r {
-                warn!(partition = %name, "failover start failed (tried again): {}", e.message);
+            match r {
+                // A definition this host refuses will not pass here later:
+                // the placement is withdrawn, so it holds nothing (the
+                // command that made it says so).
+                Err(e)
+                    if created
+                        && matches!(
+                            e.status,
+                            axum::http::StatusCode::BAD_REQUEST | axum::http::StatusCode::NOT_FOUND
+                        ) =>
+                {
+                    warn!(partition = %name, "cannot create it here, withdrawing its placement: {}", e.message);
+                    if let Err(w) = m.catalog.withdraw_unheld(p.partition, p.generation).await {
+                        warn!(partition = %name, "withdraw its placement: {w}");
+                    }
+                }
+                Err(e) => {
+                    warn!(partition = %name, "failover start failed (tried again): {}", e.message);
+                }
+                Ok(()) => {}
             }
             arriving
                 .lock()
