@@ -27,7 +27,15 @@ pub struct Net {
 impl Net {
     /// A bridge and `hosts` namespaces, each with a veth on the bridge.
     pub fn new(hosts: usize) -> Net {
-        let tag = std::process::id() % 10_000;
+        // Unique per Net, not per process: tests of one binary make one
+        // after another, and the kernel tears a deleted namespace's veths
+        // down asynchronously, so a name reused at once may still exist.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = (std::process::id()
+            .wrapping_mul(7)
+            .wrapping_add(n.wrapping_mul(131)))
+            % 10_000;
         let subnet = 100 + (tag % 100);
         let bridge = format!("bcl{tag}");
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
@@ -51,6 +59,7 @@ impl Net {
             run(Command::new("ip").args(["netns", "add", &ns]));
             net.namespaces.push(ns.clone());
             let (outer, inner) = (format!("bcl{tag}v{}", i + 1), "eth0".to_owned());
+            let _ = Command::new("ip").args(["link", "del", &outer]).output();
             run(Command::new("ip").args([
                 "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
             ]));
