@@ -120,6 +120,14 @@ impl TempPostgres {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// Stops the server, keeps it away for `away`, and starts it again: a
+    /// PostgreSQL restart in the middle of what a test is doing.
+    pub fn restart(&self, away: std::time::Duration) -> Result<(), String> {
+        self.stop_server()?;
+        std::thread::sleep(away);
+        self.start_server()
+    }
+
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start_server(&self) -> Result<(), String> {
         let opts = format!(

@@ -248,9 +248,7 @@ async fn a_postgres_restart_mid_placement_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!worker.is_finished(), "the restart must come mid-operation");
     let pg = tokio::task::spawn_blocking(move || {
-        pg.stop_server().unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-        pg.start_server().unwrap();
+        pg.restart(Duration::from_secs(2)).unwrap();
         pg
     })
     .await
