@@ -60,9 +60,12 @@ pub fn seed_path(paths: &Paths, uuid: Uuid) -> PathBuf {
     paths.disk_dir(uuid).join(SEED_FILE)
 }
 
+/// The file in a partition's disk directory an upload is received in.
+const UPLOAD_FILE: &str = "boot.upload.partial";
+
 /// Where an upload is received before it is imported.
 pub fn upload_path(paths: &Paths, uuid: Uuid) -> PathBuf {
-    paths.disk_dir(uuid).join("boot.upload.partial")
+    paths.disk_dir(uuid).join(UPLOAD_FILE)
 }
 
 /// Removes the uploads a broodd that was killed while receiving them left
@@ -73,7 +76,7 @@ pub fn sweep_uploads(paths: &Paths) -> usize {
     };
     let mut n = 0;
     for d in dirs.flatten() {
-        let f = d.path().join("boot.upload.partial");
+        let f = d.path().join(UPLOAD_FILE);
         if f.exists() {
             match std::fs::remove_file(&f) {
                 Ok(()) => n += 1,
