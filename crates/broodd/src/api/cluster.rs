@@ -536,7 +536,7 @@ async fn placement_add(
     let mut demand = cap_in(req.demand);
     let spec = match &req.definition {
         Some(def) => {
-            let charge = check_definition(&req.name, def)?;
+            let charge = check_definition(&d.paths, &req.name, def)?;
             demand.memory_mib = demand.memory_mib.max(charge.memory_mib);
             demand.vcpus = demand.vcpus.max(charge.vcpus);
             demand.disk_gib = demand.disk_gib.max(charge.disk_gib);
@@ -571,7 +571,11 @@ async fn placement_add(
 /// Checks a definition to create on the host placement chooses, as far as
 /// this host can (the networks and bridges it names are the chosen host's:
 /// that host checks them when it defines it); returns what it charges.
-fn check_definition(name: &str, def: &brood_api::DefineRequest) -> ApiResult<Capacity> {
+fn check_definition(
+    paths: &crate::host::Paths,
+    name: &str,
+    def: &brood_api::DefineRequest,
+) -> ApiResult<Capacity> {
     if def.name != name {
         return Err(ApiError::bad_request(format!(
             "the definition names {:?}, the placement {name:?}: give both the same name",
@@ -592,7 +596,13 @@ fn check_definition(name: &str, def: &brood_api::DefineRequest) -> ApiResult<Cap
     }
     let disks = crate::host::config::all_disks(&def.configs)?;
     let config = def.configs.get(&active).cloned().unwrap_or_default();
-    let r = crate::host::config::demand(&config, &disks);
+    // Charged as a define charges it: its image's root overlay is a disk too.
+    let r = crate::host::root::with_root(
+        paths,
+        uuid::Uuid::new_v4(),
+        &def.configs,
+        crate::host::config::demand(&config, &disks),
+    )?;
     Ok(Capacity {
         memory_mib: r.memory_mib,
         vcpus: r.vcpus,
